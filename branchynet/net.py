@@ -1,0 +1,398 @@
+"""BranchyNet: a network with early-exit branches, as a Chainer link tree.
+
+The network is described, as in the original project, by a flat list of
+layers in which ``Branch([...])`` entries mark branch points::
+
+    [conv1, Branch([head-1 layers]), pool, relu, ..., fc, Branch([final head])]
+
+Unlike the original (which kept a deep copy of the trunk per exit and
+synchronised the copies by hand), the trunk is held once, in ``self.trunk``,
+and every exit head reads the trunk's activation at its branch point. A
+forward pass computes each trunk segment once, whatever the number of exits.
+
+Exit ``n`` (0-based) is ``branches[n](trunk[:branch_points[n]](x))``; the last
+exit is the main network's own classifier, so ``trunk`` plus ``branches[-1]``
+is the baseline network.
+"""
+import math
+import time
+
+import chainer
+import chainer.functions as F
+import numpy
+
+from branchynet import confidence
+from branchynet.links import Branch, Net
+from branchynet.timing import NULL_TIMER, synchronize
+from branchynet.validation import (validate_inputs, validate_labels,
+                                   validate_thresholds)
+
+
+class BranchyNet(chainer.Chain):
+    """Trunk plus exit heads, with joint training and early-exit inference.
+
+    Args:
+        network: flat list of links; each ``Branch`` marks a branch point
+            and holds that exit's head; the list must end with a ``Branch``
+            (the main network's classifier).
+        thresholdExits: entropy thresholds (nats) of the early exits: a
+            scalar for all of them or one value per early exit. A sample
+            leaves at the first early exit whose entropy is strictly below
+            its threshold; the last exit classifies whatever remains.
+        percentTestExits: kept for compatibility with the original (unused).
+        percentTrainKeeps: fraction of each batch passed on from an early
+            exit to later exits during joint training; the most confident
+            samples (lowest entropy) leave. 1 trains every exit on every sample.
+        lr, momentum, weight_decay: MomentumSGD settings (``opt='MomentumSGD'``).
+        alpha: Adam's step size (``opt='Adam'``, the default).
+        joint: kept for compatibility with the original (joint training is
+            selected by calling ``train`` rather than ``train_main``).
+        verbose: print progress of routing decisions.
+        exit_weights: weight ``w_n`` of every exit's loss in joint training;
+            default all 1.0 (as the original ran; the paper suggests 1.0 for
+            early exits and 0.3 for the last).
+        input_shape: per-sample shape ``(C, H, W)``; when given, inputs are
+            checked against it with a clear error.
+    """
+
+    def __init__(self, network, thresholdExits=None, percentTestExits=.9,
+                 percentTrainKeeps=1., lr=0.1, momentum=0.9, weight_decay=0.0001,
+                 alpha=0.001, opt='Adam', joint=True, verbose=False,
+                 exit_weights=None, input_shape=None):
+        super().__init__()
+        trunk_layers, heads, branch_points = self._parse(network)
+        with self.init_scope():
+            self.trunk = Net(trunk_layers)
+            self.branches = chainer.ChainList(*heads)
+        self.branch_points = branch_points
+        self.percentTestExits = percentTestExits
+        self.percentTrainKeeps = percentTrainKeeps
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.alpha = alpha
+        if opt not in ('Adam', 'MomentumSGD'):
+            raise ValueError("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
+        self.opt = opt
+        self.joint = joint
+        self.verbose = verbose
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.exit_weights = exit_weights
+        self.thresholdExits = thresholdExits
+        self._train_mode = True
+        self.optimizer = None
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _parse(network):
+        if isinstance(network, (chainer.Link, str, bytes)) or not hasattr(network, '__iter__'):
+            raise TypeError('network must be a list of links with Branch markers, '
+                            'got {}'.format(type(network).__name__))
+        trunk_layers, heads, branch_points = [], [], []
+        for layer in network:
+            if isinstance(layer, Branch):
+                heads.append(layer)
+                branch_points.append(len(trunk_layers))
+            elif isinstance(layer, chainer.Link):
+                trunk_layers.append(layer)
+            else:
+                raise TypeError('network entries must be chainer Links (wrap functions '
+                                'in FL), got {!r}'.format(layer))
+        if not heads or not isinstance(list(network)[-1], Branch):
+            raise ValueError('network must end with a Branch holding the main '
+                             "network's final classifier")
+        return trunk_layers, heads, branch_points
+
+    @property
+    def thresholdExits(self):
+        """Per-early-exit entropy thresholds (list of floats), or None."""
+        return self._thresholds
+
+    @thresholdExits.setter
+    def thresholdExits(self, value):
+        self._thresholds = None if value is None else \
+            validate_thresholds(value, self.numexits() - 1)
+
+    @property
+    def percentTrainKeeps(self):
+        return self._percent_train_keeps
+
+    @percentTrainKeeps.setter
+    def percentTrainKeeps(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0 <= value <= 1:
+            raise ValueError('percentTrainKeeps must be a number in [0, 1], got {!r}'
+                             .format(value))
+        self._percent_train_keeps = float(value)
+
+    @property
+    def exit_weights(self):
+        return self._exit_weights
+
+    @exit_weights.setter
+    def exit_weights(self, value):
+        n = self.numexits()
+        if value is None:
+            value = [1.0] * n
+        value = list(value)
+        if len(value) != n or any(isinstance(w, bool) or not isinstance(w, (int, float))
+                                  or not w >= 0 for w in value):
+            raise ValueError('exit_weights must be {} non-negative numbers (one per '
+                             'exit), got {!r}'.format(n, value))
+        self._exit_weights = [float(w) for w in value]
+
+    def numexits(self):
+        """Number of exits, the main network's final exit included."""
+        return len(self.branches)
+
+    def training(self):
+        """Set the default mode of ``forward`` to training (original API)."""
+        self._train_mode = True
+
+    def testing(self):
+        """Set the default mode of ``forward`` to testing (original API)."""
+        self._train_mode = False
+
+    def _segment_bounds(self, n):
+        start = self.branch_points[n - 1] if n > 0 else 0
+        return start, self.branch_points[n]
+
+    def segment(self, h, n):
+        """Run trunk segment ``n``: the layers between branch points n-1 and n."""
+        start, end = self._segment_bounds(n)
+        return self.trunk(h, start, end)
+
+    def main_links(self):
+        """Links of the baseline (main) network: the trunk and the final head."""
+        return [self.trunk, self.branches[-1]]
+
+    def _ensure_optimizer(self):
+        if self.optimizer is None:
+            if self.opt == 'Adam':
+                optimizer = chainer.optimizers.Adam(alpha=self.alpha)
+                optimizer.setup(self)
+            else:
+                optimizer = chainer.optimizers.MomentumSGD(lr=self.lr, momentum=self.momentum)
+                optimizer.setup(self)
+                optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(self.weight_decay))
+            self.optimizer = optimizer
+        return self.optimizer
+
+    def _as_device_array(self, x):
+        return self.device.send(x)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x):
+        """All exits' logits (list of Variables) for ``x``, trunk computed once.
+
+        Runs in the mode set by ``training()``/``testing()``.
+        """
+        with chainer.using_config('train', self._train_mode):
+            return self._all_exit_logits(x)
+
+    def _all_exit_logits(self, x):
+        outputs, h = [], x
+        for n, head in enumerate(self.branches):
+            h = self.segment(h, n)
+            outputs.append(head(h))
+        return outputs
+
+    # --------------------------------------------------------------- training
+    def _check_batch(self, x, t):
+        validate_inputs(x, self.input_shape)
+        validate_labels(t, len(x))
+
+    def train_main(self, x, t):
+        """One optimisation step of the main network alone.
+
+        The branch heads' parameters are left untouched (their update rules
+        are disabled for the step, so not even Adam's step counter moves).
+        Returns ``(loss, accuracy)`` as floats.
+        """
+        self._check_batch(x, t)
+        optimizer = self._ensure_optimizer()
+        x, t = self._as_device_array(x), self._as_device_array(t)
+        with chainer.using_config('train', True):
+            h = self.trunk(x)
+            z = self.branches[-1](h)
+            validate_labels(t, len(x), z.shape[1])
+            loss = F.softmax_cross_entropy(z, t)
+            acc = F.accuracy(z, t)
+        self.cleargrads()
+        loss.backward()
+        heads = [p for head in self.branches[:-1] for p in head.params()]
+        saved = [(p.update_rule, p.update_rule.enabled) for p in heads if p.update_rule]
+        for rule, _ in saved:
+            rule.enabled = False
+        try:
+            optimizer.update()
+        finally:
+            for rule, enabled in saved:
+                rule.enabled = enabled
+        return float(loss.array), float(acc.array)
+
+    def _joint_losses(self, x, t):
+        """Per-exit losses and accuracies with the percentTrainKeeps hand-off."""
+        losses, accs, h = [], [], x
+        last = self.numexits() - 1
+        for n, head in enumerate(self.branches):
+            h = self.segment(h, n)
+            z = head(h)
+            if n == 0:
+                validate_labels(t, len(t), z.shape[1])
+            losses.append(F.softmax_cross_entropy(z, t))
+            accs.append(F.accuracy(z, t))
+            if n < last and self.percentTrainKeeps < 1:
+                keep = int(math.ceil(self.percentTrainKeeps * len(t)))
+                if keep == 0:
+                    break
+                ent = confidence.entropy(F.softmax(z).array)
+                order = self.xp.argsort(-ent, kind='stable') if self.xp is numpy \
+                    else self.xp.argsort(-ent)
+                idx = order[:keep]
+                h, t = h[idx], t[idx]
+        return losses, accs
+
+    def train(self, x, t):
+        """One joint optimisation step over every exit.
+
+        The loss is ``sum_n exit_weights[n] * CE_n``; returns the per-exit
+        losses and accuracies (lists of floats, NaN for exits that received
+        no samples because of ``percentTrainKeeps``).
+        """
+        self._check_batch(x, t)
+        optimizer = self._ensure_optimizer()
+        x, t = self._as_device_array(x), self._as_device_array(t)
+        with chainer.using_config('train', True):
+            losses, accs = self._joint_losses(x, t)
+            total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
+        self.cleargrads()
+        total.backward()
+        optimizer.update()
+        pad = [float('nan')] * (self.numexits() - len(losses))
+        return ([float(v.array) for v in losses] + pad,
+                [float(v.array) for v in accs] + pad)
+
+    # -------------------------------------------------------------- inference
+    def get_SM(self, x, batchsize=1024):
+        """Softmax of every exit for every sample (no early exit).
+
+        Returns a list with one numpy array ``(N, classes)`` per exit.
+        """
+        validate_inputs(x, self.input_shape)
+        chunks = [[] for _ in range(self.numexits())]
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                xb = self._as_device_array(x[i:i + batchsize])
+                for n, z in enumerate(self._all_exit_logits(xb)):
+                    chunks[n].append(chainer.backends.cuda.to_cpu(F.softmax(z).array))
+        return [numpy.concatenate(c) for c in chunks]
+
+    def _resolve_thresholds(self, thresholds):
+        if thresholds is None:
+            if self._thresholds is None:
+                raise ValueError('no thresholds: pass thresholds=... or set '
+                                 'thresholdExits (one entropy per early exit)')
+            return self._thresholds
+        return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds')
+
+    def _route(self, x, thresholds, timer=NULL_TIMER):
+        """Early-exit inference of one device batch (paper Fig. 2, batched).
+
+        At every exit the samples whose entropy is strictly below the exit's
+        threshold leave; the others continue from the cached trunk
+        activation. Returns device arrays (labels, exit indices).
+        """
+        xp = self.xp
+        n = len(x)
+        labels = xp.empty(n, dtype=numpy.int32)
+        exits = xp.empty(n, dtype=numpy.int32)
+        remaining = xp.arange(n)
+        h = x
+        last = self.numexits() - 1
+        for i, head in enumerate(self.branches):
+            with timer.stage('trunk'):
+                h = self.segment(h, i).array
+            with timer.stage('head'):
+                z = head(h).array
+            with timer.stage('decision'):
+                p = F.softmax(z).array
+                pred = p.argmax(axis=1).astype(numpy.int32)
+                if i == last:
+                    labels[remaining] = pred
+                    exits[remaining] = i
+                    break
+                leave = confidence.entropy(p) < thresholds[i]
+                labels[remaining[leave]] = pred[leave]
+                exits[remaining[leave]] = i
+                stay = ~leave
+                if not bool(stay.any()):
+                    break
+                h = h[stay]
+                remaining = remaining[stay]
+        return labels, exits
+
+    def predict(self, x, thresholds=None, batchsize=None):
+        """Early-exit prediction.
+
+        Args:
+            x: float32 array ``(N, C, H, W)`` (numpy or cupy).
+            thresholds: per-early-exit entropy thresholds; default
+                ``thresholdExits``.
+            batchsize: samples routed together (default: all at once). Any
+                batch size gives the same result as batch size 1.
+
+        Returns:
+            ``(labels, exits)``: two int32 numpy arrays of length N; ``exits``
+            holds the 0-based exit index that classified each sample.
+        """
+        validate_inputs(x, self.input_shape)
+        ts = self._resolve_thresholds(thresholds)
+        batchsize = batchsize or len(x)
+        labels, exits = [], []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                lab, ex = self._route(self._as_device_array(x[i:i + batchsize]), ts)
+                labels.append(chainer.backends.cuda.to_cpu(lab))
+                exits.append(chainer.backends.cuda.to_cpu(ex))
+        return numpy.concatenate(labels), numpy.concatenate(exits)
+
+    def predict_main(self, x, batchsize=None):
+        """Labels from the main network alone (no early exit), as a numpy array."""
+        validate_inputs(x, self.input_shape)
+        batchsize = batchsize or len(x)
+        out = []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                z = self.branches[-1](self.trunk(self._as_device_array(x[i:i + batchsize])))
+                p = F.softmax(z).array
+                out.append(chainer.backends.cuda.to_cpu(p.argmax(axis=1).astype(numpy.int32)))
+        return numpy.concatenate(out)
+
+    def test(self, x, t, thresholds=None, batchsize=None):
+        """Early-exit evaluation.
+
+        Returns ``(accuracy, exit_accuracies, exit_counts, seconds)``: overall
+        accuracy, accuracy of the samples each exit classified (NaN where an
+        exit took none), how many samples each exit took, and the end-to-end
+        wall time of the whole evaluation.
+        """
+        validate_labels(t, len(x))
+        xp_sync = self.xp
+        synchronize(xp_sync)
+        start = time.perf_counter()
+        labels, exits = self.predict(x, thresholds, batchsize)
+        seconds = time.perf_counter() - start
+        t = chainer.backends.cuda.to_cpu(t)
+        correct = labels == t
+        counts = numpy.bincount(exits, minlength=self.numexits())
+        exit_accs = [float(correct[exits == n].mean()) if counts[n] else float('nan')
+                     for n in range(self.numexits())]
+        return float(correct.mean()), exit_accs, counts.tolist(), seconds
+
+    def test_main(self, x, t, batchsize=None):
+        """Main-network evaluation: ``(accuracy, seconds)``."""
+        validate_labels(t, len(x))
+        synchronize(self.xp)
+        start = time.perf_counter()
+        labels = self.predict_main(x, batchsize)
+        seconds = time.perf_counter() - start
+        return float((labels == chainer.backends.cuda.to_cpu(t)).mean()), seconds

@@ -1,0 +1,45 @@
+"""Wall-clock timing that is honest on GPUs (synchronised) and on CPUs."""
+import collections
+import contextlib
+import time
+
+import numpy
+
+
+def synchronize(xp):
+    """Wait for queued device work, so a timer stops when the work is done."""
+    if xp is not numpy:
+        import cupy
+        cupy.cuda.get_current_stream().synchronize()
+
+
+class StageTimer:
+    """Accumulates synchronised wall time per named stage of a forward pass.
+
+    ``stage(name)`` is a context manager; ``totals[name]`` holds seconds.
+    Used to report the original's trunk-only figure beside end-to-end time.
+    """
+
+    def __init__(self, xp=numpy):
+        self.xp = xp
+        self.totals = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        synchronize(self.xp)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.xp)
+            self.totals[name] += time.perf_counter() - start
+
+
+class _NullTimer:
+    @contextlib.contextmanager
+    def stage(self, name):
+        yield
+
+
+NULL_TIMER = _NullTimer()
+

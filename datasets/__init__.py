@@ -1,0 +1,10 @@
+"""Dataset loaders. Every get_data() returns x_train, y_train, x_test, y_test."""
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def data_dir(*parts):
+    """Cache folder for downloaded data: $BRANCHYNET_DATA_DIR or datasets/data."""
+    root = os.environ.get('BRANCHYNET_DATA_DIR') or os.path.join(_HERE, 'data')
+    return os.path.join(root, *parts)

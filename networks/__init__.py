@@ -1,0 +1,12 @@
+"""Branchy versions of LeNet, AlexNet and ResNet-110, each with get_network()."""
+import importlib
+
+NETWORKS = ('lenet_mnist',)
+
+
+def load(name):
+    """Import ``networks.<name>``; unknown names get a clear error."""
+    if name not in NETWORKS:
+        raise ValueError('unknown network {!r}; expected one of: {}'.format(
+            name, ', '.join(NETWORKS)))
+    return importlib.import_module('networks.' + name)
