@@ -9,6 +9,7 @@ Chainer 7.8.1 predates numpy 2 and Python 3.12:
 Both are restored here in a minimal form. On the pinned set (Python 3.11,
 numpy 1.26) nothing is changed.
 """
+import importlib.util
 import sys
 import types
 
@@ -33,9 +34,9 @@ def _restore_sctypes():
 
 def _stub_numpy_distutils():
     try:
-        import numpy.distutils.system_info  # noqa: F401
-        return
-    except Exception:
+        if importlib.util.find_spec('numpy.distutils') is not None:
+            return
+    except (ImportError, ValueError):
         pass
     distutils_mod = types.ModuleType('numpy.distutils')
     system_info = types.ModuleType('numpy.distutils.system_info')

@@ -9,6 +9,7 @@ import contextlib
 import os
 import pickle
 import tempfile
+import zipfile
 
 import chainer
 
@@ -76,7 +77,8 @@ def load_npz(path, net):
     """Load weights saved by :func:`save_npz` into ``net`` (built by get_network())."""
     try:
         chainer.serializers.load_npz(os.fspath(path), net)
-    except (KeyError, ValueError, OSError, EOFError) as e:
+    except (KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:
         raise ValueError('cannot load weights from {}: {} (expected an npz file '
                          'written by save_npz for this network)'.format(path, e)) from e
     return net

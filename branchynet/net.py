@@ -355,6 +355,19 @@ class BranchyNet(chainer.Chain):
                 exits.append(chainer.backends.cuda.to_cpu(ex))
         return numpy.concatenate(labels), numpy.concatenate(exits)
 
+    def _main_route(self, x, timer=NULL_TIMER):
+        """The baseline network on one device batch: trunk, final head, softmax.
+
+        Returns device arrays (labels, exit indices), every exit the last.
+        """
+        with timer.stage('trunk'):
+            h = self.trunk(x).array
+        with timer.stage('head'):
+            z = self.branches[-1](h).array
+        with timer.stage('decision'):
+            labels = F.softmax(z).array.argmax(axis=1).astype(numpy.int32)
+        return labels, self.xp.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
+
     def predict_main(self, x, batchsize=None):
         """Labels from the main network alone (no early exit), as a numpy array."""
         validate_inputs(x, self.input_shape)
@@ -362,9 +375,8 @@ class BranchyNet(chainer.Chain):
         out = []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
-                z = self.branches[-1](self.trunk(self._as_device_array(x[i:i + batchsize])))
-                p = F.softmax(z).array
-                out.append(chainer.backends.cuda.to_cpu(p.argmax(axis=1).astype(numpy.int32)))
+                labels, _ = self._main_route(self._as_device_array(x[i:i + batchsize]))
+                out.append(chainer.backends.cuda.to_cpu(labels))
         return numpy.concatenate(out)
 
     def test(self, x, t, thresholds=None, batchsize=None):

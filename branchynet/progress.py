@@ -1,0 +1,69 @@
+"""A small progress bar for long loops: count, rate, time left (stderr)."""
+import sys
+import time
+
+
+def _fmt_seconds(s):
+    s = int(round(s))
+    return '{}:{:02d}:{:02d}'.format(s // 3600, s // 60 % 60, s % 60) if s >= 3600 \
+        else '{}:{:02d}'.format(s // 60, s % 60)
+
+
+class Progress:
+    """``with Progress(total, 'train') as bar: bar.update(k, loss=0.1)``.
+
+    On a terminal the line is redrawn in place; in logs a line is printed
+    every ``log_every`` seconds, so background runs stay readable.
+    """
+
+    def __init__(self, total, desc='', unit='it', enabled=True, stream=None,
+                 log_every=30.0):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self.interval = 0.5 if self.tty else log_every
+        self.count = 0
+        self.start = time.perf_counter()
+        self._shown = self.start
+        self.postfix = ''
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, n=1, **postfix):
+        self.count += n
+        if postfix:
+            self.postfix = ' '.join('{}={:.4g}'.format(k, v) if isinstance(v, float)
+                                    else '{}={}'.format(k, v) for k, v in postfix.items())
+        now = time.perf_counter()
+        if self.enabled and now - self._shown >= self.interval:
+            self._shown = now
+            self._draw(now)
+
+    def line(self, now=None):
+        now = now or time.perf_counter()
+        elapsed = now - self.start
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.count) / rate if rate > 0 and self.total else 0.0
+        frac = self.count / self.total if self.total else 0.0
+        return '{} {:5.1%} {}/{} {} [{} elapsed, {} left, {:.1f} {}/s] {}'.format(
+            self.desc, frac, self.count, self.total, self.unit, _fmt_seconds(elapsed),
+            _fmt_seconds(left), rate, self.unit, self.postfix).rstrip()
+
+    def _draw(self, now):
+        if self.tty:
+            self.stream.write('\r' + self.line(now) + '\x1b[K')
+        else:
+            self.stream.write(self.line(now) + '\n')
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self._draw(time.perf_counter())
+            if self.tty:
+                self.stream.write('\n')
+            self.enabled = False

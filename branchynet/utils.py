@@ -1,0 +1,283 @@
+"""Training, evaluation, threshold screening and Table I helpers.
+
+The names follow the original project (``train``, ``test``, ``screen_branchy``,
+``generate_thresholds``, ``get_inc_points``, ``branchy_table_results``) so its
+notebooks read the same; the timings are end to end (see ``measure_branchy``).
+"""
+import itertools
+import time
+
+import chainer
+import numpy
+
+from branchynet.progress import Progress
+from branchynet.timing import StageTimer, synchronize
+from branchynet.validation import validate_inputs, validate_labels, validate_thresholds
+
+
+# ------------------------------------------------------------------ training
+def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
+          on_epoch_end=None):
+    """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
+
+    ``main=True`` trains the main network only (``net.train_main``), otherwise
+    every exit jointly (``net.train``). ``on_epoch_end(epoch, losses, accs)``
+    is called after each epoch with that epoch's per-exit means.
+
+    Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
+    ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
+    the last, for main-only training) and ``seconds`` the total time.
+    """
+    validate_inputs(x, net.input_shape)
+    validate_labels(y, len(x))
+    if batchsize < 1 or num_epoch < 0:
+        raise ValueError('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
+                         .format(batchsize, num_epoch))
+    rng = numpy.random.RandomState(seed)
+    step = net.train_main if main else net.train
+    n_batches = (len(x) + batchsize - 1) // batchsize
+    losses, accs = [], []
+    start = time.perf_counter()
+    desc = 'main' if main else 'joint'
+    for epoch in range(num_epoch):
+        order = rng.permutation(len(x))
+        sums_loss, sums_acc, weights = 0., 0., 0
+        with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
+                      unit='batch', enabled=progress) as bar:
+            for i in range(0, len(x), batchsize):
+                idx = order[i:i + batchsize]
+                loss, acc = step(x[idx], y[idx])
+                loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
+                sums_loss = sums_loss + loss * len(idx)
+                sums_acc = sums_acc + acc * len(idx)
+                weights += len(idx)
+                bar.update(1, loss=float(numpy.nansum(loss)))
+        epoch_loss = (sums_loss / weights).tolist()
+        epoch_acc = (sums_acc / weights).tolist()
+        losses.append(epoch_loss)
+        accs.append(epoch_acc)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, epoch_loss, epoch_acc)
+    return losses, accs, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- evaluation
+def test(net, x, y, main=False, batchsize=1, thresholds=None):
+    """Evaluate ``net`` (early exit, or the main network with ``main=True``).
+
+    Returns ``(accuracy, seconds, exit_counts, exit_accuracies)`` as the
+    original did; for the main network the exit lists have one entry.
+    """
+    if main:
+        acc, seconds = net.test_main(x, y, batchsize=batchsize)
+        return acc, seconds, [len(x)], [acc]
+    acc, exit_accs, counts, seconds = net.test(x, y, thresholds, batchsize=batchsize)
+    return acc, seconds, counts, exit_accs
+
+
+def _per_sample_loop(net, x, run_one, timer):
+    """Run ``run_one`` on every sample at batch size 1; time it end to end.
+
+    The clock covers everything a sample costs: host-to-device transfer, the
+    trunk, the heads, softmax, entropy, routing and reading the answer back.
+    """
+    n = len(x)
+    labels = numpy.empty(n, numpy.int32)
+    exits = numpy.empty(n, numpy.int32)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        synchronize(net.xp)
+        start = time.perf_counter()
+        for i in range(n):
+            lab, ex = run_one(net.device.send(x[i:i + 1]), timer)
+            labels[i] = int(lab[0])
+            exits[i] = int(ex[0])
+        synchronize(net.xp)
+        seconds = time.perf_counter() - start
+    return labels, exits, seconds
+
+
+def measure_branchy(net, x, y, thresholds):
+    """Batch-1 early-exit run over ``x``: accuracy, exits and per-sample time.
+
+    Returns a dict with ``acc``, ``exit_counts``, ``exit_accs``, ``ms`` (end
+    to end, per sample) and ``trunk_ms`` (trunk segments only, the way the
+    original timed: no heads, softmax, entropy or routing). The per-stage
+    clock adds about a microsecond per stage to ``ms``.
+    """
+    validate_inputs(x, net.input_shape)
+    validate_labels(y, len(x))
+    ts = validate_thresholds(thresholds, net.numexits() - 1, name='thresholds')
+    timer = StageTimer(net.xp)
+    labels, exits, seconds = _per_sample_loop(
+        net, x, lambda xb, tm: net._route(xb, ts, tm), timer)
+    return _summarise(net, y, labels, exits, seconds, timer)
+
+
+def measure_main(net, x, y):
+    """Batch-1 run of the main network alone (the baseline); as ``measure_branchy``."""
+    validate_inputs(x, net.input_shape)
+    validate_labels(y, len(x))
+    timer = StageTimer(net.xp)
+    labels, exits, seconds = _per_sample_loop(net, x, net._main_route, timer)
+    result = _summarise(net, y, labels, exits, seconds, timer)
+    return result
+
+
+def _summarise(net, y, labels, exits, seconds, timer):
+    y = chainer.backends.cuda.to_cpu(y)
+    correct = labels == y
+    counts = numpy.bincount(exits, minlength=net.numexits())
+    return {
+        'acc': float(correct.mean()),
+        'exit_counts': counts.tolist(),
+        'exit_accs': [float(correct[exits == n].mean()) if counts[n] else None
+                      for n in range(net.numexits())],
+        'ms': 1000. * seconds / len(y),
+        'trunk_ms': 1000. * timer.totals['trunk'] / len(y),
+        'stage_ms': {k: 1000. * v / len(y) for k, v in timer.totals.items()},
+    }
+
+
+# ---------------------------------------------------------------- screening
+def generate_thresholds(base_ts, num_layers):
+    """Every threshold vector for ``num_layers`` early exits: the Cartesian
+    product of ``base_ts`` with itself (a list of lists)."""
+    base_ts = list(base_ts)
+    if not base_ts:
+        raise ValueError('base_ts must hold at least one threshold')
+    validate_thresholds(base_ts, len(base_ts), name='base_ts')
+    return [list(t) for t in itertools.product(base_ts, repeat=num_layers)]
+
+
+class ScreenResult(tuple):
+    """``(ts, accs, diffs, exits)`` as the original returned (it unpacks the
+    same), plus ``trunk_diffs`` (trunk-only ms) and ``records`` (every
+    point's full measurement). ``diffs`` are end-to-end ms per sample and
+    ``exits`` per-exit sample counts."""
+
+    def __new__(cls, records):
+        obj = super().__new__(cls, (
+            [r['thresholds'] for r in records], [r['acc'] for r in records],
+            [r['ms'] for r in records], [r['exit_counts'] for r in records]))
+        obj.records = records
+        obj.trunk_diffs = [r['trunk_ms'] for r in records]
+        return obj
+
+
+def screen_branchy(net, x, y, base_ts, batchsize=1, enumerate_ts=True, verbose=False,
+                   progress=True):
+    """Measure every threshold setting with a real batch-1 pass over ``x``.
+
+    ``base_ts`` is a list of values tried at every early exit
+    (``enumerate_ts=True``: their Cartesian product over the early exits) or,
+    with ``enumerate_ts=False``, the list of threshold vectors itself.
+    """
+    if batchsize != 1:
+        raise ValueError('screen_branchy times samples one at a time (batchsize=1); '
+                         'got batchsize={}'.format(batchsize))
+    settings = generate_thresholds(base_ts, net.numexits() - 1) if enumerate_ts \
+        else [validate_thresholds(t, net.numexits() - 1, name='base_ts entry')
+              for t in base_ts]
+    records = []
+    with Progress(len(settings), 'screen', unit='pt', enabled=progress) as bar:
+        for ts in settings:
+            r = measure_branchy(net, x, y, ts)
+            r['thresholds'] = list(ts)
+            records.append(r)
+            if verbose:
+                print('T={} acc={:.4f} ms={:.3f} exits={}'.format(
+                    ts, r['acc'], r['ms'], r['exit_counts']))
+            bar.update(1, acc=r['acc'], ms=r['ms'])
+    return ScreenResult(records)
+
+
+def inc_point_indices(accs, diffs, inc_amt=0.0):
+    """Indices of the accuracy-rising curve (Fig. 3), ordered by runtime.
+
+    Walking from the fastest point to the slowest, a point is kept when its
+    accuracy exceeds the best accuracy seen so far by more than ``inc_amt``.
+    With ``inc_amt=0`` this is the set of points no faster point beats.
+    """
+    order = sorted(range(len(accs)), key=lambda i: (diffs[i], -accs[i]))
+    kept, best = [], -numpy.inf
+    for i in order:
+        if accs[i] > best + inc_amt:
+            kept.append(i)
+            best = max(best, accs[i])
+    return kept
+
+
+def get_inc_points(accs, diffs, ts, exits, inc_amt=0.0):
+    """Points where accuracy rises as runtime rises: ``(accs, diffs, ts, exits)``
+    of those points, ordered by runtime (see ``inc_point_indices``)."""
+    idx = inc_point_indices(accs, diffs, inc_amt)
+    return ([accs[i] for i in idx], [diffs[i] for i in idx], [ts[i] for i in idx],
+            [exits[i] for i in idx])
+
+
+def select_knee(accs, diffs, baseline_acc):
+    """Index of the knee: the fastest point whose accuracy is at least the
+    baseline's. If no point reaches the baseline, the most accurate point
+    (the fastest among equals) is returned instead."""
+    if not accs:
+        raise ValueError('no screened points to choose a knee from')
+    good = [i for i in range(len(accs)) if accs[i] >= baseline_acc]
+    if good:
+        return min(good, key=lambda i: (diffs[i], -accs[i]))
+    return min(range(len(accs)), key=lambda i: (-accs[i], diffs[i]))
+
+
+# ------------------------------------------------------------------ Table I
+TABLE_COLUMNS = ('Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
+                 'Trunk-only gain', 'Thrshld. T', 'Exit (%)')
+
+
+def branchy_table_results(network, baseline, branchy, device='CPU', printout=True):
+    """The Table I block of one network: the baseline row and the BranchyNet row.
+
+    ``baseline`` and ``branchy`` are measurements as returned by
+    ``measure_main`` and ``measure_branchy`` (``branchy`` with its
+    ``thresholds``). Gain is baseline time / branchy time, end to end; the
+    trunk-only columns repeat it with the original's timer for comparison
+    with the paper. Returns the two rows as dicts keyed by ``TABLE_COLUMNS``.
+    """
+    total = sum(branchy['exit_counts'])
+    rows = [
+        {'Device': device, 'Network': network, 'Acc. (%)': 100 * baseline['acc'],
+         'Time (ms)': baseline['ms'], 'Gain': None, 'Trunk-only (ms)': baseline['trunk_ms'],
+         'Trunk-only gain': None, 'Thrshld. T': None, 'Exit (%)': None},
+        {'Device': device, 'Network': 'B-' + network, 'Acc. (%)': 100 * branchy['acc'],
+         'Time (ms)': branchy['ms'], 'Gain': baseline['ms'] / branchy['ms'],
+         'Trunk-only (ms)': branchy['trunk_ms'],
+         'Trunk-only gain': baseline['trunk_ms'] / branchy['trunk_ms']
+         if branchy['trunk_ms'] > 0 else None,
+         'Thrshld. T': list(branchy['thresholds']),
+         'Exit (%)': [100. * c / total for c in branchy['exit_counts']]},
+    ]
+    if printout:
+        print(format_table(rows))
+    return rows
+
+
+def _cell(column, value):
+    if value is None:
+        return '-'
+    if column in ('Gain', 'Trunk-only gain'):
+        return '{:.2f}x'.format(value)
+    if column == 'Thrshld. T':
+        return ', '.join('{:g}'.format(v) for v in value)
+    if column == 'Exit (%)':
+        return ', '.join('{:.2f}'.format(v) for v in value)
+    if column == 'Acc. (%)':
+        return '{:.2f}'.format(value)
+    if isinstance(value, float):
+        return '{:.3f}'.format(value)
+    return str(value)
+
+
+def format_table(rows, columns=('Device',) + TABLE_COLUMNS):
+    """Rows (dicts) as a Markdown table."""
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    for row in rows:
+        lines.append('| ' + ' | '.join(_cell(c, row.get(c)) for c in columns) + ' |')
+    return '\n'.join(lines)

@@ -1,0 +1,85 @@
+"""Figures: training curves per exit and the accuracy/runtime trade-off (Fig. 3).
+
+Every function draws on a fresh figure and, given ``path`` (without
+extension), writes it as PNG and PDF atomically; it returns the Figure.
+"""
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from branchynet.fileio import atomic_path  # noqa: E402
+from branchynet.utils import inc_point_indices  # noqa: E402
+
+
+def save_figure(fig, path, formats=('png', 'pdf')):
+    """Write ``fig`` to ``path.<fmt>`` for every format, atomically."""
+    for fmt in formats:
+        with atomic_path('{}.{}'.format(path, fmt)) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches='tight')
+    plt.close(fig)
+
+
+def exit_names(num_exits):
+    return ['exit {}'.format(n + 1) if n < num_exits - 1 else 'exit {} (main)'.format(n + 1)
+            for n in range(num_exits)]
+
+
+def plot_layers(losses, accs, title='', path=None, phase_labels=None):
+    """Training loss and accuracy per exit per epoch.
+
+    ``losses[epoch][exit]``/``accs[epoch][exit]``; ``phase_labels`` may be a
+    list of (first_epoch, label) pairs drawn as vertical markers (e.g. where
+    joint training starts).
+    """
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    num_exits = max(len(row) for row in losses)
+    names = exit_names(num_exits)
+    for n in range(num_exits):
+        xs = [e + 1 for e, row in enumerate(losses) if len(row) > n]
+        ax_loss.plot(xs, [row[n] for row in losses if len(row) > n], marker='.', label=names[n])
+        ax_acc.plot(xs, [100 * row[n] for row in accs if len(row) > n], marker='.',
+                    label=names[n])
+    for first, label in phase_labels or ():
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(first + 0.5, color='grey', ls=':', lw=1)
+            ax.text(first + 0.6, 0.98, label, transform=ax.get_xaxis_transform(),
+                    va='top', fontsize=8, color='grey')
+    ax_loss.set(xlabel='epoch', ylabel='training loss (softmax cross-entropy)', yscale='log')
+    ax_acc.set(xlabel='epoch', ylabel='training accuracy (%)')
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=.3)
+        ax.legend()
+    fig.suptitle(title)
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_line_tradeoff(accs, diffs, baseacc, basediff, knee=None, title='', path=None,
+                       xlabel='runtime (ms per sample, batch size 1, end to end)',
+                       all_points=True):
+    """Fig. 3: accuracy against runtime of every screened threshold setting.
+
+    The baseline is a red diamond, the accuracy-rising curve a blue line and
+    the knee (index ``knee`` into ``accs``) a green star.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if all_points:
+        ax.scatter(diffs, [100 * a for a in accs], s=10, color='lightsteelblue',
+                   label='screened thresholds')
+    curve = inc_point_indices(accs, diffs)
+    ax.plot([diffs[i] for i in curve], [100 * accs[i] for i in curve], '-o', color='tab:blue',
+            ms=4, label='BranchyNet (accuracy-rising points)')
+    ax.plot([basediff], [100 * baseacc], 'D', color='tab:red', ms=9, label='baseline network')
+    if knee is not None:
+        ax.plot([diffs[knee]], [100 * accs[knee]], '*', color='tab:green', ms=16,
+                label='knee', zorder=5)
+    ax.set(xlabel=xlabel, ylabel='classification accuracy (%)', title=title)
+    ax.grid(alpha=.3)
+    ax.legend(loc='lower right', fontsize=8)
+    if path:
+        save_figure(fig, path)
+    return fig

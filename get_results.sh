@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Reproduces Table I: trains, times and screens every network, writing
+# _results/ (tables, JSON), _figs/ (figures) and _models/ (dill .bn, .npz).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./get_results.sh [--paper] [--preset NAME] [--networks LIST] [--device DEV] [--seed N]
+
+  --paper           the original's schedules (LeNet 50+100 epochs: about 3 h on a 2-core CPU)
+  --preset NAME     fast (default: minutes on a 2-core CPU), paper, or tiny (seconds, a data subset)
+  --networks LIST   comma-separated networks to run (default: all): lenet_mnist
+  --device DEV      training device: auto (default: GPU when CuPy sees one, else CPU), cpu, gpu.
+                    Timings are taken on the CPU, and on the GPU too when it is used.
+  --seed N          random seed (default 0)
+  -h, --help        this help
+
+The first run creates .venv with the pinned dependencies (a few minutes).
+Logs: _results/<network>.log.
+USAGE
+}
+
+preset=fast
+networks=lenet_mnist
+device=auto
+seed=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --paper) preset=paper ;;
+    --preset) preset="${2:?--preset needs a name}"; shift ;;
+    --networks) networks="${2:?--networks needs a list}"; shift ;;
+    --device) device="${2:?--device needs cpu, gpu or auto}"; shift ;;
+    --seed) seed="${2:?--seed needs a number}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$device" in
+  cpu) time_devices=cpu ;;
+  gpu) time_devices=cpu,gpu ;;
+  auto) time_devices="" ;;
+  *) echo "error: --device must be cpu, gpu or auto, got '$device'" >&2; exit 2 ;;
+esac
+
+PY="$(tools/ensure_env.sh)"
+mkdir -p _models _figs _results
+start=$(date +%s)
+failed=()
+for net in ${networks//,/ }; do
+  echo "=== $net ($preset preset, device $device)"
+  args=(--network "$net" --preset "$preset" --device "$device" --seed "$seed" --out .)
+  [ -n "$time_devices" ] && args+=(--time-devices "$time_devices")
+  if ! PYTHONUNBUFFERED=1 "$PY" -m branchynet.experiment "${args[@]}" 2>&1 | tee "_results/$net.log"; then
+    failed+=("$net")
+  fi
+done
+echo "=== finished in $(( $(date +%s) - start )) s; tables:"
+cat _results/*_table.md 2>/dev/null || true
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "error: failed: ${failed[*]} (see _results/<network>.log)" >&2
+  exit 1
+fi

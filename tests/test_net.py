@@ -1,0 +1,205 @@
+"""BranchyNet link tree, joint training and early-exit semantics."""
+import chainer
+import numpy
+import pytest
+
+from branchynet import entropy
+from tests.conftest import make_three_exit_net
+
+
+def oracle(net, x, thresholds):
+    """Fig. 2 applied sample by sample to the softmax of every exit (get_SM)."""
+    sms = net.get_SM(x)
+    ents = [entropy(sm) for sm in sms]
+    labels, exits = [], []
+    for i in range(len(x)):
+        for n in range(net.numexits()):
+            if n == net.numexits() - 1 or ents[n][i] < thresholds[n]:
+                labels.append(int(sms[n][i].argmax()))
+                exits.append(n)
+                break
+    return numpy.array(labels), numpy.array(exits)
+
+
+def test_structure_of_the_link_tree(three_exit_net):
+    net = three_exit_net
+    assert net.numexits() == 3
+    assert net.branch_points == [1, 4, 7]
+    assert isinstance(net, chainer.Link)
+    outs = net(numpy.zeros((2, 1, 8, 8), numpy.float32))
+    assert [o.shape for o in outs] == [(2, 5)] * 3
+
+
+def test_zero_threshold_sends_everything_to_last_exit(three_exit_net, small_batch):
+    _, exits = three_exit_net.predict(small_batch[0], thresholds=0.0)
+    assert (exits == 2).all()
+
+
+def test_huge_threshold_sends_everything_out_of_exit_1(three_exit_net, small_batch):
+    labels, exits = three_exit_net.predict(small_batch[0], thresholds=[1e9, 1e9])
+    assert (exits == 0).all()
+    numpy.testing.assert_array_equal(labels, three_exit_net.get_SM(small_batch[0])[0].argmax(1))
+
+
+def test_random_thresholds_match_oracle_at_every_batch_size(three_exit_net, small_batch):
+    net, x = three_exit_net, small_batch[0]
+    ents = [entropy(sm) for sm in net.get_SM(x)]
+    rng = numpy.random.RandomState(3)
+    for _ in range(10):
+        ts = [rng.uniform(numpy.percentile(e, 10), numpy.percentile(e, 90)) for e in ents[:2]]
+        expected = oracle(net, x, ts + [None])
+        for bs in (1, 7, None):
+            labels, exits = net.predict(x, thresholds=ts, batchsize=bs)
+            numpy.testing.assert_array_equal(labels, expected[0])
+            numpy.testing.assert_array_equal(exits, expected[1])
+        assert len(set(expected[1])) > 1  # the thresholds really split the batch
+
+
+def test_exit_rule_is_strict(three_exit_net, small_batch):
+    x = small_batch[0][:5]
+    e0 = entropy(three_exit_net.get_SM(x)[0])
+    # threshold exactly equal to a sample's entropy: that sample must not exit
+    _, exits = three_exit_net.predict(x[:1], thresholds=[float(e0[0]), 0.0])
+    assert exits[0] != 0
+
+
+def test_lenet_predict_agrees_with_oracle_and_batch_sizes():
+    from networks import lenet_mnist
+    net = lenet_mnist.get_network()
+    x = numpy.random.RandomState(0).rand(40, 1, 28, 28).astype(numpy.float32)
+    e = entropy(net.get_SM(x)[0])
+    t = float(numpy.median(e))
+    expected = oracle(net, x, [t, None])
+    for bs in (1, 7, None):
+        got = net.predict(x, t, batchsize=bs)
+        numpy.testing.assert_array_equal(got[0], expected[0])
+        numpy.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize('bad, match', [
+    ([0.1], 'list of 2'),
+    ([0.1, 0.2, 0.3], 'got 3 value'),
+    (-0.5, 'negative'),
+    ([0.1, float('nan')], 'NaN'),
+    ('0.1', 'non-negative number'),
+    ([0.1, 'a'], 'must be a number'),
+    (None.__class__, 'non-negative number'),
+])
+def test_threshold_validation(three_exit_net, bad, match):
+    with pytest.raises(ValueError, match=match):
+        three_exit_net.thresholdExits = bad
+    with pytest.raises(ValueError, match=match):
+        three_exit_net.predict(numpy.zeros((1, 1, 8, 8), numpy.float32), thresholds=bad)
+
+
+def test_thresholds_scalar_broadcasts(three_exit_net):
+    three_exit_net.thresholdExits = 0.5
+    assert three_exit_net.thresholdExits == [0.5, 0.5]
+    three_exit_net.thresholdExits = numpy.array([0.1, 0.2])
+    assert three_exit_net.thresholdExits == [0.1, 0.2]
+
+
+def test_predict_without_thresholds_is_a_clear_error(three_exit_net):
+    with pytest.raises(ValueError, match='no thresholds'):
+        three_exit_net.predict(numpy.zeros((1, 1, 8, 8), numpy.float32))
+
+
+def _params(link):
+    return {name: p.array.copy() for name, p in link.namedparams()}
+
+
+def test_trunk_receives_gradient_from_every_exit(small_batch):
+    """Each exit's loss alone reaches the first trunk layer; jointly they add up."""
+    x, t = small_batch
+    net = make_three_exit_net()
+    grads = []
+    for n in range(3):
+        net.exit_weights = [1.0 if k == n else 0.0 for k in range(3)]
+        net.cleargrads()
+        with chainer.using_config('train', True):
+            losses, _ = net._joint_losses(x, t)
+            sum(w * loss for w, loss in zip(net.exit_weights, losses)).backward()
+        g = net.trunk[0].W.grad.copy()
+        assert numpy.abs(g).sum() > 0, 'exit {} sends no gradient to the trunk'.format(n)
+        grads.append(g)
+    net.exit_weights = None
+    net.cleargrads()
+    with chainer.using_config('train', True):
+        losses, _ = net._joint_losses(x, t)
+        sum(losses).backward()
+    numpy.testing.assert_allclose(net.trunk[0].W.grad, sum(grads), rtol=1e-4, atol=1e-6)
+
+
+def test_joint_training_updates_every_part(small_batch):
+    x, t = small_batch
+    net = make_three_exit_net()
+    before = _params(net)
+    net.train(x, t)
+    after = _params(net)
+    assert all(not numpy.array_equal(before[k], after[k]) for k in before)
+
+
+def test_main_training_leaves_branch_heads_untouched(small_batch):
+    x, t = small_batch
+    net = make_three_exit_net()
+    before = _params(net)
+    for _ in range(3):
+        loss, acc = net.train_main(x, t)
+    after = _params(net)
+    changed = {k for k in before if not numpy.array_equal(before[k], after[k])}
+    heads = {k for k in before if k.startswith('/branches/0/') or k.startswith('/branches/1/')}
+    assert heads and not (changed & heads)
+    assert changed == set(before) - heads
+    # Adam's step counter of the heads did not move either
+    assert all(p.update_rule.t == 0 for head in net.branches[:2] for p in head.params())
+
+
+def test_joint_loss_decreases_with_training(small_batch):
+    x, t = small_batch
+    net = make_three_exit_net()
+    first, _ = net.train(x, t)
+    for _ in range(30):
+        last, _ = net.train(x, t)
+    assert sum(last) < sum(first)
+
+
+def test_exit_weights_default_and_validation(three_exit_net):
+    assert three_exit_net.exit_weights == [1.0, 1.0, 1.0]
+    three_exit_net.exit_weights = [1.0, 1.0, 0.3]
+    assert three_exit_net.exit_weights == [1.0, 1.0, 0.3]
+    with pytest.raises(ValueError, match='3 non-negative numbers'):
+        three_exit_net.exit_weights = [1.0, 0.3]
+
+
+def test_percent_train_keeps_passes_on_the_least_confident(small_batch):
+    x, t = small_batch
+    net = make_three_exit_net(percentTrainKeeps=0.5)
+    seen = []
+    original = net.branches[1].forward
+
+    def spy(h):
+        seen.append(len(h))
+        return original(h)
+    net.branches[1].forward = spy
+    net.train(x, t)
+    assert seen == [30]
+    with pytest.raises(ValueError, match='percentTrainKeeps'):
+        net.percentTrainKeeps = 1.5
+
+
+def test_test_reports_counts_and_per_exit_accuracy(three_exit_net, small_batch):
+    x, t = small_batch
+    acc, exit_accs, counts, seconds = three_exit_net.test(x, t, thresholds=[2.0, 1.0])
+    labels, exits = three_exit_net.predict(x, thresholds=[2.0, 1.0])
+    assert counts == numpy.bincount(exits, minlength=3).tolist()
+    assert acc == pytest.approx((labels == t).mean())
+    assert seconds > 0
+
+
+def test_network_list_must_end_with_a_branch():
+    import chainer.links as L
+    from branchynet import BranchyNet
+    with pytest.raises(ValueError, match='must end with a Branch'):
+        BranchyNet([L.Linear(3, 2)])
+    with pytest.raises(TypeError, match='chainer Links'):
+        BranchyNet([lambda x: x])
