@@ -24,12 +24,13 @@ import chainer
 import numpy
 
 import networks
+from datasets import DataUnavailableError
 from branchynet import utils, visualize
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fileio import atomic_write, save_dill, save_npz
 
-SCHEDULE_KEYS = ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test',
-                 'n_timing', 'thresholds')
+
+
 
 
 def log(msg):
@@ -45,7 +46,7 @@ def resolve_config(network, preset, overrides=None):
         raise ValueError('unknown preset {!r} for {}; expected one of: {}'.format(
             preset, network, ', '.join(presets)))
     config = {'network': network, 'preset': preset, 'n_train': None, 'n_test': None,
-              'n_timing': None}
+              'n_timing': None, 'num_classes': 10, 'dataset_path': None, 'augment': False}
     config.update(base)
     config.update(presets[preset])
     for key, value in (overrides or {}).items():
@@ -55,10 +56,19 @@ def resolve_config(network, preset, overrides=None):
 
 
 def load_dataset(config, dataset_module=None):
-    """Load the configured dataset and cut the subsets the preset asks for."""
+    """Load the configured dataset and cut the subsets the preset asks for.
+
+    ``config['dataset_path']`` (``--dataset``) names an npz file in the
+    ``train_x, train_y, test_x, test_y`` layout that replaces the default.
+    """
     import importlib
-    module = dataset_module or importlib.import_module('datasets.' + config['dataset'])
-    x_train, y_train, x_test, y_test = module.get_data()
+    if config.get('dataset_path'):
+        from datasets import npz
+        x_train, y_train, x_test, y_test = npz.load(config['dataset_path'],
+                                                    num_classes=config['num_classes'])
+    else:
+        module = dataset_module or importlib.import_module('datasets.' + config['dataset'])
+        x_train, y_train, x_test, y_test = module.get_data()
     if config.get('n_train'):
         x_train, y_train = x_train[:config['n_train']], y_train[:config['n_train']]
     if config.get('n_test'):
@@ -161,7 +171,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         config['epochs_main'], config['batchsize']))
     main_losses, main_accs, main_s = utils.train(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
-        num_epoch=config['epochs_main'], seed=seed)
+        num_epoch=config['epochs_main'], seed=seed, augment=config['augment'])
     base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
 
@@ -169,7 +179,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         net.numexits(), config['epochs_joint']))
     joint_losses, joint_accs, joint_s = utils.train(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
-        num_epoch=config['epochs_joint'], seed=seed + 1)
+        num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'])
     exit_accs = exit_accuracies(net, x_test, y_test)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
         ', '.join('{:.2%}'.format(a) for a in exit_accs), joint_s))
@@ -230,18 +240,27 @@ def build_parser():
     parser.add_argument('--n-test', type=int, help='use the first N test samples')
     parser.add_argument('--n-timing', type=int,
                         help='time and screen on the first N test samples (default all)')
+    parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz',
+                        help='use this npz (train_x, train_y, test_x, test_y) instead of '
+                             "the network's default dataset")
+    parser.add_argument('--augment', action='store_true', default=None,
+                        help='train on augmented images (crops, flips; off by default)')
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in
-                 ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing')}
+                 ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
+                  'dataset_path', 'augment')}
     time_devices = args.time_devices.split(',') if args.time_devices else None
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
             time_devices=time_devices)
-    except ValueError as e:
+    except DataUnavailableError as e:
+        print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
+        return 0
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print('error: {}'.format(e), file=sys.stderr)
         return 2
     return 0

@@ -16,13 +16,24 @@ from branchynet.validation import validate_inputs, validate_labels, validate_thr
 
 
 # ------------------------------------------------------------------ training
+def _epoch_batches(x, y, batchsize, rng, augmenter):
+    if augmenter is not None:
+        yield from augmenter.epoch()
+        return
+    order = rng.permutation(len(x))
+    for i in range(0, len(x), batchsize):
+        idx = order[i:i + batchsize]
+        yield x[idx], y[idx]
+
+
 def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
-          on_epoch_end=None):
+          on_epoch_end=None, augment=False):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
     every exit jointly (``net.train``). ``on_epoch_end(epoch, losses, accs)``
     is called after each epoch with that epoch's per-exit means.
+    ``augment=True`` trains on augmented images (``branchynet.augment``).
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
@@ -34,23 +45,25 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
         raise ValueError('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
                          .format(batchsize, num_epoch))
     rng = numpy.random.RandomState(seed)
+    augmenter = None
+    if augment:
+        from branchynet.augment import AugmentedBatches
+        augmenter = AugmentedBatches(x, y, batchsize, seed=rng.randint(2 ** 31 - 1))
     step = net.train_main if main else net.train
     n_batches = (len(x) + batchsize - 1) // batchsize
     losses, accs = [], []
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
     for epoch in range(num_epoch):
-        order = rng.permutation(len(x))
         sums_loss, sums_acc, weights = 0., 0., 0
         with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
                       unit='batch', enabled=progress) as bar:
-            for i in range(0, len(x), batchsize):
-                idx = order[i:i + batchsize]
-                loss, acc = step(x[idx], y[idx])
+            for xb, yb in _epoch_batches(x, y, batchsize, rng, augmenter):
+                loss, acc = step(xb, yb)
                 loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
-                sums_loss = sums_loss + loss * len(idx)
-                sums_acc = sums_acc + acc * len(idx)
-                weights += len(idx)
+                sums_loss = sums_loss + loss * len(yb)
+                sums_acc = sums_acc + acc * len(yb)
+                weights += len(yb)
                 bar.update(1, loss=float(numpy.nansum(loss)))
         epoch_loss = (sums_loss / weights).tolist()
         epoch_acc = (sums_acc / weights).tolist()

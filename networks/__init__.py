@@ -1,7 +1,7 @@
 """Branchy versions of LeNet, AlexNet and ResNet-110, each with get_network()."""
 import importlib
 
-NETWORKS = ('lenet_mnist',)
+NETWORKS = ('lenet_mnist', 'alex_cifar10', 'resnet_cifar10')
 
 
 def load(name):

@@ -1,0 +1,79 @@
+"""CIFAR-style data augmentation (off by default, as the original ran).
+
+Each training image is replaced, per epoch, by one random variant among:
+the full image or a 24x24 crop at offsets (0, 4, 8) x (0, 4, 8) scaled back
+to the full size, each optionally flipped horizontally; every variant is then
+contrast-normalised per image. ``AugmentedBatches`` prepares the next batch
+in a worker process while the current one trains.
+"""
+import multiprocessing
+
+import numpy
+import skimage.transform
+
+CROP = 24
+OFFSETS = (0, 4, 8)
+
+
+def contrast_normalize(x, eps=1e-8):
+    """Per image: zero mean, unit standard deviation (ddof 1) over all values."""
+    flat = x.reshape(len(x), -1).astype(numpy.float64)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    std = flat.std(axis=1, ddof=1, keepdims=True)
+    std[std < eps] = 1.
+    return (flat / std).reshape(x.shape).astype(numpy.float32)
+
+
+def variant(image, crop_index, flip):
+    """One variant of a (C,H,W) image: crop_index 0 is the full image, 1..9 the
+    24x24 crops at the (row, column) offsets, scaled back to (H,W)."""
+    c, h, w = image.shape
+    if crop_index:
+        dy, dx = OFFSETS[(crop_index - 1) // 3], OFFSETS[(crop_index - 1) % 3]
+        size = CROP * h // 32
+        crop = image[:, dy:dy + size, dx:dx + size]
+        image = skimage.transform.resize(crop, (c, h, w), order=1, mode='edge',
+                                          anti_aliasing=False).astype(numpy.float32)
+    if flip:
+        image = image[:, :, ::-1]
+    return image
+
+
+def augment_batch(x, seed):
+    """A random variant of every image of ``x``, contrast-normalised."""
+    rng = numpy.random.RandomState(seed)
+    crops = rng.randint(0, 1 + len(OFFSETS) ** 2, size=len(x))
+    flips = rng.randint(0, 2, size=len(x)).astype(bool)
+    out = numpy.stack([variant(img, c, f) for img, c, f in zip(x, crops, flips)])
+    return contrast_normalize(out)
+
+
+class AugmentedBatches:
+    """Iterates ``(x_batch, y_batch)`` of augmented images, one batch ahead.
+
+    A pool of ``workers`` processes augments batch i+1 while batch i is used.
+    ``workers=0`` augments in the calling process.
+    """
+
+    def __init__(self, x, y, batchsize, seed=0, workers=1):
+        self.x, self.y, self.batchsize = x, y, batchsize
+        self.rng = numpy.random.RandomState(seed)
+        self.workers = workers
+
+    def epoch(self):
+        order = self.rng.permutation(len(self.x))
+        chunks = [order[i:i + self.batchsize] for i in range(0, len(order), self.batchsize)]
+        seeds = self.rng.randint(0, 2 ** 31 - 1, size=len(chunks))
+        jobs = [(self.x[idx], int(s)) for idx, s in zip(chunks, seeds)]
+        if self.workers == 0:
+            for idx, job in zip(chunks, jobs):
+                yield augment_batch(*job), self.y[idx]
+            return
+        ctx = multiprocessing.get_context('fork')
+        with ctx.Pool(self.workers) as pool:
+            for idx, xb in zip(chunks, pool.imap(_augment_job, jobs)):
+                yield xb, self.y[idx]
+
+
+def _augment_job(job):
+    return augment_batch(*job)

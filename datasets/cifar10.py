@@ -1,0 +1,149 @@
+"""CIFAR-10 from the official python tarball: (N,3,32,32) float32 in [0,1], int32 labels.
+
+Where the data comes from, in this order:
+
+1. ``path`` (argument) or ``$BRANCHYNET_CIFAR10``: the tarball
+   ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py`` folder;
+2. the cache folder ``datasets/data/cifar10`` (same two forms);
+3. the official tarball from the University of Toronto, md5-checked and
+   written atomically into the cache folder.
+
+The batches are Python pickles; they are read with an unpickler that only
+admits the plain types the official files contain (no code runs).
+"""
+import io
+import os
+import pickle
+import sys
+import tarfile
+
+import numpy
+
+from datasets import DataUnavailableError, data_dir
+from datasets._fetch import download, file_digest
+
+URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
+TARBALL = 'cifar-10-python.tar.gz'
+FOLDER = 'cifar-10-batches-py'
+MD5 = 'c58f30108f718f92721af3b95e74349a'
+TRAIN_BATCHES = ['data_batch_{}'.format(i) for i in range(1, 6)]
+TEST_BATCHES = ['test_batch']
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits numpy arrays and builtin containers only."""
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
+               ('numpy', 'dtype'), ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+               ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError('CIFAR batch refers to {}.{}, which the official '
+                                     'files never do'.format(module, name))
+
+
+def _read_batch(raw, source):
+    try:
+        d = _SafeUnpickler(io.BytesIO(raw), encoding='bytes').load()
+    except Exception as e:
+        raise ValueError('{} is not a CIFAR-10 python batch: {}'.format(source, e)) from e
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if 'data' not in d or 'labels' not in d:
+        raise ValueError('{} lacks the "data" and "labels" entries of a CIFAR-10 batch'
+                         .format(source))
+    data = numpy.asarray(d['data'], dtype=numpy.uint8)
+    labels = numpy.asarray(d['labels'], dtype=numpy.int32)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError('{}: data must be (N, 3072) with N labels, got {} and {} labels'
+                         .format(source, data.shape, len(labels)))
+    return data, labels
+
+
+def _read_from_tarball(path):
+    batches = {}
+    with tarfile.open(path, 'r:gz') as tar:
+        for name in TRAIN_BATCHES + TEST_BATCHES:
+            member = '{}/{}'.format(FOLDER, name)
+            try:
+                raw = tar.extractfile(member).read()
+            except (KeyError, AttributeError):
+                raise ValueError('{} has no {} (not the official CIFAR-10 python tarball?)'
+                                 .format(path, member)) from None
+            batches[name] = _read_batch(raw, '{}:{}'.format(path, member))
+    return batches
+
+
+def _read_from_folder(path):
+    batches = {}
+    for name in TRAIN_BATCHES + TEST_BATCHES:
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            raise ValueError('{} has no {}'.format(path, name))
+        with open(file, 'rb') as f:
+            batches[name] = _read_batch(f.read(), file)
+    return batches
+
+
+def _read(path):
+    if os.path.isdir(path):
+        if os.path.isdir(os.path.join(path, FOLDER)):
+            return _read_from_folder(os.path.join(path, FOLDER))
+        if os.path.exists(os.path.join(path, TARBALL)):
+            return _read_from_tarball(os.path.join(path, TARBALL))
+        return _read_from_folder(path)
+    return _read_from_tarball(path)
+
+
+def locate(path=None, download_missing=True, cache=None):
+    """Where the CIFAR-10 data is (tarball or folder), downloading it if allowed."""
+    path = path or os.environ.get('BRANCHYNET_CIFAR10')
+    if path:
+        if not os.path.exists(path):
+            raise FileNotFoundError('CIFAR-10 path {} does not exist (expected {} or a {} '
+                                    'folder)'.format(path, TARBALL, FOLDER))
+        return path
+    cache = cache or data_dir('cifar10')
+    for candidate in (os.path.join(cache, FOLDER), os.path.join(cache, TARBALL)):
+        if os.path.exists(candidate):
+            return candidate
+    if not download_missing:
+        return None
+    dest = os.path.join(cache, TARBALL)
+    print('[cifar10] downloading {} (163 MB)'.format(URL), file=sys.stderr)
+    try:
+        download(URL, dest, digest=MD5)
+    except OSError as e:
+        raise DataUnavailableError(
+            'CIFAR-10 could not be downloaded ({}). Download {} elsewhere (md5 {}) and '
+            'put it in {}, or point BRANCHYNET_CIFAR10 at it or at its extracted {} '
+            'folder.'.format(e, TARBALL, MD5, cache, FOLDER)) from e
+    return dest
+
+
+def available(path=None):
+    """True if CIFAR-10 can be read without downloading."""
+    return locate(path, download_missing=False) is not None
+
+
+def verify_tarball(path):
+    """Raise ValueError unless ``path`` has the official tarball's md5."""
+    actual = file_digest(path)
+    if actual != MD5:
+        raise ValueError('{} has md5 {}, expected {} (the official {})'.format(
+            path, actual, MD5, TARBALL))
+
+
+def get_data(path=None):
+    """``x_train (50000,3,32,32) float32 in [0,1], y_train int32, x_test, y_test``."""
+    batches = _read(locate(path))
+
+    def stack(names):
+        x = numpy.concatenate([batches[n][0] for n in names])
+        y = numpy.concatenate([batches[n][1] for n in names])
+        return (x.reshape(-1, 3, 32, 32).astype(numpy.float32) / 255.), y
+
+    x_train, y_train = stack(TRAIN_BATCHES)
+    x_test, y_test = stack(TEST_BATCHES)
+    return x_train, y_train, x_test, y_test

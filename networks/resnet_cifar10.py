@@ -1,0 +1,94 @@
+"""B-ResNet-110 for CIFAR-10 (3x32x32): early exits after the stem and stage 1.
+
+Trunk: conv(3,16,3,pad 0) (32 -> 30), BN, relu | exit 1 | 18 x ResBlock(16,16) |
+exit 2 | ResBlock(16,32,stride 2), 17 x ResBlock(32,32), ResBlock(32,64,stride 2),
+17 x ResBlock(64,64), average pooling(6, stride 1) (8 -> 3) | exit 3: linear(576,10).
+The main path has 109 convolutions and 1 linear layer; exit 2 sits after the
+37th convolution. Convolutions are He-normal initialised.
+"""
+import branchynet  # noqa: F401  (compatibility shims before chainer)
+import chainer
+import chainer.functions as F
+import chainer.links as L
+
+from branchynet import FL, Branch, BranchyNet
+
+INPUT_SHAPE = (3, 32, 32)
+BLOCKS_PER_STAGE = 18
+
+EXPERIMENT = {
+    'title': 'ResNet-110',
+    'dataset': 'pcifar10',
+    'batchsize': 64,
+    'thresholds': [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
+                   0.25, 0.5, 0.75, 1., 2., 3., 5., 10.],
+    'presets': {
+        # The paper's schedule: 100 main-only epochs, then 100 joint epochs.
+        'paper': {'epochs_main': 100, 'epochs_joint': 100},
+        # About 2 h per full CIFAR epoch on a 2-core CPU: a small subset here.
+        'fast': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 1000, 'n_test': 500,
+                 'n_timing': 40, 'thresholds': [0.001, 0.1, 0.5, 1., 2.]},
+        'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 64, 'n_test': 16,
+                 'batchsize': 32, 'thresholds': [0.1, 2.0]},
+    },
+}
+
+
+def conv(in_channels, out_channels, ksize, pad, stride=1):
+    """A He-normal initialised convolution (keyword arguments: Chainer 7's
+    sixth positional argument of Convolution2D is ``nobias``)."""
+    return L.Convolution2D(in_channels, out_channels, ksize, stride=stride, pad=pad,
+                           initialW=chainer.initializers.HeNormal())
+
+
+class ResBlock(chainer.Chain):
+    """conv-BN-relu-conv-BN plus the shortcut, then relu.
+
+    When the block changes the shape, the shortcut is average-pooled
+    (window 1, stride 2) and zero-padded in channels (no parameters).
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        with self.init_scope():
+            self.conv1 = conv(in_channels, out_channels, 3, 1, stride)
+            self.bn1 = L.BatchNormalization(out_channels)
+            self.conv2 = conv(out_channels, out_channels, 3, 1)
+            self.bn2 = L.BatchNormalization(out_channels)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        shortcut = x
+        if self.stride != 1:
+            shortcut = F.average_pooling_2d(shortcut, 1, self.stride)
+        if self.out_channels != self.in_channels:
+            n, c, hh, ww = shortcut.shape
+            pad = self.xp.zeros((n, self.out_channels - c, hh, ww), dtype=shortcut.dtype)
+            shortcut = F.concat((shortcut, pad), axis=1)
+        return F.relu(h + shortcut)
+
+
+def _stage(in_channels, out_channels, stride, count):
+    return [ResBlock(in_channels, out_channels, stride)] + \
+        [ResBlock(out_channels, out_channels) for _ in range(count - 1)]
+
+
+def get_network(percentTrainKeeps=1, **kwargs):
+    """A fresh B-ResNet-110 (untrained)."""
+    n = BLOCKS_PER_STAGE
+    network = [
+        conv(3, 16, 3, 0), L.BatchNormalization(16), FL(F.relu),
+        Branch([conv(16, 64, 5, 2), FL(F.relu),
+                FL(F.local_response_normalization, n=3, k=2, alpha=5e-5, beta=0.75),
+                conv(64, 32, 3, 1), FL(F.relu), conv(32, 32, 3, 1), FL(F.relu),
+                L.Linear(28800, 10)]),
+    ] + _stage(16, 16, 1, n) + [
+        Branch([ResBlock(16, 16), L.Linear(14400, 10)]),
+    ] + _stage(16, 32, 2, n) + _stage(32, 64, 2, n) + [
+        FL(F.average_pooling_2d, 6, 1),
+        Branch([L.Linear(576, 10)]),
+    ]
+    return BranchyNet(network, percentTrainKeeps=percentTrainKeeps,
+                      input_shape=INPUT_SHAPE, **kwargs)
