@@ -7,10 +7,15 @@ cd "$(dirname "$0")"
 usage() {
   cat <<'USAGE'
 Usage: ./get_results.sh [--paper] [--preset NAME] [--networks LIST] [--device DEV] [--seed N]
+                        [--dataset D]
 
   --paper           the original's schedules (LeNet 50+100 epochs: about 3 h on a 2-core CPU)
   --preset NAME     fast (default: minutes on a 2-core CPU), paper, or tiny (seconds, a data subset)
-  --networks LIST   comma-separated networks to run (default: all): lenet_mnist
+  --networks LIST   comma-separated networks to run (default: all):
+                    lenet_mnist, alex_cifar10, resnet_cifar10. A network whose data cannot
+                    be had is skipped with a line saying how to provide it.
+  --dataset D       run the networks on D instead of their own data: an npz file
+                    (train_x, train_y, test_x, test_y) or mnist, cifar10, pcifar10, mnist32
   --device DEV      training device: auto (default: GPU when CuPy sees one, else CPU), cpu, gpu.
                     Timings are taken on the CPU, and on the GPU too when it is used.
   --seed N          random seed (default 0)
@@ -22,7 +27,8 @@ USAGE
 }
 
 preset=fast
-networks=lenet_mnist
+networks=lenet_mnist,alex_cifar10,resnet_cifar10
+dataset=
 device=auto
 seed=0
 while [ $# -gt 0 ]; do
@@ -32,6 +38,7 @@ while [ $# -gt 0 ]; do
     --networks) networks="${2:?--networks needs a list}"; shift ;;
     --device) device="${2:?--device needs cpu, gpu or auto}"; shift ;;
     --seed) seed="${2:?--seed needs a number}"; shift ;;
+    --dataset) dataset="${2:?--dataset needs a file or name}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -52,12 +59,13 @@ for net in ${networks//,/ }; do
   echo "=== $net ($preset preset, device $device)"
   args=(--network "$net" --preset "$preset" --device "$device" --seed "$seed" --out .)
   [ -n "$time_devices" ] && args+=(--time-devices "$time_devices")
+  [ -n "$dataset" ] && args+=(--dataset "$dataset")
   if ! PYTHONUNBUFFERED=1 "$PY" -m branchynet.experiment "${args[@]}" 2>&1 | tee "_results/$net.log"; then
     failed+=("$net")
   fi
 done
-echo "=== finished in $(( $(date +%s) - start )) s; tables:"
-cat _results/*_table.md 2>/dev/null || true
+echo "=== finished in $(( $(date +%s) - start )) s"
+"$PY" -m branchynet.report --results _results
 if [ ${#failed[@]} -gt 0 ]; then
   echo "error: failed: ${failed[*]} (see _results/<network>.log)" >&2
   exit 1

@@ -25,6 +25,8 @@ import numpy
 
 import networks
 from datasets import DataUnavailableError
+
+DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 from branchynet import utils, visualize
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fileio import atomic_write, save_dill, save_npz
@@ -58,17 +60,23 @@ def resolve_config(network, preset, overrides=None):
 def load_dataset(config, dataset_module=None):
     """Load the configured dataset and cut the subsets the preset asks for.
 
-    ``config['dataset_path']`` (``--dataset``) names an npz file in the
-    ``train_x, train_y, test_x, test_y`` layout that replaces the default.
+    ``config['dataset_path']`` (``--dataset``) replaces the network's default
+    dataset: an npz file in the ``train_x, train_y, test_x, test_y`` layout,
+    or the name of a module in ``datasets/`` (e.g. ``mnist32``).
     """
     import importlib
-    if config.get('dataset_path'):
+    source = config.get('dataset_path')
+    if source and source.endswith('.npz'):
         from datasets import npz
-        x_train, y_train, x_test, y_test = npz.load(config['dataset_path'],
-                                                    num_classes=config['num_classes'])
+        x_train, y_train, x_test, y_test = npz.load(source, num_classes=config['num_classes'])
     else:
-        module = dataset_module or importlib.import_module('datasets.' + config['dataset'])
-        x_train, y_train, x_test, y_test = module.get_data()
+        name = source or config['dataset']
+        if dataset_module is None:
+            if name not in DATASETS:
+                raise ValueError('unknown dataset {!r}; expected a .npz file or one of: {}'
+                                 .format(name, ', '.join(DATASETS)))
+            dataset_module = importlib.import_module('datasets.' + name)
+        x_train, y_train, x_test, y_test = dataset_module.get_data()
     if config.get('n_train'):
         x_train, y_train = x_train[:config['n_train']], y_train[:config['n_train']]
     if config.get('n_test'):
@@ -113,9 +121,10 @@ def write_table(path_base, rows):
         f.write(buf.getvalue())
 
 
-def exit_accuracies(net, x, y):
+def exit_accuracies(net, x, y, sms=None):
     """Test accuracy of every exit on every sample (no early exit)."""
-    return [float((sm.argmax(axis=1) == y).mean()) for sm in net.get_SM(x)]
+    sms = net.get_SM(x) if sms is None else sms
+    return [float((sm.argmax(axis=1) == y).mean()) for sm in sms]
 
 
 def time_and_screen(net, name, title, config, x_test, y_test, label, out):
@@ -158,7 +167,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
 
-    log('{} ({} preset): loading {}'.format(network, preset, config['dataset']))
+    log('{} ({} preset): loading {}'.format(network, preset,
+                                           config.get('dataset_path') or config['dataset']))
     x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
     log('train {} samples, test {} samples'.format(len(x_train), len(x_test)))
 
@@ -180,7 +190,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     joint_losses, joint_accs, joint_s = utils.train(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'])
-    exit_accs = exit_accuracies(net, x_test, y_test)
+    sms = net.get_SM(x_test)
+    exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
         ', '.join('{:.2%}'.format(a) for a in exit_accs), joint_s))
 
@@ -191,6 +202,9 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                           path=os.path.join(out['figs'], network + '_training'),
                           phase_labels=[(0, 'main only'),
                                         (len(main_losses), 'joint')])
+    visualize.plot_layer_entropy(sms, y_test, title='B-{}: early exit vs entropy '
+                                 'threshold (test set)'.format(title),
+                                 path=os.path.join(out['figs'], network + '_entropy'))
 
     save_dill(os.path.join(out['models'], network + '.bn'), net)
     save_npz(os.path.join(out['models'], network + '.npz'), net)
@@ -198,6 +212,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
 
     results = {'network': network, 'title': title, 'config': config,
                'environment': environment(config, dev), 'seed': seed,
+               'data': {'n_train': len(x_train), 'n_test': len(x_test),
+                        'n_timing': config.get('n_timing') or len(x_test)},
                'training': {'main_loss': main_losses, 'main_acc': main_accs,
                             'main_seconds': main_s, 'joint_loss': joint_losses,
                             'joint_acc': joint_accs, 'joint_seconds': joint_s,
@@ -240,9 +256,9 @@ def build_parser():
     parser.add_argument('--n-test', type=int, help='use the first N test samples')
     parser.add_argument('--n-timing', type=int,
                         help='time and screen on the first N test samples (default all)')
-    parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz',
-                        help='use this npz (train_x, train_y, test_x, test_y) instead of '
-                             "the network's default dataset")
+    parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|NAME',
+                        help="replace the network's dataset: an npz file (train_x, train_y, "
+                             'test_x, test_y) or one of: ' + ', '.join(DATASETS))
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
     return parser

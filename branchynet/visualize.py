@@ -3,9 +3,12 @@
 Every function draws on a fresh figure and, given ``path`` (without
 extension), writes it as PNG and PDF atomically; it returns the Figure.
 """
+import sys
+
 import matplotlib
 
-matplotlib.use('Agg')
+if 'ipykernel' not in sys.modules:  # notebooks keep their inline backend
+    matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -80,6 +83,42 @@ def plot_line_tradeoff(accs, diffs, baseacc, basediff, knee=None, title='', path
     ax.set(xlabel=xlabel, ylabel='classification accuracy (%)', title=title)
     ax.grid(alpha=.3)
     ax.legend(loc='lower right', fontsize=8)
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_layer_entropy(sms, y, title='', path=None, grid=None):
+    """Fig. 4 style: for each early exit alone, as its entropy threshold T grows,
+    the share of samples leaving there and the overall accuracy (the others
+    classified by the last exit).
+
+    ``sms`` is ``net.get_SM(x)`` (one softmax array per exit) and ``y`` the labels.
+    """
+    import numpy
+    from branchynet.confidence import entropy
+    grid = numpy.logspace(-5, numpy.log10(numpy.log(sms[0].shape[1])), 200) \
+        if grid is None else numpy.asarray(grid)
+    last_correct = sms[-1].argmax(axis=1) == y
+    fig, (ax_acc, ax_exit) = plt.subplots(1, 2, figsize=(11, 4))
+    names = exit_names(len(sms))
+    for n, sm in enumerate(sms[:-1]):
+        ent = entropy(sm)
+        correct = sm.argmax(axis=1) == y
+        leave = ent[None, :] < grid[:, None]
+        acc = numpy.where(leave, correct[None, :], last_correct[None, :]).mean(axis=1)
+        ax_acc.plot(grid, 100 * acc, label='{} then last exit'.format(names[n]))
+        ax_exit.plot(grid, 100 * leave.mean(axis=1), label=names[n])
+    ax_acc.axhline(100 * last_correct.mean(), color='tab:red', ls='--', lw=1,
+                   label='last exit alone')
+    ax_acc.set(xscale='log', xlabel='entropy threshold T (nats)',
+               ylabel='overall accuracy (%)')
+    ax_exit.set(xscale='log', xlabel='entropy threshold T (nats)',
+                ylabel='samples leaving at this exit (%)')
+    for ax in (ax_acc, ax_exit):
+        ax.grid(alpha=.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     if path:
         save_figure(fig, path)
     return fig

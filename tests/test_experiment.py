@@ -3,6 +3,7 @@ import csv
 import json
 import os
 
+import numpy
 import pytest
 
 from branchynet import experiment
@@ -17,7 +18,8 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
                 '_results/lenet_mnist_cpu_table.md', '_results/lenet_mnist_cpu_table.csv',
                 '_results/lenet_mnist_cpu_screen.json', '_results/lenet_mnist_results.json',
                 '_figs/lenet_mnist_training.png', '_figs/lenet_mnist_training.pdf',
-                '_figs/lenet_mnist_cpu_tradeoff.png', '_figs/lenet_mnist_cpu_tradeoff.pdf'}
+                '_figs/lenet_mnist_cpu_tradeoff.png', '_figs/lenet_mnist_cpu_tradeoff.pdf',
+                '_figs/lenet_mnist_entropy.png', '_figs/lenet_mnist_entropy.pdf'}
     assert expected <= files
     screen = json.loads((tmp_path / '_results/lenet_mnist_cpu_screen.json').read_text())
     assert len(screen['points']) == 3 and screen['n_samples'] == 100
@@ -38,3 +40,53 @@ def test_unknown_names_are_clear_errors():
     from branchynet.devices import resolve_device
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device('tpu')
+
+
+def test_driver_runs_a_cifar_network_on_a_user_npz(tmp_path):
+    """B-AlexNet, tiny preset, on a 3x32x32 npz that the test writes."""
+    from datasets import npz
+    rng = numpy.random.RandomState(0)
+    path = str(tmp_path / 'mine.npz')
+    npz.save(path, rng.rand(64, 3, 32, 32).astype(numpy.float32),
+             rng.randint(0, 10, 64).astype(numpy.int32),
+             rng.rand(20, 3, 32, 32).astype(numpy.float32),
+             rng.randint(0, 10, 20).astype(numpy.int32))
+    results = experiment.run('alex_cifar10', preset='tiny', out_dir=str(tmp_path),
+                             overrides={'dataset_path': path}, time_devices=['cpu'])
+    assert results['config']['dataset_path'] == path
+    rows = results['tables']['CPU']
+    assert rows[1]['Network'] == 'B-AlexNet' and len(rows[1]['Thrshld. T']) == 2
+    assert (tmp_path / '_results' / 'alex_cifar10_cpu_screen.json').exists()
+
+
+def test_a_cifar_network_rejects_mnist_shaped_data_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r'per-sample shape \(3, 32, 32\).*got \(1, 28, 28\)'):
+        experiment.run('alex_cifar10', preset='tiny', out_dir=str(tmp_path),
+                       overrides={'dataset_path': 'mnist', 'n_train': 10, 'n_test': 10},
+                       time_devices=['cpu'])
+
+
+def test_report_puts_the_paper_beside_ours(tmp_path, mnist_data):
+    from branchynet import report
+    experiment.run('lenet_mnist', preset='tiny', out_dir=str(tmp_path),
+                   overrides={'n_timing': 50}, time_devices=['cpu'])
+    report.write(str(tmp_path / '_results'))
+    md = (tmp_path / '_results' / 'table1.md').read_text()
+    assert '| CPU | B-LeNet |' in md and '| 99.25 | 0.620 | 5.44x | 0.025 | 94.30, 5.63 |' in md
+    assert 'preset `tiny`, 1 main-only + 1 joint epochs' in md
+    with open(tmp_path / '_results' / 'table1.csv') as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:4] == ['Device', 'Network', 'Acc. (%)'] and len(rows) == 3
+
+
+def test_a_network_without_data_is_skipped_with_a_clear_line(tmp_path, monkeypatch, capsys):
+    from datasets import cifar10
+    monkeypatch.delenv('BRANCHYNET_CIFAR10', raising=False)
+    monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
+    monkeypatch.setattr(cifar10, 'URL', 'http://cifar.invalid/cifar-10-python.tar.gz')
+    assert experiment.main(['--network', 'alex_cifar10', '--preset', 'tiny',
+                            '--out', str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert 'skipped alex_cifar10: CIFAR-10 could not be downloaded' in err
+    assert 'BRANCHYNET_CIFAR10' in err
+    assert not (tmp_path / '_models').exists()

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Creates (once) the project's virtual environment with the pinned set and
-# prints its python. Usage: PY=$(tools/ensure_env.sh [test])
+# prints its python. Usage: PY=$(tools/ensure_env.sh [test] [gpu])
+# (extras: requirements/test.txt, requirements/gpu.txt).
 # Rebuilt automatically when a requirements file changes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${BRANCHYNET_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 reqs=("$root/requirements/base.txt")
-[ "${1:-}" = test ] && reqs+=("$root/requirements/test.txt")
+for extra in "$@"; do
+  [ -f "$root/requirements/$extra.txt" ] || { echo "ensure_env: no requirements/$extra.txt" >&2; exit 2; }
+  reqs+=("$root/requirements/$extra.txt")
+done
 stamp="$(cat "${reqs[@]}" "$root/setup.py" | sha256sum | cut -c1-16)"
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.branchynet-stamp" 2>/dev/null)" != "$stamp" ]; then
+if [ ! -x "$venv/bin/python" ] || ! grep -qx "$stamp" "$venv/.branchynet-stamps" 2>/dev/null; then
   echo "setting up $venv (first run only; a few minutes)" >&2
   "$python" -m venv "$venv" >&2
   # chainer 7.8.1 builds from source and its setup imports pkg_resources:
@@ -19,6 +23,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.branchynet-stamp" 2>/dev/null
   for r in "${reqs[@]}"; do args+=(-r "$r"); done
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation "${args[@]}" >&2
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e "$root" >&2
-  echo "$stamp" > "$venv/.branchynet-stamp"
+  echo "$stamp" >> "$venv/.branchynet-stamps"
 fi
 echo "$venv/bin/python"

@@ -1,0 +1,110 @@
+"""Table I across networks, ours beside the paper's, from ``_results/*_results.json``.
+
+    python -m branchynet.report [--results _results]
+
+Writes ``table1.md`` (with the environment and schedule of every run) and
+``table1.csv``.
+"""
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+
+from branchynet.fileio import atomic_write
+from branchynet.utils import _cell
+
+COLUMNS = ('Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
+           'Trunk-only gain', 'Thrshld. T', 'Exit (%)', 'Paper Acc. (%)', 'Paper Time (ms)',
+           'Paper Gain', 'Paper T', 'Paper Exit (%)')
+
+
+def _paper_cells(published, device, branchy):
+    if not published:
+        return {}
+    key = 'cpu_ms' if device == 'CPU' else 'gpu_ms'
+    base_ms, branchy_ms = published[key]
+    if not branchy:
+        return {'Paper Acc. (%)': published['baseline_acc'], 'Paper Time (ms)': base_ms}
+    return {'Paper Acc. (%)': published['branchy_acc'], 'Paper Time (ms)': branchy_ms,
+            'Paper Gain': base_ms / branchy_ms, 'Paper T': list(published['T']),
+            'Paper Exit (%)': list(published['exits'])}
+
+
+def table_rows(results):
+    rows = []
+    for device, block in sorted(results['tables'].items()):
+        for i, row in enumerate(block):
+            row = dict(row)
+            row.update(_paper_cells(results['config'].get('published'), device, i == 1))
+            rows.append(row)
+    return rows
+
+
+def _fmt(column, value):
+    if column.startswith('Paper '):
+        column = column[len('Paper '):]
+        column = {'T': 'Thrshld. T'}.get(column, column)
+    return _cell(column, value)
+
+
+def render(all_results):
+    lines = ['# Table I: ours beside the paper\'s', '',
+             'Time (ms): per sample at batch size 1, end to end (trunk, branch heads, '
+             'softmax, entropy, routing). Trunk-only: the same run timed as the original '
+             'did (trunk segments only), comparable with the paper\'s column. Paper: '
+             'Table I of Teerapittayanon et al. 2016 (CPU 3.0 GHz, GPU GTX TITAN X).', '',
+             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    for results in all_results:
+        for row in table_rows(results):
+            lines.append('| ' + ' | '.join(_fmt(c, row.get(c)) for c in COLUMNS) + ' |')
+    lines += ['', '## Runs', '']
+    for r in all_results:
+        c, env, tr = r['config'], r['environment'], r['training']
+        lines += [
+            '### {} ({})'.format(r['title'], r['network']), '',
+            '- schedule: preset `{}`, {} main-only + {} joint epochs, batch {}, seed {}'.format(
+                c['preset'], c['epochs_main'], c['epochs_joint'], c['batchsize'], r['seed']),
+            '- data: {} ({} training / {} test samples; timed and screened on {})'.format(
+                c.get('dataset_path') or c['dataset'], r['data']['n_train'],
+                r['data']['n_test'], r['data']['n_timing']),
+            '- training time: {:.0f} s per main epoch, {:.0f} s per joint epoch'.format(
+                tr['epoch_seconds_main'], tr['epoch_seconds_joint']),
+            '- test accuracy per exit after joint training: {}'.format(', '.join(
+                '{:.2f} %'.format(100 * a) for a in r['test']['exit_accs_after_joint'])),
+            '- environment: {}'.format(', '.join('{} {}'.format(k, v) for k, v in env.items())),
+            '']
+    return '\n'.join(lines) + '\n'
+
+
+def write(results_dir='_results'):
+    files = sorted(glob.glob(os.path.join(results_dir, '*_results.json')))
+    all_results = []
+    for f in files:
+        with open(f) as fh:
+            all_results.append(json.load(fh))
+    with atomic_write(os.path.join(results_dir, 'table1.md'), 'w') as f:
+        f.write(render(all_results))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(('Network key',) + COLUMNS)
+    for r in all_results:
+        for row in table_rows(r):
+            writer.writerow([r['network']] + [_fmt(c, row.get(c)) for c in COLUMNS])
+    with atomic_write(os.path.join(results_dir, 'table1.csv'), 'w') as f:
+        f.write(buf.getvalue())
+    return all_results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--results', default='_results')
+    args = parser.parse_args(argv)
+    write(args.results)
+    with open(os.path.join(args.results, 'table1.md')) as f:
+        print(f.read())
+
+
+if __name__ == '__main__':
+    main()

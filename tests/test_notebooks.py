@@ -1,0 +1,38 @@
+"""ipynb/: in sync with their generator, stored without outputs, and they run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = ('lenet_mnist', 'alex_cifar10', 'resnet_cifar10')
+
+
+def test_notebooks_are_in_sync_with_the_generator_and_have_no_outputs():
+    result = subprocess.run([sys.executable, 'tools/make_notebooks.py', '--check'],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    for name in NOTEBOOKS:
+        with open(os.path.join(ROOT, 'ipynb', name + '.ipynb')) as f:
+            nb = json.load(f)
+        assert all(not c.get('outputs') for c in nb['cells'])
+        assert not any('class ' in ''.join(c['source']) for c in nb['cells'])
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebook_executes_headless(name, tmp_path, monkeypatch, mnist_data):
+    import nbclient
+    import nbformat
+    monkeypatch.setenv('BRANCHYNET_PRESET', 'tiny')
+    monkeypatch.setenv('BRANCHYNET_OUT', str(tmp_path))
+    if name != 'lenet_mnist':  # CIFAR-10 cannot be had here: MNIST in CIFAR's shape
+        monkeypatch.setenv('BRANCHYNET_DATASET', 'mnist32')
+    nb = nbformat.read(os.path.join(ROOT, 'ipynb', name + '.ipynb'), as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': os.path.join(ROOT, 'ipynb')}}
+                            ).execute()
+    assert (tmp_path / '_models' / (name + '.npz')).exists()
+    outputs = ''.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
+    assert '| CPU | B-' in outputs
