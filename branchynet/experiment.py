@@ -27,8 +27,9 @@ import networks
 from datasets import DataUnavailableError
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
-from branchynet import utils, visualize
+from branchynet import costs, fileio, screening, utils, visualize
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
+from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
 
 
@@ -48,7 +49,8 @@ def resolve_config(network, preset, overrides=None):
         raise ValueError('unknown preset {!r} for {}; expected one of: {}'.format(
             preset, network, ', '.join(presets)))
     config = {'network': network, 'preset': preset, 'n_train': None, 'n_test': None,
-              'n_timing': None, 'num_classes': 10, 'dataset_path': None, 'augment': False}
+              'n_timing': None, 'num_classes': 10, 'dataset_path': None, 'augment': False,
+              'screen': 'cached', 'n_cost': 200}
     config.update(base)
     config.update(presets[preset])
     for key, value in (overrides or {}).items():
@@ -127,38 +129,94 @@ def exit_accuracies(net, x, y, sms=None):
     return [float((sm.argmax(axis=1) == y).mean()) for sm in sms]
 
 
-def time_and_screen(net, name, title, config, x_test, y_test, label, out):
-    """Batch-1 baseline and grid screening on the current device; Table I block."""
+def _screen(net, config, xs, ys, engines, path_macs):
+    """Every grid point's accuracy, exits and per-engine time.
+
+    ``cached`` (default): exit outputs computed once, per-exit costs measured
+    once, the grid evaluated in array operations (times predicted).
+    ``original``: one real batch-1 pass per point, as the original did
+    (Chainer path only)."""
+    if config['screen'] == 'original':
+        screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
+        records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
+        return records, {'method': 'original: one batch-1 pass per point'}
+    records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
+                                            cost_samples=config['n_cost'],
+                                            path_macs=path_macs)
+    info['method'] = 'cached: exit outputs once, times predicted from per-exit costs'
+    return records, info
+
+
+def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_):
+    """Batch-1 baseline, grid screening and the knee on the current device.
+
+    The knee is the fastest point (Chainer-path time) whose accuracy is at
+    least the baseline's; it is then measured for real at batch size 1 on
+    both paths. Writes the Table I block, every point (JSON) and Fig. 3.
+    """
     n_timing = config.get('n_timing') or len(x_test)
     xs, ys = x_test[:n_timing], y_test[:n_timing]
-    log('{}: timing the baseline at batch size 1 on {} samples'.format(label, len(xs)))
+    fast = FastBranchyNet(net)
+    engines = {'chainer': net, 'fast': fast}
+    log('{}: timing the baseline at batch size 1 on {} samples (Chainer and fast path)'
+        .format(label, len(xs)))
     baseline = utils.measure_main(net, xs, ys)
-    log('{}: baseline acc {:.2%}, {:.3f} ms/sample end to end ({:.3f} trunk only)'.format(
-        label, baseline['acc'], baseline['ms'], baseline['trunk_ms']))
-    log('{}: screening {} threshold values over {} early exit(s)'.format(
-        label, len(config['thresholds']), net.numexits() - 1))
-    screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
-    accs, diffs = screen[1], screen[2]
+    baseline_fast = utils.measure_main(net, xs, ys, engine=fast, trunk_only=False)
+    log('{}: baseline acc {:.2%}, {:.3f} ms/sample end to end ({:.3f} trunk only, {:.3f} '
+        'fast path)'.format(label, baseline['acc'], baseline['ms'], baseline['trunk_ms'],
+                            baseline_fast['ms']))
+    t0 = time.perf_counter()
+    log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
+        label, len(config['thresholds']), net.numexits() - 1, config['screen']))
+    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'])
+    info['seconds'] = time.perf_counter() - t0
+    accs = [r['acc'] for r in records]
+    diffs = [r['ms_chainer'] for r in records]
     knee = utils.select_knee(accs, diffs, baseline['acc'])
-    rows = utils.branchy_table_results(title, baseline, screen.records[knee], device=label,
-                                       printout=False)
+    ts = records[knee]['thresholds']
+    log('{}: knee T={}; measuring it at batch size 1'.format(label, ts))
+    branchy = utils.measure_branchy(net, xs, ys, ts)
+    branchy_fast = utils.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
+    limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
+    rows = utils.branchy_table_results(title, baseline, branchy, device=label, printout=False,
+                                       baseline_fast=baseline_fast, branchy_fast=branchy_fast,
+                                       mac_limit=limit)
     print(utils.format_table(rows), flush=True)
+    knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
+                  'measured_ms_chainer': branchy['ms'],
+                  'predicted_ms_fast': records[knee].get('ms_fast'),
+                  'measured_ms_fast': branchy_fast['ms']}
+    log('{}: knee time predicted {:.3f} ms, measured {:.3f} ms (Chainer)'.format(
+        label, knee_check['predicted_ms_chainer'], branchy['ms']))
     tag = '{}_{}'.format(name, label.lower())
     write_table(os.path.join(out['results'], tag + '_table'), rows)
     write_json(os.path.join(out['results'], tag + '_screen.json'), {
-        'network': name, 'device': label, 'n_samples': len(xs), 'baseline': baseline,
-        'knee_index': knee, 'knee_rule': 'fastest point with accuracy >= baseline',
-        'points': screen.records})
+        'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
+        'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
+        'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline',
+        'knee': branchy, 'knee_fast': branchy_fast, 'knee_check': knee_check,
+        'mac_limit_gain': limit, 'points': records})
+    extra = []
+    if 'ms_fast' in records[0]:
+        extra.append({'label': 'fast path', 'accs': accs,
+                      'diffs': [r['ms_fast'] for r in records],
+                      'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
+                      'knee': knee})
     visualize.plot_line_tradeoff(
         accs, diffs, baseline['acc'], baseline['ms'], knee,
         title='{} on {}: accuracy vs runtime'.format('B-' + title, label),
-        path=os.path.join(out['figs'], tag + '_tradeoff'))
+        path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
+        series_label='Chainer path')
     return rows
 
 
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
-        dataset_module=None, time_devices=None):
-    """Run the whole experiment; returns a dict of what was measured."""
+        dataset_module=None, time_devices=None, init=None):
+    """Run the whole experiment; returns a dict of what was measured.
+
+    ``init`` names an npz of weights (``_models/<net>.npz``) to start from,
+    e.g. to continue training or, with 0 epochs, only to time and screen.
+    """
     module, config = resolve_config(network, preset, overrides)
     title = config['title']
     out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
@@ -174,6 +232,9 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
 
     chainer.global_config.cudnn_deterministic = True
     net = module.get_network()
+    if init:
+        fileio.load_npz(init, net)
+        log('initialised from {}'.format(init))
     net.to_device(dev)
     dev.use()
 
@@ -198,10 +259,10 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     last = net.numexits() - 1
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
     curves_a = [[float('nan')] * last + row for row in main_accs] + joint_accs
-    visualize.plot_layers(curves_l, curves_a, title='B-{}: training per exit'.format(title),
-                          path=os.path.join(out['figs'], network + '_training'),
-                          phase_labels=[(0, 'main only'),
-                                        (len(main_losses), 'joint')])
+    if curves_l:
+        visualize.plot_layers(curves_l, curves_a, title='B-{}: training per exit'.format(title),
+                              path=os.path.join(out['figs'], network + '_training'),
+                              phase_labels=[(0, 'main only'), (len(main_losses), 'joint')])
     visualize.plot_layer_entropy(sms, y_test, title='B-{}: early exit vs entropy '
                                  'threshold (test set)'.format(title),
                                  path=os.path.join(out['figs'], network + '_entropy'))
@@ -211,7 +272,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     log('saved {0}/{1}.bn (dill) and {0}/{1}.npz (weights)'.format(out['models'], network))
 
     results = {'network': network, 'title': title, 'config': config,
-               'environment': environment(config, dev), 'seed': seed,
+               'environment': environment(config, dev), 'seed': seed, 'init': init,
                'data': {'n_train': len(x_train), 'n_test': len(x_test),
                         'n_timing': config.get('n_timing') or len(x_test)},
                'training': {'main_loss': main_losses, 'main_acc': main_accs,
@@ -220,7 +281,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                             'epoch_seconds_main': main_s / max(1, config['epochs_main']),
                             'epoch_seconds_joint': joint_s / max(1, config['epochs_joint'])},
                'test': {'baseline_acc': base_test_acc, 'exit_accs_after_joint': exit_accs},
-               'tables': {}}
+               'tables': {}, 'costs': costs.exit_costs(net)}
     if time_devices is None:
         time_devices = ['cpu'] + (['gpu'] if gpu_usable() else [])
     for td in time_devices:
@@ -229,7 +290,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         tdev.use()
         label = device_label(tdev)
         results['tables'][label] = time_and_screen(net, network, title, config, x_test,
-                                                   y_test, label, out)
+                                                   y_test, label, out, results['costs'])
     net.to_device(dev)
     write_json(os.path.join(out['results'], network + '_results.json'), results)
     log('done: results in {}, figures in {}'.format(out['results'], out['figs']))
@@ -259,6 +320,12 @@ def build_parser():
     parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|NAME',
                         help="replace the network's dataset: an npz file (train_x, train_y, "
                              'test_x, test_y) or one of: ' + ', '.join(DATASETS))
+    parser.add_argument('--screen', choices=('cached', 'original'),
+                        help='cached (default): grid from exit outputs computed once; '
+                             'original: one batch-1 pass per grid point')
+    parser.add_argument('--init', metavar='FILE.npz',
+                        help='start from these weights (continue training, or time only '
+                             'with --epochs-main 0 --epochs-joint 0)')
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
     return parser
@@ -268,11 +335,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
-                  'dataset_path', 'augment')}
+                  'dataset_path', 'augment', 'screen')}
     time_devices = args.time_devices.split(',') if args.time_devices else None
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
-            time_devices=time_devices)
+            time_devices=time_devices, init=args.init)
     except DataUnavailableError as e:
         print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0

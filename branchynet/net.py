@@ -28,6 +28,58 @@ from branchynet.validation import (validate_inputs, validate_labels,
                                    validate_thresholds)
 
 
+def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER):
+    """Early-exit inference of one device batch (paper Fig. 2, batched).
+
+    ``segments[i](h)`` and ``heads[i](h)`` map arrays to arrays (trunk
+    segment i, exit head i's logits). At every exit the samples whose
+    softmax entropy is strictly below the exit's threshold leave with the
+    arg-max label; the others continue from the cached trunk activation.
+    Entropies are computed from the logits in float64
+    (``confidence.entropy_from_logits``). Returns device arrays (labels,
+    0-based exit indices). Shared by the Chainer path and the compiled fast
+    path, so both decide identically.
+    """
+    last = len(heads) - 1
+    if len(x) == 1:  # the latency case: one row, decided in plain Python
+        h = x
+        for i in range(last + 1):
+            with timer.stage('trunk'):
+                h = segments[i](h)
+            with timer.stage('head'):
+                z = heads[i](h)
+            with timer.stage('decision'):
+                row = z[0].tolist()
+                if i == last or confidence.entropy_from_logits_row(row) < thresholds[i]:
+                    return (numpy.array([row.index(max(row))], dtype=numpy.int32),
+                            numpy.array([i], dtype=numpy.int32))
+    n = len(x)
+    labels = xp.empty(n, dtype=numpy.int32)
+    exits = xp.empty(n, dtype=numpy.int32)
+    remaining = xp.arange(n)
+    h = x
+    for i in range(last + 1):
+        with timer.stage('trunk'):
+            h = segments[i](h)
+        with timer.stage('head'):
+            z = heads[i](h)
+        with timer.stage('decision'):
+            pred = z.argmax(axis=1).astype(numpy.int32)
+            if i == last:
+                labels[remaining] = pred
+                exits[remaining] = i
+                break
+            leave = confidence.entropy_from_logits(z) < thresholds[i]
+            labels[remaining[leave]] = pred[leave]
+            exits[remaining[leave]] = i
+            stay = ~leave
+            if not bool(stay.any()):
+                break
+            h = h[stay]
+            remaining = remaining[stay]
+    return labels, exits
+
+
 class BranchyNet(chainer.Chain):
     """Trunk plus exit heads, with joint training and early-exit inference.
 
@@ -176,9 +228,6 @@ class BranchyNet(chainer.Chain):
             self.optimizer = optimizer
         return self.optimizer
 
-    def _as_device_array(self, x):
-        return self.device.send(x)
-
     # ---------------------------------------------------------------- forward
     def forward(self, x):
         """All exits' logits (list of Variables) for ``x``, trunk computed once.
@@ -209,7 +258,7 @@ class BranchyNet(chainer.Chain):
         """
         self._check_batch(x, t)
         optimizer = self._ensure_optimizer()
-        x, t = self._as_device_array(x), self._as_device_array(t)
+        x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
             h = self.trunk(x)
             z = self.branches[-1](h)
@@ -260,7 +309,7 @@ class BranchyNet(chainer.Chain):
         """
         self._check_batch(x, t)
         optimizer = self._ensure_optimizer()
-        x, t = self._as_device_array(x), self._as_device_array(t)
+        x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
             losses, accs = self._joint_losses(x, t)
             total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
@@ -281,7 +330,7 @@ class BranchyNet(chainer.Chain):
         chunks = [[] for _ in range(self.numexits())]
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
-                xb = self._as_device_array(x[i:i + batchsize])
+                xb = self.send(x[i:i + batchsize])
                 for n, z in enumerate(self._all_exit_logits(xb)):
                     chunks[n].append(chainer.backends.cuda.to_cpu(F.softmax(z).array))
         return [numpy.concatenate(c) for c in chunks]
@@ -294,41 +343,15 @@ class BranchyNet(chainer.Chain):
             return self._thresholds
         return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds')
 
-    def _route(self, x, thresholds, timer=NULL_TIMER):
-        """Early-exit inference of one device batch (paper Fig. 2, batched).
+    def send(self, x):
+        """``x`` on this model's device."""
+        return self.device.send(x)
 
-        At every exit the samples whose entropy is strictly below the exit's
-        threshold leave; the others continue from the cached trunk
-        activation. Returns device arrays (labels, exit indices).
-        """
-        xp = self.xp
-        n = len(x)
-        labels = xp.empty(n, dtype=numpy.int32)
-        exits = xp.empty(n, dtype=numpy.int32)
-        remaining = xp.arange(n)
-        h = x
-        last = self.numexits() - 1
-        for i, head in enumerate(self.branches):
-            with timer.stage('trunk'):
-                h = self.segment(h, i).array
-            with timer.stage('head'):
-                z = head(h).array
-            with timer.stage('decision'):
-                p = F.softmax(z).array
-                pred = p.argmax(axis=1).astype(numpy.int32)
-                if i == last:
-                    labels[remaining] = pred
-                    exits[remaining] = i
-                    break
-                leave = confidence.entropy(p) < thresholds[i]
-                labels[remaining[leave]] = pred[leave]
-                exits[remaining[leave]] = i
-                stay = ~leave
-                if not bool(stay.any()):
-                    break
-                h = h[stay]
-                remaining = remaining[stay]
-        return labels, exits
+    def _route(self, x, thresholds, timer=NULL_TIMER):
+        """Early-exit inference of one device batch through Chainer (see route_batch)."""
+        segments = [lambda h, n=n: self.segment(h, n).array for n in range(self.numexits())]
+        heads = [lambda h, head=head: head(h).array for head in self.branches]
+        return route_batch(segments, heads, x, thresholds, self.xp, timer)
 
     def predict(self, x, thresholds=None, batchsize=None):
         """Early-exit prediction.
@@ -344,13 +367,16 @@ class BranchyNet(chainer.Chain):
             ``(labels, exits)``: two int32 numpy arrays of length N; ``exits``
             holds the 0-based exit index that classified each sample.
         """
+        return self._predict_with(self, x, thresholds, batchsize)
+
+    def _predict_with(self, engine, x, thresholds, batchsize):
         validate_inputs(x, self.input_shape)
         ts = self._resolve_thresholds(thresholds)
         batchsize = batchsize or len(x)
         labels, exits = [], []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
-                lab, ex = self._route(self._as_device_array(x[i:i + batchsize]), ts)
+                lab, ex = engine._route(self.send(x[i:i + batchsize]), ts)
                 labels.append(chainer.backends.cuda.to_cpu(lab))
                 exits.append(chainer.backends.cuda.to_cpu(ex))
         return numpy.concatenate(labels), numpy.concatenate(exits)
@@ -366,16 +392,19 @@ class BranchyNet(chainer.Chain):
             z = self.branches[-1](h).array
         with timer.stage('decision'):
             labels = F.softmax(z).array.argmax(axis=1).astype(numpy.int32)
-        return labels, self.xp.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
+        return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
 
     def predict_main(self, x, batchsize=None):
         """Labels from the main network alone (no early exit), as a numpy array."""
+        return self._predict_main_with(self, x, batchsize)
+
+    def _predict_main_with(self, engine, x, batchsize):
         validate_inputs(x, self.input_shape)
         batchsize = batchsize or len(x)
         out = []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
-                labels, _ = self._main_route(self._as_device_array(x[i:i + batchsize]))
+                labels, _ = engine._main_route(self.send(x[i:i + batchsize]))
                 out.append(chainer.backends.cuda.to_cpu(labels))
         return numpy.concatenate(out)
 

@@ -16,8 +16,8 @@ from branchynet.fileio import atomic_write
 from branchynet.utils import _cell
 
 COLUMNS = ('Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
-           'Trunk-only gain', 'Thrshld. T', 'Exit (%)', 'Paper Acc. (%)', 'Paper Time (ms)',
-           'Paper Gain', 'Paper T', 'Paper Exit (%)')
+           'Trunk-only gain', 'Fast (ms)', 'Fast gain', 'MAC limit', 'Thrshld. T', 'Exit (%)',
+           'Paper Acc. (%)', 'Paper Time (ms)', 'Paper Gain', 'Paper T', 'Paper Exit (%)')
 
 
 def _paper_cells(published, device, branchy):
@@ -53,7 +53,10 @@ def render(all_results):
     lines = ['# Table I: ours beside the paper\'s', '',
              'Time (ms): per sample at batch size 1, end to end (trunk, branch heads, '
              'softmax, entropy, routing). Trunk-only: the same run timed as the original '
-             'did (trunk segments only), comparable with the paper\'s column. Paper: '
+             'did (trunk segments only), comparable with the paper\'s column. Fast: the '
+             'same network and weights on the compiled array path (branchynet.fastpath). '
+             'MAC limit: the gain in multiply-adds, what a runtime without per-call '
+             'overhead would reach. Paper: '
              'Table I of Teerapittayanon et al. 2016 (CPU 3.0 GHz, GPU GTX TITAN X).', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     for results in all_results:

@@ -11,7 +11,7 @@ import chainer
 import numpy
 
 from branchynet.progress import Progress
-from branchynet.timing import StageTimer, synchronize
+from branchynet.timing import NULL_TIMER, StageTimer, synchronize
 from branchynet.validation import validate_inputs, validate_labels, validate_thresholds
 
 
@@ -88,7 +88,7 @@ def test(net, x, y, main=False, batchsize=1, thresholds=None):
     return acc, seconds, counts, exit_accs
 
 
-def _per_sample_loop(net, x, run_one, timer):
+def _per_sample_loop(engine, x, run_one, timer):
     """Run ``run_one`` on every sample at batch size 1; time it end to end.
 
     The clock covers everything a sample costs: host-to-device transfer, the
@@ -98,45 +98,54 @@ def _per_sample_loop(net, x, run_one, timer):
     labels = numpy.empty(n, numpy.int32)
     exits = numpy.empty(n, numpy.int32)
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        synchronize(net.xp)
+        synchronize(engine.xp)
         start = time.perf_counter()
         for i in range(n):
-            lab, ex = run_one(net.device.send(x[i:i + 1]), timer)
+            lab, ex = run_one(engine.send(x[i:i + 1]), timer)
             labels[i] = int(lab[0])
             exits[i] = int(ex[0])
-        synchronize(net.xp)
+        synchronize(engine.xp)
         seconds = time.perf_counter() - start
     return labels, exits, seconds
 
 
-def measure_branchy(net, x, y, thresholds):
-    """Batch-1 early-exit run over ``x``: accuracy, exits and per-sample time.
-
-    Returns a dict with ``acc``, ``exit_counts``, ``exit_accs``, ``ms`` (end
-    to end, per sample) and ``trunk_ms`` (trunk segments only, the way the
-    original timed: no heads, softmax, entropy or routing). The per-stage
-    clock adds about a microsecond per stage to ``ms``.
-    """
+def _measure(net, engine, x, y, run_one, trunk_only):
     validate_inputs(x, net.input_shape)
     validate_labels(y, len(x))
-    ts = validate_thresholds(thresholds, net.numexits() - 1, name='thresholds')
-    timer = StageTimer(net.xp)
-    labels, exits, seconds = _per_sample_loop(
-        net, x, lambda xb, tm: net._route(xb, ts, tm), timer)
-    return _summarise(net, y, labels, exits, seconds, timer)
-
-
-def measure_main(net, x, y):
-    """Batch-1 run of the main network alone (the baseline); as ``measure_branchy``."""
-    validate_inputs(x, net.input_shape)
-    validate_labels(y, len(x))
-    timer = StageTimer(net.xp)
-    labels, exits, seconds = _per_sample_loop(net, x, net._main_route, timer)
-    result = _summarise(net, y, labels, exits, seconds, timer)
+    labels, exits, seconds = _per_sample_loop(engine, x, run_one, NULL_TIMER)
+    result = _summarise(net, y, labels, exits, seconds)
+    if trunk_only:  # a second pass with per-stage clocks: the original's timer
+        timer = StageTimer(engine.xp)
+        _per_sample_loop(engine, x, run_one, timer)
+        result['trunk_ms'] = 1000. * timer.totals['trunk'] / len(y)
+        result['stage_ms'] = {k: 1000. * v / len(y) for k, v in timer.totals.items()}
     return result
 
 
-def _summarise(net, y, labels, exits, seconds, timer):
+def measure_branchy(net, x, y, thresholds, engine=None, trunk_only=True):
+    """Batch-1 early-exit run over ``x``: accuracy, exits and per-sample time.
+
+    Returns a dict with ``acc``, ``exit_counts``, ``exit_accs`` and ``ms``
+    (end to end, per sample, timed with no per-stage clock in the way). With
+    ``trunk_only``, a second pass times the stages separately: ``trunk_ms``
+    is the trunk segments alone, the way the original timed (no heads,
+    softmax, entropy or routing). ``engine`` is the inference path: ``net``
+    itself (Chainer, the default) or a ``fastpath.FastBranchyNet``.
+    """
+    engine = engine or net
+    ts = validate_thresholds(thresholds, net.numexits() - 1, name='thresholds')
+    result = _measure(net, engine, x, y, lambda xb, tm: engine._route(xb, ts, tm), trunk_only)
+    result['thresholds'] = list(ts)
+    return result
+
+
+def measure_main(net, x, y, engine=None, trunk_only=True):
+    """Batch-1 run of the main network alone (the baseline); as ``measure_branchy``."""
+    engine = engine or net
+    return _measure(net, engine, x, y, engine._main_route, trunk_only)
+
+
+def _summarise(net, y, labels, exits, seconds):
     y = chainer.backends.cuda.to_cpu(y)
     correct = labels == y
     counts = numpy.bincount(exits, minlength=net.numexits())
@@ -146,8 +155,6 @@ def _summarise(net, y, labels, exits, seconds, timer):
         'exit_accs': [float(correct[exits == n].mean()) if counts[n] else None
                       for n in range(net.numexits())],
         'ms': 1000. * seconds / len(y),
-        'trunk_ms': 1000. * timer.totals['trunk'] / len(y),
-        'stage_ms': {k: 1000. * v / len(y) for k, v in timer.totals.items()},
     }
 
 
@@ -195,7 +202,6 @@ def screen_branchy(net, x, y, base_ts, batchsize=1, enumerate_ts=True, verbose=F
     with Progress(len(settings), 'screen', unit='pt', enabled=progress) as bar:
         for ts in settings:
             r = measure_branchy(net, x, y, ts)
-            r['thresholds'] = list(ts)
             records.append(r)
             if verbose:
                 print('T={} acc={:.4f} ms={:.3f} exits={}'.format(
@@ -242,28 +248,41 @@ def select_knee(accs, diffs, baseline_acc):
 
 # ------------------------------------------------------------------ Table I
 TABLE_COLUMNS = ('Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
-                 'Trunk-only gain', 'Thrshld. T', 'Exit (%)')
+                 'Trunk-only gain', 'Fast (ms)', 'Fast gain', 'MAC limit', 'Thrshld. T',
+                 'Exit (%)')
 
 
-def branchy_table_results(network, baseline, branchy, device='CPU', printout=True):
+def branchy_table_results(network, baseline, branchy, device='CPU', printout=True,
+                          baseline_fast=None, branchy_fast=None, mac_limit=None):
     """The Table I block of one network: the baseline row and the BranchyNet row.
 
     ``baseline`` and ``branchy`` are measurements as returned by
     ``measure_main`` and ``measure_branchy`` (``branchy`` with its
     ``thresholds``). Gain is baseline time / branchy time, end to end; the
     trunk-only columns repeat it with the original's timer for comparison
-    with the paper. Returns the two rows as dicts keyed by ``TABLE_COLUMNS``.
+    with the paper. ``baseline_fast``/``branchy_fast`` are the same
+    measurements on the compiled fast path, and ``mac_limit`` the gain in
+    multiply-adds (what a runtime without per-call overhead would reach).
+    Returns the two rows as dicts keyed by ``TABLE_COLUMNS``.
     """
     total = sum(branchy['exit_counts'])
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    def get(m, key):
+        return m.get(key) if m else None
     rows = [
         {'Device': device, 'Network': network, 'Acc. (%)': 100 * baseline['acc'],
-         'Time (ms)': baseline['ms'], 'Gain': None, 'Trunk-only (ms)': baseline['trunk_ms'],
-         'Trunk-only gain': None, 'Thrshld. T': None, 'Exit (%)': None},
+         'Time (ms)': baseline['ms'], 'Trunk-only (ms)': get(baseline, 'trunk_ms'),
+         'Fast (ms)': get(baseline_fast, 'ms')},
         {'Device': device, 'Network': 'B-' + network, 'Acc. (%)': 100 * branchy['acc'],
-         'Time (ms)': branchy['ms'], 'Gain': baseline['ms'] / branchy['ms'],
-         'Trunk-only (ms)': branchy['trunk_ms'],
-         'Trunk-only gain': baseline['trunk_ms'] / branchy['trunk_ms']
-         if branchy['trunk_ms'] > 0 else None,
+         'Time (ms)': branchy['ms'], 'Gain': ratio(baseline['ms'], branchy['ms']),
+         'Trunk-only (ms)': get(branchy, 'trunk_ms'),
+         'Trunk-only gain': ratio(get(baseline, 'trunk_ms'), get(branchy, 'trunk_ms')),
+         'Fast (ms)': get(branchy_fast, 'ms'),
+         'Fast gain': ratio(get(baseline_fast, 'ms'), get(branchy_fast, 'ms')),
+         'MAC limit': mac_limit,
          'Thrshld. T': list(branchy['thresholds']),
          'Exit (%)': [100. * c / total for c in branchy['exit_counts']]},
     ]
@@ -275,7 +294,7 @@ def branchy_table_results(network, baseline, branchy, device='CPU', printout=Tru
 def _cell(column, value):
     if value is None:
         return '-'
-    if column in ('Gain', 'Trunk-only gain'):
+    if column in ('Gain', 'Trunk-only gain', 'Fast gain', 'MAC limit'):
         return '{:.2f}x'.format(value)
     if column == 'Thrshld. T':
         return ', '.join('{:g}'.format(v) for v in value)

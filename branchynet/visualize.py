@@ -63,26 +63,35 @@ def plot_layers(losses, accs, title='', path=None, phase_labels=None):
 
 def plot_line_tradeoff(accs, diffs, baseacc, basediff, knee=None, title='', path=None,
                        xlabel='runtime (ms per sample, batch size 1, end to end)',
-                       all_points=True):
+                       all_points=True, extra_series=(), series_label='BranchyNet'):
     """Fig. 3: accuracy against runtime of every screened threshold setting.
 
-    The baseline is a red diamond, the accuracy-rising curve a blue line and
-    the knee (index ``knee`` into ``accs``) a green star.
+    The baseline is a diamond, the accuracy-rising curve a line and the knee
+    (index ``knee`` into ``accs``) a star. ``extra_series`` adds the same for
+    other inference paths: dicts with ``label, accs, diffs, baseacc,
+    basediff, knee``.
     """
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if all_points:
-        ax.scatter(diffs, [100 * a for a in accs], s=10, color='lightsteelblue',
-                   label='screened thresholds')
-    curve = inc_point_indices(accs, diffs)
-    ax.plot([diffs[i] for i in curve], [100 * accs[i] for i in curve], '-o', color='tab:blue',
-            ms=4, label='BranchyNet (accuracy-rising points)')
-    ax.plot([basediff], [100 * baseacc], 'D', color='tab:red', ms=9, label='baseline network')
-    if knee is not None:
-        ax.plot([diffs[knee]], [100 * accs[knee]], '*', color='tab:green', ms=16,
-                label='knee', zorder=5)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    series = [{'label': series_label, 'accs': accs, 'diffs': diffs, 'baseacc': baseacc,
+               'basediff': basediff, 'knee': knee}] + list(extra_series)
+    colors = ['tab:blue', 'tab:purple', 'tab:orange']
+    for i, sr in enumerate(series):
+        color = colors[i % len(colors)]
+        a, d = sr['accs'], sr['diffs']
+        if all_points:
+            ax.scatter(d, [100 * v for v in a], s=8, color=color, alpha=.25)
+        curve = inc_point_indices(a, d)
+        ax.plot([d[j] for j in curve], [100 * a[j] for j in curve], '-o', color=color, ms=3,
+                label='{}: accuracy-rising points'.format(sr['label']))
+        ax.plot([sr['basediff']], [100 * sr['baseacc']], 'D', color='tab:red', ms=9,
+                markeredgecolor=color, markeredgewidth=2,
+                label='{}: baseline network'.format(sr['label']))
+        if sr['knee'] is not None:
+            ax.plot([d[sr['knee']]], [100 * a[sr['knee']]], '*', color='tab:green', ms=16,
+                    markeredgecolor=color, label='{}: knee'.format(sr['label']), zorder=5)
     ax.set(xlabel=xlabel, ylabel='classification accuracy (%)', title=title)
     ax.grid(alpha=.3)
-    ax.legend(loc='lower right', fontsize=8)
+    ax.legend(loc='lower right', fontsize=7)
     if path:
         save_figure(fig, path)
     return fig

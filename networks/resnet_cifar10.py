@@ -71,6 +71,20 @@ class ResBlock(chainer.Chain):
             shortcut = F.concat((shortcut, pad), axis=1)
         return F.relu(h + shortcut)
 
+    def to_fast(self, compiler):
+        """This block as plain array operations (see branchynet.fastpath)."""
+        xp = compiler.xp
+        conv1 = compiler.conv(self.conv1, bn=self.bn1)
+        conv2 = compiler.conv(self.conv2, bn=self.bn2)
+        stride, in_channels = self.stride, self.in_channels
+
+        def run(x):
+            h = conv2(xp.maximum(conv1(x), 0))
+            shortcut = x[:, :, ::stride, ::stride] if stride != 1 else x
+            h[:, :in_channels] += shortcut  # the zero-padded channels add nothing
+            return xp.maximum(h, 0, out=h)
+        return run
+
 
 def _stage(in_channels, out_channels, stride, count):
     return [ResBlock(in_channels, out_channels, stride)] + \

@@ -21,3 +21,17 @@ def test_entropy_handles_exact_zeros():
 def test_entropy_is_in_nats_and_maximal_for_uniform():
     p = numpy.full((1, 10), 0.1)
     numpy.testing.assert_allclose(entropy(p), [numpy.log(10)])
+
+
+def test_entropy_from_logits_matches_entropy_of_softmax():
+    from branchynet.confidence import entropy_from_logits, entropy_from_logits_row
+    rng = numpy.random.RandomState(1)
+    z = (rng.randn(50, 10) * 8).astype(numpy.float32)
+    p = numpy.exp(z - z.max(1, keepdims=True).astype(numpy.float64))
+    p /= p.sum(1, keepdims=True)
+    numpy.testing.assert_allclose(entropy_from_logits(z), scipy.stats.entropy(p, axis=1),
+                                  rtol=1e-9, atol=1e-12)
+    rows = [entropy_from_logits_row(r) for r in z.tolist()]
+    numpy.testing.assert_allclose(rows, entropy_from_logits(z), rtol=1e-12, atol=1e-14)
+    # a saturated row: one logit far above the rest gives (almost) zero entropy
+    assert entropy_from_logits(numpy.array([[1000., 0., 0.]]))[0] == 0.0
