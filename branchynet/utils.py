@@ -180,12 +180,12 @@ class ScreenResult(tuple):
             [r['thresholds'] for r in records], [r['acc'] for r in records],
             [r['ms'] for r in records], [r['exit_counts'] for r in records]))
         obj.records = records
-        obj.trunk_diffs = [r['trunk_ms'] for r in records]
+        obj.trunk_diffs = [r.get('trunk_ms') for r in records]
         return obj
 
 
 def screen_branchy(net, x, y, base_ts, batchsize=1, enumerate_ts=True, verbose=False,
-                   progress=True):
+                   progress=True, trunk_only=True):
     """Measure every threshold setting with a real batch-1 pass over ``x``.
 
     ``base_ts`` is a list of values tried at every early exit
@@ -201,7 +201,7 @@ def screen_branchy(net, x, y, base_ts, batchsize=1, enumerate_ts=True, verbose=F
     records = []
     with Progress(len(settings), 'screen', unit='pt', enabled=progress) as bar:
         for ts in settings:
-            r = measure_branchy(net, x, y, ts)
+            r = measure_branchy(net, x, y, ts, trunk_only=trunk_only)
             records.append(r)
             if verbose:
                 print('T={} acc={:.4f} ms={:.3f} exits={}'.format(

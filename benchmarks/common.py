@@ -1,0 +1,71 @@
+"""Shared set-up for the benchmarks: model, data, argument parsing, output.
+
+Every benchmark prints its measurements side by side from one run and ends
+with one line of ``key=value`` pairs. ``--quick`` trains a small B-LeNet on
+an MNIST subset in seconds instead of loading ``_models/lenet_mnist.npz``.
+"""
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
+import numpy  # noqa: E402
+
+from branchynet import fileio, utils  # noqa: E402
+
+DEFAULT_MODEL = os.path.join(ROOT, '_models', 'lenet_mnist.npz')
+
+
+def parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--quick', action='store_true',
+                   help='a small model trained on an MNIST subset, few samples (< 1 min)')
+    p.add_argument('--model', default=None,
+                   help='B-LeNet weights (npz); default _models/lenet_mnist.npz')
+    p.add_argument('--samples', type=int, default=None, help='test samples to time on')
+    return p
+
+
+def mnist():
+    from datasets import mnist as loader
+    return loader.get_data()
+
+
+def lenet(args, data=None):
+    """A trained B-LeNet: --model, the default model, or (--quick) a small one."""
+    from networks import lenet_mnist
+    net = lenet_mnist.get_network()
+    path = args.model or (None if args.quick else DEFAULT_MODEL)
+    if path:
+        if not os.path.exists(path):
+            sys.exit('no model at {}: run ./get_results.sh first, pass --model, or use '
+                     '--quick'.format(path))
+        return fileio.load_npz(path, net)
+    x_train, y_train, _, _ = data or mnist()
+    numpy.random.seed(0)
+    utils.train(net, x_train[:6000], y_train[:6000], main=True, batchsize=128, num_epoch=2,
+                seed=0, progress=False)
+    utils.train(net, x_train[:6000], y_train[:6000], batchsize=128, num_epoch=2, seed=1,
+                progress=False)
+    return net
+
+
+def test_subset(args, data, quick_n, full_n):
+    n = args.samples or (quick_n if args.quick else full_n)
+    return data[2][:n], data[3][:n]
+
+
+def timed(fn, *a, **k):
+    start = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - start
+
+
+def summary(**values):
+    """The closing ``key=value`` line."""
+    print(' '.join('{}={:.4g}'.format(k, v) if isinstance(v, float) else '{}={}'.format(k, v)
+                   for k, v in values.items()))
