@@ -27,7 +27,7 @@ import networks
 from datasets import DataUnavailableError
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
-from branchynet import costs, fileio, screening, utils, visualize
+from branchynet import checkpoint, costs, fileio, screening, utils, visualize
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
@@ -211,11 +211,13 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
 
 
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
-        dataset_module=None, time_devices=None, init=None):
+        dataset_module=None, time_devices=None, init=None, resume=False):
     """Run the whole experiment; returns a dict of what was measured.
 
     ``init`` names an npz of weights (``_models/<net>.npz``) to start from,
     e.g. to continue training or, with 0 epochs, only to time and screen.
+    Training snapshots go to ``_models/<net>.{main,joint}.snapshot.npz`` at
+    every epoch end (and on SIGINT/SIGTERM); ``resume`` continues from them.
     """
     module, config = resolve_config(network, preset, overrides)
     title = config['title']
@@ -242,7 +244,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         config['epochs_main'], config['batchsize']))
     main_losses, main_accs, main_s = utils.train(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
-        num_epoch=config['epochs_main'], seed=seed, augment=config['augment'])
+        num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
+        snapshot=os.path.join(out['models'], network + '.main.snapshot.npz'), resume=resume)
     base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
 
@@ -250,7 +253,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         net.numexits(), config['epochs_joint']))
     joint_losses, joint_accs, joint_s = utils.train(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
-        num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'])
+        num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
+        snapshot=os.path.join(out['models'], network + '.joint.snapshot.npz'), resume=resume)
     sms = net.get_SM(x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
@@ -323,6 +327,8 @@ def build_parser():
     parser.add_argument('--screen', choices=('cached', 'original'),
                         help='cached (default): grid from exit outputs computed once; '
                              'original: one batch-1 pass per grid point')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from the training snapshots in _models/')
     parser.add_argument('--init', metavar='FILE.npz',
                         help='start from these weights (continue training, or time only '
                              'with --epochs-main 0 --epochs-joint 0)')
@@ -339,7 +345,10 @@ def main(argv=None):
     time_devices = args.time_devices.split(',') if args.time_devices else None
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
-            time_devices=time_devices, init=args.init)
+            time_devices=time_devices, init=args.init, resume=args.resume)
+    except checkpoint.TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except DataUnavailableError as e:
         print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0

@@ -16,18 +16,8 @@ from branchynet.validation import validate_inputs, validate_labels, validate_thr
 
 
 # ------------------------------------------------------------------ training
-def _epoch_batches(x, y, batchsize, rng, augmenter):
-    if augmenter is not None:
-        yield from augmenter.epoch()
-        return
-    order = rng.permutation(len(x))
-    for i in range(0, len(x), batchsize):
-        idx = order[i:i + batchsize]
-        yield x[idx], y[idx]
-
-
 def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
-          on_epoch_end=None, augment=False):
+          on_epoch_end=None, augment=False, snapshot=None, resume=False):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -35,10 +25,18 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
     is called after each epoch with that epoch's per-exit means.
     ``augment=True`` trains on augmented images (``branchynet.augment``).
 
+    ``snapshot`` names a file written at every epoch end (model, optimizer,
+    position, curves, random state; see ``branchynet.checkpoint``); SIGINT or
+    SIGTERM then writes it at the current batch and raises
+    ``checkpoint.TrainingInterrupted``. ``resume=True`` continues from it, and
+    with the same seed ends with the same weights as an uninterrupted run
+    (not bit-exact with ``augment``, whose crops are drawn in worker processes).
+
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
-    the last, for main-only training) and ``seconds`` the total time.
+    the last, for main-only training) and ``seconds`` the time of this call.
     """
+    from branchynet import checkpoint
     validate_inputs(x, net.input_shape)
     validate_labels(y, len(x))
     if batchsize < 1 or num_epoch < 0:
@@ -51,27 +49,53 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
         augmenter = AugmentedBatches(x, y, batchsize, seed=rng.randint(2 ** 31 - 1))
     step = net.train_main if main else net.train
     n_batches = (len(x) + batchsize - 1) // batchsize
-    losses, accs = [], []
+    losses, accs, first_epoch, order, next_batch = [], [], 0, None, 0
+    if resume and checkpoint.exists(snapshot):
+        first_epoch, losses, accs, order, next_batch = checkpoint.load(snapshot, net, rng)
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
-    for epoch in range(num_epoch):
-        sums_loss, sums_acc, weights = 0., 0., 0
-        with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
-                      unit='batch', enabled=progress) as bar:
-            for xb, yb in _epoch_batches(x, y, batchsize, rng, augmenter):
-                loss, acc = step(xb, yb)
-                loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
-                sums_loss = sums_loss + loss * len(yb)
-                sums_acc = sums_acc + acc * len(yb)
-                weights += len(yb)
-                bar.update(1, loss=float(numpy.nansum(loss)))
-        epoch_loss = (sums_loss / weights).tolist()
-        epoch_acc = (sums_acc / weights).tolist()
-        losses.append(epoch_loss)
-        accs.append(epoch_acc)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, epoch_loss, epoch_acc)
+    guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
+    with guard as stop:
+        for epoch in range(first_epoch, num_epoch):
+            if augmenter is None:
+                if order is None:
+                    order, next_batch = rng.permutation(len(x)), 0
+                batches = ((b, x[order[b * batchsize:(b + 1) * batchsize]],
+                            y[order[b * batchsize:(b + 1) * batchsize]])
+                           for b in range(next_batch, n_batches))
+            else:
+                batches = ((b, xb, yb) for b, (xb, yb) in enumerate(augmenter.epoch()))
+            sums_loss, sums_acc, weights = 0., 0., 0
+            with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
+                          unit='batch', enabled=progress) as bar:
+                bar.update(next_batch if augmenter is None else 0)
+                for b, xb, yb in batches:
+                    loss, acc = step(xb, yb)
+                    loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
+                    sums_loss = sums_loss + loss * len(yb)
+                    sums_acc = sums_acc + acc * len(yb)
+                    weights += len(yb)
+                    bar.update(1, loss=float(numpy.nansum(loss)))
+                    if stop['signal'] is not None:
+                        if augmenter is None:  # else the last epoch-end snapshot stands
+                            checkpoint.save(snapshot, net, rng, epoch, losses, accs, order, b + 1)
+                        raise checkpoint.TrainingInterrupted(snapshot)
+            losses.append((sums_loss / max(weights, 1)).tolist())
+            accs.append((sums_acc / max(weights, 1)).tolist())
+            order, next_batch = None, 0
+            if snapshot:
+                checkpoint.save(snapshot, net, rng, epoch + 1, losses, accs)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, losses[-1], accs[-1])
     return losses, accs, time.perf_counter() - start
+
+
+class _no_stop_requests:
+    def __enter__(self):
+        return {'signal': None}
+
+    def __exit__(self, *exc):
+        return False
 
 
 # ---------------------------------------------------------------- evaluation
