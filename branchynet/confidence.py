@@ -41,3 +41,73 @@ def entropy_from_logits_row(row):
     e = [math.exp(v) for v in d]
     s = sum(e)
     return math.log(s) - sum(a * b for a, b in zip(e, d)) / s
+
+
+def _probabilities64(z):
+    xp = chainer.backend.get_array_module(z)
+    d = z.astype(numpy.float64)
+    d -= d.max(axis=1, keepdims=True)
+    e = xp.exp(d)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _row_probabilities(row):
+    m = max(row)
+    e = [math.exp(v - m) for v in row]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+class Measure:
+    """A confidence measure and its exit rule.
+
+    Internally every measure is an *uncertainty score* (lower = more
+    confident) and a sample leaves when its score is strictly below the
+    exit's limit; ``limit(T)`` turns the user's threshold into that limit.
+    """
+
+    def __init__(self, name, rule, upper, batch, row, limit):
+        self.name, self.rule, self.upper = name, rule, upper
+        self.scores, self.row_score, self.limit = batch, row, limit
+
+    def __repr__(self):
+        return 'Measure({!r}: exit when {})'.format(self.name, self.rule)
+
+
+def _max_row(row):
+    return 1.0 - max(_row_probabilities(row))
+
+
+def _margin_row(row):
+    p = sorted(_row_probabilities(row))
+    return 1.0 - (p[-1] - p[-2])
+
+
+def _max_batch(z):
+    return 1.0 - _probabilities64(z).max(axis=1)
+
+
+def _margin_batch(z):
+    xp = chainer.backend.get_array_module(z)
+    p = xp.sort(_probabilities64(z), axis=1)
+    return 1.0 - (p[:, -1] - p[:, -2])
+
+
+MEASURES = {
+    'entropy': Measure('entropy', 'entropy of the softmax < T (nats; the paper\'s rule)',
+                       None, entropy_from_logits, entropy_from_logits_row, lambda t: t),
+    'maxprob': Measure('maxprob', 'largest softmax probability > T (T in [0, 1])', 1.0,
+                       _max_batch, _max_row, lambda t: 1.0 - t),
+    'margin': Measure('margin', 'largest minus second-largest probability > T '
+                      '(T in [0, 1])', 1.0, _margin_batch, _margin_row, lambda t: 1.0 - t),
+}
+
+
+def get_measure(name):
+    """The Measure called ``name`` (entropy, maxprob or margin)."""
+    if isinstance(name, Measure):
+        return name
+    if name not in MEASURES:
+        raise ValueError('unknown confidence measure {!r}; expected one of: {}'.format(
+            name, ', '.join(MEASURES)))
+    return MEASURES[name]

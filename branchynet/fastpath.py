@@ -275,7 +275,8 @@ class FastBranchyNet:
         return self.net.send(x)
 
     def _route(self, x, thresholds, timer=NULL_TIMER):
-        return route_batch(self.segments, self.heads, x, thresholds, self.xp, timer)
+        return route_batch(self.segments, self.heads, x, thresholds, self.xp, timer,
+                           self.net.confidence)
 
     def _main_route(self, x, timer=NULL_TIMER):
         xp = self.xp

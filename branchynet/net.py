@@ -28,7 +28,7 @@ from branchynet.validation import (validate_inputs, validate_labels,
                                    validate_thresholds)
 
 
-def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER):
+def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
     """Early-exit inference of one device batch (paper Fig. 2, batched).
 
     ``segments[i](h)`` and ``heads[i](h)`` map arrays to arrays (trunk
@@ -36,11 +36,14 @@ def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER):
     softmax entropy is strictly below the exit's threshold leave with the
     arg-max label; the others continue from the cached trunk activation.
     Entropies are computed from the logits in float64
-    (``confidence.entropy_from_logits``). Returns device arrays (labels,
+    (``confidence.entropy_from_logits``); ``measure`` selects another
+    confidence measure (``confidence.MEASURES``). Returns device arrays (labels,
     0-based exit indices). Shared by the Chainer path and the compiled fast
     path, so both decide identically.
     """
     last = len(heads) - 1
+    measure = confidence.get_measure(measure)
+    limits = [measure.limit(t) for t in thresholds]
     if len(x) == 1:  # the latency case: one row, decided in plain Python
         h = x
         for i in range(last + 1):
@@ -50,7 +53,7 @@ def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER):
                 z = heads[i](h)
             with timer.stage('decision'):
                 row = z[0].tolist()
-                if i == last or confidence.entropy_from_logits_row(row) < thresholds[i]:
+                if i == last or measure.row_score(row) < limits[i]:
                     return (numpy.array([row.index(max(row))], dtype=numpy.int32),
                             numpy.array([i], dtype=numpy.int32))
     n = len(x)
@@ -69,7 +72,7 @@ def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER):
                 labels[remaining] = pred
                 exits[remaining] = i
                 break
-            leave = confidence.entropy_from_logits(z) < thresholds[i]
+            leave = measure.scores(z) < limits[i]
             labels[remaining[leave]] = pred[leave]
             exits[remaining[leave]] = i
             stay = ~leave
@@ -105,12 +108,15 @@ class BranchyNet(chainer.Chain):
             early exits and 0.3 for the last).
         input_shape: per-sample shape ``(C, H, W)``; when given, inputs are
             checked against it with a clear error.
+        confidence: the exit measure: ``'entropy'`` (the paper's: exit when
+            entropy < T), ``'maxprob'`` (largest probability > T) or
+            ``'margin'`` (largest minus second probability > T).
     """
 
     def __init__(self, network, thresholdExits=None, percentTestExits=.9,
                  percentTrainKeeps=1., lr=0.1, momentum=0.9, weight_decay=0.0001,
                  alpha=0.001, opt='Adam', joint=True, verbose=False,
-                 exit_weights=None, input_shape=None):
+                 exit_weights=None, input_shape=None, confidence='entropy'):
         super().__init__()
         trunk_layers, heads, branch_points = self._parse(network)
         with self.init_scope():
@@ -128,6 +134,7 @@ class BranchyNet(chainer.Chain):
         self.verbose = verbose
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.exit_weights = exit_weights
+        self.confidence = confidence
         self.thresholdExits = thresholdExits
         self._train_mode = True
         self.optimizer = None
@@ -160,8 +167,20 @@ class BranchyNet(chainer.Chain):
 
     @thresholdExits.setter
     def thresholdExits(self, value):
-        self._thresholds = None if value is None else \
-            validate_thresholds(value, self.numexits() - 1)
+        self._thresholds = None if value is None else validate_thresholds(
+            value, self.numexits() - 1, upper=confidence.get_measure(self.confidence).upper)
+
+    @property
+    def confidence(self):
+        """Name of the confidence measure used for exit decisions."""
+        return self._confidence
+
+    @confidence.setter
+    def confidence(self, name):
+        measure = confidence.get_measure(name)
+        self._confidence = measure.name
+        if getattr(self, '_thresholds', None) is not None:
+            self.thresholdExits = self._thresholds  # re-validate for the new range
 
     @property
     def percentTrainKeeps(self):
@@ -335,13 +354,25 @@ class BranchyNet(chainer.Chain):
                     chunks[n].append(chainer.backends.cuda.to_cpu(F.softmax(z).array))
         return [numpy.concatenate(c) for c in chunks]
 
+    def get_logits(self, x, batchsize=1024):
+        """Logits of every exit for every sample (no early exit): a list of
+        numpy arrays ``(N, classes)``, one per exit."""
+        validate_inputs(x, self.input_shape)
+        chunks = [[] for _ in range(self.numexits())]
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                for n, z in enumerate(self._all_exit_logits(self.send(x[i:i + batchsize]))):
+                    chunks[n].append(chainer.backends.cuda.to_cpu(z.array))
+        return [numpy.concatenate(c) for c in chunks]
+
     def _resolve_thresholds(self, thresholds):
         if thresholds is None:
             if self._thresholds is None:
                 raise ValueError('no thresholds: pass thresholds=... or set '
                                  'thresholdExits (one entropy per early exit)')
             return self._thresholds
-        return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds')
+        return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds',
+                                   upper=confidence.get_measure(self.confidence).upper)
 
     def send(self, x):
         """``x`` on this model's device."""
@@ -351,7 +382,7 @@ class BranchyNet(chainer.Chain):
         """Early-exit inference of one device batch through Chainer (see route_batch)."""
         segments = [lambda h, n=n: self.segment(h, n).array for n in range(self.numexits())]
         heads = [lambda h, head=head: head(h).array for head in self.branches]
-        return route_batch(segments, heads, x, thresholds, self.xp, timer)
+        return route_batch(segments, heads, x, thresholds, self.xp, timer, self.confidence)
 
     def predict(self, x, thresholds=None, batchsize=None):
         """Early-exit prediction.

@@ -24,12 +24,17 @@ from branchynet.utils import _per_sample_loop, generate_thresholds
 from branchynet.validation import validate_labels, validate_thresholds
 
 
-def exit_outputs(net, x, batchsize=256):
-    """``(entropies, predictions)``: arrays ``(N, exits)`` from one batched pass."""
-    sms = net.get_SM(x, batchsize=batchsize)
-    entropies = numpy.stack([confidence.entropy(sm) for sm in sms], axis=1)
-    predictions = numpy.stack([sm.argmax(axis=1) for sm in sms], axis=1).astype(numpy.int32)
-    return entropies, predictions
+def exit_outputs(net, x, measure=None, batchsize=256):
+    """``(scores, predictions)``: arrays ``(N, exits)`` from one batched pass.
+
+    ``scores`` are the uncertainty scores of ``measure`` (default the net's
+    ``confidence``; for entropy, the entropies), computed from the logits
+    exactly as the routing computes them."""
+    measure = confidence.get_measure(measure or net.confidence)
+    logits = net.get_logits(x, batchsize=batchsize)
+    scores = numpy.stack([measure.scores(z) for z in logits], axis=1)
+    predictions = numpy.stack([z.argmax(axis=1) for z in logits], axis=1).astype(numpy.int32)
+    return scores, predictions
 
 
 def path_costs(net, x, engine=None):
@@ -51,13 +56,17 @@ def path_costs(net, x, engine=None):
     return costs
 
 
-def exits_for(entropies, thresholds):
+def exits_for(entropies, thresholds, measure='entropy'):
     """Exit index of every sample for each threshold vector: ``(K, N)``.
 
-    ``thresholds`` is ``(K, exits - 1)``; a sample leaves at the first early
-    exit whose entropy is strictly below the threshold, else at the last.
+    ``entropies`` holds the scores of ``measure`` (N, exits); ``thresholds``
+    is ``(K, exits - 1)`` in the measure's own units. A sample leaves at the
+    first early exit whose score is strictly below the limit (for entropy:
+    entropy < T), else at the last.
     """
-    thresholds = numpy.asarray(thresholds, dtype=numpy.float64)
+    measure = confidence.get_measure(measure)
+    thresholds = numpy.vectorize(measure.limit, otypes=[numpy.float64])(
+        numpy.asarray(thresholds, dtype=numpy.float64))
     k = len(thresholds)
     early = entropies.shape[1] - 1
     leave = numpy.empty((k, len(entropies), early + 1), dtype=bool)
@@ -67,7 +76,7 @@ def exits_for(entropies, thresholds):
 
 
 def evaluate(entropies, predictions, y, thresholds, path_ms=None, path_macs=None,
-             chunk=64):
+             chunk=64, measure='entropy'):
     """Accuracy, exit counts and predicted costs of many threshold vectors.
 
     Returns a dict of arrays over the K vectors: ``acc`` (K,), ``exit_counts``
@@ -80,7 +89,7 @@ def evaluate(entropies, predictions, y, thresholds, path_ms=None, path_macs=None
     num_exits = entropies.shape[1]
     accs, counts = [], []
     for i in range(0, len(thresholds), chunk):
-        ex = exits_for(entropies, thresholds[i:i + chunk])
+        ex = exits_for(entropies, thresholds[i:i + chunk], measure)
         accs.append(correct[numpy.arange(len(y))[None, :], ex].mean(axis=1))
         counts.append(numpy.stack([(ex == n).sum(axis=1) for n in range(num_exits)], axis=1))
     result = {'acc': numpy.concatenate(accs), 'exit_counts': numpy.concatenate(counts)}
@@ -111,14 +120,16 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
     and ``info`` with the per-exit path costs.
     """
     early = net.numexits() - 1
+    upper = confidence.get_measure(net.confidence).upper
     settings = generate_thresholds(base_ts, early) if enumerate_ts \
-        else [validate_thresholds(t, early, name='base_ts entry') for t in base_ts]
+        else [validate_thresholds(t, early, name='base_ts entry', upper=upper) for t in base_ts]
     engines = engines or {'chainer': net}
     entropies, predictions = exit_outputs(net, x)
     xs = x[:cost_samples or 200]
     costs = {name: path_costs(net, xs, engine) for name, engine in engines.items()}
     results = {name: evaluate(entropies, predictions, y, settings, path_ms=c,
-                              path_macs=path_macs) for name, c in costs.items()}
+                              path_macs=path_macs, measure=net.confidence)
+               for name, c in costs.items()}
     first = next(iter(results.values()))
     records = []
     for k, ts in enumerate(settings):

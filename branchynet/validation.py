@@ -9,15 +9,17 @@ def _is_real_number(value):
         (isinstance(value, numpy.generic) and numpy.issubdtype(type(value), numpy.floating))
 
 
-def validate_thresholds(value, num_early_exits, name='thresholdExits'):
+def validate_thresholds(value, num_early_exits, name='thresholdExits', upper=None):
     """Return ``value`` as a list with one float per early exit.
 
     Accepts a scalar (used for every early exit) or a sequence of exactly
-    ``num_early_exits`` numbers. Thresholds are entropies (nats), so each
-    must be a non-negative number; ``inf`` (every sample exits) is allowed.
+    ``num_early_exits`` numbers. Entropy thresholds (nats) must be
+    non-negative (``inf``: every sample exits); with ``upper`` (1 for the
+    probability measures) they must also be at most ``upper``.
     """
-    expected = ('a non-negative number or a list of {} non-negative numbers '
-                '(one per early exit)'.format(num_early_exits))
+    kind = 'non-negative numbers' if upper is None else 'numbers in [0, {:g}]'.format(upper)
+    expected = ('a {} or a list of {} {} (one per early exit)'.format(
+        kind[:-1], num_early_exits, kind))
     if isinstance(value, (str, bytes)):
         raise ValueError('{} must be {}, got {!r}'.format(name, expected, value))
     if _is_real_number(value) or (isinstance(value, numpy.ndarray) and value.ndim == 0):
@@ -43,6 +45,9 @@ def validate_thresholds(value, num_early_exits, name='thresholdExits'):
         if v < 0:
             raise ValueError('{}[{}] is negative ({}); expected {}'.format(
                 name, i, v, expected))
+        if upper is not None and v > upper:
+            raise ValueError('{}[{}] is {}, above {:g}; expected {}'.format(
+                name, i, v, upper, expected))
         result.append(v)
     return result
 

@@ -1,0 +1,116 @@
+"""Choosing exit thresholds on held-out data, for an accuracy target or a cost budget.
+
+The original swept thresholds on the test set and picked the knee by eye.
+``calibrate_thresholds`` instead works on a validation split, from cached
+exit outputs (``screening.exit_outputs``) and per-exit costs (milliseconds
+from ``screening.path_costs`` or multiply-adds from ``costs.exit_costs``):
+
+* ``target_acc``: the cheapest thresholds whose validation accuracy is at
+  least the target (default: the last exit's own validation accuracy, i.e.
+  the baseline's);
+* ``budget``: the most accurate thresholds whose expected cost is within it.
+
+Candidates per early exit are the quantiles of that exit's validation
+scores (so any threshold the data distinguishes can be found, not only a
+fixed grid), plus "nobody leaves" and "everybody leaves". With up to two
+early exits every combination is evaluated exactly in array operations;
+with more, coordinate descent starts from "nobody leaves" and improves one
+exit at a time until nothing changes.
+"""
+import itertools
+
+import numpy
+
+from branchynet import confidence, screening
+
+
+def _candidate_limits(scores, count, upper):
+    """Limits (exit when score < limit) spanning an exit's score distribution."""
+    qs = numpy.quantile(scores, numpy.linspace(0, 1, count))
+    top = numpy.inf if upper is None else upper
+    return numpy.unique(numpy.concatenate([[0.0], qs, [top]]))
+
+
+def _objective(acc, cost, target_acc, budget):
+    """Sort keys (smaller is better) and feasibility for the two goals."""
+    if budget is not None:
+        feasible = cost <= budget + 1e-12
+        return feasible, numpy.lexsort((cost, -acc))
+    feasible = acc >= target_acc - 1e-12
+    return feasible, numpy.lexsort((-acc, cost))
+
+
+def _pick(acc, cost, target_acc, budget):
+    feasible, order = _objective(acc, cost, target_acc, budget)
+    ranked = [i for i in order if feasible[i]]
+    if ranked:
+        return ranked[0], True
+    # nothing meets the goal: the closest (most accurate / cheapest) point
+    fallback = numpy.lexsort((cost, -acc)) if budget is None else numpy.lexsort((-acc, cost))
+    return int(fallback[0]), False
+
+
+def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, budget=None,
+                         measure='entropy', candidates=64, max_rounds=5):
+    """Per-early-exit thresholds chosen on validation outputs.
+
+    Args:
+        scores, predictions: ``(N, exits)`` from ``screening.exit_outputs``
+            on the validation split (scores of ``measure``).
+        y: validation labels.
+        path_costs: cost of a sample leaving at each exit (ms or MACs).
+        target_acc: minimum validation accuracy (default: the last exit's).
+        budget: maximum expected cost per sample; if given, accuracy is
+            maximised under it instead.
+        measure: the confidence measure the scores belong to.
+        candidates: quantiles tried per early exit.
+
+    Returns a dict: ``thresholds`` (in the measure's own units), ``acc``,
+    ``cost``, ``exit_counts`` on the validation data, ``met`` (whether the
+    goal was reachable) and the goal itself.
+    """
+    if target_acc is not None and budget is not None:
+        raise ValueError('give target_acc or budget, not both')
+    measure = confidence.get_measure(measure)
+    y = numpy.asarray(y)
+    early = scores.shape[1] - 1
+    if early < 1:
+        raise ValueError('a network with one exit has no thresholds to calibrate')
+    if len(path_costs) != early + 1:
+        raise ValueError('path_costs must have one cost per exit ({}), got {}'.format(
+            early + 1, len(path_costs)))
+    if budget is None and target_acc is None:
+        target_acc = float((predictions[:, -1] == y).mean())
+    cands = [_candidate_limits(scores[:, n], candidates, measure.upper) for n in range(early)]
+    to_user = numpy.vectorize(measure.limit, otypes=[numpy.float64])  # limit is an involution
+
+    def evaluate(limit_vectors):
+        ts = to_user(numpy.asarray(limit_vectors, dtype=numpy.float64))
+        r = screening.evaluate(scores, predictions, y, ts, path_ms=path_costs,
+                               measure=measure)
+        return ts, r
+
+    if early <= 2:
+        grid = numpy.array(list(itertools.product(*cands)))
+        ts, r = evaluate(grid)
+        best, met = _pick(r['acc'], r['ms'], target_acc, budget)
+    else:
+        current = numpy.array([c[0] for c in cands])
+        for _ in range(max_rounds):
+            changed = False
+            for n in range(early):
+                trial = numpy.repeat(current[None], len(cands[n]), axis=0)
+                trial[:, n] = cands[n]
+                _, r = evaluate(trial)
+                k, _ = _pick(r['acc'], r['ms'], target_acc, budget)
+                if trial[k, n] != current[n]:
+                    current, changed = trial[k], True
+            if not changed:
+                break
+        ts, r = evaluate(current[None])
+        best = 0
+        met = bool(r['acc'][0] >= target_acc - 1e-12) if budget is None \
+            else bool(r['ms'][0] <= budget + 1e-12)
+    return {'thresholds': [float(v) for v in ts[best]], 'acc': float(r['acc'][best]),
+            'cost': float(r['ms'][best]), 'exit_counts': r['exit_counts'][best].tolist(),
+            'met': met, 'target_acc': target_acc, 'budget': budget, 'measure': measure.name}
