@@ -80,6 +80,7 @@ def test_four_exits_use_coordinate_descent_and_meet_the_target():
     preds = numpy.concatenate([numpy.where(e < 0.4, 0, 1), numpy.zeros((n, 1))],
                               axis=1).astype(numpy.int32)
     scores = numpy.concatenate([e, numpy.full((n, 1), 5.0)], axis=1)
-    r = calibrate_thresholds(scores, preds, y, [1.0, 2.0, 3.0, 4.0], target_acc=1.0)
+    r = calibrate_thresholds(scores, preds, y, [1.0, 2.0, 3.0, 4.0], target_acc=1.0,
+                             candidates=n + 1)  # every sample's score is a candidate
     assert r['met'] and r['acc'] == 1.0
     assert r['cost'] < 4.0 and r['exit_counts'][0] == (e[:, 0] < 0.4).sum()
