@@ -131,3 +131,21 @@ def plot_layer_entropy(sms, y, title='', path=None, grid=None):
     if path:
         save_figure(fig, path)
     return fig
+
+
+def plot_measures(curves, baseacc, basediff, title='', path=None):
+    """Accuracy against predicted batch-1 time for each confidence measure:
+    ``curves[measure] = (accs, ms)`` over a threshold sweep; the
+    accuracy-rising points of each are drawn, the baseline as a diamond."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for measure, (accs, ms) in curves.items():
+        idx = inc_point_indices(accs, ms)
+        ax.plot([ms[i] for i in idx], [100 * accs[i] for i in idx], '-o', ms=3, label=measure)
+    ax.plot([basediff], [100 * baseacc], 'D', color='tab:red', ms=9, label='baseline network')
+    ax.set(xlabel='predicted runtime (ms per sample, batch size 1, Chainer path)',
+           ylabel='test accuracy (%)', title=title)
+    ax.grid(alpha=.3)
+    ax.legend(loc='lower right', fontsize=8)
+    if path:
+        save_figure(fig, path)
+    return fig

@@ -27,7 +27,7 @@ EXPERIMENT = {
         # A few minutes on a 2-core CPU (about 9 min per full CIFAR epoch here).
         'fast': {'epochs_main': 3, 'epochs_joint': 3, 'n_train': 5000, 'n_test': 2000,
                  'n_timing': 300, 'batchsize': 128},
-        'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 300, 'n_test': 100,
+        'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_val': 100, 'n_train': 300, 'n_test': 100,
                  'batchsize': 64, 'thresholds': [0.01, 1.0]},
     },
 }

@@ -28,7 +28,7 @@ EXPERIMENT = {
         # Minutes on a 2-core CPU; reaches about 99 % on MNIST.
         'fast': {'epochs_main': 4, 'epochs_joint': 4, 'n_timing': 2000},
         # Seconds: for tests and notebooks on a data subset.
-        'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 2000,
+        'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_val': 200, 'n_train': 2000,
                  'n_test': 300, 'thresholds': [0.01, 0.1, 1.0]},
     },
 }

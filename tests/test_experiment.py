@@ -19,7 +19,8 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
                 '_results/lenet_mnist_cpu_screen.json', '_results/lenet_mnist_results.json',
                 '_figs/lenet_mnist_training.png', '_figs/lenet_mnist_training.pdf',
                 '_figs/lenet_mnist_cpu_tradeoff.png', '_figs/lenet_mnist_cpu_tradeoff.pdf',
-                '_figs/lenet_mnist_entropy.png', '_figs/lenet_mnist_entropy.pdf'}
+                '_figs/lenet_mnist_entropy.png', '_figs/lenet_mnist_entropy.pdf',
+                '_figs/lenet_mnist_cpu_measures.png', '_results/lenet_mnist_cpu_calibration.md'}
     assert expected <= files
     screen = json.loads((tmp_path / '_results/lenet_mnist_cpu_screen.json').read_text())
     assert len(screen['points']) == 3 and screen['n_samples'] == 100
@@ -29,6 +30,11 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
     assert rows[0][:3] == ['Device', 'Network', 'Acc. (%)'] and rows[2][1] == 'B-LeNet'
     saved = json.loads((tmp_path / '_results/lenet_mnist_results.json').read_text())
     assert saved['config']['preset'] == 'tiny' and len(saved['training']['joint_loss']) == 1
+    assert saved['data']['n_val'] == 200 and len(set(saved['data']['val_indices'])) == 200
+    measures = [m['measure'] for m in saved['calibration']['CPU']['measures']]
+    assert measures == ['entropy', 'maxprob', 'margin']
+    md = (tmp_path / '_results/lenet_mnist_cpu_calibration.md').read_text()
+    assert '| maxprob |' in md and 'calibrated T =' in md
     assert results['tables']['CPU'][1]['Gain'] > 0
 
 
@@ -52,7 +58,8 @@ def test_driver_runs_a_cifar_network_on_a_user_npz(tmp_path):
              rng.rand(20, 3, 32, 32).astype(numpy.float32),
              rng.randint(0, 10, 20).astype(numpy.int32))
     results = experiment.run('alex_cifar10', preset='tiny', out_dir=str(tmp_path),
-                             overrides={'dataset_path': path}, time_devices=['cpu'])
+                             overrides={'dataset_path': path, 'n_val': 16},
+                             time_devices=['cpu'])
     assert results['config']['dataset_path'] == path
     rows = results['tables']['CPU']
     assert rows[1]['Network'] == 'B-AlexNet' and len(rows[1]['Thrshld. T']) == 2
@@ -62,7 +69,8 @@ def test_driver_runs_a_cifar_network_on_a_user_npz(tmp_path):
 def test_a_cifar_network_rejects_mnist_shaped_data_clearly(tmp_path):
     with pytest.raises(ValueError, match=r'per-sample shape \(3, 32, 32\).*got \(1, 28, 28\)'):
         experiment.run('alex_cifar10', preset='tiny', out_dir=str(tmp_path),
-                       overrides={'dataset_path': 'mnist', 'n_train': 10, 'n_test': 10},
+                       overrides={'dataset_path': 'mnist', 'n_train': 20, 'n_test': 10,
+                                  'n_val': 5},
                        time_devices=['cpu'])
 
 
@@ -76,7 +84,8 @@ def test_report_puts_the_paper_beside_ours(tmp_path, mnist_data):
     assert 'preset `tiny`, 1 main-only + 1 joint epochs' in md
     with open(tmp_path / '_results' / 'table1.csv') as f:
         rows = list(csv.reader(f))
-    assert rows[0][1:4] == ['Device', 'Network', 'Acc. (%)'] and len(rows) == 3
+    assert rows[0][1:4] == ['Device', 'Network', 'Acc. (%)'] and len(rows) == 4
+    assert rows[3][2] == 'B-LeNet (calibrated)'
 
 
 def test_a_network_without_data_is_skipped_with_a_clear_line(tmp_path, monkeypatch, capsys):
