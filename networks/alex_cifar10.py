@@ -25,7 +25,8 @@ EXPERIMENT = {
         # The paper's schedule: 50 main-only epochs, then 100 joint epochs.
         'paper': {'epochs_main': 50, 'epochs_joint': 100},
         # A few minutes on a 2-core CPU (about 9 min per full CIFAR epoch here).
-        'fast': {'epochs_main': 3, 'epochs_joint': 3, 'n_train': 5000, 'n_test': 2000,
+        'fast': {'epochs_main': 3, 'epochs_joint': 3, 'n_train': 6000, 'n_val': 1000,
+                 'n_test': 2000,
                  'n_timing': 300, 'batchsize': 128},
         'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_val': 100, 'n_train': 300, 'n_test': 100,
                  'batchsize': 64, 'thresholds': [0.01, 1.0]},

@@ -28,7 +28,8 @@ EXPERIMENT = {
         # The paper's schedule: 100 main-only epochs, then 100 joint epochs.
         'paper': {'epochs_main': 100, 'epochs_joint': 100},
         # About 2 h per full CIFAR epoch on a 2-core CPU: a small subset here.
-        'fast': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 1000, 'n_test': 500,
+        'fast': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 1200, 'n_val': 200,
+                 'n_test': 500,
                  'n_timing': 40, 'thresholds': [0.001, 0.1, 0.5, 1., 2.]},
         'tiny': {'epochs_main': 1, 'epochs_joint': 1, 'n_val': 16, 'n_train': 64, 'n_test': 16,
                  'batchsize': 32, 'thresholds': [0.1, 2.0]},
