@@ -211,8 +211,8 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     path_ms = info.get('path_ms', {}).get('chainer')
     if path_ms is None:  # the original way measured no per-exit costs
         path_ms = screening.path_costs(net, xs[:config['n_cost']])
-    return rows, {'path_ms': path_ms, 'baseline': baseline, 'xs': xs, 'ys': ys,
-                  'fast': fast}
+    return rows, {'path_ms': path_ms, 'baseline': baseline, 'baseline_fast': baseline_fast,
+                  'xs': xs, 'ys': ys, 'fast': fast}
 
 
 def split_validation(x_train, y_train, n_val, seed):
@@ -272,6 +272,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
            'Trunk-only (ms)': measured['trunk_ms'],
            'Trunk-only gain': timing['baseline']['trunk_ms'] / measured['trunk_ms'],
            'Fast (ms)': measured_fast['ms'],
+           'Fast gain': timing['baseline_fast']['ms'] / measured_fast['ms'],
            'MAC limit': costs.arithmetic_limit_gain(costs_, measured['exit_counts']),
            'Thrshld. T': chosen['thresholds'],
            'Exit (%)': [100. * c / len(ys) for c in measured['exit_counts']]}

@@ -36,6 +36,9 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
     md = (tmp_path / '_results/lenet_mnist_cpu_calibration.md').read_text()
     assert '| maxprob |' in md and 'calibrated T =' in md
     assert results['tables']['CPU'][1]['Gain'] > 0
+    calibrated = results['tables']['CPU'][2]
+    assert calibrated['Network'] == 'B-LeNet (calibrated)'
+    assert calibrated['Fast gain'] > 0 and calibrated['MAC limit'] >= 1
 
 
 def test_unknown_names_are_clear_errors():
