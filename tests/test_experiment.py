@@ -38,7 +38,7 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
     assert results['tables']['CPU'][1]['Gain'] > 0
     calibrated = results['tables']['CPU'][2]
     assert calibrated['Network'] == 'B-LeNet (calibrated)'
-    assert calibrated['Fast gain'] > 0 and calibrated['MAC limit'] >= 1
+    assert calibrated['Fast gain'] > 0 and calibrated['MAC limit'] > 0
 
 
 def test_unknown_names_are_clear_errors():
