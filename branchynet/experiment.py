@@ -376,7 +376,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     if curves_l:
         visualize.plot_layers(curves_l, curves_a, title='B-{}: training per exit'.format(title),
                               path=os.path.join(out['figs'], network + '_training'),
-                              phase_labels=[(0, 'main only'), (len(main_losses), 'joint')])
+                              phase_labels=[(0, 'main only')] * bool(main_losses) +
+                              [(len(main_losses), 'joint')] * bool(joint_losses))
     visualize.plot_layer_entropy(sms, y_test, title='B-{}: early exit vs entropy '
                                  'threshold (test set)'.format(title),
                                  path=os.path.join(out['figs'], network + '_entropy'))
