@@ -13,6 +13,7 @@ Every network is configured by the ``EXPERIMENT`` dict of its module in
 import argparse
 import csv
 import io
+import itertools
 import json
 import os
 import platform
@@ -258,7 +259,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
         early = test_scores.shape[1] - 1
         grid = [numpy.quantile(test_scores[:, n], numpy.linspace(0, 1, 40 if early == 1 else 15))
                 for n in range(early)]
-        limits = numpy.array(list(__import__('itertools').product(*grid)))
+        limits = numpy.array(list(itertools.product(*grid)))
         to_user = numpy.vectorize(confidence.get_measure(measure).limit)
         r = screening.evaluate(test_scores, test_preds, ys, to_user(limits), path_ms=path_ms,
                                measure=measure)

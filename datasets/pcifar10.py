@@ -11,6 +11,7 @@ import sys
 
 import numpy
 
+from branchynet.augment import contrast_normalize
 from datasets import cifar10, data_dir, npz
 
 
@@ -19,12 +20,10 @@ def path():
 
 
 def global_contrast_normalize(x, eps=1e-8):
-    """Per sample: subtract the mean over all values, divide by the std (ddof 1)."""
-    flat = x.reshape(len(x), -1).astype(numpy.float64)
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    std = flat.std(axis=1, ddof=1, keepdims=True)
-    std[std < eps] = 1.
-    return (flat / std).reshape(x.shape)
+    """Per sample: subtract the mean over all values, divide by the std (ddof 1).
+
+    The same normalisation the augmentation applies to every variant."""
+    return contrast_normalize(x, eps)
 
 
 def preprocess(x_train, x_test):
