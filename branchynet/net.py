@@ -345,24 +345,21 @@ class BranchyNet(chainer.Chain):
 
         Returns a list with one numpy array ``(N, classes)`` per exit.
         """
-        validate_inputs(x, self.input_shape)
-        chunks = [[] for _ in range(self.numexits())]
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                xb = self.send(x[i:i + batchsize])
-                for n, z in enumerate(self._all_exit_logits(xb)):
-                    chunks[n].append(chainer.backends.cuda.to_cpu(F.softmax(z).array))
-        return [numpy.concatenate(c) for c in chunks]
+        return self._per_exit(x, batchsize, lambda z: F.softmax(z).array)
 
     def get_logits(self, x, batchsize=1024):
         """Logits of every exit for every sample (no early exit): a list of
         numpy arrays ``(N, classes)``, one per exit."""
+        return self._per_exit(x, batchsize, lambda z: z.array)
+
+    def _per_exit(self, x, batchsize, transform):
+        """``transform`` of every exit's logits, batched, gathered on the host."""
         validate_inputs(x, self.input_shape)
         chunks = [[] for _ in range(self.numexits())]
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
                 for n, z in enumerate(self._all_exit_logits(self.send(x[i:i + batchsize]))):
-                    chunks[n].append(chainer.backends.cuda.to_cpu(z.array))
+                    chunks[n].append(chainer.backends.cuda.to_cpu(transform(z)))
         return [numpy.concatenate(c) for c in chunks]
 
     def _resolve_thresholds(self, thresholds):
