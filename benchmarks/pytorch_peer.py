@@ -36,24 +36,28 @@ def torch_lenet(net):
 
     def pool_relu():
         return [nn.MaxPool2d(2, 2, ceil_mode=True), nn.ReLU()]
+    # the same split as BranchyNet's: the pool and ReLU the exit-1 head shares
+    # with the trunk are computed once, in segment 1
     t, b0, b1 = net.trunk, net.branches[0], net.branches[1]
-    seg0 = nn.Sequential(conv(t[0]))
-    head0 = nn.Sequential(*pool_relu(), conv(b0[2]), *pool_relu(), nn.Flatten(), linear(b0[5]))
-    seg1 = nn.Sequential(*pool_relu(), conv(t[3]), *pool_relu(), conv(t[6]), *pool_relu(),
+    seg0 = nn.Sequential(conv(t[0]), *pool_relu())
+    head0 = nn.Sequential(conv(b0[2]), *pool_relu(), nn.Flatten(), linear(b0[5]))
+    seg1 = nn.Sequential(conv(t[3]), *pool_relu(), conv(t[6]), *pool_relu(),
                          nn.Flatten(), linear(t[9]))
     head1 = nn.Sequential(linear(b1[0]))
     return [m.eval() for m in (seg0, head0, seg1, head1)]
 
 
 def torch_predict_one(parts, x, threshold):
-    """Fig. 2 in PyTorch eager for one sample: (label, exit)."""
+    """Fig. 2 in PyTorch eager for one sample: (label, exit). ``threshold``
+    None runs the main network alone (the baseline: no exit-1 head)."""
     import torch
     seg0, head0, seg1, head1 = parts
     h = seg0(x)
-    z = head0(h)
-    p = torch.softmax(z, dim=1)
-    if float(-(p * torch.log(p.clamp_min(1e-45))).sum()) < threshold:
-        return int(z.argmax()), 0
+    if threshold is not None:
+        z = head0(h)
+        p = torch.softmax(z, dim=1)
+        if float(-(p * torch.log(p.clamp_min(1e-45))).sum()) < threshold:
+            return int(z.argmax()), 0
     return int(head1(seg1(h)).argmax()), 1
 
 
@@ -89,16 +93,16 @@ def main():
     out = {}
     print('{:10s} {:>10s} {:>10s} {:>10s} {:>12s} {:>12s}'.format(
         'setting', 'torch ms', 'fast ms', 'chainer ms', 'fast/torch', 'chainer/torch'))
-    for name, t in (('main', -1.0), ('exit1', float('inf')), ('T=%g' % knee, knee)):
+    for name, t in (('main', None), ('exit1', float('inf')), ('T=%g' % knee, knee)):
         t_ms, t_lab, t_ex = torch_latency(parts, x, t)
         ours = {}
         for engine_name, engine in (('fast', fast), ('chainer', net)):
-            if t < 0:
+            if t is None:
                 r = utils.measure_main(net, x, y, engine=engine, trunk_only=False)
             else:
                 r = utils.measure_branchy(net, x, y, [t], engine=engine, trunk_only=False)
             ours[engine_name] = r['ms']
-        if t >= 0:
+        if t is not None:
             lab, ex = net.predict(x, [t])
             agree = float((lab == t_lab).mean()), float((ex == t_ex).mean())
         else:

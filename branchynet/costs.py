@@ -49,14 +49,14 @@ def exit_costs(net, sample=None):
         sample = numpy.zeros((1,) + tuple(net.input_shape), numpy.float32)
     h = net.send(sample[:1])
     seg_macs, head_macs, seg_params, head_params = [], [], [], []
-    for n, head in enumerate(net.branches):
+    for n in range(net.numexits()):
         start, end = net._segment_bounds(n)
         macs, h = _count(lambda v: net.trunk(v, start, end), h)
         seg_macs.append(macs)
         seg_params.append(sum(link.count_params() for link in net.trunk[start:end]))
-        macs, _ = _count(head, h)
+        macs, _ = _count(lambda v, n=n: net.head(v, n), h)
         head_macs.append(macs)
-        head_params.append(head.count_params())
+        head_params.append(net.branches[n].count_params())
     path = [sum(seg_macs[:n + 1]) + sum(head_macs[:n + 1]) for n in range(len(seg_macs))]
     return {'segment_macs': seg_macs, 'head_macs': head_macs, 'segment_params': seg_params,
             'head_params': head_params, 'path_macs': path,

@@ -6,17 +6,28 @@ so the layers an early exit saves turn into little saved time. This module
 compiles the same link tree and weights into plain array operations (numpy
 on the CPU, cupy on a GPU):
 
-* convolutions as one gather (precomputed im2col indices into a reused,
-  zero-padded buffer) and one matrix product, BatchNormalization folded
-  into the preceding convolution;
-* pooling as strided slices, LRN as Chainer computes it, dropout removed;
+* a convolution is one copy into a reused im2col buffer and one matrix
+  product (bias folded into the product as a row of ones, test-mode
+  BatchNormalization folded into the weights). For stride-1 convolutions the
+  im2col rows are taken over the *padded* width, so every row is one long
+  contiguous run of the padded input (cheap to copy); the extra columns are
+  computed and ignored. Results are views in channels-last memory order
+  (the product's faster orientation) with the usual (N, C, H, W) shape;
+* max pooling as strided slices, with a neighbouring ReLU fused in; LRN as
+  Chainer computes it; dropout removed;
 * links it does not know run through Chainer (correct, just not faster);
   a Chain may provide ``to_fast(compiler)`` to compile itself (ResBlock does).
+
+Buffers are kept per input shape (a few shapes per layer, small ones only),
+so an array a compiled function returns is overwritten by that function's
+next call: consume it first (``route_batch`` does). One FastBranchyNet is
+therefore not safe to call from several threads at once.
 
 ``FastBranchyNet(net).predict(x, thresholds)`` gives the same labels and
 exits as ``net.predict`` (up to float rounding in the last bits).
 The compiled path snapshots the weights: recompile after training further.
 """
+import collections
 import inspect
 
 import chainer
@@ -27,6 +38,11 @@ import numpy
 from branchynet.links import FL, SL, Net
 from branchynet.net import route_batch
 from branchynet.timing import NULL_TIMER
+
+#: Buffers of one plan larger than this are allocated per call instead of kept.
+CACHE_BYTES = 8 << 20
+#: Input shapes whose buffers one compiled layer keeps (least recently used go).
+CACHE_SHAPES = 4
 
 
 def _bound(fn, args, kwargs):
@@ -41,6 +57,36 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _is_relu(link):
+    return isinstance(link, FL) and link.fn is F.relu
+
+
+class _Plans:
+    """Per-input-shape plans of one compiled layer: a small LRU cache.
+
+    ``get(shape)`` returns ``build(shape)``'s plan, built once while it is
+    among the ``CACHE_SHAPES`` most recent shapes and no larger than
+    ``CACHE_BYTES`` (``build`` returns ``(plan, nbytes)``); larger plans are
+    built for every call, so batch inference does not pin big buffers.
+    """
+
+    def __init__(self, build):
+        self.build = build
+        self.plans = collections.OrderedDict()
+
+    def get(self, shape):
+        plan = self.plans.get(shape)
+        if plan is not None:
+            self.plans.move_to_end(shape)
+            return plan
+        plan, nbytes = self.build(shape)
+        if nbytes <= CACHE_BYTES:
+            self.plans[shape] = plan
+            if len(self.plans) > CACHE_SHAPES:
+                self.plans.popitem(last=False)
+        return plan
+
+
 class Compiler:
     """Turns links into array functions ``f(x) -> y`` on ``xp`` arrays."""
 
@@ -50,27 +96,56 @@ class Compiler:
     def array(self, a):
         return None if a is None else self.xp.asarray(a)
 
+    def strided(self, base, shape, strides):
+        """A view of ``base`` with element (not byte) ``strides``."""
+        item = base.itemsize
+        return self.xp.lib.stride_tricks.as_strided(
+            base, shape=shape, strides=tuple(s * item for s in strides))
+
     # ------------------------------------------------------------ sequences
     def sequence(self, links):
-        """Compile a list of links into one function, fusing Conv+BN pairs."""
+        """Compile a list of links into one function.
+
+        Fuses Conv+BN pairs, and a ReLU into the layer before it (convolution,
+        linear, max pooling) or into the max pooling after it (the two
+        commute). A sequence never writes into its input array.
+        """
         ops, i = [], 0
         links = list(links)
         while i < len(links):
             link = links[i]
             nxt = links[i + 1] if i + 1 < len(links) else None
-            if isinstance(link, L.Convolution2D) and isinstance(nxt, L.BatchNormalization):
-                ops.append(self.conv(link, bn=nxt))
-                i += 2
-                continue
-            ops.append(self.link(link))
-            i += 1
-        ops = [op for op in ops if op is not None]
+            taken = 1
+            if _is_relu(link) and self._is_max_pool(nxt):
+                op = self.function(nxt, relu=True)
+                taken = 2
+            elif isinstance(link, L.Convolution2D):
+                bn = nxt if isinstance(nxt, L.BatchNormalization) else None
+                taken += bn is not None
+                after = links[i + taken] if i + taken < len(links) else None
+                relu = _is_relu(after)
+                op = self.conv(link, bn=bn, relu=relu)
+                taken += relu
+            elif isinstance(link, L.Linear) or self._is_max_pool(link):
+                relu = _is_relu(nxt)
+                op = self.linear(link, relu) if isinstance(link, L.Linear) \
+                    else self.function(link, relu=relu)
+                taken += relu
+            else:
+                op = self.link(link)
+            if op is not None:
+                ops.append(op)
+            i += taken
 
         def run(x):
             for op in ops:
                 x = op(x)
             return x
         return run
+
+    @staticmethod
+    def _is_max_pool(link):
+        return isinstance(link, FL) and link.fn is F.max_pooling_2d
 
     def link(self, link):
         if isinstance(link, L.Convolution2D):
@@ -98,9 +173,11 @@ class Compiler:
         return run
 
     # ---------------------------------------------------------------- layers
-    def conv(self, link, bn=None):
+    def conv(self, link, bn=None, relu=False):
+        """Convolution (+ folded BN, + ReLU) as one copy and one matmul."""
         if link.groups != 1 or _pair(link.dilate) != (1, 1):
-            return self.fallback(link)
+            return self.fallback(link) if bn is None and not relu else \
+                self._chain(self.fallback(link), bn, relu)
         xp = self.xp
         w = link.W.array.astype(numpy.float32)
         b = link.b.array if link.b is not None else xp.zeros(w.shape[0], numpy.float32)
@@ -109,49 +186,82 @@ class Compiler:
             w = w * scale[:, None, None, None]
             b = (b - bn.avg_mean) * scale + bn.beta.array
         out_c, in_c, kh, kw = w.shape
-        w2 = xp.ascontiguousarray(w.reshape(out_c, -1))
-        b2 = xp.ascontiguousarray(b.reshape(1, out_c, 1).astype(numpy.float32))
+        k = in_c * kh * kw
+        # (K + 1, O): the weights with the bias as one more input row (of ones)
+        w_aug = xp.ascontiguousarray(
+            xp.concatenate([w.reshape(out_c, k), b.reshape(out_c, 1)], axis=1).T
+        ).astype(numpy.float32)
         sy, sx = _pair(link.stride)
         ph, pw = _pair(link.pad)
-        plans = {}
+        grid = sy == 1 and sx == 1
 
-        def plan(shape):
+        def build(shape):
             n, c, h, wd = shape
             hp, wp = h + 2 * ph, wd + 2 * pw
             ho, wo = (hp - kh) // sy + 1, (wp - kw) // sx + 1
-            padded = xp.zeros((n, c, hp, wp), numpy.float32) if (ph or pw) else None
-            return padded, ho, wo
+            # the padded input, flat, with kw spare elements for the grid's last row
+            flat = xp.zeros(n * c * hp * wp + kw, numpy.float32)
+            padded = flat[:n * c * hp * wp].reshape(n, c, hp, wp)
+            inner = padded[:, :, ph:ph + h, pw:pw + wd]
+            if grid:  # rows over the padded width: (C, kh, kw, N, Ho * Wp), one run each
+                cols_w = wp
+                src = self.strided(flat, (c, kh, kw, n, ho * wp),
+                                   (hp * wp, wp, 1, c * hp * wp, 1))
+            else:
+                cols_w = wo
+                src = self.strided(flat, (c, kh, kw, n, ho, wo),
+                                   (hp * wp, wp, 1, c * hp * wp, sy * wp, sx))
+            p = ho * cols_w
+            cols = xp.empty((k + 1, n * p), numpy.float32)
+            cols[k] = 1
+            dst = cols[:k].reshape(src.shape)
+            y = xp.empty((n * p, out_c), numpy.float32)
+            out = y.reshape(n, ho, cols_w, out_c).transpose(0, 3, 1, 2)[:, :, :, :wo]
+            plan = (inner, src, dst, cols.T, y, out)
+            return plan, flat.nbytes + cols.nbytes + y.nbytes
+
+        plans = _Plans(build)
 
         def run(x):
-            key = x.shape
-            if key not in plans:
-                plans[key] = plan(key)
-            padded, ho, wo = plans[key]
-            if padded is not None:
-                padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
-                x = padded
-            n, c = x.shape[:2]
-            s = x.strides
-            # im2col as a strided view (C, kh, kw, Ho, Wo) per sample; the
-            # reshape makes the one copy the matrix product needs.
-            view = xp.lib.stride_tricks.as_strided(
-                x, shape=(n, c, kh, kw, ho, wo),
-                strides=(s[0], s[1], s[2], s[3], s[2] * sy, s[3] * sx))
-            cols = view.reshape(n, c * kh * kw, ho * wo)
-            y = xp.matmul(w2, cols[0])[None] if n == 1 else xp.matmul(w2, cols)
-            y += b2
-            return y.reshape(n, out_c, ho, wo)
+            inner, src, dst, cols_t, y, out = plans.get(x.shape)
+            inner[...] = x
+            xp.copyto(dst, src)
+            xp.matmul(cols_t, w_aug, out=y)
+            if relu:
+                xp.maximum(y, 0, out=y)
+            return out
         return run
 
-    def linear(self, link):
+    def _chain(self, op, bn, relu):
+        """``op`` followed by a BN layer and/or a ReLU (unfused)."""
+        after = [f for f in (self.batchnorm(bn) if bn is not None else None,
+                             (lambda h: self.xp.maximum(h, 0)) if relu else None) if f]
+
+        def run(x):
+            x = op(x)
+            for f in after:
+                x = f(x)
+            return x
+        return run
+
+    def linear(self, link, relu=False):
         xp = self.xp
         wt = xp.ascontiguousarray(link.W.array.T)
         b = link.b.array if link.b is not None else None
 
+        def build(shape):
+            y = xp.empty((shape[0], wt.shape[1]), numpy.float32)
+            return y, y.nbytes
+
+        plans = _Plans(build)
+
         def run(x):
-            y = xp.matmul(x.reshape(len(x), -1), wt)
+            y = plans.get(x.shape)
+            xp.matmul(x.reshape(len(x), -1), wt, out=y)
             if b is not None:
                 y += b
+            if relu:
+                xp.maximum(y, 0, out=y)
             return y
         return run
 
@@ -166,7 +276,7 @@ class Compiler:
             return x * scale + shift
         return run
 
-    def function(self, fl):
+    def function(self, fl, relu=False):
         xp = self.xp
         fn = fl.fn
         if fn is F.relu:
@@ -175,7 +285,7 @@ class Compiler:
             return None
         if fn is F.max_pooling_2d:
             a = _bound(fn, fl.args, fl.kwargs)
-            return self.pool(a['ksize'], a['stride'], a['pad'], a['cover_all'], 'max')
+            return self.pool(a['ksize'], a['stride'], a['pad'], a['cover_all'], 'max', relu)
         if fn is F.average_pooling_2d:
             a = _bound(fn, fl.args, fl.kwargs)
             if a.get('pad_value', 0) is not None and a.get('pad_value', 0) != 0:
@@ -186,45 +296,67 @@ class Compiler:
             return self.lrn(a['n'], a['k'], a['alpha'], a['beta'])
         return self.fallback(fl)
 
-    def pool(self, ksize, stride, pad, cover_all, kind):
+    def pool(self, ksize, stride, pad, cover_all, kind, relu=False):
+        """Max or mean pooling as one strided slice per window offset.
+
+        Windows that reach past the input (``cover_all``, padding) use only
+        the input elements they cover for max pooling; mean pooling divides
+        by the full window (padding counts as zeros), as Chainer does.
+        """
         xp = self.xp
         kh, kw = _pair(ksize)
         sy, sx = _pair(stride if stride is not None else ksize)
         ph, pw = _pair(pad)
-        fill = -numpy.inf if kind == 'max' else 0.
-        plans = {}
 
         def out_size(size, k, s, p):
             if cover_all:
                 return (size + 2 * p - k + s - 1) // s + 1
             return (size + 2 * p - k) // s + 1
 
+        def taps(size, k, s, p, count):
+            """Per window offset d: (first output, last output + 1, first input)."""
+            out = []
+            for d in range(k):
+                lo = max(0, -((d - p) // s))           # first o with o*s + d - p >= 0
+                hi = min(count, (size - 1 - d + p) // s + 1)  # o*s + d - p <= size - 1
+                if hi > lo:
+                    out.append((lo, hi, lo * s + d - p))
+            return out
+
+        def build(shape):
+            n, c, h, w = shape
+            ho, wo = out_size(h, kh, sy, ph), out_size(w, kw, sx, pw)
+            rows, cols = taps(h, kh, sy, ph, ho), taps(w, kw, sx, pw, wo)
+            out = xp.empty((n, c, ho, wo), numpy.float32)
+            slices = [((slice(None), slice(None), slice(r0, r1), slice(c0, c1)),
+                       (slice(None), slice(None), slice(ri, ri + sy * (r1 - r0 - 1) + 1, sy),
+                        slice(ci, ci + sx * (c1 - c0 - 1) + 1, sx)))
+                      for r0, r1, ri in rows for c0, c1, ci in cols]
+            full = (slice(None), slice(None), slice(0, ho), slice(0, wo))
+            # the first update must cover every output; otherwise start from a fill
+            first_full = slices[0][0] == full
+            return (out, slices, first_full), out.nbytes
+
+        plans = _Plans(build)
+
         def run(x):
-            n, c, h, w = x.shape
-            key = x.shape
-            if key not in plans:
-                ho, wo = out_size(h, kh, sy, ph), out_size(w, kw, sx, pw)
-                need_h, need_w = (ho - 1) * sy + kh, (wo - 1) * sx + kw
-                buf = None
-                if ph or pw or need_h > h or need_w > w:
-                    buf = xp.full((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)),
-                                  fill, dtype=numpy.float32)
-                plans[key] = (ho, wo, buf)
-            ho, wo, buf = plans[key]
-            if buf is not None:
-                buf[:, :, ph:ph + h, pw:pw + w] = x
-                x = buf
-            out = None
-            for di in range(kh):
-                for dj in range(kw):
-                    s = x[:, :, di:di + sy * (ho - 1) + 1:sy, dj:dj + sx * (wo - 1) + 1:sx]
-                    if out is None:
-                        out = s.copy()
-                    elif kind == 'max':
-                        xp.maximum(out, s, out=out)
-                    else:
-                        out += s
-            if kind == 'mean':
+            out, slices, first_full = plans.get(x.shape)
+            if kind == 'max':
+                if first_full:
+                    xp.copyto(out, x[slices[0][1]])
+                    rest = slices[1:]
+                else:
+                    out.fill(-numpy.inf)
+                    rest = slices
+                for o, i in rest:
+                    region = out[o]
+                    xp.maximum(region, x[i], out=region)
+                if relu:
+                    xp.maximum(out, 0, out=out)
+            else:
+                out.fill(0)
+                for o, i in slices:
+                    out[o] += x[i]
                 out /= kh * kw
             return out
         return run
@@ -264,7 +396,7 @@ class FastBranchyNet:
         compiler = Compiler(self.xp)
         self.segments = [compiler.sequence(net.trunk[slice(*net._segment_bounds(n))])
                          for n in range(net.numexits())]
-        self.heads = [compiler.sequence(list(head)) for head in net.branches]
+        self.heads = [compiler.sequence(net.head_links(n)) for n in range(net.numexits())]
         self.main_trunk = compiler.sequence(list(net.trunk))
         self.input_shape = net.input_shape
 

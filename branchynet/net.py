@@ -22,10 +22,27 @@ import chainer.functions as F
 import numpy
 
 from branchynet import confidence
-from branchynet.links import Branch, Net
+from branchynet.links import FL, Branch, Net
 from branchynet.timing import NULL_TIMER, synchronize
 from branchynet.validation import (validate_inputs, validate_labels,
                                    validate_thresholds)
+
+
+#: Parameter-free functions with no randomness and no train/test difference:
+#: a head may share such layers with the trunk (``BranchyNet.shared_prefix``).
+SHAREABLE_FUNCTIONS = (F.relu, F.leaky_relu, F.elu, F.tanh, F.sigmoid, F.max_pooling_2d,
+                       F.average_pooling_2d, F.local_response_normalization)
+
+
+def _same_function_layer(a, b):
+    """Whether two layers compute the same deterministic, parameter-free function."""
+    if not (type(a) is FL and type(b) is FL and a.fn is b.fn
+            and a.fn in SHAREABLE_FUNCTIONS):
+        return False
+    try:
+        return bool(a.args == b.args and a.kwargs == b.kwargs)
+    except (TypeError, ValueError):  # arguments that do not compare (arrays)
+        return False
 
 
 def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
@@ -123,6 +140,7 @@ class BranchyNet(chainer.Chain):
             self.trunk = Net(trunk_layers)
             self.branches = chainer.ChainList(*heads)
         self.branch_points = branch_points
+        self.shared_prefix = self._shared_prefixes()
         self.percentTestExits = percentTestExits
         self.percentTrainKeeps = percentTrainKeeps
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
@@ -222,14 +240,44 @@ class BranchyNet(chainer.Chain):
         """Set the default mode of ``forward`` to testing (original API)."""
         self._train_mode = False
 
+    def _shared_prefixes(self):
+        """Per exit, how many leading layers of its head repeat the trunk's.
+
+        B-LeNet's exit-1 head starts with the same pool and ReLU as the trunk
+        after the branch point (B-AlexNet's with ReLU, pool and LRN). Such
+        parameter-free, deterministic layers are computed once, in the
+        trunk, and the head starts after them: the same outputs, less work
+        in training and for samples that go on past the exit.
+        """
+        shared = []
+        for n, head in enumerate(self.branches):
+            k = 0
+            if n < len(self.branches) - 1:
+                limit = self.branch_points[n + 1] - self.branch_points[n]
+                while k < min(limit, len(head)) and _same_function_layer(
+                        head[k], self.trunk[self.branch_points[n] + k]):
+                    k += 1
+            shared.append(k)
+        return shared
+
     def _segment_bounds(self, n):
-        start = self.branch_points[n - 1] if n > 0 else 0
-        return start, self.branch_points[n]
+        """Trunk slice of segment ``n``; it ends after the layers it shares
+        with exit n's head (``shared_prefix``)."""
+        start = self.branch_points[n - 1] + self.shared_prefix[n - 1] if n > 0 else 0
+        return start, self.branch_points[n] + self.shared_prefix[n]
 
     def segment(self, h, n):
-        """Run trunk segment ``n``: the layers between branch points n-1 and n."""
+        """Run trunk segment ``n``: from branch point n-1 to branch point n."""
         start, end = self._segment_bounds(n)
         return self.trunk(h, start, end)
+
+    def head_links(self, n):
+        """The layers exit ``n``'s head runs after segment ``n``."""
+        return list(self.branches[n])[self.shared_prefix[n]:]
+
+    def head(self, h, n):
+        """Exit ``n``'s logits from segment ``n``'s output."""
+        return self.branches[n](h, self.shared_prefix[n])
 
     def main_links(self):
         """Links of the baseline (main) network: the trunk and the final head."""
@@ -258,9 +306,9 @@ class BranchyNet(chainer.Chain):
 
     def _all_exit_logits(self, x):
         outputs, h = [], x
-        for n, head in enumerate(self.branches):
+        for n in range(self.numexits()):
             h = self.segment(h, n)
-            outputs.append(head(h))
+            outputs.append(self.head(h, n))
         return outputs
 
     # --------------------------------------------------------------- training
@@ -301,9 +349,9 @@ class BranchyNet(chainer.Chain):
         """Per-exit losses and accuracies with the percentTrainKeeps hand-off."""
         losses, accs, h = [], [], x
         last = self.numexits() - 1
-        for n, head in enumerate(self.branches):
+        for n in range(self.numexits()):
             h = self.segment(h, n)
-            z = head(h)
+            z = self.head(h, n)
             if n == 0:
                 validate_labels(t, len(t), z.shape[1])
             losses.append(F.softmax_cross_entropy(z, t))
@@ -378,7 +426,7 @@ class BranchyNet(chainer.Chain):
     def _route(self, x, thresholds, timer=NULL_TIMER):
         """Early-exit inference of one device batch through Chainer (see route_batch)."""
         segments = [lambda h, n=n: self.segment(h, n).array for n in range(self.numexits())]
-        heads = [lambda h, head=head: head(h).array for head in self.branches]
+        heads = [lambda h, n=n: self.head(h, n).array for n in range(self.numexits())]
         return route_batch(segments, heads, x, thresholds, self.xp, timer, self.confidence)
 
     def predict(self, x, thresholds=None, batchsize=None):

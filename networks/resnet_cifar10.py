@@ -75,12 +75,12 @@ class ResBlock(chainer.Chain):
     def to_fast(self, compiler):
         """This block as plain array operations (see branchynet.fastpath)."""
         xp = compiler.xp
-        conv1 = compiler.conv(self.conv1, bn=self.bn1)
+        conv1 = compiler.conv(self.conv1, bn=self.bn1, relu=True)
         conv2 = compiler.conv(self.conv2, bn=self.bn2)
         stride, in_channels = self.stride, self.in_channels
 
         def run(x):
-            h = conv2(xp.maximum(conv1(x), 0))
+            h = conv2(conv1(x))
             shortcut = x[:, :, ::stride, ::stride] if stride != 1 else x
             h[:, :in_channels] += shortcut  # the zero-padded channels add nothing
             return xp.maximum(h, 0, out=h)

@@ -74,3 +74,88 @@ def test_small_three_exit_net(small_batch):
     fast = FastBranchyNet(net)
     for ts in ([0.0, 0.0], [1.58, 1.6], [9.0, 9.0]):
         numpy.testing.assert_array_equal(fast.predict(x, ts)[1], net.predict(x, ts)[1])
+
+
+# ------------------------------------------------------------ compiled layers
+def _chainer(fn, x):
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        return fn(x).array
+
+
+@pytest.mark.parametrize('stride,pad,ksize', [(1, 0, 3), (1, 3, 5), (2, 1, 3), (2, 2, 5),
+                                              (3, 0, 2)])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_compiled_convolution_matches_chainer(stride, pad, ksize, batch):
+    import chainer.links as L
+    from branchynet.fastpath import Compiler
+    numpy.random.seed(0)
+    conv = L.Convolution2D(3, 4, ksize, stride=stride, pad=pad)
+    bn = L.BatchNormalization(4)
+    rng = numpy.random.RandomState(1)
+    bn.avg_mean[:] = rng.randn(4)
+    bn.avg_var[:] = rng.rand(4) + 0.5
+    x = rng.randn(batch, 3, 11, 9).astype(numpy.float32)
+    compiler = Compiler(numpy)
+    for fused, expect in ((compiler.conv(conv), _chainer(conv, x)),
+                          (compiler.conv(conv, bn=bn, relu=True),
+                           numpy.maximum(_chainer(lambda v: bn(conv(v)), x), 0))):
+        numpy.testing.assert_allclose(fused(x), expect, rtol=1e-4, atol=1e-5)
+        # a strided (non-contiguous) input and a second call on the same buffers
+        xt = numpy.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        numpy.testing.assert_allclose(fused(xt), expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('ksize,stride,pad,cover_all', [
+    (2, 2, 0, True), (2, 2, 0, False), (3, 2, 0, True), (3, 2, 1, True), (2, 3, 0, True),
+    (3, 1, 1, False)])
+def test_compiled_max_pooling_matches_chainer(ksize, stride, pad, cover_all):
+    import chainer.functions as F
+    from branchynet import FL
+    from branchynet.fastpath import Compiler
+    x = numpy.random.RandomState(0).randn(2, 3, 11, 15).astype(numpy.float32)
+    layer = FL(F.max_pooling_2d, ksize, stride, pad=pad, cover_all=cover_all)
+    expect = _chainer(layer, x)
+    compiler = Compiler(numpy)
+    numpy.testing.assert_array_equal(compiler.function(layer)(x), expect)
+    numpy.testing.assert_array_equal(compiler.function(layer, relu=True)(x),
+                                     numpy.maximum(expect, 0))
+
+
+@pytest.mark.parametrize('ksize,stride,pad', [(2, 2, 0), (3, 1, 1), (6, 1, 0)])
+def test_compiled_average_pooling_matches_chainer(ksize, stride, pad):
+    import chainer.functions as F
+    from branchynet import FL
+    from branchynet.fastpath import Compiler
+    x = numpy.random.RandomState(0).randn(2, 3, 8, 8).astype(numpy.float32)
+    layer = FL(F.average_pooling_2d, ksize, stride, pad=pad)
+    numpy.testing.assert_allclose(Compiler(numpy).function(layer)(x), _chainer(layer, x),
+                                  rtol=1e-5, atol=1e-6)
+
+
+def test_sequences_fuse_relu_without_touching_their_input():
+    import chainer.functions as F
+    import chainer.links as L
+    from branchynet import FL, Net
+    from branchynet.fastpath import Compiler
+    numpy.random.seed(0)
+    layers = [FL(F.relu), FL(F.max_pooling_2d, 2, 2), L.Convolution2D(2, 3, 3, pad=1),
+              FL(F.relu), L.Linear(3 * 4 * 4, 5), FL(F.relu)]
+    x = numpy.random.RandomState(0).randn(2, 2, 8, 8).astype(numpy.float32)
+    before = x.copy()
+    got = Compiler(numpy).sequence(layers)(x)
+    numpy.testing.assert_allclose(got, _chainer(Net(layers), x), rtol=1e-5, atol=1e-6)
+    numpy.testing.assert_array_equal(x, before)
+
+
+def test_plan_cache_keeps_few_small_shapes(monkeypatch):
+    from branchynet import fastpath
+    built = []
+    plans = fastpath._Plans(lambda shape: (built.append(shape) or shape, shape[0]))
+    for n in (1, 2, 3, 4, 5, 1):
+        plans.get((n,))
+    assert built == [(1,), (2,), (3,), (4,), (5,), (1,)]  # (1,) was evicted by (5,)
+    assert list(plans.plans) == [(3,), (4,), (5,), (1,)]
+    monkeypatch.setattr(fastpath, 'CACHE_BYTES', 2)
+    plans.get((7,))
+    plans.get((7,))
+    assert built[-2:] == [(7,), (7,)] and (7,) not in plans.plans

@@ -182,9 +182,9 @@ def test_percent_train_keeps_passes_on_the_least_confident(small_batch):
     seen = []
     original = net.branches[1].forward
 
-    def spy(h):
+    def spy(h, *args):
         seen.append(len(h))
-        return original(h)
+        return original(h, *args)
     net.branches[1].forward = spy
     net.train(x, t)
     assert seen == [30]
@@ -208,3 +208,48 @@ def test_network_list_must_end_with_a_branch():
         BranchyNet([L.Linear(3, 2)])
     with pytest.raises(TypeError, match='chainer Links'):
         BranchyNet([lambda x: x])
+
+
+# ------------------------------------------------------- shared head prefixes
+def _naive_exit_logits(net, x):
+    """Every exit's logits with each head run in full from its branch point."""
+    outputs, h, start = [], x, 0
+    for n, bp in enumerate(net.branch_points):
+        h = net.trunk(h, start, bp)
+        outputs.append(net.branches[n](h))
+        start = bp
+    return outputs
+
+
+def test_heads_share_the_trunks_parameter_free_prefix():
+    from networks import alex_cifar10, lenet_mnist, resnet_cifar10
+    assert lenet_mnist.get_network().shared_prefix == [2, 0]      # pool, relu
+    assert alex_cifar10.get_network().shared_prefix == [3, 1, 0]  # relu, pool, LRN; relu
+    assert resnet_cifar10.get_network().shared_prefix == [0, 0, 0]
+    assert make_three_exit_net().shared_prefix == [1, 1, 0]
+
+
+def test_dropout_and_different_arguments_are_never_shared():
+    import chainer.links as L
+    from branchynet import FL, Branch, BranchyNet
+    f = chainer.functions
+    net = BranchyNet([L.Linear(4, 6), Branch([FL(f.dropout, 0.5), L.Linear(6, 3)]),
+                      FL(f.dropout, 0.5), L.Linear(6, 6),
+                      Branch([FL(f.leaky_relu, slope=0.1), L.Linear(6, 3)]),
+                      FL(f.leaky_relu, slope=0.2), L.Linear(6, 3), Branch([FL(f.tanh)])])
+    assert net.shared_prefix == [0, 0, 0]
+
+
+def test_sharing_gives_the_outputs_and_gradients_of_full_heads(three_exit_net, small_batch):
+    x, t = small_batch
+    net = three_exit_net
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for got, want in zip(net._all_exit_logits(x), _naive_exit_logits(net, x)):
+            numpy.testing.assert_array_equal(got.array, want.array)
+    grads = []
+    for logits in (net._all_exit_logits, lambda v: _naive_exit_logits(net, v)):
+        net.cleargrads()
+        sum(chainer.functions.softmax_cross_entropy(z, t) for z in logits(x)).backward()
+        grads.append({name: p.grad.copy() for name, p in net.namedparams()})
+    for name in grads[0]:
+        numpy.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
