@@ -297,7 +297,8 @@ class Compiler:
         return self.fallback(fl)
 
     def pool(self, ksize, stride, pad, cover_all, kind, relu=False):
-        """Max or mean pooling as one strided slice per window offset.
+        """Max or mean pooling, one axis at a time (kh + kw slice operations,
+        not kh * kw): along the width into a buffer, then along the height.
 
         Windows that reach past the input (``cover_all``, padding) use only
         the input elements they cover for max pooling; mean pooling divides
@@ -307,58 +308,67 @@ class Compiler:
         kh, kw = _pair(ksize)
         sy, sx = _pair(stride if stride is not None else ksize)
         ph, pw = _pair(pad)
+        combine = xp.maximum if kind == 'max' else xp.add
+        empty = -numpy.inf if kind == 'max' else 0.
 
         def out_size(size, k, s, p):
             if cover_all:
                 return (size + 2 * p - k + s - 1) // s + 1
             return (size + 2 * p - k) // s + 1
 
-        def taps(size, k, s, p, count):
-            """Per window offset d: (first output, last output + 1, first input)."""
-            out = []
+        def steps(axis, size, k, s, p, count):
+            """The slice operations of one axis, ``(op, out index, in index)``:
+            'pair' writes the output from two full-coverage offsets, 'copy'
+            from one, 'combine' folds one more offset into its part of it."""
+            def index(sl):
+                idx = [slice(None)] * 4
+                idx[axis] = sl
+                return tuple(idx)
+            taps = []
             for d in range(k):
-                lo = max(0, -((d - p) // s))           # first o with o*s + d - p >= 0
-                hi = min(count, (size - 1 - d + p) // s + 1)  # o*s + d - p <= size - 1
+                lo = max(0, -((d - p) // s))                  # first o: o*s + d - p >= 0
+                hi = min(count, (size - 1 - d + p) // s + 1)  # last o: o*s + d - p < size
                 if hi > lo:
-                    out.append((lo, hi, lo * s + d - p))
-            return out
+                    i0 = lo * s + d - p
+                    taps.append((index(slice(lo, hi)),
+                                 index(slice(i0, i0 + s * (hi - lo - 1) + 1, s)),
+                                 lo == 0 and hi == count))
+            taps.sort(key=lambda tap: not tap[2])  # full-coverage offsets first
+            full = [i for _, i, f in taps if f]
+            if len(full) >= 2:  # the first two make the output in one operation
+                return [('pair', None, tuple(full[:2]))] + \
+                    [('combine', o, i) for o, i, _ in taps[2:]]
+            return [('copy' if j == 0 and f else 'combine', o, i)
+                    for j, (o, i, f) in enumerate(taps)]
 
         def build(shape):
             n, c, h, w = shape
             ho, wo = out_size(h, kh, sy, ph), out_size(w, kw, sx, pw)
-            rows, cols = taps(h, kh, sy, ph, ho), taps(w, kw, sx, pw, wo)
+            tmp = xp.empty((n, c, h, wo), numpy.float32)
             out = xp.empty((n, c, ho, wo), numpy.float32)
-            slices = [((slice(None), slice(None), slice(r0, r1), slice(c0, c1)),
-                       (slice(None), slice(None), slice(ri, ri + sy * (r1 - r0 - 1) + 1, sy),
-                        slice(ci, ci + sx * (c1 - c0 - 1) + 1, sx)))
-                      for r0, r1, ri in rows for c0, c1, ci in cols]
-            full = (slice(None), slice(None), slice(0, ho), slice(0, wo))
-            # the first update must cover every output; otherwise start from a fill
-            first_full = slices[0][0] == full
-            return (out, slices, first_full), out.nbytes
+            passes = ((tmp, steps(3, w, kw, sx, pw, wo)), (out, steps(2, h, kh, sy, ph, ho)))
+            return passes, tmp.nbytes + out.nbytes
 
         plans = _Plans(build)
 
         def run(x):
-            out, slices, first_full = plans.get(x.shape)
-            if kind == 'max':
-                if first_full:
-                    xp.copyto(out, x[slices[0][1]])
-                    rest = slices[1:]
-                else:
-                    out.fill(-numpy.inf)
-                    rest = slices
-                for o, i in rest:
-                    region = out[o]
-                    xp.maximum(region, x[i], out=region)
-                if relu:
-                    xp.maximum(out, 0, out=out)
-            else:
-                out.fill(0)
-                for o, i in slices:
-                    out[o] += x[i]
-                out /= kh * kw
-            return out
+            for dst, ops in plans.get(x.shape):
+                if ops[0][0] == 'combine':  # no window offset covers every output
+                    dst.fill(empty)
+                for op, o, i in ops:
+                    if op == 'pair':
+                        combine(x[i[0]], x[i[1]], out=dst)
+                    elif op == 'copy':
+                        xp.copyto(dst, x[i])
+                    else:
+                        region = dst[o]
+                        combine(region, x[i], out=region)
+                x = dst
+            if kind == 'mean':
+                x /= kh * kw
+            elif relu:
+                xp.maximum(x, 0, out=x)
+            return x
         return run
 
     def lrn(self, n, k, alpha, beta):
