@@ -140,7 +140,6 @@ class BranchyNet(chainer.Chain):
             self.trunk = Net(trunk_layers)
             self.branches = chainer.ChainList(*heads)
         self.branch_points = branch_points
-        self.shared_prefix = self._shared_prefixes()
         self.percentTestExits = percentTestExits
         self.percentTrainKeeps = percentTrainKeeps
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
@@ -240,15 +239,19 @@ class BranchyNet(chainer.Chain):
         """Set the default mode of ``forward`` to testing (original API)."""
         self._train_mode = False
 
-    def _shared_prefixes(self):
+    @property
+    def shared_prefix(self):
         """Per exit, how many leading layers of its head repeat the trunk's.
 
         B-LeNet's exit-1 head starts with the same pool and ReLU as the trunk
         after the branch point (B-AlexNet's with ReLU, pool and LRN). Such
         parameter-free, deterministic layers are computed once, in the
         trunk, and the head starts after them: the same outputs, less work
-        in training and for samples that go on past the exit.
+        in training and for samples that go on past the exit. Derived from
+        the layers (so models pickled before it existed load unchanged).
         """
+        if getattr(self, '_shared_prefix', None) is not None:
+            return self._shared_prefix
         shared = []
         for n, head in enumerate(self.branches):
             k = 0
@@ -258,6 +261,7 @@ class BranchyNet(chainer.Chain):
                         head[k], self.trunk[self.branch_points[n] + k]):
                     k += 1
             shared.append(k)
+        self._shared_prefix = shared
         return shared
 
     def _segment_bounds(self, n):

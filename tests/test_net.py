@@ -253,3 +253,16 @@ def test_sharing_gives_the_outputs_and_gradients_of_full_heads(three_exit_net, s
         grads.append({name: p.grad.copy() for name, p in net.namedparams()})
     for name in grads[0]:
         numpy.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_models_pickled_without_shared_prefix_still_load(small_batch):
+    import pickle
+    net = make_three_exit_net()
+    state = net.__dict__.copy()
+    state.pop('_shared_prefix', None)  # as pickled before the attribute existed
+    old = pickle.loads(pickle.dumps(net))
+    old.__dict__.clear()
+    old.__dict__.update(pickle.loads(pickle.dumps(state)))
+    assert old.shared_prefix == [1, 1, 0]
+    numpy.testing.assert_array_equal(old.predict(small_batch[0], [0.5, 0.5])[1],
+                                     net.predict(small_batch[0], [0.5, 0.5])[1])
