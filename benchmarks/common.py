@@ -59,6 +59,20 @@ def test_subset(args, data, quick_n, full_n):
     return data[2][:n], data[3][:n]
 
 
+def knee_point(net, x, y):
+    """The knee of LeNet's 17-value grid on ``(x, y)``, chosen as the driver
+    chooses it: the screened record (thresholds, acc, exit_counts, ...)."""
+    from branchynet import screening
+    from networks.lenet_mnist import EXPERIMENT
+    base = utils.measure_main(net, x, y, trunk_only=False)
+    records, _ = screening.screen_cached(net, x, y, EXPERIMENT['thresholds'], cost_samples=100)
+    point = records[utils.select_knee([r['acc'] for r in records],
+                                      [r['ms_chainer'] for r in records], base['acc'])]
+    print('knee T={} acc={:.4f} (baseline {:.4f}) exits={}'.format(
+        point['thresholds'], point['acc'], base['acc'], point['exit_counts']))
+    return point
+
+
 def timed(fn, *a, **k):
     start = time.perf_counter()
     out = fn(*a, **k)

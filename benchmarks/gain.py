@@ -3,9 +3,9 @@ Chainer path and the fast path, each next to the arithmetic (MAC) limit.
 
     python benchmarks/gain.py [--quick] [--model FILE.npz] [--samples N]
 """
-from common import lenet, mnist, parser, summary, test_subset
+from common import knee_point, lenet, mnist, parser, summary, test_subset
 
-from branchynet import costs, screening, utils
+from branchynet import costs, utils
 from branchynet.fastpath import FastBranchyNet
 
 
@@ -16,14 +16,7 @@ def main():
     x, y = test_subset(args, data, 300, 2000)
     fast = FastBranchyNet(net)
     c = costs.exit_costs(net)
-    # knee from the cached grid (LeNet's 17 thresholds), as the driver chooses it
-    from networks.lenet_mnist import EXPERIMENT
-    base = utils.measure_main(net, x, y, trunk_only=False)
-    records, _ = screening.screen_cached(net, x, y, EXPERIMENT['thresholds'], cost_samples=100)
-    knee = records[utils.select_knee([r['acc'] for r in records],
-                                     [r['ms_chainer'] for r in records], base['acc'])]
-    print('knee T={} acc={:.4f} (baseline {:.4f}) exits={}'.format(
-        knee['thresholds'], knee['acc'], base['acc'], knee['exit_counts']))
+    knee = knee_point(net, x, y)
     out = {}
     print('{:8s} {:>10s} {:>12s} {:>10s} {:>12s} {:>10s}'.format(
         'path', 'main ms', 'exit-1 ms', 'gain@100%', 'knee ms', 'gain@knee'))
