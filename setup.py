@@ -14,5 +14,5 @@ setup(
         'chainer==7.8.1', 'numpy>=1.26', 'scipy', 'scikit-learn', 'scikit-image',
         'matplotlib', 'dill',
     ],
-    extras_require={'test': ['pytest', 'hypothesis']},
+    extras_require={'test': ['pytest', 'hypothesis'], 'onnx': ['onnx', 'onnxruntime']},
 )

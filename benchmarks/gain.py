@@ -1,5 +1,6 @@
 """(a) B-LeNet batch-1 end-to-end gain at 100 % exit-1 and at the knee, on the
-Chainer path and the fast path, each next to the arithmetic (MAC) limit.
+Chainer path, the fast path and (when onnxruntime is installed:
+requirements/onnx.txt) the ONNX Runtime path, next to the arithmetic (MAC) limit.
 
     python benchmarks/gain.py [--quick] [--model FILE.npz] [--samples N]
 """
@@ -14,13 +15,18 @@ def main():
     data = mnist()
     net = lenet(args, data)
     x, y = test_subset(args, data, 300, 2000)
-    fast = FastBranchyNet(net)
+    engines = [('chainer', net), ('fast', FastBranchyNet(net))]
+    try:
+        from branchynet.onnxpath import OnnxBranchyNet
+        engines.append(('onnx', OnnxBranchyNet(net)))
+    except ImportError as e:
+        print('onnx path skipped: {}'.format(e))
     c = costs.exit_costs(net)
     knee = knee_point(net, x, y)
     out = {}
     print('{:8s} {:>10s} {:>12s} {:>10s} {:>12s} {:>10s}'.format(
         'path', 'main ms', 'exit-1 ms', 'gain@100%', 'knee ms', 'gain@knee'))
-    for name, engine in (('chainer', net), ('fast', fast)):
+    for name, engine in engines:
         b = utils.measure_main(net, x, y, engine=engine, trunk_only=False)
         e1 = utils.measure_branchy(net, x, y, [float('inf')], engine=engine, trunk_only=False)
         k = utils.measure_branchy(net, x, y, knee['thresholds'], engine=engine,

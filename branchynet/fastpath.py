@@ -36,7 +36,7 @@ import chainer.links as L
 import numpy
 
 from branchynet.links import FL, SL, Net
-from branchynet.net import route_batch
+from branchynet.net import exit_steps, route_batch
 from branchynet.timing import NULL_TIMER
 
 #: Buffers of one plan larger than this are allocated per call instead of kept.
@@ -55,6 +55,18 @@ def _bound(fn, args, kwargs):
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def folded_conv_weights(conv, bn=None, xp=numpy):
+    """A convolution's float32 weights and bias with a following test-mode
+    BatchNormalization folded in: gamma * (y - mean) / sqrt(var + eps) + beta."""
+    w = conv.W.array.astype(numpy.float32)
+    b = conv.b.array if conv.b is not None else xp.zeros(w.shape[0], numpy.float32)
+    if bn is not None:
+        scale = bn.gamma.array / xp.sqrt(bn.avg_var + bn.eps)
+        w = w * scale[:, None, None, None]
+        b = (b - bn.avg_mean) * scale + bn.beta.array
+    return w, b.astype(numpy.float32)
 
 
 def _is_relu(link):
@@ -179,12 +191,7 @@ class Compiler:
             return self.fallback(link) if bn is None and not relu else \
                 self._chain(self.fallback(link), bn, relu)
         xp = self.xp
-        w = link.W.array.astype(numpy.float32)
-        b = link.b.array if link.b is not None else xp.zeros(w.shape[0], numpy.float32)
-        if bn is not None:  # fold test-mode BN: gamma * (y - mean) / sqrt(var + eps) + beta
-            scale = bn.gamma.array / xp.sqrt(bn.avg_var + bn.eps)
-            w = w * scale[:, None, None, None]
-            b = (b - bn.avg_mean) * scale + bn.beta.array
+        w, b = folded_conv_weights(link, bn, xp)
         out_c, in_c, kh, kw = w.shape
         k = in_c * kh * kw
         # (K + 1, O): the weights with the bias as one more input row (of ones)
@@ -407,6 +414,7 @@ class FastBranchyNet:
         self.segments = [compiler.sequence(net.trunk[slice(*net._segment_bounds(n))])
                          for n in range(net.numexits())]
         self.heads = [compiler.sequence(net.head_links(n)) for n in range(net.numexits())]
+        self.steps = exit_steps(self.segments, self.heads)
         self.main_trunk = compiler.sequence(list(net.trunk))
         self.input_shape = net.input_shape
 
@@ -417,8 +425,7 @@ class FastBranchyNet:
         return self.net.send(x)
 
     def _route(self, x, thresholds, timer=NULL_TIMER):
-        return route_batch(self.segments, self.heads, x, thresholds, self.xp, timer,
-                           self.net.confidence)
+        return route_batch(self.steps, x, thresholds, self.xp, timer, self.net.confidence)
 
     def _main_route(self, x, timer=NULL_TIMER):
         xp = self.xp

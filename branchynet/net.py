@@ -45,29 +45,39 @@ def _same_function_layer(a, b):
         return False
 
 
-def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
+def exit_steps(segments, heads):
+    """Per exit, ``step(h, timer) -> (h, logits)`` from separate trunk segment
+    and head functions (arrays to arrays), timed as 'trunk' and 'head'."""
+    def step(segment, head):
+        def run(h, timer):
+            with timer.stage('trunk'):
+                h = segment(h)
+            with timer.stage('head'):
+                return h, head(h)
+        return run
+    return [step(s, h) for s, h in zip(segments, heads)]
+
+
+def route_batch(steps, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
     """Early-exit inference of one device batch (paper Fig. 2, batched).
 
-    ``segments[i](h)`` and ``heads[i](h)`` map arrays to arrays (trunk
-    segment i, exit head i's logits). At every exit the samples whose
-    softmax entropy is strictly below the exit's threshold leave with the
-    arg-max label; the others continue from the cached trunk activation.
+    ``steps[i](h, timer)`` runs trunk segment i and exit head i and returns
+    ``(activation, logits)`` (see ``exit_steps``). At every exit the samples
+    whose softmax entropy is strictly below the exit's threshold leave with
+    the arg-max label; the others continue from the cached trunk activation.
     Entropies are computed from the logits in float64
     (``confidence.entropy_from_logits``); ``measure`` selects another
     confidence measure (``confidence.MEASURES``). Returns device arrays (labels,
-    0-based exit indices). Shared by the Chainer path and the compiled fast
-    path, so both decide identically.
+    0-based exit indices). Shared by every inference path (Chainer, the
+    compiled fast path, ONNX Runtime), so all decide identically.
     """
-    last = len(heads) - 1
+    last = len(steps) - 1
     measure = confidence.get_measure(measure)
     limits = [measure.limit(t) for t in thresholds]
     if len(x) == 1:  # the latency case: one row, decided in plain Python
         h = x
-        for i in range(last + 1):
-            with timer.stage('trunk'):
-                h = segments[i](h)
-            with timer.stage('head'):
-                z = heads[i](h)
+        for i, step in enumerate(steps):
+            h, z = step(h, timer)
             with timer.stage('decision'):
                 row = z[0].tolist()
                 if i == last or measure.row_score(row) < limits[i]:
@@ -78,11 +88,8 @@ def route_batch(segments, heads, x, thresholds, xp, timer=NULL_TIMER, measure='e
     exits = xp.empty(n, dtype=numpy.int32)
     remaining = xp.arange(n)
     h = x
-    for i in range(last + 1):
-        with timer.stage('trunk'):
-            h = segments[i](h)
-        with timer.stage('head'):
-            z = heads[i](h)
+    for i, step in enumerate(steps):
+        h, z = step(h, timer)
         with timer.stage('decision'):
             pred = z.argmax(axis=1).astype(numpy.int32)
             if i == last:
@@ -431,7 +438,8 @@ class BranchyNet(chainer.Chain):
         """Early-exit inference of one device batch through Chainer (see route_batch)."""
         segments = [lambda h, n=n: self.segment(h, n).array for n in range(self.numexits())]
         heads = [lambda h, n=n: self.head(h, n).array for n in range(self.numexits())]
-        return route_batch(segments, heads, x, thresholds, self.xp, timer, self.confidence)
+        return route_batch(exit_steps(segments, heads), x, thresholds, self.xp, timer,
+                           self.confidence)
 
     def predict(self, x, thresholds=None, batchsize=None):
         """Early-exit prediction.

@@ -136,6 +136,9 @@ def _per_sample_loop(engine, x, run_one, timer):
 def _measure(net, engine, x, y, run_one, trunk_only):
     validate_inputs(x, net.input_shape)
     validate_labels(y, len(x))
+    if trunk_only and not getattr(engine, 'stage_timing', True):
+        raise ValueError('{} runs each segment and head as one fused call and cannot time '
+                         'the trunk alone: pass trunk_only=False'.format(type(engine).__name__))
     labels, exits, seconds = _per_sample_loop(engine, x, run_one, NULL_TIMER)
     result = _summarise(net, y, labels, exits, seconds)
     if trunk_only:  # a second pass with per-stage clocks: the original's timer

@@ -10,6 +10,7 @@ import branchynet  # noqa: F401  (compatibility shims before chainer)
 import chainer
 import chainer.functions as F
 import chainer.links as L
+import numpy
 
 from branchynet import FL, Branch, BranchyNet
 
@@ -85,6 +86,20 @@ class ResBlock(chainer.Chain):
             h[:, :in_channels] += shortcut  # the zero-padded channels add nothing
             return xp.maximum(h, 0, out=h)
         return run
+
+    def to_onnx(self, exporter, x):
+        """This block as ONNX nodes (see branchynet.onnxpath)."""
+        h = exporter.conv(self.conv1, x, bn=self.bn1, relu=True)
+        h = exporter.conv(self.conv2, h, bn=self.bn2)
+        shortcut = x
+        if self.stride != 1:  # average pooling with window 1 is subsampling
+            shortcut = exporter.node('MaxPool', [x], kernel_shape=[1, 1],
+                                     strides=[self.stride, self.stride])
+        if self.out_channels != self.in_channels:
+            pads = exporter.const([0, 0, 0, 0, 0, self.out_channels - self.in_channels, 0, 0],
+                                  'pads', dtype=numpy.int64)
+            shortcut = exporter.node('Pad', [shortcut, pads], mode='constant')
+        return exporter.node('Relu', [exporter.node('Add', [h, shortcut])])
 
 
 def _stage(in_channels, out_channels, stride, count):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates (once) the project's virtual environment with the pinned set and
 # prints its python. Usage: PY=$(tools/ensure_env.sh [test] [gpu])
-# (extras: requirements/test.txt, requirements/gpu.txt).
+# (extras: requirements/test.txt, requirements/gpu.txt, requirements/onnx.txt;
+# test.txt includes onnx.txt).
 # Rebuilt automatically when a requirements file changes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +13,7 @@ for extra in "$@"; do
   [ -f "$root/requirements/$extra.txt" ] || { echo "ensure_env: no requirements/$extra.txt" >&2; exit 2; }
   reqs+=("$root/requirements/$extra.txt")
 done
-stamp="$(cat "${reqs[@]}" "$root/setup.py" | sha256sum | cut -c1-16)"
+stamp="$(cat "${reqs[@]}" "$root"/requirements/*.txt "$root/setup.py" | sha256sum | cut -c1-16)"
 if [ ! -x "$venv/bin/python" ] || ! grep -qx "$stamp" "$venv/.branchynet-stamps" 2>/dev/null; then
   echo "setting up $venv (first run only; a few minutes)" >&2
   "$python" -m venv "$venv" >&2

@@ -1,0 +1,274 @@
+"""Export a trained BranchyNet to ONNX and run it with ONNX Runtime.
+
+Each exit becomes one ONNX graph: trunk segment n fused with exit n's head,
+with two outputs, the exit's logits and the segment's activation (for the
+samples that go on to the next segment); the baseline network (whole trunk
+and final head) is one more graph. ``OnnxBranchyNet`` routes samples through
+these graphs with the same entropy rule and code as ``BranchyNet.predict``
+(``net.route_batch``), one ONNX Runtime call per exit reached.
+
+On this project's 2-core CPU, B-LeNet at batch size 1 runs about twice as
+fast here as on the array-level fast path (``benchmarks/onnx_peer.py``),
+with the same early-exit gain. It is CPU-only and optional:
+``pip install -r requirements/onnx.txt`` (onnx, onnxruntime).
+
+Layers exported: Convolution2D (BatchNormalization after it folded in),
+Linear, BatchNormalization, ReLU, tanh, sigmoid, max and average pooling,
+LRN; dropout and ``SL`` layers vanish at test time. A Chain can export
+itself with ``to_onnx(exporter, x)`` (the ResNet block does); anything
+else is refused with an error naming the layer.
+"""
+import os
+
+import chainer.functions as F
+import chainer.links as L
+import numpy
+
+from branchynet.fastpath import _bound, _pair, folded_conv_weights
+from branchynet.fileio import atomic_write
+from branchynet.links import FL, SL, Net
+from branchynet.net import route_batch
+from branchynet.timing import NULL_TIMER
+
+OPSET = 17
+
+
+def _require():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError('the ONNX path needs onnx and onnxruntime: pip install -r '
+                          'requirements/onnx.txt ({})'.format(e)) from None
+    return onnx, onnxruntime
+
+
+class Exporter:
+    """Collects ONNX nodes and weights while layers are translated.
+
+    ``layer(link, x)`` and ``sequence(links, x)`` take the name of the input
+    tensor and return the name of the output tensor; ``node`` and ``const``
+    are the building blocks a ``to_onnx(exporter, x)`` method uses.
+    """
+
+    def __init__(self):
+        self.onnx, _ = _require()
+        self.nodes, self.weights, self._count = [], [], 0
+
+    def _name(self, base):
+        self._count += 1
+        return '{}_{}'.format(base, self._count)
+
+    def node(self, op, inputs, **attrs):
+        """Append one ONNX node; returns its output's name."""
+        out = self._name(op.lower())
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], **attrs))
+        return out
+
+    def const(self, array, base='w', dtype=numpy.float32):
+        name = self._name(base)
+        self.weights.append(self.onnx.numpy_helper.from_array(
+            numpy.ascontiguousarray(numpy.asarray(array, dtype=dtype)), name))
+        return name
+
+    # ------------------------------------------------------------ sequences
+    def sequence(self, links, x):
+        links = list(links)
+        i = 0
+        while i < len(links):
+            link = links[i]
+            nxt = links[i + 1] if i + 1 < len(links) else None
+            if isinstance(link, L.Convolution2D) and isinstance(nxt, L.BatchNormalization):
+                x = self.conv(link, x, bn=nxt)
+                i += 2
+                continue
+            x = self.layer(link, x)
+            i += 1
+        return x
+
+    def layer(self, link, x):
+        if isinstance(link, L.Convolution2D):
+            return self.conv(link, x)
+        if isinstance(link, L.Linear):
+            return self.linear(link, x)
+        if isinstance(link, L.BatchNormalization):
+            return self.batchnorm(link, x)
+        if isinstance(link, FL):
+            return self.function(link, x)
+        if isinstance(link, SL):
+            return x  # training-only layer: identity at test time
+        if hasattr(link, 'to_onnx'):
+            return link.to_onnx(self, x)
+        if isinstance(link, Net):
+            return self.sequence(list(link), x)
+        raise ValueError('cannot export {!r} to ONNX: supported are Convolution2D, Linear, '
+                         'BatchNormalization, FL(relu, tanh, sigmoid, max/average pooling, '
+                         'local_response_normalization, dropout) and SL; give other '
+                         'Chains a to_onnx(exporter, x) method'.format(link))
+
+    # ---------------------------------------------------------------- layers
+    def conv(self, link, x, bn=None, relu=False):
+        w, b = folded_conv_weights(link, bn)
+        ph, pw = _pair(link.pad)
+        y = self.node('Conv', [x, self.const(w), self.const(b, 'b')],
+                      kernel_shape=list(w.shape[2:]), strides=list(_pair(link.stride)),
+                      pads=[ph, pw, ph, pw], dilations=list(_pair(link.dilate)),
+                      group=int(link.groups))
+        return self.node('Relu', [y]) if relu else y
+
+    def linear(self, link, x):
+        flat = self.node('Flatten', [x], axis=1)
+        inputs = [flat, self.const(link.W.array)]
+        if link.b is not None:
+            inputs.append(self.const(link.b.array, 'b'))
+        return self.node('Gemm', inputs, transB=1)
+
+    def batchnorm(self, link, x):
+        return self.node('BatchNormalization',
+                         [x, self.const(link.gamma.array), self.const(link.beta.array),
+                          self.const(link.avg_mean), self.const(link.avg_var)],
+                         epsilon=float(link.eps))
+
+    def function(self, fl, x):
+        fn = fl.fn
+        simple = {F.relu: 'Relu', F.tanh: 'Tanh', F.sigmoid: 'Sigmoid'}
+        if fn in simple and not fl.args and not fl.kwargs:
+            return self.node(simple[fn], [x])
+        if fn is F.dropout:
+            return x
+        if fn in (F.max_pooling_2d, F.average_pooling_2d):
+            a = _bound(fn, fl.args, fl.kwargs)
+            kh, kw = _pair(a['ksize'])
+            sy, sx = _pair(a['stride'] if a['stride'] is not None else a['ksize'])
+            ph, pw = _pair(a['pad'])
+            common = dict(kernel_shape=[kh, kw], strides=[sy, sx], pads=[ph, pw, ph, pw])
+            if fn is F.max_pooling_2d:  # Chainer's cover_all is ONNX's ceil_mode
+                return self.node('MaxPool', [x], ceil_mode=int(bool(a['cover_all'])), **common)
+            if a.get('pad_value', 0) == 0:  # Chainer divides by the whole window
+                return self.node('AveragePool', [x], count_include_pad=1, **common)
+        if fn is F.local_response_normalization:
+            a = _bound(fn, fl.args, fl.kwargs)
+            if a['n'] % 2 == 1:  # ONNX scales alpha by 1/size; Chainer does not
+                return self.node('LRN', [x], size=int(a['n']), alpha=float(a['alpha'] * a['n']),
+                                 beta=float(a['beta']), bias=float(a['k']))
+        raise ValueError('cannot export {!r} with arguments {} {} to ONNX'.format(
+            fl, fl.args, fl.kwargs))
+
+    # ----------------------------------------------------------------- graph
+    def model(self, x, outputs):
+        """An ONNX ModelProto. ``x`` and ``outputs`` are ``(name, shape of
+        one sample)`` pairs; every tensor has a free batch dimension."""
+        helper, float32 = self.onnx.helper, self.onnx.TensorProto.FLOAT
+
+        def info(name, shape):
+            return helper.make_tensor_value_info(name, float32, ['N'] + list(shape))
+        graph = helper.make_graph(self.nodes, 'branchynet', [info(*x)],
+                                  [info(*o) for o in outputs], self.weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)])
+        model.ir_version = 8  # readable by every onnxruntime of the last years
+        self.onnx.checker.check_model(model)
+        return model
+
+
+def export_models(net, sample=None):
+    """ONNX models of ``net``: ``(main, exits)``. ``exits[n]`` maps segment n's
+    input to ``(logits, activation)`` (the last exit: logits only).
+    ``sample``: one input (default: zeros of ``net.input_shape``), run
+    through Chainer to learn each segment's input shape."""
+    if sample is None:
+        if net.input_shape is None:
+            raise ValueError('pass a sample: the network has no input_shape')
+        sample = numpy.zeros((1,) + tuple(net.input_shape), numpy.float32)
+    import chainer
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        inputs, logits, h = [], [], net.send(sample[:1])
+        for n in range(net.numexits()):
+            inputs.append(h.shape[1:])
+            h = net.segment(h, n)
+            logits.append(net.head(h, n).shape[1:])
+    last = net.numexits() - 1
+    exporter = Exporter()
+    z = exporter.sequence(net.head_links(last), exporter.sequence(list(net.trunk), 'x'))
+    main = exporter.model(('x', inputs[0]), [(z, logits[last])])
+    exits = []
+    for n in range(net.numexits()):
+        exporter = Exporter()
+        h = exporter.sequence(net.trunk[slice(*net._segment_bounds(n))], 'x')
+        z = exporter.sequence(net.head_links(n), h)
+        outputs = [(z, logits[n])] + ([(h, inputs[n + 1])] if n < last else [])
+        exits.append(exporter.model(('x', inputs[n]), outputs))
+    return main, exits
+
+
+class OnnxBranchyNet:
+    """Early-exit inference of a trained BranchyNet on ONNX Runtime (CPU).
+
+    Same interface as ``fastpath.FastBranchyNet`` (``predict``,
+    ``predict_main``, and the engine methods ``branchynet.utils.measure_*``
+    use). The models snapshot the weights: build again after training.
+    ``save(directory)`` writes ``main.onnx`` and ``exit<n>.onnx``.
+    ``threads``: ONNX Runtime's intra-op threads (1 suits batch size 1).
+    """
+
+    #: the per-stage (trunk-only) timer cannot split a fused exit graph
+    stage_timing = False
+
+    def __init__(self, net, threads=1):
+        if net.xp is not numpy:
+            raise ValueError('the ONNX path runs on the CPU: move the model with '
+                             'net.to_cpu() first')
+        _, ort = _require()
+        self.net = net
+        self.xp = numpy
+        self.models = export_models(net)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+
+        def session(model):
+            return ort.InferenceSession(model.SerializeToString(), options,
+                                        providers=['CPUExecutionProvider'])
+        self.main_session = session(self.models[0])
+        self.exit_sessions = [session(m) for m in self.models[1]]
+        self.steps = [self._step(s) for s in self.exit_sessions]
+
+    @staticmethod
+    def _step(sess):
+        def run(h, timer):
+            with timer.stage('exit'):
+                out = sess.run(None, {'x': h})
+            return (out[1] if len(out) > 1 else None), out[0]
+        return run
+
+    def numexits(self):
+        return len(self.exit_sessions)
+
+    def send(self, x):
+        return numpy.ascontiguousarray(x)
+
+    def save(self, directory):
+        """Write the ONNX models (atomically) to ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        main, exits = self.models
+        for name, model in [('main', main)] + [('exit{}'.format(n), m)
+                                                for n, m in enumerate(exits)]:
+            with atomic_write(os.path.join(directory, name + '.onnx')) as f:
+                f.write(model.SerializeToString())
+
+    def _route(self, x, thresholds, timer=NULL_TIMER):
+        return route_batch(self.steps, x, thresholds, numpy, timer, self.net.confidence)
+
+    def _main_route(self, x, timer=NULL_TIMER):
+        with timer.stage('exit'):
+            z = self.main_session.run(None, {'x': x})[0]
+        with timer.stage('decision'):
+            labels = z.argmax(axis=1).astype(numpy.int32)
+        return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
+
+    def predict(self, x, thresholds=None, batchsize=None):
+        """As ``BranchyNet.predict``: ``(labels, exits)`` numpy int32 arrays."""
+        return self.net._predict_with(self, x, thresholds, batchsize)
+
+    def predict_main(self, x, batchsize=None):
+        return self.net._predict_main_with(self, x, batchsize)

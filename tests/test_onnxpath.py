@@ -1,0 +1,65 @@
+"""The ONNX export runs on ONNX Runtime with the labels and exits of predict()."""
+import numpy
+import pytest
+
+from branchynet import entropy, utils
+from tests.test_fastpath import net_and_data  # noqa: F401  (the three trained networks)
+
+onnxpath = pytest.importorskip('branchynet.onnxpath')
+pytest.importorskip('onnxruntime')
+
+
+def test_exit_graphs_give_chainers_logits(net_and_data):  # noqa: F811
+    import chainer
+    net, x = net_and_data
+    engine = onnxpath.OnnxBranchyNet(net)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        expected = [z.array for z in net._all_exit_logits(x)]
+    h = x
+    for n, sess in enumerate(engine.exit_sessions):
+        out = sess.run(None, {'x': h})
+        numpy.testing.assert_allclose(out[0], expected[n], rtol=1e-4, atol=1e-4)
+        h = out[1] if len(out) > 1 else None
+    main = engine.main_session.run(None, {'x': x})[0]
+    numpy.testing.assert_allclose(main, expected[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_predictions_and_exits_identical_to_predict(net_and_data):  # noqa: F811
+    net, x = net_and_data
+    engine = onnxpath.OnnxBranchyNet(net)
+    ents = [entropy(sm) for sm in net.get_SM(x)][:-1]
+    rng = numpy.random.RandomState(3)
+    for _ in range(3):
+        ts = [float(rng.uniform(e.min(), e.max())) for e in ents]
+        for bs in (1, 5, None):
+            labels, exits = engine.predict(x, ts, batchsize=bs)
+            exp_labels, exp_exits = net.predict(x, ts, batchsize=bs)
+            numpy.testing.assert_array_equal(labels, exp_labels)
+            numpy.testing.assert_array_equal(exits, exp_exits)
+    numpy.testing.assert_array_equal(engine.predict_main(x), net.predict_main(x))
+
+
+def test_timing_through_the_engine_and_saved_models(tmp_path, three_exit_net, small_batch):
+    import onnx
+    x, y = small_batch
+    engine = onnxpath.OnnxBranchyNet(three_exit_net)
+    r = utils.measure_branchy(three_exit_net, x, y, [0.5, 0.5], engine=engine, trunk_only=False)
+    assert r['exit_counts'] == numpy.bincount(three_exit_net.predict(x, [0.5, 0.5])[1],
+                                              minlength=3).tolist()
+    with pytest.raises(ValueError, match='trunk_only=False'):
+        utils.measure_main(three_exit_net, x, y, engine=engine)
+    engine.save(str(tmp_path))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ['exit0.onnx', 'exit1.onnx', 'exit2.onnx', 'main.onnx']
+    onnx.checker.check_model(onnx.load(str(tmp_path / 'exit0.onnx')))
+
+
+def test_unsupported_layers_are_refused_by_name():
+    import chainer
+    import chainer.links as L
+    from branchynet import FL, Branch, BranchyNet
+    net = BranchyNet([L.Linear(4, 6), Branch([L.Linear(6, 3)]),
+                      FL(lambda v: v * 2), L.Linear(6, 3), Branch([FL(chainer.functions.tanh)])],
+                     input_shape=(4,))
+    with pytest.raises(ValueError, match='cannot export FL'):
+        onnxpath.OnnxBranchyNet(net)
