@@ -392,14 +392,6 @@ class Compiler:
         return run
 
 
-def softmax(z, xp):
-    """Row softmax computed the way chainer.functions.softmax does."""
-    y = z - z.max(axis=1, keepdims=True)
-    xp.exp(y, out=y)
-    y /= y.sum(axis=1, keepdims=True)
-    return y
-
-
 class FastBranchyNet:
     """Compiled early-exit inference for a trained BranchyNet (same answers).
 
@@ -428,13 +420,12 @@ class FastBranchyNet:
         return route_batch(self.steps, x, thresholds, self.xp, timer, self.net.confidence)
 
     def _main_route(self, x, timer=NULL_TIMER):
-        xp = self.xp
         with timer.stage('trunk'):
             h = self.main_trunk(x)
         with timer.stage('head'):
             z = self.heads[-1](h)
         with timer.stage('decision'):
-            labels = softmax(z, xp).argmax(axis=1).astype(numpy.int32)
+            labels = z.argmax(axis=1).astype(numpy.int32)
         return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
 
     def predict(self, x, thresholds=None, batchsize=None):

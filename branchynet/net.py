@@ -470,7 +470,8 @@ class BranchyNet(chainer.Chain):
         return numpy.concatenate(labels), numpy.concatenate(exits)
 
     def _main_route(self, x, timer=NULL_TIMER):
-        """The baseline network on one device batch: trunk, final head, softmax.
+        """The baseline network on one device batch: trunk, final head, and
+        the arg-max of the logits (a softmax would not change it).
 
         Returns device arrays (labels, exit indices), every exit the last.
         """
@@ -479,7 +480,7 @@ class BranchyNet(chainer.Chain):
         with timer.stage('head'):
             z = self.branches[-1](h).array
         with timer.stage('decision'):
-            labels = F.softmax(z).array.argmax(axis=1).astype(numpy.int32)
+            labels = z.argmax(axis=1).astype(numpy.int32)
         return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
 
     def predict_main(self, x, batchsize=None):
