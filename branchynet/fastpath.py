@@ -35,9 +35,9 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
+from branchynet.engine import InferenceEngine
 from branchynet.links import FL, SL, Net
-from branchynet.net import exit_steps, route_batch
-from branchynet.timing import NULL_TIMER
+from branchynet.net import exit_steps
 
 #: Buffers of one plan larger than this are allocated per call instead of kept.
 CACHE_BYTES = 8 << 20
@@ -392,11 +392,11 @@ class Compiler:
         return run
 
 
-class FastBranchyNet:
+class FastBranchyNet(InferenceEngine):
     """Compiled early-exit inference for a trained BranchyNet (same answers).
 
-    Provides ``predict``, ``predict_main`` and the ``_route``/``_main_route``
-    engine interface used by ``branchynet.utils.measure_*``.
+    Provides ``predict``, ``predict_main`` and the engine interface used by
+    ``branchynet.utils.measure_*`` (see ``branchynet.engine``).
     """
 
     def __init__(self, net):
@@ -410,27 +410,8 @@ class FastBranchyNet:
         self.main_trunk = compiler.sequence(list(net.trunk))
         self.input_shape = net.input_shape
 
-    def numexits(self):
-        return len(self.heads)
-
-    def send(self, x):
-        return self.net.send(x)
-
-    def _route(self, x, thresholds, timer=NULL_TIMER):
-        return route_batch(self.steps, x, thresholds, self.xp, timer, self.net.confidence)
-
-    def _main_route(self, x, timer=NULL_TIMER):
+    def _main_logits(self, x, timer):
         with timer.stage('trunk'):
             h = self.main_trunk(x)
         with timer.stage('head'):
-            z = self.heads[-1](h)
-        with timer.stage('decision'):
-            labels = z.argmax(axis=1).astype(numpy.int32)
-        return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
-
-    def predict(self, x, thresholds=None, batchsize=None):
-        """As ``BranchyNet.predict``: ``(labels, exits)`` numpy int32 arrays."""
-        return self.net._predict_with(self, x, thresholds, batchsize)
-
-    def predict_main(self, x, batchsize=None):
-        return self.net._predict_main_with(self, x, batchsize)
+            return self.heads[-1](h)

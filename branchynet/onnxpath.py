@@ -27,8 +27,7 @@ import numpy
 from branchynet.fastpath import _bound, _pair, folded_conv_weights
 from branchynet.fileio import atomic_write
 from branchynet.links import FL, SL, Net
-from branchynet.net import route_batch
-from branchynet.timing import NULL_TIMER
+from branchynet.engine import InferenceEngine
 
 OPSET = 17
 
@@ -200,12 +199,11 @@ def export_models(net, sample=None):
     return main, exits
 
 
-class OnnxBranchyNet:
+class OnnxBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet on ONNX Runtime (CPU).
 
-    Same interface as ``fastpath.FastBranchyNet`` (``predict``,
-    ``predict_main``, and the engine methods ``branchynet.utils.measure_*``
-    use). The models snapshot the weights: build again after training.
+    Same interface as ``fastpath.FastBranchyNet`` (``branchynet.engine``).
+    The models snapshot the weights: build again after training.
     ``save(directory)`` writes ``main.onnx`` and ``exit<n>.onnx``.
     ``threads``: ONNX Runtime's intra-op threads (1 suits batch size 1).
     """
@@ -241,9 +239,6 @@ class OnnxBranchyNet:
             return (out[1] if len(out) > 1 else None), out[0]
         return run
 
-    def numexits(self):
-        return len(self.exit_sessions)
-
     def send(self, x):
         return numpy.ascontiguousarray(x)
 
@@ -256,19 +251,6 @@ class OnnxBranchyNet:
             with atomic_write(os.path.join(directory, name + '.onnx')) as f:
                 f.write(model.SerializeToString())
 
-    def _route(self, x, thresholds, timer=NULL_TIMER):
-        return route_batch(self.steps, x, thresholds, numpy, timer, self.net.confidence)
-
-    def _main_route(self, x, timer=NULL_TIMER):
+    def _main_logits(self, x, timer):
         with timer.stage('exit'):
-            z = self.main_session.run(None, {'x': x})[0]
-        with timer.stage('decision'):
-            labels = z.argmax(axis=1).astype(numpy.int32)
-        return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
-
-    def predict(self, x, thresholds=None, batchsize=None):
-        """As ``BranchyNet.predict``: ``(labels, exits)`` numpy int32 arrays."""
-        return self.net._predict_with(self, x, thresholds, batchsize)
-
-    def predict_main(self, x, batchsize=None):
-        return self.net._predict_main_with(self, x, batchsize)
+            return self.main_session.run(None, {'x': x})[0]

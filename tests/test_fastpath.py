@@ -41,9 +41,18 @@ def test_every_exit_head_matches_chainer(net_and_data):
         numpy.testing.assert_allclose(fast.heads[n](h), expected[n], rtol=1e-4, atol=1e-4)
 
 
-def test_predictions_and_exits_identical_to_predict(net_and_data):
+def _engine(kind, net):
+    if kind == 'onnx':
+        onnxpath = pytest.importorskip('branchynet.onnxpath')
+        pytest.importorskip('onnxruntime')
+        return onnxpath.OnnxBranchyNet(net)
+    return FastBranchyNet(net)
+
+
+@pytest.mark.parametrize('kind', ['fast', 'onnx'])
+def test_predictions_and_exits_identical_to_predict(net_and_data, kind):
     net, x = net_and_data
-    fast = FastBranchyNet(net)
+    fast = _engine(kind, net)
     ents = [entropy(sm) for sm in net.get_SM(x)][:-1]
     rng = numpy.random.RandomState(2)
     for _ in range(3):
