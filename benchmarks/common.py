@@ -59,6 +59,19 @@ def test_subset(args, data, quick_n, full_n):
     return data[2][:n], data[3][:n]
 
 
+def engines(net):
+    """``[(name, engine)]``: Chainer, the fast path and, when onnxruntime is
+    installed (requirements/onnx.txt), the ONNX Runtime path."""
+    from branchynet.fastpath import FastBranchyNet
+    found = [('chainer', net), ('fast', FastBranchyNet(net))]
+    try:
+        from branchynet.onnxpath import OnnxBranchyNet
+        found.append(('onnx', OnnxBranchyNet(net)))
+    except ImportError as e:
+        print('onnx path skipped: {}'.format(e))
+    return found
+
+
 def knee_point(net, x, y):
     """The knee of LeNet's 17-value grid on ``(x, y)``, chosen as the driver
     chooses it: the screened record (thresholds, acc, exit_counts, ...)."""
