@@ -188,8 +188,7 @@ class Compiler:
     def conv(self, link, bn=None, relu=False):
         """Convolution (+ folded BN, + ReLU) as one copy and one matmul."""
         if link.groups != 1 or _pair(link.dilate) != (1, 1):
-            return self.fallback(link) if bn is None and not relu else \
-                self._chain(self.fallback(link), bn, relu)
+            return self._chain(self.fallback(link), bn, relu)
         xp = self.xp
         w, b = folded_conv_weights(link, bn, xp)
         out_c, in_c, kh, kw = w.shape
@@ -240,9 +239,12 @@ class Compiler:
         return run
 
     def _chain(self, op, bn, relu):
-        """``op`` followed by a BN layer and/or a ReLU (unfused)."""
+        """``op`` followed by a BN layer and/or a ReLU (unfused); ``op`` itself
+        when there is neither."""
         after = [f for f in (self.batchnorm(bn) if bn is not None else None,
                              (lambda h: self.xp.maximum(h, 0)) if relu else None) if f]
+        if not after:
+            return op
 
         def run(x):
             x = op(x)

@@ -168,3 +168,16 @@ def test_plan_cache_keeps_few_small_shapes(monkeypatch):
     plans.get((7,))
     plans.get((7,))
     assert built[-2:] == [(7,), (7,)] and (7,) not in plans.plans
+
+
+def test_grouped_convolution_runs_through_chainer_with_bn_and_relu():
+    import chainer.functions as F
+    import chainer.links as L
+    from branchynet import FL, Net
+    from branchynet.fastpath import Compiler
+    numpy.random.seed(0)
+    layers = [L.Convolution2D(4, 6, 3, pad=1, groups=2), L.BatchNormalization(6), FL(F.relu)]
+    layers[1].avg_mean[:] = numpy.random.RandomState(1).randn(6)
+    x = numpy.random.RandomState(0).randn(2, 4, 5, 5).astype(numpy.float32)
+    numpy.testing.assert_allclose(Compiler(numpy).sequence(layers)(x), _chainer(Net(layers), x),
+                                  rtol=1e-5, atol=1e-6)
