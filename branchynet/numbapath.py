@@ -118,8 +118,6 @@ class Op:
 
     def __init__(self, kind, inputs, output, **params):
         self.kind, self.inputs, self.output, self.params = kind, inputs, output, params
-        for v in inputs:
-            v.consumers += 1
 
 
 class Builder:
@@ -144,6 +142,8 @@ class Builder:
         return off
 
     def emit(self, kind, inputs, output, **params):
+        for v in inputs:
+            v.consumers += 1
         self.ops.append(Op(kind, inputs, output, **params))
         return output
 
@@ -432,6 +432,30 @@ def _gen_linear(op):
     return lines
 
 
+def _symbolic(op):
+    """``op``'s function body with its slab and weight offsets as arguments
+    (so layers of the same shape share one function): ``(lines, [(name, value)])``."""
+    args = []
+    values = list(op.inputs) + [op.output]
+    saved = [v.off for v in values]
+    for i, v in enumerate(op.inputs):
+        args.append(('X{}'.format(i), v.off))
+        v.off = 'X{}'.format(i)
+    args.append(('Y', op.output.off))
+    op.output.off = 'Y'
+    params = dict(op.params)
+    for key in ('w', 'b', 'scale', 'shift'):
+        if params.get(key) is not None:
+            name = 'P' + key.upper()
+            args.append((name, params[key]))
+            params[key] = name
+    try:
+        return GENERATORS[op.kind](Op(op.kind, op.inputs, op.output, **params)), args
+    finally:
+        for v, off in zip(values, saved):
+            v.off = off
+
+
 GENERATORS = {'conv': _gen_conv, 'copy': _gen_copy, 'pool': _gen_pool, 'lrn': _gen_lrn,
               'residual': _gen_residual, 'linear': _gen_linear}
 #: fastmath flags per kind: reassociation only where it is a plain dot product
@@ -506,37 +530,31 @@ class Program:
         self.compile_seconds = time.perf_counter() - start
 
     def _source(self):
-        """Python source of every function (literal sizes and offsets)."""
-        src, names, cache = [], [], {}
+        """Python source of the module: one function per distinct layer (ResNet's
+        identical blocks share one), then ``one``/``main`` for a sample and
+        ``run``/``run_main`` over a range of rows, every size a literal."""
+        import inspect
+        score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
+        out = ['import math', 'import numba', 'import numpy', '', '',
+               '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + score.splitlines()
+        names, cache = [], {}
         for i, op in enumerate(self.ops):
-            body = GENERATORS[op.kind](op)
+            body, args = _symbolic(op)
             key = (op.kind, tuple(body))
-            if key not in cache:  # identical layers (ResNet's blocks) share one function
+            if key not in cache:  # the same layer shape (ResNet's blocks) shares one function
                 cache[key] = 'op{}'.format(i)
-                src.append(('op{}'.format(i), op.kind,
-                            ['def op{}(W, S):'.format(i)] + _indent(body, 1)))
-            names.append(cache[key])
-        return src, names
-
-    def _generate(self):
-        numba = self.numba
-        src, names = self._source()
-        ns = {'numpy': numpy, 'math': math, 'numba': numba}
-        for name, kind, lines in src:
-            exec('\n'.join(lines), ns)
-            fm = FASTMATH.get(kind, set(_CONTRACT))
-            ns[name] = numba.njit(fastmath=fm, boundscheck=False, nogil=True)(ns[name])
-        x = self.x
+                fm = FASTMATH.get(op.kind, _CONTRACT)
+                out += ['', '@numba.njit(fastmath={}, boundscheck=False, nogil=True, '
+                        'cache=True)'.format(fm if isinstance(fm, bool) else
+                                           '{' + ', '.join(map(repr, sorted(fm))) + '}'),
+                        'def op{}(W, S, {}):'.format(i, ', '.join(n for n, _ in args))] + \
+                    _indent(body, 1) + ['']
+            names.append('{}(W, S, {})'.format(cache[key], ', '.join(str(v) for _, v in args)))
 
         def calls(start, end):
-            return ['{}(W, S)'.format(names[i]) for i in range(start, end)]
+            return names[start:end]
 
-        load = ['for c in range({}):'.format(x.c),
-                '    for y in range({}):'.format(x.h),
-                '        for x in range({}):'.format(x.w),
-                '            S[{}] = xin[(c * {} + y) * {} + x]'.format(x.at(), x.h, x.w)]
-        ns['load'] = numba.njit(boundscheck=False)(self._fn(ns, 'load', ['xin', 'S'], load))
-        ns['score'] = numba.njit(boundscheck=False)(_score)
+        x = self.x
         one = ['load(xin, S)']
         last = len(self.segments) - 1
         for n, (seg, head) in enumerate(zip(self.segments, self.heads)):
@@ -546,39 +564,72 @@ class Program:
             if n == last:
                 one.append('return numpy.argmax(z), {}'.format(n))
             else:
-                one.append('if score(z, code) < limits[{}]:'.format(n))
-                one.append('    return numpy.argmax(z), {}'.format(n))
+                one += ['if score(z, code) < limits[{}]:'.format(n),
+                        '    return numpy.argmax(z), {}'.format(n)]
         main = ['load(xin, S)']
         for seg in self.segments:
             main += calls(seg[0], seg[1])
         z = self.heads[-1][2]
         main += calls(self.heads[-1][0], self.heads[-1][1])
         main.append('return numpy.argmax(S[{}:{}])'.format(z.off, z.off + z.c))
-        jit = numba.njit(boundscheck=False, nogil=True)
-        ns['one'] = jit(self._fn(ns, 'one', ['xin', 'W', 'S', 'limits', 'code'], one))
-        ns['main'] = jit(self._fn(ns, 'main', ['xin', 'W', 'S'], main))
-        batch = ['n = X.shape[0]',
-                 'T = S.shape[0]',
-                 'for t in numba.prange(T):',
-                 '    for i in range(t * n // T, (t + 1) * n // T):',
-                 '        labels[i], exits[i] = one(X[i], W, S[t], limits, code)']
-        batch_main = ['n = X.shape[0]',
-                      'T = S.shape[0]',
-                      'for t in numba.prange(T):',
-                      '    for i in range(t * n // T, (t + 1) * n // T):',
-                      '        labels[i] = main(X[i], W, S[t])']
-        pjit = numba.njit(boundscheck=False, parallel=True)
-        self.one, self.main = ns['one'], ns['main']
-        self.batch = pjit(self._fn(ns, 'batch', ['X', 'W', 'S', 'limits', 'code', 'labels',
-                                                 'exits'], batch))
-        self.batch_main = pjit(self._fn(ns, 'batch_main', ['X', 'W', 'S', 'labels'],
-                                        batch_main))
-        self.source = '\n\n'.join('\n'.join(lines) for _, _, lines in src)
+        jit = '@numba.njit(boundscheck=False, nogil=True, cache=True)'
+        funcs = [
+            ('load(xin, S)', ['for c in range({}):'.format(x.c),
+                              '    for y in range({}):'.format(x.h),
+                              '        for x in range({}):'.format(x.w),
+                              '            S[{}] = xin[(c * {} + y) * {} + x]'.format(
+                                  x.at(), x.h, x.w)]),
+            ('one(xin, W, S, limits, code)', one),
+            ('main(xin, W, S)', main),
+            ('run(X, W, S, limits, code, labels, exits, lo, hi)',
+             ['for i in range(lo, hi):',
+              '    labels[i], exits[i] = one(X[i], W, S, limits, code)']),
+            ('run_main(X, W, S, labels, lo, hi)',
+             ['for i in range(lo, hi):',
+              '    labels[i] = main(X[i], W, S)'])]
+        for sig, body in funcs:
+            out += ['', jit, 'def {}:'.format(sig)] + _indent(body, 1) + ['']
+        return '\n'.join(out)
 
-    @staticmethod
-    def _fn(ns, name, args, body):
-        exec('\n'.join(['def {}({}):'.format(name, ', '.join(args))] + _indent(body, 1)), ns)
-        return ns[name]
+    def _generate(self):
+        """Write the module into the cache folder (numba caches its machine code
+        beside it, so a network of the same shape compiles once) and import it."""
+        import hashlib
+        import importlib.util
+        import os
+        source = self.source = self._source()
+        digest = hashlib.sha1(source.encode()).hexdigest()[:20]
+        folder = cache_dir()
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, 'branchynet_numba_{}.py'.format(digest))
+        if not os.path.exists(path):
+            tmp = '{}.{}.tmp'.format(path, os.getpid())
+            with open(tmp, 'w') as f:
+                f.write(source)
+            os.replace(tmp, path)
+        import sys
+        name = 'branchynet_numba_{}'.format(digest)
+        module = sys.modules.get(name)
+        if module is None:  # registered first: numba's cache imports it by name
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        self.module = module
+        self.one, self.main = module.one, module.main
+        self.run, self.run_main = module.run, module.run_main
+
+
+def cache_dir():
+    """Where generated modules and numba's cache of them live:
+    ``$BRANCHYNET_NUMBA_CACHE``, else ``~/.cache/branchynet/numba``."""
+    import os
+    return os.environ.get('BRANCHYNET_NUMBA_CACHE') or os.path.join(
+        os.path.expanduser('~'), '.cache', 'branchynet', 'numba')
 
 
 def _score(z, code):
@@ -611,48 +662,65 @@ def _score(z, code):
 class NumbaBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet, compiled with numba.
 
-    Same answers as ``net.predict``/``net.predict_main``; ``threads`` numba
-    threads share a batch (default: numba's, one per core). The exit
-    decision is native for the measures of ``MEASURE_CODES``; any other
-    ``net.confidence`` routes through the fast path's per-exit steps.
+    Same answers as ``net.predict``/``net.predict_main``. A batch is split
+    into ``threads`` contiguous parts run at once (the generated functions
+    release the GIL); default: one per core. The exit decision is native for
+    the measures of ``MEASURE_CODES``; any other ``net.confidence`` routes
+    through the fast path's per-exit steps.
     """
 
     stage_timing = False  # segment, head and decision are one native call
 
     def __init__(self, net, threads=None):
+        import os
         from branchynet.fastpath import FastBranchyNet
         self.net = net
         self.xp = numpy
+        start = time.perf_counter()
         self.program = Program(net)
-        numba = self.program.numba
-        self.threads = threads or numba.config.NUMBA_NUM_THREADS
-        if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ValueError('threads must be 1..{} (numba\'s thread count), got {}'.format(
-                numba.config.NUMBA_NUM_THREADS, threads))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
+            else os.cpu_count()
+        self.threads = cores if threads is None else threads
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError('threads must be a positive integer, got {!r}'.format(threads))
         self.input_shape = net.input_shape
         self._fast = FastBranchyNet(net)
         self.steps = self._fast.steps
         self._scratch = numpy.zeros((self.threads, self.program.slab), numpy.float32)
-        self.compile_seconds = self.program.compile_seconds + self._warm_up()
-
-    @property
-    def compile_seconds_total(self):
-        return self.compile_seconds
+        self._pool = None
+        self._warm_up()
+        #: seconds to generate and compile (or load from numba's cache) the code
+        self.compile_seconds = time.perf_counter() - start
 
     def _warm_up(self):
         """Compile every function now (numba compiles on first call)."""
-        start = time.perf_counter()
         x = numpy.zeros((2,) + tuple(self.input_shape), numpy.float32)
         for ts in ([math.inf] * (self.numexits() - 1), [-math.inf] * (self.numexits() - 1)):
             self._route(x[:1], ts)
             self._route(x, ts)
         self._main_route(x[:1])
         self._main_route(x)
-        return time.perf_counter() - start
 
-    def _rows(self, x):
+    @staticmethod
+    def _rows(x):
         x = numpy.ascontiguousarray(x, dtype=numpy.float32)
         return x.reshape(len(x), -1)
+
+    def _split(self, fn, n, *args):
+        """``fn(*args, S, lo, hi)`` over ``threads`` parts of ``range(n)``, at once."""
+        parts = max(1, min(self.threads, n))
+        bounds = [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
+        if parts == 1:
+            fn(*args, self._scratch[0], 0, n)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(self.threads - 1)
+        futures = [self._pool.submit(fn, *args, self._scratch[t], lo, hi)
+                   for t, (lo, hi) in enumerate(bounds[1:], 1)]
+        fn(*args, self._scratch[0], *bounds[0])
+        for f in futures:
+            f.result()
 
     def _route(self, x, thresholds, timer=None):
         measure = confidence.get_measure(self.net.confidence)
@@ -664,14 +732,12 @@ class NumbaBranchyNet(InferenceEngine):
         p = self.program
         if len(rows) == 1:
             label, ex = p.one(rows[0], p.weights, self._scratch[0], limits, code)
-            return (numpy.array([label], numpy.int32), numpy.array([ex], numpy.int32))
+            return numpy.array([label], numpy.int32), numpy.array([ex], numpy.int32)
         labels = numpy.empty(len(rows), numpy.int32)
         exits = numpy.empty(len(rows), numpy.int32)
-        p.batch(rows, p.weights, self._slabs(len(rows)), limits, code, labels, exits)
+        self._split(lambda *a: p.run(rows, p.weights, a[0], limits, code, labels, exits,
+                                     a[1], a[2]), len(rows))
         return labels, exits
-
-    def _slabs(self, n):
-        return self._scratch[:max(1, min(self.threads, n))]
 
     def _main_route(self, x, timer=None):
         rows = self._rows(x)
@@ -681,7 +747,8 @@ class NumbaBranchyNet(InferenceEngine):
             label = p.main(rows[0], p.weights, self._scratch[0])
             return numpy.array([label], numpy.int32), numpy.array([last], numpy.int32)
         labels = numpy.empty(len(rows), numpy.int32)
-        p.batch_main(rows, p.weights, self._slabs(len(rows)), labels)
+        self._split(lambda *a: p.run_main(rows, p.weights, a[0], labels, a[1], a[2]),
+                    len(rows))
         return labels, numpy.full(len(rows), last, numpy.int32)
 
 
