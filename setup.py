@@ -14,5 +14,6 @@ setup(
         'chainer==7.8.1', 'numpy>=1.26', 'scipy', 'scikit-learn', 'scikit-image',
         'matplotlib', 'dill',
     ],
-    extras_require={'test': ['pytest', 'hypothesis'], 'onnx': ['onnx', 'onnxruntime']},
+    extras_require={'test': ['pytest', 'hypothesis'], 'onnx': ['onnx', 'onnxruntime'],
+                    'numba': ['numba']},
 )

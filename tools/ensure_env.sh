@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates (once) the project's virtual environment with the pinned set and
 # prints its python. Usage: PY=$(tools/ensure_env.sh [test] [gpu])
-# (extras: requirements/test.txt, requirements/gpu.txt, requirements/onnx.txt;
-# test.txt includes onnx.txt).
+# (extras: requirements/test.txt, requirements/gpu.txt, requirements/onnx.txt,
+# requirements/numba.txt;
+# test.txt includes onnx.txt and numba.txt).
 # Rebuilt automatically when a requirements file changes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
