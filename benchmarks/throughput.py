@@ -1,34 +1,143 @@
-"""(e) Batched early-exit throughput (samples/s) of B-LeNet at batch sizes
-1, 64 and 512, on the Chainer, fast and (if installed) ONNX Runtime paths, at a
-fixed threshold.
+"""(e) Main-network and early-exit throughput (samples/s) and their ratio, the
+early-exit gain, at batch sizes 1, 64 and 512, on every inference path, next
+to the arithmetic (MAC) limit of the gain and the multiply-add rate each path
+reaches against this CPU's measured peak (a large float32 matrix product).
 
-    python benchmarks/throughput.py [--quick] [--model FILE.npz] [--samples N] [--T 0.05]
+    python benchmarks/throughput.py [--network lenet|alexnet|resnet] [--quick]
+        [--model FILE.npz] [--samples N] [--T 0.5 ...] [--rounds 3] [--chainer]
+
+Batch 1 is timed per sample end to end as ``utils.measure_main`` and
+``measure_branchy`` do (transfer, trunk, heads, decision, answer); larger
+batches through ``predict_main``/``predict``. Every setting runs ``--rounds``
+times, interleaved across the paths; each rate is the best round. B-AlexNet
+and B-ResNet-110 run on MNIST resized to 3x32x32 (``datasets.mnist32``) with
+the weights of ``--model`` (e.g. trained briefly with ``branchynet.experiment
+--dataset mnist32``) or, without one, their random initial weights.
+Default thresholds: ``--T`` for every early exit, else (B-LeNet) 0.5, else
+the median entropy of each early exit (about half of the samples reaching
+an early exit leave there).
 """
-from common import engines, lenet, mnist, parser, summary, test_subset, timed
+import math
+
+from common import (engines, lenet, load, mnist, parser, peak_gmacs, summary,
+                    test_subset, timed)
+
+import numpy
+
+from branchynet import costs, entropy, fileio, utils
+
+NETWORKS = {'lenet': 'lenet_mnist', 'alexnet': 'alex_cifar10', 'resnet': 'resnet_cifar10'}
+
+
+def network(args, data):
+    if args.network == 'lenet':
+        return lenet(args, data)
+    import importlib
+    numpy.random.seed(0)
+    net = importlib.import_module('networks.' + NETWORKS[args.network]).get_network()
+    if args.model:
+        fileio.load_npz(args.model, net)
+    else:
+        print('{}: random initial weights (no --model)'.format(args.network))
+    return net
+
+
+def thresholds(args, net, x):
+    early = net.numexits() - 1
+    if args.T:
+        return (args.T * early)[:early] if len(args.T) == 1 else args.T
+    if args.network == 'lenet':
+        return [0.5]
+    ents = [entropy(sm) for sm in net.get_SM(x[:256])][:-1]
+    ts, alive = [], numpy.ones(len(ents[0]), bool)
+    for e in ents:  # the median among the samples that reach this exit
+        ts.append(float(numpy.median(e[alive])) if alive.any() else 0.0)
+        alive &= ~(e < ts[-1])
+    return ts
+
+
+def rate_batch1(net, engine, x, ts):
+    y = numpy.zeros(len(x), numpy.int32)
+    r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) if ts is None else \
+        utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
+    return 1000. / r['ms']
+
+
+def rate(engine, x, ts, bs):
+    if ts is None:
+        _, s = timed(engine.predict_main, x, batchsize=bs)
+    else:
+        _, s = timed(engine.predict, x, ts, batchsize=bs)
+    return len(x) / s
 
 
 def main():
     p = parser(__doc__.splitlines()[0])
-    p.add_argument('--T', type=float, default=0.05)
+    p.add_argument('--network', choices=sorted(NETWORKS), default='lenet')
+    p.add_argument('--T', type=float, nargs='*', default=None,
+                   help='entropy thresholds of the early exits (one for all, or one each)')
+    p.add_argument('--batches', default='1,64,512')
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--batch1-samples', type=int, default=None,
+                   help='samples timed one by one at batch 1 (default: a tenth)')
+    p.add_argument('--chainer', action='store_true', help='time plain Chainer too (slow)')
     args = p.parse_args()
     data = mnist()
-    net = lenet(args, data)
-    x, _ = test_subset(args, data, 1024, 10000)
-    paths = engines(net)
-    out = {}
-    reference = net.predict(x, [args.T], batchsize=64)
-    print('{:>6s} '.format('batch') + ' '.join('{:>14s}'.format(name + ' /s')
-                                              for name, _ in paths))
-    for bs in (1, 64, 512):
-        rates = []
-        for name, engine in paths:
-            engine.predict(x[:bs], [args.T], batchsize=bs)  # warm-up (buffers, plans)
-            (lab, ex), s = timed(engine.predict, x, [args.T], batchsize=bs)
-            assert (ex == reference[1]).mean() > 0.999
-            rates.append(len(x) / s)
-            out['{}_bs{}'.format(name, bs)] = rates[-1]
-        print('{:6d} '.format(bs) + ' '.join('{:14.0f}'.format(r) for r in rates))
-    summary(**out)
+    if args.network != 'lenet':
+        from datasets import mnist32
+        data = (mnist32.to_cifar_shape(data[0][:1]), data[1][:1],
+                mnist32.to_cifar_shape(data[2]), data[3])
+    net = network(args, data)
+    full = {'lenet': 10000, 'alexnet': 2048, 'resnet': 128}[args.network]
+    quick = {'lenet': 1024, 'alexnet': 256, 'resnet': 32}[args.network]
+    x, _ = test_subset(args, data, quick, full)
+    x1 = x[:args.batch1_samples or max(16, len(x) // 10)]
+    ts = thresholds(args, net, x)
+    _, exits = net.predict(x, ts, batchsize=256)
+    counts = numpy.bincount(exits, minlength=net.numexits())
+    c = costs.exit_costs(net)
+    limit = costs.arithmetic_limit_gain(c, counts)
+    expected_macs = costs.expected_cost(c['path_macs'], counts / counts.sum())
+    print('{}: T={} exits={} ({:.1f} % at exit 1); MACs/sample main {:.3g}, early exit '
+          '{:.3g}; arithmetic limit of the gain {:.2f}x'.format(
+              args.network, [round(t, 4) for t in ts], counts.tolist(),
+              100. * counts[0] / counts.sum(), c['main_macs'], expected_macs, limit))
+    paths = engines(net, chainer=args.chainer)
+    batches = [int(b) for b in args.batches.split(',')]
+    peak, loads = [peak_gmacs()], [load()]
+    best = {}
+    for _ in range(args.rounds):
+        for bs in batches:
+            for name, engine in paths:
+                for kind, t in (('main', None), ('early', ts)):
+                    r = rate_batch1(net, engine, x1, t) if bs == 1 else rate(engine, x, t, bs)
+                    key = (name, bs, kind)
+                    best[key] = max(best.get(key, 0.), r)
+    peak.append(peak_gmacs())
+    loads.append(load())
+    peak = max(peak)
+    print('CPU peak {:.1f} G multiply-adds/s (float32 matmul); load average {:.1f} -> {:.1f};'
+          ' best of {} interleaved rounds'.format(peak, loads[0], loads[1], args.rounds))
+    head = '{:>7s} {:>6s} {:>11s} {:>11s} {:>7s} {:>9s} {:>10s} {:>10s} {:>9s}'
+    print(head.format('path', 'batch', 'main /s', 'early /s', 'gain', '% limit',
+                      'GMAC/s m', 'GMAC/s e', 'knee ms'))
+    out = {'limit': limit, 'peak_gmacs': peak, 'exit1_pct': 100. * counts[0] / counts.sum()}
+    for bs in batches:
+        for name, _ in paths:
+            m, e = best[name, bs, 'main'], best[name, bs, 'early']
+            gain = e / m
+            print('{:>7s} {:6d} {:11.0f} {:11.0f} {:6.2f}x {:8.0f}% {:10.2f} {:10.2f} {:>9s}'.format(
+                name, bs, m, e, gain, 100. * gain / limit, m * c['main_macs'] / 1e9,
+                e * expected_macs / 1e9, '{:.4f}'.format(1000. / e) if bs == 1 else ''))
+            out['{}_bs{}_main'.format(name, bs)] = m
+            out['{}_bs{}_early'.format(name, bs)] = e
+            out['{}_bs{}_gain'.format(name, bs)] = gain
+    for name, _ in paths:
+        if name != 'onnx' and ('onnx', 1, 'early') in best:
+            out['{}_vs_onnx_latency'.format(name)] = best['onnx', 1, 'early'] / \
+                best[name, 1, 'early']
+    summary(**{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+               for k, v in out.items()})
 
 
 if __name__ == '__main__':
