@@ -13,9 +13,10 @@ times, interleaved across the paths; each rate is the best round. B-AlexNet
 and B-ResNet-110 run on MNIST resized to 3x32x32 (``datasets.mnist32``) with
 the weights of ``--model`` (e.g. trained briefly with ``branchynet.experiment
 --dataset mnist32``) or, without one, their random initial weights.
-Default thresholds: ``--T`` for every early exit, else (B-LeNet) 0.5, else
-the median entropy of each early exit (about half of the samples reaching
-an early exit leave there).
+Thresholds: ``--T`` (one for every early exit, or one each); or ``--leave
+q``: the q-quantile of each early exit's entropy among the samples reaching
+it (about that fraction leaves there); default 0.5 for B-LeNet (the
+driver's knee on a trained model), else ``--leave 0.5``.
 """
 import math
 
@@ -46,12 +47,13 @@ def thresholds(args, net, x):
     early = net.numexits() - 1
     if args.T:
         return (args.T * early)[:early] if len(args.T) == 1 else args.T
-    if args.network == 'lenet':
+    if args.network == 'lenet' and args.leave is None:
         return [0.5]
+    q = 0.5 if args.leave is None else args.leave
     ents = [entropy(sm) for sm in net.get_SM(x[:256])][:-1]
     ts, alive = [], numpy.ones(len(ents[0]), bool)
-    for e in ents:  # the median among the samples that reach this exit
-        ts.append(float(numpy.median(e[alive])) if alive.any() else 0.0)
+    for e in ents:  # the q-quantile among the samples that reach this exit
+        ts.append(float(numpy.quantile(e[alive], q)) if alive.any() else 0.0)
         alive &= ~(e < ts[-1])
     return ts
 
@@ -76,6 +78,9 @@ def main():
     p.add_argument('--network', choices=sorted(NETWORKS), default='lenet')
     p.add_argument('--T', type=float, nargs='*', default=None,
                    help='entropy thresholds of the early exits (one for all, or one each)')
+    p.add_argument('--leave', type=float, default=None,
+                   help='instead of --T: thresholds at which about this fraction of the '
+                        'samples reaching each early exit leave there')
     p.add_argument('--batches', default='1,64,512')
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--batch1-samples', type=int, default=None,

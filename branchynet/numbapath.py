@@ -688,6 +688,7 @@ class NumbaBranchyNet(InferenceEngine):
         self.steps = self._fast.steps
         self._scratch = numpy.zeros((self.threads, self.program.slab), numpy.float32)
         self._pool = None
+        self._last_decision = None
         self._warm_up()
         #: seconds to generate and compile (or load from numba's cache) the code
         self.compile_seconds = time.perf_counter() - start
@@ -722,12 +723,24 @@ class NumbaBranchyNet(InferenceEngine):
         for f in futures:
             f.result()
 
+    def _decision(self, thresholds):
+        """(measure code, float64 limits) for ``thresholds``, kept for the
+        last settings seen (this sits on the batch-1 hot path); code None
+        for a measure decided in Python."""
+        key = (self.net.confidence, tuple(thresholds))
+        if self._last_decision is None or self._last_decision[0] != key:
+            measure = confidence.get_measure(self.net.confidence)
+            code = MEASURE_CODES.get(measure.name)
+            if confidence.MEASURES.get(measure.name) is not measure:
+                code = None
+            limits = numpy.array([measure.limit(t) for t in thresholds] + [0.], numpy.float64)
+            self._last_decision = (key, code, limits)
+        return self._last_decision[1:]
+
     def _route(self, x, thresholds, timer=None):
-        measure = confidence.get_measure(self.net.confidence)
-        code = MEASURE_CODES.get(measure.name)
-        if code is None or confidence.MEASURES.get(measure.name) is not measure:
+        code, limits = self._decision(thresholds)
+        if code is None:
             return InferenceEngine._route(self._fast, x, thresholds)
-        limits = numpy.array([measure.limit(t) for t in thresholds] + [0.], numpy.float64)
         rows = self._rows(x)
         p = self.program
         if len(rows) == 1:
