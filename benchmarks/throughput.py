@@ -7,9 +7,10 @@ reaches against this CPU's measured peak (a large float32 matrix product).
         [--model FILE.npz] [--samples N] [--T 0.5 ...] [--rounds 3] [--chainer]
 
 Batch 1 is timed per sample end to end as ``utils.measure_main`` and
-``measure_branchy`` do (transfer, trunk, heads, decision, answer); larger
-batches through ``predict_main``/``predict``. Every setting runs ``--rounds``
-times, interleaved across the paths; each rate is the best round. B-AlexNet
+``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
+of the samples; larger batches through ``predict_main``/``predict`` on a
+quarter (at least two batches). Every setting runs ``--rounds`` times,
+interleaved across the paths; each rate is the best round. B-AlexNet
 and B-ResNet-110 run on MNIST resized to 3x32x32 (``datasets.mnist32``) with
 the weights of ``--model`` (e.g. trained briefly with ``branchynet.experiment
 --dataset mnist32``) or, without one, their random initial weights.
@@ -82,9 +83,11 @@ def main():
                    help='instead of --T: thresholds at which about this fraction of the '
                         'samples reaching each early exit leave there')
     p.add_argument('--batches', default='1,64,512')
-    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--rounds', type=int, default=10,
+                   help='interleaved short measurements per setting; each rate is the '
+                        'best (a loaded machine then still shows what a path can do)')
     p.add_argument('--batch1-samples', type=int, default=None,
-                   help='samples timed one by one at batch 1 (default: a tenth)')
+                   help='samples timed one by one at batch 1 per round (default: a tenth)')
     p.add_argument('--chainer', action='store_true', help='time plain Chainer too (slow)')
     args = p.parse_args()
     data = mnist()
@@ -115,7 +118,8 @@ def main():
         for bs in batches:
             for name, engine in paths:
                 for kind, t in (('main', None), ('early', ts)):
-                    r = rate_batch1(net, engine, x1, t) if bs == 1 else rate(engine, x, t, bs)
+                    r = rate_batch1(net, engine, x1, t) if bs == 1 else \
+                        rate(engine, x[:max(2 * bs, len(x) // 4)], t, bs)
                     key = (name, bs, kind)
                     best[key] = max(best.get(key, 0.), r)
     peak.append(peak_gmacs())
