@@ -4,13 +4,13 @@ to the arithmetic (MAC) limit of the gain and the multiply-add rate each path
 reaches against this CPU's measured peak (a large float32 matrix product).
 
     python benchmarks/throughput.py [--network lenet|alexnet|resnet] [--quick]
-        [--model FILE.npz] [--samples N] [--T 0.5 ...] [--rounds 3] [--chainer]
+        [--model FILE.npz] [--samples N] [--T 0.5 ... | --leave 0.9] [--repeats 5] [--chainer]
 
 Batch 1 is timed per sample end to end as ``utils.measure_main`` and
 ``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
 of the samples; larger batches through ``predict_main``/``predict`` on a
-quarter (at least two batches). Every setting runs ``--rounds`` times,
-interleaved across the paths; each rate is the best round. B-AlexNet
+quarter (at least two batches). Every sample (batch 1) or batch runs
+``--repeats`` times on every path in turn and counts with its fastest time. B-AlexNet
 and B-ResNet-110 run on MNIST resized to 3x32x32 (``datasets.mnist32``) with
 the weights of ``--model`` (e.g. trained briefly with ``branchynet.experiment
 --dataset mnist32``) or, without one, their random initial weights.
@@ -19,14 +19,18 @@ q``: the q-quantile of each early exit's entropy among the samples reaching
 it (about that fraction leaves there); default 0.5 for B-LeNet (the
 driver's knee on a trained model), else ``--leave 0.5``.
 """
+import collections
 import math
+import time
 
 from common import (engines, lenet, load, mnist, parser, peak_gmacs, summary,
-                    test_subset, timed)
+                    test_subset)
+
+import chainer  # noqa: E402  (after common: the compatibility shims come first)
 
 import numpy
 
-from branchynet import costs, entropy, fileio, utils
+from branchynet import costs, entropy, fileio
 
 NETWORKS = {'lenet': 'lenet_mnist', 'alexnet': 'alex_cifar10', 'resnet': 'resnet_cifar10'}
 
@@ -59,19 +63,38 @@ def thresholds(args, net, x):
     return ts
 
 
-def rate_batch1(net, engine, x, ts):
-    y = numpy.zeros(len(x), numpy.int32)
-    r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) if ts is None else \
-        utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
-    return 1000. / r['ms']
-
-
-def rate(engine, x, ts, bs):
-    if ts is None:
-        _, s = timed(engine.predict_main, x, batchsize=bs)
+def call(engine, xb, ts, bs):
+    """One timed call: the main network (``ts`` None) or early exit on ``xb``.
+    Batch 1 as ``utils.measure_*`` times one sample: ``_route`` on the sent
+    sample; larger batches through ``predict``."""
+    start = time.perf_counter()
+    if bs == 1:
+        xb = engine.send(xb)
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            engine._main_route(xb) if ts is None else engine._route(xb, ts)
+    elif ts is None:
+        engine.predict_main(xb, batchsize=bs)
     else:
-        _, s = timed(engine.predict, x, ts, batchsize=bs)
-    return len(x) / s
+        engine.predict(xb, ts, batchsize=bs)
+    return time.perf_counter() - start
+
+
+def rates(paths, x, ts, bs, repeats):
+    """samples/s per (path, 'main'|'early'): every batch of ``x`` is timed
+    ``repeats`` times on every path in turn and counts with its fastest time,
+    so a time slice lost to another process does not count."""
+    total = collections.defaultdict(float)
+    for i in range(0, len(x) - bs + 1, bs):
+        xb = x[i:i + bs]
+        best = collections.defaultdict(lambda: math.inf)
+        for _ in range(repeats):
+            for name, engine in paths:
+                for kind, t in (('main', None), ('early', ts)):
+                    best[name, kind] = min(best[name, kind], call(engine, xb, t, bs))
+        for key, v in best.items():
+            total[key] += v
+    n = (len(x) // bs) * bs
+    return {key: n / v for key, v in total.items()}
 
 
 def main():
@@ -83,9 +106,10 @@ def main():
                    help='instead of --T: thresholds at which about this fraction of the '
                         'samples reaching each early exit leave there')
     p.add_argument('--batches', default='1,64,512')
-    p.add_argument('--rounds', type=int, default=10,
-                   help='interleaved short measurements per setting; each rate is the '
-                        'best (a loaded machine then still shows what a path can do)')
+    p.add_argument('--repeats', type=int, default=5,
+                   help='times each batch (or sample) runs on each path, interleaved; '
+                        'the fastest counts (a loaded machine then still shows what a '
+                        'path can do)')
     p.add_argument('--batch1-samples', type=int, default=None,
                    help='samples timed one by one at batch 1 per round (default: a tenth)')
     p.add_argument('--chainer', action='store_true', help='time plain Chainer too (slow)')
@@ -114,19 +138,16 @@ def main():
     batches = [int(b) for b in args.batches.split(',')]
     peak, loads = [peak_gmacs()], [load()]
     best = {}
-    for _ in range(args.rounds):
-        for bs in batches:
-            for name, engine in paths:
-                for kind, t in (('main', None), ('early', ts)):
-                    r = rate_batch1(net, engine, x1, t) if bs == 1 else \
-                        rate(engine, x[:max(2 * bs, len(x) // 4)], t, bs)
-                    key = (name, bs, kind)
-                    best[key] = max(best.get(key, 0.), r)
+    for bs in batches:
+        xs = x1 if bs == 1 else x[:max(2 * bs, len(x) // 4)]
+        for (name, kind), r in rates(paths, xs, ts, bs, args.repeats).items():
+            best[name, bs, kind] = r
     peak.append(peak_gmacs())
     loads.append(load())
     peak = max(peak)
     print('CPU peak {:.1f} G multiply-adds/s (float32 matmul); load average {:.1f} -> {:.1f};'
-          ' best of {} interleaved rounds'.format(peak, loads[0], loads[1], args.rounds))
+          ' every batch the best of {} interleaved repeats'.format(peak, loads[0], loads[1],
+                                                                   args.repeats))
     head = '{:>7s} {:>6s} {:>11s} {:>11s} {:>7s} {:>9s} {:>10s} {:>10s} {:>9s}'
     print(head.format('path', 'batch', 'main /s', 'early /s', 'gain', '% limit',
                       'GMAC/s m', 'GMAC/s e', 'knee ms'))
