@@ -59,27 +59,38 @@ def test_subset(args, data, quick_n, full_n):
     return data[2][:n], data[3][:n]
 
 
-def engines(net, chainer=True):
+def engines(net, chainer=True, threads=None):
     """``[(name, engine)]``: Chainer (unless ``chainer=False``), the fast path
     and, when installed, the ONNX Runtime path (requirements/onnx.txt) and the
-    numba path (requirements/numba.txt)."""
+    numba path (requirements/numba.txt). ``threads``: ONNX Runtime's and the
+    numba path's threads (default: ONNX Runtime 1, numba one per core); the
+    BLAS threads of Chainer and the fast path are set with ``blas_threads``."""
     from branchynet.fastpath import FastBranchyNet
     found = [('chainer', net)] if chainer else []
     found.append(('fast', FastBranchyNet(net)))
     try:
         from branchynet.onnxpath import OnnxBranchyNet
-        found.append(('onnx', OnnxBranchyNet(net)))
+        found.append(('onnx', OnnxBranchyNet(net, threads=threads or 1)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
     try:
         from branchynet.numbapath import NumbaBranchyNet
-        engine = NumbaBranchyNet(net)
+        engine = NumbaBranchyNet(net, threads=threads)
         print('numba path: compiled (or loaded from its cache) in {:.1f} s'.format(
             engine.compile_seconds))
         found.append(('numba', engine))
     except ImportError as e:
         print('numba path skipped: {}'.format(e))
     return found
+
+
+def blas_threads(threads):
+    """A context limiting numpy's BLAS to ``threads`` (None: no limit)."""
+    import contextlib
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(threads)
 
 
 def peak_gmacs(n=2048, rounds=5):

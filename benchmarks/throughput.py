@@ -23,8 +23,8 @@ import collections
 import math
 import time
 
-from common import (engines, lenet, load, mnist, parser, peak_gmacs, summary,
-                    test_subset)
+from common import (blas_threads, engines, lenet, load, mnist, parser, peak_gmacs,
+                    summary, test_subset)
 
 import chainer  # noqa: E402  (after common: the compatibility shims come first)
 
@@ -113,6 +113,9 @@ def main():
     p.add_argument('--batch1-samples', type=int, default=None,
                    help='samples timed one by one at batch 1 per round (default: a tenth)')
     p.add_argument('--chainer', action='store_true', help='time plain Chainer too (slow)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='threads of every path (BLAS, ONNX Runtime, numba); default: '
+                        'ONNX Runtime 1 (its engine\'s default), the others one per core')
     args = p.parse_args()
     data = mnist()
     if args.network != 'lenet':
@@ -134,20 +137,22 @@ def main():
           '{:.3g}; arithmetic limit of the gain {:.2f}x'.format(
               args.network, [round(t, 4) for t in ts], counts.tolist(),
               100. * counts[0] / counts.sum(), c['main_macs'], expected_macs, limit))
-    paths = engines(net, chainer=args.chainer)
+    paths = engines(net, chainer=args.chainer, threads=args.threads)
     batches = [int(b) for b in args.batches.split(',')]
-    peak, loads = [peak_gmacs()], [load()]
+    loads = [load()]
     best = {}
-    for bs in batches:
-        xs = x1 if bs == 1 else x[:max(2 * bs, len(x) // 4)]
-        for (name, kind), r in rates(paths, xs, ts, bs, args.repeats).items():
-            best[name, bs, kind] = r
-    peak.append(peak_gmacs())
+    with blas_threads(args.threads):
+        peak = [peak_gmacs()]
+        for bs in batches:
+            xs = x1 if bs == 1 else x[:max(2 * bs, len(x) // 4)]
+            for (name, kind), r in rates(paths, xs, ts, bs, args.repeats).items():
+                best[name, bs, kind] = r
+        peak.append(peak_gmacs())
     loads.append(load())
     peak = max(peak)
-    print('CPU peak {:.1f} G multiply-adds/s (float32 matmul); load average {:.1f} -> {:.1f};'
-          ' every batch the best of {} interleaved repeats'.format(peak, loads[0], loads[1],
-                                                                   args.repeats))
+    print('CPU peak {:.1f} G multiply-adds/s (float32 matmul, {} threads); load average '
+          '{:.1f} -> {:.1f}; every batch the best of {} interleaved repeats'.format(
+              peak, args.threads or 'all', loads[0], loads[1], args.repeats))
     head = '{:>7s} {:>6s} {:>11s} {:>11s} {:>7s} {:>9s} {:>10s} {:>10s} {:>9s}'
     print(head.format('path', 'batch', 'main /s', 'early /s', 'gain', '% limit',
                       'GMAC/s m', 'GMAC/s e', 'knee ms'))
