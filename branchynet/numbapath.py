@@ -2,14 +2,15 @@
 
 The array-level fast path (``fastpath``) and ONNX Runtime pay a per-layer,
 per-call price that a network as small as B-LeNet never earns back. This
-path generates one numba function per layer from the link tree, with every
-size, stride and offset a literal, and one function that runs a whole
-sample: trunk segment, exit head, confidence score and exit decision, exit
-after exit, returning as soon as a sample leaves. A batch is one native call
-too: its samples are split among the threads (``numba.prange``) and each
-thread runs them one after another in its own scratch slab, so the working
-set of a sample (its activations) stays in the core's caches whatever the
-batch size.
+path generates one numba function per layer shape from the link tree, with
+every size and stride a literal (slab and weight offsets are arguments, so
+ResNet's identical blocks share a function), and one function that runs a
+whole sample: trunk segment, exit head, confidence score and exit decision,
+exit after exit, returning as soon as a sample leaves. A batch is split into
+one contiguous part per thread (the functions release the GIL), each run
+sample by sample in the thread's own scratch slab by one native call, so the
+working set of a sample (its activations) stays in the core's caches
+whatever the batch size.
 
 Layout and kernels (float32 throughout, as Chainer computes):
 
@@ -496,8 +497,9 @@ def _allocate(ops, inputs, keep):
 
 class Program:
     """The compiled functions of one network: ``one(x, W, S, limits, code)``
-    -> (label, exit) for one sample, ``main(x, W, S)`` -> label, and their
-    batch versions ``batch``/``batch_main`` over the rows of ``X``."""
+    -> (label, exit) for one sample, ``main(x, W, S)`` -> label, and
+    ``run``/``run_main`` over rows ``lo:hi`` of ``X``; ``W`` the weight
+    vector, ``S`` one scratch slab of ``slab`` float32 zeros."""
 
     def __init__(self, net):
         numba = require_numba()
