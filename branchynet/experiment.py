@@ -28,8 +28,8 @@ import networks
 from datasets import DataUnavailableError
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
-from branchynet import (calibration, checkpoint, confidence, costs, fileio, screening, utils,
-                        visualize)
+from branchynet import (calibration, checkpoint, confidence, costs, fileio, runtime, screening,
+                        utils, visualize)
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
@@ -88,6 +88,20 @@ def load_dataset(config, dataset_module=None):
     return x_train, y_train, x_test, y_test
 
 
+def source_commit():
+    """The git commit the code ran from (``+dirty`` with uncommitted changes), or None."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                               cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ('+dirty' if dirty.strip() else '')
+
+
 def environment(config, device):
     """What the numbers were measured on, recorded with the results."""
     cpu = platform.processor()
@@ -99,7 +113,8 @@ def environment(config, device):
         pass
     env = {'python': platform.python_version(), 'chainer': chainer.__version__,
            'numpy': numpy.__version__, 'cpu': cpu, 'cores': os.cpu_count(),
-           'platform': platform.platform(), 'training_device': str(device)}
+           'platform': platform.platform(), 'training_device': str(device),
+           'commit': source_commit(), 'recorded': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
     if device.xp is not numpy:
         import cupy
         env['cupy'] = cupy.__version__
@@ -228,7 +243,8 @@ def split_validation(x_train, y_train, n_val, seed):
     return x_train[rest], y_train[rest], x_train[val], y_train[val], val.tolist()
 
 
-def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, costs_):
+def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, costs_,
+                          row_note=''):
     """Thresholds calibrated on the validation split, for every confidence measure.
 
     The target is the baseline's validation accuracy (the last exit's) and
@@ -267,7 +283,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     measured = utils.measure_branchy(net, xs, ys, chosen['thresholds'])
     measured_fast = utils.measure_branchy(net, xs, ys, chosen['thresholds'],
                                           engine=timing['fast'], trunk_only=False)
-    row = {'Device': label, 'Network': 'B-{} (calibrated)'.format(title),
+    row = {'Device': label, 'Network': 'B-{} (calibrated{})'.format(title, row_note),
            'Acc. (%)': 100 * measured['acc'], 'Time (ms)': measured['ms'],
            'Gain': timing['baseline']['ms'] / measured['ms'],
            'Trunk-only (ms)': measured['trunk_ms'],
@@ -335,6 +351,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
 
+    log('code: commit {}, chainer {}, numpy {}, python {}'.format(
+        source_commit(), chainer.__version__, numpy.__version__, platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
     x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
@@ -410,8 +428,12 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                                        out, results['costs'])
         if x_val is not None:
             log('{}: calibrating thresholds on {} validation samples'.format(label, len(x_val)))
+            # The paper's schedule trains on every training image; holding some
+            # out for calibration (opt-in there) is then said in the row.
+            note = '; trained on {:,} of {:,} images'.format(
+                len(x_train), len(x_train) + len(x_val)) if preset == 'paper' else ''
             row, summary = calibrate_and_compare(net, network, title, x_val, y_val, timing,
-                                                 label, out, results['costs'])
+                                                 label, out, results['costs'], row_note=note)
             rows.append(row)
             results.setdefault('calibration', {})[label] = summary
             print(utils.format_table(rows), flush=True)
@@ -452,7 +474,8 @@ def build_parser():
                              'original: one batch-1 pass per grid point')
     parser.add_argument('--n-val', type=int,
                         help='training samples held out to calibrate thresholds (default '
-                             '5000; 0: paper-faithful test-set sweep only)')
+                             '5000, but 0 with the paper preset, which trains on every '
+                             'training image; 0: paper-faithful test-set sweep only)')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the training snapshots in _models/')
     parser.add_argument('--init', metavar='FILE.npz',
@@ -465,6 +488,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    runtime.tune_allocator()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'dataset_path', 'augment', 'screen', 'n_val')}

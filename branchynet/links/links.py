@@ -13,6 +13,8 @@ dropout and batch normalisation switch with ``chainer.using_config``.
 """
 import chainer
 
+from branchynet.cpukernels import run_layer
+
 
 class FL(chainer.Link):
     """A parameter-free layer wrapping ``fn(x, *args, **kwargs)``.
@@ -74,7 +76,7 @@ class Net(chainer.ChainList):
 
     def forward(self, x, starti=0, endi=None):
         for layer in self[starti:endi]:
-            x = layer(x)
+            x = run_layer(layer, x)
         return x
 
     def train(self, x, starti=0, endi=None):
