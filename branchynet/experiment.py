@@ -168,8 +168,11 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     """Batch-1 baseline, grid screening and the knee on the current device.
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
-    least the baseline's; it is then measured for real at batch size 1 on
-    both paths. Writes the Table I block, every point (JSON) and Fig. 3.
+    least the baseline's and which is faster than the baseline beyond noise
+    (``utils.choose_knee``); it is then measured for real at batch size 1 on
+    both paths. Without such a point, or when the knee measures no faster
+    than the baseline, the table and the figure say so. Writes the Table I
+    block, every point (JSON) and Fig. 3.
     """
     n_timing = config.get('n_timing') or len(x_test)
     xs, ys = x_test[:n_timing], y_test[:n_timing]
@@ -189,15 +192,23 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
     diffs = [r['ms_chainer'] for r in records]
-    knee = utils.select_knee(accs, diffs, baseline['acc'])
+    choice = utils.choose_knee(accs, diffs, baseline['acc'], baseline['ms'])
+    knee = choice['index']
     ts = records[knee]['thresholds']
-    log('{}: knee T={}; measuring it at batch size 1'.format(label, ts))
+    log('{}: {} T={}; measuring it at batch size 1'.format(
+        label, 'knee' if choice['gain'] else choice['note'], ts))
     branchy = utils.measure_branchy(net, xs, ys, ts)
     branchy_fast = utils.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
+    if choice['gain'] and branchy['ms'] >= baseline['ms']:
+        choice = {'index': knee, 'gain': False, 'note': '{}; measured {:.3f} vs {:.3f} ms'
+                  .format(utils.NO_GAIN, branchy['ms'], baseline['ms'])}
     limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
     rows = utils.branchy_table_results(title, baseline, branchy, device=label, printout=False,
                                        baseline_fast=baseline_fast, branchy_fast=branchy_fast,
                                        mac_limit=limit)
+    if not choice['gain']:
+        rows[1]['Network'] += ' ({})'.format(choice['note'])
+        log('{}: {}'.format(label, choice['note']))
     print(utils.format_table(rows), flush=True)
     knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
                   'measured_ms_chainer': branchy['ms'],
@@ -210,18 +221,22 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     write_json(os.path.join(out['results'], tag + '_screen.json'), {
         'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
         'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
-        'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline',
+        'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline and '
+                     'predicted time <= baseline time / 1.05',
+        'knee_is_gain': choice['gain'], 'knee_note': choice['note'],
         'knee': branchy, 'knee_fast': branchy_fast, 'knee_check': knee_check,
         'mac_limit_gain': limit, 'points': records})
+    star = knee if choice['gain'] else None  # no star for a point that is no knee
     extra = []
     if 'ms_fast' in records[0]:
         extra.append({'label': 'fast path', 'accs': accs,
                       'diffs': [r['ms_fast'] for r in records],
                       'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
-                      'knee': knee})
+                      'knee': star})
     visualize.plot_line_tradeoff(
-        accs, diffs, baseline['acc'], baseline['ms'], knee,
-        title='{} on {}: accuracy vs runtime'.format('B-' + title, label),
+        accs, diffs, baseline['acc'], baseline['ms'], star,
+        title='{} on {}: accuracy vs runtime{}'.format(
+            'B-' + title, label, '' if choice['gain'] else '\n' + utils.NO_GAIN),
         path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
         series_label='Chainer path')
     path_ms = info.get('path_ms', {}).get('chainer')

@@ -273,6 +273,41 @@ def select_knee(accs, diffs, baseline_acc):
     return min(range(len(accs)), key=lambda i: (-accs[i], diffs[i]))
 
 
+NO_GAIN = 'no early-exit gain at baseline accuracy'
+
+
+def choose_knee(accs, ms, baseline_acc, baseline_ms, min_gain=1.05, tolerance=0.005):
+    """The knee, if early exit really pays: a dict ``index, gain, note``.
+
+    The knee is the fastest point at least as accurate as the baseline and
+    faster than it beyond measurement noise (predicted time <= baseline time
+    / ``min_gain``). When no point qualifies there is no knee
+    (``gain=False``, ``note=NO_GAIN``): the point returned is then the fastest
+    one within ``tolerance`` (a fraction: 0.005 = half a percentage point)
+    of the baseline's accuracy that is faster beyond noise, or, failing that,
+    the most accurate point, and the note says which.
+    """
+    if not accs:
+        raise ValueError('no screened points to choose a knee from')
+    if not min_gain >= 1 or not tolerance >= 0:
+        raise ValueError('min_gain must be >= 1 and tolerance >= 0, got {} and {}'.format(
+            min_gain, tolerance))
+    fast_enough = [i for i in range(len(accs)) if ms[i] * min_gain <= baseline_ms]
+
+    def fastest(indices):
+        return min(indices, key=lambda i: (ms[i], -accs[i]))
+    knees = [i for i in fast_enough if accs[i] >= baseline_acc]
+    if knees:
+        return {'index': fastest(knees), 'gain': True, 'note': ''}
+    close = [i for i in fast_enough if accs[i] >= baseline_acc - tolerance]
+    if close:
+        return {'index': fastest(close), 'gain': False,
+                'note': '{}; fastest within {:g} points'.format(NO_GAIN, 100 * tolerance)}
+    return {'index': select_knee(accs, ms, float('inf')), 'gain': False,
+            'note': '{}; none within {:g} points: most accurate setting'.format(
+                NO_GAIN, 100 * tolerance)}
+
+
 # ------------------------------------------------------------------ Table I
 TABLE_COLUMNS = ('Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
                  'Trunk-only gain', 'Fast (ms)', 'Fast gain', 'MAC limit', 'Thrshld. T',

@@ -56,16 +56,24 @@ def test_random_thresholds_match_oracle_at_every_batch_size(three_exit_net, smal
 
 
 def test_exit_rule_is_strict(three_exit_net, small_batch):
-    from branchynet.confidence import entropy_from_logits
-    x = small_batch[0][:1]
+    from branchynet.confidence import entropy_from_logits, entropy_from_logits_row
+    three_exit_net.testing()  # the logits routing sees (training kernels round differently)
+    x = small_batch[0][:2]
     z0 = three_exit_net.forward(x)[0].array
     e0 = entropy_from_logits(z0)
     numpy.testing.assert_allclose(e0, entropy(three_exit_net.get_SM(x)[0]), rtol=1e-5)
-    # threshold exactly equal to a sample's entropy: that sample must not exit
-    _, exits = three_exit_net.predict(x, thresholds=[float(e0[0]), 0.0])
-    assert exits[0] != 0
-    _, exits = three_exit_net.predict(x, thresholds=[float(e0[0]) * (1 + 1e-9), 0.0])
+    # threshold exactly equal to a sample's entropy: that sample must not exit.
+    # Batched routing scores rows with entropy_from_logits...
+    t = float(e0[0])
+    _, exits = three_exit_net.predict(x, thresholds=[t, 0.0])
+    assert exits[0] != 0 and (exits[1] == 0) == (e0[1] < t)
+    _, exits = three_exit_net.predict(x, thresholds=[t * (1 + 1e-9), 0.0])
     assert exits[0] == 0
+    # ...a single sample with the same formula in plain Python, from its own
+    # batch-1 logits (BLAS may round a one-row product differently).
+    t = entropy_from_logits_row(three_exit_net.forward(x[:1])[0].array[0].tolist())
+    assert three_exit_net.predict(x[:1], thresholds=[t, 0.0])[1][0] != 0
+    assert three_exit_net.predict(x[:1], thresholds=[t * (1 + 1e-9), 0.0])[1][0] == 0
 
 
 def test_lenet_predict_agrees_with_oracle_and_batch_sizes():

@@ -67,3 +67,36 @@ def test_train_returns_per_epoch_per_exit_curves():
     assert numpy.array(losses).shape == (3, 3) and numpy.array(accs).shape == (3, 3)
     acc, secs, counts, exit_accs = utils.test(net, x, y, thresholds=[1.0, 1.0])
     assert sum(counts) == 40
+
+
+# ------------------------------------------------------------ choose_knee
+def test_choose_knee_takes_the_fastest_accurate_point_that_is_faster_beyond_noise():
+    accs = [0.990, 0.992, 0.991, 0.980]
+    ms = [0.99, 0.60, 0.40, 0.20]   # baseline 1.00 ms, 0.990 accuracy
+    choice = utils.choose_knee(accs, ms, 0.990, 1.00)
+    assert choice == {'index': 2, 'gain': True, 'note': ''}
+
+
+def test_choose_knee_refuses_a_point_faster_only_within_noise():
+    # The only point as accurate as the baseline is predicted 0.3 % faster:
+    # no knee; the fastest point within half a point of accuracy is given instead.
+    accs = [0.990, 0.987, 0.970]
+    ms = [0.997, 0.50, 0.30]
+    choice = utils.choose_knee(accs, ms, 0.990, 1.00)
+    assert choice['index'] == 1 and not choice['gain']
+    assert choice['note'] == utils.NO_GAIN + '; fastest within 0.5 points'
+
+
+def test_choose_knee_without_any_close_point_shows_the_most_accurate():
+    accs = [0.95, 0.96, 0.96]
+    ms = [0.3, 0.6, 0.5]
+    choice = utils.choose_knee(accs, ms, 0.99, 1.0)
+    assert choice['index'] == 2 and not choice['gain']
+    assert choice['note'] == utils.NO_GAIN + '; none within 0.5 points: most accurate setting'
+
+
+def test_choose_knee_checks_its_arguments():
+    with pytest.raises(ValueError, match='no screened points'):
+        utils.choose_knee([], [], 0.9, 1.0)
+    with pytest.raises(ValueError, match='min_gain must be >= 1'):
+        utils.choose_knee([0.9], [0.5], 0.9, 1.0, min_gain=0.5)
