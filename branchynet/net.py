@@ -310,9 +310,12 @@ class BranchyNet(chainer.Chain):
     def forward(self, x):
         """All exits' logits (list of Variables) for ``x``, trunk computed once.
 
-        Runs in the mode set by ``training()``/``testing()``.
+        Runs in test mode when ``testing()`` was called or when
+        ``chainer.config.train`` is False (``chainer.using_config('train',
+        False)``, Chainer's evaluators): dropout off, batch normalisation
+        with its population statistics. Otherwise in training mode.
         """
-        with chainer.using_config('train', self._train_mode):
+        with chainer.using_config('train', self._train_mode and chainer.config.train):
             return self._all_exit_logits(x)
 
     def _all_exit_logits(self, x):

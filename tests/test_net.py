@@ -274,3 +274,33 @@ def test_models_pickled_without_shared_prefix_still_load(small_batch):
     assert old.shared_prefix == [1, 1, 0]
     numpy.testing.assert_array_equal(old.predict(small_batch[0], [0.5, 0.5])[1],
                                      net.predict(small_batch[0], [0.5, 0.5])[1])
+
+
+def _dropout_bn_net():
+    from branchynet import FL, Branch, BranchyNet
+    import chainer.functions as F
+    import chainer.links as L
+    numpy.random.seed(0)
+    return BranchyNet([L.Linear(6, 8), L.BatchNormalization(8), FL(F.dropout, 0.5),
+                       Branch([L.Linear(8, 3)]), L.Linear(8, 8), Branch([L.Linear(8, 3)])])
+
+
+@pytest.mark.parametrize('how', ['using_config', 'testing'])
+def test_forward_test_mode_from_config_or_testing(how):
+    """Both ``using_config('train', False)`` and ``testing()`` mean test mode:
+    no dropout, batch normalisation statistics untouched."""
+    net = _dropout_bn_net()
+    x = numpy.random.RandomState(1).randn(16, 6).astype(numpy.float32)
+    mean = net.trunk[1].avg_mean.copy()
+    if how == 'testing':
+        net.testing()
+        outs = [net(x)[0].array for _ in range(2)]
+    else:
+        with chainer.using_config('train', False):
+            outs = [net(x)[0].array for _ in range(2)]
+    numpy.testing.assert_array_equal(outs[0], outs[1])
+    numpy.testing.assert_array_equal(net.trunk[1].avg_mean, mean)
+    net.training()
+    train_outs = [net(x)[0].array for _ in range(2)]
+    assert not numpy.array_equal(train_outs[0], train_outs[1])  # dropout is on again
+    assert not numpy.array_equal(net.trunk[1].avg_mean, mean)
