@@ -7,7 +7,7 @@
 #
 # The stand-in image is .gpu_mimic/: a Python 3.12 virtual environment with
 # numpy 2.5.2, scipy, matplotlib, scikit-image, scikit-learn, pytest,
-# hypothesis, onnx and onnxruntime from PyPI, and no chainer, dill or
+# hypothesis, onnx, onnxruntime and cupy-cuda13x 14.2 from PyPI, and no chainer, dill or
 # setuptools (created on first use; PYTHON312 names the interpreter). The
 # install then runs with pip's configuration ignored, --no-index, and proxies
 # pointing at a closed local port, so nothing can come from a network. The
@@ -37,7 +37,8 @@ if [ -z "$mimic" ]; then
     echo "gpu_offline_check: creating the stand-in image .gpu_mimic (Python 3.12, numpy 2)" >&2
     "$py312" -m venv "$root/.gpu_mimic"
     "$mimic" -m pip install -q --disable-pip-version-check numpy==2.5.2 scipy matplotlib \
-      scikit-image scikit-learn pytest hypothesis onnx==1.23.2 onnxruntime
+      scikit-image scikit-learn pytest hypothesis onnx==1.23.2 onnxruntime \
+      "cupy-cuda13x==14.2.*"
     "$mimic" -m pip uninstall -q -y setuptools 2>/dev/null || true
   fi
 fi
