@@ -86,25 +86,33 @@ def test_capture_safe_arrays_delegate_to_the_array_module(bench):
     numpy.testing.assert_allclose(out, a @ b, rtol=1e-6)
 
 
-def _run_script(*args):
-    return subprocess.run([sys.executable, SCRIPT] + list(args), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+def _run_main(bench, monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, 'argv', ['gpu_latency.py'] + list(args))
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    return e.value.code, capsys.readouterr().err
 
 
 @pytest.mark.skipif(gpu_usable(), reason='a GPU is usable here: the refusal cannot happen')
-def test_script_refuses_without_a_gpu():
-    result = _run_script('--quick')
-    assert result.returncode == 2
-    assert 'no CUDA GPU is usable' in result.stderr and '--device cpu' in result.stderr
+def test_script_refuses_without_a_gpu(bench, monkeypatch, capsys):
+    code, err = _run_main(bench, monkeypatch, capsys, '--quick')
+    assert code == 2
+    assert 'no CUDA GPU is usable' in err and '--device cpu' in err
+
+
+def test_script_runs_as_a_script_and_refuses_or_checks_its_arguments():
+    result = subprocess.run([sys.executable, SCRIPT, '--rounds', '0'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and '--rounds must be at least 1' in result.stderr
 
 
 @pytest.mark.parametrize('args,expected', [(['--rounds', '0'], '--rounds must be at least 1'),
                                            (['--samples', '0'], '--samples must be at least 1'),
                                            (['--device', 'tpu'], 'invalid choice')])
-def test_script_rejects_bad_arguments(args, expected):
-    result = _run_script(*args)
-    assert result.returncode == 2
-    assert expected in result.stderr
+def test_script_rejects_bad_arguments(bench, monkeypatch, capsys, args, expected):
+    code, err = _run_main(bench, monkeypatch, capsys, *args)
+    assert code == 2
+    assert expected in err
 
 
 # ---------------------------------------------------------------------- GPU
