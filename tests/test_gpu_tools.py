@@ -97,3 +97,5 @@ def test_offline_install_into_the_stand_in_image_trains_and_predicts():
     assert 'installing offline' in r.stderr and 'chainer-7.8.1' in r.stderr
     assert 'smoke test passed' in r.stdout
     assert 'python 3.12' in r.stdout and 'numpy 2.' in r.stdout
+    # the carried MNIST folder stays gzipped (the loader unpacks a copy)
+    assert all(n.endswith('.gz') for n in os.listdir(os.path.join(ROOT, '.gpu_data', 'mnist')))

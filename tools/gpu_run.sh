@@ -11,7 +11,8 @@
 # COMMAND runs with SITE on PYTHONPATH, `python`/`python3` on PATH meaning
 # the image's interpreter, BRANCHYNET_PYTHON set (so ./run_tests.sh and
 # ./get_results.sh use it instead of building .venv) and, where .gpu_data/
-# was carried, BRANCHYNET_DATA_DIR pointing at it (MNIST without a network).
+# was carried, BRANCHYNET_DATA_DIR pointing at a copy of it in SITE/data
+# (MNIST without a network).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -95,7 +96,11 @@ for name in python python3; do
 done
 export PATH="$site/bin:$PATH"
 export BRANCHYNET_PYTHON="$py"
-if [ -z "${BRANCHYNET_DATA_DIR:-}" ] && [ -d "$root/.gpu_data" ]; then
-  export BRANCHYNET_DATA_DIR="$root/.gpu_data"
+if [ -z "${BRANCHYNET_DATA_DIR:-}" ] && [ -d "$root/.gpu_data/mnist" ]; then
+  # a copy: the loader unpacks the .gz files beside them, and the carried
+  # folder must stay small (the device tool carries 64 MiB at most)
+  mkdir -p "$site/data/mnist"
+  cp -n "$root"/.gpu_data/mnist/*.gz "$site/data/mnist/" 2>/dev/null || true
+  export BRANCHYNET_DATA_DIR="$site/data"
 fi
 exec "$@"

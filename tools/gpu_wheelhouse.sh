@@ -86,6 +86,7 @@ if [ "$data" = 1 ]; then
       "(e.g. ./run_tests.sh or ./get_results.sh) or pass --no-data" >&2; exit 1; }
     (cd "$root" && "$loader_py" -c 'from datasets import mnist; mnist.get_data()')
   fi
+  rm -rf "$data_out/mnist"
   mkdir -p "$data_out/mnist"
   for n in "${names[@]}"; do
     if [ -f "$src/$n" ]; then gzip -c "$src/$n" > "$data_out/mnist/$n.gz"
