@@ -33,6 +33,7 @@ from branchynet import (calibration, checkpoint, confidence, costs, fileio, scre
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
+from branchynet.validation import InputError, InvalidValue
 
 
 
@@ -48,7 +49,7 @@ def resolve_config(network, preset, overrides=None):
     base = dict(module.EXPERIMENT)
     presets = base.pop('presets')
     if preset not in presets:
-        raise ValueError('unknown preset {!r} for {}; expected one of: {}'.format(
+        raise InvalidValue('unknown preset {!r} for {}; expected one of: {}'.format(
             preset, network, ', '.join(presets)))
     config = {'network': network, 'preset': preset, 'n_train': None, 'n_test': None,
               'n_timing': None, 'num_classes': 10, 'dataset_path': None, 'augment': False,
@@ -77,7 +78,7 @@ def load_dataset(config, dataset_module=None):
         name = source or config['dataset']
         if dataset_module is None:
             if name not in DATASETS:
-                raise ValueError('unknown dataset {!r}; expected a .npz file or one of: {}'
+                raise InvalidValue('unknown dataset {!r}; expected a .npz file or one of: {}'
                                  .format(name, ', '.join(DATASETS)))
             dataset_module = importlib.import_module('datasets.' + name)
         x_train, y_train, x_test, y_test = dataset_module.get_data()
@@ -221,7 +222,7 @@ def split_validation(x_train, y_train, n_val, seed):
     if not n_val:
         return x_train, y_train, None, None, []
     if n_val >= len(x_train):
-        raise ValueError('n_val ({}) must be smaller than the training set ({})'.format(
+        raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
             n_val, len(x_train)))
     order = numpy.random.RandomState(seed).permutation(len(x_train))
     val, rest = numpy.sort(order[:n_val]), numpy.sort(order[n_val:])

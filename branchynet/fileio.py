@@ -9,9 +9,10 @@ import contextlib
 import os
 import pickle
 import tempfile
-import zipfile
 
 import chainer
+
+from branchynet.validation import InvalidValue
 
 
 def _default_mode():
@@ -74,13 +75,15 @@ def save_npz(path, net):
 
 
 def load_npz(path, net):
-    """Load weights saved by :func:`save_npz` into ``net`` (built by get_network())."""
-    try:
-        chainer.serializers.load_npz(os.fspath(path), net)
-    except (KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as e:
-        raise ValueError('cannot load weights from {}: {} (expected an npz file '
-                         'written by save_npz for this network)'.format(path, e)) from e
+    """Load weights saved by :func:`save_npz` into ``net`` (built by get_network()).
+
+    No code runs (``allow_pickle=False``), and every array must match the
+    shape and dtype of what it fills and be finite (``branchynet.safenpz``).
+    """
+    from branchynet import safenpz
+    path = os.fspath(path)
+    with safenpz.open_npz(path, 'a BranchyNet weights file (written by save_npz)') as npz:
+        safenpz.load_into(npz, net, path)
     return net
 
 
@@ -109,5 +112,5 @@ def load_dill(path, trust=False):
             return dill.load(f)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError,
             IndexError, TypeError, ValueError) as e:
-        raise ValueError('{} is not a readable BranchyNet model file (truncated or '
+        raise InvalidValue('{} is not a readable BranchyNet model file (truncated or '
                          'foreign?): {}: {}'.format(path, type(e).__name__, e)) from e

@@ -21,6 +21,7 @@ import numpy
 
 from datasets import DataUnavailableError, data_dir
 from datasets._fetch import download, file_digest
+from branchynet.validation import InvalidValue
 
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 TARBALL = 'cifar-10-python.tar.gz'
@@ -48,15 +49,15 @@ def _read_batch(raw, source):
     try:
         d = _SafeUnpickler(io.BytesIO(raw), encoding='bytes').load()
     except Exception as e:
-        raise ValueError('{} is not a CIFAR-10 python batch: {}'.format(source, e)) from e
+        raise InvalidValue('{} is not a CIFAR-10 python batch: {}'.format(source, e)) from e
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if 'data' not in d or 'labels' not in d:
-        raise ValueError('{} lacks the "data" and "labels" entries of a CIFAR-10 batch'
+        raise InvalidValue('{} lacks the "data" and "labels" entries of a CIFAR-10 batch'
                          .format(source))
     data = numpy.asarray(d['data'], dtype=numpy.uint8)
     labels = numpy.asarray(d['labels'], dtype=numpy.int32)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError('{}: data must be (N, 3072) with N labels, got {} and {} labels'
+        raise InvalidValue('{}: data must be (N, 3072) with N labels, got {} and {} labels'
                          .format(source, data.shape, len(labels)))
     return data, labels
 
@@ -69,7 +70,7 @@ def _read_from_tarball(path):
             try:
                 raw = tar.extractfile(member).read()
             except (KeyError, AttributeError):
-                raise ValueError('{} has no {} (not the official CIFAR-10 python tarball?)'
+                raise InvalidValue('{} has no {} (not the official CIFAR-10 python tarball?)'
                                  .format(path, member)) from None
             batches[name] = _read_batch(raw, '{}:{}'.format(path, member))
     return batches
@@ -80,7 +81,7 @@ def _read_from_folder(path):
     for name in TRAIN_BATCHES + TEST_BATCHES:
         file = os.path.join(path, name)
         if not os.path.exists(file):
-            raise ValueError('{} has no {}'.format(path, name))
+            raise InvalidValue('{} has no {}'.format(path, name))
         with open(file, 'rb') as f:
             batches[name] = _read_batch(f.read(), file)
     return batches
@@ -131,7 +132,7 @@ def verify_tarball(path):
     """Raise ValueError unless ``path`` has the official tarball's md5."""
     actual = file_digest(path)
     if actual != MD5:
-        raise ValueError('{} has md5 {}, expected {} (the official {})'.format(
+        raise InvalidValue('{} has md5 {}, expected {} (the official {})'.format(
             path, actual, MD5, TARBALL))
 
 
