@@ -37,6 +37,10 @@ def open_npz(path, what='an npz file'):
     try:
         npz = numpy.load(path, allow_pickle=False)
     except READ_ERRORS as e:
+        if 'allow_pickle' in str(e):  # numpy takes anything not zip or .npy for a pickle
+            raise ModelFileError('{} is not {}: it is not an npz archive (a pickle or '
+                                 'other data; pickles are refused because loading them '
+                                 'would run code)'.format(path, what)) from e
         raise ModelFileError('{} is not {} ({}: {})'.format(
             path, what, type(e).__name__, _short(e))) from e
     if not isinstance(npz, numpy.lib.npyio.NpzFile):
