@@ -172,3 +172,13 @@ def validate_weights(value, count, name='exit_weights'):
             raise InvalidValue('{}[{}] is {!r}; {} must be {}'.format(
                 name, i, w if not is_real_number(w) else float(w), name, expected))
     return [float(w) for w in value]
+
+
+def validate_count(value, name, minimum=0):
+    """An integer (Python or numpy) of at least ``minimum``, or None (unset)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numpy.integer)) \
+            or value < minimum:
+        raise InvalidValue('{} must be an integer >= {}, got {!r}'.format(name, minimum, value))
+    return int(value)
