@@ -16,6 +16,7 @@ import os
 import pickle
 import sys
 import tarfile
+import zlib
 
 import numpy
 
@@ -50,12 +51,26 @@ def _read_batch(raw, source):
         d = _SafeUnpickler(io.BytesIO(raw), encoding='bytes').load()
     except Exception as e:
         raise InvalidValue('{} is not a CIFAR-10 python batch: {}'.format(source, e)) from e
+    if not isinstance(d, dict):
+        raise InvalidValue('{} is not a CIFAR-10 python batch: it holds a {}, expected a '
+                           'dict with "data" and "labels"'.format(source, type(d).__name__))
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if 'data' not in d or 'labels' not in d:
         raise InvalidValue('{} lacks the "data" and "labels" entries of a CIFAR-10 batch'
                          .format(source))
-    data = numpy.asarray(d['data'], dtype=numpy.uint8)
-    labels = numpy.asarray(d['labels'], dtype=numpy.int32)
+    data, labels = numpy.asarray(d['data']), numpy.asarray(d['labels'])
+    # checked before any cast: a cast would wrap 300 to 44, or -7 to 249
+    if data.dtype.kind not in 'iu' or (data.size and (data.min() < 0 or data.max() > 255)):
+        raise InvalidValue('{}: data must be uint8 pixels (0..255), got dtype {}{}'.format(
+            source, data.dtype, ' with values from {} to {}'.format(data.min(), data.max())
+            if data.size and data.dtype.kind in 'iuf' else ''))
+    if labels.dtype.kind not in 'iu' or (labels.size and (labels.min() < 0 or
+                                                          labels.max() > 9)):
+        raise InvalidValue('{}: labels must be integers 0..9, got dtype {}{}'.format(
+            source, labels.dtype, ' with values from {} to {}'.format(
+                labels.min(), labels.max()) if labels.size and labels.dtype.kind in 'iuf'
+            else ''))
+    data, labels = data.astype(numpy.uint8), labels.astype(numpy.int32)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise InvalidValue('{}: data must be (N, 3072) with N labels, got {} and {} labels'
                          .format(source, data.shape, len(labels)))
@@ -64,15 +79,19 @@ def _read_batch(raw, source):
 
 def _read_from_tarball(path):
     batches = {}
-    with tarfile.open(path, 'r:gz') as tar:
-        for name in TRAIN_BATCHES + TEST_BATCHES:
-            member = '{}/{}'.format(FOLDER, name)
-            try:
-                raw = tar.extractfile(member).read()
-            except (KeyError, AttributeError):
-                raise InvalidValue('{} has no {} (not the official CIFAR-10 python tarball?)'
-                                 .format(path, member)) from None
-            batches[name] = _read_batch(raw, '{}:{}'.format(path, member))
+    try:
+        with tarfile.open(path, 'r:gz') as tar:
+            for name in TRAIN_BATCHES + TEST_BATCHES:
+                member = '{}/{}'.format(FOLDER, name)
+                try:
+                    raw = tar.extractfile(member).read()
+                except (KeyError, AttributeError):
+                    raise InvalidValue('{} has no {} (not the official CIFAR-10 python '
+                                       'tarball?)'.format(path, member)) from None
+                batches[name] = _read_batch(raw, '{}:{}'.format(path, member))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise InvalidValue('{} is not a readable CIFAR-10 tarball (truncated or damaged?): '
+                           '{}: {}'.format(path, type(e).__name__, e)) from e
     return batches
 
 
@@ -106,9 +125,15 @@ def locate(path=None, download_missing=True, cache=None):
                                     'folder)'.format(path, TARBALL, FOLDER))
         return path
     cache = cache or data_dir('cifar10')
-    for candidate in (os.path.join(cache, FOLDER), os.path.join(cache, TARBALL)):
-        if os.path.exists(candidate):
-            return candidate
+    if os.path.exists(os.path.join(cache, FOLDER)):
+        return os.path.join(cache, FOLDER)
+    cached = os.path.join(cache, TARBALL)
+    if os.path.exists(cached):
+        if file_digest(cached) == MD5:
+            return cached
+        print('[cifar10] {} fails its md5 check (truncated or damaged?); it will be '
+              'replaced'.format(cached), file=sys.stderr)
+        os.unlink(cached)
     if not download_missing:
         return None
     dest = os.path.join(cache, TARBALL)

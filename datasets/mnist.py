@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 
 import numpy
 
@@ -55,8 +56,9 @@ def _cached_ok(folder):
             try:
                 with gzip.open(gz, 'rb') as f, atomic_write(raw) as out:
                     shutil.copyfileobj(f, out)
-            except (OSError, EOFError) as e:
-                _log('{} is unreadable ({}); ignoring it'.format(gz, e))
+            except (OSError, EOFError, zlib.error) as e:
+                _log('{} is unreadable ({}); it will be replaced'.format(gz, e))
+                os.unlink(gz)
                 continue
         if os.path.exists(raw):
             if file_digest(raw) == md5:

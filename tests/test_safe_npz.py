@@ -154,3 +154,11 @@ def test_a_good_file_still_round_trips(tmp_path):
     fileio.load_npz(tmp_path / 'a.npz', b)
     for (k, p), (_, q) in zip(sorted(a.namedparams()), sorted(b.namedparams())):
         numpy.testing.assert_array_equal(p.array, q.array, err_msg=k)
+
+
+def test_a_snapshot_of_another_network_names_the_file(tmp_path):
+    path = str(tmp_path / 'other.snapshot.npz')
+    checkpoint.save(path, lenet_mnist.get_network(), numpy.random.RandomState(0), 0, [], [])
+    net = make_three_exit_net()
+    with pytest.raises(ModelFileError, match='other.snapshot.npz'):
+        checkpoint.load(path, net, numpy.random.RandomState(0))
