@@ -54,11 +54,30 @@ case "$device" in
   *) echo "error: --device must be cpu, gpu or auto, got '$device'" >&2; exit 2 ;;
 esac
 
+known=" lenet_mnist alex_cifar10 resnet_cifar10 "
+IFS=, read -r -a selected <<< "$networks"
+list=()
+for net in "${selected[@]}"; do
+  [ -z "$net" ] && continue
+  case "$known" in
+    *" $net "*) list+=("$net") ;;
+    *) echo "error: unknown network '$net' in --networks; expected a comma-separated list of:$known" >&2
+       exit 2 ;;
+  esac
+done
+if [ ${#list[@]} -eq 0 ]; then
+  echo "error: --networks '$networks' names no network; expected a comma-separated list of:$known" >&2
+  exit 2
+fi
+
 PY="$(tools/ensure_env.sh)"
 mkdir -p _models _figs _results
 start=$(date +%s)
+marker="$(mktemp _results/.run-start.XXXXXX)"
+trap 'rm -f "$marker"' EXIT
 failed=()
-for net in ${networks//,/ }; do
+done_nets=()
+for net in "${list[@]}"; do
   echo "=== $net ($preset preset, device $device)"
   args=(--network "$net" --preset "$preset" --device "$device" --seed "$seed" --out .)
   [ -n "$time_devices" ] && args+=(--time-devices "$time_devices")
@@ -66,10 +85,17 @@ for net in ${networks//,/ }; do
   [ -n "$resume" ] && args+=(--resume)
   if ! PYTHONUNBUFFERED=1 "$PY" -m branchynet.experiment "${args[@]}" 2>&1 | tee ${resume:+-a} "_results/$net.log"; then
     failed+=("$net")
+  elif [ "_results/${net}_results.json" -nt "$marker" ]; then
+    done_nets+=("$net")  # results of this invocation (a skipped network writes none)
   fi
 done
 echo "=== finished in $(( $(date +%s) - start )) s"
-"$PY" -m branchynet.report --results _results
+if [ ${#done_nets[@]} -gt 0 ]; then
+  # Table I of this invocation's networks only, never older runs' results
+  "$PY" -m branchynet.report --results _results --networks "$(IFS=,; echo "${done_nets[*]}")"
+else
+  echo "no network produced results: _results/table1.md left as it was" >&2
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "error: failed: ${failed[*]} (see _results/<network>.log)" >&2
   exit 1

@@ -16,6 +16,7 @@ import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import numpy  # noqa: E402
 
 from branchynet import fileio, utils  # noqa: E402
+from branchynet.validation import InputError  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(ROOT, '_models', 'lenet_mnist.npz')
 
@@ -44,7 +45,10 @@ def lenet(args, data=None):
         if not os.path.exists(path):
             sys.exit('no model at {}: run ./get_results.sh first, pass --model, or use '
                      '--quick'.format(path))
-        return fileio.load_npz(path, net)
+        try:
+            return fileio.load_npz(path, net)
+        except InputError as e:
+            sys.exit('error: {}'.format(e))
     x_train, y_train, _, _ = data or mnist()
     numpy.random.seed(0)
     utils.train(net, x_train[:6000], y_train[:6000], main=True, batchsize=128, num_epoch=2,

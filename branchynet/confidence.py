@@ -4,6 +4,8 @@ import math
 import chainer
 import numpy
 
+from branchynet.validation import InvalidValue
+
 
 def entropy(p, axis=1):
     """Entropy in nats, ``-sum p log p`` along ``axis``, with ``0 log 0 = 0``.
@@ -113,6 +115,6 @@ def get_measure(name):
     if isinstance(name, Measure):
         return name
     if name not in MEASURES:
-        raise ValueError('unknown confidence measure {!r}; expected one of: {}'.format(
+        raise InvalidValue('unknown confidence measure {!r}; expected one of: {}'.format(
             name, ', '.join(MEASURES)))
     return MEASURES[name]

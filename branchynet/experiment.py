@@ -33,6 +33,7 @@ from branchynet import (calibration, checkpoint, confidence, costs, fileio, runt
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
+from branchynet.validation import InputError, InvalidValue, validate_count
 
 
 
@@ -48,7 +49,7 @@ def resolve_config(network, preset, overrides=None):
     base = dict(module.EXPERIMENT)
     presets = base.pop('presets')
     if preset not in presets:
-        raise ValueError('unknown preset {!r} for {}; expected one of: {}'.format(
+        raise InvalidValue('unknown preset {!r} for {}; expected one of: {}'.format(
             preset, network, ', '.join(presets)))
     config = {'network': network, 'preset': preset, 'n_train': None, 'n_test': None,
               'n_timing': None, 'num_classes': 10, 'dataset_path': None, 'augment': False,
@@ -77,7 +78,7 @@ def load_dataset(config, dataset_module=None):
         name = source or config['dataset']
         if dataset_module is None:
             if name not in DATASETS:
-                raise ValueError('unknown dataset {!r}; expected a .npz file or one of: {}'
+                raise InvalidValue('unknown dataset {!r}; expected a .npz file or one of: {}'
                                  .format(name, ', '.join(DATASETS)))
             dataset_module = importlib.import_module('datasets.' + name)
         x_train, y_train, x_test, y_test = dataset_module.get_data()
@@ -122,9 +123,25 @@ def environment(config, device):
     return env
 
 
+def json_safe(obj):
+    """``obj`` with numpy values as Python ones and NaN/inf as None (null), so
+    the file is standard JSON (``json.dump`` would write NaN and Infinity)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, numpy.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, numpy.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not numpy.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path, obj):
     with atomic_write(path, 'w') as f:
-        json.dump(obj, f, indent=1, default=float)
+        json.dump(json_safe(obj), f, indent=1, allow_nan=False, default=float)
 
 
 def write_table(path_base, rows):
@@ -251,7 +268,7 @@ def split_validation(x_train, y_train, n_val, seed):
     if not n_val:
         return x_train, y_train, None, None, []
     if n_val >= len(x_train):
-        raise ValueError('n_val ({}) must be smaller than the training set ({})'.format(
+        raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
             n_val, len(x_train)))
     order = numpy.random.RandomState(seed).permutation(len(x_train))
     val, rest = numpy.sort(order[:n_val]), numpy.sort(order[n_val:])
@@ -349,6 +366,36 @@ def calibration_report(title, label, summary, n_val, n_test):
     return '\n'.join(lines) + '\n'
 
 
+#: Counts of the configuration and the least each accepts.
+COUNT_MINIMUMS = {'n_train': 1, 'n_test': 1, 'n_timing': 1, 'n_val': 0, 'n_cost': 1,
+                  'epochs_main': 0, 'epochs_joint': 0, 'batchsize': 1}
+
+
+def check_config(config):
+    """Refuse counts that are not integers or below their minimum (``--n-train 0``
+    would otherwise mean "all", ``-5`` "all but five")."""
+    for key, minimum in COUNT_MINIMUMS.items():
+        validate_count(config.get(key), '--' + key.replace('_', '-'), minimum)
+
+
+def prepare_out(out_dir):
+    """Create ``out_dir`` and its ``_models``/``_figs``/``_results`` folders.
+
+    Fails with a clear error before any training when they cannot be made
+    (``--out`` under a file, no permission)."""
+    out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+    for folder in [out_dir] + list(out.values()):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise InvalidValue('--out {}: cannot create the folder {}: {}'.format(
+                out_dir, folder, e.strerror or e)) from e
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InvalidValue('--out {}: the folder {} is not writable'.format(
+                out_dir, folder))
+    return out
+
+
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
         dataset_module=None, time_devices=None, init=None, resume=False):
     """Run the whole experiment; returns a dict of what was measured.
@@ -357,11 +404,31 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     e.g. to continue training or, with 0 epochs, only to time and screen.
     Training snapshots go to ``_models/<net>.{main,joint}.snapshot.npz`` at
     every epoch end (and on SIGINT/SIGTERM); ``resume`` continues from them.
+
+    Settings, devices and the output folder are checked before any work;
+    the run holds a lock on ``out_dir`` (a second run there is refused) and
+    first deletes temporaries that killed runs left there.
     """
     module, config = resolve_config(network, preset, overrides)
-    title = config['title']
-    out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+    check_config(config)
+    validate_count(seed, '--seed', 0)
     dev = resolve_device(device)
+    for td in time_devices or ():
+        resolve_device(td)
+    out = prepare_out(out_dir)
+    with fileio.RunLock(out_dir):
+        for folder in [out_dir] + list(out.values()):
+            removed = fileio.remove_stale_temporaries(folder)
+            if removed:
+                log('removed {} temporary file(s) left in {} by an interrupted run'.format(
+                    len(removed), folder))
+        return _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
+                           time_devices, init, resume)
+
+
+def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
+                time_devices, init, resume):
+    title = config['title']
     numpy.random.seed(seed)
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
@@ -386,10 +453,18 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
 
     log('training the main network: {} epochs, batch {}'.format(
         config['epochs_main'], config['batchsize']))
+    main_snapshot = os.path.join(out['models'], network + '.main.snapshot.npz')
+    joint_snapshot = os.path.join(out['models'], network + '.joint.snapshot.npz')
+    if not (resume and checkpoint.exists(main_snapshot)) and checkpoint.exists(joint_snapshot):
+        os.unlink(joint_snapshot)  # it continued an older main phase
+        log('a fresh main phase: removed the older joint snapshot {}'.format(joint_snapshot))
+    settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
+                'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
+                'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
     main_losses, main_accs, main_s = utils.train(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
-        snapshot=os.path.join(out['models'], network + '.main.snapshot.npz'), resume=resume)
+        snapshot=main_snapshot, resume=resume, settings=settings)
     base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
 
@@ -398,7 +473,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     joint_losses, joint_accs, joint_s = utils.train(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
-        snapshot=os.path.join(out['models'], network + '.joint.snapshot.npz'), resume=resume)
+        snapshot=joint_snapshot, resume=resume, settings=settings)
     sms = net.get_SM(x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
@@ -424,7 +499,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                'environment': environment(config, dev), 'seed': seed, 'init': init,
                'data': {'n_train': len(x_train), 'n_test': len(x_test),
                         'n_val': len(val_idx), 'val_indices': val_idx,
-                        'n_timing': config.get('n_timing') or len(x_test)},
+                        'n_timing': min(config.get('n_timing') or len(x_test), len(x_test))},
                'training': {'main_loss': main_losses, 'main_acc': main_accs,
                             'main_seconds': main_s, 'joint_loss': joint_losses,
                             'joint_acc': joint_accs, 'joint_seconds': joint_s,
@@ -517,9 +592,13 @@ def main(argv=None):
     except DataUnavailableError as e:
         print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:  # bad input; anything else is a bug
         print('error: {}'.format(e), file=sys.stderr)
         return 2
+    except OSError as e:  # the environment: a full disk, no permission
+        print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
+                                   if e.filename else ''), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,8 +24,13 @@ import numpy
 from branchynet import confidence
 from branchynet.links import FL, Branch, Net
 from branchynet.timing import NULL_TIMER, synchronize
-from branchynet.validation import (validate_inputs, validate_labels,
-                                   validate_thresholds)
+from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
+                                   validate_batchsize, validate_inputs, validate_labels,
+                                   validate_thresholds, validate_weights)
+
+#: Default batch size of predict, get_SM, test and friends: bounded, so a large
+#: input is routed in chunks (all 60,000 MNIST images in one batch took 18 GB).
+DEFAULT_BATCHSIZE = 1024
 
 
 #: Parameter-free functions with no randomness and no train/test difference:
@@ -107,6 +112,19 @@ def route_batch(steps, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
     return labels, exits
 
 
+class NonFiniteLoss(InvalidValue):
+    """The training loss became NaN or infinite; the weights were not updated."""
+
+
+def _check_finite_loss(loss):
+    value = float(loss.array)
+    if not math.isfinite(value):
+        raise NonFiniteLoss(
+            'the training loss is {} on this batch, so training stopped before updating '
+            'the weights (the last snapshot, if any, is intact): check the data for huge '
+            'or non-finite values and the learning rate (alpha) and exit_weights'.format(value))
+
+
 class BranchyNet(chainer.Chain):
     """Trunk plus exit heads, with joint training and early-exit inference.
 
@@ -152,7 +170,7 @@ class BranchyNet(chainer.Chain):
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.alpha = alpha
         if opt not in ('Adam', 'MomentumSGD'):
-            raise ValueError("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
+            raise InvalidValue("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
         self.opt = opt
         self.joint = joint
         self.verbose = verbose
@@ -167,7 +185,7 @@ class BranchyNet(chainer.Chain):
     @staticmethod
     def _parse(network):
         if isinstance(network, (chainer.Link, str, bytes)) or not hasattr(network, '__iter__'):
-            raise TypeError('network must be a list of links with Branch markers, '
+            raise InvalidType('network must be a list of links with Branch markers, '
                             'got {}'.format(type(network).__name__))
         trunk_layers, heads, branch_points = [], [], []
         for layer in network:
@@ -177,10 +195,10 @@ class BranchyNet(chainer.Chain):
             elif isinstance(layer, chainer.Link):
                 trunk_layers.append(layer)
             else:
-                raise TypeError('network entries must be chainer Links (wrap functions '
+                raise InvalidType('network entries must be chainer Links (wrap functions '
                                 'in FL), got {!r}'.format(layer))
         if not heads or not isinstance(list(network)[-1], Branch):
-            raise ValueError('network must end with a Branch holding the main '
+            raise InvalidValue('network must end with a Branch holding the main '
                              "network's final classifier")
         return trunk_layers, heads, branch_points
 
@@ -212,9 +230,8 @@ class BranchyNet(chainer.Chain):
 
     @percentTrainKeeps.setter
     def percentTrainKeeps(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not 0 <= value <= 1:
-            raise ValueError('percentTrainKeeps must be a number in [0, 1], got {!r}'
+        if not is_real_number(value) or not 0 <= value <= 1:
+            raise InvalidValue('percentTrainKeeps must be a number in [0, 1], got {!r}'
                              .format(value))
         self._percent_train_keeps = float(value)
 
@@ -227,12 +244,17 @@ class BranchyNet(chainer.Chain):
         n = self.numexits()
         if value is None:
             value = [1.0] * n
-        value = list(value)
-        if len(value) != n or any(isinstance(w, bool) or not isinstance(w, (int, float))
-                                  or not w >= 0 for w in value):
-            raise ValueError('exit_weights must be {} non-negative numbers (one per '
-                             'exit), got {!r}'.format(n, value))
-        self._exit_weights = [float(w) for w in value]
+        self._exit_weights = validate_weights(value, n)
+
+    def num_classes(self, x):
+        """Number of classes (the final exit's outputs), found with one sample
+        of ``x`` the first time and remembered."""
+        n = getattr(self, '_num_classes', None)
+        if n is None:
+            with chainer.using_config('train', False), chainer.no_backprop_mode():
+                n = int(self.branches[-1](self.trunk(self.send(x[:1]))).shape[1])
+            self._num_classes = n
+        return n
 
     def numexits(self):
         """Number of exits, the main network's final exit included."""
@@ -327,8 +349,9 @@ class BranchyNet(chainer.Chain):
 
     # --------------------------------------------------------------- training
     def _check_batch(self, x, t):
+        """Check a training batch; returns the labels as int32."""
         validate_inputs(x, self.input_shape)
-        validate_labels(t, len(x))
+        return as_labels(t, len(x))
 
     def train_main(self, x, t):
         """One optimisation step of the main network alone.
@@ -337,7 +360,7 @@ class BranchyNet(chainer.Chain):
         are disabled for the step, so not even Adam's step counter moves).
         Returns ``(loss, accuracy)`` as floats.
         """
-        self._check_batch(x, t)
+        t = self._check_batch(x, t)
         optimizer = self._ensure_optimizer()
         x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
@@ -346,6 +369,7 @@ class BranchyNet(chainer.Chain):
             validate_labels(t, len(x), z.shape[1])
             loss = F.softmax_cross_entropy(z, t)
             acc = F.accuracy(z, t)
+        _check_finite_loss(loss)
         self.cleargrads()
         loss.backward()
         heads = [p for head in self.branches[:-1] for p in head.params()]
@@ -388,12 +412,13 @@ class BranchyNet(chainer.Chain):
         losses and accuracies (lists of floats, NaN for exits that received
         no samples because of ``percentTrainKeeps``).
         """
-        self._check_batch(x, t)
+        t = self._check_batch(x, t)
         optimizer = self._ensure_optimizer()
         x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
             losses, accs = self._joint_losses(x, t)
             total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
+        _check_finite_loss(total)
         self.cleargrads()
         total.backward()
         optimizer.update()
@@ -402,14 +427,14 @@ class BranchyNet(chainer.Chain):
                 [float(v.array) for v in accs] + pad)
 
     # -------------------------------------------------------------- inference
-    def get_SM(self, x, batchsize=1024):
+    def get_SM(self, x, batchsize=DEFAULT_BATCHSIZE):
         """Softmax of every exit for every sample (no early exit).
 
         Returns a list with one numpy array ``(N, classes)`` per exit.
         """
         return self._per_exit(x, batchsize, lambda z: F.softmax(z).array)
 
-    def get_logits(self, x, batchsize=1024):
+    def get_logits(self, x, batchsize=DEFAULT_BATCHSIZE):
         """Logits of every exit for every sample (no early exit): a list of
         numpy arrays ``(N, classes)``, one per exit."""
         return self._per_exit(x, batchsize, lambda z: z.array)
@@ -417,6 +442,7 @@ class BranchyNet(chainer.Chain):
     def _per_exit(self, x, batchsize, transform):
         """``transform`` of every exit's logits, batched, gathered on the host."""
         validate_inputs(x, self.input_shape)
+        batchsize = validate_batchsize(batchsize)
         chunks = [[] for _ in range(self.numexits())]
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
@@ -427,7 +453,7 @@ class BranchyNet(chainer.Chain):
     def _resolve_thresholds(self, thresholds):
         if thresholds is None:
             if self._thresholds is None:
-                raise ValueError('no thresholds: pass thresholds=... or set '
+                raise InvalidValue('no thresholds: pass thresholds=... or set '
                                  'thresholdExits (one entropy per early exit)')
             return self._thresholds
         return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds',
@@ -451,8 +477,9 @@ class BranchyNet(chainer.Chain):
             x: float32 array ``(N, C, H, W)`` (numpy or cupy).
             thresholds: per-early-exit entropy thresholds; default
                 ``thresholdExits``.
-            batchsize: samples routed together (default: all at once). Any
-                batch size gives the same result as batch size 1.
+            batchsize: samples routed together (default
+                ``DEFAULT_BATCHSIZE``). Any batch size gives the same result
+                as batch size 1.
 
         Returns:
             ``(labels, exits)``: two int32 numpy arrays of length N; ``exits``
@@ -463,7 +490,7 @@ class BranchyNet(chainer.Chain):
     def _predict_with(self, engine, x, thresholds, batchsize):
         validate_inputs(x, self.input_shape)
         ts = self._resolve_thresholds(thresholds)
-        batchsize = batchsize or len(x)
+        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
         labels, exits = [], []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
@@ -492,7 +519,7 @@ class BranchyNet(chainer.Chain):
 
     def _predict_main_with(self, engine, x, batchsize):
         validate_inputs(x, self.input_shape)
-        batchsize = batchsize or len(x)
+        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
         out = []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
@@ -508,7 +535,8 @@ class BranchyNet(chainer.Chain):
         exit took none), how many samples each exit took, and the end-to-end
         wall time of the whole evaluation.
         """
-        validate_labels(t, len(x))
+        validate_inputs(x, self.input_shape)
+        validate_labels(t, len(x), self.num_classes(x))
         xp_sync = self.xp
         synchronize(xp_sync)
         start = time.perf_counter()
@@ -523,7 +551,8 @@ class BranchyNet(chainer.Chain):
 
     def test_main(self, x, t, batchsize=None):
         """Main-network evaluation: ``(accuracy, seconds)``."""
-        validate_labels(t, len(x))
+        validate_inputs(x, self.input_shape)
+        validate_labels(t, len(x), self.num_classes(x))
         synchronize(self.xp)
         start = time.perf_counter()
         labels = self.predict_main(x, batchsize)

@@ -5,6 +5,7 @@ The names follow the original project (``train``, ``test``, ``screen_branchy``,
 notebooks read the same; the timings are end to end (see ``measure_branchy``).
 """
 import itertools
+import sys
 import time
 
 import chainer
@@ -12,12 +13,13 @@ import numpy
 
 from branchynet.progress import Progress
 from branchynet.timing import NULL_TIMER, StageTimer, synchronize
-from branchynet.validation import validate_inputs, validate_labels, validate_thresholds
+from branchynet.validation import (InvalidValue, validate_inputs, validate_labels,
+                                   validate_thresholds)
 
 
 # ------------------------------------------------------------------ training
 def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
-          on_epoch_end=None, augment=False, snapshot=None, resume=False):
+          on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -30,7 +32,11 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
     SIGTERM then writes it at the current batch and raises
     ``checkpoint.TrainingInterrupted``. ``resume=True`` continues from it, and
     with the same seed ends with the same weights as an uninterrupted run
-    (not bit-exact with ``augment``, whose crops are drawn in worker processes).
+    (not bit-exact with ``augment``, whose crops are drawn in worker processes;
+    an augmented epoch resumes from its start). The snapshot records the
+    run's ``settings`` (a dict; the driver passes network, seed, data and
+    schedule) together with the batch size, epochs, seed and a digest of the
+    data, and a snapshot recording others is refused.
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
@@ -40,8 +46,11 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
     validate_inputs(x, net.input_shape)
     validate_labels(y, len(x))
     if batchsize < 1 or num_epoch < 0:
-        raise ValueError('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
+        raise InvalidValue('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
                          .format(batchsize, num_epoch))
+    settings = dict(settings or {}, phase='main' if main else 'joint', batchsize=batchsize,
+                    seed=seed, augment=bool(augment),
+                    data=checkpoint.data_digest(x, y))
     rng = numpy.random.RandomState(seed)
     augmenter = None
     if augment:
@@ -49,9 +58,17 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
         augmenter = AugmentedBatches(x, y, batchsize, seed=rng.randint(2 ** 31 - 1))
     step = net.train_main if main else net.train
     n_batches = (len(x) + batchsize - 1) // batchsize
-    losses, accs, first_epoch, order, next_batch = [], [], 0, None, 0
+    losses, accs, first_epoch, order, next_batch, sums = [], [], 0, None, 0, None
     if resume and checkpoint.exists(snapshot):
-        first_epoch, losses, accs, order, next_batch = checkpoint.load(snapshot, net, rng)
+        at = checkpoint.load(snapshot, net, rng, settings=settings, num_epoch=num_epoch,
+                             n_samples=len(x), batchsize=batchsize)
+        first_epoch, losses, accs, order, next_batch, sums = (
+            at.epoch, at.losses, at.accs, at.order, at.next_batch, at.sums)
+        print('resuming {} training from epoch {}, batch {} ({})'.format(
+            'main' if main else 'joint', at.epoch + 1, at.next_batch + 1, snapshot),
+            file=sys.stderr, flush=True)
+    elif augment and snapshot:  # an interrupted augmented epoch resumes from its start
+        checkpoint.save(snapshot, net, rng, 0, [], [], settings=settings)
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
     guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
@@ -65,7 +82,8 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
                            for b in range(next_batch, n_batches))
             else:
                 batches = ((b, xb, yb) for b, (xb, yb) in enumerate(augmenter.epoch()))
-            sums_loss, sums_acc, weights = 0., 0., 0
+            sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
+            sums = None
             with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
                           unit='batch', enabled=progress) as bar:
                 bar.update(next_batch if augmenter is None else 0)
@@ -77,14 +95,19 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
                     weights += len(yb)
                     bar.update(1, loss=float(numpy.nansum(loss)))
                     if stop['signal'] is not None:
-                        if augmenter is None:  # else the last epoch-end snapshot stands
-                            checkpoint.save(snapshot, net, rng, epoch, losses, accs, order, b + 1)
+                        if augmenter is not None:  # the last epoch-start snapshot stands
+                            raise checkpoint.TrainingInterrupted(
+                                snapshot, ' at the start of epoch {} (an augmented epoch '
+                                'restarts from its beginning)'.format(epoch + 1))
+                        checkpoint.save(snapshot, net, rng, epoch, losses, accs, order, b + 1,
+                                        sums=(sums_loss, sums_acc, weights),
+                                        settings=settings)
                         raise checkpoint.TrainingInterrupted(snapshot)
             losses.append((sums_loss / max(weights, 1)).tolist())
             accs.append((sums_acc / max(weights, 1)).tolist())
             order, next_batch = None, 0
             if snapshot:
-                checkpoint.save(snapshot, net, rng, epoch + 1, losses, accs)
+                checkpoint.save(snapshot, net, rng, epoch + 1, losses, accs, settings=settings)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, losses[-1], accs[-1])
     return losses, accs, time.perf_counter() - start
@@ -135,7 +158,7 @@ def _per_sample_loop(engine, x, run_one, timer):
 
 def _measure(net, engine, x, y, run_one, trunk_only):
     validate_inputs(x, net.input_shape)
-    validate_labels(y, len(x))
+    validate_labels(y, len(x), net.num_classes(x))
     if trunk_only and not getattr(engine, 'stage_timing', True):
         raise ValueError('{} runs each segment and head as one fused call and cannot time '
                          'the trunk alone: pass trunk_only=False'.format(type(engine).__name__))
@@ -160,7 +183,7 @@ def measure_branchy(net, x, y, thresholds, engine=None, trunk_only=True):
     itself (Chainer, the default) or a ``fastpath.FastBranchyNet``.
     """
     engine = engine or net
-    ts = validate_thresholds(thresholds, net.numexits() - 1, name='thresholds')
+    ts = net._resolve_thresholds(thresholds)  # within the confidence measure's bounds
     result = _measure(net, engine, x, y, lambda xb, tm: engine._route(xb, ts, tm), trunk_only)
     result['thresholds'] = list(ts)
     return result
