@@ -379,21 +379,35 @@ def check_config(config):
 
 
 def prepare_out(out_dir):
-    """Create ``out_dir`` and its ``_models``/``_figs``/``_results`` folders.
+    """Create ``out_dir`` and check that its ``_models``/``_figs``/``_results``
+    folders can be made there (``create_out`` makes them once data is loaded,
+    so a network skipped for want of data leaves nothing behind).
 
     Fails with a clear error before any training when they cannot be made
     (``--out`` under a file, no permission)."""
     out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise InvalidValue('--out {}: cannot create the folder: {}'.format(
+            out_dir, e.strerror or e)) from e
     for folder in [out_dir] + list(out.values()):
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise InvalidValue('--out {}: cannot create the folder {}: {}'.format(
-                out_dir, folder, e.strerror or e)) from e
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise InvalidValue('--out {}: {} exists and is not a folder'.format(out_dir, folder))
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
             raise InvalidValue('--out {}: the folder {} is not writable'.format(
                 out_dir, folder))
     return out
+
+
+def create_out(out):
+    """Make the output folders checked by ``prepare_out``."""
+    for folder in out.values():
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise InvalidValue('cannot create the folder {}: {}'.format(
+                folder, e.strerror or e)) from e
 
 
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
@@ -438,6 +452,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
     x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
+    create_out(out)
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
