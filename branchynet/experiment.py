@@ -139,7 +139,7 @@ def _screen(net, config, xs, ys, engines, path_macs):
     ``original``: one real batch-1 pass per point, as the original did
     (Chainer path only)."""
     if config['screen'] == 'original':
-        screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
+        screen = utils.screen_thresholds(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
@@ -180,7 +180,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     branchy = utils.measure_branchy(net, xs, ys, ts)
     branchy_fast = utils.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
     limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
-    rows = utils.branchy_table_results(title, baseline, branchy, device=label, printout=False,
+    rows = utils.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
                                        baseline_fast=baseline_fast, branchy_fast=branchy_fast,
                                        mac_limit=limit)
     print(utils.format_table(rows), flush=True)
@@ -204,7 +204,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
                       'diffs': [r['ms_fast'] for r in records],
                       'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
                       'knee': knee})
-    visualize.plot_line_tradeoff(
+    visualize.plot_tradeoff_curve(
         accs, diffs, baseline['acc'], baseline['ms'], knee,
         title='{} on {}: accuracy vs runtime'.format('B-' + title, label),
         path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
@@ -353,7 +353,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
 
     log('training the main network: {} epochs, batch {}'.format(
         config['epochs_main'], config['batchsize']))
-    main_losses, main_accs, main_s = utils.train(
+    main_losses, main_accs, main_s = utils.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
         snapshot=os.path.join(out['models'], network + '.main.snapshot.npz'), resume=resume)
@@ -362,7 +362,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
 
     log('joint training of all {} exits: {} epochs'.format(
         net.numexits(), config['epochs_joint']))
-    joint_losses, joint_accs, joint_s = utils.train(
+    joint_losses, joint_accs, joint_s = utils.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
         snapshot=os.path.join(out['models'], network + '.joint.snapshot.npz'), resume=resume)
@@ -375,11 +375,11 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
     curves_a = [[float('nan')] * last + row for row in main_accs] + joint_accs
     if curves_l:
-        visualize.plot_layers(curves_l, curves_a, title='B-{}: training per exit'.format(title),
+        visualize.plot_training(curves_l, curves_a, title='B-{}: training per exit'.format(title),
                               path=os.path.join(out['figs'], network + '_training'),
                               phase_labels=[(0, 'main only')] * bool(main_losses) +
                               [(len(main_losses), 'joint')] * bool(joint_losses))
-    visualize.plot_layer_entropy(sms, y_test, title='B-{}: early exit vs entropy '
+    visualize.plot_entropy_sweep(sms, y_test, title='B-{}: early exit vs entropy '
                                  'threshold (test set)'.format(title),
                                  path=os.path.join(out['figs'], network + '_entropy'))
 
