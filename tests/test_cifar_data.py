@@ -120,13 +120,13 @@ def test_pcifar10_is_built_from_cifar10_when_missing(tmp_path, monkeypatch):
     write_official_tarball(tarball)
     monkeypatch.setenv('BRANCHYNET_CIFAR10', str(tarball))
     monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
-    x_train, y_train, x_test, y_test = pcifar10.get_raw_data()
+    x_train, y_train, x_test, y_test = pcifar10.get_data()
     assert (tmp_path / 'data' / 'pcifar10' / 'data.npz').exists()
     raw = cifar10.get_raw_data(str(tarball))
     expected = pcifar10.preprocess(raw[0], raw[2])
     numpy.testing.assert_allclose(x_train, expected[0], rtol=1e-6)
     numpy.testing.assert_array_equal(y_test, raw[3])
-    again = pcifar10.get_raw_data()  # now read from the npz, same arrays
+    again = pcifar10.get_data()  # now read from the npz, same arrays
     numpy.testing.assert_array_equal(again[0], x_train)
 
 
