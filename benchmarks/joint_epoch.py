@@ -42,7 +42,7 @@ import contextlib
 with (contextlib.nullcontext() if {kernels} else cpukernels.disabled()):
     for phase, main in (('main', True), ('joint', False)):
         t = time.perf_counter()
-        utils.train(net, x, y, main=main, batchsize=512, num_epoch=1, seed=0, progress=False)
+        utils.train_exits(net, x, y, main=main, batchsize=512, num_epoch=1, seed=0, progress=False)
         times[phase] = time.perf_counter() - t
 weights = numpy.concatenate([p.array.ravel() for _, p in sorted(net.namedparams())])
 numpy.save({weights_path!r}, weights)

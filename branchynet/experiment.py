@@ -171,7 +171,7 @@ def _screen(net, config, xs, ys, engines, path_macs):
     ``original``: one real batch-1 pass per point, as the original did
     (Chainer path only)."""
     if config['screen'] == 'original':
-        screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
+        screen = utils.screen_thresholds(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
@@ -220,7 +220,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
         choice = {'index': knee, 'gain': False, 'note': '{}; measured {:.3f} vs {:.3f} ms'
                   .format(utils.NO_GAIN, branchy['ms'], baseline['ms'])}
     limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
-    rows = utils.branchy_table_results(title, baseline, branchy, device=label, printout=False,
+    rows = utils.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
                                        baseline_fast=baseline_fast, branchy_fast=branchy_fast,
                                        mac_limit=limit)
     if not choice['gain']:
@@ -250,7 +250,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
                       'diffs': [r['ms_fast'] for r in records],
                       'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
                       'knee': star})
-    visualize.plot_line_tradeoff(
+    visualize.plot_tradeoff_curve(
         accs, diffs, baseline['acc'], baseline['ms'], star,
         title='{} on {}: accuracy vs runtime{}'.format(
             'B-' + title, label, '' if choice['gain'] else '\n' + utils.NO_GAIN),
@@ -476,7 +476,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
                 'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
-    main_losses, main_accs, main_s = utils.train(
+    main_losses, main_accs, main_s = utils.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
         snapshot=main_snapshot, resume=resume, settings=settings)
@@ -485,7 +485,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
 
     log('joint training of all {} exits: {} epochs'.format(
         net.numexits(), config['epochs_joint']))
-    joint_losses, joint_accs, joint_s = utils.train(
+    joint_losses, joint_accs, joint_s = utils.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
         snapshot=joint_snapshot, resume=resume, settings=settings)
@@ -498,11 +498,11 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
     curves_a = [[float('nan')] * last + row for row in main_accs] + joint_accs
     if curves_l:
-        visualize.plot_layers(curves_l, curves_a, title='B-{}: training per exit'.format(title),
+        visualize.plot_training(curves_l, curves_a, title='B-{}: training per exit'.format(title),
                               path=os.path.join(out['figs'], network + '_training'),
                               phase_labels=[(0, 'main only')] * bool(main_losses) +
                               [(len(main_losses), 'joint')] * bool(joint_losses))
-    visualize.plot_layer_entropy(sms, y_test, title='B-{}: early exit vs entropy '
+    visualize.plot_entropy_sweep(sms, y_test, title='B-{}: early exit vs entropy '
                                  'threshold (test set)'.format(title),
                                  path=os.path.join(out['figs'], network + '_entropy'))
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import chainer
+import numpy
 
 from branchynet.validation import InvalidValue
 
@@ -214,10 +215,23 @@ def load_npz(path, net):
 
 
 def save_dill(path, net):
-    """Pickle the whole model with dill, as the original project did (``.bn``)."""
+    """Pickle the whole model with dill, as the original project did (``.bn``).
+
+    A model on a GPU is moved to the CPU for the dump (as the original did
+    before dumping), so the file loads on machines without CuPy, and is moved
+    back to its device afterwards.
+    """
     import dill
-    with atomic_write(path) as f:
-        dill.dump(net, f)
+    device = getattr(net, 'device', None)
+    on_gpu = device is not None and getattr(device, 'xp', numpy) is not numpy
+    if on_gpu:
+        net.to_cpu()
+    try:
+        with atomic_write(path) as f:
+            dill.dump(net, f)
+    finally:
+        if on_gpu:
+            net.to_device(device)
 
 
 def load_dill(path, trust=False):

@@ -136,18 +136,24 @@ class BranchyNet(chainer.Chain):
             scalar for all of them or one value per early exit. A sample
             leaves at the first early exit whose entropy is strictly below
             its threshold; the last exit classifies whatever remains.
-        percentTestExits: kept for compatibility with the original (unused).
-        percentTrainKeeps: fraction of each batch passed on from an early
-            exit to later exits during joint training; the most confident
-            samples (lowest entropy) leave. 1 trains every exit on every sample.
+        percentTestExits: with no thresholds set, the share of the samples
+            reaching each early exit that leave there (the lowest-entropy
+            ones), as the original's fallback; a number or one per early exit.
+        percentTrainKeeps: share of each batch passed on from an early exit
+            to later exits during joint training; the most confident samples
+            (lowest entropy) leave. 1 trains every exit on every sample. A
+            number applies to the samples reaching each early exit; a list
+            (one per early exit) is a share of the whole batch, as the
+            original read a list.
         lr, momentum, weight_decay: MomentumSGD settings (``opt='MomentumSGD'``).
         alpha: Adam's step size (``opt='Adam'``, the default).
         joint: kept for compatibility with the original (joint training is
             selected by calling ``train`` rather than ``train_main``).
         verbose: print progress of routing decisions.
         exit_weights: weight ``w_n`` of every exit's loss in joint training;
-            default all 1.0 (as the original ran; the paper suggests 1.0 for
-            early exits and 0.3 for the last).
+            default the ``weight`` of each ``Branch`` (1.0 unless given, as
+            the original ran; the paper suggests 1.0 for early exits and 0.3
+            for the last).
         input_shape: per-sample shape ``(C, H, W)``; when given, inputs are
             checked against it with a clear error.
         confidence: the exit measure: ``'entropy'`` (the paper's: exit when
@@ -230,10 +236,20 @@ class BranchyNet(chainer.Chain):
 
     @percentTrainKeeps.setter
     def percentTrainKeeps(self, value):
-        if not is_real_number(value) or not 0 <= value <= 1:
-            raise InvalidValue('percentTrainKeeps must be a number in [0, 1], got {!r}'
-                             .format(value))
-        self._percent_train_keeps = float(value)
+        self._percent_train_keeps = self._shares(value, 'percentTrainKeeps')
+
+    def _shares(self, value, name):
+        """A share in [0, 1] (float) or a list of one per early exit."""
+        def share(v):
+            return is_real_number(v) and 0 <= v <= 1
+        early = self.numexits() - 1
+        if share(value):
+            return float(value)
+        if isinstance(value, (list, tuple)) and len(value) in (early, early + 1) and \
+                all(share(v) for v in value):
+            return [float(v) for v in value[:early]]
+        raise InvalidValue('{} must be a number in [0, 1] or a list of {} such numbers (one '
+                           'per early exit), got {!r}'.format(name, early, value))
 
     @property
     def exit_weights(self):
@@ -243,7 +259,7 @@ class BranchyNet(chainer.Chain):
     def exit_weights(self, value):
         n = self.numexits()
         if value is None:
-            value = [1.0] * n
+            value = [getattr(b, 'weight', 1.0) for b in self.branches]
         self._exit_weights = validate_weights(value, n)
 
     def num_classes(self, x):
@@ -387,6 +403,7 @@ class BranchyNet(chainer.Chain):
         """Per-exit losses and accuracies with the percentTrainKeeps hand-off."""
         losses, accs, h = [], [], x
         last = self.numexits() - 1
+        shares, batch = self.percentTrainKeeps, len(t)
         for n in range(self.numexits()):
             h = self.segment(h, n)
             z = self.head(h, n)
@@ -394,8 +411,11 @@ class BranchyNet(chainer.Chain):
                 validate_labels(t, len(t), z.shape[1])
             losses.append(F.softmax_cross_entropy(z, t))
             accs.append(F.accuracy(z, t))
-            if n < last and self.percentTrainKeeps < 1:
-                keep = int(math.ceil(self.percentTrainKeeps * len(t)))
+            keep = len(t)
+            if n < last:
+                keep = min(len(t), int(math.ceil(shares[n] * batch))) \
+                    if isinstance(shares, list) else int(math.ceil(shares * len(t)))
+            if keep < len(t):
                 if keep == 0:
                     break
                 ent = confidence.entropy(F.softmax(z).array)
@@ -527,8 +547,99 @@ class BranchyNet(chainer.Chain):
                 out.append(chainer.backends.cuda.to_cpu(labels))
         return numpy.concatenate(out)
 
+    def predict_percent(self, x, percents=None, batchsize=None):
+        """Early-exit prediction by shares instead of thresholds (the original's
+        fallback when no thresholds were set): in every batch, each early exit
+        classifies the ``percents`` share (default ``percentTestExits``) of the
+        samples reaching it with the lowest entropy; a list gives one share of
+        the whole batch per early exit. Returns ``(labels, exits)`` as ``predict``.
+        """
+        validate_inputs(x, self.input_shape)
+        shares = self._shares(self.percentTestExits if percents is None else percents,
+                              'percentTestExits')
+        batchsize = batchsize or len(x)
+        last = self.numexits() - 1
+        labels, exits = [], []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                h = self.send(x[i:i + batchsize])
+                size = len(h)
+                lab = numpy.empty(size, numpy.int32)
+                ex = numpy.empty(size, numpy.int32)
+                remaining = numpy.arange(size)
+                for n in range(self.numexits()):
+                    h = self.segment(h, n)
+                    z = self.head(h, n).array
+                    pred = chainer.backends.cuda.to_cpu(z.argmax(axis=1)).astype(numpy.int32)
+                    if n == last:
+                        lab[remaining], ex[remaining] = pred, n
+                        break
+                    count = int(shares[n] * size) if isinstance(shares, list) \
+                        else int(shares * len(remaining))
+                    count = min(count, len(remaining))
+                    ent = chainer.backends.cuda.to_cpu(confidence.entropy_from_logits(z))
+                    leave = numpy.zeros(len(remaining), dtype=bool)
+                    leave[numpy.argsort(ent, kind='stable')[:count]] = True
+                    lab[remaining[leave]], ex[remaining[leave]] = pred[leave], n
+                    if leave.all():
+                        break
+                    stay = ~leave
+                    h = h[self.xp.asarray(stay)]
+                    remaining = remaining[stay]
+                labels.append(lab)
+                exits.append(ex)
+        return numpy.concatenate(labels), numpy.concatenate(exits)
+
+    @property
+    def gpu(self):
+        """True when the parameters live on a GPU (the original's attribute)."""
+        return self.xp is not numpy
+
+    def find_thresholds_entropies(self, x_train, y_train=None, percentTrainKeeps=0.5,
+                                  batchsize=1024):
+        """Per early exit, the entropy threshold that lets the most confident
+        ``1 - percentTrainKeeps`` share of ``x_train`` leave there (every
+        sample evaluated at every exit, test mode), and the entropies.
+
+        Returns ``(thresholds, entropies)``: a list of floats and one array of
+        entropies per early exit. ``y_train`` is not used (the original's
+        signature).
+        """
+        shares = self._shares(percentTrainKeeps, 'percentTrainKeeps')
+        logits = self.get_logits(x_train, batchsize=batchsize)[:-1]
+        thresholds, entropies = [], []
+        for n, z in enumerate(logits):
+            ent = confidence.entropy_from_logits(z)
+            share = shares[n] if isinstance(shares, list) else shares
+            leave = int(len(ent) - share * len(ent))
+            thresholds.append(float(numpy.sort(ent)[min(leave, len(ent) - 1)]))
+            entropies.append(ent)
+        return thresholds, entropies
+
+    def find_thresholds(self, x_train, y_train=None, percentTrainKeeps=0.5, batchsize=1024):
+        """The thresholds of ``find_thresholds_entropies``."""
+        return self.find_thresholds_entropies(x_train, y_train, percentTrainKeeps,
+                                              batchsize)[0]
+
+    def find_entropies(self, x_train, y_train=None, percentTrainKeeps=0.5, batchsize=1024):
+        """The entropies of ``find_thresholds_entropies``."""
+        return self.find_thresholds_entropies(x_train, y_train, percentTrainKeeps,
+                                              batchsize)[1]
+
+    def print_models(self):
+        """Print every exit head with its branch point, then the trunk."""
+        for n, head in enumerate(self.branches):
+            print('---- exit {} after trunk layer {}'.format(n + 1, self.branch_points[n]))
+            for link in head:
+                print(link)
+        print('---- trunk')
+        for link in self.trunk:
+            print(link)
+        print('----')
+
     def test(self, x, t, thresholds=None, batchsize=None):
-        """Early-exit evaluation.
+        """Early-exit evaluation (by ``percentTestExits`` when no thresholds
+        are given or set; see ``predict_percent``).
 
         Returns ``(accuracy, exit_accuracies, exit_counts, seconds)``: overall
         accuracy, accuracy of the samples each exit classified (NaN where an
@@ -540,7 +651,10 @@ class BranchyNet(chainer.Chain):
         xp_sync = self.xp
         synchronize(xp_sync)
         start = time.perf_counter()
-        labels, exits = self.predict(x, thresholds, batchsize)
+        if thresholds is None and self._thresholds is None:
+            labels, exits = self.predict_percent(x, batchsize=batchsize)
+        else:
+            labels, exits = self.predict(x, thresholds, batchsize)
         seconds = time.perf_counter() - start
         t = chainer.backends.cuda.to_cpu(t)
         correct = labels == t

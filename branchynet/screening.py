@@ -128,7 +128,7 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
     """
     early = net.numexits() - 1
     upper = confidence.get_measure(net.confidence).upper
-    settings = generate_thresholds(base_ts, early) if enumerate_ts \
+    settings = generate_thresholds(base_ts, early + 1) if enumerate_ts \
         else [validate_thresholds(t, early, name='base_ts entry', upper=upper) for t in base_ts]
     engines = engines or {'chainer': net}
     entropies, predictions = exit_outputs(net, x)

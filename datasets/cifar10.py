@@ -161,8 +161,9 @@ def verify_tarball(path):
             path, actual, MD5, TARBALL))
 
 
-def get_data(path=None):
-    """``x_train (50000,3,32,32) float32 in [0,1], y_train int32, x_test, y_test``."""
+def get_raw_data(path=None):
+    """``x_train (50000,3,32,32) float32 in [0,1], y_train int32, x_test, y_test``
+    (pixels / 255, nothing else)."""
     batches = _read(locate(path))
 
     def stack(names):
@@ -173,3 +174,64 @@ def get_data(path=None):
     x_train, y_train = stack(TRAIN_BATCHES)
     x_test, y_test = stack(TEST_BATCHES)
     return x_train, y_train, x_test, y_test
+
+
+def unpickle(file):
+    """One CIFAR batch file as a dict with str keys (read without running code)."""
+    with open(file, 'rb') as f:
+        d = _SafeUnpickler(f, encoding='bytes').load()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def preprocessing(data):
+    """ZCA whitening fitted on ``data`` (N, D): returns ``(components, mean,
+    whitened)`` with ``whitened = (data - mean) @ components.T`` and
+    ``components = U diag(1/sqrt(S)) U^T`` from the SVD of the covariance
+    (no regulariser, as the original)."""
+    data = numpy.asarray(data, dtype=numpy.float64)
+    mean = data.mean(axis=0)
+    centred = data - mean
+    sigma = centred.T.dot(centred) / len(centred)
+    u, s, _ = numpy.linalg.svd(sigma)
+    with numpy.errstate(divide='ignore'):
+        components = (u * (1. / numpy.sqrt(s))).dot(u.T)
+    return components, mean, centred.dot(components.T)
+
+
+def minmax_per_image(data):
+    """Every row shifted to minimum 0 and scaled to maximum 1 (float32)."""
+    data = numpy.array(data, dtype=numpy.float64).reshape(len(data), -1)
+    data -= data.min(axis=1, keepdims=True)
+    peak = data.max(axis=1, keepdims=True)
+    peak[peak == 0] = 1.
+    return (data / peak).astype(numpy.float32)
+
+
+def get_data(whitening=1, path=None):
+    """CIFAR-10 preprocessed as the original's ``cifar10.get_data``: with
+    ``whitening=1`` ZCA whitening fitted on the training pixels (0..255) and
+    applied to both sets, then, always, per-image min-max scaling to [0, 1].
+    Returns ``(N,3,32,32)`` float32 images and int32 labels."""
+    if whitening not in (0, 1):
+        raise ValueError('whitening must be 0 or 1, got {!r}'.format(whitening))
+    x_train, y_train, x_test, y_test = get_raw_data(path)
+    train = x_train.reshape(len(x_train), -1) * 255.
+    test = x_test.reshape(len(x_test), -1) * 255.
+    if whitening == 1:
+        components, mean, train = preprocessing(train)
+        test = (test - mean).dot(components.T)
+    return (minmax_per_image(train).reshape(-1, 3, 32, 32), y_train,
+            minmax_per_image(test).reshape(-1, 3, 32, 32), y_test)
+
+
+def select_classes(data, numclasses=2):
+    """The samples of classes ``0 .. numclasses-1`` of ``(x_train, y_train,
+    x_test, y_test)``."""
+    x_train, y_train, x_test, y_test = data
+    keep_train, keep_test = y_train < numclasses, y_test < numclasses
+    return x_train[keep_train], y_train[keep_train], x_test[keep_test], y_test[keep_test]
+
+
+def get_data_dev(numclasses=2):
+    """``get_data()`` restricted to the first ``numclasses`` classes."""
+    return select_classes(get_data(), numclasses)

@@ -13,7 +13,7 @@ def test_cached_grid_equals_real_batch1_runs_exactly(small_batch):
     net = make_three_exit_net()
     grid = [0.5, 1.55, 1.6, 10.0]
     records, info = screening.screen_cached(net, x, y, grid, cost_samples=10)
-    real = utils.screen_branchy(net, x, y, grid, progress=False)
+    real = utils.screen_thresholds(net, x, y, grid, progress=False)
     assert len(records) == 16
     for r, acc, ex in zip(records, real[1], real[3]):
         assert r['acc'] == pytest.approx(acc) and r['exit_counts'] == ex

@@ -38,7 +38,7 @@ def _interrupt_at(net, main, call):
 
 def _train(net, snap=None, resume=False, main=False, epochs=3, seed=3, data=None, **kw):
     x, y = data or _data()
-    return utils.train(net, x, y, main=main, batchsize=16, num_epoch=epochs, seed=seed,
+    return utils.train_exits(net, x, y, main=main, batchsize=16, num_epoch=epochs, seed=seed,
                        progress=False, snapshot=snap, resume=resume, **kw)
 
 
@@ -67,11 +67,11 @@ def test_augmented_first_epoch_interrupt_leaves_the_snapshot_it_names(tmp_path):
     _interrupt_at(net, True, 1)
     snap = str(tmp_path / 'aug.npz')
     with pytest.raises(checkpoint.TrainingInterrupted, match='start of epoch 1') as info:
-        utils.train(net, x, y, main=True, batchsize=16, num_epoch=2, seed=0, progress=False,
+        utils.train_exits(net, x, y, main=True, batchsize=16, num_epoch=2, seed=0, progress=False,
                     augment=True, snapshot=snap)
     assert os.path.exists(info.value.path)
     resumed = alex_cifar10.get_network()
-    losses, _, _ = utils.train(resumed, x, y, main=True, batchsize=16, num_epoch=2, seed=0,
+    losses, _, _ = utils.train_exits(resumed, x, y, main=True, batchsize=16, num_epoch=2, seed=0,
                                progress=False, augment=True, snapshot=snap, resume=True)
     assert len(losses) == 2
 
@@ -99,10 +99,10 @@ def test_a_snapshot_of_another_run_is_refused_naming_the_setting(tmp_path, chang
 def test_batch_size_is_part_of_the_settings(tmp_path):
     snap = str(tmp_path / 's.npz')
     x, y = _data()
-    utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+    utils.train_exits(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
                 snapshot=snap)
     with pytest.raises(InputError, match='batchsize: the snapshot has 16, this run 32'):
-        utils.train(make_three_exit_net(), x, y, batchsize=32, num_epoch=2, progress=False,
+        utils.train_exits(make_three_exit_net(), x, y, batchsize=32, num_epoch=2, progress=False,
                     snapshot=snap, resume=True)
 
 
