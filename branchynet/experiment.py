@@ -379,24 +379,22 @@ def check_config(config):
 
 
 def prepare_out(out_dir):
-    """Create ``out_dir`` and check that its ``_models``/``_figs``/``_results``
-    folders can be made there (``create_out`` makes them once data is loaded,
-    so a network skipped for want of data leaves nothing behind).
+    """The ``_models``/``_figs``/``_results`` folders of ``out_dir``, checked.
 
-    Fails with a clear error before any training when they cannot be made
-    (``--out`` under a file, no permission)."""
+    Fails with a clear error before any training when they could not be
+    made (``--out`` under a file, no permission); nothing is created here.
+    """
     out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise InvalidValue('--out {}: cannot create the folder: {}'.format(
-            out_dir, e.strerror or e)) from e
     for folder in [out_dir] + list(out.values()):
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise InvalidValue('--out {}: {} exists and is not a folder'.format(out_dir, folder))
-        if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        existing = os.path.abspath(folder)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise InvalidValue('--out {}: cannot create the folder {}: {} is a file '
+                               '(Not a directory)'.format(out_dir, folder, existing))
+        if not os.access(existing, os.W_OK | os.X_OK):
             raise InvalidValue('--out {}: the folder {} is not writable'.format(
-                out_dir, folder))
+                out_dir, existing))
     return out
 
 
