@@ -42,7 +42,7 @@ PIXELS = numpy.zeros((2, 3072), numpy.uint8)
 def test_cifar_batches_are_checked_before_any_cast(tmp_path, batch, match):
     path = _tarball_with(tmp_path / cifar10.TARBALL, batch)
     with pytest.raises(InputError, match=match):
-        cifar10.get_data(path)
+        cifar10.get_raw_data(path)
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'garbage', 'empty'])
@@ -54,7 +54,7 @@ def test_truncated_or_garbage_cifar_tarballs_name_the_file(tmp_path, damage):
                       'empty': b''}[damage])
     with pytest.raises(InputError, match='cifar-10-python.tar.gz is not a readable CIFAR-10 '
                                          'tarball'):
-        cifar10.get_data(str(path))
+        cifar10.get_raw_data(str(path))
 
 
 def test_a_damaged_cached_cifar_tarball_is_replaced(tmp_path, monkeypatch, capsys):
