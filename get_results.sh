@@ -9,7 +9,7 @@ usage() {
 Usage: ./get_results.sh [--paper] [--preset NAME] [--networks LIST] [--device DEV] [--seed N]
                         [--dataset D] [--resume]
 
-  --paper           the original's schedules (LeNet 50+100 epochs: about 4 h on a 2-core CPU)
+  --paper           the original's schedules (LeNet 50+100 epochs: about 2.6 h on a 2-core CPU)
   --preset NAME     fast (default: minutes on a 2-core CPU), paper, or tiny (seconds, a data subset)
   --networks LIST   comma-separated networks to run (default: all):
                     lenet_mnist, alex_cifar10, resnet_cifar10. A network whose data cannot

@@ -70,6 +70,6 @@ def test_path_costs_force_every_exit_for_every_measure(small_batch, measure):
     assert len(screening.path_costs(net, x[:5])) == 3
     grid = [0.3, 0.9] if measure != 'entropy' else [0.5, 1.6]
     records, info = screening.screen_cached(net, x, y, grid, cost_samples=5)
-    real = utils.screen_branchy(net, x, y, grid, progress=False)
+    real = utils.screen_thresholds(net, x, y, grid, progress=False)
     for r, acc, ex in zip(records, real[1], real[3]):
         assert r['acc'] == pytest.approx(acc) and r['exit_counts'] == ex

@@ -85,6 +85,7 @@ def test_train_returns_per_epoch_per_exit_curves():
     assert numpy.array(losses).shape == (3, 3) and numpy.array(accs).shape == (3, 3)
     acc, secs, counts, exit_accs = utils.test(net, x, y, thresholds=[1.0, 1.0])
     assert sum(counts) == 40
+    assert isinstance(counts, numpy.ndarray) and isinstance(exit_accs, numpy.ndarray)
 
 
 # ------------------------------------------------------------ choose_knee
@@ -118,7 +119,6 @@ def test_choose_knee_checks_its_arguments():
         utils.choose_knee([], [], 0.9, 1.0)
     with pytest.raises(ValueError, match='min_gain must be >= 1'):
         utils.choose_knee([0.9], [0.5], 0.9, 1.0, min_gain=0.5)
-    assert isinstance(counts, numpy.ndarray) and isinstance(exit_accs, numpy.ndarray)
 
 
 def test_screen_branchy_returns_numpy_seconds_of_the_ms_screen(monkeypatch):
