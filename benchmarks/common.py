@@ -100,3 +100,19 @@ def summary(**values):
     """The closing ``key=value`` line."""
     print(' '.join('{}={:.4g}'.format(k, v) if isinstance(v, float) else '{}={}'.format(k, v)
                    for k, v in values.items()))
+
+
+def best_latencies(net, x, y, paths, settings, rounds):
+    """Batch-1 ms per sample, end to end, of every path (``(name, engine)``) under
+    every setting (``name -> thresholds``, None for the main network): the
+    fastest of ``rounds`` rounds, paths and settings interleaved within each
+    round so that a passing load spike cannot bias one of them."""
+    ms = {}
+    for _ in range(rounds):
+        for name, engine in paths:
+            for setting, ts in settings.items():
+                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) \
+                    if ts is None else \
+                    utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
+                ms[name, setting] = min(ms.get((name, setting), float('inf')), r['ms'])
+    return ms

@@ -26,11 +26,11 @@ speed-up). Without a usable GPU, ``--device gpu`` (the default) refuses.
 """
 import sys
 
-from common import knee_point, lenet, mnist, parser, summary, test_subset
+from common import best_latencies, knee_point, lenet, mnist, parser, summary, test_subset
 
 import numpy  # noqa: E402
 
-from branchynet import costs, utils  # noqa: E402
+from branchynet import costs  # noqa: E402
 from branchynet.devices import gpu_usable  # noqa: E402
 from branchynet.engine import InferenceEngine  # noqa: E402
 from branchynet.fastpath import Compiler, FastBranchyNet  # noqa: E402
@@ -226,14 +226,7 @@ def main():
         graph_name, agree, len(x)))
 
     settings = {'main': None, 'exit1': [float('inf')], 'knee': ts}
-    ms = {}
-    for _ in range(args.rounds):
-        for name, engine in paths:
-            for setting, thresholds in settings.items():
-                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) \
-                    if thresholds is None else \
-                    utils.measure_branchy(net, x, y, thresholds, engine=engine, trunk_only=False)
-                ms[name, setting] = min(ms.get((name, setting), float('inf')), r['ms'])
+    ms = best_latencies(net, x, y, paths, settings, args.rounds)
 
     from networks.lenet_mnist import EXPERIMENT
     paper_main, paper_branchy = EXPERIMENT['published']['gpu_ms']
