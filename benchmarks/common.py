@@ -16,7 +16,12 @@ import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import numpy  # noqa: E402
 
 from branchynet import fileio, utils  # noqa: E402
+from branchynet.runtime import tune_allocator  # noqa: E402
 from branchynet.validation import InputError  # noqa: E402
+
+# The allocator setting the driver uses (faster training; joint_epoch.py's
+# comparisons run in child processes that decide it for themselves).
+tune_allocator()
 
 DEFAULT_MODEL = os.path.join(ROOT, '_models', 'lenet_mnist.npz')
 
