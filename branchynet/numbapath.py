@@ -4,13 +4,15 @@ The array-level fast path (``fastpath``) and ONNX Runtime pay a per-layer,
 per-call price that a network as small as B-LeNet never earns back. This
 path generates one numba function per layer shape from the link tree, with
 every size and stride a literal (slab and weight offsets are arguments, so
-ResNet's identical blocks share a function), and one function that runs a
-whole sample: trunk segment, exit head, confidence score and exit decision,
-exit after exit, returning as soon as a sample leaves. A batch is split into
-one contiguous part per thread (the functions release the GIL), each run
-sample by sample in the thread's own scratch slab by one native call, so the
-working set of a sample (its activations) stays in the core's caches
-whatever the batch size.
+ResNet's identical blocks share a function, and a run of identical blocks
+is one loop over a table of their offsets), and one function, ``run``, that
+takes each sample of a range through trunk segment, exit head, confidence
+score and exit decision, exit after exit, going on to the next sample as
+soon as one leaves (the main network skips the early heads). A batch is
+split into one contiguous part per thread (the functions release the GIL),
+each run sample by sample in the thread's own scratch slab by one native
+call, so the working set of a sample (its activations) stays in the core's
+caches whatever the batch size; batch size 1 is one native call.
 
 Layout and kernels (float32 throughout, as Chainer computes):
 
@@ -25,7 +27,8 @@ Layout and kernels (float32 throughout, as Chainer computes):
   is folded into the weights and ReLU applied in the same function;
 * max pooling (``cover_all`` windows clipped to the input) takes a ReLU in;
   LRN, average pooling, a residual block (``to_numba`` on the link), linear
-  layers (vectorised dot products); dropout and ``SL`` layers vanish;
+  layers (vectorised dot products); dropout and an ``SL`` without a test-mode
+  layer vanish (one with ``fnTest`` compiles that);
 * the exit decision uses the same formula as ``confidence`` (entropy,
   maxprob or margin of the float64 softmax of the logits).
 
@@ -36,6 +39,14 @@ this path does not know, ``NumbaBranchyNet`` raises ``ImportError`` or
 ``NotCompilable`` naming what is missing, and ``compile_engine`` falls back
 to ``fastpath.FastBranchyNet``. CPU (numpy) networks only. The weights are
 snapshotted: compile again after training further.
+
+The generated module lives in ``cache_dir()`` under a name that is a digest
+of its source (every size and offset of the network is a literal there) and
+of the numba version, and numba caches its machine code beside it: a network
+of the same shape (any weights) compiles once, B-LeNet in seconds. The
+module is written atomically; a module file with other content is written
+again, and cached machine code that numba cannot read back is deleted and
+compiled again, each with a ``RuntimeWarning``.
 """
 import math
 import time
@@ -49,6 +60,7 @@ from branchynet import confidence
 from branchynet.engine import InferenceEngine
 from branchynet.fastpath import _bound, _pair, folded_conv_weights
 from branchynet.links import FL, SL, Net
+from branchynet.validation import InvalidValue
 
 #: Measures decided natively (``confidence.MEASURES`` names).
 MEASURE_CODES = {'entropy': 0, 'maxprob': 1, 'margin': 2}
@@ -57,7 +69,7 @@ MEASURE_CODES = {'entropy': 0, 'maxprob': 1, 'margin': 2}
 MAX_TERMS = 50
 
 
-class NotCompilable(ValueError):
+class NotCompilable(InvalidValue):
     """The network holds a layer (or a setting) this path cannot compile."""
 
 
@@ -176,7 +188,9 @@ class Builder:
 
     @staticmethod
     def _vanishes(link):
-        return isinstance(link, SL) or (isinstance(link, FL) and link.fn is F.dropout)
+        """Identity at test time: dropout, and an ``SL`` without a test-mode layer."""
+        return (isinstance(link, SL) and link.fnTest is None) or \
+            (isinstance(link, FL) and link.fn is F.dropout)
 
     def link(self, link, v):
         if isinstance(link, L.Convolution2D):
@@ -187,6 +201,9 @@ class Builder:
             return self.batchnorm(link, v)
         if isinstance(link, FL):
             return self.function(link, v)
+        if isinstance(link, SL):  # its test-mode layer (a Link or a plain function)
+            fn = link.fnTest
+            return self.links([fn if isinstance(fn, chainer.Link) else FL(fn)], v)
         if hasattr(link, 'to_numba'):
             return link.to_numba(self, v)
         if isinstance(link, Net):
@@ -465,6 +482,48 @@ _CONTRACT = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
 FASTMATH = {'linear': True}
 
 
+#: Longest run of calls repeated with other offsets that becomes one loop.
+MAX_PERIOD = 8
+
+
+def _call_lines(calls, tables):
+    """Source lines calling ``calls`` (``(function, [offsets])``) in order.
+    A run of at least two repeats of the same functions (ResNet's identical
+    blocks) becomes one loop over a table of their offsets (appended to
+    ``tables``; global ``T<i>`` in the module): LLVM then inlines one copy of
+    the block instead of one per block, which keeps compile time linear in
+    the number of distinct layers, not in the depth."""
+    lines, i = [], 0
+    while i < len(calls):
+        best = (1, 1)  # (repeats, period)
+        for period in range(1, min(MAX_PERIOD, (len(calls) - i) // 2) + 1):
+            names = [f for f, _ in calls[i:i + period]]
+            reps = 1
+            while [f for f, _ in calls[i + reps * period:i + (reps + 1) * period]] == names:
+                reps += 1
+            if reps > 1 and reps * period > best[0] * best[1]:
+                best = (reps, period)
+        reps, period = best
+        if reps == 1:
+            f, args = calls[i]
+            lines.append('{}(W, S, {})'.format(f, ', '.join(map(str, args))))
+            i += 1
+            continue
+        block = calls[i:i + reps * period]
+        table = numpy.array([sum((args for _, args in block[r * period:(r + 1) * period]), [])
+                             for r in range(reps)], numpy.int64)
+        name = 'T{}'.format(len(tables))
+        tables.append(table)
+        lines.append('for k in range({}):'.format(reps))
+        col = 0
+        for f, args in calls[i:i + period]:
+            lines.append('    {}(W, S, {})'.format(f, ', '.join(
+                '{}[k, {}]'.format(name, col + j) for j in range(len(args)))))
+            col += len(args)
+        i += reps * period
+    return lines
+
+
 def _allocate(ops, inputs, keep):
     """Offsets in the slab for every Value: buffers are reused once their last
     reader has run, but only for values of the same geometry (so zero margins
@@ -496,14 +555,21 @@ def _allocate(ops, inputs, keep):
 
 
 class Program:
-    """The compiled functions of one network: ``one(x, W, S, limits, code)``
-    -> (label, exit) for one sample, ``main(x, W, S)`` -> label, and
-    ``run``/``run_main`` over rows ``lo:hi`` of ``X``; ``W`` the weight
-    vector, ``S`` one scratch slab of ``slab`` float32 zeros."""
+    """The compiled code of one network: ``run(X, W, S, limits, code,
+    main_only, labels, exits, lo, hi)`` writes the label and exit of rows
+    ``lo:hi`` of ``X`` (flat float32 samples) into ``labels`` and ``exits``
+    (int32); ``W`` the weight vector, ``S`` one scratch slab of ``slab``
+    float32 zeros, ``limits`` the float64 exit limits of the measure ``code``
+    (``MEASURE_CODES``); ``main_only`` runs the main network (no early head).
+    One entry point: numba compiles every layer function into each function
+    that calls it, so each further entry point would cost as much again.
 
-    def __init__(self, net):
-        numba = require_numba()
-        self.numba = numba
+    ``load=False`` only generates the source (``source``; ``functions``: the
+    distinct layer functions, name -> (kind, body lines)), without numba.
+    """
+
+    def __init__(self, net, load=True):
+        self.numba = require_numba() if load else None
         if net.xp is not numpy:
             raise NotCompilable('the numba path runs on the CPU: call net.to_cpu() first')
         if net.input_shape is None or len(net.input_shape) != 3:
@@ -527,19 +593,22 @@ class Program:
         self.slab = _allocate(b.ops, [x], keep=[s[2] for s in segments] + [z for *_, z in heads])
         self.weights = numpy.concatenate(b.weights) if b.weights else numpy.zeros(1, numpy.float32)
         self.x, self.segments, self.heads, self.ops = x, segments, heads, b.ops
-        start = time.perf_counter()
-        self._generate()
-        self.compile_seconds = time.perf_counter() - start
+        self.functions = {}
+        self.source = self._source()
+        if load:
+            start = time.perf_counter()
+            self._load()
+            #: seconds to import the module and compile (or load from the cache) its code
+            self.compile_seconds = time.perf_counter() - start
 
     def _source(self):
         """Python source of the module: one function per distinct layer (ResNet's
-        identical blocks share one), then ``one``/``main`` for a sample and
-        ``run``/``run_main`` over a range of rows, every size a literal."""
+        identical blocks share one), the score, and ``run``, every size a literal."""
         import inspect
         score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
         out = ['import math', 'import numba', 'import numpy', '', '',
                '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + score.splitlines()
-        names, cache = [], {}
+        calls, cache = [], {}
         for i, op in enumerate(self.ops):
             body, args = _symbolic(op)
             key = (op.kind, tuple(body))
@@ -551,67 +620,77 @@ class Program:
                                            '{' + ', '.join(map(repr, sorted(fm))) + '}'),
                         'def op{}(W, S, {}):'.format(i, ', '.join(n for n, _ in args))] + \
                     _indent(body, 1) + ['']
-            names.append('{}(W, S, {})'.format(cache[key], ', '.join(str(v) for _, v in args)))
+                self.functions[cache[key]] = key
+            calls.append((cache[key], [v for _, v in args]))
+        tables = []
 
-        def calls(start, end):
-            return names[start:end]
+        def run(start, end):
+            return _call_lines(calls[start:end], tables)
 
         x = self.x
-        one = ['load(xin, S)']
+        sample = ['xin = X[i]',
+                  'for c in range({}):'.format(x.c),
+                  '    for y in range({}):'.format(x.h),
+                  '        for x in range({}):'.format(x.w),
+                  '            S[{}] = xin[(c * {} + y) * {} + x]'.format(x.at(), x.h, x.w)]
         last = len(self.segments) - 1
         for n, (seg, head) in enumerate(zip(self.segments, self.heads)):
-            one += calls(seg[0], seg[1]) + calls(head[0], head[1])
+            sample += run(seg[0], seg[1])
             z = head[2]
-            one.append('z = S[{}:{}]'.format(z.off, z.off + z.c))
+            take = ['labels[i] = numpy.argmax(S[{}:{}])'.format(z.off, z.off + z.c),
+                    'exits[i] = {}'.format(n)]
             if n == last:
-                one.append('return numpy.argmax(z), {}'.format(n))
-            else:
-                one += ['if score(z, code) < limits[{}]:'.format(n),
-                        '    return numpy.argmax(z), {}'.format(n)]
-        main = ['load(xin, S)']
-        for seg in self.segments:
-            main += calls(seg[0], seg[1])
-        z = self.heads[-1][2]
-        main += calls(self.heads[-1][0], self.heads[-1][1])
-        main.append('return numpy.argmax(S[{}:{}])'.format(z.off, z.off + z.c))
-        jit = '@numba.njit(boundscheck=False, nogil=True, cache=True)'
-        funcs = [
-            ('load(xin, S)', ['for c in range({}):'.format(x.c),
-                              '    for y in range({}):'.format(x.h),
-                              '        for x in range({}):'.format(x.w),
-                              '            S[{}] = xin[(c * {} + y) * {} + x]'.format(
-                                  x.at(), x.h, x.w)]),
-            ('one(xin, W, S, limits, code)', one),
-            ('main(xin, W, S)', main),
-            ('run(X, W, S, limits, code, labels, exits, lo, hi)',
-             ['for i in range(lo, hi):',
-              '    labels[i], exits[i] = one(X[i], W, S, limits, code)']),
-            ('run_main(X, W, S, labels, lo, hi)',
-             ['for i in range(lo, hi):',
-              '    labels[i] = main(X[i], W, S)'])]
-        for sig, body in funcs:
-            out += ['', jit, 'def {}:'.format(sig)] + _indent(body, 1) + ['']
+                sample += run(head[0], head[1]) + take
+            else:  # the main network skips the early heads
+                sample += ['if not main_only:'] + _indent(
+                    run(head[0], head[1]) +
+                    ['if score(S[{}:{}], code) < limits[{}]:'.format(z.off, z.off + z.c, n)] +
+                    _indent(take + ['continue'], 1), 1)
+        out += ['', ''] + ['T{} = numpy.array({!r}, numpy.int64)'.format(i, t.tolist())
+                           for i, t in enumerate(tables)]
+        out += ['', '', '@numba.njit(boundscheck=False, nogil=True, cache=True)',
+                'def run(X, W, S, limits, code, main_only, labels, exits, lo, hi):',
+                '    for i in range(lo, hi):'] + _indent(sample, 2) + ['']
         return '\n'.join(out)
 
-    def _generate(self):
-        """Write the module into the cache folder (numba caches its machine code
-        beside it, so a network of the same shape compiles once) and import it."""
+    @property
+    def module_name(self):
+        """The generated module's name: a digest of its source (every size and
+        offset of the network is a literal there) and of the numba version."""
         import hashlib
-        import importlib.util
+        key = '{}\n{}'.format((self.numba or require_numba()).__version__, self.source)
+        return 'branchynet_numba_' + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    def _load(self):
+        """Import the generated module from the cache folder and compile its
+        functions (numba keeps their machine code beside it, so a network of
+        the same shape compiles once). A cache entry that cannot be read back
+        is deleted with a warning and the code compiled again."""
         import os
-        source = self.source = self._source()
-        digest = hashlib.sha1(source.encode()).hexdigest()[:20]
+        import warnings
         folder = cache_dir()
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, 'branchynet_numba_{}.py'.format(digest))
-        if not os.path.exists(path):
-            tmp = '{}.{}.tmp'.format(path, os.getpid())
-            with open(tmp, 'w') as f:
-                f.write(source)
-            os.replace(tmp, path)
+        path = os.path.join(folder, self.module_name + '.py')
+        _write_source(path, self.source)
+        stale = _cached_files(folder, self.module_name)
+        try:
+            self._import(path)
+            self._warm_up()
+        except Exception as e:
+            if not stale:
+                raise
+            warnings.warn('numba cache of {} could not be read ({}: {}); deleted and '
+                          'compiled again'.format(path, type(e).__name__, e), RuntimeWarning)
+            for f in stale:
+                with _suppress_os_error():
+                    os.unlink(f)
+            self._import(path, fresh=True)
+            self._warm_up()
+
+    def _import(self, path, fresh=False):
+        import importlib.util
         import sys
-        name = 'branchynet_numba_{}'.format(digest)
-        module = sys.modules.get(name)
+        name = self.module_name
+        module = None if fresh else sys.modules.get(name)
         if module is None:  # registered first: numba's cache imports it by name
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -622,8 +701,63 @@ class Program:
                 del sys.modules[name]
                 raise
         self.module = module
-        self.one, self.main = module.one, module.main
-        self.run, self.run_main = module.run, module.run_main
+        self.run = module.run
+
+    def _warm_up(self):
+        """Compile (or load) every entry point for the argument types the
+        engine passes: numba compiles on the first call."""
+        n = int(numpy.prod(self.x.shape()))
+        X = numpy.zeros((2, n), numpy.float32)
+        S = numpy.zeros((1, self.slab), numpy.float32)[0]
+        limits = numpy.zeros(len(self.heads), numpy.float64)
+        labels, exits = numpy.zeros(2, numpy.int32), numpy.zeros(2, numpy.int32)
+        self.run(X, self.weights, S, limits, 0, False, labels, exits, 0, 2)
+
+
+def _suppress_os_error():
+    import contextlib
+    return contextlib.suppress(OSError)
+
+
+def _write_source(path, source):
+    """``path`` holding ``source``: left alone when it does, else written
+    atomically (a temporary file renamed over it; a file with other content,
+    e.g. cut short, is replaced with a warning). Rewriting it changes its
+    modification time, which makes numba discard its cached machine code."""
+    import warnings
+    from branchynet import fileio
+    try:
+        with open(path, 'rb') as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    except OSError:
+        current = b''
+    if current == source.encode():
+        return
+    if current is not None:
+        warnings.warn('numba cache: {} did not hold the generated source; written '
+                      'again'.format(path), RuntimeWarning)
+    with fileio.atomic_write(path) as f:
+        f.write(source.encode())
+
+
+def _cached_files(folder, module_name):
+    """numba's cache files (index ``.nbi``, data ``.nbc``) of the generated
+    module: numba keeps them in ``__pycache__`` beside the source, or under
+    ``$NUMBA_CACHE_DIR`` when that is set."""
+    import glob
+    import os
+    found = []
+    roots = [os.path.join(folder, '__pycache__')]
+    if os.environ.get('NUMBA_CACHE_DIR'):
+        roots.append(os.environ['NUMBA_CACHE_DIR'])
+    for root in roots:
+        for ext in ('nbi', 'nbc'):
+            found += glob.glob(os.path.join(glob.escape(root), '**',
+                                            glob.escape(module_name) + '.*.' + ext),
+                               recursive=True)
+    return found
 
 
 def cache_dir():
@@ -676,6 +810,10 @@ class NumbaBranchyNet(InferenceEngine):
     def __init__(self, net, threads=None):
         import os
         from branchynet.fastpath import FastBranchyNet
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise InvalidValue('threads must be a positive integer or None (one per core), '
+                               'got {!r}'.format(threads))
         self.net = net
         self.xp = numpy
         start = time.perf_counter()
@@ -683,26 +821,15 @@ class NumbaBranchyNet(InferenceEngine):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
             else os.cpu_count()
         self.threads = cores if threads is None else threads
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise ValueError('threads must be a positive integer, got {!r}'.format(threads))
         self.input_shape = net.input_shape
         self._fast = FastBranchyNet(net)
         self.steps = self._fast.steps
         self._scratch = numpy.zeros((self.threads, self.program.slab), numpy.float32)
         self._pool = None
         self._last_decision = None
-        self._warm_up()
+        self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
         #: seconds to generate and compile (or load from numba's cache) the code
         self.compile_seconds = time.perf_counter() - start
-
-    def _warm_up(self):
-        """Compile every function now (numba compiles on first call)."""
-        x = numpy.zeros((2,) + tuple(self.input_shape), numpy.float32)
-        for ts in ([math.inf] * (self.numexits() - 1), [-math.inf] * (self.numexits() - 1)):
-            self._route(x[:1], ts)
-            self._route(x, ts)
-        self._main_route(x[:1])
-        self._main_route(x)
 
     @staticmethod
     def _rows(x):
@@ -739,32 +866,27 @@ class NumbaBranchyNet(InferenceEngine):
             self._last_decision = (key, code, limits)
         return self._last_decision[1:]
 
+    def _run(self, x, limits, code, main_only):
+        rows = self._rows(x)
+        n, p = len(rows), self.program
+        labels = numpy.empty(n, numpy.int32)
+        exits = numpy.empty(n, numpy.int32)
+        if n == 1:  # one native call, no hand-off to a thread
+            p.run(rows, p.weights, self._scratch[0], limits, code, main_only, labels, exits,
+                  0, 1)
+        else:
+            self._split(lambda S, lo, hi: p.run(rows, p.weights, S, limits, code, main_only,
+                                                labels, exits, lo, hi), n)
+        return labels, exits
+
     def _route(self, x, thresholds, timer=None):
         code, limits = self._decision(thresholds)
         if code is None:
             return InferenceEngine._route(self._fast, x, thresholds)
-        rows = self._rows(x)
-        p = self.program
-        if len(rows) == 1:
-            label, ex = p.one(rows[0], p.weights, self._scratch[0], limits, code)
-            return numpy.array([label], numpy.int32), numpy.array([ex], numpy.int32)
-        labels = numpy.empty(len(rows), numpy.int32)
-        exits = numpy.empty(len(rows), numpy.int32)
-        self._split(lambda *a: p.run(rows, p.weights, a[0], limits, code, labels, exits,
-                                     a[1], a[2]), len(rows))
-        return labels, exits
+        return self._run(x, limits, code, False)
 
     def _main_route(self, x, timer=None):
-        rows = self._rows(x)
-        p = self.program
-        last = self.numexits() - 1
-        if len(rows) == 1:
-            label = p.main(rows[0], p.weights, self._scratch[0])
-            return numpy.array([label], numpy.int32), numpy.array([last], numpy.int32)
-        labels = numpy.empty(len(rows), numpy.int32)
-        self._split(lambda *a: p.run_main(rows, p.weights, a[0], labels, a[1], a[2]),
-                    len(rows))
-        return labels, numpy.full(len(rows), last, numpy.int32)
+        return self._run(x, self._main_limits, 0, True)
 
 
 def compile_engine(net, warn=print):
