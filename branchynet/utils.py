@@ -17,7 +17,7 @@ from branchynet.validation import validate_inputs, validate_labels, validate_thr
 
 # ------------------------------------------------------------------ training
 def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
-          on_epoch_end=None, augment=False, snapshot=None, resume=False):
+          on_epoch_end=None, augment=False, snapshot=None, resume=False, distributed=None):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -32,6 +32,10 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
     with the same seed ends with the same weights as an uninterrupted run
     (not bit-exact with ``augment``, whose crops are drawn in worker processes).
 
+    ``distributed`` (a ``branchynet.distributed.Distributed``) trains data-
+    parallel over MPI ranks: ``batchsize`` stays the global batch, each rank
+    steps on its part, only rank 0 reports progress and writes the snapshot.
+
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
     the last, for main-only training) and ``seconds`` the time of this call.
@@ -43,6 +47,13 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
         raise ValueError('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
                          .format(batchsize, num_epoch))
     rng = numpy.random.RandomState(seed)
+    dist, root = distributed, distributed is None or distributed.is_root
+    if dist is not None:
+        if augment:
+            raise ValueError('augment=True is not supported in distributed training (the '
+                             'augmented batches are drawn per process, not shared by ranks)')
+        dist.setup(net)
+        progress = progress and root
     augmenter = None
     if augment:
         from branchynet.augment import AugmentedBatches
@@ -50,44 +61,65 @@ def train(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progres
     step = net.train_main if main else net.train
     n_batches = (len(x) + batchsize - 1) // batchsize
     losses, accs, first_epoch, order, next_batch = [], [], 0, None, 0
-    if resume and checkpoint.exists(snapshot):
+    if resume and dist is not None:
+        state = dist.load_snapshot(snapshot, net, rng)
+        if state is not None:
+            first_epoch, losses, accs, order, next_batch = state
+    elif resume and checkpoint.exists(snapshot):
         first_epoch, losses, accs, order, next_batch = checkpoint.load(snapshot, net, rng)
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
     guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
     with guard as stop:
         for epoch in range(first_epoch, num_epoch):
+            if dist is not None:
+                dist.epoch_start(epoch, seed)
             if augmenter is None:
                 if order is None:
                     order, next_batch = rng.permutation(len(x)), 0
-                batches = ((b, x[order[b * batchsize:(b + 1) * batchsize]],
-                            y[order[b * batchsize:(b + 1) * batchsize]])
-                           for b in range(next_batch, n_batches))
+                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist)
             else:
-                batches = ((b, xb, yb) for b, (xb, yb) in enumerate(augmenter.epoch()))
+                batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
             sums_loss, sums_acc, weights = 0., 0., 0
             with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
                           unit='batch', enabled=progress) as bar:
                 bar.update(next_batch if augmenter is None else 0)
-                for b, xb, yb in batches:
+                for b, xb, yb, count in batches:
                     loss, acc = step(xb, yb)
                     loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
-                    sums_loss = sums_loss + loss * len(yb)
-                    sums_acc = sums_acc + acc * len(yb)
-                    weights += len(yb)
+                    sums_loss = sums_loss + loss * count
+                    sums_acc = sums_acc + acc * count
+                    weights += count
                     bar.update(1, loss=float(numpy.nansum(loss)))
-                    if stop['signal'] is not None:
-                        if augmenter is None:  # else the last epoch-end snapshot stands
+                    stopping = stop['signal'] is not None
+                    if dist is not None and snapshot:  # every rank stops at the same batch
+                        stopping = dist.any_rank(stopping)
+                    if stopping:
+                        if augmenter is None and root:  # else the epoch-end snapshot stands
                             checkpoint.save(snapshot, net, rng, epoch, losses, accs, order, b + 1)
                         raise checkpoint.TrainingInterrupted(snapshot)
+            if dist is not None:
+                sums_loss, sums_acc, weights = dist.reduce_sums(sums_loss, sums_acc, weights)
+                dist.epoch_end(net)
             losses.append((sums_loss / max(weights, 1)).tolist())
             accs.append((sums_acc / max(weights, 1)).tolist())
             order, next_batch = None, 0
-            if snapshot:
+            if snapshot and root:
                 checkpoint.save(snapshot, net, rng, epoch + 1, losses, accs)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, losses[-1], accs[-1])
     return losses, accs, time.perf_counter() - start
+
+
+def _index_batches(x, y, order, batchsize, first, n_batches, dist):
+    """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
+    ``dist``, this rank's part of every global batch (``count`` its weight)."""
+    for b in range(first, n_batches):
+        idx = order[b * batchsize:(b + 1) * batchsize]
+        count = len(idx)
+        if dist is not None:
+            idx, count = dist.local_part(idx)
+        yield b, x[idx], y[idx], count
 
 
 class _no_stop_requests:
