@@ -291,16 +291,17 @@ class Distributed:
 
 
 @contextlib.contextmanager
-def abort_on_error(dist):
+def abort_on_error(dist, keep=()):
     """End the whole MPI job, with the error, if this rank raises.
 
     Without it a failing rank leaves the others waiting forever in their
-    next collective operation.
+    next collective operation. Exceptions of the types in ``keep`` (raised
+    by every rank together, e.g. an agreed interruption) pass through.
     """
     try:
         yield
     except BaseException as e:
-        if isinstance(e, SystemExit) and not e.code:
+        if isinstance(e, keep) or (isinstance(e, SystemExit) and not e.code):
             raise
         dist.abort('failed, aborting all {} ranks: {}: {}\n{}'.format(
             dist.size, type(e).__name__, e, traceback.format_exc()))

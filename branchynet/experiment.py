@@ -131,25 +131,27 @@ def exit_accuracies(net, x, y, sms=None):
     return [float((sm.argmax(axis=1) == y).mean()) for sm in sms]
 
 
-def _screen(net, config, xs, ys, engines, path_macs):
+def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
     """Every grid point's accuracy, exits and per-engine time.
 
     ``cached`` (default): exit outputs computed once, per-exit costs measured
     once, the grid evaluated in array operations (times predicted).
     ``original``: one real batch-1 pass per point, as the original did
-    (Chainer path only)."""
+    (Chainer path only). ``outputs``: the cached exit outputs of ``xs`` when
+    already computed (by the ranks of a distributed run)."""
     if config['screen'] == 'original':
         screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
                                             cost_samples=config['n_cost'],
-                                            path_macs=path_macs)
+                                            path_macs=path_macs, outputs=outputs)
     info['method'] = 'cached: exit outputs once, times predicted from per-exit costs'
     return records, info
 
 
-def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_):
+def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_,
+                    outputs=None):
     """Batch-1 baseline, grid screening and the knee on the current device.
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
@@ -170,7 +172,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     t0 = time.perf_counter()
     log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
         label, len(config['thresholds']), net.numexits() - 1, config['screen']))
-    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'])
+    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'], outputs)
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
     diffs = [r['ms_chainer'] for r in records]
@@ -319,8 +321,14 @@ def calibration_report(title, label, summary, n_val, n_test):
 
 
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
-        dataset_module=None, time_devices=None, init=None, resume=False):
+        dataset_module=None, time_devices=None, init=None, resume=False, distributed=None):
     """Run the whole experiment; returns a dict of what was measured.
+
+    ``distributed`` (a ``branchynet.distributed.Distributed``, every rank
+    calling ``run``): training is data-parallel, the test set's exit outputs
+    are computed on every rank's shard and gathered; batch-1 timing, the
+    calibration and all writing are done by rank 0 alone, which alone returns
+    the results (the other ranks return None).
 
     ``init`` names an npz of weights (``_models/<net>.npz``) to start from,
     e.g. to continue training or, with 0 epochs, only to time and screen.
@@ -331,13 +339,24 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     title = config['title']
     out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
     dev = resolve_device(device)
+    dist = distributed
+    if dist is not None and dev.xp is not numpy:  # one GPU per rank of a node
+        dev = chainer.get_device('@cupy:{}'.format(dist.comm.intra_rank))
     numpy.random.seed(seed)
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
 
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
-    x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
+    failure = None
+    try:
+        x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
+    except DataUnavailableError as e:
+        failure = e
+    if dist is not None and dist.any_rank(failure is not None):  # all ranks skip, or none
+        failure = failure or DataUnavailableError('another rank could not load the data')
+    if failure is not None:
+        raise failure
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
@@ -356,8 +375,12 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     main_losses, main_accs, main_s = utils.train(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
-        snapshot=os.path.join(out['models'], network + '.main.snapshot.npz'), resume=resume)
-    base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
+        snapshot=os.path.join(out['models'], network + '.main.snapshot.npz'), resume=resume,
+        distributed=dist)
+    if dist is None:
+        base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
+    else:
+        base_test_acc = float((dist.predict_main(net, x_test) == y_test).mean())
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
 
     log('joint training of all {} exits: {} epochs'.format(
@@ -365,11 +388,20 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     joint_losses, joint_accs, joint_s = utils.train(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
-        snapshot=os.path.join(out['models'], network + '.joint.snapshot.npz'), resume=resume)
-    sms = net.get_SM(x_test)
+        snapshot=os.path.join(out['models'], network + '.joint.snapshot.npz'), resume=resume,
+        distributed=dist)
+    sms = net.get_SM(x_test) if dist is None else dist.get_SM(net, x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
         ', '.join('{:.2%}'.format(a) for a in exit_accs), joint_s))
+
+    outputs = None
+    if dist is not None:
+        if config['screen'] == 'cached':
+            outputs = dist.exit_outputs(net, x_test[:config.get('n_timing') or len(x_test)])
+        if not dist.is_root:  # the rest (timing, writing) is rank 0's alone
+            dist.wait_for_root()
+            return None
 
     last = net.numexits() - 1
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
@@ -407,7 +439,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         tdev.use()
         label = device_label(tdev)
         rows, timing = time_and_screen(net, network, title, config, x_test, y_test, label,
-                                       out, results['costs'])
+                                       out, results['costs'], outputs)
         if x_val is not None:
             log('{}: calibrating thresholds on {} validation samples'.format(label, len(x_val)))
             row, summary = calibrate_and_compare(net, network, title, x_val, y_val, timing,
@@ -419,8 +451,16 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                 network, label.lower())), rows)
         results['tables'][label] = rows
     net.to_device(dev)
+    if dist is not None:
+        results['distributed'] = {
+            'ranks': dist.size, 'communicator': dist.communicator_name,
+            'global_batch': config['batchsize'],
+            'comm_seconds_rank0': dist.comm_seconds,
+            'timing': 'batch-1 timing and calibration ran on rank 0 alone'}
     write_json(os.path.join(out['results'], network + '_results.json'), results)
     log('done: results in {}, figures in {}'.format(out['results'], out['figs']))
+    if dist is not None:
+        dist.wait_for_root()
     return results
 
 
@@ -460,6 +500,13 @@ def build_parser():
                              'with --epochs-main 0 --epochs-joint 0)')
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
+    parser.add_argument('--distributed', action='store_true',
+                        help='data-parallel over the MPI ranks this was started with '
+                             '(mpiexec -n N python -m branchynet.experiment --distributed); '
+                             '--batchsize stays the global batch')
+    parser.add_argument('--communicator', default=None,
+                        help='ChainerMN communicator with --distributed (default: naive on '
+                             'CPU, pure_nccl on GPUs)')
     return parser
 
 
@@ -469,9 +516,21 @@ def main(argv=None):
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'dataset_path', 'augment', 'screen', 'n_val')}
     time_devices = args.time_devices.split(',') if args.time_devices else None
+    if args.distributed:
+        from branchynet import distributed
+        dist = distributed.Distributed.create(
+            args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+        dist.silence_others()
+        with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,
+                                                    DataUnavailableError)):
+            return _run_main(args, overrides, time_devices, dist)
+    return _run_main(args, overrides, time_devices, None)
+
+
+def _run_main(args, overrides, time_devices, dist):
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
-            time_devices=time_devices, init=args.init, resume=args.resume)
+            time_devices=time_devices, init=args.init, resume=args.resume, distributed=dist)
     except checkpoint.TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 130
@@ -479,6 +538,8 @@ def main(argv=None):
         print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
+        if dist is not None:  # one rank's error: end every rank
+            raise
         print('error: {}'.format(e), file=sys.stderr)
         return 2
     return 0

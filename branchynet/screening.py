@@ -102,7 +102,7 @@ def evaluate(entropies, predictions, y, thresholds, path_ms=None, path_macs=None
 
 
 def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samples=None,
-                  path_macs=None):
+                  path_macs=None, outputs=None):
     """Screen a threshold grid from cached exit outputs.
 
     Args:
@@ -114,6 +114,8 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
             (default 200).
         path_macs: per-exit multiply-adds (``costs.exit_costs``) to report
             the expected ``macs`` of every point.
+        outputs: ``exit_outputs(net, x)`` when already computed (e.g. on the
+            shards of MPI ranks, ``distributed.Distributed.exit_outputs``).
 
     Returns ``(records, info)``: one dict per threshold vector
     (``thresholds``, ``acc``, ``exit_counts``, ``ms_<engine>``, ``macs``)
@@ -124,7 +126,7 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
     settings = generate_thresholds(base_ts, early) if enumerate_ts \
         else [validate_thresholds(t, early, name='base_ts entry', upper=upper) for t in base_ts]
     engines = engines or {'chainer': net}
-    entropies, predictions = exit_outputs(net, x)
+    entropies, predictions = exit_outputs(net, x) if outputs is None else outputs
     xs = x[:cost_samples or 200]
     costs = {name: path_costs(net, xs, engine) for name, engine in engines.items()}
     results = {name: evaluate(entropies, predictions, y, settings, path_ms=c,
