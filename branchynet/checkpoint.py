@@ -39,6 +39,14 @@ def _rng_state(npz, prefix):
             int(npz[prefix + 'has_gauss']), float(npz[prefix + 'cached']))
 
 
+def _curves(rows):
+    """Per-epoch, per-exit values as a 2-D float64 array ((0, 0) before the first
+    epoch ends: a snapshot taken during the first epoch has no curves yet)."""
+    if not len(rows):
+        return numpy.zeros((0, 0))
+    return numpy.array(rows, dtype=numpy.float64).reshape(len(rows), -1)
+
+
 def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0):
     """Write a snapshot; ``order``/``next_batch`` mark a position inside ``epoch``."""
     serializer = chainer.serializers.DictionarySerializer()
@@ -49,8 +57,8 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0):
     arrays['epoch'] = numpy.array(epoch)
     arrays['next_batch'] = numpy.array(next_batch)
     arrays['order'] = numpy.array([] if order is None else order, dtype=numpy.int64)
-    arrays['losses'] = numpy.array(losses, dtype=numpy.float64).reshape(len(losses), -1)
-    arrays['accs'] = numpy.array(accs, dtype=numpy.float64).reshape(len(accs), -1)
+    arrays['losses'] = _curves(losses)
+    arrays['accs'] = _curves(accs)
     arrays.update(_rng_arrays('rng/', rng.get_state()))
     arrays.update(_rng_arrays('global_rng/', numpy.random.get_state()))
     with atomic_write(path) as f:

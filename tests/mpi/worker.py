@@ -3,8 +3,9 @@
     mpiexec -n 2 python tests/mpi/worker.py ACTION --out DIR [options]
 
 ACTION is train (weights and curves after training), outputs (gathered exit
-outputs), shards (the sample indices every rank trained on) or fail (one
-rank raises). Rank 0 writes DIR/result.npz; the data is made from --seed, so
+outputs), shards (the sample indices every rank trained on), fail (one
+rank raises) or experiment (the driver, ``--`` then its arguments, with every
+file write logged to DIR/writes_rank<R>.txt). Rank 0 writes DIR/result.npz; the data is made from --seed, so
 a single process can rebuild it.
 """
 import argparse
@@ -40,7 +41,7 @@ def weights(net):
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument('action', choices=('train', 'outputs', 'shards', 'fail'))
+    p.add_argument('action', choices=('train', 'outputs', 'shards', 'fail', 'experiment'))
     p.add_argument('--out', required=True)
     p.add_argument('--n', type=int, default=200)
     p.add_argument('--batch', type=int, default=64)
@@ -52,16 +53,21 @@ def main(argv=None):
     p.add_argument('--resume', action='store_true')
     p.add_argument('--interrupt-after', type=int, default=0,
                    help='raise SIGINT on rank 1 after this many steps (0: never)')
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    rest = argv[argv.index('--') + 1:] if '--' in argv else []
+    args = p.parse_args(argv[:len(argv) - len(rest) - bool(rest)])
+    args.rest = rest
+    if args.action == 'experiment':
+        return run_experiment(args)
     dist = distributed.Distributed.create()
     with distributed.abort_on_error(dist):
         x, y = make_data(args.n, args.seed + 1)
         result = {}
         if args.action == 'fail':
-            dist.comm.barrier()
+            dist.comm.mpi_comm.Barrier()
             if dist.rank == 1:
                 raise RuntimeError('injected failure on rank 1')
-            dist.comm.barrier()  # rank 0 would wait here forever without the abort
+            dist.comm.mpi_comm.Barrier()  # rank 0 would wait here forever without the abort
         elif args.action == 'shards':
             seen = []
             order = numpy.random.RandomState(args.seed).permutation(args.n)
@@ -111,6 +117,30 @@ def main(argv=None):
             os.makedirs(args.out, exist_ok=True)
             numpy.savez(os.path.join(args.out, 'result.npz'), **result)
     return 0
+
+
+def run_experiment(args):
+    """The driver with every atomic write recorded, per rank, by path."""
+    import contextlib
+    from mpi4py import MPI
+    from branchynet import fileio
+    assert 'branchynet.experiment' not in sys.modules  # so it imports the wrappers below
+    os.makedirs(args.out, exist_ok=True)
+    log = os.path.join(args.out, 'writes_rank{}.txt'.format(MPI.COMM_WORLD.Get_rank()))
+    open(log, 'w').close()
+
+    def recorded(original):
+        @contextlib.contextmanager
+        def wrapper(path, *a, **k):
+            with open(log, 'a') as f:
+                f.write(os.fspath(path) + '\n')
+            with original(path, *a, **k) as target:
+                yield target
+        return wrapper
+    fileio.atomic_write = recorded(fileio.atomic_write)
+    fileio.atomic_path = recorded(fileio.atomic_path)
+    from branchynet import experiment
+    return experiment.main(args.rest)
 
 
 if __name__ == '__main__':

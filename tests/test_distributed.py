@@ -1,0 +1,177 @@
+"""Data-parallel training and evaluation (branchynet.distributed) on 2 MPI ranks.
+
+Each test starts ``mpiexec -n 2`` on tests/mpi/worker.py (B-LeNet on a few
+hundred random images) and compares rank 0's result with the same work done
+by this single process.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from branchynet import distributed, utils
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'mpi'))
+import worker  # noqa: E402
+
+#: Largest weight difference allowed between 2-rank and 1-process training
+#: after the steps below: the two differ only in floating-point summation
+#: order (per-rank means averaged vs one mean); measured up to 1e-6.
+WEIGHT_ATOL = 1e-5
+#: Relative difference allowed in the per-epoch mean losses (measured <= 1e-7).
+LOSS_RTOL = 1e-6
+
+
+def _mpiexec():
+    local = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+    found = local if os.path.exists(local) else shutil.which('mpiexec')
+    assert found and distributed.available(), (
+        'the distributed tests need MPI and mpi4py: pip install -r requirements/mpi.txt')
+    return found
+
+
+def mpirun(args, out, n=2, timeout=300, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
+    cmd = [_mpiexec(), '-n', str(n), sys.executable, os.path.join(HERE, 'mpi', 'worker.py')]
+    proc = subprocess.run(cmd + list(args) + ['--out', str(out)] * (args[0] != 'experiment'),
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def single_process_training(n, batch, epochs, main, opt, seed=0):
+    x, y = worker.make_data(n, seed + 1)
+    net = worker.make_net(seed, opt)
+    losses, accs, _ = utils.train(net, x, y, main=main, batchsize=batch, num_epoch=epochs,
+                                  seed=seed, progress=False)
+    return net, losses, accs
+
+
+# ------------------------------------------------------------ without MPI
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 8))
+def test_split_and_shards_cover_every_index_once(n, size):
+    parts = distributed.split_indices(numpy.arange(n), size)
+    assert len(parts) == size
+    assert numpy.array_equal(numpy.concatenate(parts), numpy.arange(n))
+    lengths = [len(p) for p in parts]
+    assert max(lengths) - min(lengths) <= 1
+    bounds = [distributed.shard_bounds(n, r, size) for r in range(size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match='size must be >= 1'):
+        distributed.split_indices(numpy.arange(4), 0)
+    with pytest.raises(ValueError, match='rank must be in'):
+        distributed.shard_bounds(10, 2, 2)
+
+
+# ---------------------------------------------------------------- 2 ranks
+@pytest.mark.parametrize('n, main, opt', [
+    (200, False, 'Adam'),          # equal parts: 4 steps of 32 + 32 samples per epoch
+    (200, True, 'Adam'),           # main network only
+    (201, False, 'MomentumSGD'),   # last batch 9 = 5 + 4: scaled gradients
+    (193, False, 'Adam'),          # last batch of 1: rank 1 has nothing (weight 0)
+])
+def test_two_ranks_train_like_one_process(tmp_path, n, main, opt):
+    args = ['train', '--n', str(n), '--batch', '64', '--epochs', '2', '--opt', opt]
+    mpirun(args + ['--main'] * main, tmp_path)
+    got = numpy.load(tmp_path / 'result.npz')
+    net, losses, accs = single_process_training(n, 64, 2, main, opt)
+    for name, value in worker.weights(net).items():
+        numpy.testing.assert_allclose(got[name], value, rtol=0, atol=WEIGHT_ATOL, err_msg=name)
+    numpy.testing.assert_allclose(got['losses'], losses, rtol=LOSS_RTOL)
+    numpy.testing.assert_allclose(got['accs'], accs, rtol=LOSS_RTOL)
+    # the steps moved the weights far more than the tolerance
+    start = worker.weights(worker.make_net(0, opt))
+    assert max(numpy.abs(value - start[name]).max()
+               for name, value in worker.weights(net).items()) > 100 * WEIGHT_ATOL
+
+
+def test_ranks_train_on_every_sample_once_per_epoch(tmp_path):
+    mpirun(['shards', '--n', '193', '--batch', '64'], tmp_path)
+    got = numpy.load(tmp_path / 'result.npz')
+    seen = numpy.concatenate([got['rank0'], got['rank1']])
+    assert numpy.array_equal(numpy.sort(seen), numpy.arange(193))
+    assert len(got['rank0']) == 97 and len(got['rank1']) == 96  # 32+32+32+1 and 32+32+32+0
+
+
+def test_gathered_exit_outputs_equal_single_process(tmp_path):
+    mpirun(['outputs', '--n', '101'], tmp_path)
+    got = numpy.load(tmp_path / 'result.npz')
+    assert int(got['shard_len']) == 51  # rank 0's shard of 101; rank 1 has 50
+    x, _ = worker.make_data(101, 1)
+    net = worker.make_net(0, 'Adam')
+    numpy.testing.assert_allclose(got['sm'], numpy.stack(net.get_SM(x)), rtol=1e-5, atol=1e-7)
+    numpy.testing.assert_allclose(got['logits'], numpy.stack(net.get_logits(x)),
+                                  rtol=1e-5, atol=1e-6)
+    assert numpy.array_equal(got['labels'], net.predict_main(x))
+    from branchynet import screening
+    scores, preds = screening.exit_outputs(net, x)
+    numpy.testing.assert_allclose(got['scores'], scores, rtol=1e-5, atol=1e-7)
+    assert numpy.array_equal(got['preds'], preds)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    snap = str(tmp_path / 'snap.npz')
+    common = ['train', '--n', '200', '--batch', '64', '--snapshot', snap]
+    mpirun(common + ['--epochs', '1'], tmp_path / 'first')
+    mpirun(common + ['--epochs', '3', '--resume'], tmp_path / 'resumed')
+    mpirun(['train', '--n', '200', '--batch', '64', '--epochs', '3'], tmp_path / 'straight')
+    resumed = numpy.load(tmp_path / 'resumed' / 'result.npz')
+    straight = numpy.load(tmp_path / 'straight' / 'result.npz')
+    for name in straight.files:
+        if name != 'comm_seconds':
+            numpy.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+def test_signal_on_one_rank_stops_all_at_one_batch_and_resumes(tmp_path):
+    snap = str(tmp_path / 'snap.npz')
+    common = ['train', '--n', '200', '--batch', '64', '--epochs', '2', '--snapshot', snap]
+    mpirun(common + ['--interrupt-after', '2'], tmp_path / 'stopped')
+    assert int(numpy.load(tmp_path / 'stopped' / 'result.npz')['interrupted']) == 1
+    with numpy.load(snap) as s:  # rank 0 wrote the position both ranks agreed on
+        assert int(s['epoch']) == 0 and int(s['next_batch']) == 2
+    mpirun(common + ['--resume'], tmp_path / 'resumed')
+    mpirun(['train', '--n', '200', '--batch', '64', '--epochs', '2'], tmp_path / 'straight')
+    resumed = numpy.load(tmp_path / 'resumed' / 'result.npz')
+    straight = numpy.load(tmp_path / 'straight' / 'result.npz')
+    for name in straight.files:
+        if name not in ('comm_seconds', 'losses', 'accs'):
+            numpy.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    # the interrupted epoch's mean covers only the batches run after the resume
+    # (the snapshot keeps no partial sums); the later epochs' curves are equal
+    numpy.testing.assert_array_equal(resumed['losses'][1:], straight['losses'][1:])
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
+    proc = mpirun(['fail'], tmp_path, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert 'injected failure on rank 1' in proc.stderr
+    assert 'aborting all 2 ranks' in proc.stderr
+
+
+def test_experiment_driver_writes_on_rank_zero_only(tmp_path, mnist_data):
+    out = tmp_path / 'run'
+    proc = mpirun(['experiment', '--out', str(out), '--', '--distributed', '--network',
+                   'lenet_mnist', '--preset', 'tiny', '--n-timing', '60', '--n-val', '100',
+                   '--out', str(out)], out, timeout=600)
+    rank0 = (out / 'writes_rank0.txt').read_text().split()
+    assert (out / 'writes_rank1.txt').read_text() == ''
+    names = {os.path.relpath(p, out) for p in rank0}
+    assert {'_models/lenet_mnist.npz', '_models/lenet_mnist.bn',
+            '_models/lenet_mnist.main.snapshot.npz', '_results/lenet_mnist_results.json',
+            '_figs/lenet_mnist_training.png'} <= names
+    results = json.loads((out / '_results/lenet_mnist_results.json').read_text())
+    assert results['distributed']['ranks'] == 2
+    assert results['distributed']['communicator'] == 'NaiveCommunicator'
+    assert proc.stdout.count('main network: test accuracy') == 1  # rank 0 prints
