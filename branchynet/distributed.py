@@ -62,6 +62,11 @@ def _require_mpi():
             'mpiexec -n N python -m branchynet.experiment --distributed ...')
 
 
+#: Communicators for CPU ranks: ChainerMN's 'naive' (one all-reduce per
+#: parameter) and 'packed' (its subclass with one all-reduce per step).
+CPU_COMMUNICATORS = ('packed', 'naive')
+
+
 def split_indices(indices, size):
     """``size`` contiguous parts of ``indices`` whose lengths differ by at most one."""
     if size < 1:
@@ -78,26 +83,80 @@ def shard_bounds(n, rank, size):
     return start, start + base + (rank < extra)
 
 
+def _packed_communicator_class():
+    from chainermn.communicators.naive_communicator import NaiveCommunicator
+    from mpi4py import MPI
+
+    class PackedCommunicator(NaiveCommunicator):
+        """ChainerMN's CPU ('naive') communicator, all-reducing every gradient
+        in one message per step instead of one per parameter (B-ResNet-110
+        has 330), and yielding the CPU while it waits for the other ranks
+        instead of polling (MPICH polls: on a machine with more processes
+        than cores, a polling rank takes the core its partner needs)."""
+
+        def multi_node_mean_grad(self, model, zero_fill=False):
+            params = [p for _, p in sorted(model.namedparams())
+                      if p.grad is not None or (zero_fill and p.data is not None)]
+            for p in params:
+                if p.grad is None:
+                    p.grad = p.xp.zeros_like(p.data)
+            if not params:
+                return
+            if any(p.xp is not numpy or p.grad.dtype != numpy.float32 for p in params):
+                return super().multi_node_mean_grad(model, zero_fill)
+            buffer = numpy.concatenate([p.grad.ravel() for p in params])
+            request = self.mpi_comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+            while not request.Test():
+                os.sched_yield()
+            buffer *= 1.0 / self.size  # as ChainerMN's own mean
+            offset = 0
+            for p in params:
+                p.grad[...] = buffer[offset:offset + p.grad.size].reshape(p.grad.shape)
+                offset += p.grad.size
+
+    return PackedCommunicator
+
+
+class _TimedCommunicator:
+    """A communicator whose gradient all-reduce is timed (``seconds``)."""
+
+    def __init__(self, comm):
+        self.__dict__.update(comm=comm, seconds=0.0)
+
+    def multi_node_mean_grad(self, model, zero_fill=False):
+        start = time.perf_counter()
+        self.comm.multi_node_mean_grad(model, zero_fill)
+        self.__dict__['seconds'] += time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__['comm'], name)
+
+
 class _ScaledMultiNodeOptimizer:
-    """ChainerMN's multi-node optimizer with a per-step gradient scale.
+    """ChainerMN's multi-node optimizer, with a per-step gradient scale.
 
     ``scale`` (set by ``Distributed.local_part``) multiplies this rank's
-    gradients before ChainerMN averages them over ranks. Pickles as the
-    wrapped single-process optimizer (the communicator cannot be pickled),
-    so a model saved with dill after distributed training loads anywhere.
-    ``comm_seconds`` accumulates the time spent in the gradient all-reduce.
+    gradients before ChainerMN averages them over ranks and steps the
+    wrapped optimizer. Pickles as the wrapped single-process optimizer (a
+    communicator cannot be pickled), so a model saved with dill after
+    distributed training loads anywhere. ``comm_seconds``: time spent in
+    the gradient all-reduce so far.
     """
 
     def __init__(self, actual, comm):
         import chainermn
-        inner = chainermn.create_multi_node_optimizer(actual, comm)
+        timed = _TimedCommunicator(comm)
+        inner = chainermn.create_multi_node_optimizer(actual, timed)
         # ChainerMN treats its first update as a broadcast of the parameters
         # (no step) because it sees the parameter set for the first time;
         # recording the set now makes the first update a real step (the
         # parameters were broadcast by Distributed.setup already).
         inner.is_changed(actual.target)
-        self.__dict__.update(actual=actual, inner=inner, comm=comm, scale=1.0,
-                             comm_seconds=0.0)
+        self.__dict__.update(actual=actual, inner=inner, timed=timed, scale=1.0)
+
+    @property
+    def comm_seconds(self):
+        return self.timed.seconds
 
     def update(self, lossfun=None, *args, **kwargs):
         if lossfun is not None:
@@ -107,16 +166,13 @@ class _ScaledMultiNodeOptimizer:
             for param in self.actual.target.params():
                 if param.grad is not None:
                     param.grad *= param.grad.dtype.type(self.scale)
-        start = time.perf_counter()
-        self.comm.multi_node_mean_grad(self.actual.target, False)
-        self.__dict__['comm_seconds'] += time.perf_counter() - start
-        self.actual.update()
+        self.inner.update()
 
     def __getattr__(self, name):
         return getattr(self.__dict__['actual'], name)
 
     def __setattr__(self, name, value):
-        if name in ('scale', 'comm_seconds'):
+        if name == 'scale':
             self.__dict__[name] = value
         else:
             setattr(self.actual, name, value)
@@ -144,12 +200,21 @@ class Distributed:
 
     @classmethod
     def create(cls, communicator=None, gpu=False):
-        """A communicator over MPI_COMM_WORLD: ``pure_nccl`` on GPUs, ``naive`` on CPU."""
+        """A ChainerMN communicator over MPI_COMM_WORLD.
+
+        ``communicator``: on GPUs any of ChainerMN's (default ``pure_nccl``);
+        on CPU ``packed`` (the default: ``naive`` with one message per step,
+        see ``PackedCommunicator``) or ChainerMN's ``naive``.
+        """
         _require_mpi()
         import chainermn
-        name = communicator or ('pure_nccl' if gpu else 'naive')
-        if not gpu and name != 'naive':
-            raise ValueError("on CPU only the 'naive' communicator works, got {!r}".format(name))
+        name = communicator or ('pure_nccl' if gpu else 'packed')
+        if not gpu and name not in CPU_COMMUNICATORS:
+            raise ValueError('on CPU the communicator must be one of {}, got {!r}'.format(
+                ', '.join(CPU_COMMUNICATORS), name))
+        if name == 'packed':
+            from mpi4py import MPI
+            return cls(_packed_communicator_class()(MPI.COMM_WORLD))
         return cls(chainermn.create_communicator(name))
 
     @property

@@ -76,14 +76,16 @@ def test_bad_sizes_are_refused():
 
 
 # ---------------------------------------------------------------- 2 ranks
-@pytest.mark.parametrize('n, main, opt', [
-    (200, False, 'Adam'),          # equal parts: 4 steps of 32 + 32 samples per epoch
-    (200, True, 'Adam'),           # main network only
-    (201, False, 'MomentumSGD'),   # last batch 9 = 5 + 4: scaled gradients
-    (193, False, 'Adam'),          # last batch of 1: rank 1 has nothing (weight 0)
+@pytest.mark.parametrize('n, main, opt, communicator', [
+    (200, False, 'Adam', 'packed'),   # equal parts: 4 steps of 32 + 32 samples per epoch
+    (200, False, 'Adam', 'naive'),    # ChainerMN's own CPU communicator
+    (200, True, 'Adam', 'packed'),    # main network only
+    (201, False, 'MomentumSGD', 'packed'),  # last batch 9 = 5 + 4: scaled gradients
+    (193, False, 'Adam', 'packed'),   # last batch of 1: rank 1 has nothing (weight 0)
 ])
-def test_two_ranks_train_like_one_process(tmp_path, n, main, opt):
-    args = ['train', '--n', str(n), '--batch', '64', '--epochs', '2', '--opt', opt]
+def test_two_ranks_train_like_one_process(tmp_path, n, main, opt, communicator):
+    args = ['train', '--n', str(n), '--batch', '64', '--epochs', '2', '--opt', opt,
+            '--communicator', communicator]
     mpirun(args + ['--main'] * main, tmp_path)
     got = numpy.load(tmp_path / 'result.npz')
     net, losses, accs = single_process_training(n, 64, 2, main, opt)
@@ -173,5 +175,5 @@ def test_experiment_driver_writes_on_rank_zero_only(tmp_path, mnist_data):
             '_figs/lenet_mnist_training.png'} <= names
     results = json.loads((out / '_results/lenet_mnist_results.json').read_text())
     assert results['distributed']['ranks'] == 2
-    assert results['distributed']['communicator'] == 'NaiveCommunicator'
+    assert results['distributed']['communicator'] == 'PackedCommunicator'
     assert proc.stdout.count('main network: test accuracy') == 1  # rank 0 prints

@@ -49,6 +49,7 @@ def main(argv=None):
     p.add_argument('--main', action='store_true')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--opt', default='Adam')
+    p.add_argument('--communicator', default=None, help='default: packed')
     p.add_argument('--snapshot')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--interrupt-after', type=int, default=0,
@@ -59,7 +60,7 @@ def main(argv=None):
     args.rest = rest
     if args.action == 'experiment':
         return run_experiment(args)
-    dist = distributed.Distributed.create()
+    dist = distributed.Distributed.create(args.communicator)
     with distributed.abort_on_error(dist):
         x, y = make_data(args.n, args.seed + 1)
         result = {}
