@@ -505,8 +505,9 @@ def build_parser():
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
                              '--batchsize stays the global batch')
     parser.add_argument('--communicator', default=None,
-                        help='ChainerMN communicator with --distributed (default: naive on '
-                             'CPU, pure_nccl on GPUs)')
+                        help='ChainerMN communicator with --distributed: on CPU packed '
+                             "(default: one all-reduce per step) or naive (ChainerMN's, one per "
+                             'parameter); on GPUs pure_nccl (default), flat or naive')
     return parser
 
 
