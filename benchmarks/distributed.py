@@ -15,9 +15,11 @@ and reports the best round of each:
 
 Epoch times are extrapolated from the timed steps (B-LeNet: 60,000 images;
 B-ResNet-110: 50,000). ``comm`` is rank 0's share of the step time spent in
-the gradient all-reduce, waiting for the slower rank included. The load
-average before and after each run is printed: on a shared machine, compare
-only numbers taken under similar load.
+the gradient all-reduce, waiting for the slower rank included; ``CPU s/step``
+is the processor time of all processes (threads, ranks) per step, which
+other load on the machine changes less than wall time. The load average
+before and after each run is printed: on a shared machine, compare only
+numbers taken under similar load.
 """
 import argparse
 import json
@@ -69,11 +71,14 @@ def worker(args):
                 progress=False, distributed=dist)
     seconds = time.perf_counter() - start
     cpu1 = os.times()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    if dist is not None:  # CPU time of all ranks
+        cpu = sum(dist.comm.mpi_comm.allgather(cpu))
     if dist is None or dist.is_root:
         print('RESULT ' + json.dumps({
             'seconds': seconds, 'steps': args.steps, 'batch': batch,
             'comm_seconds': (dist.comm_seconds - comm0) if dist else 0.0,
-            'cpu_seconds': (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)}), flush=True)
+            'cpu_seconds': cpu}), flush=True)
 
 
 # ------------------------------------------------------------------ driver
@@ -151,17 +156,19 @@ def main():
         print('\n{} joint training, global batch {} on {}, {} timed steps (best of {}):'.format(
             network, batch, dataset, steps, rounds))
         print('| configuration | s/step | samples/s | epoch (s, extrapolated) | speed-up vs '
-              '1x1 | efficiency | comm share | load before/after |')
-        print('|---|---|---|---|---|---|---|---|')
+              '1x1 | efficiency | comm share | CPU s/step | load before/after |')
+        print('|---|---|---|---|---|---|---|---|---|')
         for label, kind, n in configs:
             res = best[label]
             per_step = res['seconds'] / res['steps']
             speedup = base / res['seconds']
-            print('| {} | {:.3f} | {:.0f} | {:.0f} | {:.2f}x | {:.0%} | {} | {:.1f} / {:.1f} |'
-                  .format(label, per_step, batch / per_step, epoch_size / batch * per_step,
-                          speedup, speedup / n,
-                          '{:.1%}'.format(res['comm_seconds'] / res['seconds'])
-                          if kind == 'ranks' else '-', res['load_before'], res['load_after']))
+            print('| {} | {:.3f} | {:.0f} | {:.0f} | {:.2f}x | {:.0%} | {} | {:.3f} | {:.1f} / '
+                  '{:.1f} |'.format(label, per_step, batch / per_step,
+                                    epoch_size / batch * per_step, speedup, speedup / n,
+                                    '{:.1%}'.format(res['comm_seconds'] / res['seconds'])
+                                    if kind == 'ranks' else '-',
+                                    res['cpu_seconds'] / res['steps'], res['load_before'],
+                                    res['load_after']))
         ranks_label, threads_label = configs[2][0], configs[1][0]
         summary[network + '_speedup_ranks'] = base / best[ranks_label]['seconds']
         summary[network + '_speedup_threads'] = base / best[threads_label]['seconds']

@@ -230,7 +230,9 @@ class Distributed:
             net.optimizer = optimizer
         self._optimizer = optimizer
         self.comm.bcast_data(net)
-        persistents = self.comm.bcast_obj(_persistents(net) if self.is_root else None)
+        persistents = self.comm.bcast_obj(
+            {k: chainer.backends.cuda.to_cpu(v) for k, v in _persistents(net).items()}
+            if self.is_root else None)
         _set_persistents(net, persistents)
         return optimizer
 

@@ -519,8 +519,12 @@ def main(argv=None):
     time_devices = args.time_devices.split(',') if args.time_devices else None
     if args.distributed:
         from branchynet import distributed
-        dist = distributed.Distributed.create(
-            args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+        try:
+            dist = distributed.Distributed.create(
+                args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+        except (RuntimeError, ValueError) as e:
+            print('error: {}'.format(e), file=sys.stderr)
+            return 2
         dist.silence_others()
         with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,
                                                     DataUnavailableError)):
