@@ -537,10 +537,12 @@ def _run_main(args, overrides, time_devices, dist):
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
             time_devices=time_devices, init=args.init, resume=args.resume, distributed=dist)
     except checkpoint.TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        if dist is None or dist.is_root:  # every rank stops; one says so
+            print(str(e), file=sys.stderr)
         return 130
     except DataUnavailableError as e:
-        print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
+        if dist is None or dist.is_root:
+            print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
         if dist is not None:  # one rank's error: end every rank
