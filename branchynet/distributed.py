@@ -90,7 +90,7 @@ def _packed_communicator_class():
     class PackedCommunicator(NaiveCommunicator):
         """ChainerMN's CPU ('naive') communicator, all-reducing every gradient
         in one message per step instead of one per parameter (B-ResNet-110
-        has 330), and yielding the CPU while it waits for the other ranks
+        has 456), and yielding the CPU while it waits for the other ranks
         instead of polling (MPICH polls: on a machine with more processes
         than cores, a polling rank takes the core its partner needs)."""
 
