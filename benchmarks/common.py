@@ -16,6 +16,12 @@ import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import numpy  # noqa: E402
 
 from branchynet import fileio, utils  # noqa: E402
+from branchynet.runtime import tune_allocator  # noqa: E402
+from branchynet.validation import InputError  # noqa: E402
+
+# The allocator setting the driver uses (faster training; joint_epoch.py's
+# comparisons run in child processes that decide it for themselves).
+tune_allocator()
 
 DEFAULT_MODEL = os.path.join(ROOT, '_models', 'lenet_mnist.npz')
 
@@ -44,7 +50,10 @@ def lenet(args, data=None):
         if not os.path.exists(path):
             sys.exit('no model at {}: run ./get_results.sh first, pass --model, or use '
                      '--quick'.format(path))
-        return fileio.load_npz(path, net)
+        try:
+            return fileio.load_npz(path, net)
+        except InputError as e:
+            sys.exit('error: {}'.format(e))
     x_train, y_train, _, _ = data or mnist()
     numpy.random.seed(0)
     utils.train(net, x_train[:6000], y_train[:6000], main=True, batchsize=128, num_epoch=2,
@@ -96,3 +105,19 @@ def summary(**values):
     """The closing ``key=value`` line."""
     print(' '.join('{}={:.4g}'.format(k, v) if isinstance(v, float) else '{}={}'.format(k, v)
                    for k, v in values.items()))
+
+
+def best_latencies(net, x, y, paths, settings, rounds):
+    """Batch-1 ms per sample, end to end, of every path (``(name, engine)``) under
+    every setting (``name -> thresholds``, None for the main network): the
+    fastest of ``rounds`` rounds, paths and settings interleaved within each
+    round so that a passing load spike cannot bias one of them."""
+    ms = {}
+    for _ in range(rounds):
+        for name, engine in paths:
+            for setting, ts in settings.items():
+                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) \
+                    if ts is None else \
+                    utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
+                ms[name, setting] = min(ms.get((name, setting), float('inf')), r['ms'])
+    return ms

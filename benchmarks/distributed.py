@@ -3,7 +3,7 @@
     python benchmarks/distributed.py [--quick] [--networks lenet,resnet110] [--rounds R]
                                      [--ranks N] [--steps S]
 
-Times joint-training steps (``utils.train``, global batch: B-LeNet 512 on
+Times joint-training steps (``utils.train_exits``, global batch: B-LeNet 512 on
 MNIST, B-ResNet-110 64 on mnist32) in three configurations, run as separate
 processes in interleaved rounds (so drifting machine load hits all alike)
 and reports the best round of each:
@@ -11,7 +11,7 @@ and reports the best round of each:
 - ``1 proc x 1 thread``: one process, OpenBLAS/OpenMP limited to one thread;
 - ``1 proc x N threads``: one process with N BLAS threads;
 - ``N ranks x 1 thread``: ``mpiexec -n N`` with ``--distributed`` training
-  (ChainerMN, naive communicator), one thread per rank.
+  (ChainerMN; the default packed communicator), one thread per rank.
 
 Epoch times are extrapolated from the timed steps (B-LeNet: 60,000 images;
 B-ResNet-110: 50,000). ``comm`` is rank 0's share of the step time spent in
@@ -46,6 +46,8 @@ def worker(args):
     import numpy
 
     from branchynet import utils
+    from branchynet.runtime import tune_allocator
+    tune_allocator()  # in every process and rank, as the driver does
     module, dataset, batch, _, _, _ = NETWORKS[args.network]
     dist = None
     if args.distributed:
@@ -60,15 +62,15 @@ def worker(args):
         x = mnist32.to_cifar_shape(x)
     numpy.random.seed(0)
     net = importlib.import_module('networks.' + module).get_network()
-    utils.train(net, x[:n_warm], y[:n_warm], batchsize=batch, num_epoch=1, seed=0,
-                progress=False, distributed=dist)  # warm-up: allocations, first steps
+    utils.train_exits(net, x[:n_warm], y[:n_warm], batchsize=batch, num_epoch=1, seed=0,
+                      progress=False, distributed=dist)  # warm-up: allocations, first steps
     comm0 = dist.comm_seconds if dist else 0.0
     if dist:
         dist.comm.mpi_comm.Barrier()
     start = time.perf_counter()
     cpu0 = os.times()
-    utils.train(net, x[n_warm:], y[n_warm:], batchsize=batch, num_epoch=1, seed=1,
-                progress=False, distributed=dist)
+    utils.train_exits(net, x[n_warm:], y[n_warm:], batchsize=batch, num_epoch=1, seed=1,
+                      progress=False, distributed=dist)
     seconds = time.perf_counter() - start
     cpu1 = os.times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -101,7 +103,7 @@ def run_config(network, kind, ranks, steps, warmup):
     before = loadavg()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     after = loadavg()
-    lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('RESULT ')]
     if proc.returncode != 0 or not lines:
         raise RuntimeError('{} failed:\n{}\n{}'.format(' '.join(cmd), proc.stdout[-2000:],
                                                        proc.stderr[-2000:]))

@@ -4,9 +4,9 @@ requirements/onnx.txt) the ONNX Runtime path, next to the arithmetic (MAC) limit
 
     python benchmarks/gain.py [--quick] [--model FILE.npz] [--samples N]
 """
-from common import engines, knee_point, lenet, mnist, parser, summary, test_subset
+from common import best_latencies, engines, knee_point, lenet, mnist, parser, summary, test_subset
 
-from branchynet import costs, utils
+from branchynet import costs
 
 
 def main():
@@ -22,15 +22,7 @@ def main():
     c = costs.exit_costs(net)
     knee = knee_point(net, x, y)
     settings = {'main': None, 'exit1': [float('inf')], 'knee': knee['thresholds']}
-    ms = {}
-    for _ in range(args.rounds):
-        for name, engine in paths:
-            for setting, ts in settings.items():
-                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) \
-                    if ts is None else \
-                    utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
-                key = (name, setting)
-                ms[key] = min(ms.get(key, float('inf')), r['ms'])
+    ms = best_latencies(net, x, y, paths, settings, args.rounds)
     out = {}
     print('{:8s} {:>10s} {:>12s} {:>10s} {:>12s} {:>10s}   (best of {} rounds)'.format(
         'path', 'main ms', 'exit-1 ms', 'gain@100%', 'knee ms', 'gain@knee', args.rounds))

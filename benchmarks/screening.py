@@ -34,7 +34,7 @@ def lenet_run(args):
     x, y = test_subset(args, data, 500, 10000)
     grid = EXPERIMENT['thresholds']
     (records, info), new_s = timed(screening.screen_cached, net, x, y, grid, cost_samples=200)
-    old, old_s = timed(utils.screen_branchy, net, x, y, grid, progress=False, trunk_only=False)
+    old, old_s = timed(utils.screen_thresholds, net, x, y, grid, progress=False, trunk_only=False)
     same = all(r['acc'] == a and r['exit_counts'] == e
                for r, a, e in zip(records, old[1], old[3]))
     err = [abs(r['ms_chainer'] - d) / d for r, d in zip(records, old[2])]

@@ -9,22 +9,36 @@ generator and numpy's global one, used by dropout). Resuming from it with
 the same seed ends with the same weights as an uninterrupted run.
 """
 import contextlib
+import json
 import os
 import signal
 
 import chainer
 import numpy
 
+from branchynet import safenpz
 from branchynet.fileio import atomic_write
+from branchynet.validation import InvalidValue
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after writing a snapshot."""
+    """Training stopped on SIGINT/SIGTERM; ``path`` is the snapshot to resume from."""
 
-    def __init__(self, path):
-        super().__init__('training interrupted; snapshot saved to {} (resume with '
-                         '--resume)'.format(path))
+    def __init__(self, path, detail=''):
+        super().__init__('training interrupted; snapshot saved to {}{} (resume with '
+                         '--resume)'.format(path, detail))
         self.path = path
+
+
+def data_digest(x, y, samples=256):
+    """A short digest of a training set: its shape, all labels and up to
+    ``samples`` evenly spaced images (cheap even for large sets)."""
+    import hashlib
+    x_host = chainer.backends.cuda.to_cpu(x[::max(1, len(x) // samples)])
+    h = hashlib.sha256(repr((tuple(x.shape), str(x.dtype))).encode())
+    h.update(numpy.ascontiguousarray(chainer.backends.cuda.to_cpu(y)).tobytes())
+    h.update(numpy.ascontiguousarray(x_host).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _rng_arrays(prefix, state):
@@ -34,21 +48,21 @@ def _rng_arrays(prefix, state):
             prefix + 'cached': numpy.array(cached)}
 
 
-def _rng_state(npz, prefix):
-    return ('MT19937', npz[prefix + 'keys'], int(npz[prefix + 'pos']),
-            int(npz[prefix + 'has_gauss']), float(npz[prefix + 'cached']))
+def _rng_state(npz, prefix, path):
+    def get(key):
+        return safenpz.read_array(npz, prefix + key, path)
+    return ('MT19937', get('keys'), int(get('pos')), int(get('has_gauss')),
+            float(get('cached')))
 
 
-def _curves(rows):
-    """Per-epoch, per-exit values as a 2-D float64 array ((0, 0) before the first
-    epoch ends: a snapshot taken during the first epoch has no curves yet)."""
-    if not len(rows):
-        return numpy.zeros((0, 0))
-    return numpy.array(rows, dtype=numpy.float64).reshape(len(rows), -1)
+def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=None,
+         settings=None):
+    """Write a snapshot; ``order``/``next_batch`` mark a position inside ``epoch``.
 
-
-def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0):
-    """Write a snapshot; ``order``/``next_batch`` mark a position inside ``epoch``."""
+    ``sums`` is ``(loss_sums, acc_sums, samples)`` of the batches of
+    ``epoch`` done so far, so a resumed epoch's record covers all its
+    batches; ``settings`` (a dict of plain values) identifies the run.
+    """
     serializer = chainer.serializers.DictionarySerializer()
     serializer['model'].save(net)
     if net.optimizer is not None:
@@ -57,38 +71,140 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0):
     arrays['epoch'] = numpy.array(epoch)
     arrays['next_batch'] = numpy.array(next_batch)
     arrays['order'] = numpy.array([] if order is None else order, dtype=numpy.int64)
-    arrays['losses'] = _curves(losses)
-    arrays['accs'] = _curves(accs)
+    arrays['losses'] = _table(losses)
+    arrays['accs'] = _table(accs)
+    if sums is not None:
+        arrays['sums/loss'] = numpy.asarray(sums[0], dtype=numpy.float64).reshape(-1)
+        arrays['sums/acc'] = numpy.asarray(sums[1], dtype=numpy.float64).reshape(-1)
+        arrays['sums/samples'] = numpy.array(sums[2], dtype=numpy.int64)
+    arrays['settings'] = numpy.array(json.dumps(settings or {}, sort_keys=True))
     arrays.update(_rng_arrays('rng/', rng.get_state()))
     arrays.update(_rng_arrays('global_rng/', numpy.random.get_state()))
     with atomic_write(path) as f:
         numpy.savez(f, **arrays)
 
 
-def load(path, net, rng):
+def _table(rows):
+    """Per-epoch, per-exit values as a 2-d float64 array (``(0, 0)`` when empty)."""
+    if not len(rows):
+        return numpy.zeros((0, 0))
+    return numpy.array(rows, dtype=numpy.float64).reshape(len(rows), -1)
+
+
+class Position(dict):
+    """Where a snapshot left training: ``epoch``, ``losses``, ``accs``,
+    ``order`` (None at an epoch end), ``next_batch`` and ``sums``."""
+
+    __getattr__ = dict.__getitem__
+
+
+#: What a setting missing from an older snapshot meant: snapshots written
+#: before the number of MPI ranks was recorded came from single processes.
+SETTING_DEFAULTS = {'mpi_ranks': 1}
+
+
+def _mismatch(stored, settings):
+    stored = dict({k: v for k, v in SETTING_DEFAULTS.items() if k in settings}, **stored)
+    keys = sorted(set(stored) | set(settings))
+    return ['{}: the snapshot has {}, this run {}{}'.format(
+        k, json.dumps(stored.get(k)), json.dumps(settings.get(k)),
+        _ranks_hint(stored[k]) if k == 'mpi_ranks' and k in stored else '')
+        for k in keys if stored.get(k) != settings.get(k)]
+
+
+def _ranks_hint(ranks):
+    """Per-rank dropout masks and BatchNorm batch statistics depend on the
+    number of ranks, so another number would not continue the same run."""
+    how = 'one process' if ranks == 1 else 'mpiexec -n {} ... --distributed'.format(ranks)
+    return ' (MPI ranks: resume with {}, the number the run was started with)'.format(how)
+
+
+def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsize=None,
+         data=None):
     """Restore a snapshot into ``net`` (and its optimizer) and ``rng``.
 
-    Returns ``(epoch, losses, accs, order, next_batch)``.
+    No code runs while reading, every array is checked against what it
+    fills (``branchynet.safenpz``), and with ``settings`` a snapshot of a
+    run with other settings is refused, naming each that differs.
+    ``num_epoch``, ``n_samples`` and ``batchsize`` check the position.
+    ``data``: the snapshot file's bytes when read elsewhere (by MPI rank 0;
+    ``path`` then only names it). Returns a :class:`Position`.
     """
-    try:
-        npz = numpy.load(path)
-    except (OSError, ValueError) as e:
-        raise ValueError('{} is not a readable training snapshot: {}'.format(path, e)) from e
-    with npz:
+    path = os.fspath(path)
+    with safenpz.open_npz(path, 'a training snapshot', data=data) as npz:
         if 'epoch' not in npz.files:
-            raise ValueError('{} is not a training snapshot (no epoch recorded)'.format(path))
-        chainer.serializers.NpzDeserializer(npz, path='model/').load(net)
+            raise safenpz.ModelFileError('{} is not a training snapshot (no epoch recorded)'
+                                         .format(path))
+
+        def scalar(key):
+            value = safenpz.read_array(npz, key, path)
+            if value.shape != () or value.dtype.kind not in 'iu':
+                raise safenpz.ModelFileError('{}: {!r} must be one integer, got {} {}'.format(
+                    path, key, value.dtype, value.shape))
+            return int(value)
+        if settings is not None:
+            stored = {}
+            if 'settings' in npz.files:
+                text = safenpz.read_array(npz, 'settings', path)
+                try:
+                    stored = json.loads(str(text))
+                except ValueError:
+                    stored = None
+            if not isinstance(stored, dict):
+                raise safenpz.ModelFileError('{}: its settings record is unreadable'.format(
+                    path))
+            differ = _mismatch(stored, settings)
+            if differ:
+                raise InvalidValue(
+                    '{} is a snapshot of a run with other settings ({}); resume with the '
+                    "same settings, or remove it (or use another --out) to start afresh"
+                    .format(path, '; '.join(differ)))
+        epoch, next_batch = scalar('epoch'), scalar('next_batch')
+        order = safenpz.read_array(npz, 'order', path)
+        losses = safenpz.read_array(npz, 'losses', path)
+        accs = safenpz.read_array(npz, 'accs', path)
+        n_batches = None if n_samples is None or not batchsize else \
+            (n_samples + batchsize - 1) // batchsize
+        problems = []
+        if epoch < 0 or (num_epoch is not None and epoch > num_epoch):
+            problems.append('it is at epoch {} of a {}-epoch run'.format(epoch, num_epoch))
+        if losses.ndim != 2 or len(losses) != epoch or accs.shape != losses.shape:
+            problems.append('its curves have {} and {} rows for {} epochs'.format(
+                losses.shape, accs.shape, epoch))
+        if len(order):
+            if n_samples is not None and sorted(order.tolist()) != list(range(n_samples)):
+                problems.append('its batch order is not a permutation of the {} training '
+                                'samples'.format(n_samples))
+            if next_batch < 0 or (n_batches is not None and next_batch > n_batches):
+                problems.append('its next batch {} is outside 0..{}'.format(
+                    next_batch, n_batches))
+        if problems:
+            raise safenpz.ModelFileError('{} does not fit this training run: {}'.format(
+                path, '; '.join(problems)))
+        safenpz.load_into(npz, net, path, path='model/')
         if any(k.startswith('optimizer/') for k in npz.files):
             net._ensure_optimizer()
             # strict=False: parameters never updated yet (the heads during main-only
             # training) have no optimizer state to restore
-            chainer.serializers.NpzDeserializer(npz, path='optimizer/', strict=False).load(
-                net.optimizer)
-        rng.set_state(_rng_state(npz, 'rng/'))
-        numpy.random.set_state(_rng_state(npz, 'global_rng/'))
-        order = npz['order'] if len(npz['order']) else None
-        return (int(npz['epoch']), npz['losses'].tolist(), npz['accs'].tolist(), order,
-                int(npz['next_batch']))
+            safenpz.load_into(npz, net.optimizer, path, path='optimizer/', strict=False)
+        sums = None
+        if 'sums/loss' in npz.files and len(order):
+            sums = (safenpz.read_array(npz, 'sums/loss', path),
+                    safenpz.read_array(npz, 'sums/acc', path), scalar('sums/samples'))
+        try:
+            rng_state = _rng_state(npz, 'rng/', path)
+            global_state = _rng_state(npz, 'global_rng/', path)
+            probe = numpy.random.RandomState()
+            probe.set_state(rng_state)
+            probe.set_state(global_state)
+        except (KeyError, ValueError, TypeError) as e:
+            raise safenpz.ModelFileError('{}: its random-generator state is unreadable: {}'
+                                         .format(path, e)) from e
+        rng.set_state(rng_state)
+        numpy.random.set_state(global_state)
+        return Position(epoch=epoch, losses=losses.tolist(), accs=accs.tolist(),
+                        order=order if len(order) else None, next_batch=next_batch,
+                        sums=sums)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,8 @@ import math
 import chainer
 import numpy
 
+from branchynet.validation import InvalidValue
+
 
 def entropy(p, axis=1):
     """Entropy in nats, ``-sum p log p`` along ``axis``, with ``0 log 0 = 0``.
@@ -66,9 +68,11 @@ class Measure:
     exit's limit; ``limit(T)`` turns the user's threshold into that limit.
     """
 
-    def __init__(self, name, rule, upper, batch, row, limit):
+    def __init__(self, name, rule, upper, batch, row, limit, stay_all, leave_all):
         self.name, self.rule, self.upper = name, rule, upper
         self.scores, self.row_score, self.limit = batch, row, limit
+        # thresholds (in the user's units) with which no sample / every sample leaves
+        self.stay_all, self.leave_all = stay_all, leave_all
 
     def __repr__(self):
         return 'Measure({!r}: exit when {})'.format(self.name, self.rule)
@@ -95,11 +99,14 @@ def _margin_batch(z):
 
 MEASURES = {
     'entropy': Measure('entropy', 'entropy of the softmax < T (nats; the paper\'s rule)',
-                       None, entropy_from_logits, entropy_from_logits_row, lambda t: t),
+                       None, entropy_from_logits, entropy_from_logits_row, lambda t: t,
+                       stay_all=0.0, leave_all=math.inf),
     'maxprob': Measure('maxprob', 'largest softmax probability > T (T in [0, 1])', 1.0,
-                       _max_batch, _max_row, lambda t: 1.0 - t),
+                       _max_batch, _max_row, lambda t: 1.0 - t, stay_all=1.0,
+                       leave_all=-math.inf),
     'margin': Measure('margin', 'largest minus second-largest probability > T '
-                      '(T in [0, 1])', 1.0, _margin_batch, _margin_row, lambda t: 1.0 - t),
+                      '(T in [0, 1])', 1.0, _margin_batch, _margin_row, lambda t: 1.0 - t,
+                      stay_all=1.0, leave_all=-math.inf),
 }
 
 
@@ -108,6 +115,6 @@ def get_measure(name):
     if isinstance(name, Measure):
         return name
     if name not in MEASURES:
-        raise ValueError('unknown confidence measure {!r}; expected one of: {}'.format(
+        raise InvalidValue('unknown confidence measure {!r}; expected one of: {}'.format(
             name, ', '.join(MEASURES)))
     return MEASURES[name]

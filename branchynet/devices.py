@@ -4,6 +4,8 @@ import sys
 import chainer
 import numpy
 
+from branchynet.validation import InvalidValue
+
 DEVICE_CHOICES = ('cpu', 'gpu', 'auto')
 
 
@@ -34,15 +36,15 @@ def resolve_device(name):
         if gpu_usable():
             return chainer.get_device('@cupy:0')
         if name == 'gpu':
-            raise ValueError('--device gpu: no CUDA GPU is usable through CuPy here '
+            raise InvalidValue('--device gpu: no CUDA GPU is usable through CuPy here '
                              '(install cupy matching your CUDA, or use --device cpu/auto)')
         print('notice: no usable GPU; --device auto runs on the CPU', file=sys.stderr)
         return chainer.get_device('@numpy')
     if isinstance(name, str) and name.startswith('@'):
         if name.startswith('@cupy') and not gpu_usable():
-            raise ValueError('device {}: no CUDA GPU is usable through CuPy here'.format(name))
+            raise InvalidValue('device {}: no CUDA GPU is usable through CuPy here'.format(name))
         return chainer.get_device(name)
-    raise ValueError('unknown device {!r}; expected one of {} or a Chainer device '
+    raise InvalidValue('unknown device {!r}; expected one of {} or a Chainer device '
                      'spec such as @cupy:0'.format(name, ', '.join(DEVICE_CHOICES)))
 
 

@@ -35,7 +35,6 @@ A rank that raises ends the whole job through ``MPI_Abort`` (``abort_on_error``)
 instead of leaving the others blocked in a collective.
 """
 import contextlib
-import io
 import os
 import sys
 import time
@@ -43,6 +42,8 @@ import traceback
 
 import chainer
 import numpy
+
+from branchynet.validation import InputError, InvalidValue
 
 
 def available():
@@ -54,9 +55,21 @@ def available():
     return True
 
 
+def world_rank():
+    """This process's rank in MPI_COMM_WORLD (0 without MPI)."""
+    if not available():
+        return 0
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
+
+
+class MPIUnavailable(RuntimeError):
+    """mpi4py or the MPI library it needs cannot be loaded."""
+
+
 def _require_mpi():
     if not available():
-        raise RuntimeError(
+        raise MPIUnavailable(
             'distributed mode needs mpi4py and an MPI library: pip install -r '
             'requirements/mpi.txt (mpi4py and the mpich wheel), then start with '
             'mpiexec -n N python -m branchynet.experiment --distributed ...')
@@ -210,12 +223,15 @@ class Distributed:
         import chainermn
         name = communicator or ('pure_nccl' if gpu else 'packed')
         if not gpu and name not in CPU_COMMUNICATORS:
-            raise ValueError('on CPU the communicator must be one of {}, got {!r}'.format(
+            raise InvalidValue('on CPU the communicator must be one of {}, got {!r}'.format(
                 ', '.join(CPU_COMMUNICATORS), name))
         if name == 'packed':
             from mpi4py import MPI
             return cls(_packed_communicator_class()(MPI.COMM_WORLD))
-        return cls(chainermn.create_communicator(name))
+        try:
+            return cls(chainermn.create_communicator(name))
+        except ValueError as e:  # ChainerMN's message for an unknown name
+            raise InvalidValue('--communicator {!r}: {}'.format(name, e)) from e
 
     @property
     def communicator_name(self):
@@ -297,18 +313,62 @@ class Distributed:
                                          dtype=numpy.float64) for n in names])
         _set_persistents(net, {n: t / self.size for n, t in zip(names, total)})
 
-    def load_snapshot(self, path, net, rng):
+    def load_snapshot(self, path, net, rng, **checks):
         """Every rank restores rank 0's snapshot (sent over MPI, so no shared disk
-        is needed); returns ``checkpoint.load``'s tuple, or None when rank 0 has none."""
+        is needed); returns ``checkpoint.load``'s ``Position``, or None when rank 0
+        has none. ``checks`` go to ``checkpoint.load``; a snapshot it refuses is
+        refused on every rank. The running sums of an interrupted epoch, the
+        sums over all ranks, stay on rank 0 (the others start that epoch at 0).
+        """
         from branchynet import checkpoint
-        data = None
-        if self.is_root and checkpoint.exists(path):
-            with open(path, 'rb') as f:
-                data = f.read()
+        with self.agreed((InputError, OSError)):
+            data = None
+            if self.is_root and checkpoint.exists(path):
+                with open(path, 'rb') as f:
+                    data = f.read()
         data = self.comm.bcast_obj(data)
         if data is None:
             return None
-        return checkpoint.load(io.BytesIO(data), net, rng)
+        with self.agreed((InputError,)):
+            at = checkpoint.load(path, net, rng, data=data, **checks)
+        if not self.is_root:
+            at['sums'] = None
+        return at
+
+    @contextlib.contextmanager
+    def agreed(self, kinds=(InputError,)):
+        """Every rank leaves the block the same way: when the body raised on any
+        rank, every rank raises, so none is left waiting in a collective.
+
+        A rank whose body raised re-raises its own exception; the others raise
+        one of the first failing rank's kind (the first of ``kinds`` it is an
+        instance of) with that rank's message. These exceptions have
+        ``all_ranks = True``: the job can end normally instead of by
+        ``MPI_Abort``. An exception of another kind is passed on (not agreed).
+        """
+        error = None
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 (reported to every rank below)
+            error = e
+        kind = None if error is None else next(
+            (k for k, cls in enumerate(kinds) if isinstance(error, cls)), -1)
+        reports = self.comm.mpi_comm.allgather(
+            None if error is None else (kind, str(error)))
+        failed = [(rank, r) for rank, r in enumerate(reports) if r is not None]
+        if not failed:
+            return
+        agreed = all(r[0] >= 0 for _, r in failed)
+        if error is not None:
+            if agreed:
+                error.all_ranks = True
+            raise error
+        rank, (kind, message) = failed[0]
+        if kind < 0:
+            raise RuntimeError('rank {} failed: {}'.format(rank, message))
+        other = kinds[kind]('rank {}: {}'.format(rank, message))
+        other.all_ranks = agreed
+        raise other
 
     # ----------------------------------------------------------- evaluation
     def shard(self, n):
@@ -363,12 +423,14 @@ def abort_on_error(dist, keep=()):
 
     Without it a failing rank leaves the others waiting forever in their
     next collective operation. Exceptions of the types in ``keep`` (raised
-    by every rank together, e.g. an agreed interruption) pass through.
+    by every rank together, e.g. an agreed interruption) and those marked
+    ``all_ranks`` (``Distributed.agreed``) pass through.
     """
     try:
         yield
     except BaseException as e:
-        if isinstance(e, keep) or (isinstance(e, SystemExit) and not e.code):
+        if isinstance(e, keep) or getattr(e, 'all_ranks', False) or \
+                (isinstance(e, SystemExit) and not e.code):
             raise
         dist.abort('failed, aborting all {} ranks: {}: {}\n{}'.format(
             dist.size, type(e).__name__, e, traceback.format_exc()))
@@ -379,7 +441,7 @@ def _persistents(net):
 
 
 def _named_persistents(link):
-    for child_path, child in ((l_path, l) for l_path, l in link.namedlinks()):
+    for child_path, child in link.namedlinks():
         for name in sorted(child._persistent):
             yield child_path + '/' + name, getattr(child, name)
 

@@ -11,6 +11,7 @@ Every network is configured by the ``EXPERIMENT`` dict of its module in
 ``networks/``; nothing here is specific to one network.
 """
 import argparse
+import contextlib
 import csv
 import io
 import itertools
@@ -25,17 +26,15 @@ import chainer
 import numpy
 
 import networks
-from datasets import DataUnavailableError
-
-DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
-from branchynet import (calibration, checkpoint, confidence, costs, fileio, screening, utils,
-                        visualize)
+from branchynet import (calibration, checkpoint, confidence, costs, fileio, runtime, screening,
+                        utils, visualize)
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
+from branchynet.validation import InputError, InvalidValue, validate_count
+from datasets import DataUnavailableError
 
-
-
+DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
 
 def log(msg):
@@ -48,7 +47,7 @@ def resolve_config(network, preset, overrides=None):
     base = dict(module.EXPERIMENT)
     presets = base.pop('presets')
     if preset not in presets:
-        raise ValueError('unknown preset {!r} for {}; expected one of: {}'.format(
+        raise InvalidValue('unknown preset {!r} for {}; expected one of: {}'.format(
             preset, network, ', '.join(presets)))
     config = {'network': network, 'preset': preset, 'n_train': None, 'n_test': None,
               'n_timing': None, 'num_classes': 10, 'dataset_path': None, 'augment': False,
@@ -77,7 +76,7 @@ def load_dataset(config, dataset_module=None):
         name = source or config['dataset']
         if dataset_module is None:
             if name not in DATASETS:
-                raise ValueError('unknown dataset {!r}; expected a .npz file or one of: {}'
+                raise InvalidValue('unknown dataset {!r}; expected a .npz file or one of: {}'
                                  .format(name, ', '.join(DATASETS)))
             dataset_module = importlib.import_module('datasets.' + name)
         x_train, y_train, x_test, y_test = dataset_module.get_data()
@@ -86,6 +85,20 @@ def load_dataset(config, dataset_module=None):
     if config.get('n_test'):
         x_test, y_test = x_test[:config['n_test']], y_test[:config['n_test']]
     return x_train, y_train, x_test, y_test
+
+
+def source_commit():
+    """The git commit the code ran from (``+dirty`` with uncommitted changes), or None."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                               cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ('+dirty' if dirty.strip() else '')
 
 
 def environment(config, device):
@@ -99,7 +112,8 @@ def environment(config, device):
         pass
     env = {'python': platform.python_version(), 'chainer': chainer.__version__,
            'numpy': numpy.__version__, 'cpu': cpu, 'cores': os.cpu_count(),
-           'platform': platform.platform(), 'training_device': str(device)}
+           'platform': platform.platform(), 'training_device': str(device),
+           'commit': source_commit(), 'recorded': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
     if device.xp is not numpy:
         import cupy
         env['cupy'] = cupy.__version__
@@ -107,9 +121,25 @@ def environment(config, device):
     return env
 
 
+def json_safe(obj):
+    """``obj`` with numpy values as Python ones and NaN/inf as None (null), so
+    the file is standard JSON (``json.dump`` would write NaN and Infinity)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, numpy.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, numpy.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not numpy.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path, obj):
     with atomic_write(path, 'w') as f:
-        json.dump(obj, f, indent=1, default=float)
+        json.dump(json_safe(obj), f, indent=1, allow_nan=False, default=float)
 
 
 def write_table(path_base, rows):
@@ -140,7 +170,7 @@ def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
     (Chainer path only). ``outputs``: the cached exit outputs of ``xs`` when
     already computed (by the ranks of a distributed run)."""
     if config['screen'] == 'original':
-        screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
+        screen = utils.screen_thresholds(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
@@ -155,8 +185,11 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     """Batch-1 baseline, grid screening and the knee on the current device.
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
-    least the baseline's; it is then measured for real at batch size 1 on
-    both paths. Writes the Table I block, every point (JSON) and Fig. 3.
+    least the baseline's and which is faster than the baseline beyond noise
+    (``utils.choose_knee``); it is then measured for real at batch size 1 on
+    both paths. Without such a point, or when the knee measures no faster
+    than the baseline, the table and the figure say so. Writes the Table I
+    block, every point (JSON) and Fig. 3.
     """
     n_timing = config.get('n_timing') or len(x_test)
     xs, ys = x_test[:n_timing], y_test[:n_timing]
@@ -176,15 +209,23 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
     diffs = [r['ms_chainer'] for r in records]
-    knee = utils.select_knee(accs, diffs, baseline['acc'])
+    choice = utils.choose_knee(accs, diffs, baseline['acc'], baseline['ms'])
+    knee = choice['index']
     ts = records[knee]['thresholds']
-    log('{}: knee T={}; measuring it at batch size 1'.format(label, ts))
+    log('{}: {} T={}; measuring it at batch size 1'.format(
+        label, 'knee' if choice['gain'] else choice['note'], ts))
     branchy = utils.measure_branchy(net, xs, ys, ts)
     branchy_fast = utils.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
+    if choice['gain'] and branchy['ms'] >= baseline['ms']:
+        choice = {'index': knee, 'gain': False, 'note': '{}; measured {:.3f} vs {:.3f} ms'
+                  .format(utils.NO_GAIN, branchy['ms'], baseline['ms'])}
     limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
-    rows = utils.branchy_table_results(title, baseline, branchy, device=label, printout=False,
+    rows = utils.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
                                        baseline_fast=baseline_fast, branchy_fast=branchy_fast,
                                        mac_limit=limit)
+    if not choice['gain']:
+        rows[1]['Network'] += ' ({})'.format(choice['note'])
+        log('{}: {}'.format(label, choice['note']))
     print(utils.format_table(rows), flush=True)
     knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
                   'measured_ms_chainer': branchy['ms'],
@@ -197,18 +238,22 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     write_json(os.path.join(out['results'], tag + '_screen.json'), {
         'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
         'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
-        'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline',
+        'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline and '
+                     'predicted time <= baseline time / 1.05',
+        'knee_is_gain': choice['gain'], 'knee_note': choice['note'],
         'knee': branchy, 'knee_fast': branchy_fast, 'knee_check': knee_check,
         'mac_limit_gain': limit, 'points': records})
+    star = knee if choice['gain'] else None  # no star for a point that is no knee
     extra = []
     if 'ms_fast' in records[0]:
         extra.append({'label': 'fast path', 'accs': accs,
                       'diffs': [r['ms_fast'] for r in records],
                       'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
-                      'knee': knee})
-    visualize.plot_line_tradeoff(
-        accs, diffs, baseline['acc'], baseline['ms'], knee,
-        title='{} on {}: accuracy vs runtime'.format('B-' + title, label),
+                      'knee': star})
+    visualize.plot_tradeoff_curve(
+        accs, diffs, baseline['acc'], baseline['ms'], star,
+        title='{} on {}: accuracy vs runtime{}'.format(
+            'B-' + title, label, '' if choice['gain'] else '\n' + utils.NO_GAIN),
         path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
         series_label='Chainer path')
     path_ms = info.get('path_ms', {}).get('chainer')
@@ -223,14 +268,15 @@ def split_validation(x_train, y_train, n_val, seed):
     if not n_val:
         return x_train, y_train, None, None, []
     if n_val >= len(x_train):
-        raise ValueError('n_val ({}) must be smaller than the training set ({})'.format(
+        raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
             n_val, len(x_train)))
     order = numpy.random.RandomState(seed).permutation(len(x_train))
     val, rest = numpy.sort(order[:n_val]), numpy.sort(order[n_val:])
     return x_train[rest], y_train[rest], x_train[val], y_train[val], val.tolist()
 
 
-def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, costs_):
+def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, costs_,
+                          row_note=''):
     """Thresholds calibrated on the validation split, for every confidence measure.
 
     The target is the baseline's validation accuracy (the last exit's) and
@@ -269,7 +315,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     measured = utils.measure_branchy(net, xs, ys, chosen['thresholds'])
     measured_fast = utils.measure_branchy(net, xs, ys, chosen['thresholds'],
                                           engine=timing['fast'], trunk_only=False)
-    row = {'Device': label, 'Network': 'B-{} (calibrated)'.format(title),
+    row = {'Device': label, 'Network': 'B-{} (calibrated{})'.format(title, row_note),
            'Acc. (%)': 100 * measured['acc'], 'Time (ms)': measured['ms'],
            'Gain': timing['baseline']['ms'] / measured['ms'],
            'Trunk-only (ms)': measured['trunk_ms'],
@@ -320,6 +366,53 @@ def calibration_report(title, label, summary, n_val, n_test):
     return '\n'.join(lines) + '\n'
 
 
+#: Counts of the configuration and the least each accepts.
+COUNT_MINIMUMS = {'n_train': 1, 'n_test': 1, 'n_timing': 1, 'n_val': 0, 'n_cost': 1,
+                  'epochs_main': 0, 'epochs_joint': 0, 'batchsize': 1}
+
+
+def check_config(config):
+    """Refuse counts that are not integers or below their minimum (``--n-train 0``
+    would otherwise mean "all", ``-5`` "all but five")."""
+    for key, minimum in COUNT_MINIMUMS.items():
+        validate_count(config.get(key), '--' + key.replace('_', '-'), minimum)
+
+
+def output_folders(out_dir):
+    """The paths of the ``_models``/``_figs``/``_results`` folders of ``out_dir``."""
+    return {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+
+
+def prepare_out(out_dir):
+    """The ``_models``/``_figs``/``_results`` folders of ``out_dir``, checked.
+
+    Fails with a clear error before any training when they could not be
+    made (``--out`` under a file, no permission); nothing is created here.
+    """
+    out = output_folders(out_dir)
+    for folder in [out_dir] + list(out.values()):
+        existing = os.path.abspath(folder)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise InvalidValue('--out {}: cannot create the folder {}: {} is a file '
+                               '(Not a directory)'.format(out_dir, folder, existing))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InvalidValue('--out {}: the folder {} is not writable'.format(
+                out_dir, existing))
+    return out
+
+
+def create_out(out):
+    """Make the output folders checked by ``prepare_out``."""
+    for folder in out.values():
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise InvalidValue('cannot create the folder {}: {}'.format(
+                folder, e.strerror or e)) from e
+
+
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
         dataset_module=None, time_devices=None, init=None, resume=False, distributed=None):
     """Run the whole experiment; returns a dict of what was measured.
@@ -327,36 +420,67 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     ``distributed`` (a ``branchynet.distributed.Distributed``, every rank
     calling ``run``): training is data-parallel, the test set's exit outputs
     are computed on every rank's shard and gathered; batch-1 timing, the
-    calibration and all writing are done by rank 0 alone, which alone returns
-    the results (the other ranks return None).
+    calibration and everything under ``out_dir`` (the lock included) are
+    rank 0's alone, which alone returns the results (the others return None).
 
     ``init`` names an npz of weights (``_models/<net>.npz``) to start from,
     e.g. to continue training or, with 0 epochs, only to time and screen.
     Training snapshots go to ``_models/<net>.{main,joint}.snapshot.npz`` at
     every epoch end (and on SIGINT/SIGTERM); ``resume`` continues from them.
+
+    Settings, devices and the output folder are checked before any work;
+    the run holds a lock on ``out_dir`` (a second run there is refused) and
+    first deletes temporaries that killed runs left there.
     """
-    module, config = resolve_config(network, preset, overrides)
-    title = config['title']
-    out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
-    dev = resolve_device(device)
     dist = distributed
-    if dist is not None and dev.xp is not numpy:  # one GPU per rank of a node
-        dev = chainer.get_device('@cupy:{}'.format(dist.comm.intra_rank))
+    root = dist is None or dist.is_root
+    with contextlib.ExitStack() as held:
+        with _agreed(dist):
+            module, config = resolve_config(network, preset, overrides)
+            check_config(config)
+            validate_count(seed, '--seed', 0)
+            if dist is not None and config['augment']:
+                raise InvalidValue('--augment is not supported with --distributed (the '
+                                   'augmented batches are drawn per process, not shared by ranks)')
+            dev = resolve_device(device)
+            for td in time_devices or ():
+                resolve_device(td)
+            if dist is not None and dev.xp is not numpy:  # one GPU per rank of a node
+                dev = chainer.get_device('@cupy:{}'.format(dist.comm.intra_rank))
+            out = prepare_out(out_dir) if root else output_folders(out_dir)
+            if root:  # the other ranks never touch out_dir
+                held.enter_context(fileio.RunLock(out_dir))
+                for folder in [out_dir] + list(out.values()):
+                    removed = fileio.remove_stale_temporaries(folder)
+                    if removed:
+                        log('removed {} temporary file(s) left in {} by an interrupted run'
+                            .format(len(removed), folder))
+        return _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
+                           time_devices, init, resume, dist)
+
+
+def _agreed(dist, kinds=(InputError, DataUnavailableError, OSError)):
+    """``dist.agreed``: with MPI ranks, an error on one ends every rank's run
+    the same way (see ``distributed.Distributed.agreed``); alone, nothing."""
+    return contextlib.nullcontext() if dist is None else dist.agreed(kinds)
+
+
+def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
+                time_devices, init, resume, dist):
+    title = config['title']
+    root = dist is None or dist.is_root
     numpy.random.seed(seed)
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
 
+    log('code: commit {}, chainer {}, numpy {}, python {}'.format(
+        source_commit(), chainer.__version__, numpy.__version__, platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
-    failure = None
-    try:
+    with _agreed(dist):  # every rank loads the data itself; all skip, or none
         x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
-    except DataUnavailableError as e:
-        failure = e
-    if dist is not None and dist.any_rank(failure is not None):  # all ranks skip, or none
-        failure = failure or DataUnavailableError('another rank could not load the data')
-    if failure is not None:
-        raise failure
+        if root:
+            create_out(out)
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
@@ -365,18 +489,28 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     chainer.global_config.cudnn_deterministic = True
     net = module.get_network()
     if init:
-        fileio.load_npz(init, net)
+        with _agreed(dist):
+            if root:  # the other ranks get these weights in train_exits' broadcast
+                fileio.load_npz(init, net)
         log('initialised from {}'.format(init))
     net.to_device(dev)
     dev.use()
 
     log('training the main network: {} epochs, batch {}'.format(
         config['epochs_main'], config['batchsize']))
-    main_losses, main_accs, main_s = utils.train(
+    main_snapshot = os.path.join(out['models'], network + '.main.snapshot.npz')
+    joint_snapshot = os.path.join(out['models'], network + '.joint.snapshot.npz')
+    if root and not (resume and checkpoint.exists(main_snapshot)) and \
+            checkpoint.exists(joint_snapshot):
+        os.unlink(joint_snapshot)  # it continued an older main phase
+        log('a fresh main phase: removed the older joint snapshot {}'.format(joint_snapshot))
+    settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
+                'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
+                'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
+    main_losses, main_accs, main_s = utils.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
-        snapshot=os.path.join(out['models'], network + '.main.snapshot.npz'), resume=resume,
-        distributed=dist)
+        snapshot=main_snapshot, resume=resume, settings=settings, distributed=dist)
     if dist is None:
         base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
     else:
@@ -385,11 +519,10 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
 
     log('joint training of all {} exits: {} epochs'.format(
         net.numexits(), config['epochs_joint']))
-    joint_losses, joint_accs, joint_s = utils.train(
+    joint_losses, joint_accs, joint_s = utils.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
-        snapshot=os.path.join(out['models'], network + '.joint.snapshot.npz'), resume=resume,
-        distributed=dist)
+        snapshot=joint_snapshot, resume=resume, settings=settings, distributed=dist)
     sms = net.get_SM(x_test) if dist is None else dist.get_SM(net, x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
@@ -399,7 +532,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     if dist is not None:
         if config['screen'] == 'cached':
             outputs = dist.exit_outputs(net, x_test[:config.get('n_timing') or len(x_test)])
-        if not dist.is_root:  # the rest (timing, writing) is rank 0's alone
+        if not root:  # the rest (timing, writing) is rank 0's alone
             dist.wait_for_root()
             return None
 
@@ -407,11 +540,11 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
     curves_a = [[float('nan')] * last + row for row in main_accs] + joint_accs
     if curves_l:
-        visualize.plot_layers(curves_l, curves_a, title='B-{}: training per exit'.format(title),
+        visualize.plot_training(curves_l, curves_a, title='B-{}: training per exit'.format(title),
                               path=os.path.join(out['figs'], network + '_training'),
                               phase_labels=[(0, 'main only')] * bool(main_losses) +
                               [(len(main_losses), 'joint')] * bool(joint_losses))
-    visualize.plot_layer_entropy(sms, y_test, title='B-{}: early exit vs entropy '
+    visualize.plot_entropy_sweep(sms, y_test, title='B-{}: early exit vs entropy '
                                  'threshold (test set)'.format(title),
                                  path=os.path.join(out['figs'], network + '_entropy'))
 
@@ -423,7 +556,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                'environment': environment(config, dev), 'seed': seed, 'init': init,
                'data': {'n_train': len(x_train), 'n_test': len(x_test),
                         'n_val': len(val_idx), 'val_indices': val_idx,
-                        'n_timing': config.get('n_timing') or len(x_test)},
+                        'n_timing': min(config.get('n_timing') or len(x_test), len(x_test))},
                'training': {'main_loss': main_losses, 'main_acc': main_accs,
                             'main_seconds': main_s, 'joint_loss': joint_losses,
                             'joint_acc': joint_accs, 'joint_seconds': joint_s,
@@ -442,8 +575,12 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                                        out, results['costs'], outputs)
         if x_val is not None:
             log('{}: calibrating thresholds on {} validation samples'.format(label, len(x_val)))
+            # The paper's schedule trains on every training image; holding some
+            # out for calibration (opt-in there) is then said in the row.
+            note = '; trained on {:,} of {:,} images'.format(
+                len(x_train), len(x_train) + len(x_val)) if preset == 'paper' else ''
             row, summary = calibrate_and_compare(net, network, title, x_val, y_val, timing,
-                                                 label, out, results['costs'])
+                                                 label, out, results['costs'], row_note=note)
             rows.append(row)
             results.setdefault('calibration', {})[label] = summary
             print(utils.format_table(rows), flush=True)
@@ -492,7 +629,8 @@ def build_parser():
                              'original: one batch-1 pass per grid point')
     parser.add_argument('--n-val', type=int,
                         help='training samples held out to calibrate thresholds (default '
-                             '5000; 0: paper-faithful test-set sweep only)')
+                             '5000, but 0 with the paper preset, which trains on every '
+                             'training image; 0: paper-faithful test-set sweep only)')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the training snapshots in _models/')
     parser.add_argument('--init', metavar='FILE.npz',
@@ -513,42 +651,64 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    runtime.tune_allocator()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'dataset_path', 'augment', 'screen', 'n_val')}
     time_devices = args.time_devices.split(',') if args.time_devices else None
-    if args.distributed:
-        from branchynet import distributed
-        try:
-            dist = distributed.Distributed.create(
-                args.communicator, gpu=resolve_device(args.device).xp is not numpy)
-        except (RuntimeError, ValueError) as e:
+    if args.communicator and not args.distributed:
+        print('error: --communicator needs --distributed', file=sys.stderr)
+        return 2
+    if not args.distributed:
+        return _run_main(args, overrides, time_devices, None)
+    from branchynet import distributed
+    try:
+        dist = distributed.Distributed.create(
+            args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+    except (distributed.MPIUnavailable, InputError) as e:  # every rank, before any collective
+        if distributed.world_rank() == 0:
             print('error: {}'.format(e), file=sys.stderr)
-            return 2
-        dist.silence_others()
-        with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,
-                                                    DataUnavailableError)):
-            return _run_main(args, overrides, time_devices, dist)
-    return _run_main(args, overrides, time_devices, None)
+        return 2
+    dist.silence_others()
+    with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,)):
+        return _run_main(args, overrides, time_devices, dist)
 
 
 def _run_main(args, overrides, time_devices, dist):
+    """``run`` with its errors as messages and exit codes. With MPI ranks, an
+    error every rank raised together (an interruption, a refused input, data
+    no rank could load) is reported by rank 0 alone; any other error of a
+    rank propagates to ``distributed.abort_on_error``, which ends the job."""
+    report = dist is None or dist.is_root
+
+    def together(e):
+        return dist is None or getattr(e, 'all_ranks', False)
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
             time_devices=time_devices, init=args.init, resume=args.resume, distributed=dist)
     except checkpoint.TrainingInterrupted as e:
-        if dist is None or dist.is_root:  # every rank stops; one says so
+        if report:  # with ranks, every rank stops at the same batch
             print(str(e), file=sys.stderr)
         return 130
     except DataUnavailableError as e:
-        if dist is None or dist.is_root:
+        if not together(e):
+            raise
+        if report:
             print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        if dist is not None:  # one rank's error: end every rank
+    except (InputError, FileNotFoundError) as e:  # bad input; anything else is a bug
+        if not together(e):
             raise
-        print('error: {}'.format(e), file=sys.stderr)
+        if report:
+            print('error: {}'.format(e), file=sys.stderr)
         return 2
+    except OSError as e:  # the environment: a full disk, no permission
+        if not together(e):
+            raise
+        if report:
+            print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
+                                       if e.filename else ''), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -168,7 +168,7 @@ class Compiler:
             return self.batchnorm(link)
         if isinstance(link, FL):
             return self.function(link)
-        if isinstance(link, SL):
+        if isinstance(link, SL) and link.fnTest is None:
             return None  # training-only layer: identity at test time
         if hasattr(link, 'to_fast'):
             return link.to_fast(self)

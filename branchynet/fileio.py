@@ -6,12 +6,17 @@ target in one ``os.replace``. A crash leaves the old file or the new one,
 never a truncated one.
 """
 import contextlib
+import json
 import os
 import pickle
+import socket
 import tempfile
-import zipfile
+import time
 
 import chainer
+import numpy
+
+from branchynet.validation import InvalidValue
 
 
 def _default_mode():
@@ -35,6 +40,7 @@ def atomic_write(path, mode='wb'):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_folder(folder)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -58,10 +64,132 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+        fsync_folder(folder)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def fsync_folder(folder):
+    """Flush a folder's entries (a rename) to disk, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not sync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_temporary(name):
+    """Whether ``name`` is a temporary of ``atomic_write``/``atomic_path``."""
+    return name.startswith('.') and ('.part' in name) and \
+        (name.endswith('.part') or '.part.' in name)
+
+
+def remove_stale_temporaries(folder):
+    """Delete temporaries left in ``folder`` by a killed writer; returns their names.
+
+    Only safe while no writer can be active there (the driver holds the
+    folder's ``RunLock``).
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        full = os.path.join(folder, name)
+        if is_temporary(name) and os.path.isfile(full) and not os.path.islink(full):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(full)
+                removed.append(name)
+    return removed
+
+
+class RunLocked(InvalidValue):
+    """Another live run holds the output folder."""
+
+
+class RunLock:
+    """An exclusive lock on an output folder, held for one driver run.
+
+    The lock file records the holder's host and process id. A lock whose
+    process no longer exists on this host is stale and taken over; a live
+    holder (or one on another host, which cannot be checked) is refused
+    with a ``RunLocked`` error naming it.
+    """
+    NAME = '.branchynet.lock'
+
+    def __init__(self, folder):
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, self.NAME)
+        self.held = False
+
+    def _holder(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, holder):
+        if holder is None:  # unreadable: stale unless just created by a racing run
+            try:
+                return time.time() - os.path.getmtime(self.path) > 10
+            except OSError:
+                return True
+        if holder.get('host') != socket.gethostname():
+            return False
+        try:
+            os.kill(int(holder['pid']), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
+            return False
+        return False
+
+    def acquire(self):
+        os.makedirs(self.folder, exist_ok=True)
+        record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                             'started': time.strftime('%Y-%m-%d %H:%M:%S')})
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if self._stale(holder):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                    continue
+                raise RunLocked(
+                    'another run is using {} ({}); wait for it to finish or choose '
+                    'another --out (if no run is active, delete {})'.format(
+                        self.folder, 'process {} on {}, started {}'.format(
+                            holder.get('pid'), holder.get('host'), holder.get('started'))
+                        if holder else 'lock being created', self.path)) from None
+            with os.fdopen(fd, 'w') as f:
+                f.write(record)
+            self.held = True
+            return self
+        raise RunLocked('could not take the lock {}'.format(self.path))
+
+    def release(self):
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
 
 
 def save_npz(path, net):
@@ -74,21 +202,36 @@ def save_npz(path, net):
 
 
 def load_npz(path, net):
-    """Load weights saved by :func:`save_npz` into ``net`` (built by get_network())."""
-    try:
-        chainer.serializers.load_npz(os.fspath(path), net)
-    except (KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as e:
-        raise ValueError('cannot load weights from {}: {} (expected an npz file '
-                         'written by save_npz for this network)'.format(path, e)) from e
+    """Load weights saved by :func:`save_npz` into ``net`` (built by get_network()).
+
+    No code runs (``allow_pickle=False``), and every array must match the
+    shape and dtype of what it fills and be finite (``branchynet.safenpz``).
+    """
+    from branchynet import safenpz
+    path = os.fspath(path)
+    with safenpz.open_npz(path, 'a BranchyNet weights file (written by save_npz)') as npz:
+        safenpz.load_into(npz, net, path)
     return net
 
 
 def save_dill(path, net):
-    """Pickle the whole model with dill, as the original project did (``.bn``)."""
+    """Pickle the whole model with dill, as the original project did (``.bn``).
+
+    A model on a GPU is moved to the CPU for the dump (as the original did
+    before dumping), so the file loads on machines without CuPy, and is moved
+    back to its device afterwards.
+    """
     import dill
-    with atomic_write(path) as f:
-        dill.dump(net, f)
+    device = getattr(net, 'device', None)
+    on_gpu = device is not None and getattr(device, 'xp', numpy) is not numpy
+    if on_gpu:
+        net.to_cpu()
+    try:
+        with atomic_write(path) as f:
+            dill.dump(net, f)
+    finally:
+        if on_gpu:
+            net.to_device(device)
 
 
 def load_dill(path, trust=False):
@@ -98,16 +241,21 @@ def load_dill(path, trust=False):
     ``trust=True``: only load ``.bn`` files you made yourself or trust. Use
     :func:`save_npz`/:func:`load_npz` to share models safely.
     """
-    if not trust:
+    if trust is not True:  # exactly True: trust='no' is truthy but means no
         raise PermissionError(
             'loading {} would run code stored in it (dill/pickle); pass trust=True '
             'only for files you trust, or share weights as .npz and use load_npz'
-            .format(path))
+            '{}'.format(path, '' if trust is False else ' (got trust={!r})'.format(trust)))
     import dill
+    if os.path.isdir(path):
+        raise InvalidValue('{} is a folder; expected a .bn model file written by '
+                           'save_dill'.format(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError('model file {} does not exist'.format(path))
     try:
         with open(path, 'rb') as f:
             return dill.load(f)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError,
             IndexError, TypeError, ValueError) as e:
-        raise ValueError('{} is not a readable BranchyNet model file (truncated or '
-                         'foreign?): {}: {}'.format(path, type(e).__name__, e)) from e
+        raise InvalidValue('{} is not a readable BranchyNet model file (truncated or '
+                           'foreign?): {}: {}'.format(path, type(e).__name__, e)) from e

@@ -24,8 +24,13 @@ import numpy
 from branchynet import confidence
 from branchynet.links import FL, Branch, Net
 from branchynet.timing import NULL_TIMER, synchronize
-from branchynet.validation import (validate_inputs, validate_labels,
-                                   validate_thresholds)
+from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
+                                   validate_batchsize, validate_inputs, validate_labels,
+                                   validate_thresholds, validate_weights)
+
+#: Default batch size of predict, get_SM, test and friends: bounded, so a large
+#: input is routed in chunks (all 60,000 MNIST images in one batch took 18 GB).
+DEFAULT_BATCHSIZE = 1024
 
 
 #: Parameter-free functions with no randomness and no train/test difference:
@@ -107,6 +112,19 @@ def route_batch(steps, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
     return labels, exits
 
 
+class NonFiniteLoss(InvalidValue):
+    """The training loss became NaN or infinite; the weights were not updated."""
+
+
+def _check_finite_loss(loss):
+    value = float(loss.array)
+    if not math.isfinite(value):
+        raise NonFiniteLoss(
+            'the training loss is {} on this batch, so training stopped before updating '
+            'the weights (the last snapshot, if any, is intact): check the data for huge '
+            'or non-finite values and the learning rate (alpha) and exit_weights'.format(value))
+
+
 class BranchyNet(chainer.Chain):
     """Trunk plus exit heads, with joint training and early-exit inference.
 
@@ -118,18 +136,24 @@ class BranchyNet(chainer.Chain):
             scalar for all of them or one value per early exit. A sample
             leaves at the first early exit whose entropy is strictly below
             its threshold; the last exit classifies whatever remains.
-        percentTestExits: kept for compatibility with the original (unused).
-        percentTrainKeeps: fraction of each batch passed on from an early
-            exit to later exits during joint training; the most confident
-            samples (lowest entropy) leave. 1 trains every exit on every sample.
+        percentTestExits: with no thresholds set, the share of the samples
+            reaching each early exit that leave there (the lowest-entropy
+            ones), as the original's fallback; a number or one per early exit.
+        percentTrainKeeps: share of each batch passed on from an early exit
+            to later exits during joint training; the most confident samples
+            (lowest entropy) leave. 1 trains every exit on every sample. A
+            number applies to the samples reaching each early exit; a list
+            (one per early exit) is a share of the whole batch, as the
+            original read a list.
         lr, momentum, weight_decay: MomentumSGD settings (``opt='MomentumSGD'``).
         alpha: Adam's step size (``opt='Adam'``, the default).
         joint: kept for compatibility with the original (joint training is
             selected by calling ``train`` rather than ``train_main``).
         verbose: print progress of routing decisions.
         exit_weights: weight ``w_n`` of every exit's loss in joint training;
-            default all 1.0 (as the original ran; the paper suggests 1.0 for
-            early exits and 0.3 for the last).
+            default the ``weight`` of each ``Branch`` (1.0 unless given, as
+            the original ran; the paper suggests 1.0 for early exits and 0.3
+            for the last).
         input_shape: per-sample shape ``(C, H, W)``; when given, inputs are
             checked against it with a clear error.
         confidence: the exit measure: ``'entropy'`` (the paper's: exit when
@@ -152,7 +176,7 @@ class BranchyNet(chainer.Chain):
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.alpha = alpha
         if opt not in ('Adam', 'MomentumSGD'):
-            raise ValueError("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
+            raise InvalidValue("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
         self.opt = opt
         self.joint = joint
         self.verbose = verbose
@@ -167,7 +191,7 @@ class BranchyNet(chainer.Chain):
     @staticmethod
     def _parse(network):
         if isinstance(network, (chainer.Link, str, bytes)) or not hasattr(network, '__iter__'):
-            raise TypeError('network must be a list of links with Branch markers, '
+            raise InvalidType('network must be a list of links with Branch markers, '
                             'got {}'.format(type(network).__name__))
         trunk_layers, heads, branch_points = [], [], []
         for layer in network:
@@ -177,10 +201,10 @@ class BranchyNet(chainer.Chain):
             elif isinstance(layer, chainer.Link):
                 trunk_layers.append(layer)
             else:
-                raise TypeError('network entries must be chainer Links (wrap functions '
+                raise InvalidType('network entries must be chainer Links (wrap functions '
                                 'in FL), got {!r}'.format(layer))
         if not heads or not isinstance(list(network)[-1], Branch):
-            raise ValueError('network must end with a Branch holding the main '
+            raise InvalidValue('network must end with a Branch holding the main '
                              "network's final classifier")
         return trunk_layers, heads, branch_points
 
@@ -212,11 +236,20 @@ class BranchyNet(chainer.Chain):
 
     @percentTrainKeeps.setter
     def percentTrainKeeps(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not 0 <= value <= 1:
-            raise ValueError('percentTrainKeeps must be a number in [0, 1], got {!r}'
-                             .format(value))
-        self._percent_train_keeps = float(value)
+        self._percent_train_keeps = self._shares(value, 'percentTrainKeeps')
+
+    def _shares(self, value, name):
+        """A share in [0, 1] (float) or a list of one per early exit."""
+        def share(v):
+            return is_real_number(v) and 0 <= v <= 1
+        early = self.numexits() - 1
+        if share(value):
+            return float(value)
+        if isinstance(value, (list, tuple)) and len(value) in (early, early + 1) and \
+                all(share(v) for v in value):
+            return [float(v) for v in value[:early]]
+        raise InvalidValue('{} must be a number in [0, 1] or a list of {} such numbers (one '
+                           'per early exit), got {!r}'.format(name, early, value))
 
     @property
     def exit_weights(self):
@@ -226,13 +259,18 @@ class BranchyNet(chainer.Chain):
     def exit_weights(self, value):
         n = self.numexits()
         if value is None:
-            value = [1.0] * n
-        value = list(value)
-        if len(value) != n or any(isinstance(w, bool) or not isinstance(w, (int, float))
-                                  or not w >= 0 for w in value):
-            raise ValueError('exit_weights must be {} non-negative numbers (one per '
-                             'exit), got {!r}'.format(n, value))
-        self._exit_weights = [float(w) for w in value]
+            value = [getattr(b, 'weight', 1.0) for b in self.branches]
+        self._exit_weights = validate_weights(value, n)
+
+    def num_classes(self, x):
+        """Number of classes (the final exit's outputs), found with one sample
+        of ``x`` the first time and remembered."""
+        n = getattr(self, '_num_classes', None)
+        if n is None:
+            with chainer.using_config('train', False), chainer.no_backprop_mode():
+                n = int(self.branches[-1](self.trunk(self.send(x[:1]))).shape[1])
+            self._num_classes = n
+        return n
 
     def numexits(self):
         """Number of exits, the main network's final exit included."""
@@ -310,9 +348,12 @@ class BranchyNet(chainer.Chain):
     def forward(self, x):
         """All exits' logits (list of Variables) for ``x``, trunk computed once.
 
-        Runs in the mode set by ``training()``/``testing()``.
+        Runs in test mode when ``testing()`` was called or when
+        ``chainer.config.train`` is False (``chainer.using_config('train',
+        False)``, Chainer's evaluators): dropout off, batch normalisation
+        with its population statistics. Otherwise in training mode.
         """
-        with chainer.using_config('train', self._train_mode):
+        with chainer.using_config('train', self._train_mode and chainer.config.train):
             return self._all_exit_logits(x)
 
     def _all_exit_logits(self, x):
@@ -324,8 +365,9 @@ class BranchyNet(chainer.Chain):
 
     # --------------------------------------------------------------- training
     def _check_batch(self, x, t):
+        """Check a training batch; returns the labels as int32."""
         validate_inputs(x, self.input_shape)
-        validate_labels(t, len(x))
+        return as_labels(t, len(x))
 
     def train_main(self, x, t):
         """One optimisation step of the main network alone.
@@ -334,7 +376,7 @@ class BranchyNet(chainer.Chain):
         are disabled for the step, so not even Adam's step counter moves).
         Returns ``(loss, accuracy)`` as floats.
         """
-        self._check_batch(x, t)
+        t = self._check_batch(x, t)
         optimizer = self._ensure_optimizer()
         x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
@@ -343,6 +385,7 @@ class BranchyNet(chainer.Chain):
             validate_labels(t, len(x), z.shape[1])
             loss = F.softmax_cross_entropy(z, t)
             acc = F.accuracy(z, t)
+        _check_finite_loss(loss)
         self.cleargrads()
         loss.backward()
         heads = [p for head in self.branches[:-1] for p in head.params()]
@@ -360,6 +403,7 @@ class BranchyNet(chainer.Chain):
         """Per-exit losses and accuracies with the percentTrainKeeps hand-off."""
         losses, accs, h = [], [], x
         last = self.numexits() - 1
+        shares, batch = self.percentTrainKeeps, len(t)
         for n in range(self.numexits()):
             h = self.segment(h, n)
             z = self.head(h, n)
@@ -367,8 +411,11 @@ class BranchyNet(chainer.Chain):
                 validate_labels(t, len(t), z.shape[1])
             losses.append(F.softmax_cross_entropy(z, t))
             accs.append(F.accuracy(z, t))
-            if n < last and self.percentTrainKeeps < 1:
-                keep = int(math.ceil(self.percentTrainKeeps * len(t)))
+            keep = len(t)
+            if n < last:
+                keep = min(len(t), int(math.ceil(shares[n] * batch))) \
+                    if isinstance(shares, list) else int(math.ceil(shares * len(t)))
+            if keep < len(t):
                 if keep == 0:
                     break
                 ent = confidence.entropy(F.softmax(z).array)
@@ -385,12 +432,13 @@ class BranchyNet(chainer.Chain):
         losses and accuracies (lists of floats, NaN for exits that received
         no samples because of ``percentTrainKeeps``).
         """
-        self._check_batch(x, t)
+        t = self._check_batch(x, t)
         optimizer = self._ensure_optimizer()
         x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
             losses, accs = self._joint_losses(x, t)
             total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
+        _check_finite_loss(total)
         self.cleargrads()
         total.backward()
         optimizer.update()
@@ -399,14 +447,14 @@ class BranchyNet(chainer.Chain):
                 [float(v.array) for v in accs] + pad)
 
     # -------------------------------------------------------------- inference
-    def get_SM(self, x, batchsize=1024):
+    def get_SM(self, x, batchsize=DEFAULT_BATCHSIZE):
         """Softmax of every exit for every sample (no early exit).
 
         Returns a list with one numpy array ``(N, classes)`` per exit.
         """
         return self._per_exit(x, batchsize, lambda z: F.softmax(z).array)
 
-    def get_logits(self, x, batchsize=1024):
+    def get_logits(self, x, batchsize=DEFAULT_BATCHSIZE):
         """Logits of every exit for every sample (no early exit): a list of
         numpy arrays ``(N, classes)``, one per exit."""
         return self._per_exit(x, batchsize, lambda z: z.array)
@@ -414,6 +462,7 @@ class BranchyNet(chainer.Chain):
     def _per_exit(self, x, batchsize, transform):
         """``transform`` of every exit's logits, batched, gathered on the host."""
         validate_inputs(x, self.input_shape)
+        batchsize = validate_batchsize(batchsize)
         chunks = [[] for _ in range(self.numexits())]
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
@@ -424,7 +473,7 @@ class BranchyNet(chainer.Chain):
     def _resolve_thresholds(self, thresholds):
         if thresholds is None:
             if self._thresholds is None:
-                raise ValueError('no thresholds: pass thresholds=... or set '
+                raise InvalidValue('no thresholds: pass thresholds=... or set '
                                  'thresholdExits (one entropy per early exit)')
             return self._thresholds
         return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds',
@@ -448,8 +497,9 @@ class BranchyNet(chainer.Chain):
             x: float32 array ``(N, C, H, W)`` (numpy or cupy).
             thresholds: per-early-exit entropy thresholds; default
                 ``thresholdExits``.
-            batchsize: samples routed together (default: all at once). Any
-                batch size gives the same result as batch size 1.
+            batchsize: samples routed together (default
+                ``DEFAULT_BATCHSIZE``). Any batch size gives the same result
+                as batch size 1.
 
         Returns:
             ``(labels, exits)``: two int32 numpy arrays of length N; ``exits``
@@ -460,7 +510,7 @@ class BranchyNet(chainer.Chain):
     def _predict_with(self, engine, x, thresholds, batchsize):
         validate_inputs(x, self.input_shape)
         ts = self._resolve_thresholds(thresholds)
-        batchsize = batchsize or len(x)
+        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
         labels, exits = [], []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
@@ -489,7 +539,7 @@ class BranchyNet(chainer.Chain):
 
     def _predict_main_with(self, engine, x, batchsize):
         validate_inputs(x, self.input_shape)
-        batchsize = batchsize or len(x)
+        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
         out = []
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for i in range(0, len(x), batchsize):
@@ -497,19 +547,114 @@ class BranchyNet(chainer.Chain):
                 out.append(chainer.backends.cuda.to_cpu(labels))
         return numpy.concatenate(out)
 
+    def predict_percent(self, x, percents=None, batchsize=None):
+        """Early-exit prediction by shares instead of thresholds (the original's
+        fallback when no thresholds were set): in every batch, each early exit
+        classifies the ``percents`` share (default ``percentTestExits``) of the
+        samples reaching it with the lowest entropy; a list gives one share of
+        the whole batch per early exit. Returns ``(labels, exits)`` as ``predict``.
+        """
+        validate_inputs(x, self.input_shape)
+        shares = self._shares(self.percentTestExits if percents is None else percents,
+                              'percentTestExits')
+        batchsize = batchsize or len(x)
+        last = self.numexits() - 1
+        labels, exits = [], []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                h = self.send(x[i:i + batchsize])
+                size = len(h)
+                lab = numpy.empty(size, numpy.int32)
+                ex = numpy.empty(size, numpy.int32)
+                remaining = numpy.arange(size)
+                for n in range(self.numexits()):
+                    h = self.segment(h, n)
+                    z = self.head(h, n).array
+                    pred = chainer.backends.cuda.to_cpu(z.argmax(axis=1)).astype(numpy.int32)
+                    if n == last:
+                        lab[remaining], ex[remaining] = pred, n
+                        break
+                    count = int(shares[n] * size) if isinstance(shares, list) \
+                        else int(shares * len(remaining))
+                    count = min(count, len(remaining))
+                    ent = chainer.backends.cuda.to_cpu(confidence.entropy_from_logits(z))
+                    leave = numpy.zeros(len(remaining), dtype=bool)
+                    leave[numpy.argsort(ent, kind='stable')[:count]] = True
+                    lab[remaining[leave]], ex[remaining[leave]] = pred[leave], n
+                    if leave.all():
+                        break
+                    stay = ~leave
+                    h = h[self.xp.asarray(stay)]
+                    remaining = remaining[stay]
+                labels.append(lab)
+                exits.append(ex)
+        return numpy.concatenate(labels), numpy.concatenate(exits)
+
+    @property
+    def gpu(self):
+        """True when the parameters live on a GPU (the original's attribute)."""
+        return self.xp is not numpy
+
+    def find_thresholds_entropies(self, x_train, y_train=None, percentTrainKeeps=0.5,
+                                  batchsize=1024):
+        """Per early exit, the entropy threshold that lets the most confident
+        ``1 - percentTrainKeeps`` share of ``x_train`` leave there (every
+        sample evaluated at every exit, test mode), and the entropies.
+
+        Returns ``(thresholds, entropies)``: a list of floats and one array of
+        entropies per early exit. ``y_train`` is not used (the original's
+        signature).
+        """
+        shares = self._shares(percentTrainKeeps, 'percentTrainKeeps')
+        logits = self.get_logits(x_train, batchsize=batchsize)[:-1]
+        thresholds, entropies = [], []
+        for n, z in enumerate(logits):
+            ent = confidence.entropy_from_logits(z)
+            share = shares[n] if isinstance(shares, list) else shares
+            leave = int(len(ent) - share * len(ent))
+            thresholds.append(float(numpy.sort(ent)[min(leave, len(ent) - 1)]))
+            entropies.append(ent)
+        return thresholds, entropies
+
+    def find_thresholds(self, x_train, y_train=None, percentTrainKeeps=0.5, batchsize=1024):
+        """The thresholds of ``find_thresholds_entropies``."""
+        return self.find_thresholds_entropies(x_train, y_train, percentTrainKeeps,
+                                              batchsize)[0]
+
+    def find_entropies(self, x_train, y_train=None, percentTrainKeeps=0.5, batchsize=1024):
+        """The entropies of ``find_thresholds_entropies``."""
+        return self.find_thresholds_entropies(x_train, y_train, percentTrainKeeps,
+                                              batchsize)[1]
+
+    def print_models(self):
+        """Print every exit head with its branch point, then the trunk."""
+        for n, head in enumerate(self.branches):
+            print('---- exit {} after trunk layer {}'.format(n + 1, self.branch_points[n]))
+            for link in head:
+                print(link)
+        print('---- trunk')
+        for link in self.trunk:
+            print(link)
+        print('----')
+
     def test(self, x, t, thresholds=None, batchsize=None):
-        """Early-exit evaluation.
+        """Early-exit evaluation (by ``percentTestExits`` when no thresholds
+        are given or set; see ``predict_percent``).
 
         Returns ``(accuracy, exit_accuracies, exit_counts, seconds)``: overall
         accuracy, accuracy of the samples each exit classified (NaN where an
         exit took none), how many samples each exit took, and the end-to-end
         wall time of the whole evaluation.
         """
-        validate_labels(t, len(x))
+        validate_inputs(x, self.input_shape)
+        validate_labels(t, len(x), self.num_classes(x))
         xp_sync = self.xp
         synchronize(xp_sync)
         start = time.perf_counter()
-        labels, exits = self.predict(x, thresholds, batchsize)
+        if thresholds is None and self._thresholds is None:
+            labels, exits = self.predict_percent(x, batchsize=batchsize)
+        else:
+            labels, exits = self.predict(x, thresholds, batchsize)
         seconds = time.perf_counter() - start
         t = chainer.backends.cuda.to_cpu(t)
         correct = labels == t
@@ -520,7 +665,8 @@ class BranchyNet(chainer.Chain):
 
     def test_main(self, x, t, batchsize=None):
         """Main-network evaluation: ``(accuracy, seconds)``."""
-        validate_labels(t, len(x))
+        validate_inputs(x, self.input_shape)
+        validate_labels(t, len(x), self.num_classes(x))
         synchronize(self.xp)
         start = time.perf_counter()
         labels = self.predict_main(x, batchsize)

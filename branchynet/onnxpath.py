@@ -94,8 +94,8 @@ class Exporter:
             return self.batchnorm(link, x)
         if isinstance(link, FL):
             return self.function(link, x)
-        if isinstance(link, SL):
-            return x  # training-only layer: identity at test time
+        if isinstance(link, SL):  # fnTest at test time; identity when None
+            return x if link.fnTest is None else self.layer(link.fnTest, x)
         if hasattr(link, 'to_onnx'):
             return link.to_onnx(self, x)
         if isinstance(link, Net):

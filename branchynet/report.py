@@ -11,9 +11,11 @@ import glob
 import io
 import json
 import os
+import sys
 
 from branchynet.fileio import atomic_write
 from branchynet.utils import _cell
+from branchynet.validation import InvalidValue
 
 COLUMNS = ('Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
            'Trunk-only gain', 'Fast (ms)', 'Fast gain', 'MAC limit', 'Thrshld. T', 'Exit (%)',
@@ -85,12 +87,36 @@ def render(all_results):
     return '\n'.join(lines) + '\n'
 
 
-def write(results_dir='_results'):
-    files = sorted(glob.glob(os.path.join(results_dir, '*_results.json')))
-    all_results = []
-    for f in files:
-        with open(f) as fh:
-            all_results.append(json.load(fh))
+def _readable(path):
+    """The results in ``path``, or None (with a warning) when damaged."""
+    try:
+        with open(path) as fh:
+            results = json.load(fh)
+        table_rows(results)
+        render([results])
+        return results
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        print('warning: skipping {}: not a readable results file ({}: {})'.format(
+            path, type(e).__name__, e), file=sys.stderr)
+        return None
+
+
+def write(results_dir='_results', networks=None):
+    """Write table1.md/.csv from the ``*_results.json`` in ``results_dir``
+    (only those of ``networks`` when given); damaged files are skipped."""
+    if not os.path.isdir(results_dir):
+        raise InvalidValue('--results {}: no such folder (expected the _results folder '
+                           'written by branchynet.experiment)'.format(results_dir))
+    if networks is not None:
+        files = [os.path.join(results_dir, n + '_results.json') for n in networks]
+        files = [f for f in files if os.path.exists(f)]
+    else:
+        files = sorted(glob.glob(os.path.join(results_dir, '*_results.json')))
+    all_results = [r for r in map(_readable, files) if r is not None]
+    if not all_results:
+        raise InvalidValue('no readable *_results.json in {}{}: run branchynet.experiment '
+                           'first'.format(results_dir, ' for ' + ', '.join(networks)
+                                          if networks else ''))
     with atomic_write(os.path.join(results_dir, 'table1.md'), 'w') as f:
         f.write(render(all_results))
     buf = io.StringIO()
@@ -107,11 +133,20 @@ def write(results_dir='_results'):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--results', default='_results')
+    parser.add_argument('--networks', default=None,
+                        help='comma-separated networks to include (default: every '
+                             '*_results.json in the folder)')
     args = parser.parse_args(argv)
-    write(args.results)
+    networks = None if args.networks is None else [n for n in args.networks.split(',') if n]
+    try:
+        write(args.results, networks)
+    except InvalidValue as e:
+        print('error: {}'.format(e), file=sys.stderr)
+        return 2
     with open(os.path.join(args.results, 'table1.md')) as f:
         print(f.read())
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -40,18 +40,25 @@ def exit_outputs(net, x, measure=None, batchsize=256):
 def path_costs(net, x, engine=None):
     """Batch-1 end-to-end ms per sample of leaving at each exit.
 
-    Exit n is forced by thresholds 0 before it (nobody leaves: entropy is
-    never < 0) and infinity at it (everybody leaves). The samples of ``x``
-    (a few hundred suffice) are run for real, end to end, for every exit.
+    Exit n is forced with the network's confidence measure: thresholds with
+    which nobody leaves before it (entropy: 0, as entropy is never < 0;
+    maxprob and margin: 1) and everybody leaves at it (entropy: infinity).
+    The samples of ``x`` (a few hundred suffice) are run for real, end to
+    end, for every exit.
     """
     engine = engine or net
+    measure = confidence.get_measure(net.confidence)
     early = net.numexits() - 1
     costs = []
     for n in range(net.numexits()):
-        ts = [0.0] * n + [numpy.inf] * (early - n)
+        ts = [measure.stay_all] * n + [measure.leave_all] * (early - n)
         _, exits, seconds = _per_sample_loop(
             engine, x, lambda xb, tm: engine._route(xb, ts, tm), NULL_TIMER)
-        assert (exits == n).all()
+        if not (exits == n).all():
+            raise RuntimeError(
+                'forcing every sample out at exit {} with {} thresholds {} sent samples to '
+                'exits {}: the routing does not follow the measure'.format(
+                    n, measure.name, ts, sorted(set(numpy.asarray(exits).tolist()))))
         costs.append(1000. * seconds / len(x))
     return costs
 
@@ -123,7 +130,7 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
     """
     early = net.numexits() - 1
     upper = confidence.get_measure(net.confidence).upper
-    settings = generate_thresholds(base_ts, early) if enumerate_ts \
+    settings = generate_thresholds(base_ts, early + 1) if enumerate_ts \
         else [validate_thresholds(t, early, name='base_ts entry', upper=upper) for t in base_ts]
     engines = engines or {'chainer': net}
     entropies, predictions = exit_outputs(net, x) if outputs is None else outputs

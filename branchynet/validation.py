@@ -1,7 +1,31 @@
-"""Argument checks shared by the library; every error names what was wrong."""
+"""Argument checks shared by the library; every error names what was wrong.
+
+Errors about bad input are of the classes below, so a caller (the driver)
+can print them as one line while any other exception, a bug, keeps its
+traceback.
+"""
+import collections.abc
 import numbers
 
 import numpy
+
+
+class InputError(Exception):
+    """Bad input from a caller or user; the message says what was wrong and
+    what is expected."""
+
+
+class InvalidValue(InputError, ValueError):
+    """A value of the right kind but outside what is accepted."""
+
+
+class InvalidType(InputError, TypeError):
+    """A value of the wrong kind."""
+
+
+def is_real_number(value):
+    """A Python or numpy real number (bool excluded)."""
+    return _is_real_number(value) or isinstance(value, numpy.integer)
 
 
 def _is_real_number(value):
@@ -21,32 +45,39 @@ def validate_thresholds(value, num_early_exits, name='thresholdExits', upper=Non
     expected = ('a {} or a list of {} {} (one per early exit)'.format(
         kind[:-1], num_early_exits, kind))
     if isinstance(value, (str, bytes)):
-        raise ValueError('{} must be {}, got {!r}'.format(name, expected, value))
-    if _is_real_number(value) or (isinstance(value, numpy.ndarray) and value.ndim == 0):
+        raise InvalidValue('{} must be {}, got {!r}'.format(name, expected, value))
+    if is_real_number(value) or (isinstance(value, numpy.ndarray) and value.ndim == 0):
         values = [value] * num_early_exits
     else:
-        try:
-            values = list(value)
-        except TypeError:
-            raise ValueError('{} must be {}, got {!r}'.format(name, expected, value)) from None
+        if not isinstance(value, (collections.abc.Sequence, numpy.ndarray)) or \
+                isinstance(value, range):
+            # a dict would give its keys and a set an arbitrary order
+            raise InvalidValue('{} must be {}, got a {}: {!r}'.format(
+                name, expected, type(value).__name__, value))
+        values = list(value)
         if len(values) != num_early_exits:
-            raise ValueError('{} must be {}, got {} value(s): {!r}'.format(
+            raise InvalidValue('{} must be {}, got {} value(s): {!r}'.format(
                 name, expected, len(values), value))
     result = []
     for i, v in enumerate(values):
         if isinstance(v, numpy.ndarray) and v.ndim == 0:
             v = v.item()
-        if not _is_real_number(v):
-            raise ValueError('{}[{}] must be a number, got {!r}; expected {}'.format(
+        if not is_real_number(v):
+            raise InvalidValue('{}[{}] must be a number, got {!r}; expected {}'.format(
                 name, i, v, expected))
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:
+            raise InvalidValue('{}[{}] is an integer too large for a float; expected {} '
+                               '(use float("inf") for "always exit")'.format(
+                                   name, i, expected)) from None
         if numpy.isnan(v):
-            raise ValueError('{}[{}] is NaN; expected {}'.format(name, i, expected))
+            raise InvalidValue('{}[{}] is NaN; expected {}'.format(name, i, expected))
         if v < 0:
-            raise ValueError('{}[{}] is negative ({}); expected {}'.format(
+            raise InvalidValue('{}[{}] is negative ({}); expected {}'.format(
                 name, i, v, expected))
         if upper is not None and v > upper:
-            raise ValueError('{}[{}] is {}, above {:g}; expected {}'.format(
+            raise InvalidValue('{}[{}] is {}, above {:g}; expected {}'.format(
                 name, i, v, upper, expected))
         result.append(v)
     return result
@@ -54,49 +85,100 @@ def validate_thresholds(value, num_early_exits, name='thresholdExits', upper=Non
 
 def validate_inputs(x, input_shape=None, name='x'):
     """Check a batch of samples: an array of float32, finite, right shape."""
+    import chainer
+    if isinstance(x, chainer.Variable):
+        raise InvalidType('{} must be a numpy or cupy array, got chainer.Variable (pass '
+                          '{}.array)'.format(name, name))
     if not hasattr(x, 'shape') or not hasattr(x, 'dtype'):
-        raise TypeError('{} must be a numpy or cupy array, got {}'.format(
+        raise InvalidType('{} must be a numpy or cupy array, got {}'.format(
             name, type(x).__name__))
     if x.dtype != numpy.float32:
-        raise TypeError('{} must have dtype float32, got {} (convert with '
+        raise InvalidType('{} must have dtype float32, got {} (convert with '
                         'x.astype(numpy.float32))'.format(name, x.dtype))
     if input_shape is not None:
         expected = (len(input_shape) + 1,)
         if x.ndim != expected[0]:
-            raise ValueError('{} must have {} dimensions (N, {}), got shape {}'.format(
+            raise InvalidValue('{} must have {} dimensions (N, {}), got shape {}'.format(
                 name, expected[0], ', '.join(map(str, input_shape)), tuple(x.shape)))
         if tuple(x.shape[1:]) != tuple(input_shape):
-            raise ValueError('{} must have per-sample shape {} (channels, height, '
+            raise InvalidValue('{} must have per-sample shape {} (channels, height, '
                              'width), got {}'.format(name, tuple(input_shape),
                                                     tuple(x.shape[1:])))
     if x.ndim < 2:
-        raise ValueError('{} must be a batch with a leading sample axis, got shape {}'
+        raise InvalidValue('{} must be a batch with a leading sample axis, got shape {}'
                          .format(name, tuple(x.shape)))
     if len(x) == 0:
-        raise ValueError('{} is empty: at least one sample is needed'.format(name))
+        raise InvalidValue('{} is empty: at least one sample is needed'.format(name))
     xp = _xp(x)
     if not bool(xp.isfinite(x).all()):
-        raise ValueError('{} contains NaN or infinite values'.format(name))
+        raise InvalidValue('{} contains NaN or infinite values'.format(name))
 
 
 def validate_labels(t, num_samples, num_classes=None, name='t'):
     """Check labels: 1-d integers, one per sample, within 0..num_classes-1."""
     if not hasattr(t, 'shape') or not hasattr(t, 'dtype'):
-        raise TypeError('{} must be a numpy or cupy array of int32 labels, got {}'
+        raise InvalidType('{} must be a numpy or cupy array of int32 labels, got {}'
                         .format(name, type(t).__name__))
     if not numpy.issubdtype(t.dtype, numpy.integer):
-        raise TypeError('{} must hold integer labels (int32), got dtype {}'.format(
+        raise InvalidType('{} must hold integer labels (int32), got dtype {}'.format(
             name, t.dtype))
     if t.ndim != 1 or len(t) != num_samples:
-        raise ValueError('{} must have shape ({},) (one label per sample), got {}'
+        raise InvalidValue('{} must have shape ({},) (one label per sample), got {}'
                          .format(name, num_samples, tuple(t.shape)))
     if num_classes is not None and len(t):
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError('{} must be within 0..{}, got values from {} to {}'.format(
+            raise InvalidValue('{} must be within 0..{}, got values from {} to {}'.format(
                 name, num_classes - 1, lo, hi))
 
 
 def _xp(x):
     import chainer
     return chainer.backend.get_array_module(x)
+
+
+def as_labels(t, num_samples, num_classes=None, name='t'):
+    """``t`` checked (see ``validate_labels``) and as int32, the dtype Chainer's
+    losses need; any integer dtype is accepted when its values fit."""
+    validate_labels(t, num_samples, num_classes, name)
+    if t.dtype != numpy.int32 and len(t):
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi > numpy.iinfo(numpy.int32).max:
+            raise InvalidValue('{} must be within 0..(number of classes - 1), got values '
+                               'from {} to {}'.format(name, lo, hi))
+    return t.astype(numpy.int32, copy=False)
+
+
+def validate_batchsize(value, name='batchsize'):
+    """A positive integer (Python or numpy)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numpy.integer)) \
+            or value < 1:
+        raise InvalidValue('{} must be a positive integer, got {!r}'.format(name, value))
+    return int(value)
+
+
+def validate_weights(value, count, name='exit_weights'):
+    """A list of ``count`` finite, non-negative numbers, as floats."""
+    expected = 'a list of {} non-negative numbers, all finite (one per exit)'.format(count)
+    if isinstance(value, (str, bytes)) or \
+            not isinstance(value, (collections.abc.Sequence, numpy.ndarray)):
+        raise InvalidValue('{} must be {}, got {!r}'.format(name, expected, value))
+    value = list(value)
+    if len(value) != count:
+        raise InvalidValue('{} must be {}, got {} value(s): {!r}'.format(
+            name, expected, len(value), value))
+    for i, w in enumerate(value):
+        if not is_real_number(w) or not numpy.isfinite(float(w)) or w < 0:
+            raise InvalidValue('{}[{}] is {!r}; {} must be {}'.format(
+                name, i, w if not is_real_number(w) else float(w), name, expected))
+    return [float(w) for w in value]
+
+
+def validate_count(value, name, minimum=0):
+    """An integer (Python or numpy) of at least ``minimum``, or None (unset)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numpy.integer)) \
+            or value < minimum:
+        raise InvalidValue('{} must be an integer >= {}, got {!r}'.format(name, minimum, value))
+    return int(value)

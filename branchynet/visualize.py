@@ -1,7 +1,11 @@
 """Figures: training curves per exit and the accuracy/runtime trade-off (Fig. 3).
 
-Every function draws on a fresh figure and, given ``path`` (without
-extension), writes it as PNG and PDF atomically; it returns the Figure.
+The original project's functions (``plot_layers``, ``plot_tradeoff``,
+``plot_roc``, ``plot_line_tradeoff``, ``plot_layer_entropy``, ``plot_exits``,
+``plot_runtimes``) take its arguments and draw what it drew. The port's own
+figures (``plot_training``, ``plot_tradeoff_curve``, ``plot_entropy_sweep``,
+``plot_measures``) draw on a fresh figure and, given ``path`` (without
+extension), write it as PNG and PDF atomically. All return the Figure.
 """
 import sys
 
@@ -13,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from branchynet.fileio import atomic_path  # noqa: E402
-from branchynet.utils import inc_point_indices  # noqa: E402
+import numpy  # noqa: E402
+
+from branchynet.utils import get_inc_points, inc_point_indices  # noqa: E402
 
 
 def save_figure(fig, path, formats=('png', 'pdf')):
@@ -29,7 +35,7 @@ def exit_names(num_exits):
             for n in range(num_exits)]
 
 
-def plot_layers(losses, accs, title='', path=None, phase_labels=None):
+def plot_training(losses, accs, title='', path=None, phase_labels=None):
     """Training loss and accuracy per exit per epoch.
 
     ``losses[epoch][exit]``/``accs[epoch][exit]``; ``phase_labels`` may be a
@@ -61,7 +67,7 @@ def plot_layers(losses, accs, title='', path=None, phase_labels=None):
     return fig
 
 
-def plot_line_tradeoff(accs, diffs, baseacc, basediff, knee=None, title='', path=None,
+def plot_tradeoff_curve(accs, diffs, baseacc, basediff, knee=None, title='', path=None,
                        xlabel='runtime (ms per sample, batch size 1, end to end)',
                        all_points=True, extra_series=(), series_label='BranchyNet'):
     """Fig. 3: accuracy against runtime of every screened threshold setting.
@@ -97,14 +103,13 @@ def plot_line_tradeoff(accs, diffs, baseacc, basediff, knee=None, title='', path
     return fig
 
 
-def plot_layer_entropy(sms, y, title='', path=None, grid=None):
+def plot_entropy_sweep(sms, y, title='', path=None, grid=None):
     """Fig. 4 style: for each early exit alone, as its entropy threshold T grows,
     the share of samples leaving there and the overall accuracy (the others
     classified by the last exit).
 
     ``sms`` is ``net.get_SM(x)`` (one softmax array per exit) and ``y`` the labels.
     """
-    import numpy
     from branchynet.confidence import entropy
     grid = numpy.logspace(-5, numpy.log10(numpy.log(sms[0].shape[1])), 200) \
         if grid is None else numpy.asarray(grid)
@@ -148,4 +153,134 @@ def plot_measures(curves, baseacc, basediff, title='', path=None):
     ax.legend(loc='lower right', fontsize=8)
     if path:
         save_figure(fig, path)
+    return fig
+
+
+# ------------------------------------------------------- the original's figures
+def _save_original(fig, output_path):
+    """The original saved to the exact path given (its extension picks the format)."""
+    if output_path:
+        with atomic_path(output_path) as tmp:
+            fig.savefig(tmp, bbox_inches='tight')  # tmp keeps the extension
+
+
+def plot_layers(values, save_name=None, xlabel='', ylabel=''):
+    """One curve per exit when ``values`` is a list of per-exit sequences
+    (``list(zip(*losses))``), else a single 'Last Layer' curve; with
+    ``save_name`` the figure is titled by it and saved as ``save_name.png``."""
+    values = list(values)
+    if not values:
+        raise ValueError('plot_layers needs at least one value')
+    fig = plt.figure(figsize=(12, 10))
+    if isinstance(values[0], (tuple, list, numpy.ndarray)) and numpy.ndim(values[0]) == 1:
+        for i, val in enumerate(values):
+            plt.plot(val, label='Layer ' + str(i), linewidth=4.0)
+    else:
+        plt.plot(values, label='Last Layer', linewidth=4.0)
+    plt.legend(loc='best')
+    plt.xlabel(xlabel)
+    plt.ylabel(ylabel)
+    if save_name is not None:
+        plt.title(save_name)
+        _save_original(fig, save_name + '.png')
+    return fig
+
+
+def plot_tradeoff(ps, accs, diffs, baseacc, basediff):
+    """Accuracy (%, left axis) and runtime (right axis) against the exit
+    factor ``ps``, each with its baseline as a dashed line."""
+    fig = plt.figure(figsize=(12, 10))
+    ax = fig.add_subplot(111)
+    lines = ax.plot(ps, numpy.array(accs) * 100., '-g', label='Accuracy', linewidth=5.0)
+    lines += ax.plot(ps, [baseacc] * len(ps), '--g', label='Baseline Accuracy', linewidth=5.0)
+    ax.set_xlabel('Percentage Exit Factor')
+    ax.set_ylabel('Accuracy')
+    ax2 = ax.twinx()
+    lines += ax2.plot(ps, diffs, '-r', label='Time', linewidth=5.0)
+    lines += ax2.plot(ps, [basediff] * len(ps), '--r', label='Baseline Time', linewidth=5.0)
+    ax2.set_ylabel('Runtime (s)')
+    ax.legend(lines, [ln.get_label() for ln in lines], loc='best')
+    return fig
+
+
+def plot_roc(ps, accs, diffs, baseacc, basediff):
+    """Accuracy against runtime of every point, the baseline as a diamond."""
+    fig = plt.figure(figsize=(12, 10))
+    plt.plot(diffs, accs, linewidth=4, label='Our Method')
+    plt.plot(basediff, baseacc, 'D', linewidth=4, label='Baseline')
+    plt.xlabel('Runtime (s)')
+    plt.ylabel('Overall Accuracy')
+    plt.legend(loc=0)
+    return fig
+
+
+def plot_line_tradeoff(accs, diffs, ps, exits, baseacc, basediff, orig_label='Baseline',
+                       title=None, our_label='Our Method', xlabel='Runtime (s)',
+                       ylabel='Classification Accuracy', all_samples=False, knee_idx=None,
+                       xlim=None, ylim=None, inc_amt=-0.0005, output_path=None):
+    """Fig. 3 as the original drew it: the ``get_inc_points(..., inc_amt)``
+    curve (accuracy in %), the baseline as a diamond, every point with
+    ``all_samples``, and the curve's point ``knee_idx`` as a star; saved to
+    ``output_path`` (format from its extension) when given."""
+    inc_accs, inc_rts, _, _ = get_inc_points(list(accs), list(diffs), ps, exits,
+                                             inc_amt=inc_amt)
+    fig = plt.figure(figsize=(4.5, 3.5))
+    if all_samples:
+        plt.plot(diffs, numpy.array(accs) * 100., 'go', linewidth=4, label=our_label)
+    plt.xlabel(xlabel)
+    plt.ylabel(ylabel)
+    if xlim:
+        plt.xlim(xlim)
+    if ylim:
+        plt.ylim(ylim)
+    curve = numpy.array(inc_accs) * 100.
+    plt.plot(inc_rts, curve, '-o', color='#5163d3', ms=6, linewidth=4, label=our_label)
+    if knee_idx is not None:
+        plt.plot(inc_rts[knee_idx], curve[knee_idx], '*', color='#50d350', ms=16,
+                 label=our_label + ' knee')
+    plt.plot(basediff, baseacc * 100., 'D', color='#d3515a', ms=8, label=orig_label)
+    plt.legend(loc='best')
+    if title:
+        plt.title(title)
+    _save_original(fig, output_path)
+    return fig
+
+
+def plot_layer_entropy(leakyNet, x):
+    """Each exit's entropies of the samples ``x``, sorted (every sample
+    evaluated at every exit). Moves the network to the CPU, as the original."""
+    from branchynet.confidence import entropy
+    leakyNet.to_cpu()
+    fig = plt.figure(figsize=(12, 10))
+    for i, sm in enumerate(leakyNet.get_SM(numpy.asarray(x, dtype=numpy.float32))):
+        plt.plot(numpy.sort(entropy(sm)), linewidth=4, label='Exit ' + str(i + 1))
+    plt.legend(loc='best')
+    plt.xlabel('Sorted Samples by Entropy')
+    plt.ylabel('Entropy')
+    return fig
+
+
+def plot_exits(g_exits, g_accs, g_exits2, g_accs2, i=0, labels=('Joint', 'Separate')):
+    """Accuracy (%) against the number of samples leaving at exit ``i``, for
+    two screenings (e.g. joint and separate training)."""
+    fig = plt.figure(figsize=(4.5, 3.5))
+    plt.plot(numpy.array(g_exits)[:, i], numpy.array(g_accs) * 100, linewidth=4,
+             label=labels[0])
+    plt.plot(numpy.array(g_exits2)[:, i], numpy.array(g_accs2) * 100, linewidth=4,
+             label=labels[1])
+    plt.legend(loc='best')
+    plt.ylabel('Accuracy (%)')
+    plt.xlabel('Num Exits')
+    return fig
+
+
+def plot_runtimes(g_diffs, g_accs, g_diffs2, g_accs2, i=0, labels=('Joint', 'Separate')):
+    """Accuracy (%) against runtime (ms) for two screenings; ``i`` is unused,
+    as in the original."""
+    fig = plt.figure(figsize=(4.5, 3.5))
+    plt.plot(g_diffs, numpy.array(g_accs) * 100, linewidth=4, label=labels[0])
+    plt.plot(g_diffs2, numpy.array(g_accs2) * 100, linewidth=4, label=labels[1])
+    plt.legend(loc='best')
+    plt.ylabel('Accuracy (%)')
+    plt.xlabel('Runtime (ms)')
     return fig

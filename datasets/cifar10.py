@@ -16,11 +16,13 @@ import os
 import pickle
 import sys
 import tarfile
+import zlib
 
 import numpy
 
 from datasets import DataUnavailableError, data_dir
 from datasets._fetch import download, file_digest
+from branchynet.validation import InvalidValue
 
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 TARBALL = 'cifar-10-python.tar.gz'
@@ -48,30 +50,48 @@ def _read_batch(raw, source):
     try:
         d = _SafeUnpickler(io.BytesIO(raw), encoding='bytes').load()
     except Exception as e:
-        raise ValueError('{} is not a CIFAR-10 python batch: {}'.format(source, e)) from e
+        raise InvalidValue('{} is not a CIFAR-10 python batch: {}'.format(source, e)) from e
+    if not isinstance(d, dict):
+        raise InvalidValue('{} is not a CIFAR-10 python batch: it holds a {}, expected a '
+                           'dict with "data" and "labels"'.format(source, type(d).__name__))
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if 'data' not in d or 'labels' not in d:
-        raise ValueError('{} lacks the "data" and "labels" entries of a CIFAR-10 batch'
+        raise InvalidValue('{} lacks the "data" and "labels" entries of a CIFAR-10 batch'
                          .format(source))
-    data = numpy.asarray(d['data'], dtype=numpy.uint8)
-    labels = numpy.asarray(d['labels'], dtype=numpy.int32)
+    data, labels = numpy.asarray(d['data']), numpy.asarray(d['labels'])
+    # checked before any cast: a cast would wrap 300 to 44, or -7 to 249
+    if data.dtype.kind not in 'iu' or (data.size and (data.min() < 0 or data.max() > 255)):
+        raise InvalidValue('{}: data must be uint8 pixels (0..255), got dtype {}{}'.format(
+            source, data.dtype, ' with values from {} to {}'.format(data.min(), data.max())
+            if data.size and data.dtype.kind in 'iuf' else ''))
+    if labels.dtype.kind not in 'iu' or (labels.size and (labels.min() < 0 or
+                                                          labels.max() > 9)):
+        raise InvalidValue('{}: labels must be integers 0..9, got dtype {}{}'.format(
+            source, labels.dtype, ' with values from {} to {}'.format(
+                labels.min(), labels.max()) if labels.size and labels.dtype.kind in 'iuf'
+            else ''))
+    data, labels = data.astype(numpy.uint8), labels.astype(numpy.int32)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError('{}: data must be (N, 3072) with N labels, got {} and {} labels'
+        raise InvalidValue('{}: data must be (N, 3072) with N labels, got {} and {} labels'
                          .format(source, data.shape, len(labels)))
     return data, labels
 
 
 def _read_from_tarball(path):
     batches = {}
-    with tarfile.open(path, 'r:gz') as tar:
-        for name in TRAIN_BATCHES + TEST_BATCHES:
-            member = '{}/{}'.format(FOLDER, name)
-            try:
-                raw = tar.extractfile(member).read()
-            except (KeyError, AttributeError):
-                raise ValueError('{} has no {} (not the official CIFAR-10 python tarball?)'
-                                 .format(path, member)) from None
-            batches[name] = _read_batch(raw, '{}:{}'.format(path, member))
+    try:
+        with tarfile.open(path, 'r:gz') as tar:
+            for name in TRAIN_BATCHES + TEST_BATCHES:
+                member = '{}/{}'.format(FOLDER, name)
+                try:
+                    raw = tar.extractfile(member).read()
+                except (KeyError, AttributeError):
+                    raise InvalidValue('{} has no {} (not the official CIFAR-10 python '
+                                       'tarball?)'.format(path, member)) from None
+                batches[name] = _read_batch(raw, '{}:{}'.format(path, member))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise InvalidValue('{} is not a readable CIFAR-10 tarball (truncated or damaged?): '
+                           '{}: {}'.format(path, type(e).__name__, e)) from e
     return batches
 
 
@@ -80,7 +100,7 @@ def _read_from_folder(path):
     for name in TRAIN_BATCHES + TEST_BATCHES:
         file = os.path.join(path, name)
         if not os.path.exists(file):
-            raise ValueError('{} has no {}'.format(path, name))
+            raise InvalidValue('{} has no {}'.format(path, name))
         with open(file, 'rb') as f:
             batches[name] = _read_batch(f.read(), file)
     return batches
@@ -105,9 +125,15 @@ def locate(path=None, download_missing=True, cache=None):
                                     'folder)'.format(path, TARBALL, FOLDER))
         return path
     cache = cache or data_dir('cifar10')
-    for candidate in (os.path.join(cache, FOLDER), os.path.join(cache, TARBALL)):
-        if os.path.exists(candidate):
-            return candidate
+    if os.path.exists(os.path.join(cache, FOLDER)):
+        return os.path.join(cache, FOLDER)
+    cached = os.path.join(cache, TARBALL)
+    if os.path.exists(cached):
+        if file_digest(cached) == MD5:
+            return cached
+        print('[cifar10] {} fails its md5 check (truncated or damaged?); it will be '
+              'replaced'.format(cached), file=sys.stderr)
+        os.unlink(cached)
     if not download_missing:
         return None
     dest = os.path.join(cache, TARBALL)
@@ -131,12 +157,13 @@ def verify_tarball(path):
     """Raise ValueError unless ``path`` has the official tarball's md5."""
     actual = file_digest(path)
     if actual != MD5:
-        raise ValueError('{} has md5 {}, expected {} (the official {})'.format(
+        raise InvalidValue('{} has md5 {}, expected {} (the official {})'.format(
             path, actual, MD5, TARBALL))
 
 
-def get_data(path=None):
-    """``x_train (50000,3,32,32) float32 in [0,1], y_train int32, x_test, y_test``."""
+def get_raw_data(path=None):
+    """``x_train (50000,3,32,32) float32 in [0,1], y_train int32, x_test, y_test``
+    (pixels / 255, nothing else)."""
     batches = _read(locate(path))
 
     def stack(names):
@@ -147,3 +174,64 @@ def get_data(path=None):
     x_train, y_train = stack(TRAIN_BATCHES)
     x_test, y_test = stack(TEST_BATCHES)
     return x_train, y_train, x_test, y_test
+
+
+def unpickle(file):
+    """One CIFAR batch file as a dict with str keys (read without running code)."""
+    with open(file, 'rb') as f:
+        d = _SafeUnpickler(f, encoding='bytes').load()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def preprocessing(data):
+    """ZCA whitening fitted on ``data`` (N, D): returns ``(components, mean,
+    whitened)`` with ``whitened = (data - mean) @ components.T`` and
+    ``components = U diag(1/sqrt(S)) U^T`` from the SVD of the covariance
+    (no regulariser, as the original)."""
+    data = numpy.asarray(data, dtype=numpy.float64)
+    mean = data.mean(axis=0)
+    centred = data - mean
+    sigma = centred.T.dot(centred) / len(centred)
+    u, s, _ = numpy.linalg.svd(sigma)
+    with numpy.errstate(divide='ignore'):
+        components = (u * (1. / numpy.sqrt(s))).dot(u.T)
+    return components, mean, centred.dot(components.T)
+
+
+def minmax_per_image(data):
+    """Every row shifted to minimum 0 and scaled to maximum 1 (float32)."""
+    data = numpy.array(data, dtype=numpy.float64).reshape(len(data), -1)
+    data -= data.min(axis=1, keepdims=True)
+    peak = data.max(axis=1, keepdims=True)
+    peak[peak == 0] = 1.
+    return (data / peak).astype(numpy.float32)
+
+
+def get_data(whitening=1, path=None):
+    """CIFAR-10 preprocessed as the original's ``cifar10.get_data``: with
+    ``whitening=1`` ZCA whitening fitted on the training pixels (0..255) and
+    applied to both sets, then, always, per-image min-max scaling to [0, 1].
+    Returns ``(N,3,32,32)`` float32 images and int32 labels."""
+    if whitening not in (0, 1):
+        raise ValueError('whitening must be 0 or 1, got {!r}'.format(whitening))
+    x_train, y_train, x_test, y_test = get_raw_data(path)
+    train = x_train.reshape(len(x_train), -1) * 255.
+    test = x_test.reshape(len(x_test), -1) * 255.
+    if whitening == 1:
+        components, mean, train = preprocessing(train)
+        test = (test - mean).dot(components.T)
+    return (minmax_per_image(train).reshape(-1, 3, 32, 32), y_train,
+            minmax_per_image(test).reshape(-1, 3, 32, 32), y_test)
+
+
+def select_classes(data, numclasses=2):
+    """The samples of classes ``0 .. numclasses-1`` of ``(x_train, y_train,
+    x_test, y_test)``."""
+    x_train, y_train, x_test, y_test = data
+    keep_train, keep_test = y_train < numclasses, y_test < numclasses
+    return x_train[keep_train], y_train[keep_train], x_test[keep_test], y_test[keep_test]
+
+
+def get_data_dev(numclasses=2):
+    """``get_data()`` restricted to the first ``numclasses`` classes."""
+    return select_classes(get_data(), numclasses)

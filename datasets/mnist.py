@@ -18,12 +18,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 
 import numpy
 
 from datasets import DataUnavailableError, data_dir
 from datasets._fetch import ChecksumError, download, file_digest
 from branchynet.fileio import atomic_write
+from branchynet.validation import InvalidValue
 
 FILES = {  # name -> md5 of the raw IDX file
     'train-images-idx3-ubyte': '6bbc9ace898e44ae57da46a324031adb',
@@ -54,8 +56,9 @@ def _cached_ok(folder):
             try:
                 with gzip.open(gz, 'rb') as f, atomic_write(raw) as out:
                     shutil.copyfileobj(f, out)
-            except (OSError, EOFError) as e:
-                _log('{} is unreadable ({}); ignoring it'.format(gz, e))
+            except (OSError, EOFError, zlib.error) as e:
+                _log('{} is unreadable ({}); it will be replaced'.format(gz, e))
+                os.unlink(gz)
                 continue
         if os.path.exists(raw):
             if file_digest(raw) == md5:
@@ -144,7 +147,7 @@ def _read_idx(path, expected_magic):
         data = f.read()
     magic = int.from_bytes(data[0:4], 'big')
     if magic != expected_magic:
-        raise ValueError('{} is not an IDX file of the expected kind (magic {}, '
+        raise InvalidValue('{} is not an IDX file of the expected kind (magic {}, '
                          'expected {})'.format(path, magic, expected_magic))
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]

@@ -9,6 +9,7 @@ import os
 import numpy
 
 from branchynet.fileio import atomic_write
+from branchynet.validation import InvalidType, InvalidValue
 
 KEYS = ('train_x', 'train_y', 'test_x', 'test_y')
 
@@ -17,30 +18,30 @@ def validate(arrays, num_classes=None, source='dataset'):
     """Check the four arrays; raise ValueError/TypeError naming the problem."""
     missing = [k for k in KEYS if k not in arrays]
     if missing:
-        raise ValueError('{} lacks key(s) {}; expected keys {}'.format(
+        raise InvalidValue('{} lacks key(s) {}; expected keys {}'.format(
             source, ', '.join(missing), ', '.join(KEYS)))
     for split in ('train', 'test'):
         x, y = arrays[split + '_x'], arrays[split + '_y']
         if x.dtype != numpy.float32:
-            raise TypeError('{}: {}_x must be float32, got {}'.format(source, split, x.dtype))
+            raise InvalidType('{}: {}_x must be float32, got {}'.format(source, split, x.dtype))
         if x.ndim != 4:
-            raise ValueError('{}: {}_x must have shape (N, channels, height, width), got {}'
+            raise InvalidValue('{}: {}_x must have shape (N, channels, height, width), got {}'
                              .format(source, split, x.shape))
         if not numpy.issubdtype(y.dtype, numpy.integer):
-            raise TypeError('{}: {}_y must hold integer labels, got {}'.format(
+            raise InvalidType('{}: {}_y must hold integer labels, got {}'.format(
                 source, split, y.dtype))
         if y.ndim != 1 or len(y) != len(x):
-            raise ValueError('{}: {}_y must have one label per sample: {} samples in '
+            raise InvalidValue('{}: {}_y must have one label per sample: {} samples in '
                              '{}_x but {}_y has shape {}'.format(source, split, len(x), split,
                                                                 split, y.shape))
         if len(y) and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
             expected = '0..{}'.format(num_classes - 1) if num_classes else '>= 0'
-            raise ValueError('{}: {}_y labels must be {}, got values from {} to {}'.format(
+            raise InvalidValue('{}: {}_y labels must be {}, got values from {} to {}'.format(
                 source, split, expected, y.min(), y.max()))
         if not numpy.isfinite(x).all():
-            raise ValueError('{}: {}_x contains NaN or infinite values'.format(source, split))
+            raise InvalidValue('{}: {}_x contains NaN or infinite values'.format(source, split))
     if arrays['train_x'].shape[1:] != arrays['test_x'].shape[1:]:
-        raise ValueError('{}: train_x samples are {} but test_x samples are {}'.format(
+        raise InvalidValue('{}: train_x samples are {} but test_x samples are {}'.format(
             source, arrays['train_x'].shape[1:], arrays['test_x'].shape[1:]))
 
 
@@ -48,11 +49,9 @@ def load(path, num_classes=None):
     """``(x_train, y_train, x_test, y_test)`` from an npz file, validated."""
     if not os.path.exists(path):
         raise FileNotFoundError('dataset file {} does not exist'.format(path))
-    try:
-        with numpy.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError) as e:
-        raise ValueError('{} is not a readable npz file: {}'.format(path, e)) from e
+    from branchynet import safenpz
+    with safenpz.open_npz(path, 'a dataset npz file (keys {})'.format(', '.join(KEYS))) as f:
+        arrays = {k: safenpz.read_array(f, k, path) for k in f.files}
     validate(arrays, num_classes, source=str(path))
     return (arrays['train_x'], arrays['train_y'].astype(numpy.int32),
             arrays['test_x'], arrays['test_y'].astype(numpy.int32))

@@ -1,12 +1,14 @@
 """Branchy versions of LeNet, AlexNet and ResNet-110, each with get_network()."""
 import importlib
 
+from branchynet.validation import InvalidValue
+
 NETWORKS = ('lenet_mnist', 'alex_cifar10', 'resnet_cifar10')
 
 
 def load(name):
     """Import ``networks.<name>``; unknown names get a clear error."""
     if name not in NETWORKS:
-        raise ValueError('unknown network {!r}; expected one of: {}'.format(
+        raise InvalidValue('unknown network {!r}; expected one of: {}'.format(
             name, ', '.join(NETWORKS)))
     return importlib.import_module('networks.' + name)

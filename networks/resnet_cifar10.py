@@ -4,8 +4,12 @@ Trunk: conv(3,16,3,pad 0) (32 -> 30), BN, relu | exit 1 | 18 x ResBlock(16,16) |
 exit 2 | ResBlock(16,32,stride 2), 17 x ResBlock(32,32), ResBlock(32,64,stride 2),
 17 x ResBlock(64,64), average pooling(6, stride 1) (8 -> 3) | exit 3: linear(576,10).
 The main path has 109 convolutions and 1 linear layer; exit 2 sits after the
-37th convolution. Convolutions are He-normal initialised.
+37th convolution. The stem and residual convolutions are initialised at the
+original's scale (``WSCALE``); the exit-1 head and the linear layers use
+Chainer's default, as the original did.
 """
+import math
+
 import branchynet  # noqa: F401  (compatibility shims before chainer)
 import chainer
 import chainer.functions as F
@@ -27,7 +31,7 @@ EXPERIMENT = {
                    0.25, 0.5, 0.75, 1., 2., 3., 5., 10.],
     'presets': {
         # The paper's schedule: 100 main-only epochs, then 100 joint epochs.
-        'paper': {'epochs_main': 100, 'epochs_joint': 100},
+        'paper': {'epochs_main': 100, 'epochs_joint': 100, 'n_val': 0},
         # About 2 h per full CIFAR epoch on a 2-core CPU: a small subset here.
         'fast': {'epochs_main': 1, 'epochs_joint': 1, 'n_train': 1200, 'n_val': 200,
                  'n_test': 500,
@@ -38,11 +42,28 @@ EXPERIMENT = {
 }
 
 
-def conv(in_channels, out_channels, ksize, pad, stride=1):
-    """A He-normal initialised convolution (keyword arguments: Chainer 7's
-    sixth positional argument of Convolution2D is ``nobias``)."""
+#: The original passed ``wscale=math.sqrt(2)`` to these convolutions. Chainer
+#: 1.17 drew weights from HeNormal(1/sqrt(2)) scaled by sqrt(wscale), i.e.
+#: std = sqrt(wscale / fan_in) = 1.19 / sqrt(fan_in); He-normal (wscale 2)
+#: would be 1.41 / sqrt(fan_in).
+WSCALE = math.sqrt(2)
+
+
+def initializer(wscale=None):
+    """Chainer 1.17's initialisation for ``wscale`` (default ``WSCALE``):
+    normal, std ``sqrt(wscale / fan_in)``."""
+    wscale = WSCALE if wscale is None else wscale
+    return chainer.initializers.HeNormal(scale=math.sqrt(wscale / 2.))
+
+
+def conv(in_channels, out_channels, ksize, pad, stride=1, initialW='original'):
+    """A convolution initialised at the original's scale unless ``initialW``
+    says otherwise (None: Chainer's default). Keyword arguments throughout:
+    Chainer 7's sixth positional argument of Convolution2D is ``nobias``."""
+    if isinstance(initialW, str) and initialW == 'original':
+        initialW = initializer()
     return L.Convolution2D(in_channels, out_channels, ksize, stride=stride, pad=pad,
-                           initialW=chainer.initializers.HeNormal())
+                           initialW=initialW)
 
 
 class ResBlock(chainer.Chain):
@@ -52,8 +73,8 @@ class ResBlock(chainer.Chain):
     (window 1, stride 2) and zero-padded in channels (no parameters).
     """
 
-    def __init__(self, in_channels, out_channels, stride=1):
-        super().__init__()
+    def __init__(self, in_channels, out_channels, stride=1, ksize=1):
+        super().__init__()  # ksize: the original's unused argument, kept for its calls
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         with self.init_scope():
             self.conv1 = conv(in_channels, out_channels, 3, 1, stride)
@@ -112,9 +133,10 @@ def get_network(percentTrainKeeps=1, **kwargs):
     n = BLOCKS_PER_STAGE
     network = [
         conv(3, 16, 3, 0), L.BatchNormalization(16), FL(F.relu),
-        Branch([conv(16, 64, 5, 2), FL(F.relu),
+        Branch([conv(16, 64, 5, 2, initialW=None), FL(F.relu),
                 FL(F.local_response_normalization, n=3, k=2, alpha=5e-5, beta=0.75),
-                conv(64, 32, 3, 1), FL(F.relu), conv(32, 32, 3, 1), FL(F.relu),
+                conv(64, 32, 3, 1, initialW=None), FL(F.relu),
+                conv(32, 32, 3, 1, initialW=None), FL(F.relu),
                 L.Linear(28800, 10)]),
     ] + _stage(16, 16, 1, n) + [
         Branch([ResBlock(16, 16), L.Linear(14400, 10)]),

@@ -33,7 +33,7 @@ def write_official_tarball(path, n_per_batch=6, seed=0):
 def test_reads_a_tarball_in_the_official_format(tmp_path):
     tarball = tmp_path / cifar10.TARBALL
     truth = write_official_tarball(tarball)
-    x_train, y_train, x_test, y_test = cifar10.get_data(str(tarball))
+    x_train, y_train, x_test, y_test = cifar10.get_raw_data(str(tarball))
     assert x_train.shape == (30, 3, 32, 32) and x_test.shape == (6, 3, 32, 32)
     assert x_train.dtype == numpy.float32 and y_train.dtype == numpy.int32
     assert y_train.tolist() == sum((truth[n][1] for n in cifar10.TRAIN_BATCHES), [])
@@ -48,9 +48,9 @@ def test_reads_the_extracted_folder_and_the_environment_variable(tmp_path, monke
     write_official_tarball(tarball)
     with tarfile.open(tarball) as tar:
         tar.extractall(tmp_path / 'x')
-    from_tar = cifar10.get_data(str(tarball))
+    from_tar = cifar10.get_raw_data(str(tarball))
     monkeypatch.setenv('BRANCHYNET_CIFAR10', str(tmp_path / 'x' / cifar10.FOLDER))
-    from_folder = cifar10.get_data()
+    from_folder = cifar10.get_raw_data()
     for a, b in zip(from_tar, from_folder):
         numpy.testing.assert_array_equal(a, b)
 
@@ -70,7 +70,7 @@ def test_a_foreign_pickle_is_refused_without_running_it(tmp_path):
     for name in cifar10.TRAIN_BATCHES + cifar10.TEST_BATCHES:
         (folder / name).write_bytes(pickle.dumps(_RunsCode(str(marker))))
     with pytest.raises(ValueError, match='not a CIFAR-10 python batch'):
-        cifar10.get_data(str(folder))
+        cifar10.get_raw_data(str(folder))
     assert not marker.exists()
 
 
@@ -122,7 +122,7 @@ def test_pcifar10_is_built_from_cifar10_when_missing(tmp_path, monkeypatch):
     monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
     x_train, y_train, x_test, y_test = pcifar10.get_data()
     assert (tmp_path / 'data' / 'pcifar10' / 'data.npz').exists()
-    raw = cifar10.get_data(str(tarball))
+    raw = cifar10.get_raw_data(str(tarball))
     expected = pcifar10.preprocess(raw[0], raw[2])
     numpy.testing.assert_allclose(x_train, expected[0], rtol=1e-6)
     numpy.testing.assert_array_equal(y_test, raw[3])

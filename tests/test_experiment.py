@@ -6,7 +6,7 @@ import os
 import numpy
 import pytest
 
-from branchynet import experiment
+from branchynet import experiment, utils
 
 
 def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
@@ -27,7 +27,8 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
     assert all(sum(p['exit_counts']) == 100 for p in screen['points'])
     with open(tmp_path / '_results/lenet_mnist_cpu_table.csv') as f:
         rows = list(csv.reader(f))
-    assert rows[0][:3] == ['Device', 'Network', 'Acc. (%)'] and rows[2][1] == 'B-LeNet'
+    assert rows[0][:3] == ['Device', 'Network', 'Acc. (%)']
+    assert rows[2][1] == branchy_row_label('B-LeNet', screen)
     saved = json.loads((tmp_path / '_results/lenet_mnist_results.json').read_text())
     assert saved['config']['preset'] == 'tiny' and len(saved['training']['joint_loss']) == 1
     assert saved['data']['n_val'] == 200 and len(set(saved['data']['val_indices'])) == 200
@@ -39,6 +40,16 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
     calibrated = results['tables']['CPU'][2]
     assert calibrated['Network'] == 'B-LeNet (calibrated)'
     assert calibrated['Fast gain'] > 0 and calibrated['MAC limit'] > 0
+
+
+def branchy_row_label(name, screen):
+    """The BranchyNet row's name: plain for a knee, else saying there is no gain
+    (briefly trained test models often have none)."""
+    if screen['knee_is_gain']:
+        assert screen['knee_note'] == ''
+        return name
+    assert screen['knee_note'].startswith(utils.NO_GAIN)
+    return '{} ({})'.format(name, screen['knee_note'])
 
 
 def test_unknown_names_are_clear_errors():
@@ -65,8 +76,9 @@ def test_driver_runs_a_cifar_network_on_a_user_npz(tmp_path):
                              time_devices=['cpu'])
     assert results['config']['dataset_path'] == path
     rows = results['tables']['CPU']
-    assert rows[1]['Network'] == 'B-AlexNet' and len(rows[1]['Thrshld. T']) == 2
-    assert (tmp_path / '_results' / 'alex_cifar10_cpu_screen.json').exists()
+    screen = json.loads((tmp_path / '_results' / 'alex_cifar10_cpu_screen.json').read_text())
+    assert rows[1]['Network'] == branchy_row_label('B-AlexNet', screen)
+    assert len(rows[1]['Thrshld. T']) == 2
 
 
 def test_a_cifar_network_rejects_mnist_shaped_data_clearly(tmp_path):
@@ -83,7 +95,9 @@ def test_report_puts_the_paper_beside_ours(tmp_path, mnist_data):
                    overrides={'n_timing': 50}, time_devices=['cpu'])
     report.write(str(tmp_path / '_results'))
     md = (tmp_path / '_results' / 'table1.md').read_text()
-    assert '| CPU | B-LeNet |' in md and '| 99.25 | 0.620 | 5.44x | 0.025 | 94.30, 5.63 |' in md
+    screen = json.loads((tmp_path / '_results' / 'lenet_mnist_cpu_screen.json').read_text())
+    assert '| CPU | {} |'.format(branchy_row_label('B-LeNet', screen)) in md
+    assert '| 99.25 | 0.620 | 5.44x | 0.025 | 94.30, 5.63 |' in md
     assert 'preset `tiny`, 1 main-only + 1 joint epochs' in md
     with open(tmp_path / '_results' / 'table1.csv') as f:
         rows = list(csv.reader(f))

@@ -56,16 +56,24 @@ def test_random_thresholds_match_oracle_at_every_batch_size(three_exit_net, smal
 
 
 def test_exit_rule_is_strict(three_exit_net, small_batch):
-    from branchynet.confidence import entropy_from_logits
-    x = small_batch[0][:1]
+    from branchynet.confidence import entropy_from_logits, entropy_from_logits_row
+    three_exit_net.testing()  # the logits routing sees (training kernels round differently)
+    x = small_batch[0][:2]
     z0 = three_exit_net.forward(x)[0].array
     e0 = entropy_from_logits(z0)
     numpy.testing.assert_allclose(e0, entropy(three_exit_net.get_SM(x)[0]), rtol=1e-5)
-    # threshold exactly equal to a sample's entropy: that sample must not exit
-    _, exits = three_exit_net.predict(x, thresholds=[float(e0[0]), 0.0])
-    assert exits[0] != 0
-    _, exits = three_exit_net.predict(x, thresholds=[float(e0[0]) * (1 + 1e-9), 0.0])
+    # threshold exactly equal to a sample's entropy: that sample must not exit.
+    # Batched routing scores rows with entropy_from_logits...
+    t = float(e0[0])
+    _, exits = three_exit_net.predict(x, thresholds=[t, 0.0])
+    assert exits[0] != 0 and (exits[1] == 0) == (e0[1] < t)
+    _, exits = three_exit_net.predict(x, thresholds=[t * (1 + 1e-9), 0.0])
     assert exits[0] == 0
+    # ...a single sample with the same formula in plain Python, from its own
+    # batch-1 logits (BLAS may round a one-row product differently).
+    t = entropy_from_logits_row(three_exit_net.forward(x[:1])[0].array[0].tolist())
+    assert three_exit_net.predict(x[:1], thresholds=[t, 0.0])[1][0] != 0
+    assert three_exit_net.predict(x[:1], thresholds=[t * (1 + 1e-9), 0.0])[1][0] == 0
 
 
 def test_lenet_predict_agrees_with_oracle_and_batch_sizes():
@@ -266,3 +274,33 @@ def test_models_pickled_without_shared_prefix_still_load(small_batch):
     assert old.shared_prefix == [1, 1, 0]
     numpy.testing.assert_array_equal(old.predict(small_batch[0], [0.5, 0.5])[1],
                                      net.predict(small_batch[0], [0.5, 0.5])[1])
+
+
+def _dropout_bn_net():
+    from branchynet import FL, Branch, BranchyNet
+    import chainer.functions as F
+    import chainer.links as L
+    numpy.random.seed(0)
+    return BranchyNet([L.Linear(6, 8), L.BatchNormalization(8), FL(F.dropout, 0.5),
+                       Branch([L.Linear(8, 3)]), L.Linear(8, 8), Branch([L.Linear(8, 3)])])
+
+
+@pytest.mark.parametrize('how', ['using_config', 'testing'])
+def test_forward_test_mode_from_config_or_testing(how):
+    """Both ``using_config('train', False)`` and ``testing()`` mean test mode:
+    no dropout, batch normalisation statistics untouched."""
+    net = _dropout_bn_net()
+    x = numpy.random.RandomState(1).randn(16, 6).astype(numpy.float32)
+    mean = net.trunk[1].avg_mean.copy()
+    if how == 'testing':
+        net.testing()
+        outs = [net(x)[0].array for _ in range(2)]
+    else:
+        with chainer.using_config('train', False):
+            outs = [net(x)[0].array for _ in range(2)]
+    numpy.testing.assert_array_equal(outs[0], outs[1])
+    numpy.testing.assert_array_equal(net.trunk[1].avg_mean, mean)
+    net.training()
+    train_outs = [net(x)[0].array for _ in range(2)]
+    assert not numpy.array_equal(train_outs[0], train_outs[1])  # dropout is on again
+    assert not numpy.array_equal(net.trunk[1].avg_mean, mean)

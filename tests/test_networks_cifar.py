@@ -61,9 +61,10 @@ def test_resnet_main_path_has_109_convolutions_and_one_linear(resnet):
     assert _count(before_exit2, L.Convolution2D) == 37
 
 
-def test_resnet_convolutions_are_he_normal_with_bias(resnet):
+def test_resnet_convolutions_have_the_original_scale_and_bias(resnet):
+    # wscale=sqrt(2) under Chainer 1.17: std sqrt(wscale / fan_in), not He's sqrt(2 / fan_in)
     w = resnet.trunk[5].conv1.W.array  # a 16->16 3x3 convolution: fan-in 144
-    assert w.std() == pytest.approx(numpy.sqrt(2. / 144), rel=0.15)
+    assert w.std() == pytest.approx(numpy.sqrt(numpy.sqrt(2.) / 144), rel=0.05)
     assert resnet.trunk[5].conv1.b is not None
 
 

@@ -33,6 +33,9 @@ def test_notebook_executes_headless(name, tmp_path, monkeypatch, mnist_data):
     nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
                             resources={'metadata': {'path': os.path.join(ROOT, 'ipynb')}}
                             ).execute()
-    assert (tmp_path / '_models' / (name + '.npz')).exists()
+    assert (tmp_path / '_models' / (name + '.bn')).exists()
+    assert (tmp_path / '_models' / (name + '_cpu_results.pkl')).exists()
+    assert (tmp_path / '_figs' / (name + '_cpu.pdf')).exists()
     outputs = ''.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
     assert '| CPU | B-' in outputs
+    assert 'Network,Hardware,Accuracy,Runtime,Speedup' in outputs

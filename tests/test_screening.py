@@ -13,7 +13,7 @@ def test_cached_grid_equals_real_batch1_runs_exactly(small_batch):
     net = make_three_exit_net()
     grid = [0.5, 1.55, 1.6, 10.0]
     records, info = screening.screen_cached(net, x, y, grid, cost_samples=10)
-    real = utils.screen_branchy(net, x, y, grid, progress=False)
+    real = utils.screen_thresholds(net, x, y, grid, progress=False)
     assert len(records) == 16
     for r, acc, ex in zip(records, real[1], real[3]):
         assert r['acc'] == pytest.approx(acc) and r['exit_counts'] == ex
@@ -60,3 +60,16 @@ def test_fast_engine_costs_are_measured_for_every_exit(small_batch):
         cost_samples=8)
     assert all(r['ms_fast'] > 0 and r['ms_chainer'] > 0 for r in records)
     assert len(info['path_ms']['fast']) == 3
+
+
+@pytest.mark.parametrize('measure', ['entropy', 'maxprob', 'margin'])
+def test_path_costs_force_every_exit_for_every_measure(small_batch, measure):
+    """Forcing an exit uses the measure's own terms (0/inf is right for entropy only)."""
+    x, y = small_batch
+    net = make_three_exit_net(confidence=measure)
+    assert len(screening.path_costs(net, x[:5])) == 3
+    grid = [0.3, 0.9] if measure != 'entropy' else [0.5, 1.6]
+    records, info = screening.screen_cached(net, x, y, grid, cost_samples=5)
+    real = utils.screen_thresholds(net, x, y, grid, progress=False)
+    for r, acc, ex in zip(records, real[1], real[3]):
+        assert r['acc'] == pytest.approx(acc) and r['exit_counts'] == ex

@@ -60,7 +60,7 @@ def test_a_gpu_requested_where_none_is_usable(monkeypatch, capsys):
 
 def test_training_arguments():
     with pytest.raises(ValueError, match='batchsize must be >= 1'):
-        utils.train(NET, GOOD, numpy.zeros(2, numpy.int32), batchsize=0)
+        utils.train_exits(NET, GOOD, numpy.zeros(2, numpy.int32), batchsize=0)
 
 
 def test_seeded_cpu_training_is_bit_for_bit_reproducible():
@@ -72,8 +72,8 @@ def test_seeded_cpu_training_is_bit_for_bit_reproducible():
     for _ in range(2):
         numpy.random.seed(7)
         net = alex_cifar10.get_network()
-        utils.train(net, x, y, main=True, batchsize=16, num_epoch=1, seed=7, progress=False)
-        utils.train(net, x, y, batchsize=16, num_epoch=1, seed=8, progress=False)
+        utils.train_exits(net, x, y, main=True, batchsize=16, num_epoch=1, seed=7, progress=False)
+        utils.train_exits(net, x, y, batchsize=16, num_epoch=1, seed=8, progress=False)
         weights.append({k: p.array.copy() for k, p in net.namedparams()})
     for k in weights[0]:
         numpy.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)

@@ -3,8 +3,17 @@
 # prints its python. Usage: PY=$(tools/ensure_env.sh [test] [gpu])
 # (extras: requirements/test.txt, requirements/gpu.txt, requirements/onnx.txt;
 # test.txt includes onnx.txt).
-# Rebuilt automatically when a requirements file changes.
+# Rebuilt automatically when a requirements file changes. With
+# BRANCHYNET_PYTHON set, prints it and installs nothing.
 set -euo pipefail
+# An interpreter that already has everything (e.g. a GPU machine's image set up
+# by tools/gpu_run.sh, which sets this): used as it is, nothing installed.
+if [ -n "${BRANCHYNET_PYTHON:-}" ]; then
+  command -v "$BRANCHYNET_PYTHON" >/dev/null 2>&1 || {
+    echo "ensure_env: BRANCHYNET_PYTHON='$BRANCHYNET_PYTHON' is not an interpreter" >&2; exit 2; }
+  echo "$BRANCHYNET_PYTHON"
+  exit 0
+fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${BRANCHYNET_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"

@@ -1,8 +1,8 @@
 """Writes ipynb/<network>.ipynb, one per network, from a single template.
 
-The notebooks walk through the steps of ``branchynet.experiment`` one cell
-at a time, calling the library (no model classes are defined in them, so
-models stay dill-picklable). They are stored without outputs; the test suite
+The notebooks follow the original project's notebooks cell for cell, calling
+the library with the original's function names (no model classes are
+defined in them, so models stay dill-picklable). They are stored without outputs; the test suite
 regenerates them to check they are in sync and executes them headless.
 
     python tools/make_notebooks.py            # rewrite ipynb/
@@ -22,16 +22,19 @@ TITLES = {'lenet_mnist': ('B-LeNet', 'MNIST'), 'alex_cifar10': ('B-AlexNet', 'CI
 CELLS = [
     ('markdown', """# {title} on {data}
 
-The steps of the paper's experiment, one cell each: train the main network,
-train all exits jointly, time the baseline and BranchyNet at batch size 1
-(end to end), screen the entropy thresholds, pick the knee and print the
-Table I block. `./get_results.sh` runs the same steps
-(`branchynet/experiment.py`).
+The original's experiment, cell for cell: build the network, load the data,
+settings, train the main network, train all exits jointly, plot the training,
+time the baseline (GPU when usable, then CPU), the threshold list, screen the
+thresholds and draw the trade-off (GPU when usable, then CPU), Table I, and
+save the model and the results as the original did (`_models/<name>.bn`,
+`_models/<name>_{{cpu,gpu}}_results.pkl`). Times are end to end at batch size
+1. `./get_results.sh` runs the full experiment (`branchynet/experiment.py`).
 
 Environment variables: `BRANCHYNET_PRESET` (`fast` by default; `paper` for
 the original schedule, `tiny` for a quick check), `BRANCHYNET_DATASET` (an
 npz file or a dataset name, replacing the network's own data) and
 `BRANCHYNET_OUT` (where `_models/` and `_figs/` go; default the project root)."""),
+    ('markdown', '## Define network'),
     ('code', """import os
 import sys
 
@@ -39,50 +42,115 @@ ROOT = os.path.abspath('..') if os.path.basename(os.getcwd()) == 'ipynb' else os
 sys.path.insert(0, ROOT)
 
 import branchynet  # applies the compatibility shims before chainer
-from branchynet import experiment, fileio, utils, visualize
+import dill
+from branchynet import devices, experiment, utils, visualize
 
 NETWORK = '{network}'
 PRESET = os.environ.get('BRANCHYNET_PRESET', 'fast')
 OUT = os.environ.get('BRANCHYNET_OUT', ROOT)
+for folder in ('_models', '_figs'):
+    os.makedirs(os.path.join(OUT, folder), exist_ok=True)
 module, config = experiment.resolve_config(
     NETWORK, PRESET, {{'dataset_path': os.environ.get('BRANCHYNET_DATASET')}})
+GPU = devices.gpu_usable()  # probes the device: cuda.available alone can be True without one
+
+branchyNet = module.get_network()
+if GPU:
+    branchyNet.to_gpu()
+branchyNet.training()
 config"""),
-    ('markdown', '## Data'),
+    ('markdown', '## Import data'),
     ('code', """x_train, y_train, x_test, y_test = experiment.load_dataset(config)
 x_train.shape, x_test.shape"""),
-    ('markdown', '## Train the main network, then every exit jointly'),
-    ('code', """net = module.get_network()
-main_losses, main_accs, main_seconds = utils.train(
-    net, x_train, y_train, main=True, batchsize=config['batchsize'],
-    num_epoch=config['epochs_main'], seed=0)
-print('baseline test accuracy: {{:.2%}}'.format(net.test_main(x_test, y_test, batchsize=1000)[0]))"""),
-    ('code', """joint_losses, joint_accs, joint_seconds = utils.train(
-    net, x_train, y_train, batchsize=config['batchsize'],
-    num_epoch=config['epochs_joint'], seed=1)
-print('test accuracy per exit:', experiment.exit_accuracies(net, x_test, y_test))"""),
-    ('code', """last = net.numexits() - 1
-visualize.plot_layers(
-    [[float('nan')] * last + row for row in main_losses] + joint_losses,
-    [[float('nan')] * last + row for row in main_accs] + joint_accs,
-    title='{title}: training per exit',
-    phase_labels=[(0, 'main only'), (len(main_losses), 'joint')]);"""),
-    ('markdown', """## Time the baseline and screen the thresholds (batch size 1, CPU)
+    ('markdown', '## Settings'),
+    ('code', """TRAIN_BATCHSIZE = config['batchsize']
+TEST_BATCHSIZE = 1
+TRAIN_NUM_EPOCHS = config['epochs_main']
+n_timing = config['n_timing'] or len(x_test)
+x_time, y_time = x_test[:n_timing], y_test[:n_timing]  # the samples timed at batch size 1"""),
+    ('markdown', '## Train main network'),
+    ('code', """main_loss, main_acc, main_time = utils.train(branchyNet, x_train, y_train, main=True,
+                                             batchsize=TRAIN_BATCHSIZE,
+                                             num_epoch=TRAIN_NUM_EPOCHS, seed=0)"""),
+    ('markdown', '## Train BranchyNet (every exit jointly)'),
+    ('code', """TRAIN_NUM_EPOCHS = config['epochs_joint']
+branch_loss, branch_acc, branch_time = utils.train(branchyNet, x_train, y_train,
+                                                   batchsize=TRAIN_BATCHSIZE,
+                                                   num_epoch=TRAIN_NUM_EPOCHS, seed=1)
+branchyNet.testing()
+print('test accuracy per exit:', experiment.exit_accuracies(branchyNet, x_test, y_test))"""),
+    ('markdown', '## Visualizing network training'),
+    ('code', """if main_loss:
+    visualize.plot_layers(main_loss, xlabel='Epochs', ylabel='Training Loss')
+    visualize.plot_layers(main_acc, xlabel='Epochs', ylabel='Training Accuracy')"""),
+    ('code', """if branch_loss:
+    visualize.plot_layers(list(zip(*branch_loss)), xlabel='Epochs', ylabel='Training Loss')
+    visualize.plot_layers(list(zip(*branch_acc)), xlabel='Epochs', ylabel='Training Accuracy')"""),
+    ('markdown', """## Baseline: the main network at batch size 1, GPU (when usable) then CPU
 
-`ms` is end to end per sample; `trunk_ms` is the original's timer (trunk
-segments only)."""),
-    ('code', """n_timing = config['n_timing'] or len(x_test)
-xs, ys = x_test[:n_timing], y_test[:n_timing]
-baseline = utils.measure_main(net, xs, ys)
-screen = utils.screen_branchy(net, xs, ys, config['thresholds'])
-ts, accs, diffs, exits = screen
-{{k: baseline[k] for k in ('acc', 'ms', 'trunk_ms')}}"""),
-    ('code', """knee = utils.select_knee(accs, diffs, baseline['acc'])
-visualize.plot_line_tradeoff(accs, diffs, baseline['acc'], baseline['ms'], knee,
-                             title='{title}: accuracy vs runtime (CPU)');"""),
-    ('code', """rows = utils.branchy_table_results(config['title'], baseline, screen.records[knee])"""),
-    ('markdown', '## Save the model (npz: weights only, safe to share; dill: as the original)'),
-    ('code', """fileio.save_npz(os.path.join(OUT, '_models', NETWORK + '.npz'), net)
-fileio.save_dill(os.path.join(OUT, '_models', NETWORK + '.bn'), net)"""),
+`utils.test` returns total seconds; per sample in ms as the original."""),
+    ('code', """branchyNet.testing()
+branchyNet.verbose = False
+g_baseacc = g_basediff = None
+if GPU:
+    branchyNet.to_gpu()
+    g_baseacc, g_basediff, _, _ = utils.test(branchyNet, x_time, y_time, main=True,
+                                             batchsize=TEST_BATCHSIZE)
+    g_basediff = (g_basediff / float(len(y_time))) * 1000.
+
+branchyNet.to_cpu()
+c_baseacc, c_basediff, _, _ = utils.test(branchyNet, x_time, y_time, main=True,
+                                         batchsize=TEST_BATCHSIZE)
+c_basediff = (c_basediff / float(len(y_time))) * 1000.
+c_baseacc, c_basediff"""),
+    ('markdown', '## Threshold list (tried at every early exit; their product is screened)'),
+    ('code', """thresholds = config['thresholds']
+thresholds"""),
+    ('markdown', '## GPU screening and trade-off (when a GPU is usable)'),
+    ('code', """g_ts = g_accs = g_diffs = g_exits = None
+if GPU:
+    branchyNet.to_gpu()
+    g_ts, g_accs, g_diffs, g_exits = utils.screen_branchy(branchyNet, x_time, y_time, thresholds,
+                                                          batchsize=TEST_BATCHSIZE, verbose=True)
+    g_diffs *= 1000.  # seconds -> ms
+    visualize.plot_line_tradeoff(g_accs, g_diffs, g_ts, g_exits, g_baseacc, g_basediff,
+                                 all_samples=False, inc_amt=-0.0001,
+                                 our_label='{title}', orig_label=config['title'],
+                                 xlabel='Runtime (ms)', title=config['title'] + ' GPU',
+                                 output_path=os.path.join(OUT, '_figs', NETWORK + '_gpu.pdf'))"""),
+    ('markdown', '## CPU screening and trade-off'),
+    ('code', """branchyNet.to_cpu()
+c_ts, c_accs, c_diffs, c_exits = utils.screen_branchy(branchyNet, x_time, y_time, thresholds,
+                                                      batchsize=TEST_BATCHSIZE, verbose=True)
+c_diffs *= 1000.  # seconds -> ms
+visualize.plot_line_tradeoff(c_accs, c_diffs, c_ts, c_exits, c_baseacc, c_basediff,
+                             all_samples=False, inc_amt=-0.0001,
+                             our_label='{title}', orig_label=config['title'],
+                             xlabel='Runtime (ms)', title=config['title'] + ' CPU',
+                             output_path=os.path.join(OUT, '_figs', NETWORK + '_cpu.pdf'));"""),
+    ('markdown', """## Table I
+
+The original's CSV printout (every point where accuracy rises), then the
+port's Table I block at the knee: the fastest threshold setting at least as
+accurate as the baseline, measured again with the trunk-only column."""),
+    ('code', """utils.branchy_table_results(c_baseacc, c_basediff,
+                            g_basediff if GPU else float('nan'), c_accs, c_diffs,
+                            g_accs if GPU else [], g_diffs if GPU else [],
+                            inc_amt=0.000, network=config['title'])
+knee = utils.select_knee(list(c_accs), list(c_diffs), c_baseacc)
+rows = utils.branchy_table_rows(config['title'], utils.measure_main(branchyNet, x_time, y_time),
+                                utils.measure_branchy(branchyNet, x_time, y_time, c_ts[knee]))"""),
+    ('markdown', '## Save model and results (dill, as the original; the model from the CPU)'),
+    ('code', """branchyNet.to_cpu()
+with open(os.path.join(OUT, '_models', NETWORK + '.bn'), 'wb') as f:
+    dill.dump(branchyNet, f)
+if GPU:
+    with open(os.path.join(OUT, '_models', NETWORK + '_gpu_results.pkl'), 'wb') as f:
+        dill.dump({{'accs': g_accs, 'rt': g_diffs, 'exits': g_exits, 'ts': g_ts,
+                   'baseacc': g_baseacc, 'basediff': g_basediff}}, f)
+with open(os.path.join(OUT, '_models', NETWORK + '_cpu_results.pkl'), 'wb') as f:
+    dill.dump({{'accs': c_accs, 'rt': c_diffs, 'exits': c_exits, 'ts': c_ts,
+               'baseacc': c_baseacc, 'basediff': c_basediff}}, f)"""),
 ]
 
 

@@ -2,16 +2,20 @@
 
 * ``FL(fn, *args, **kwargs)`` turns a plain function (``F.relu``,
   ``F.max_pooling_2d`` with its window...) into a layer of the list.
-* ``SL(fn)`` is a layer that is only active in training mode (identity at
-  test time); useful for dropout-like or augmenting layers.
-* ``Branch([...])`` marks a branch point in the list and holds that exit's
-  head; the last ``Branch`` of a list is the main network's final head.
+* ``SL(fnTrain, fnTest=None)`` switches between two layers: ``fnTrain`` in
+  training mode, ``fnTest`` at test time (identity when None); useful for
+  dropout-like or augmenting layers.
+* ``Branch([...], weight=1.)`` marks a branch point in the list and holds
+  that exit's head; the last ``Branch`` of a list is the main network's final
+  head. ``weight`` is that exit's loss weight in joint training.
 * ``Net`` is a ``ChainList`` that runs a slice of its layers.
 
 Train/test behaviour follows ``chainer.config.train`` (Chainer >= 2), so
 dropout and batch normalisation switch with ``chainer.using_config``.
 """
 import chainer
+
+from branchynet.cpukernels import run_layer
 
 
 class FL(chainer.Link):
@@ -38,26 +42,45 @@ class FL(chainer.Link):
 
 
 class SL(chainer.Chain):
-    """Applies ``fn`` in training mode only; identity in test mode.
+    """Switch layer: ``fnTrain`` in training mode, ``fnTest`` in test mode
+    (identity when ``fnTest`` is None).
 
-    ``fn`` may be a Link (registered as a child, so its parameters are
-    saved and trained) or a plain callable.
+    Each may be a Link (registered as a child, so its parameters are saved
+    and trained) or a plain callable. ``fn`` is another name of ``fnTrain``.
     """
 
-    def __init__(self, fn):
+    def __init__(self, fnTrain, fnTest=None):
         super().__init__()
-        if isinstance(fn, chainer.Link):
-            with self.init_scope():
-                self.fn = fn
-        elif callable(fn):
-            self.fn = fn
-        else:
-            raise TypeError('SL expects a Link or a callable, got {!r}'.format(fn))
+        for name, fn in (('fnTrain', fnTrain), ('fnTest', fnTest)):
+            if isinstance(fn, chainer.Link):
+                with self.init_scope():
+                    setattr(self, name, fn)
+            elif callable(fn) or (fn is None and name == 'fnTest'):
+                setattr(self, name, fn)
+            else:
+                raise TypeError('SL expects a Link or a callable as {}, got {!r}'
+                                .format(name, fn))
+
+    @property
+    def fn(self):
+        return self.fnTrain
+
+    def __setstate__(self, state):  # models pickled when the layer held ``fn``
+        if 'fn' in state:
+            state['fnTrain'] = state.pop('fn')
+            children = state.get('_children')
+            if children is not None and 'fn' in children:
+                children.discard('fn')
+                children.add('fnTrain')
+        state.setdefault('fnTest', None)
+        self.__dict__.update(state)
 
     def forward(self, x):
         if chainer.config.train:
-            return self.fn(x)
-        return x
+            return self.fnTrain(x)
+        if self.fnTest is None:
+            return x
+        return self.fnTest(x)
 
 
 class Net(chainer.ChainList):
@@ -74,7 +97,7 @@ class Net(chainer.ChainList):
 
     def forward(self, x, starti=0, endi=None):
         for layer in self[starti:endi]:
-            x = layer(x)
+            x = run_layer(layer, x)
         return x
 
     def train(self, x, starti=0, endi=None):
@@ -89,4 +112,21 @@ class Net(chainer.ChainList):
 
 
 class Branch(Net):
-    """Marks a branch point in a flat network list and holds its exit head."""
+    """Marks a branch point in a flat network list and holds its exit head.
+
+    ``weight`` is this exit's weight in the joint training loss (the default
+    of ``BranchyNet.exit_weights``). The original accepted it and trained
+    with 1.0 anyway; 1.0 remains the default, so results match it.
+    """
+
+    def __init__(self, branch=(), weight=1.):
+        super().__init__(branch)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+                not weight >= 0:
+            raise ValueError('Branch weight must be a non-negative number, got {!r}'
+                             .format(weight))
+        self.weight = float(weight)
+
+    def __setstate__(self, state):  # models pickled before Branch had a weight
+        state.setdefault('weight', 1.0)
+        self.__dict__.update(state)

@@ -5,8 +5,9 @@
 ACTION is train (weights and curves after training), outputs (gathered exit
 outputs), shards (the sample indices every rank trained on), fail (one
 rank raises) or experiment (the driver, ``--`` then its arguments, with every
-file write logged to DIR/writes_rank<R>.txt). Rank 0 writes DIR/result.npz; the data is made from --seed, so
-a single process can rebuild it.
+write under --out logged to DIR/writes_rank<R>.txt). Rank 0 writes
+DIR/result.npz; the data is made from --seed, so a single process can
+rebuild it.
 """
 import argparse
 import os
@@ -105,7 +106,7 @@ def main(argv=None):
                     net.train = counting
             from branchynet import checkpoint
             try:
-                losses, accs, _ = utils.train(
+                losses, accs, _ = utils.train_exits(
                     net, x, y, main=args.main, batchsize=args.batch, num_epoch=args.epochs,
                     seed=args.seed, progress=False, snapshot=args.snapshot,
                     resume=args.resume, distributed=dist)
@@ -121,25 +122,44 @@ def main(argv=None):
 
 
 def run_experiment(args):
-    """The driver with every atomic write recorded, per rank, by path."""
+    """The driver with every write under --out recorded, per rank, in
+    DIR/writes_rank<R>.txt as ``ACTION PATH`` lines: write (atomic writes),
+    lock (the run lock), clean (stale temporaries removed), makedirs, unlink."""
     import contextlib
     from mpi4py import MPI
     from branchynet import fileio
     assert 'branchynet.experiment' not in sys.modules  # so it imports the wrappers below
     os.makedirs(args.out, exist_ok=True)
-    log = os.path.join(args.out, 'writes_rank{}.txt'.format(MPI.COMM_WORLD.Get_rank()))
+    out = os.path.abspath(args.out)
+    log = os.path.join(out, 'writes_rank{}.txt'.format(MPI.COMM_WORLD.Get_rank()))
     open(log, 'w').close()
 
-    def recorded(original):
+    def record(action, path):
+        path = os.path.abspath(os.fspath(path))
+        if path == out or path.startswith(out + os.sep):
+            with open(log, 'a') as f:
+                f.write('{} {}\n'.format(action, path))
+
+    def recorded_context(original):
         @contextlib.contextmanager
         def wrapper(path, *a, **k):
-            with open(log, 'a') as f:
-                f.write(os.fspath(path) + '\n')
+            record('write', path)
             with original(path, *a, **k) as target:
                 yield target
         return wrapper
-    fileio.atomic_write = recorded(fileio.atomic_write)
-    fileio.atomic_path = recorded(fileio.atomic_path)
+
+    def recorded_call(action, original, path_of=lambda *a, **k: a[0]):
+        def wrapper(*a, **k):
+            record(action, path_of(*a, **k))
+            return original(*a, **k)
+        return wrapper
+    fileio.atomic_write = recorded_context(fileio.atomic_write)
+    fileio.atomic_path = recorded_context(fileio.atomic_path)
+    fileio.remove_stale_temporaries = recorded_call('clean', fileio.remove_stale_temporaries)
+    fileio.RunLock.acquire = recorded_call('lock', fileio.RunLock.acquire,
+                                           lambda lock: lock.folder)
+    os.makedirs = recorded_call('makedirs', os.makedirs)
+    os.unlink = recorded_call('unlink', os.unlink)
     from branchynet import experiment
     return experiment.main(args.rest)
 

@@ -1,0 +1,127 @@
+"""The CPU training kernels compute what Chainer's functions compute."""
+import contextlib
+
+import numpy
+import pytest
+
+import branchynet  # noqa: F401
+import chainer
+import chainer.functions as F
+import chainer.links as L
+
+from branchynet import FL, cpukernels, runtime, utils
+from branchynet.links import Net
+
+
+def _forward_backward(fn, arrays, **kwargs):
+    variables = [chainer.Variable(a.copy()) for a in arrays]
+    y = fn(*variables, **kwargs)
+    y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
+    y.backward()
+    return [y.array] + [v.grad for v in variables]
+
+
+@pytest.mark.parametrize('x_shape,w_shape,stride,pad,bias', [
+    ((3, 1, 28, 28), (5, 1, 5, 5), 1, 3, True),
+    ((2, 5, 15, 15), (10, 5, 3, 3), 1, 1, True),
+    ((2, 3, 17, 13), (4, 3, 5, 3), 2, (1, 2), True),
+    ((2, 3, 9, 9), (4, 3, 3, 3), (2, 3), 0, False),
+    ((1, 2, 4, 4), (3, 2, 4, 4), 1, 0, True),
+])
+def test_convolution_matches_chainer(x_shape, w_shape, stride, pad, bias):
+    rng = numpy.random.RandomState(0)
+    arrays = [rng.randn(*x_shape).astype(numpy.float32), rng.randn(*w_shape).astype(numpy.float32)]
+    if bias:
+        arrays.append(rng.randn(w_shape[0]).astype(numpy.float32))
+    ours = _forward_backward(cpukernels.convolution_2d, arrays, stride=stride, pad=pad)
+    theirs = _forward_backward(F.convolution_2d, arrays, stride=stride, pad=pad)
+    assert [a.shape for a in ours] == [a.shape for a in theirs]
+    for a, b in zip(ours, theirs):  # summation order differs: float32 rounding only
+        numpy.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,ksize,stride,pad,cover_all', [
+    ((2, 3, 30, 30), 2, 2, 0, True),
+    ((2, 3, 17, 17), 2, 2, 0, True),   # cover_all adds a partial last window
+    ((2, 3, 17, 17), 3, 2, 1, True),   # overlapping windows
+    ((2, 3, 16, 15), 3, 2, 0, False),
+    ((2, 3, 15, 15), 3, 2, 0, True),
+    ((1, 1, 5, 7), (2, 3), (1, 2), (1, 0), True),
+])
+def test_max_pooling_matches_chainer_exactly(shape, ksize, stride, pad, cover_all):
+    rng = numpy.random.RandomState(1)
+    x = rng.randn(*shape).astype(numpy.float32)
+    x[:, :, :4, :4] = 0.5  # ties: the gradient goes to the window's first maximum
+    ours = _forward_backward(cpukernels.max_pooling_2d, [x], ksize=ksize, stride=stride,
+                             pad=pad, cover_all=cover_all)
+    theirs = _forward_backward(F.max_pooling_2d, [x], ksize=ksize, stride=stride, pad=pad,
+                               cover_all=cover_all)
+    for a, b in zip(ours, theirs):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_kernels_run_in_training_only():
+    conv = L.Convolution2D(1, 2, 3)
+    pool = FL(F.max_pooling_2d, 2, 2)
+    x = numpy.zeros((1, 1, 6, 6), dtype=numpy.float32)
+    with chainer.using_config('train', True):
+        assert isinstance(cpukernels.run_layer(conv, x).creator, cpukernels.Convolution2DCPU)
+        assert isinstance(cpukernels.run_layer(pool, x).creator, cpukernels.MaxPooling2DCPU)
+        with cpukernels.disabled():
+            assert not isinstance(cpukernels.run_layer(conv, x).creator,
+                                  cpukernels.Convolution2DCPU)
+    with chainer.using_config('train', False):
+        assert not isinstance(cpukernels.run_layer(conv, x).creator, cpukernels.Convolution2DCPU)
+
+
+@pytest.mark.parametrize('layer', [
+    L.Convolution2D(1, 2, 3, dilate=2),
+    L.Convolution2D(2, 2, 3, groups=2),
+    FL(F.max_pooling_2d, 2, 2, return_indices=True),
+    FL(F.average_pooling_2d, 2, 2),
+    FL(F.relu),
+])
+def test_other_layers_run_unchanged(layer):
+    x = numpy.zeros((1, 2 if getattr(layer, 'groups', 1) == 2 else 1, 8, 8), dtype=numpy.float32)
+    with chainer.using_config('train', True):
+        assert not cpukernels.applies(layer, x)
+
+
+def test_training_matches_chainer_kernels(tiny_mnist_like):
+    """Three joint steps of B-LeNet: the same weights as with Chainer's functions
+    (to float32 rounding: the products sum in another order)."""
+    from networks import lenet_mnist
+    x, y = tiny_mnist_like
+    weights = []
+    for use_kernels in (True, False):
+        numpy.random.seed(0)
+        net = lenet_mnist.get_network()
+        context = contextlib.nullcontext() if use_kernels else cpukernels.disabled()
+        with context:
+            utils.train_exits(net, x, y, main=True, batchsize=32, num_epoch=1, seed=0, progress=False)
+            utils.train_exits(net, x, y, batchsize=32, num_epoch=1, seed=0, progress=False)
+        weights.append({k: p.array.copy() for k, p in net.namedparams()})
+    for key in weights[0]:
+        numpy.testing.assert_allclose(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-5,
+                                      err_msg=key)
+
+
+@pytest.fixture
+def tiny_mnist_like():
+    rng = numpy.random.RandomState(3)
+    return (rng.rand(96, 1, 28, 28).astype(numpy.float32),
+            rng.randint(0, 10, 96).astype(numpy.int32))
+
+
+def test_net_slices_use_the_kernels():
+    net = Net([L.Convolution2D(1, 2, 3, pad=1), FL(F.max_pooling_2d, 2, 2)])
+    x = numpy.ones((1, 1, 4, 4), dtype=numpy.float32)
+    y = net.train(x)
+    assert isinstance(y.creator, cpukernels.MaxPooling2DCPU)
+    assert y.creator.inputs[0].creator.__class__ is cpukernels.Convolution2DCPU
+
+
+def test_tune_allocator_applies_on_glibc():
+    import platform
+    applied = runtime.tune_allocator()
+    assert applied == (platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc')
