@@ -24,6 +24,7 @@ import time
 import branchynet  # noqa: F401  (compatibility shims before chainer)
 import chainer
 import numpy
+from sklearn.model_selection import train_test_split
 
 import networks
 from branchynet import (calibration, checkpoint, confidence, costs, fileio, runtime, screening,
@@ -264,14 +265,23 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
 
 
 def split_validation(x_train, y_train, n_val, seed):
-    """Hold out ``n_val`` training samples (a seeded random choice) for calibration."""
+    """Hold out ``n_val`` training samples for calibration: a seeded split
+    stratified by class (scikit-learn's ``train_test_split``), so the held-out
+    class mix is the training set's. Where stratifying is impossible (fewer
+    held-out samples than classes, or a class with one sample) the split is
+    a plain seeded random choice."""
     if not n_val:
         return x_train, y_train, None, None, []
     if n_val >= len(x_train):
         raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
             n_val, len(x_train)))
-    order = numpy.random.RandomState(seed).permutation(len(x_train))
-    val, rest = numpy.sort(order[:n_val]), numpy.sort(order[n_val:])
+    index = numpy.arange(len(x_train))
+    counts = numpy.bincount(y_train)
+    counts = counts[counts > 0]
+    stratify = y_train if (counts.min() >= 2 and len(counts) <= min(n_val, len(x_train) - n_val)) \
+        else None
+    rest, val = train_test_split(index, test_size=n_val, random_state=seed, stratify=stratify)
+    val, rest = numpy.sort(val), numpy.sort(rest)
     return x_train[rest], y_train[rest], x_train[val], y_train[val], val.tolist()
 
 
@@ -285,7 +295,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     every measure is compared on the test set from cached outputs.
     """
     xs, ys, path_ms = timing['xs'], timing['ys'], timing['path_ms']
-    comparison, curves = [], {}
+    comparison, curves, rocs = [], {}, {}
     chosen = None
     for measure in confidence.MEASURES:
         val_scores, val_preds = screening.exit_outputs(net, x_val, measure)
@@ -300,7 +310,9 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
             'val_acc': cal['acc'], 'val_ms': cal['cost'], 'met_on_val': cal['met'],
             'test_acc': float(on_test['acc'][0]), 'test_ms_predicted': float(on_test['ms'][0]),
             'test_macs': float(on_test['macs'][0]),
-            'test_exit_pct': (100. * on_test['exit_counts'][0] / len(ys)).tolist()})
+            'test_exit_pct': (100. * on_test['exit_counts'][0] / len(ys)).tolist(),
+            'test_exit_auroc': calibration.exit_aurocs(test_scores, test_preds, ys)})
+        rocs[measure] = calibration.exit_roc(test_scores, test_preds, ys)
         if measure == 'entropy':
             chosen = cal
         # accuracy/cost curve on the test set: quantile candidates of the test scores
@@ -330,6 +342,8 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
                             title='B-{}: confidence measures on the test set ({})'.format(
                                 title, label),
                             path=os.path.join(out['figs'], tag + '_measures'))
+    visualize.plot_exit_roc(rocs, title='B-{}: exit 1 decision on the test set ({})'.format(
+        title, label), path=os.path.join(out['figs'], tag + '_exit_roc'))
     summary = {'calibrated': {'thresholds': chosen['thresholds'], 'val_acc': chosen['acc'],
                               'val_ms_predicted': chosen['cost'],
                               'test_acc': measured['acc'], 'test_ms': measured['ms'],
@@ -357,12 +371,15 @@ def calibration_report(title, label, summary, n_val, n_test):
             c['val_ms_predicted'], 100 * c['test_acc'], c['test_ms'], c['test_ms_fast']), '',
         '## Confidence measures (each calibrated on validation, evaluated on test)', '',
         '| measure | T | val acc (%) | val ms (pred.) | test acc (%) | test ms (pred.) | '
-        'test MACs | exit (%) |', '|---|---|---|---|---|---|---|---|']
+        'test MACs | exit (%) | AUROC |', '|---|---|---|---|---|---|---|---|---|']
     for m in summary['measures']:
-        lines.append('| {} | {} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.0f} | {} |'.format(
+        lines.append('| {} | {} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.0f} | {} | {} |'.format(
             m['measure'], ', '.join('{:.4g}'.format(t) for t in m['thresholds']),
             100 * m['val_acc'], m['val_ms'], 100 * m['test_acc'], m['test_ms_predicted'],
-            m['test_macs'], ', '.join('{:.1f}'.format(v) for v in m['test_exit_pct'])))
+            m['test_macs'], ', '.join('{:.1f}'.format(v) for v in m['test_exit_pct']),
+            ', '.join('-' if a is None else '{:.3f}'.format(a) for a in m['test_exit_auroc'])))
+    lines += ['', 'AUROC: how well each early exit\'s score separates its right answers from '
+              'its wrong ones on the test set (1 = perfectly, 0.5 = not at all).']
     return '\n'.join(lines) + '\n'
 
 

@@ -156,6 +156,26 @@ def plot_measures(curves, baseacc, basediff, title='', path=None):
     return fig
 
 
+def plot_exit_roc(rocs, title='', path=None):
+    """ROC curves of the early-exit decision, one per confidence measure:
+    ``rocs[measure] = (fpr, tpr, auroc)`` from ``calibration.exit_roc`` (a
+    right answer is a positive; a low score flags it). The diagonal is a
+    score that knows nothing."""
+    fig, ax = plt.subplots(figsize=(5, 4.8))
+    for measure, (fpr, tpr, auroc) in rocs.items():
+        label = measure if auroc is None else '{} (AUROC {:.3f})'.format(measure, auroc)
+        ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], ':', color='grey')
+    ax.set(xlabel='wrong answers let out (false positive rate)',
+           ylabel='right answers let out (true positive rate)', title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.grid(alpha=.3)
+    ax.legend(loc='lower right', fontsize=8)
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
 # ------------------------------------------------------- the original's figures
 def _save_original(fig, output_path):
     """The original saved to the exact path given (its extension picks the format)."""
@@ -204,7 +224,10 @@ def plot_tradeoff(ps, accs, diffs, baseacc, basediff):
 
 
 def plot_roc(ps, accs, diffs, baseacc, basediff):
-    """Accuracy against runtime of every point, the baseline as a diamond."""
+    """Accuracy against runtime of every point, the baseline as a diamond.
+
+    Despite its name (the original's) this is not a receiver operating
+    characteristic; the ROC of the exit decision is ``plot_exit_roc``."""
     fig = plt.figure(figsize=(12, 10))
     plt.plot(diffs, accs, linewidth=4, label='Our Method')
     plt.plot(basediff, baseacc, 'D', linewidth=4, label='Baseline')

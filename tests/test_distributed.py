@@ -233,6 +233,8 @@ def test_experiment_driver_writes_on_rank_zero_only(tmp_path, mnist_data):
     assert results['distributed']['ranks'] == 2
     assert results['distributed']['communicator'] == 'PackedCommunicator'
     assert proc.stdout.count('main network: test accuracy') == 1  # rank 0 prints
+    for rank in (0, 1):  # runtime.tune_allocator() applied on every rank
+        assert (out / 'tuned_rank{}.txt'.format(rank)).read_text() == 'True'
     # --resume reads rank 0's snapshot and every rank refuses it together (another
     # batch size): one message, exit status 2, no abort, nothing written or removed
     # but the run lock

@@ -1,7 +1,6 @@
 """The driver refuses bad settings before any work, keeps one run per output
 folder, never mixes snapshots of different runs, and writes standard JSON."""
 import json
-import os
 import subprocess
 import sys
 

@@ -51,14 +51,14 @@ def test_a_missing_results_folder_is_an_error_and_creates_nothing(tmp_path, caps
 def sandbox(tmp_path):
     """A copy of get_results.sh whose python runs a stub driver: LeNet
     succeeds (writing results), AlexNet fails; the report is the real one."""
-    for name in ('get_results.sh', 'setup.py'):
+    for name in ('get_results.sh', 'pyproject.toml'):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     shutil.copytree(os.path.join(ROOT, 'tools'), tmp_path / 'tools')
     shutil.copytree(os.path.join(ROOT, 'requirements'), tmp_path / 'requirements')
     venv = tmp_path / 'venv'
     (venv / 'bin').mkdir(parents=True)
     stamps = [subprocess.run(
-        'cat requirements/base.txt {} requirements/*.txt setup.py | sha256sum | cut -c1-16'
+        'cat requirements/base.txt {} requirements/*.txt pyproject.toml | sha256sum | cut -c1-16'
         .format(extra), shell=True, cwd=tmp_path, capture_output=True, text=True,
         check=True).stdout.strip() for extra in ('', 'requirements/mpi.txt')]
     (venv / '.branchynet-stamps').write_text('\n'.join(stamps) + '\n')  # base; base + mpi
@@ -72,7 +72,9 @@ def sandbox(tmp_path):
             json.dumps(_results('lenet_mnist', 'LeNet', 99.0))))
     python = venv / 'bin' / 'python'
     python.write_text('#!/bin/sh\n'
-                      'if [ "$2" = branchynet.experiment ]; then shift 2; exec {py} {fake} "$@"; fi\n'
+                      'if [ "$2" = branchynet.experiment ]; then\n'
+                      '  shift 2; exec {py} {fake} "$@"\n'
+                      'fi\n'
                       'PYTHONPATH={root} exec {py} "$@"\n'.format(
                           py=sys.executable, fake=fake, root=ROOT))
     python.chmod(python.stat().st_mode | stat.S_IEXEC)

@@ -19,7 +19,7 @@ from branchynet.devices import gpu_usable
 from branchynet.fastpath import FastBranchyNet
 from branchynet.timing import StageTimer, synchronize
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def _no_gpu_reason():

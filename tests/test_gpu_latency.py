@@ -12,7 +12,7 @@ import pytest
 from branchynet import entropy, utils
 from branchynet.devices import gpu_usable
 from networks import lenet_mnist
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu_latency.py')

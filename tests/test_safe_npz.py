@@ -10,7 +10,7 @@ import pytest
 from branchynet import checkpoint, experiment, fileio
 from branchynet.safenpz import ModelFileError
 from networks import lenet_mnist
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

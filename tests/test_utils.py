@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from branchynet import utils
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def test_generate_thresholds_is_the_product_over_the_early_exits():

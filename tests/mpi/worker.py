@@ -124,7 +124,8 @@ def main(argv=None):
 def run_experiment(args):
     """The driver with every write under --out recorded, per rank, in
     DIR/writes_rank<R>.txt as ``ACTION PATH`` lines: write (atomic writes),
-    lock (the run lock), clean (stale temporaries removed), makedirs, unlink."""
+    lock (the run lock), clean (stale temporaries removed), makedirs, unlink;
+    and, in DIR/tuned_rank<R>.txt, the result of the driver's allocator setting."""
     import contextlib
     from mpi4py import MPI
     from branchynet import fileio
@@ -160,6 +161,16 @@ def run_experiment(args):
                                            lambda lock: lock.folder)
     os.makedirs = recorded_call('makedirs', os.makedirs)
     os.unlink = recorded_call('unlink', os.unlink)
+    from branchynet import runtime
+    tune = runtime.tune_allocator
+
+    def tuned():  # noted in DIR/tuned_rank<R>.txt: the driver tunes every rank
+        applied = tune()
+        with open(os.path.join(out, 'tuned_rank{}.txt'.format(
+                MPI.COMM_WORLD.Get_rank())), 'w') as f:
+            f.write(str(applied))
+        return applied
+    runtime.tune_allocator = tuned
     from branchynet import experiment
     return experiment.main(args.rest)
 
