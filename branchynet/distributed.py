@@ -31,8 +31,11 @@ results in order on every rank. Batch-1 timing stays a single-process
 measurement on rank 0 while the others wait (``wait_for_root``) without
 spinning.
 
-A rank that raises ends the whole job through ``MPI_Abort`` (``abort_on_error``)
-instead of leaving the others blocked in a collective.
+Errors: inside ``Distributed.agreed`` (the driver's checks, data loading,
+reading a snapshot to resume) an input error on any rank makes every rank
+raise, so the job ends normally with one message; any other exception of a
+rank ends the whole job through ``MPI_Abort`` (``abort_on_error``) instead of
+leaving the others blocked in a collective.
 """
 import contextlib
 import os
@@ -344,7 +347,9 @@ class Distributed:
         one of the first failing rank's kind (the first of ``kinds`` it is an
         instance of) with that rank's message. These exceptions have
         ``all_ranks = True``: the job can end normally instead of by
-        ``MPI_Abort``. An exception of another kind is passed on (not agreed).
+        ``MPI_Abort``. When a rank's exception is of none of ``kinds`` (a
+        bug), that rank re-raises it and the others raise a ``RuntimeError``
+        naming it, none marked, so ``abort_on_error`` ends the job.
         """
         error = None
         try:

@@ -77,6 +77,42 @@ def test_bad_sizes_are_refused():
         distributed.shard_bounds(10, 2, 2)
 
 
+class _FakeWorld:
+    """One rank's view of a 2-rank job whose other rank reported ``other``."""
+
+    def __init__(self, rank, other):
+        self.rank, self.size, self.other = rank, 2, other
+        self.mpi_comm = self
+
+    def allgather(self, mine):
+        return [mine, self.other] if self.rank == 0 else [self.other, mine]
+
+
+def test_agreed_errors_reach_every_rank():
+    from branchynet.validation import InputError
+    # rank 1 sees rank 0's input error: it raises one too, naming rank 0, marked
+    dist = distributed.Distributed(_FakeWorld(1, (0, '--out x: not writable')))
+    with pytest.raises(InputError, match=r'^rank 0: --out x: not writable$') as e:
+        with dist.agreed((InputError, OSError)):
+            pass
+    assert e.value.all_ranks
+    # the failing rank re-raises its own exception, marked
+    dist = distributed.Distributed(_FakeWorld(0, None))
+    with pytest.raises(InvalidValue, match='bad') as e:
+        with dist.agreed((InputError,)):
+            raise InvalidValue('bad')
+    assert e.value.all_ranks
+    # a bug on another rank: a RuntimeError here, not marked (MPI_Abort follows)
+    dist = distributed.Distributed(_FakeWorld(0, (-1, 'division by zero')))
+    with pytest.raises(RuntimeError, match='rank 1 failed: division by zero') as e:
+        with dist.agreed((InputError,)):
+            pass
+    assert not getattr(e.value, 'all_ranks', False)
+    # nothing failed anywhere: the block ends normally
+    with distributed.Distributed(_FakeWorld(0, None)).agreed():
+        pass
+
+
 def _rewrite_settings(path, change):
     with numpy.load(path) as npz:
         arrays = dict(npz)
