@@ -3,7 +3,7 @@
     python benchmarks/distributed.py [--quick] [--networks lenet,resnet110] [--rounds R]
                                      [--ranks N] [--steps S]
 
-Times joint-training steps (``utils.train_exits``, global batch: B-LeNet 512 on
+Times joint-training steps (``training.train_exits``, global batch: B-LeNet 512 on
 MNIST, B-ResNet-110 64 on mnist32) in three configurations, run as separate
 processes in interleaved rounds (so drifting machine load hits all alike)
 and reports the best round of each:
@@ -45,7 +45,7 @@ def worker(args):
     import branchynet  # noqa: F401
     import numpy
 
-    from branchynet import utils
+    from branchynet import training
     from branchynet.runtime import tune_allocator
     tune_allocator()  # in every process and rank, as the driver does
     module, dataset, batch, _, _, _ = NETWORKS[args.network]
@@ -62,15 +62,15 @@ def worker(args):
         x = mnist32.to_cifar_shape(x)
     numpy.random.seed(0)
     net = importlib.import_module('networks.' + module).get_network()
-    utils.train_exits(net, x[:n_warm], y[:n_warm], batchsize=batch, num_epoch=1, seed=0,
-                      progress=False, distributed=dist)  # warm-up: allocations, first steps
+    training.train_exits(net, x[:n_warm], y[:n_warm], batchsize=batch, num_epoch=1, seed=0,
+                         progress=False, distributed=dist)  # warm-up: allocations, first steps
     comm0 = dist.comm_seconds if dist else 0.0
     if dist:
         dist.comm.mpi_comm.Barrier()
     start = time.perf_counter()
     cpu0 = os.times()
-    utils.train_exits(net, x[n_warm:], y[n_warm:], batchsize=batch, num_epoch=1, seed=1,
-                      progress=False, distributed=dist)
+    training.train_exits(net, x[n_warm:], y[n_warm:], batchsize=batch, num_epoch=1, seed=1,
+                         progress=False, distributed=dist)
     seconds = time.perf_counter() - start
     cpu1 = os.times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)

@@ -12,7 +12,7 @@ from common import lenet, mnist, parser, summary, test_subset
 
 import numpy
 
-from branchynet import utils
+from branchynet import measurement
 from branchynet.fastpath import FastBranchyNet
 
 
@@ -100,9 +100,9 @@ def main():
         ours = {}
         for engine_name, engine in (('fast', fast), ('chainer', net)):
             if t is None:
-                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False)
+                r = measurement.measure_main(net, x, y, engine=engine, trunk_only=False)
             else:
-                r = utils.measure_branchy(net, x, y, [t], engine=engine, trunk_only=False)
+                r = measurement.measure_branchy(net, x, y, [t], engine=engine, trunk_only=False)
             ours[engine_name] = r['ms']
         if t is not None:
             lab, ex = net.predict(x, [t])

@@ -183,7 +183,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                 path, '; '.join(problems)))
         safenpz.load_into(npz, net, path, path='model/')
         if any(k.startswith('optimizer/') for k in npz.files):
-            net._ensure_optimizer()
+            net.ensure_optimizer()
             # strict=False: parameters never updated yet (the heads during main-only
             # training) have no optimizer state to restore
             safenpz.load_into(npz, net.optimizer, path, path='optimizer/', strict=False)

@@ -243,7 +243,7 @@ class Distributed:
     # ------------------------------------------------------------- training
     def setup(self, net):
         """Broadcast rank 0's weights and statistics; wrap ``net``'s optimizer."""
-        optimizer = net._ensure_optimizer()
+        optimizer = net.ensure_optimizer()
         if not isinstance(optimizer, _ScaledMultiNodeOptimizer):
             optimizer = _ScaledMultiNodeOptimizer(optimizer, self.comm)
             net.optimizer = optimizer

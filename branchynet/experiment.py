@@ -12,8 +12,6 @@ Every network is configured by the ``EXPERIMENT`` dict of its module in
 """
 import argparse
 import contextlib
-import csv
-import io
 import itertools
 import json
 import os
@@ -27,13 +25,14 @@ import numpy
 from sklearn.model_selection import train_test_split
 
 import networks
-from branchynet import (calibration, checkpoint, confidence, costs, fileio, runtime, screening,
-                        utils, visualize)
+from datasets import DataUnavailableError
+
+from branchynet import (calibration, checkpoint, confidence, costs, fileio, measurement,
+                        runtime, screening, tables, tradeoff, training, visualize)
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count
-from datasets import DataUnavailableError
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
@@ -143,19 +142,6 @@ def write_json(path, obj):
         json.dump(json_safe(obj), f, indent=1, allow_nan=False, default=float)
 
 
-def write_table(path_base, rows):
-    with atomic_write(path_base + '.md', 'w') as f:
-        f.write(utils.format_table(rows) + '\n')
-    buf = io.StringIO()
-    columns = ('Device',) + utils.TABLE_COLUMNS
-    writer = csv.writer(buf)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([utils._cell(c, row.get(c)) for c in columns])
-    with atomic_write(path_base + '.csv', 'w') as f:
-        f.write(buf.getvalue())
-
-
 def exit_accuracies(net, x, y, sms=None):
     """Test accuracy of every exit on every sample (no early exit)."""
     sms = net.get_SM(x) if sms is None else sms
@@ -171,7 +157,7 @@ def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
     (Chainer path only). ``outputs``: the cached exit outputs of ``xs`` when
     already computed (by the ranks of a distributed run)."""
     if config['screen'] == 'original':
-        screen = utils.screen_thresholds(net, xs, ys, config['thresholds'])
+        screen = screening.screen_thresholds(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
@@ -187,7 +173,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
     least the baseline's and which is faster than the baseline beyond noise
-    (``utils.choose_knee``); it is then measured for real at batch size 1 on
+    (``tradeoff.choose_knee``); it is then measured for real at batch size 1 on
     both paths. Without such a point, or when the knee measures no faster
     than the baseline, the table and the figure say so. Writes the Table I
     block, every point (JSON) and Fig. 3.
@@ -198,8 +184,8 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     engines = {'chainer': net, 'fast': fast}
     log('{}: timing the baseline at batch size 1 on {} samples (Chainer and fast path)'
         .format(label, len(xs)))
-    baseline = utils.measure_main(net, xs, ys)
-    baseline_fast = utils.measure_main(net, xs, ys, engine=fast, trunk_only=False)
+    baseline = measurement.measure_main(net, xs, ys)
+    baseline_fast = measurement.measure_main(net, xs, ys, engine=fast, trunk_only=False)
     log('{}: baseline acc {:.2%}, {:.3f} ms/sample end to end ({:.3f} trunk only, {:.3f} '
         'fast path)'.format(label, baseline['acc'], baseline['ms'], baseline['trunk_ms'],
                             baseline_fast['ms']))
@@ -209,25 +195,25 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'], outputs)
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
-    diffs = [r['ms_chainer'] for r in records]
-    choice = utils.choose_knee(accs, diffs, baseline['acc'], baseline['ms'])
+    ms = [r['ms_chainer'] for r in records]
+    choice = tradeoff.choose_knee(accs, ms, baseline['acc'], baseline['ms'])
     knee = choice['index']
     ts = records[knee]['thresholds']
     log('{}: {} T={}; measuring it at batch size 1'.format(
         label, 'knee' if choice['gain'] else choice['note'], ts))
-    branchy = utils.measure_branchy(net, xs, ys, ts)
-    branchy_fast = utils.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
+    branchy = measurement.measure_branchy(net, xs, ys, ts)
+    branchy_fast = measurement.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
     if choice['gain'] and branchy['ms'] >= baseline['ms']:
         choice = {'index': knee, 'gain': False, 'note': '{}; measured {:.3f} vs {:.3f} ms'
-                  .format(utils.NO_GAIN, branchy['ms'], baseline['ms'])}
+                  .format(tradeoff.NO_GAIN, branchy['ms'], baseline['ms'])}
     limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
-    rows = utils.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
-                                       baseline_fast=baseline_fast, branchy_fast=branchy_fast,
-                                       mac_limit=limit)
+    rows = tables.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
+                                     baseline_fast=baseline_fast, branchy_fast=branchy_fast,
+                                     mac_limit=limit)
     if not choice['gain']:
         rows[1]['Network'] += ' ({})'.format(choice['note'])
         log('{}: {}'.format(label, choice['note']))
-    print(utils.format_table(rows), flush=True)
+    print(tables.format_table(rows), flush=True)
     knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
                   'measured_ms_chainer': branchy['ms'],
                   'predicted_ms_fast': records[knee].get('ms_fast'),
@@ -235,7 +221,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     log('{}: knee time predicted {:.3f} ms, measured {:.3f} ms (Chainer)'.format(
         label, knee_check['predicted_ms_chainer'], branchy['ms']))
     tag = '{}_{}'.format(name, label.lower())
-    write_table(os.path.join(out['results'], tag + '_table'), rows)
+    tables.write_table(os.path.join(out['results'], tag + '_table'), rows)
     write_json(os.path.join(out['results'], tag + '_screen.json'), {
         'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
         'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
@@ -248,13 +234,13 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     extra = []
     if 'ms_fast' in records[0]:
         extra.append({'label': 'fast path', 'accs': accs,
-                      'diffs': [r['ms_fast'] for r in records],
-                      'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
+                      'ms': [r['ms_fast'] for r in records],
+                      'base_acc': baseline_fast['acc'], 'base_ms': baseline_fast['ms'],
                       'knee': star})
     visualize.plot_tradeoff_curve(
-        accs, diffs, baseline['acc'], baseline['ms'], star,
+        accs, ms, baseline['acc'], baseline['ms'], star,
         title='{} on {}: accuracy vs runtime{}'.format(
-            'B-' + title, label, '' if choice['gain'] else '\n' + utils.NO_GAIN),
+            'B-' + title, label, '' if choice['gain'] else '\n' + tradeoff.NO_GAIN),
         path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
         series_label='Chainer path')
     path_ms = info.get('path_ms', {}).get('chainer')
@@ -324,8 +310,8 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
         r = screening.evaluate(test_scores, test_preds, ys, to_user(limits), path_ms=path_ms,
                                measure=measure)
         curves[measure] = (r['acc'].tolist(), r['ms'].tolist())
-    measured = utils.measure_branchy(net, xs, ys, chosen['thresholds'])
-    measured_fast = utils.measure_branchy(net, xs, ys, chosen['thresholds'],
+    measured = measurement.measure_branchy(net, xs, ys, chosen['thresholds'])
+    measured_fast = measurement.measure_branchy(net, xs, ys, chosen['thresholds'],
                                           engine=timing['fast'], trunk_only=False)
     row = {'Device': label, 'Network': 'B-{} (calibrated{})'.format(title, row_note),
            'Acc. (%)': 100 * measured['acc'], 'Time (ms)': measured['ms'],
@@ -351,36 +337,8 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
                               'test_exit_counts': measured['exit_counts']},
                'measures': comparison}
     with atomic_write(os.path.join(out['results'], tag + '_calibration.md'), 'w') as f:
-        f.write(calibration_report(title, label, summary, len(y_val), len(ys)))
+        f.write(tables.calibration_report(title, label, summary, len(y_val), len(ys)))
     return row, summary
-
-
-def calibration_report(title, label, summary, n_val, n_test):
-    c = summary['calibrated']
-    lines = [
-        '# B-{}: thresholds calibrated on held-out data ({})'.format(title, label), '',
-        'The paper-style knee is chosen on the test set itself (as the original did), so '
-        'its accuracy is optimistic. Here thresholds are chosen on {} validation samples '
-        'held out of the training set: the cheapest setting whose validation accuracy is '
-        'at least the baseline\'s validation accuracy, with times predicted from the '
-        'per-exit batch-1 costs. They are then measured once on the {} test samples.'.format(
-            n_val, n_test), '',
-        '- calibrated T = {}: validation accuracy {:.2f} %, predicted {:.3f} ms; test '
-        'accuracy {:.2f} %, measured {:.3f} ms (fast path {:.3f} ms)'.format(
-            ', '.join('{:.4g}'.format(t) for t in c['thresholds']), 100 * c['val_acc'],
-            c['val_ms_predicted'], 100 * c['test_acc'], c['test_ms'], c['test_ms_fast']), '',
-        '## Confidence measures (each calibrated on validation, evaluated on test)', '',
-        '| measure | T | val acc (%) | val ms (pred.) | test acc (%) | test ms (pred.) | '
-        'test MACs | exit (%) | AUROC |', '|---|---|---|---|---|---|---|---|---|']
-    for m in summary['measures']:
-        lines.append('| {} | {} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.0f} | {} | {} |'.format(
-            m['measure'], ', '.join('{:.4g}'.format(t) for t in m['thresholds']),
-            100 * m['val_acc'], m['val_ms'], 100 * m['test_acc'], m['test_ms_predicted'],
-            m['test_macs'], ', '.join('{:.1f}'.format(v) for v in m['test_exit_pct']),
-            ', '.join('-' if a is None else '{:.3f}'.format(a) for a in m['test_exit_auroc'])))
-    lines += ['', 'AUROC: how well each early exit\'s score separates its right answers from '
-              'its wrong ones on the test set (1 = perfectly, 0.5 = not at all).']
-    return '\n'.join(lines) + '\n'
 
 
 #: Counts of the configuration and the least each accepts.
@@ -524,7 +482,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
                 'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
-    main_losses, main_accs, main_s = utils.train_exits(
+    main_losses, main_accs, main_s = training.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
         snapshot=main_snapshot, resume=resume, settings=settings, distributed=dist)
@@ -536,7 +494,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
 
     log('joint training of all {} exits: {} epochs'.format(
         net.numexits(), config['epochs_joint']))
-    joint_losses, joint_accs, joint_s = utils.train_exits(
+    joint_losses, joint_accs, joint_s = training.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
         snapshot=joint_snapshot, resume=resume, settings=settings, distributed=dist)
@@ -600,8 +558,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                                                  label, out, results['costs'], row_note=note)
             rows.append(row)
             results.setdefault('calibration', {})[label] = summary
-            print(utils.format_table(rows), flush=True)
-            write_table(os.path.join(out['results'], '{}_{}_table'.format(
+            print(tables.format_table(rows), flush=True)
+            tables.write_table(os.path.join(out['results'], '{}_{}_table'.format(
                 network, label.lower())), rows)
         results['tables'][label] = rows
     net.to_device(dev)

@@ -28,7 +28,6 @@ exits as ``net.predict`` (up to float rounding in the last bits).
 The compiled path snapshots the weights: recompile after training further.
 """
 import collections
-import inspect
 
 import chainer
 import chainer.functions as F
@@ -36,25 +35,13 @@ import chainer.links as L
 import numpy
 
 from branchynet.engine import InferenceEngine
-from branchynet.links import FL, SL, Net
-from branchynet.net import exit_steps
+from branchynet.links import FL, SL, Net, pair
+from branchynet.routing import exit_steps
 
 #: Buffers of one plan larger than this are allocated per call instead of kept.
 CACHE_BYTES = 8 << 20
 #: Input shapes whose buffers one compiled layer keeps (least recently used go).
 CACHE_SHAPES = 4
-
-
-def _bound(fn, args, kwargs):
-    """The named arguments of an FL's call, defaults filled in."""
-    sig = inspect.signature(fn)
-    bound = sig.bind(None, *args, **kwargs)
-    bound.apply_defaults()
-    return bound.arguments
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def folded_conv_weights(conv, bn=None, xp=numpy):
@@ -187,7 +174,7 @@ class Compiler:
     # ---------------------------------------------------------------- layers
     def conv(self, link, bn=None, relu=False):
         """Convolution (+ folded BN, + ReLU) as one copy and one matmul."""
-        if link.groups != 1 or _pair(link.dilate) != (1, 1):
+        if link.groups != 1 or pair(link.dilate) != (1, 1):
             return self._chain(self.fallback(link), bn, relu)
         xp = self.xp
         w, b = folded_conv_weights(link, bn, xp)
@@ -197,8 +184,8 @@ class Compiler:
         w_aug = xp.ascontiguousarray(
             xp.concatenate([w.reshape(out_c, k), b.reshape(out_c, 1)], axis=1).T
         ).astype(numpy.float32)
-        sy, sx = _pair(link.stride)
-        ph, pw = _pair(link.pad)
+        sy, sx = pair(link.stride)
+        ph, pw = pair(link.pad)
         grid = sy == 1 and sx == 1
 
         def build(shape):
@@ -293,15 +280,15 @@ class Compiler:
         if fn is F.dropout:
             return None
         if fn is F.max_pooling_2d:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             return self.pool(a['ksize'], a['stride'], a['pad'], a['cover_all'], 'max', relu)
         if fn is F.average_pooling_2d:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             if a.get('pad_value', 0) is not None and a.get('pad_value', 0) != 0:
                 return self.fallback(fl)
             return self.pool(a['ksize'], a['stride'], a['pad'], False, 'mean')
         if fn is F.local_response_normalization:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             return self.lrn(a['n'], a['k'], a['alpha'], a['beta'])
         return self.fallback(fl)
 
@@ -314,9 +301,9 @@ class Compiler:
         by the full window (padding counts as zeros), as Chainer does.
         """
         xp = self.xp
-        kh, kw = _pair(ksize)
-        sy, sx = _pair(stride if stride is not None else ksize)
-        ph, pw = _pair(pad)
+        kh, kw = pair(ksize)
+        sy, sx = pair(stride if stride is not None else ksize)
+        ph, pw = pair(pad)
         combine = xp.maximum if kind == 'max' else xp.add
         empty = -numpy.inf if kind == 'max' else 0.
 
@@ -398,21 +385,21 @@ class FastBranchyNet(InferenceEngine):
     """Compiled early-exit inference for a trained BranchyNet (same answers).
 
     Provides ``predict``, ``predict_main`` and the engine interface used by
-    ``branchynet.utils.measure_*`` (see ``branchynet.engine``).
+    ``branchynet.measurement`` (see ``branchynet.engine``).
     """
 
     def __init__(self, net):
         self.net = net
         self.xp = net.xp
         compiler = Compiler(self.xp)
-        self.segments = [compiler.sequence(net.trunk[slice(*net._segment_bounds(n))])
+        self.segments = [compiler.sequence(net.trunk[slice(*net.segment_bounds(n))])
                          for n in range(net.numexits())]
         self.heads = [compiler.sequence(net.head_links(n)) for n in range(net.numexits())]
         self.steps = exit_steps(self.segments, self.heads)
         self.main_trunk = compiler.sequence(list(net.trunk))
         self.input_shape = net.input_shape
 
-    def _main_logits(self, x, timer):
+    def main_logits(self, x, timer):
         with timer.stage('trunk'):
             h = self.main_trunk(x)
         with timer.stage('head'):

@@ -14,7 +14,7 @@ import os
 import sys
 
 from branchynet.fileio import atomic_write
-from branchynet.utils import _cell
+from branchynet.tables import format_cell
 from branchynet.validation import InvalidValue
 
 COLUMNS = ('Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
@@ -49,7 +49,7 @@ def _fmt(column, value):
     if column.startswith('Paper '):
         column = column[len('Paper '):]
         column = {'T': 'Thrshld. T'}.get(column, column)
-    return _cell(column, value)
+    return format_cell(column, value)
 
 
 def render(all_results):

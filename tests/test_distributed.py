@@ -14,7 +14,7 @@ import numpy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from branchynet import distributed, utils
+from branchynet import distributed, training
 from branchynet.validation import InvalidValue
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,8 +51,8 @@ def mpirun(args, out, n=2, timeout=300, check=True):
 def single_process_training(n, batch, epochs, main, opt, seed=0):
     x, y = worker.make_data(n, seed + 1)
     net = worker.make_net(seed, opt)
-    losses, accs, _ = utils.train_exits(net, x, y, main=main, batchsize=batch, num_epoch=epochs,
-                                  seed=seed, progress=False)
+    losses, accs, _ = training.train_exits(net, x, y, main=main, batchsize=batch,
+                                           num_epoch=epochs, seed=seed, progress=False)
     return net, losses, accs
 
 
@@ -130,8 +130,8 @@ def test_snapshots_record_the_number_of_ranks(tmp_path):
 
     def resume(epochs=2):
         net = worker.make_net(0, 'Adam')
-        return utils.train_exits(net, x, y, batchsize=32, num_epoch=epochs, seed=0,
-                                 progress=False, snapshot=snap, resume=True)
+        return training.train_exits(net, x, y, batchsize=32, num_epoch=epochs, seed=0,
+                                    progress=False, snapshot=snap, resume=True)
     resume(epochs=1)
     with numpy.load(snap) as npz:
         assert json.loads(str(npz['settings']))['mpi_ranks'] == 1
@@ -240,8 +240,8 @@ def test_a_snapshot_of_two_ranks_is_refused_by_one_process(tmp_path):
     net = worker.make_net(0, 'Adam')
     with pytest.raises(InvalidValue, match=r'mpi_ranks: the snapshot has 2, this run 1 \(MPI '
                        r'ranks: resume with mpiexec -n 2 \.\.\. --distributed'):
-        utils.train_exits(net, x, y, batchsize=64, num_epoch=2, seed=0, progress=False,
-                          snapshot=str(snap), resume=True)
+        training.train_exits(net, x, y, batchsize=64, num_epoch=2, seed=0, progress=False,
+                             snapshot=str(snap), resume=True)
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
@@ -251,6 +251,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     assert 'aborting all 2 ranks' in proc.stderr
 
 
+@pytest.mark.slow
 def test_experiment_driver_writes_on_rank_zero_only(tmp_path, mnist_data):
     out = tmp_path / 'run'
     proc = mpirun(['experiment', '--out', str(out), '--', '--distributed', '--network',

@@ -71,7 +71,7 @@ def test_graph_path_refuses_batches_and_wrong_shapes(bench):
     graph = bench.GraphBranchyNet(net)
     x = numpy.zeros((3, 1, 8, 8), numpy.float32)
     with pytest.raises(ValueError, match='batch size 1'):
-        graph._route(x, [0.1, 0.1])
+        graph.route(x, [0.1, 0.1])
     with pytest.raises(ValueError, match='one sample of shape'):
         graph.send(x)
 

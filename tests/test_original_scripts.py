@@ -196,6 +196,7 @@ def test_experiment_alex_cifar10_runs_unmodified(workdir, capsys, monkeypatch):
     _check(result, names, capsys, 3, thresholds)
 
 
+@pytest.mark.slow
 def test_experiment_resnet_cifar10_runs_unmodified(workdir, capsys, monkeypatch):
     from networks import resnet_cifar10
     thresholds = [0.5, 10.]

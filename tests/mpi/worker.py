@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import numpy  # noqa: E402
 
 import branchynet  # noqa: E402,F401
-from branchynet import distributed, utils  # noqa: E402
+from branchynet import distributed, training  # noqa: E402
 
 
 def make_data(n, seed):
@@ -106,7 +106,7 @@ def main(argv=None):
                     net.train = counting
             from branchynet import checkpoint
             try:
-                losses, accs, _ = utils.train_exits(
+                losses, accs, _ = training.train_exits(
                     net, x, y, main=args.main, batchsize=args.batch, num_epoch=args.epochs,
                     seed=args.seed, progress=False, snapshot=args.snapshot,
                     resume=args.resume, distributed=dist)
