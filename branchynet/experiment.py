@@ -11,6 +11,7 @@ Every network is configured by the ``EXPERIMENT`` dict of its module in
 ``networks/``; nothing here is specific to one network.
 """
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -34,9 +35,6 @@ from branchynet.fileio import atomic_write, save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
-
-
-
 
 
 def log(msg):
@@ -150,25 +148,27 @@ def exit_accuracies(net, x, y, sms=None):
     return [float((sm.argmax(axis=1) == y).mean()) for sm in sms]
 
 
-def _screen(net, config, xs, ys, engines, path_macs):
+def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
     """Every grid point's accuracy, exits and per-engine time.
 
     ``cached`` (default): exit outputs computed once, per-exit costs measured
     once, the grid evaluated in array operations (times predicted).
     ``original``: one real batch-1 pass per point, as the original did
-    (Chainer path only)."""
+    (Chainer path only). ``outputs``: the cached exit outputs of ``xs`` when
+    already computed (by the ranks of a distributed run)."""
     if config['screen'] == 'original':
         screen = screening.screen_thresholds(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
                                             cost_samples=config['n_cost'],
-                                            path_macs=path_macs)
+                                            path_macs=path_macs, outputs=outputs)
     info['method'] = 'cached: exit outputs once, times predicted from per-exit costs'
     return records, info
 
 
-def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_):
+def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_,
+                    outputs=None):
     """Batch-1 baseline, grid screening and the knee on the current device.
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
@@ -192,7 +192,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     t0 = time.perf_counter()
     log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
         label, len(config['thresholds']), net.numexits() - 1, config['screen']))
-    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'])
+    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'], outputs)
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
     ms = [r['ms_chainer'] for r in records]
@@ -353,13 +353,18 @@ def check_config(config):
         validate_count(config.get(key), '--' + key.replace('_', '-'), minimum)
 
 
+def output_folders(out_dir):
+    """The paths of the ``_models``/``_figs``/``_results`` folders of ``out_dir``."""
+    return {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+
+
 def prepare_out(out_dir):
     """The ``_models``/``_figs``/``_results`` folders of ``out_dir``, checked.
 
     Fails with a clear error before any training when they could not be
     made (``--out`` under a file, no permission); nothing is created here.
     """
-    out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+    out = output_folders(out_dir)
     for folder in [out_dir] + list(out.values()):
         existing = os.path.abspath(folder)
         while not os.path.exists(existing):
@@ -384,8 +389,14 @@ def create_out(out):
 
 
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
-        dataset_module=None, time_devices=None, init=None, resume=False):
+        dataset_module=None, time_devices=None, init=None, resume=False, distributed=None):
     """Run the whole experiment; returns a dict of what was measured.
+
+    ``distributed`` (a ``branchynet.distributed.Distributed``, every rank
+    calling ``run``): training is data-parallel, the test set's exit outputs
+    are computed on every rank's shard and gathered; batch-1 timing, the
+    calibration and everything under ``out_dir`` (the lock included) are
+    rank 0's alone, which alone returns the results (the others return None).
 
     ``init`` names an npz of weights (``_models/<net>.npz``) to start from,
     e.g. to continue training or, with 0 epochs, only to time and screen.
@@ -396,26 +407,43 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     the run holds a lock on ``out_dir`` (a second run there is refused) and
     first deletes temporaries that killed runs left there.
     """
-    module, config = resolve_config(network, preset, overrides)
-    check_config(config)
-    validate_count(seed, '--seed', 0)
-    dev = resolve_device(device)
-    for td in time_devices or ():
-        resolve_device(td)
-    out = prepare_out(out_dir)
-    with fileio.RunLock(out_dir):
-        for folder in [out_dir] + list(out.values()):
-            removed = fileio.remove_stale_temporaries(folder)
-            if removed:
-                log('removed {} temporary file(s) left in {} by an interrupted run'.format(
-                    len(removed), folder))
+    dist = distributed
+    root = dist is None or dist.is_root
+    with contextlib.ExitStack() as held:
+        with _agreed(dist):
+            module, config = resolve_config(network, preset, overrides)
+            check_config(config)
+            validate_count(seed, '--seed', 0)
+            if dist is not None and config['augment']:
+                raise InvalidValue('--augment is not supported with --distributed (the '
+                                   'augmented batches are drawn per process, not shared by ranks)')
+            dev = resolve_device(device)
+            for td in time_devices or ():
+                resolve_device(td)
+            if dist is not None and dev.xp is not numpy:  # one GPU per rank of a node
+                dev = chainer.get_device('@cupy:{}'.format(dist.comm.intra_rank))
+            out = prepare_out(out_dir) if root else output_folders(out_dir)
+            if root:  # the other ranks never touch out_dir
+                held.enter_context(fileio.RunLock(out_dir))
+                for folder in [out_dir] + list(out.values()):
+                    removed = fileio.remove_stale_temporaries(folder)
+                    if removed:
+                        log('removed {} temporary file(s) left in {} by an interrupted run'
+                            .format(len(removed), folder))
         return _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
-                           time_devices, init, resume)
+                           time_devices, init, resume, dist)
+
+
+def _agreed(dist, kinds=(InputError, DataUnavailableError, OSError)):
+    """``dist.agreed``: with MPI ranks, an error on one ends every rank's run
+    the same way (see ``distributed.Distributed.agreed``); alone, nothing."""
+    return contextlib.nullcontext() if dist is None else dist.agreed(kinds)
 
 
 def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
-                time_devices, init, resume):
+                time_devices, init, resume, dist):
     title = config['title']
+    root = dist is None or dist.is_root
     numpy.random.seed(seed)
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
@@ -424,8 +452,10 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         source_commit(), chainer.__version__, numpy.__version__, platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
-    x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
-    create_out(out)
+    with _agreed(dist):  # every rank loads the data itself; all skip, or none
+        x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
+        if root:
+            create_out(out)
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
@@ -434,7 +464,9 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     chainer.global_config.cudnn_deterministic = True
     net = module.get_network()
     if init:
-        fileio.load_npz(init, net)
+        with _agreed(dist):
+            if root:  # the other ranks get these weights in train_exits' broadcast
+                fileio.load_npz(init, net)
         log('initialised from {}'.format(init))
     net.to_device(dev)
     dev.use()
@@ -443,7 +475,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         config['epochs_main'], config['batchsize']))
     main_snapshot = os.path.join(out['models'], network + '.main.snapshot.npz')
     joint_snapshot = os.path.join(out['models'], network + '.joint.snapshot.npz')
-    if not (resume and checkpoint.exists(main_snapshot)) and checkpoint.exists(joint_snapshot):
+    if root and not (resume and checkpoint.exists(main_snapshot)) and \
+            checkpoint.exists(joint_snapshot):
         os.unlink(joint_snapshot)  # it continued an older main phase
         log('a fresh main phase: removed the older joint snapshot {}'.format(joint_snapshot))
     settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
@@ -452,8 +485,11 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     main_losses, main_accs, main_s = training.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
-        snapshot=main_snapshot, resume=resume, settings=settings)
-    base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
+        snapshot=main_snapshot, resume=resume, settings=settings, distributed=dist)
+    if dist is None:
+        base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
+    else:
+        base_test_acc = float((dist.predict_main(net, x_test) == y_test).mean())
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
 
     log('joint training of all {} exits: {} epochs'.format(
@@ -461,11 +497,19 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     joint_losses, joint_accs, joint_s = training.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
-        snapshot=joint_snapshot, resume=resume, settings=settings)
-    sms = net.get_SM(x_test)
+        snapshot=joint_snapshot, resume=resume, settings=settings, distributed=dist)
+    sms = net.get_SM(x_test) if dist is None else dist.get_SM(net, x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
         ', '.join('{:.2%}'.format(a) for a in exit_accs), joint_s))
+
+    outputs = None
+    if dist is not None:
+        if config['screen'] == 'cached':
+            outputs = dist.exit_outputs(net, x_test[:config.get('n_timing') or len(x_test)])
+        if not root:  # the rest (timing, writing) is rank 0's alone
+            dist.wait_for_root()
+            return None
 
     last = net.numexits() - 1
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
@@ -503,7 +547,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         tdev.use()
         label = device_label(tdev)
         rows, timing = time_and_screen(net, network, title, config, x_test, y_test, label,
-                                       out, results['costs'])
+                                       out, results['costs'], outputs)
         if x_val is not None:
             log('{}: calibrating thresholds on {} validation samples'.format(label, len(x_val)))
             # The paper's schedule trains on every training image; holding some
@@ -519,8 +563,16 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                 network, label.lower())), rows)
         results['tables'][label] = rows
     net.to_device(dev)
+    if dist is not None:
+        results['distributed'] = {
+            'ranks': dist.size, 'communicator': dist.communicator_name,
+            'global_batch': config['batchsize'],
+            'comm_seconds_rank0': dist.comm_seconds,
+            'timing': 'batch-1 timing and calibration ran on rank 0 alone'}
     write_json(os.path.join(out['results'], network + '_results.json'), results)
     log('done: results in {}, figures in {}'.format(out['results'], out['figs']))
+    if dist is not None:
+        dist.wait_for_root()
     return results
 
 
@@ -561,6 +613,14 @@ def build_parser():
                              'with --epochs-main 0 --epochs-joint 0)')
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
+    parser.add_argument('--distributed', action='store_true',
+                        help='data-parallel over the MPI ranks this was started with '
+                             '(mpiexec -n N python -m branchynet.experiment --distributed); '
+                             '--batchsize stays the global batch')
+    parser.add_argument('--communicator', default=None,
+                        help='ChainerMN communicator with --distributed: on CPU packed '
+                             "(default: one all-reduce per step) or naive (ChainerMN's, one per "
+                             'parameter); on GPUs pure_nccl (default), flat or naive')
     return parser
 
 
@@ -571,21 +631,58 @@ def main(argv=None):
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'dataset_path', 'augment', 'screen', 'n_val')}
     time_devices = args.time_devices.split(',') if args.time_devices else None
+    if args.communicator and not args.distributed:
+        print('error: --communicator needs --distributed', file=sys.stderr)
+        return 2
+    if not args.distributed:
+        return _run_main(args, overrides, time_devices, None)
+    from branchynet import distributed
+    try:
+        dist = distributed.Distributed.create(
+            args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+    except (distributed.MPIUnavailable, InputError) as e:  # every rank, before any collective
+        if distributed.world_rank() == 0:
+            print('error: {}'.format(e), file=sys.stderr)
+        return 2
+    dist.silence_others()
+    with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,)):
+        return _run_main(args, overrides, time_devices, dist)
+
+
+def _run_main(args, overrides, time_devices, dist):
+    """``run`` with its errors as messages and exit codes. With MPI ranks, an
+    error every rank raised together (an interruption, a refused input, data
+    no rank could load) is reported by rank 0 alone; any other error of a
+    rank propagates to ``distributed.abort_on_error``, which ends the job."""
+    report = dist is None or dist.is_root
+
+    def together(e):
+        return dist is None or getattr(e, 'all_ranks', False)
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
-            time_devices=time_devices, init=args.init, resume=args.resume)
+            time_devices=time_devices, init=args.init, resume=args.resume, distributed=dist)
     except checkpoint.TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        if report:  # with ranks, every rank stops at the same batch
+            print(str(e), file=sys.stderr)
         return 130
     except DataUnavailableError as e:
-        print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
+        if not together(e):
+            raise
+        if report:
+            print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0
     except (InputError, FileNotFoundError) as e:  # bad input; anything else is a bug
-        print('error: {}'.format(e), file=sys.stderr)
+        if not together(e):
+            raise
+        if report:
+            print('error: {}'.format(e), file=sys.stderr)
         return 2
     except OSError as e:  # the environment: a full disk, no permission
-        print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
-                                   if e.filename else ''), file=sys.stderr)
+        if not together(e):
+            raise
+        if report:
+            print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
+                                       if e.filename else ''), file=sys.stderr)
         return 1
     return 0
 

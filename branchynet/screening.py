@@ -115,7 +115,7 @@ def evaluate(scores, predictions, y, thresholds, path_ms=None, path_macs=None,
 
 
 def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samples=None,
-                  path_macs=None):
+                  path_macs=None, outputs=None):
     """Screen a threshold grid from cached exit outputs.
 
     Args:
@@ -127,6 +127,8 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
             (default 200).
         path_macs: per-exit multiply-adds (``costs.exit_costs``) to report
             the expected ``macs`` of every point.
+        outputs: ``exit_outputs(net, x)`` when already computed (e.g. on the
+            shards of MPI ranks, ``distributed.Distributed.exit_outputs``).
 
     Returns ``(records, info)``: one dict per threshold vector
     (``thresholds``, ``acc``, ``exit_counts``, ``ms_<engine>``, ``macs``)
@@ -137,7 +139,7 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
     settings = generate_thresholds(base_ts, early + 1) if enumerate_ts \
         else [validate_thresholds(t, early, name='base_ts entry', upper=upper) for t in base_ts]
     engines = engines or {'chainer': net}
-    scores, predictions = exit_outputs(net, x)
+    scores, predictions = exit_outputs(net, x) if outputs is None else outputs
     xs = x[:cost_samples or 200]
     costs = {name: path_costs(net, xs, engine) for name, engine in engines.items()}
     results = {name: evaluate(scores, predictions, y, settings, path_ms=c,
