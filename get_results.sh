@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 usage() {
   cat <<'USAGE'
 Usage: ./get_results.sh [--paper] [--preset NAME] [--networks LIST] [--device DEV] [--seed N]
-                        [--dataset D] [--resume]
+                        [--dataset D] [--resume] [--mpi N [--hostfile FILE]]
 
   --paper           the original's schedules (LeNet 50+100 epochs: about 2.6 h on a 2-core CPU)
   --preset NAME     fast (default: minutes on a 2-core CPU), paper, or tiny (seconds, a data subset)
@@ -20,6 +20,10 @@ Usage: ./get_results.sh [--paper] [--preset NAME] [--networks LIST] [--device DE
                     Timings are taken on the CPU, and on the GPU too when it is used.
   --seed N          random seed (default 0)
   --resume          continue an interrupted run from its training snapshots in _models/
+  --mpi N           train data-parallel on N MPI ranks (mpiexec -n N ... --distributed;
+                    installs requirements/mpi.txt). The batch size stays the global batch;
+                    batch-1 timing runs on rank 0 alone. MPIEXEC overrides the launcher.
+  --hostfile FILE   with --mpi: the MPI hostfile listing the nodes (several machines)
   -h, --help        this help
 
 The first run creates .venv with the pinned dependencies (a few minutes).
@@ -33,6 +37,8 @@ dataset=
 device=auto
 seed=0
 resume=
+mpi=
+hostfile=
 while [ $# -gt 0 ]; do
   case "$1" in
     --paper) preset=paper ;;
@@ -42,6 +48,8 @@ while [ $# -gt 0 ]; do
     --seed) seed="${2:?--seed needs a number}"; shift ;;
     --resume) resume=1 ;;
     --dataset) dataset="${2:?--dataset needs a file or name}"; shift ;;
+    --mpi) mpi="${2:?--mpi needs a number of ranks}"; shift ;;
+    --hostfile) hostfile="${2:?--hostfile needs a file}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -70,7 +78,24 @@ if [ ${#list[@]} -eq 0 ]; then
   exit 2
 fi
 
-PY="$(tools/ensure_env.sh)"
+if [ -n "$mpi" ]; then
+  case "$mpi" in
+    *[!0-9]*|0*) echo "error: --mpi needs a positive number of ranks, got '$mpi'" >&2; exit 2 ;;
+  esac
+  [ -z "$hostfile" ] || [ -f "$hostfile" ] || {
+    echo "error: --hostfile '$hostfile' is not a file; expected an MPI hostfile (one host:slots per line)" >&2
+    exit 2; }
+  PY="$(tools/ensure_env.sh mpi)"
+  mpiexec="${MPIEXEC:-$(dirname "$PY")/mpiexec}"
+  [ -x "$mpiexec" ] || mpiexec=mpiexec
+  launch=("$mpiexec" -n "$mpi")
+  [ -n "$hostfile" ] && launch+=(-hostfile "$hostfile")  # MPICH and Open MPI both take -hostfile
+  launch+=("$PY" -m branchynet.experiment --distributed)
+else
+  [ -z "$hostfile" ] || { echo "error: --hostfile needs --mpi N" >&2; exit 2; }
+  PY="$(tools/ensure_env.sh)"
+  launch=("$PY" -m branchynet.experiment)
+fi
 mkdir -p _models _figs _results
 start=$(date +%s)
 marker="$(mktemp _results/.run-start.XXXXXX)"
@@ -78,12 +103,12 @@ trap 'rm -f "$marker"' EXIT
 failed=()
 done_nets=()
 for net in "${list[@]}"; do
-  echo "=== $net ($preset preset, device $device)"
+  echo "=== $net ($preset preset, device $device${mpi:+, $mpi MPI ranks})"
   args=(--network "$net" --preset "$preset" --device "$device" --seed "$seed" --out .)
   [ -n "$time_devices" ] && args+=(--time-devices "$time_devices")
   [ -n "$dataset" ] && args+=(--dataset "$dataset")
   [ -n "$resume" ] && args+=(--resume)
-  if ! PYTHONUNBUFFERED=1 "$PY" -m branchynet.experiment "${args[@]}" 2>&1 | tee ${resume:+-a} "_results/$net.log"; then
+  if ! PYTHONUNBUFFERED=1 "${launch[@]}" "${args[@]}" 2>&1 | tee ${resume:+-a} "_results/$net.log"; then
     failed+=("$net")
   elif [ "_results/${net}_results.json" -nt "$marker" ]; then
     done_nets+=("$net")  # results of this invocation (a skipped network writes none)

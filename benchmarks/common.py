@@ -15,7 +15,7 @@ sys.path.insert(0, ROOT)
 import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import numpy  # noqa: E402
 
-from branchynet import fileio, utils  # noqa: E402
+from branchynet import fileio, measurement, tradeoff, training  # noqa: E402
 from branchynet.runtime import tune_allocator  # noqa: E402
 from branchynet.validation import InputError  # noqa: E402
 
@@ -56,10 +56,10 @@ def lenet(args, data=None):
             sys.exit('error: {}'.format(e))
     x_train, y_train, _, _ = data or mnist()
     numpy.random.seed(0)
-    utils.train(net, x_train[:6000], y_train[:6000], main=True, batchsize=128, num_epoch=2,
-                seed=0, progress=False)
-    utils.train(net, x_train[:6000], y_train[:6000], batchsize=128, num_epoch=2, seed=1,
-                progress=False)
+    training.train_exits(net, x_train[:6000], y_train[:6000], main=True, batchsize=128,
+                         num_epoch=2, seed=0, progress=False)
+    training.train_exits(net, x_train[:6000], y_train[:6000], batchsize=128, num_epoch=2,
+                         seed=1, progress=False)
     return net
 
 
@@ -122,9 +122,9 @@ def knee_point(net, x, y):
     chooses it: the screened record (thresholds, acc, exit_counts, ...)."""
     from branchynet import screening
     from networks.lenet_mnist import EXPERIMENT
-    base = utils.measure_main(net, x, y, trunk_only=False)
+    base = measurement.measure_main(net, x, y, trunk_only=False)
     records, _ = screening.screen_cached(net, x, y, EXPERIMENT['thresholds'], cost_samples=100)
-    point = records[utils.select_knee([r['acc'] for r in records],
+    point = records[tradeoff.select_knee([r['acc'] for r in records],
                                       [r['ms_chainer'] for r in records], base['acc'])]
     print('knee T={} acc={:.4f} (baseline {:.4f}) exits={}'.format(
         point['thresholds'], point['acc'], base['acc'], point['exit_counts']))
@@ -152,8 +152,8 @@ def best_latencies(net, x, y, paths, settings, rounds):
     for _ in range(rounds):
         for name, engine in paths:
             for setting, ts in settings.items():
-                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False) \
+                r = measurement.measure_main(net, x, y, engine=engine, trunk_only=False) \
                     if ts is None else \
-                    utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
+                    measurement.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
                 ms[name, setting] = min(ms.get((name, setting), float('inf')), r['ms'])
     return ms

@@ -108,7 +108,7 @@ class GraphBranchyNet(InferenceEngine):
         self.on_gpu = self.xp is not numpy
         compiler = Compiler(CaptureSafeArrays(self.xp))
         n_exits = net.numexits()
-        segments = [compiler.sequence(net.trunk[slice(*net._segment_bounds(n))])
+        segments = [compiler.sequence(net.trunk[slice(*net.segment_bounds(n))])
                     for n in range(n_exits)]
         heads = [compiler.sequence(net.head_links(n)) for n in range(n_exits)]
         main_trunk = compiler.sequence(list(net.trunk))
@@ -175,13 +175,13 @@ class GraphBranchyNet(InferenceEngine):
             self._x[...] = x
         return self._x
 
-    def _route(self, x, thresholds, timer=None):
+    def route(self, x, thresholds, timer=None):
         if len(x) != 1:
             raise ValueError('GraphBranchyNet routes batch size 1 only, got {}'.format(len(x)))
         from branchynet.timing import NULL_TIMER
-        return super()._route(x, thresholds, timer or NULL_TIMER)
+        return super().route(x, thresholds, timer or NULL_TIMER)
 
-    def _main_logits(self, x, timer):
+    def main_logits(self, x, timer):
         if x is not self._x:
             self._x[...] = x
         self._main_launch()

@@ -28,7 +28,7 @@ CHILD = r'''
 import json, sys, time
 sys.path.insert(0, {root!r})
 import branchynet, numpy
-from branchynet import cpukernels, runtime, utils
+from branchynet import cpukernels, runtime, training
 from datasets import mnist
 from networks import lenet_mnist
 if {alloc}:
@@ -42,7 +42,8 @@ import contextlib
 with (contextlib.nullcontext() if {kernels} else cpukernels.disabled()):
     for phase, main in (('main', True), ('joint', False)):
         t = time.perf_counter()
-        utils.train_exits(net, x, y, main=main, batchsize=512, num_epoch=1, seed=0, progress=False)
+        training.train_exits(net, x, y, main=main, batchsize=512, num_epoch=1, seed=0,
+                             progress=False)
         times[phase] = time.perf_counter() - t
 weights = numpy.concatenate([p.array.ravel() for _, p in sorted(net.namedparams())])
 numpy.save({weights_path!r}, weights)

@@ -2,7 +2,7 @@
 might pick instead: batch-1 latency of our fast path and Chainer path
 divided by PyTorch's, for the main network, the exit-1 path and the knee.
 
-    pip install -r requirements/bench.txt   # torch==2.13.0 (optional dependency)
+    .venv/bin/python -m pip install -r requirements/bench.txt   # on its own, not with base.txt
     python benchmarks/pytorch_peer.py [--quick] [--model FILE.npz] [--samples N]
 """
 import sys
@@ -12,7 +12,7 @@ from common import lenet, mnist, parser, summary, test_subset
 
 import numpy
 
-from branchynet import utils
+from branchynet import measurement
 from branchynet.fastpath import FastBranchyNet
 
 
@@ -81,7 +81,9 @@ def main():
     try:
         import torch
     except ImportError:
-        sys.exit('PyTorch is not installed: pip install -r requirements/bench.txt')
+        sys.exit('PyTorch is not installed: .venv/bin/python -m pip install '
+                 '-r requirements/bench.txt '
+                 '(on its own, not together with requirements/base.txt)')
     data = mnist()
     net = lenet(args, data)
     x, y = test_subset(args, data, 300, 2000)
@@ -98,9 +100,9 @@ def main():
         ours = {}
         for engine_name, engine in (('fast', fast), ('chainer', net)):
             if t is None:
-                r = utils.measure_main(net, x, y, engine=engine, trunk_only=False)
+                r = measurement.measure_main(net, x, y, engine=engine, trunk_only=False)
             else:
-                r = utils.measure_branchy(net, x, y, [t], engine=engine, trunk_only=False)
+                r = measurement.measure_branchy(net, x, y, [t], engine=engine, trunk_only=False)
             ours[engine_name] = r['ms']
         if t is not None:
             lab, ex = net.predict(x, [t])

@@ -15,15 +15,15 @@ from common import lenet, mnist, parser, summary, test_subset, timed
 
 import numpy
 
-from branchynet import screening, utils
+from branchynet import measurement, screening, tradeoff, training
 
 
 def knee_check(net, x, y, records, base_acc, n_check):
     """The knee's predicted Chainer time for the checked samples vs a real run."""
-    k = utils.select_knee([r['acc'] for r in records], [r['ms_chainer'] for r in records],
+    k = tradeoff.select_knee([r['acc'] for r in records], [r['ms_chainer'] for r in records],
                           base_acc)
     ts = records[k]['thresholds']
-    real = utils.measure_branchy(net, x[:n_check], y[:n_check], ts, trunk_only=False)
+    real = measurement.measure_branchy(net, x[:n_check], y[:n_check], ts, trunk_only=False)
     return ts, real
 
 
@@ -34,7 +34,8 @@ def lenet_run(args):
     x, y = test_subset(args, data, 500, 10000)
     grid = EXPERIMENT['thresholds']
     (records, info), new_s = timed(screening.screen_cached, net, x, y, grid, cost_samples=200)
-    old, old_s = timed(utils.screen_thresholds, net, x, y, grid, progress=False, trunk_only=False)
+    old, old_s = timed(screening.screen_thresholds, net, x, y, grid, progress=False,
+                       trunk_only=False)
     same = all(r['acc'] == a and r['exit_counts'] == e
                for r, a, e in zip(records, old[1], old[3]))
     err = [abs(r['ms_chainer'] - d) / d for r, d in zip(records, old[2])]
@@ -57,10 +58,10 @@ def resnet_run(args):
     numpy.random.seed(0)
     net = resnet_cifar10.get_network()
     n_train = 64 if args.quick else 512
-    utils.train(net, x_train[:n_train], y_train[:n_train], main=True, batchsize=64,
-                num_epoch=1, seed=0, progress=False)
-    utils.train(net, x_train[:n_train], y_train[:n_train], batchsize=64, num_epoch=1, seed=1,
-                progress=False)
+    training.train_exits(net, x_train[:n_train], y_train[:n_train], main=True, batchsize=64,
+                         num_epoch=1, seed=0, progress=False)
+    training.train_exits(net, x_train[:n_train], y_train[:n_train], batchsize=64, num_epoch=1,
+                         seed=1, progress=False)
     grid = resnet_cifar10.EXPERIMENT['thresholds']
     n_cost = 20 if args.quick else 100
     (records, info), new_s = timed(screening.screen_cached, net, x, y, grid,
@@ -68,7 +69,7 @@ def resnet_run(args):
     # the original way, estimated: one batch-1 pass per point over n samples
     per_sample_ms = float(numpy.mean(info['path_ms']['chainer']))
     original_est_s = len(records) * len(x) * per_sample_ms / 1000.
-    base = utils.measure_main(net, x[:n_cost], y[:n_cost], trunk_only=False)
+    base = measurement.measure_main(net, x[:n_cost], y[:n_cost], trunk_only=False)
     n_check = 20 if args.quick else 200
     ts, real = knee_check(net, x, y, records, base['acc'], n_check)
     counts = numpy.array(real['exit_counts'], dtype=float)

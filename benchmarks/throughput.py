@@ -9,7 +9,7 @@ peak (a large float32 matrix product), all from one run.
         [--samples N] [--T 0.5 | --leave 0.9] [--batches 1,64,512] [--repeats 5]
         [--threads N] [--chainer]
 
-Batch 1 is timed per sample end to end as ``utils.measure_main`` and
+Batch 1 is timed per sample end to end as ``measurement.measure_main`` and
 ``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
 of the samples; larger batches through ``predict_main``/``predict`` on a
 quarter (at least two batches; a batch larger than the samples is left out).
@@ -38,6 +38,7 @@ import chainer  # noqa: E402  (after common: the compatibility shims come first)
 import numpy
 
 from branchynet import costs, entropy, fileio
+from branchynet.engine import as_engine
 from branchynet.validation import InputError
 
 NETWORKS = {'lenet': 'lenet_mnist', 'alexnet': 'alex_cifar10', 'resnet': 'resnet_cifar10'}
@@ -79,13 +80,13 @@ def thresholds(name, args, net, x):
 
 def call(engine, xb, ts, bs):
     """One timed call: the main network (``ts`` None) or early exit on ``xb``.
-    Batch 1 as ``utils.measure_*`` times one sample: ``_route`` on the sent
-    sample; larger batches through ``predict``."""
+    Batch 1 as ``measurement.measure_*`` times one sample: ``route`` on the
+    sent sample; larger batches through ``predict``."""
     start = time.perf_counter()
     if bs == 1:
         xb = engine.send(xb)
         with chainer.using_config('train', False), chainer.no_backprop_mode():
-            engine._main_route(xb) if ts is None else engine._route(xb, ts)
+            engine.main_route(xb) if ts is None else engine.route(xb, ts)
     elif ts is None:
         engine.predict_main(xb, batchsize=bs)
     else:
@@ -127,7 +128,8 @@ def measure(name, args, data, batches):
           '{:.3g}; arithmetic limit of the gain {:.2f}x'.format(
               name, [round(t, 4) for t in ts], counts.tolist(),
               100. * counts[0] / counts.sum(), c['main_macs'], expected_macs, limit))
-    paths = engines(net, chainer=args.chainer, threads=args.threads)
+    paths = [(path, as_engine(net, engine))  # Chainer's: the model's own engine
+             for path, engine in engines(net, chainer=args.chainer, threads=args.threads)]
     for path, engine in paths:  # every path answers as predict (tested; checked here too)
         same = (engine.predict(x[:256], ts)[1] == exits[:256]).mean()
         if same < 0.999:

@@ -20,6 +20,7 @@ exit at a time until nothing changes.
 import itertools
 
 import numpy
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from branchynet import confidence, screening
 
@@ -114,3 +115,22 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
     return {'thresholds': [float(v) for v in ts[best]], 'acc': float(r['acc'][best]),
             'cost': float(r['ms'][best]), 'exit_counts': r['exit_counts'][best].tolist(),
             'met': met, 'target_acc': target_acc, 'budget': budget, 'measure': measure.name}
+
+
+def exit_roc(scores, predictions, y, exit_index=0):
+    """How well an exit's uncertainty score tells its right answers from its
+    wrong ones: ``(false_positive_rate, true_positive_rate, auroc)`` with a
+    sample "detected" when its score is low (scikit-learn's ``roc_curve`` and
+    ``roc_auc_score`` on ``-score``). ``auroc`` is None when the exit is right
+    on every sample or on none (the curve is then undefined)."""
+    scores = numpy.asarray(scores)[:, exit_index]
+    correct = numpy.asarray(predictions)[:, exit_index] == numpy.asarray(y)
+    if correct.all() or not correct.any():
+        return numpy.array([0., 1.]), numpy.array([0., 1.]), None
+    fpr, tpr, _ = roc_curve(correct, -scores)
+    return fpr, tpr, float(roc_auc_score(correct, -scores))
+
+
+def exit_aurocs(scores, predictions, y):
+    """``exit_roc``'s AUROC for every early exit (the last exit never decides)."""
+    return [exit_roc(scores, predictions, y, n)[2] for n in range(scores.shape[1] - 1)]

@@ -98,24 +98,40 @@ class Position(dict):
     __getattr__ = dict.__getitem__
 
 
+#: What a setting missing from an older snapshot meant: snapshots written
+#: before the number of MPI ranks was recorded came from single processes.
+SETTING_DEFAULTS = {'mpi_ranks': 1}
+
+
 def _mismatch(stored, settings):
+    stored = dict({k: v for k, v in SETTING_DEFAULTS.items() if k in settings}, **stored)
     keys = sorted(set(stored) | set(settings))
-    return ['{}: the snapshot has {}, this run {}'.format(
-        k, json.dumps(stored.get(k)), json.dumps(settings.get(k)))
+    return ['{}: the snapshot has {}, this run {}{}'.format(
+        k, json.dumps(stored.get(k)), json.dumps(settings.get(k)),
+        _ranks_hint(stored[k]) if k == 'mpi_ranks' and k in stored else '')
         for k in keys if stored.get(k) != settings.get(k)]
 
 
-def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsize=None):
+def _ranks_hint(ranks):
+    """Per-rank dropout masks and BatchNorm batch statistics depend on the
+    number of ranks, so another number would not continue the same run."""
+    how = 'one process' if ranks == 1 else 'mpiexec -n {} ... --distributed'.format(ranks)
+    return ' (MPI ranks: resume with {}, the number the run was started with)'.format(how)
+
+
+def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsize=None,
+         data=None):
     """Restore a snapshot into ``net`` (and its optimizer) and ``rng``.
 
     No code runs while reading, every array is checked against what it
     fills (``branchynet.safenpz``), and with ``settings`` a snapshot of a
     run with other settings is refused, naming each that differs.
     ``num_epoch``, ``n_samples`` and ``batchsize`` check the position.
-    Returns a :class:`Position`.
+    ``data``: the snapshot file's bytes when read elsewhere (by MPI rank 0;
+    ``path`` then only names it). Returns a :class:`Position`.
     """
     path = os.fspath(path)
-    with safenpz.open_npz(path, 'a training snapshot') as npz:
+    with safenpz.open_npz(path, 'a training snapshot', data=data) as npz:
         if 'epoch' not in npz.files:
             raise safenpz.ModelFileError('{} is not a training snapshot (no epoch recorded)'
                                          .format(path))
@@ -167,7 +183,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                 path, '; '.join(problems)))
         safenpz.load_into(npz, net, path, path='model/')
         if any(k.startswith('optimizer/') for k in npz.files):
-            net._ensure_optimizer()
+            net.ensure_optimizer()
             # strict=False: parameters never updated yet (the heads during main-only
             # training) have no optimizer state to restore
             safenpz.load_into(npz, net.optimizer, path, path='optimizer/', strict=False)

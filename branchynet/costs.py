@@ -50,7 +50,7 @@ def exit_costs(net, sample=None):
     h = net.send(sample[:1])
     seg_macs, head_macs, seg_params, head_params = [], [], [], []
     for n in range(net.numexits()):
-        start, end = net._segment_bounds(n)
+        start, end = net.segment_bounds(n)
         macs, h = _count(lambda v: net.trunk(v, start, end), h)
         seg_macs.append(macs)
         seg_params.append(sum(link.count_params() for link in net.trunk[start:end]))

@@ -1,20 +1,39 @@
-"""What every compiled inference path of a BranchyNet shares.
+"""Inference engines: one batching loop for every way of running a BranchyNet.
 
-A path (``fastpath.FastBranchyNet``, ``onnxpath.OnnxBranchyNet``) provides
-``steps`` (per exit, ``step(h, timer) -> (activation, logits)``) and
-``_main_logits(x, timer)`` (the baseline network); this base turns them into
-``predict``/``predict_main`` and the engine methods that
-``branchynet.utils.measure_*`` time, deciding exits with the same
-``route_batch`` as ``BranchyNet.predict``.
+An engine provides ``steps`` (per exit, ``step(h, timer) -> (activation,
+logits)`` on device arrays) and ``main_logits(x, timer)`` (the baseline
+network). From them this base builds ``predict``, ``predict_main``,
+``exit_logits`` and ``get_SM`` over batches, deciding exits with
+``routing.route_batch``, and the per-batch ``route``/``main_route`` that
+``branchynet.measurement`` times at batch size 1.
+
+Engines: ``ChainerEngine`` (the model's own links; what ``BranchyNet.predict``
+uses), ``fastpath.FastBranchyNet`` and ``onnxpath.OnnxBranchyNet``.
 """
+import chainer
+import chainer.functions as F
 import numpy
 
-from branchynet.net import route_batch
+from branchynet.routing import exit_steps, route_batch, route_batch_by_share
 from branchynet.timing import NULL_TIMER
+from branchynet.validation import validate_batchsize, validate_inputs
+
+#: Default batch size of predict, get_SM, test and friends: bounded, so a large
+#: input is routed in chunks (all 60,000 MNIST images in one batch took 18 GB).
+DEFAULT_BATCHSIZE = 1024
+
+
+def as_engine(net, engine=None):
+    """``engine``, or ``net``'s own ``ChainerEngine`` when ``engine`` is None
+    or the model itself (callers may pass a BranchyNet where an engine goes)."""
+    if engine is None or engine is net:
+        return net.chainer_engine()
+    return engine
 
 
 class InferenceEngine:
-    """Base of the compiled paths; subclasses set ``net``, ``xp``, ``steps``."""
+    """Base of the engines; subclasses set ``net``, ``xp`` and ``steps`` and
+    implement ``main_logits``."""
 
     #: whether the per-stage timer can time the trunk segments alone
     stage_timing = True
@@ -25,22 +44,85 @@ class InferenceEngine:
     def send(self, x):
         return self.net.send(x)
 
-    def _main_logits(self, x, timer):
+    def main_logits(self, x, timer):
+        """Logits of the baseline network for one device batch."""
         raise NotImplementedError
 
-    def _route(self, x, thresholds, timer=NULL_TIMER):
+    # ---------------------------------------------------------- one device batch
+    def route(self, x, thresholds, timer=NULL_TIMER):
+        """Early-exit labels and exits of one device batch (``route_batch``)."""
         return route_batch(self.steps, x, thresholds, self.xp, timer, self.net.confidence)
 
-    def _main_route(self, x, timer=NULL_TIMER):
-        z = self._main_logits(x, timer)
+    def main_route(self, x, timer=NULL_TIMER):
+        """The baseline network on one device batch: labels (arg-max of the
+        logits; a softmax would not change it) and exits, every one the last."""
+        z = self.main_logits(x, timer)
         with timer.stage('decision'):
             labels = z.argmax(axis=1).astype(numpy.int32)
         return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
 
+    def all_exit_logits(self, x):
+        """Every exit's logits for one device batch (no early exit)."""
+        out, h = [], x
+        for step in self.steps:
+            h, z = step(h, NULL_TIMER)
+            out.append(z)
+        return out
+
+    # --------------------------------------------------------- whole inputs
+    def batched(self, x, batchsize, run):
+        """``run(device_batch)`` (a sequence of device arrays) over ``x`` in
+        batches of ``batchsize`` (default ``DEFAULT_BATCHSIZE``), in test mode
+        without backprop; returns each output concatenated on the host."""
+        validate_inputs(x, self.net.input_shape)
+        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
+        parts = []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(x), batchsize):
+                parts.append([chainer.backends.cuda.to_cpu(a)
+                              for a in run(self.send(x[i:i + batchsize]))])
+        return [numpy.concatenate(column) for column in zip(*parts)]
+
     def predict(self, x, thresholds=None, batchsize=None):
         """As ``BranchyNet.predict``: ``(labels, exits)`` numpy int32 arrays."""
-        return self.net._predict_with(self, x, thresholds, batchsize)
+        ts = self.net.resolve_thresholds(thresholds)
+        labels, exits = self.batched(x, batchsize, lambda xb: self.route(xb, ts))
+        return labels, exits
 
     def predict_main(self, x, batchsize=None):
         """As ``BranchyNet.predict_main``: labels of the baseline network."""
-        return self.net._predict_main_with(self, x, batchsize)
+        return self.batched(x, batchsize, lambda xb: self.main_route(xb)[:1])[0]
+
+    def predict_by_share(self, x, shares, batchsize):
+        """``(labels, exits)`` by ``routing.route_batch_by_share`` per batch."""
+        labels, exits = self.batched(
+            x, batchsize, lambda xb: route_batch_by_share(self.steps, xb, shares, self.xp))
+        return labels, exits
+
+    def exit_logits(self, x, batchsize=None):
+        """Every exit's logits for every sample: one numpy array per exit."""
+        return self.batched(x, batchsize, self.all_exit_logits)
+
+    def get_SM(self, x, batchsize=None):
+        """Every exit's softmax for every sample: one numpy array per exit."""
+        return self.batched(x, batchsize, lambda xb: [
+            F.softmax(z).array for z in self.all_exit_logits(xb)])
+
+
+class ChainerEngine(InferenceEngine):
+    """The model's own Chainer links, in test mode: the reference every other
+    engine is tested against. Built per call by ``BranchyNet`` (cheap), so it
+    follows the model across devices."""
+
+    def __init__(self, net):
+        self.net = net
+        self.xp = net.xp
+        segments = [lambda h, n=n: net.segment(h, n).array for n in range(net.numexits())]
+        heads = [lambda h, n=n: net.head(h, n).array for n in range(net.numexits())]
+        self.steps = exit_steps(segments, heads)
+
+    def main_logits(self, x, timer):
+        with timer.stage('trunk'):
+            h = self.net.trunk(x).array
+        with timer.stage('head'):
+            return self.net.branches[-1](h).array

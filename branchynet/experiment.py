@@ -11,8 +11,7 @@ Every network is configured by the ``EXPERIMENT`` dict of its module in
 ``networks/``; nothing here is specific to one network.
 """
 import argparse
-import csv
-import io
+import contextlib
 import itertools
 import json
 import os
@@ -23,20 +22,19 @@ import time
 import branchynet  # noqa: F401  (compatibility shims before chainer)
 import chainer
 import numpy
+from sklearn.model_selection import train_test_split
 
 import networks
 from datasets import DataUnavailableError
 
-DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
-from branchynet import (calibration, checkpoint, confidence, costs, fileio, runtime, screening,
-                        utils, visualize)
+from branchynet import (calibration, checkpoint, confidence, costs, fileio, measurement,
+                        runtime, screening, tables, tradeoff, training, visualize)
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count
 
-
-
+DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
 
 def log(msg):
@@ -144,49 +142,38 @@ def write_json(path, obj):
         json.dump(json_safe(obj), f, indent=1, allow_nan=False, default=float)
 
 
-def write_table(path_base, rows):
-    with atomic_write(path_base + '.md', 'w') as f:
-        f.write(utils.format_table(rows) + '\n')
-    buf = io.StringIO()
-    columns = ('Device',) + utils.TABLE_COLUMNS
-    writer = csv.writer(buf)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([utils._cell(c, row.get(c)) for c in columns])
-    with atomic_write(path_base + '.csv', 'w') as f:
-        f.write(buf.getvalue())
-
-
 def exit_accuracies(net, x, y, sms=None):
     """Test accuracy of every exit on every sample (no early exit)."""
     sms = net.get_SM(x) if sms is None else sms
     return [float((sm.argmax(axis=1) == y).mean()) for sm in sms]
 
 
-def _screen(net, config, xs, ys, engines, path_macs):
+def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
     """Every grid point's accuracy, exits and per-engine time.
 
     ``cached`` (default): exit outputs computed once, per-exit costs measured
     once, the grid evaluated in array operations (times predicted).
     ``original``: one real batch-1 pass per point, as the original did
-    (Chainer path only)."""
+    (Chainer path only). ``outputs``: the cached exit outputs of ``xs`` when
+    already computed (by the ranks of a distributed run)."""
     if config['screen'] == 'original':
-        screen = utils.screen_thresholds(net, xs, ys, config['thresholds'])
+        screen = screening.screen_thresholds(net, xs, ys, config['thresholds'])
         records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
         return records, {'method': 'original: one batch-1 pass per point'}
     records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
                                             cost_samples=config['n_cost'],
-                                            path_macs=path_macs)
+                                            path_macs=path_macs, outputs=outputs)
     info['method'] = 'cached: exit outputs once, times predicted from per-exit costs'
     return records, info
 
 
-def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_):
+def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_,
+                    outputs=None):
     """Batch-1 baseline, grid screening and the knee on the current device.
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
     least the baseline's and which is faster than the baseline beyond noise
-    (``utils.choose_knee``); it is then measured for real at batch size 1 on
+    (``tradeoff.choose_knee``); it is then measured for real at batch size 1 on
     both paths. Without such a point, or when the knee measures no faster
     than the baseline, the table and the figure say so. Writes the Table I
     block, every point (JSON) and Fig. 3.
@@ -197,36 +184,36 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     engines = {'chainer': net, 'fast': fast}
     log('{}: timing the baseline at batch size 1 on {} samples (Chainer and fast path)'
         .format(label, len(xs)))
-    baseline = utils.measure_main(net, xs, ys)
-    baseline_fast = utils.measure_main(net, xs, ys, engine=fast, trunk_only=False)
+    baseline = measurement.measure_main(net, xs, ys)
+    baseline_fast = measurement.measure_main(net, xs, ys, engine=fast, trunk_only=False)
     log('{}: baseline acc {:.2%}, {:.3f} ms/sample end to end ({:.3f} trunk only, {:.3f} '
         'fast path)'.format(label, baseline['acc'], baseline['ms'], baseline['trunk_ms'],
                             baseline_fast['ms']))
     t0 = time.perf_counter()
     log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
         label, len(config['thresholds']), net.numexits() - 1, config['screen']))
-    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'])
+    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'], outputs)
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
-    diffs = [r['ms_chainer'] for r in records]
-    choice = utils.choose_knee(accs, diffs, baseline['acc'], baseline['ms'])
+    ms = [r['ms_chainer'] for r in records]
+    choice = tradeoff.choose_knee(accs, ms, baseline['acc'], baseline['ms'])
     knee = choice['index']
     ts = records[knee]['thresholds']
     log('{}: {} T={}; measuring it at batch size 1'.format(
         label, 'knee' if choice['gain'] else choice['note'], ts))
-    branchy = utils.measure_branchy(net, xs, ys, ts)
-    branchy_fast = utils.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
+    branchy = measurement.measure_branchy(net, xs, ys, ts)
+    branchy_fast = measurement.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
     if choice['gain'] and branchy['ms'] >= baseline['ms']:
         choice = {'index': knee, 'gain': False, 'note': '{}; measured {:.3f} vs {:.3f} ms'
-                  .format(utils.NO_GAIN, branchy['ms'], baseline['ms'])}
+                  .format(tradeoff.NO_GAIN, branchy['ms'], baseline['ms'])}
     limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
-    rows = utils.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
-                                       baseline_fast=baseline_fast, branchy_fast=branchy_fast,
-                                       mac_limit=limit)
+    rows = tables.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
+                                     baseline_fast=baseline_fast, branchy_fast=branchy_fast,
+                                     mac_limit=limit)
     if not choice['gain']:
         rows[1]['Network'] += ' ({})'.format(choice['note'])
         log('{}: {}'.format(label, choice['note']))
-    print(utils.format_table(rows), flush=True)
+    print(tables.format_table(rows), flush=True)
     knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
                   'measured_ms_chainer': branchy['ms'],
                   'predicted_ms_fast': records[knee].get('ms_fast'),
@@ -234,7 +221,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     log('{}: knee time predicted {:.3f} ms, measured {:.3f} ms (Chainer)'.format(
         label, knee_check['predicted_ms_chainer'], branchy['ms']))
     tag = '{}_{}'.format(name, label.lower())
-    write_table(os.path.join(out['results'], tag + '_table'), rows)
+    tables.write_table(os.path.join(out['results'], tag + '_table'), rows)
     write_json(os.path.join(out['results'], tag + '_screen.json'), {
         'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
         'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
@@ -247,13 +234,13 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     extra = []
     if 'ms_fast' in records[0]:
         extra.append({'label': 'fast path', 'accs': accs,
-                      'diffs': [r['ms_fast'] for r in records],
-                      'baseacc': baseline_fast['acc'], 'basediff': baseline_fast['ms'],
+                      'ms': [r['ms_fast'] for r in records],
+                      'base_acc': baseline_fast['acc'], 'base_ms': baseline_fast['ms'],
                       'knee': star})
     visualize.plot_tradeoff_curve(
-        accs, diffs, baseline['acc'], baseline['ms'], star,
+        accs, ms, baseline['acc'], baseline['ms'], star,
         title='{} on {}: accuracy vs runtime{}'.format(
-            'B-' + title, label, '' if choice['gain'] else '\n' + utils.NO_GAIN),
+            'B-' + title, label, '' if choice['gain'] else '\n' + tradeoff.NO_GAIN),
         path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
         series_label='Chainer path')
     path_ms = info.get('path_ms', {}).get('chainer')
@@ -264,14 +251,23 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
 
 
 def split_validation(x_train, y_train, n_val, seed):
-    """Hold out ``n_val`` training samples (a seeded random choice) for calibration."""
+    """Hold out ``n_val`` training samples for calibration: a seeded split
+    stratified by class (scikit-learn's ``train_test_split``), so the held-out
+    class mix is the training set's. Where stratifying is impossible (fewer
+    held-out samples than classes, or a class with one sample) the split is
+    a plain seeded random choice."""
     if not n_val:
         return x_train, y_train, None, None, []
     if n_val >= len(x_train):
         raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
             n_val, len(x_train)))
-    order = numpy.random.RandomState(seed).permutation(len(x_train))
-    val, rest = numpy.sort(order[:n_val]), numpy.sort(order[n_val:])
+    index = numpy.arange(len(x_train))
+    counts = numpy.bincount(y_train)
+    counts = counts[counts > 0]
+    stratify = y_train if (counts.min() >= 2 and len(counts) <= min(n_val, len(x_train) - n_val)) \
+        else None
+    rest, val = train_test_split(index, test_size=n_val, random_state=seed, stratify=stratify)
+    val, rest = numpy.sort(val), numpy.sort(rest)
     return x_train[rest], y_train[rest], x_train[val], y_train[val], val.tolist()
 
 
@@ -285,7 +281,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     every measure is compared on the test set from cached outputs.
     """
     xs, ys, path_ms = timing['xs'], timing['ys'], timing['path_ms']
-    comparison, curves = [], {}
+    comparison, curves, rocs = [], {}, {}
     chosen = None
     for measure in confidence.MEASURES:
         val_scores, val_preds = screening.exit_outputs(net, x_val, measure)
@@ -300,7 +296,9 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
             'val_acc': cal['acc'], 'val_ms': cal['cost'], 'met_on_val': cal['met'],
             'test_acc': float(on_test['acc'][0]), 'test_ms_predicted': float(on_test['ms'][0]),
             'test_macs': float(on_test['macs'][0]),
-            'test_exit_pct': (100. * on_test['exit_counts'][0] / len(ys)).tolist()})
+            'test_exit_pct': (100. * on_test['exit_counts'][0] / len(ys)).tolist(),
+            'test_exit_auroc': calibration.exit_aurocs(test_scores, test_preds, ys)})
+        rocs[measure] = calibration.exit_roc(test_scores, test_preds, ys)
         if measure == 'entropy':
             chosen = cal
         # accuracy/cost curve on the test set: quantile candidates of the test scores
@@ -312,8 +310,8 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
         r = screening.evaluate(test_scores, test_preds, ys, to_user(limits), path_ms=path_ms,
                                measure=measure)
         curves[measure] = (r['acc'].tolist(), r['ms'].tolist())
-    measured = utils.measure_branchy(net, xs, ys, chosen['thresholds'])
-    measured_fast = utils.measure_branchy(net, xs, ys, chosen['thresholds'],
+    measured = measurement.measure_branchy(net, xs, ys, chosen['thresholds'])
+    measured_fast = measurement.measure_branchy(net, xs, ys, chosen['thresholds'],
                                           engine=timing['fast'], trunk_only=False)
     row = {'Device': label, 'Network': 'B-{} (calibrated{})'.format(title, row_note),
            'Acc. (%)': 100 * measured['acc'], 'Time (ms)': measured['ms'],
@@ -330,6 +328,8 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
                             title='B-{}: confidence measures on the test set ({})'.format(
                                 title, label),
                             path=os.path.join(out['figs'], tag + '_measures'))
+    visualize.plot_exit_roc(rocs, title='B-{}: exit 1 decision on the test set ({})'.format(
+        title, label), path=os.path.join(out['figs'], tag + '_exit_roc'))
     summary = {'calibrated': {'thresholds': chosen['thresholds'], 'val_acc': chosen['acc'],
                               'val_ms_predicted': chosen['cost'],
                               'test_acc': measured['acc'], 'test_ms': measured['ms'],
@@ -337,33 +337,8 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
                               'test_exit_counts': measured['exit_counts']},
                'measures': comparison}
     with atomic_write(os.path.join(out['results'], tag + '_calibration.md'), 'w') as f:
-        f.write(calibration_report(title, label, summary, len(y_val), len(ys)))
+        f.write(tables.calibration_report(title, label, summary, len(y_val), len(ys)))
     return row, summary
-
-
-def calibration_report(title, label, summary, n_val, n_test):
-    c = summary['calibrated']
-    lines = [
-        '# B-{}: thresholds calibrated on held-out data ({})'.format(title, label), '',
-        'The paper-style knee is chosen on the test set itself (as the original did), so '
-        'its accuracy is optimistic. Here thresholds are chosen on {} validation samples '
-        'held out of the training set: the cheapest setting whose validation accuracy is '
-        'at least the baseline\'s validation accuracy, with times predicted from the '
-        'per-exit batch-1 costs. They are then measured once on the {} test samples.'.format(
-            n_val, n_test), '',
-        '- calibrated T = {}: validation accuracy {:.2f} %, predicted {:.3f} ms; test '
-        'accuracy {:.2f} %, measured {:.3f} ms (fast path {:.3f} ms)'.format(
-            ', '.join('{:.4g}'.format(t) for t in c['thresholds']), 100 * c['val_acc'],
-            c['val_ms_predicted'], 100 * c['test_acc'], c['test_ms'], c['test_ms_fast']), '',
-        '## Confidence measures (each calibrated on validation, evaluated on test)', '',
-        '| measure | T | val acc (%) | val ms (pred.) | test acc (%) | test ms (pred.) | '
-        'test MACs | exit (%) |', '|---|---|---|---|---|---|---|---|']
-    for m in summary['measures']:
-        lines.append('| {} | {} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.0f} | {} |'.format(
-            m['measure'], ', '.join('{:.4g}'.format(t) for t in m['thresholds']),
-            100 * m['val_acc'], m['val_ms'], 100 * m['test_acc'], m['test_ms_predicted'],
-            m['test_macs'], ', '.join('{:.1f}'.format(v) for v in m['test_exit_pct'])))
-    return '\n'.join(lines) + '\n'
 
 
 #: Counts of the configuration and the least each accepts.
@@ -378,13 +353,18 @@ def check_config(config):
         validate_count(config.get(key), '--' + key.replace('_', '-'), minimum)
 
 
+def output_folders(out_dir):
+    """The paths of the ``_models``/``_figs``/``_results`` folders of ``out_dir``."""
+    return {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+
+
 def prepare_out(out_dir):
     """The ``_models``/``_figs``/``_results`` folders of ``out_dir``, checked.
 
     Fails with a clear error before any training when they could not be
     made (``--out`` under a file, no permission); nothing is created here.
     """
-    out = {k: os.path.join(out_dir, '_' + k) for k in ('models', 'figs', 'results')}
+    out = output_folders(out_dir)
     for folder in [out_dir] + list(out.values()):
         existing = os.path.abspath(folder)
         while not os.path.exists(existing):
@@ -409,8 +389,14 @@ def create_out(out):
 
 
 def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=None,
-        dataset_module=None, time_devices=None, init=None, resume=False):
+        dataset_module=None, time_devices=None, init=None, resume=False, distributed=None):
     """Run the whole experiment; returns a dict of what was measured.
+
+    ``distributed`` (a ``branchynet.distributed.Distributed``, every rank
+    calling ``run``): training is data-parallel, the test set's exit outputs
+    are computed on every rank's shard and gathered; batch-1 timing, the
+    calibration and everything under ``out_dir`` (the lock included) are
+    rank 0's alone, which alone returns the results (the others return None).
 
     ``init`` names an npz of weights (``_models/<net>.npz``) to start from,
     e.g. to continue training or, with 0 epochs, only to time and screen.
@@ -421,26 +407,43 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
     the run holds a lock on ``out_dir`` (a second run there is refused) and
     first deletes temporaries that killed runs left there.
     """
-    module, config = resolve_config(network, preset, overrides)
-    check_config(config)
-    validate_count(seed, '--seed', 0)
-    dev = resolve_device(device)
-    for td in time_devices or ():
-        resolve_device(td)
-    out = prepare_out(out_dir)
-    with fileio.RunLock(out_dir):
-        for folder in [out_dir] + list(out.values()):
-            removed = fileio.remove_stale_temporaries(folder)
-            if removed:
-                log('removed {} temporary file(s) left in {} by an interrupted run'.format(
-                    len(removed), folder))
+    dist = distributed
+    root = dist is None or dist.is_root
+    with contextlib.ExitStack() as held:
+        with _agreed(dist):
+            module, config = resolve_config(network, preset, overrides)
+            check_config(config)
+            validate_count(seed, '--seed', 0)
+            if dist is not None and config['augment']:
+                raise InvalidValue('--augment is not supported with --distributed (the '
+                                   'augmented batches are drawn per process, not shared by ranks)')
+            dev = resolve_device(device)
+            for td in time_devices or ():
+                resolve_device(td)
+            if dist is not None and dev.xp is not numpy:  # one GPU per rank of a node
+                dev = chainer.get_device('@cupy:{}'.format(dist.comm.intra_rank))
+            out = prepare_out(out_dir) if root else output_folders(out_dir)
+            if root:  # the other ranks never touch out_dir
+                held.enter_context(fileio.RunLock(out_dir))
+                for folder in [out_dir] + list(out.values()):
+                    removed = fileio.remove_stale_temporaries(folder)
+                    if removed:
+                        log('removed {} temporary file(s) left in {} by an interrupted run'
+                            .format(len(removed), folder))
         return _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
-                           time_devices, init, resume)
+                           time_devices, init, resume, dist)
+
+
+def _agreed(dist, kinds=(InputError, DataUnavailableError, OSError)):
+    """``dist.agreed``: with MPI ranks, an error on one ends every rank's run
+    the same way (see ``distributed.Distributed.agreed``); alone, nothing."""
+    return contextlib.nullcontext() if dist is None else dist.agreed(kinds)
 
 
 def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
-                time_devices, init, resume):
+                time_devices, init, resume, dist):
     title = config['title']
+    root = dist is None or dist.is_root
     numpy.random.seed(seed)
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
@@ -449,8 +452,10 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         source_commit(), chainer.__version__, numpy.__version__, platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
-    x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
-    create_out(out)
+    with _agreed(dist):  # every rank loads the data itself; all skip, or none
+        x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
+        if root:
+            create_out(out)
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
@@ -459,7 +464,9 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     chainer.global_config.cudnn_deterministic = True
     net = module.get_network()
     if init:
-        fileio.load_npz(init, net)
+        with _agreed(dist):
+            if root:  # the other ranks get these weights in train_exits' broadcast
+                fileio.load_npz(init, net)
         log('initialised from {}'.format(init))
     net.to_device(dev)
     dev.use()
@@ -468,29 +475,41 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         config['epochs_main'], config['batchsize']))
     main_snapshot = os.path.join(out['models'], network + '.main.snapshot.npz')
     joint_snapshot = os.path.join(out['models'], network + '.joint.snapshot.npz')
-    if not (resume and checkpoint.exists(main_snapshot)) and checkpoint.exists(joint_snapshot):
+    if root and not (resume and checkpoint.exists(main_snapshot)) and \
+            checkpoint.exists(joint_snapshot):
         os.unlink(joint_snapshot)  # it continued an older main phase
         log('a fresh main phase: removed the older joint snapshot {}'.format(joint_snapshot))
     settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
                 'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
-    main_losses, main_accs, main_s = utils.train_exits(
+    main_losses, main_accs, main_s = training.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
-        snapshot=main_snapshot, resume=resume, settings=settings)
-    base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
+        snapshot=main_snapshot, resume=resume, settings=settings, distributed=dist)
+    if dist is None:
+        base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
+    else:
+        base_test_acc = float((dist.predict_main(net, x_test) == y_test).mean())
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
 
     log('joint training of all {} exits: {} epochs'.format(
         net.numexits(), config['epochs_joint']))
-    joint_losses, joint_accs, joint_s = utils.train_exits(
+    joint_losses, joint_accs, joint_s = training.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
-        snapshot=joint_snapshot, resume=resume, settings=settings)
-    sms = net.get_SM(x_test)
+        snapshot=joint_snapshot, resume=resume, settings=settings, distributed=dist)
+    sms = net.get_SM(x_test) if dist is None else dist.get_SM(net, x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(
         ', '.join('{:.2%}'.format(a) for a in exit_accs), joint_s))
+
+    outputs = None
+    if dist is not None:
+        if config['screen'] == 'cached':
+            outputs = dist.exit_outputs(net, x_test[:config.get('n_timing') or len(x_test)])
+        if not root:  # the rest (timing, writing) is rank 0's alone
+            dist.wait_for_root()
+            return None
 
     last = net.numexits() - 1
     curves_l = [[float('nan')] * last + row for row in main_losses] + joint_losses
@@ -528,7 +547,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         tdev.use()
         label = device_label(tdev)
         rows, timing = time_and_screen(net, network, title, config, x_test, y_test, label,
-                                       out, results['costs'])
+                                       out, results['costs'], outputs)
         if x_val is not None:
             log('{}: calibrating thresholds on {} validation samples'.format(label, len(x_val)))
             # The paper's schedule trains on every training image; holding some
@@ -539,13 +558,21 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                                                  label, out, results['costs'], row_note=note)
             rows.append(row)
             results.setdefault('calibration', {})[label] = summary
-            print(utils.format_table(rows), flush=True)
-            write_table(os.path.join(out['results'], '{}_{}_table'.format(
+            print(tables.format_table(rows), flush=True)
+            tables.write_table(os.path.join(out['results'], '{}_{}_table'.format(
                 network, label.lower())), rows)
         results['tables'][label] = rows
     net.to_device(dev)
+    if dist is not None:
+        results['distributed'] = {
+            'ranks': dist.size, 'communicator': dist.communicator_name,
+            'global_batch': config['batchsize'],
+            'comm_seconds_rank0': dist.comm_seconds,
+            'timing': 'batch-1 timing and calibration ran on rank 0 alone'}
     write_json(os.path.join(out['results'], network + '_results.json'), results)
     log('done: results in {}, figures in {}'.format(out['results'], out['figs']))
+    if dist is not None:
+        dist.wait_for_root()
     return results
 
 
@@ -586,6 +613,14 @@ def build_parser():
                              'with --epochs-main 0 --epochs-joint 0)')
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
+    parser.add_argument('--distributed', action='store_true',
+                        help='data-parallel over the MPI ranks this was started with '
+                             '(mpiexec -n N python -m branchynet.experiment --distributed); '
+                             '--batchsize stays the global batch')
+    parser.add_argument('--communicator', default=None,
+                        help='ChainerMN communicator with --distributed: on CPU packed '
+                             "(default: one all-reduce per step) or naive (ChainerMN's, one per "
+                             'parameter); on GPUs pure_nccl (default), flat or naive')
     return parser
 
 
@@ -596,21 +631,58 @@ def main(argv=None):
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'dataset_path', 'augment', 'screen', 'n_val')}
     time_devices = args.time_devices.split(',') if args.time_devices else None
+    if args.communicator and not args.distributed:
+        print('error: --communicator needs --distributed', file=sys.stderr)
+        return 2
+    if not args.distributed:
+        return _run_main(args, overrides, time_devices, None)
+    from branchynet import distributed
+    try:
+        dist = distributed.Distributed.create(
+            args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+    except (distributed.MPIUnavailable, InputError) as e:  # every rank, before any collective
+        if distributed.world_rank() == 0:
+            print('error: {}'.format(e), file=sys.stderr)
+        return 2
+    dist.silence_others()
+    with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,)):
+        return _run_main(args, overrides, time_devices, dist)
+
+
+def _run_main(args, overrides, time_devices, dist):
+    """``run`` with its errors as messages and exit codes. With MPI ranks, an
+    error every rank raised together (an interruption, a refused input, data
+    no rank could load) is reported by rank 0 alone; any other error of a
+    rank propagates to ``distributed.abort_on_error``, which ends the job."""
+    report = dist is None or dist.is_root
+
+    def together(e):
+        return dist is None or getattr(e, 'all_ranks', False)
     try:
         run(args.network, args.preset, args.device, args.out, args.seed, overrides,
-            time_devices=time_devices, init=args.init, resume=args.resume)
+            time_devices=time_devices, init=args.init, resume=args.resume, distributed=dist)
     except checkpoint.TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        if report:  # with ranks, every rank stops at the same batch
+            print(str(e), file=sys.stderr)
         return 130
     except DataUnavailableError as e:
-        print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
+        if not together(e):
+            raise
+        if report:
+            print('skipped {}: {}'.format(args.network, e), file=sys.stderr)
         return 0
     except (InputError, FileNotFoundError) as e:  # bad input; anything else is a bug
-        print('error: {}'.format(e), file=sys.stderr)
+        if not together(e):
+            raise
+        if report:
+            print('error: {}'.format(e), file=sys.stderr)
         return 2
     except OSError as e:  # the environment: a full disk, no permission
-        print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
-                                   if e.filename else ''), file=sys.stderr)
+        if not together(e):
+            raise
+        if report:
+            print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
+                                       if e.filename else ''), file=sys.stderr)
         return 1
     return 0
 

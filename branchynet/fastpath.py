@@ -28,7 +28,6 @@ exits as ``net.predict`` (up to float rounding in the last bits).
 The compiled path snapshots the weights: recompile after training further.
 """
 import collections
-import inspect
 
 import chainer
 import chainer.functions as F
@@ -36,8 +35,8 @@ import chainer.links as L
 import numpy
 
 from branchynet.engine import InferenceEngine
-from branchynet.links import FL, SL, Net
-from branchynet.net import exit_steps
+from branchynet.links import FL, SL, Net, pair
+from branchynet.routing import exit_steps
 from branchynet.timing import NULL_TIMER
 
 #: Buffers of one plan larger than this are allocated per call instead of kept.
@@ -48,18 +47,6 @@ CACHE_SHAPES = 4
 #: of one layer (im2col, output) within this many bytes: the buffers then
 #: stay in the caches (B-LeNet ran slower at batch 512 than at 64 without).
 CHUNK_BYTES = 8 << 20
-
-
-def _bound(fn, args, kwargs):
-    """The named arguments of an FL's call, defaults filled in."""
-    sig = inspect.signature(fn)
-    bound = sig.bind(None, *args, **kwargs)
-    bound.apply_defaults()
-    return bound.arguments
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def folded_conv_weights(conv, bn=None, xp=numpy):
@@ -203,7 +190,7 @@ class Compiler:
     # ---------------------------------------------------------------- layers
     def conv(self, link, bn=None, relu=False):
         """Convolution (+ folded BN, + ReLU) as one copy and one matmul."""
-        if link.groups != 1 or _pair(link.dilate) != (1, 1):
+        if link.groups != 1 or pair(link.dilate) != (1, 1):
             return self._chain(self.fallback(link), bn, relu)
         xp = self.xp
         w, b = folded_conv_weights(link, bn, xp)
@@ -213,8 +200,8 @@ class Compiler:
         w_aug = xp.ascontiguousarray(
             xp.concatenate([w.reshape(out_c, k), b.reshape(out_c, 1)], axis=1).T
         ).astype(numpy.float32)
-        sy, sx = _pair(link.stride)
-        ph, pw = _pair(link.pad)
+        sy, sx = pair(link.stride)
+        ph, pw = pair(link.pad)
         grid = sy == 1 and sx == 1
 
         def build(shape):
@@ -309,15 +296,15 @@ class Compiler:
         if fn is F.dropout:
             return None
         if fn is F.max_pooling_2d:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             return self.pool(a['ksize'], a['stride'], a['pad'], a['cover_all'], 'max', relu)
         if fn is F.average_pooling_2d:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             if a.get('pad_value', 0) is not None and a.get('pad_value', 0) != 0:
                 return self.fallback(fl)
             return self.pool(a['ksize'], a['stride'], a['pad'], False, 'mean')
         if fn is F.local_response_normalization:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             return self.lrn(a['n'], a['k'], a['alpha'], a['beta'])
         return self.fallback(fl)
 
@@ -330,9 +317,9 @@ class Compiler:
         by the full window (padding counts as zeros), as Chainer does.
         """
         xp = self.xp
-        kh, kw = _pair(ksize)
-        sy, sx = _pair(stride if stride is not None else ksize)
-        ph, pw = _pair(pad)
+        kh, kw = pair(ksize)
+        sy, sx = pair(stride if stride is not None else ksize)
+        ph, pw = pair(pad)
         combine = xp.maximum if kind == 'max' else xp.add
         empty = -numpy.inf if kind == 'max' else 0.
 
@@ -414,14 +401,14 @@ class FastBranchyNet(InferenceEngine):
     """Compiled early-exit inference for a trained BranchyNet (same answers).
 
     Provides ``predict``, ``predict_main`` and the engine interface used by
-    ``branchynet.utils.measure_*`` (see ``branchynet.engine``).
+    ``branchynet.measurement`` (see ``branchynet.engine``).
     """
 
     def __init__(self, net):
         self.net = net
         self.xp = net.xp
         compiler = Compiler(self.xp)
-        self.segments = [compiler.sequence(net.trunk[slice(*net._segment_bounds(n))])
+        self.segments = [compiler.sequence(net.trunk[slice(*net.segment_bounds(n))])
                          for n in range(net.numexits())]
         self.heads = [compiler.sequence(net.head_links(n)) for n in range(net.numexits())]
         self.steps = exit_steps(self.segments, self.heads)
@@ -440,7 +427,7 @@ class FastBranchyNet(InferenceEngine):
             h = x
             for step in self.steps:
                 h, _ = step(h, NULL_TIMER)
-            self._main_logits(x, NULL_TIMER)
+            self.main_logits(x, NULL_TIMER)
         return max(1, int(CHUNK_BYTES // max(1, compiler.sample_bytes)))
 
     def _chunked(self, run, x):
@@ -449,13 +436,13 @@ class FastBranchyNet(InferenceEngine):
         parts = [run(x[i:i + self.chunk]) for i in range(0, len(x), self.chunk)]
         return tuple(self.xp.concatenate(p) for p in zip(*parts))
 
-    def _route(self, x, thresholds, timer=NULL_TIMER):
-        return self._chunked(lambda xc: InferenceEngine._route(self, xc, thresholds, timer), x)
+    def route(self, x, thresholds, timer=NULL_TIMER):
+        return self._chunked(lambda xc: InferenceEngine.route(self, xc, thresholds, timer), x)
 
-    def _main_route(self, x, timer=NULL_TIMER):
-        return self._chunked(lambda xc: InferenceEngine._main_route(self, xc, timer), x)
+    def main_route(self, x, timer=NULL_TIMER):
+        return self._chunked(lambda xc: InferenceEngine.main_route(self, xc, timer), x)
 
-    def _main_logits(self, x, timer):
+    def main_logits(self, x, timer):
         with timer.stage('trunk'):
             h = self.main_trunk(x)
         with timer.stage('head'):

@@ -22,16 +22,12 @@ import chainer.functions as F
 import numpy
 
 from branchynet import confidence
+from branchynet.engine import DEFAULT_BATCHSIZE, ChainerEngine
 from branchynet.links import FL, Branch, Net
-from branchynet.timing import NULL_TIMER, synchronize
+from branchynet.timing import synchronize
 from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
-                                   validate_batchsize, validate_inputs, validate_labels,
+                                   validate_inputs, validate_labels,
                                    validate_thresholds, validate_weights)
-
-#: Default batch size of predict, get_SM, test and friends: bounded, so a large
-#: input is routed in chunks (all 60,000 MNIST images in one batch took 18 GB).
-DEFAULT_BATCHSIZE = 1024
-
 
 #: Parameter-free functions with no randomness and no train/test difference:
 #: a head may share such layers with the trunk (``BranchyNet.shared_prefix``).
@@ -48,68 +44,6 @@ def _same_function_layer(a, b):
         return bool(a.args == b.args and a.kwargs == b.kwargs)
     except (TypeError, ValueError):  # arguments that do not compare (arrays)
         return False
-
-
-def exit_steps(segments, heads):
-    """Per exit, ``step(h, timer) -> (h, logits)`` from separate trunk segment
-    and head functions (arrays to arrays), timed as 'trunk' and 'head'."""
-    def step(segment, head):
-        def run(h, timer):
-            with timer.stage('trunk'):
-                h = segment(h)
-            with timer.stage('head'):
-                return h, head(h)
-        return run
-    return [step(s, h) for s, h in zip(segments, heads)]
-
-
-def route_batch(steps, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
-    """Early-exit inference of one device batch (paper Fig. 2, batched).
-
-    ``steps[i](h, timer)`` runs trunk segment i and exit head i and returns
-    ``(activation, logits)`` (see ``exit_steps``). At every exit the samples
-    whose softmax entropy is strictly below the exit's threshold leave with
-    the arg-max label; the others continue from the cached trunk activation.
-    Entropies are computed from the logits in float64
-    (``confidence.entropy_from_logits``); ``measure`` selects another
-    confidence measure (``confidence.MEASURES``). Returns device arrays (labels,
-    0-based exit indices). Shared by every inference path (Chainer, the
-    compiled fast path, ONNX Runtime), so all decide identically.
-    """
-    last = len(steps) - 1
-    measure = confidence.get_measure(measure)
-    limits = [measure.limit(t) for t in thresholds]
-    if len(x) == 1:  # the latency case: one row, decided in plain Python
-        h = x
-        for i, step in enumerate(steps):
-            h, z = step(h, timer)
-            with timer.stage('decision'):
-                row = z[0].tolist()
-                if i == last or measure.row_score(row) < limits[i]:
-                    return (numpy.array([row.index(max(row))], dtype=numpy.int32),
-                            numpy.array([i], dtype=numpy.int32))
-    n = len(x)
-    labels = xp.empty(n, dtype=numpy.int32)
-    exits = xp.empty(n, dtype=numpy.int32)
-    remaining = xp.arange(n)
-    h = x
-    for i, step in enumerate(steps):
-        h, z = step(h, timer)
-        with timer.stage('decision'):
-            pred = z.argmax(axis=1).astype(numpy.int32)
-            if i == last:
-                labels[remaining] = pred
-                exits[remaining] = i
-                break
-            leave = measure.scores(z) < limits[i]
-            labels[remaining[leave]] = pred[leave]
-            exits[remaining[leave]] = i
-            stay = ~leave
-            if not bool(stay.any()):
-                break
-            h = h[stay]
-            remaining = remaining[stay]
-    return labels, exits
 
 
 class NonFiniteLoss(InvalidValue):
@@ -309,7 +243,7 @@ class BranchyNet(chainer.Chain):
         self._shared_prefix = shared
         return shared
 
-    def _segment_bounds(self, n):
+    def segment_bounds(self, n):
         """Trunk slice of segment ``n``; it ends after the layers it shares
         with exit n's head (``shared_prefix``)."""
         start = self.branch_points[n - 1] + self.shared_prefix[n - 1] if n > 0 else 0
@@ -317,7 +251,7 @@ class BranchyNet(chainer.Chain):
 
     def segment(self, h, n):
         """Run trunk segment ``n``: from branch point n-1 to branch point n."""
-        start, end = self._segment_bounds(n)
+        start, end = self.segment_bounds(n)
         return self.trunk(h, start, end)
 
     def head_links(self, n):
@@ -332,7 +266,7 @@ class BranchyNet(chainer.Chain):
         """Links of the baseline (main) network: the trunk and the final head."""
         return [self.trunk, self.branches[-1]]
 
-    def _ensure_optimizer(self):
+    def ensure_optimizer(self):
         if self.optimizer is None:
             if self.opt == 'Adam':
                 optimizer = chainer.optimizers.Adam(alpha=self.alpha)
@@ -377,7 +311,7 @@ class BranchyNet(chainer.Chain):
         Returns ``(loss, accuracy)`` as floats.
         """
         t = self._check_batch(x, t)
-        optimizer = self._ensure_optimizer()
+        optimizer = self.ensure_optimizer()
         x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
             h = self.trunk(x)
@@ -433,7 +367,7 @@ class BranchyNet(chainer.Chain):
         no samples because of ``percentTrainKeeps``).
         """
         t = self._check_batch(x, t)
-        optimizer = self._ensure_optimizer()
+        optimizer = self.ensure_optimizer()
         x, t = self.send(x), self.send(t)
         with chainer.using_config('train', True):
             losses, accs = self._joint_losses(x, t)
@@ -447,34 +381,30 @@ class BranchyNet(chainer.Chain):
                 [float(v.array) for v in accs] + pad)
 
     # -------------------------------------------------------------- inference
+    def chainer_engine(self):
+        """This model's links as an inference engine (``engine.ChainerEngine``):
+        the batching loop and routing every engine shares."""
+        return ChainerEngine(self)
+
     def get_SM(self, x, batchsize=DEFAULT_BATCHSIZE):
         """Softmax of every exit for every sample (no early exit).
 
         Returns a list with one numpy array ``(N, classes)`` per exit.
         """
-        return self._per_exit(x, batchsize, lambda z: F.softmax(z).array)
+        return self.chainer_engine().get_SM(x, batchsize)
 
     def get_logits(self, x, batchsize=DEFAULT_BATCHSIZE):
         """Logits of every exit for every sample (no early exit): a list of
         numpy arrays ``(N, classes)``, one per exit."""
-        return self._per_exit(x, batchsize, lambda z: z.array)
+        return self.chainer_engine().exit_logits(x, batchsize)
 
-    def _per_exit(self, x, batchsize, transform):
-        """``transform`` of every exit's logits, batched, gathered on the host."""
-        validate_inputs(x, self.input_shape)
-        batchsize = validate_batchsize(batchsize)
-        chunks = [[] for _ in range(self.numexits())]
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                for n, z in enumerate(self._all_exit_logits(self.send(x[i:i + batchsize]))):
-                    chunks[n].append(chainer.backends.cuda.to_cpu(transform(z)))
-        return [numpy.concatenate(c) for c in chunks]
-
-    def _resolve_thresholds(self, thresholds):
+    def resolve_thresholds(self, thresholds):
+        """``thresholds`` checked (one per early exit, within the confidence
+        measure's range), or the model's ``thresholdExits`` when None."""
         if thresholds is None:
             if self._thresholds is None:
                 raise InvalidValue('no thresholds: pass thresholds=... or set '
-                                 'thresholdExits (one entropy per early exit)')
+                                   'thresholdExits (one entropy per early exit)')
             return self._thresholds
         return validate_thresholds(thresholds, self.numexits() - 1, name='thresholds',
                                    upper=confidence.get_measure(self.confidence).upper)
@@ -482,13 +412,6 @@ class BranchyNet(chainer.Chain):
     def send(self, x):
         """``x`` on this model's device."""
         return self.device.send(x)
-
-    def _route(self, x, thresholds, timer=NULL_TIMER):
-        """Early-exit inference of one device batch through Chainer (see route_batch)."""
-        segments = [lambda h, n=n: self.segment(h, n).array for n in range(self.numexits())]
-        heads = [lambda h, n=n: self.head(h, n).array for n in range(self.numexits())]
-        return route_batch(exit_steps(segments, heads), x, thresholds, self.xp, timer,
-                           self.confidence)
 
     def predict(self, x, thresholds=None, batchsize=None):
         """Early-exit prediction.
@@ -505,90 +428,24 @@ class BranchyNet(chainer.Chain):
             ``(labels, exits)``: two int32 numpy arrays of length N; ``exits``
             holds the 0-based exit index that classified each sample.
         """
-        return self._predict_with(self, x, thresholds, batchsize)
-
-    def _predict_with(self, engine, x, thresholds, batchsize):
-        validate_inputs(x, self.input_shape)
-        ts = self._resolve_thresholds(thresholds)
-        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
-        labels, exits = [], []
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                lab, ex = engine._route(self.send(x[i:i + batchsize]), ts)
-                labels.append(chainer.backends.cuda.to_cpu(lab))
-                exits.append(chainer.backends.cuda.to_cpu(ex))
-        return numpy.concatenate(labels), numpy.concatenate(exits)
-
-    def _main_route(self, x, timer=NULL_TIMER):
-        """The baseline network on one device batch: trunk, final head, and
-        the arg-max of the logits (a softmax would not change it).
-
-        Returns device arrays (labels, exit indices), every exit the last.
-        """
-        with timer.stage('trunk'):
-            h = self.trunk(x).array
-        with timer.stage('head'):
-            z = self.branches[-1](h).array
-        with timer.stage('decision'):
-            labels = z.argmax(axis=1).astype(numpy.int32)
-        return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
+        return self.chainer_engine().predict(x, thresholds, batchsize)
 
     def predict_main(self, x, batchsize=None):
         """Labels from the main network alone (no early exit), as a numpy array."""
-        return self._predict_main_with(self, x, batchsize)
-
-    def _predict_main_with(self, engine, x, batchsize):
-        validate_inputs(x, self.input_shape)
-        batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
-        out = []
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                labels, _ = engine._main_route(self.send(x[i:i + batchsize]))
-                out.append(chainer.backends.cuda.to_cpu(labels))
-        return numpy.concatenate(out)
+        return self.chainer_engine().predict_main(x, batchsize)
 
     def predict_percent(self, x, percents=None, batchsize=None):
         """Early-exit prediction by shares instead of thresholds (the original's
-        fallback when no thresholds were set): in every batch, each early exit
-        classifies the ``percents`` share (default ``percentTestExits``) of the
-        samples reaching it with the lowest entropy; a list gives one share of
-        the whole batch per early exit. Returns ``(labels, exits)`` as ``predict``.
+        fallback when no thresholds were set): in every batch (default: all
+        of ``x`` at once, as the original), each early exit classifies the
+        ``percents`` share (default ``percentTestExits``) of the samples
+        reaching it with the lowest entropy; a list gives one share of the
+        whole batch per early exit. Returns ``(labels, exits)`` as ``predict``.
         """
         validate_inputs(x, self.input_shape)
         shares = self._shares(self.percentTestExits if percents is None else percents,
                               'percentTestExits')
-        batchsize = batchsize or len(x)
-        last = self.numexits() - 1
-        labels, exits = [], []
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                h = self.send(x[i:i + batchsize])
-                size = len(h)
-                lab = numpy.empty(size, numpy.int32)
-                ex = numpy.empty(size, numpy.int32)
-                remaining = numpy.arange(size)
-                for n in range(self.numexits()):
-                    h = self.segment(h, n)
-                    z = self.head(h, n).array
-                    pred = chainer.backends.cuda.to_cpu(z.argmax(axis=1)).astype(numpy.int32)
-                    if n == last:
-                        lab[remaining], ex[remaining] = pred, n
-                        break
-                    count = int(shares[n] * size) if isinstance(shares, list) \
-                        else int(shares * len(remaining))
-                    count = min(count, len(remaining))
-                    ent = chainer.backends.cuda.to_cpu(confidence.entropy_from_logits(z))
-                    leave = numpy.zeros(len(remaining), dtype=bool)
-                    leave[numpy.argsort(ent, kind='stable')[:count]] = True
-                    lab[remaining[leave]], ex[remaining[leave]] = pred[leave], n
-                    if leave.all():
-                        break
-                    stay = ~leave
-                    h = h[self.xp.asarray(stay)]
-                    remaining = remaining[stay]
-                labels.append(lab)
-                exits.append(ex)
-        return numpy.concatenate(labels), numpy.concatenate(exits)
+        return self.chainer_engine().predict_by_share(x, shares, batchsize or len(x))
 
     @property
     def gpu(self):
@@ -644,7 +501,9 @@ class BranchyNet(chainer.Chain):
         Returns ``(accuracy, exit_accuracies, exit_counts, seconds)``: overall
         accuracy, accuracy of the samples each exit classified (NaN where an
         exit took none), how many samples each exit took, and the end-to-end
-        wall time of the whole evaluation.
+        wall time of the whole evaluation. (``utils.test`` returns the same
+        facts in another order, ``(accuracy, seconds, counts, exit_accuracies)``,
+        as the original's two functions did; both orders are kept.)
         """
         validate_inputs(x, self.input_shape)
         validate_labels(t, len(x), self.num_classes(x))

@@ -58,8 +58,8 @@ import numpy
 
 from branchynet import confidence
 from branchynet.engine import InferenceEngine
-from branchynet.fastpath import _bound, _pair, folded_conv_weights
-from branchynet.links import FL, SL, Net
+from branchynet.fastpath import folded_conv_weights
+from branchynet.links import FL, SL, Net, pair
 from branchynet.validation import InvalidValue
 
 #: Measures decided natively (``confidence.MEASURES`` names).
@@ -228,7 +228,7 @@ class Builder:
 
     def conv(self, link, v, bn=None, relu=False):
         """Convolution (+ folded BN, + ReLU); a conv link is refused if grouped or dilated."""
-        if link.groups != 1 or _pair(link.dilate) != (1, 1):
+        if link.groups != 1 or pair(link.dilate) != (1, 1):
             raise NotCompilable('the numba path compiles ungrouped, undilated convolutions '
                                 'only (got groups={}, dilate={})'.format(link.groups,
                                                                         link.dilate))
@@ -236,8 +236,8 @@ class Builder:
         o, c, kh, kw = w.shape
         if c != v.c:
             raise NotCompilable('convolution expects {} channels, gets {}'.format(c, v.c))
-        sy, sx = _pair(link.stride)
-        ph, pw = _pair(link.pad)
+        sy, sx = pair(link.stride)
+        ph, pw = pair(link.pad)
         if ph != pw:
             raise NotCompilable('the numba path needs equal padding on both axes (got {})'
                                 .format(link.pad))
@@ -270,7 +270,7 @@ class Builder:
         if fn is F.relu:
             return self.copy(v, relu=True)
         if fn is F.max_pooling_2d or fn is F.average_pooling_2d:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             kind = 'max' if fn is F.max_pooling_2d else 'mean'
             if kind == 'mean' and a.get('pad_value', 0) not in (None, 0):
                 raise NotCompilable('average pooling with pad_value {} is not compiled'
@@ -278,7 +278,7 @@ class Builder:
             return self.pool(v, a['ksize'], a['stride'], a['pad'],
                              a.get('cover_all', False) if kind == 'max' else False, kind, relu)
         if fn is F.local_response_normalization:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             out = Value(*v.shape())
             return self.emit('lrn', [v], out, n=a['n'], k=a['k'], alpha=a['alpha'],
                              beta=a['beta'])
@@ -286,9 +286,9 @@ class Builder:
             getattr(fn, '__name__', fn)))
 
     def pool(self, v, ksize, stride, pad, cover_all, kind, relu=False):
-        kh, kw = _pair(ksize)
-        sy, sx = _pair(stride if stride is not None else ksize)
-        ph, pw = _pair(pad)
+        kh, kw = pair(ksize)
+        sy, sx = pair(stride if stride is not None else ksize)
+        ph, pw = pair(pad)
 
         def size(n, k, s, p):
             return (n + 2 * p - k + (s - 1 if cover_all else 0)) // s + 1
@@ -580,7 +580,7 @@ class Program:
         segments, heads, h = [], [], x
         for n in range(net.numexits()):
             start = len(b.ops)
-            h = b.links(net.trunk[slice(*net._segment_bounds(n))], h)
+            h = b.links(net.trunk[slice(*net.segment_bounds(n))], h)
             segments.append((start, len(b.ops), h))
             start = len(b.ops)
             z = b.links(net.head_links(n), h)
@@ -829,7 +829,7 @@ class NumbaBranchyNet(InferenceEngine):
         self._last_decision = None
         self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
         # starts the worker threads now, not inside the first timed batch
-        self._main_route(numpy.zeros((self.threads,) + tuple(self.input_shape), numpy.float32))
+        self.main_route(numpy.zeros((self.threads,) + tuple(self.input_shape), numpy.float32))
         #: seconds to generate and compile (or load from numba's cache) the code
         self.compile_seconds = time.perf_counter() - start
 
@@ -881,14 +881,19 @@ class NumbaBranchyNet(InferenceEngine):
                                                 labels, exits, lo, hi), n)
         return labels, exits
 
-    def _route(self, x, thresholds, timer=None):
+    def route(self, x, thresholds, timer=None):
         code, limits = self._decision(thresholds)
         if code is None:
-            return InferenceEngine._route(self._fast, x, thresholds)
+            return self._fast.route(x, thresholds)
         return self._run(x, limits, code, False)
 
-    def _main_route(self, x, timer=None):
+    def main_route(self, x, timer=None):
         return self._run(x, self._main_limits, 0, True)
+
+    def main_logits(self, x, timer):
+        """The baseline network's logits (through the fast path: the native
+        code returns labels only)."""
+        return self._fast.main_logits(x, timer)
 
 
 def compile_engine(net, warn=print):

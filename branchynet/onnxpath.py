@@ -5,10 +5,10 @@ with two outputs, the exit's logits and the segment's activation (for the
 samples that go on to the next segment); the baseline network (whole trunk
 and final head) is one more graph. ``OnnxBranchyNet`` routes samples through
 these graphs with the same entropy rule and code as ``BranchyNet.predict``
-(``net.route_batch``), one ONNX Runtime call per exit reached.
+(``routing.route_batch``), one ONNX Runtime call per exit reached.
 
 On this project's 2-core CPU, B-LeNet at batch size 1 runs about twice as
-fast here as on the array-level fast path (``benchmarks/onnx_peer.py``),
+fast here as on the array-level fast path (``benchmarks/gain.py``),
 with the same early-exit gain. It is CPU-only and optional:
 ``pip install -r requirements/onnx.txt`` (onnx, onnxruntime).
 
@@ -24,9 +24,9 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet.fastpath import _bound, _pair, folded_conv_weights
+from branchynet.fastpath import folded_conv_weights
 from branchynet.fileio import atomic_write
-from branchynet.links import FL, SL, Net
+from branchynet.links import FL, SL, Net, pair
 from branchynet.engine import InferenceEngine
 
 OPSET = 17
@@ -108,10 +108,10 @@ class Exporter:
     # ---------------------------------------------------------------- layers
     def conv(self, link, x, bn=None, relu=False):
         w, b = folded_conv_weights(link, bn)
-        ph, pw = _pair(link.pad)
+        ph, pw = pair(link.pad)
         y = self.node('Conv', [x, self.const(w), self.const(b, 'b')],
-                      kernel_shape=list(w.shape[2:]), strides=list(_pair(link.stride)),
-                      pads=[ph, pw, ph, pw], dilations=list(_pair(link.dilate)),
+                      kernel_shape=list(w.shape[2:]), strides=list(pair(link.stride)),
+                      pads=[ph, pw, ph, pw], dilations=list(pair(link.dilate)),
                       group=int(link.groups))
         return self.node('Relu', [y]) if relu else y
 
@@ -136,17 +136,17 @@ class Exporter:
         if fn is F.dropout:
             return x
         if fn in (F.max_pooling_2d, F.average_pooling_2d):
-            a = _bound(fn, fl.args, fl.kwargs)
-            kh, kw = _pair(a['ksize'])
-            sy, sx = _pair(a['stride'] if a['stride'] is not None else a['ksize'])
-            ph, pw = _pair(a['pad'])
+            a = fl.arguments()
+            kh, kw = pair(a['ksize'])
+            sy, sx = pair(a['stride'] if a['stride'] is not None else a['ksize'])
+            ph, pw = pair(a['pad'])
             common = dict(kernel_shape=[kh, kw], strides=[sy, sx], pads=[ph, pw, ph, pw])
             if fn is F.max_pooling_2d:  # Chainer's cover_all is ONNX's ceil_mode
                 return self.node('MaxPool', [x], ceil_mode=int(bool(a['cover_all'])), **common)
             if a.get('pad_value', 0) == 0:  # Chainer divides by the whole window
                 return self.node('AveragePool', [x], count_include_pad=1, **common)
         if fn is F.local_response_normalization:
-            a = _bound(fn, fl.args, fl.kwargs)
+            a = fl.arguments()
             if a['n'] % 2 == 1:  # ONNX scales alpha by 1/size; Chainer does not
                 return self.node('LRN', [x], size=int(a['n']), alpha=float(a['alpha'] * a['n']),
                                  beta=float(a['beta']), bias=float(a['k']))
@@ -192,7 +192,7 @@ def export_models(net, sample=None):
     exits = []
     for n in range(net.numexits()):
         exporter = Exporter()
-        h = exporter.sequence(net.trunk[slice(*net._segment_bounds(n))], 'x')
+        h = exporter.sequence(net.trunk[slice(*net.segment_bounds(n))], 'x')
         z = exporter.sequence(net.head_links(n), h)
         outputs = [(z, logits[n])] + ([(h, inputs[n + 1])] if n < last else [])
         exits.append(exporter.model(('x', inputs[n]), outputs))
@@ -251,6 +251,6 @@ class OnnxBranchyNet(InferenceEngine):
             with atomic_write(os.path.join(directory, name + '.onnx')) as f:
                 f.write(model.SerializeToString())
 
-    def _main_logits(self, x, timer):
+    def main_logits(self, x, timer):
         with timer.stage('exit'):
             return self.main_session.run(None, {'x': x})[0]

@@ -14,7 +14,7 @@ import os
 import sys
 
 from branchynet.fileio import atomic_write
-from branchynet.utils import _cell
+from branchynet.tables import format_cell
 from branchynet.validation import InvalidValue
 
 COLUMNS = ('Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
@@ -49,7 +49,7 @@ def _fmt(column, value):
     if column.startswith('Paper '):
         column = column[len('Paper '):]
         column = {'T': 'Thrshld. T'}.get(column, column)
-    return _cell(column, value)
+    return format_cell(column, value)
 
 
 def render(all_results):
@@ -75,8 +75,11 @@ def render(all_results):
             '- data: {} ({} training / {} test samples; timed and screened on {})'.format(
                 c.get('dataset_path') or c['dataset'], r['data']['n_train'],
                 r['data']['n_test'], r['data']['n_timing']),
-            '- training time: {:.0f} s per main epoch, {:.0f} s per joint epoch'.format(
-                tr['epoch_seconds_main'], tr['epoch_seconds_joint']),
+            '- training time: {:.0f} s per main epoch, {:.0f} s per joint epoch{}'.format(
+                tr['epoch_seconds_main'], tr['epoch_seconds_joint'],
+                ' ({} MPI ranks, global batch {}; timing on rank 0 alone)'.format(
+                    r['distributed']['ranks'], r['distributed']['global_batch'])
+                if r.get('distributed') else ''),
             '- test accuracy per exit after joint training: {}'.format(', '.join(
                 '{:.2f} %'.format(100 * a) for a in r['test']['exit_accs_after_joint'])),
             '- environment: {}'.format(', '.join('{} {}'.format(k, v) for k, v in env.items())),

@@ -8,6 +8,7 @@ reads goes through :func:`open_npz` (``allow_pickle=False``) and
 differs from the parameter or persistent value it fills, or that holds NaN
 or infinite values, and names the file and the entry.
 """
+import io
 import os
 import zipfile
 import zlib
@@ -26,16 +27,20 @@ class ModelFileError(InvalidValue):
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
-def open_npz(path, what='an npz file'):
+def open_npz(path, what='an npz file', data=None):
     """``numpy.load(path, allow_pickle=False)`` as an ``NpzFile``, or a
-    ``ModelFileError`` naming ``path`` and what was expected."""
+    ``ModelFileError`` naming ``path`` and what was expected.
+
+    ``data``: the file's bytes, read elsewhere (e.g. by another MPI rank);
+    they are loaded instead of ``path``, which only names them in messages.
+    """
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if data is None and os.path.isdir(path):
         raise ModelFileError('{} is a folder; expected {}'.format(path, what))
-    if not os.path.exists(path):
+    if data is None and not os.path.exists(path):
         raise ModelFileError('{} does not exist; expected {}'.format(path, what))
     try:
-        npz = numpy.load(path, allow_pickle=False)
+        npz = numpy.load(path if data is None else io.BytesIO(data), allow_pickle=False)
     except READ_ERRORS as e:
         if 'allow_pickle' in str(e):  # numpy takes anything not zip or .npy for a pickle
             raise ModelFileError('{} is not {}: it is not an npz archive (a pickle or '

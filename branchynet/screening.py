@@ -3,11 +3,11 @@
 The original measured every threshold setting with a full batch-1 pass over
 the evaluation set (``utils.screen_branchy``): days for B-ResNet-110's
 17 x 17 grid on a CPU. Yet a sample's exit and label depend only on its
-entropies and predictions at the exits, and its cost only on where it leaves.
-So:
+confidence scores (entropies, by default) and predictions at the exits, and
+its cost only on where it leaves. So:
 
-1. ``exit_outputs``: every exit's entropy and prediction for every sample,
-   in one batched pass (``get_SM``);
+1. ``exit_outputs``: every exit's score and prediction for every sample,
+   in one batched pass;
 2. ``path_costs``: the batch-1 end-to-end cost of leaving at each exit,
    measured by forcing every sample out there (real runs, no per-stage clock);
 3. ``evaluate``: accuracy and exit counts of any number of threshold
@@ -15,12 +15,18 @@ So:
    ``sum_n fraction_n * path_ms[n]`` and multiply-adds likewise.
 
 The drivers then confirm the chosen point(s) with real batch-1 runs.
+``screen_thresholds`` (and the original's ``utils.screen_branchy`` on top of
+it) is the measured way: one real batch-1 pass per threshold setting.
 """
+import itertools
+
 import numpy
 
 from branchynet import confidence
+from branchynet.engine import as_engine
 from branchynet.timing import NULL_TIMER
-from branchynet.utils import _per_sample_loop, generate_thresholds
+from branchynet.measurement import measure_branchy, per_sample_loop
+from branchynet.progress import Progress
 from branchynet.validation import validate_labels, validate_thresholds
 
 
@@ -46,14 +52,14 @@ def path_costs(net, x, engine=None):
     The samples of ``x`` (a few hundred suffice) are run for real, end to
     end, for every exit.
     """
-    engine = engine or net
+    engine = as_engine(net, engine)
     measure = confidence.get_measure(net.confidence)
     early = net.numexits() - 1
     costs = []
     for n in range(net.numexits()):
         ts = [measure.stay_all] * n + [measure.leave_all] * (early - n)
-        _, exits, seconds = _per_sample_loop(
-            engine, x, lambda xb, tm: engine._route(xb, ts, tm), NULL_TIMER)
+        _, exits, seconds = per_sample_loop(
+            engine, x, lambda xb, tm: engine.route(xb, ts, tm), NULL_TIMER)
         if not (exits == n).all():
             raise RuntimeError(
                 'forcing every sample out at exit {} with {} thresholds {} sent samples to '
@@ -63,10 +69,10 @@ def path_costs(net, x, engine=None):
     return costs
 
 
-def exits_for(entropies, thresholds, measure='entropy'):
+def exits_for(scores, thresholds, measure='entropy'):
     """Exit index of every sample for each threshold vector: ``(K, N)``.
 
-    ``entropies`` holds the scores of ``measure`` (N, exits); ``thresholds``
+    ``scores`` holds the uncertainty scores of ``measure`` (N, exits); ``thresholds``
     is ``(K, exits - 1)`` in the measure's own units. A sample leaves at the
     first early exit whose score is strictly below the limit (for entropy:
     entropy < T), else at the last.
@@ -75,14 +81,14 @@ def exits_for(entropies, thresholds, measure='entropy'):
     thresholds = numpy.vectorize(measure.limit, otypes=[numpy.float64])(
         numpy.asarray(thresholds, dtype=numpy.float64))
     k = len(thresholds)
-    early = entropies.shape[1] - 1
-    leave = numpy.empty((k, len(entropies), early + 1), dtype=bool)
-    leave[:, :, :early] = entropies[None, :, :early] < thresholds[:, None, :]
+    early = scores.shape[1] - 1
+    leave = numpy.empty((k, len(scores), early + 1), dtype=bool)
+    leave[:, :, :early] = scores[None, :, :early] < thresholds[:, None, :]
     leave[:, :, early] = True
     return leave.argmax(axis=2)
 
 
-def evaluate(entropies, predictions, y, thresholds, path_ms=None, path_macs=None,
+def evaluate(scores, predictions, y, thresholds, path_ms=None, path_macs=None,
              chunk=64, measure='entropy'):
     """Accuracy, exit counts and predicted costs of many threshold vectors.
 
@@ -90,13 +96,13 @@ def evaluate(entropies, predictions, y, thresholds, path_ms=None, path_macs=None
     (K, exits) and, when the per-exit costs are given, ``ms`` and ``macs``
     (expected per-sample cost).
     """
-    validate_labels(y, len(entropies))
+    validate_labels(y, len(scores))
     thresholds = numpy.asarray(thresholds, dtype=numpy.float64).reshape(len(thresholds), -1)
     correct = predictions == numpy.asarray(y)[:, None]
-    num_exits = entropies.shape[1]
+    num_exits = scores.shape[1]
     accs, counts = [], []
     for i in range(0, len(thresholds), chunk):
-        ex = exits_for(entropies, thresholds[i:i + chunk], measure)
+        ex = exits_for(scores, thresholds[i:i + chunk], measure)
         accs.append(correct[numpy.arange(len(y))[None, :], ex].mean(axis=1))
         counts.append(numpy.stack([(ex == n).sum(axis=1) for n in range(num_exits)], axis=1))
     result = {'acc': numpy.concatenate(accs), 'exit_counts': numpy.concatenate(counts)}
@@ -109,7 +115,7 @@ def evaluate(entropies, predictions, y, thresholds, path_ms=None, path_macs=None
 
 
 def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samples=None,
-                  path_macs=None):
+                  path_macs=None, outputs=None):
     """Screen a threshold grid from cached exit outputs.
 
     Args:
@@ -121,6 +127,8 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
             (default 200).
         path_macs: per-exit multiply-adds (``costs.exit_costs``) to report
             the expected ``macs`` of every point.
+        outputs: ``exit_outputs(net, x)`` when already computed (e.g. on the
+            shards of MPI ranks, ``distributed.Distributed.exit_outputs``).
 
     Returns ``(records, info)``: one dict per threshold vector
     (``thresholds``, ``acc``, ``exit_counts``, ``ms_<engine>``, ``macs``)
@@ -131,10 +139,10 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
     settings = generate_thresholds(base_ts, early + 1) if enumerate_ts \
         else [validate_thresholds(t, early, name='base_ts entry', upper=upper) for t in base_ts]
     engines = engines or {'chainer': net}
-    entropies, predictions = exit_outputs(net, x)
+    scores, predictions = exit_outputs(net, x) if outputs is None else outputs
     xs = x[:cost_samples or 200]
     costs = {name: path_costs(net, xs, engine) for name, engine in engines.items()}
-    results = {name: evaluate(entropies, predictions, y, settings, path_ms=c,
+    results = {name: evaluate(scores, predictions, y, settings, path_ms=c,
                               path_macs=path_macs, measure=net.confidence)
                for name, c in costs.items()}
     first = next(iter(results.values()))
@@ -148,3 +156,60 @@ def screen_cached(net, x, y, base_ts, enumerate_ts=True, engines=None, cost_samp
             record['macs'] = float(first['macs'][k])
         records.append(record)
     return records, {'path_ms': costs, 'cost_samples': len(xs)}
+
+
+# ------------------------------------------------------- measured screening
+def generate_thresholds(base_ts, num_layers):
+    """Every threshold vector of a network with ``num_layers`` exits (the final
+    one included, as ``numexits()`` counts them): the Cartesian product of
+    ``base_ts`` over its ``num_layers - 1`` early exits (a list of lists)."""
+    base_ts = list(base_ts)
+    if not base_ts:
+        raise ValueError('base_ts must hold at least one threshold')
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 2:
+        raise ValueError('num_layers is the number of exits, final exit included '
+                         '(at least 2), got {!r}'.format(num_layers))
+    validate_thresholds(base_ts, len(base_ts), name='base_ts')
+    return [list(t) for t in itertools.product(base_ts, repeat=num_layers - 1)]
+
+
+class ScreenResult(tuple):
+    """``(ts, accs, diffs, exits)`` as the original returned (it unpacks the
+    same), plus ``trunk_ms`` (trunk-only ms) and ``records`` (every
+    point's full measurement). ``diffs`` are end-to-end ms per sample and
+    ``exits`` per-exit sample counts."""
+
+    def __new__(cls, records):
+        obj = super().__new__(cls, (
+            [r['thresholds'] for r in records], [r['acc'] for r in records],
+            [r['ms'] for r in records], [r['exit_counts'] for r in records]))
+        obj.records = records
+        obj.trunk_ms = [r.get('trunk_ms') for r in records]
+        return obj
+
+
+def screen_thresholds(net, x, y, base_ts, batchsize=1, enumerate_ts=True, verbose=False,
+                      progress=True, trunk_only=True):
+    """Measure every threshold setting with a real batch-1 pass over ``x``.
+
+    ``base_ts`` is a list of values tried at every early exit
+    (``enumerate_ts=True``: their Cartesian product over the early exits) or,
+    with ``enumerate_ts=False``, the list of threshold vectors itself.
+    Returns a ``ScreenResult`` (times in milliseconds per sample).
+    """
+    if batchsize != 1:
+        raise ValueError('screen_branchy times samples one at a time (batchsize=1); '
+                         'got batchsize={}'.format(batchsize))
+    settings = generate_thresholds(base_ts, net.numexits()) if enumerate_ts \
+        else [validate_thresholds(t, net.numexits() - 1, name='base_ts entry')
+              for t in base_ts]
+    records = []
+    with Progress(len(settings), 'screen', unit='pt', enabled=progress) as bar:
+        for ts in settings:
+            r = measure_branchy(net, x, y, ts, trunk_only=trunk_only)
+            records.append(r)
+            if verbose:
+                print('T={} acc={:.4f} ms={:.3f} exits={}'.format(
+                    ts, r['acc'], r['ms'], r['exit_counts']))
+            bar.update(1, acc=r['acc'], ms=r['ms'])
+    return ScreenResult(records)

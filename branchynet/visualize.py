@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from branchynet.fileio import atomic_path  # noqa: E402
 import numpy  # noqa: E402
 
-from branchynet.utils import get_inc_points, inc_point_indices  # noqa: E402
+from branchynet.tradeoff import get_inc_points, inc_point_indices  # noqa: E402
 
 
 def save_figure(fig, path, formats=('png', 'pdf')):
@@ -67,29 +67,29 @@ def plot_training(losses, accs, title='', path=None, phase_labels=None):
     return fig
 
 
-def plot_tradeoff_curve(accs, diffs, baseacc, basediff, knee=None, title='', path=None,
+def plot_tradeoff_curve(accs, ms, base_acc, base_ms, knee=None, title='', path=None,
                        xlabel='runtime (ms per sample, batch size 1, end to end)',
                        all_points=True, extra_series=(), series_label='BranchyNet'):
     """Fig. 3: accuracy against runtime of every screened threshold setting.
 
     The baseline is a diamond, the accuracy-rising curve a line and the knee
     (index ``knee`` into ``accs``) a star. ``extra_series`` adds the same for
-    other inference paths: dicts with ``label, accs, diffs, baseacc,
-    basediff, knee``.
+    other inference paths: dicts with ``label, accs, ms, base_acc,
+    base_ms, knee``.
     """
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    series = [{'label': series_label, 'accs': accs, 'diffs': diffs, 'baseacc': baseacc,
-               'basediff': basediff, 'knee': knee}] + list(extra_series)
+    series = [{'label': series_label, 'accs': accs, 'ms': ms, 'base_acc': base_acc,
+               'base_ms': base_ms, 'knee': knee}] + list(extra_series)
     colors = ['tab:blue', 'tab:purple', 'tab:orange']
     for i, sr in enumerate(series):
         color = colors[i % len(colors)]
-        a, d = sr['accs'], sr['diffs']
+        a, d = sr['accs'], sr['ms']
         if all_points:
             ax.scatter(d, [100 * v for v in a], s=8, color=color, alpha=.25)
         curve = inc_point_indices(a, d)
         ax.plot([d[j] for j in curve], [100 * a[j] for j in curve], '-o', color=color, ms=3,
                 label='{}: accuracy-rising points'.format(sr['label']))
-        ax.plot([sr['basediff']], [100 * sr['baseacc']], 'D', color='tab:red', ms=9,
+        ax.plot([sr['base_ms']], [100 * sr['base_acc']], 'D', color='tab:red', ms=9,
                 markeredgecolor=color, markeredgewidth=2,
                 label='{}: baseline network'.format(sr['label']))
         if sr['knee'] is not None:
@@ -138,7 +138,7 @@ def plot_entropy_sweep(sms, y, title='', path=None, grid=None):
     return fig
 
 
-def plot_measures(curves, baseacc, basediff, title='', path=None):
+def plot_measures(curves, base_acc, base_ms, title='', path=None):
     """Accuracy against predicted batch-1 time for each confidence measure:
     ``curves[measure] = (accs, ms)`` over a threshold sweep; the
     accuracy-rising points of each are drawn, the baseline as a diamond."""
@@ -146,9 +146,29 @@ def plot_measures(curves, baseacc, basediff, title='', path=None):
     for measure, (accs, ms) in curves.items():
         idx = inc_point_indices(accs, ms)
         ax.plot([ms[i] for i in idx], [100 * accs[i] for i in idx], '-o', ms=3, label=measure)
-    ax.plot([basediff], [100 * baseacc], 'D', color='tab:red', ms=9, label='baseline network')
+    ax.plot([base_ms], [100 * base_acc], 'D', color='tab:red', ms=9, label='baseline network')
     ax.set(xlabel='predicted runtime (ms per sample, batch size 1, Chainer path)',
            ylabel='test accuracy (%)', title=title)
+    ax.grid(alpha=.3)
+    ax.legend(loc='lower right', fontsize=8)
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_exit_roc(rocs, title='', path=None):
+    """ROC curves of the early-exit decision, one per confidence measure:
+    ``rocs[measure] = (fpr, tpr, auroc)`` from ``calibration.exit_roc`` (a
+    right answer is a positive; a low score flags it). The diagonal is a
+    score that knows nothing."""
+    fig, ax = plt.subplots(figsize=(5, 4.8))
+    for measure, (fpr, tpr, auroc) in rocs.items():
+        label = measure if auroc is None else '{} (AUROC {:.3f})'.format(measure, auroc)
+        ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], ':', color='grey')
+    ax.set(xlabel='wrong answers let out (false positive rate)',
+           ylabel='right answers let out (true positive rate)', title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
     ax.grid(alpha=.3)
     ax.legend(loc='lower right', fontsize=8)
     if path:
@@ -204,7 +224,10 @@ def plot_tradeoff(ps, accs, diffs, baseacc, basediff):
 
 
 def plot_roc(ps, accs, diffs, baseacc, basediff):
-    """Accuracy against runtime of every point, the baseline as a diamond."""
+    """Accuracy against runtime of every point, the baseline as a diamond.
+
+    Despite its name (the original's) this is not a receiver operating
+    characteristic; the ROC of the exit decision is ``plot_exit_roc``."""
     fig = plt.figure(figsize=(12, 10))
     plt.plot(diffs, accs, linewidth=4, label='Our Method')
     plt.plot(basediff, baseacc, 'D', linewidth=4, label='Baseline')

@@ -19,6 +19,7 @@ import tarfile
 import zlib
 
 import numpy
+import scipy.linalg
 
 from datasets import DataUnavailableError, data_dir
 from datasets._fetch import download, file_digest
@@ -186,13 +187,16 @@ def unpickle(file):
 def preprocessing(data):
     """ZCA whitening fitted on ``data`` (N, D): returns ``(components, mean,
     whitened)`` with ``whitened = (data - mean) @ components.T`` and
-    ``components = U diag(1/sqrt(S)) U^T`` from the SVD of the covariance
-    (no regulariser, as the original)."""
+    ``components = U diag(1/sqrt(S)) U^T`` from the eigendecomposition of the
+    (symmetric) covariance by ``scipy.linalg.eigh`` (the original took the
+    SVD of the same matrix, which gives the same U and S; no regulariser, as
+    the original)."""
     data = numpy.asarray(data, dtype=numpy.float64)
     mean = data.mean(axis=0)
     centred = data - mean
     sigma = centred.T.dot(centred) / len(centred)
-    u, s, _ = numpy.linalg.svd(sigma)
+    s, u = scipy.linalg.eigh(sigma)
+    s = numpy.clip(s, 0., None)  # rounding can leave tiny negative eigenvalues
     with numpy.errstate(divide='ignore'):
         components = (u * (1. / numpy.sqrt(s))).dot(u.T)
     return components, mean, centred.dot(components.T)

@@ -4,27 +4,10 @@ import sys
 import numpy
 import pytest
 
+# The repository root first on sys.path: `tests.helpers`, `networks`, `datasets`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import branchynet  # noqa: E402,F401
-import chainer.functions as F  # noqa: E402
-import chainer.links as L  # noqa: E402
-
-from branchynet import FL, Branch, BranchyNet  # noqa: E402
-
-
-def make_three_exit_net(seed=0, **kwargs):
-    """A small 3-exit convolutional BranchyNet on 1x8x8 inputs."""
-    numpy.random.seed(seed)
-    network = [
-        L.Convolution2D(1, 4, 3, pad=1),
-        Branch([FL(F.relu), L.Linear(4 * 8 * 8, 5)]),
-        FL(F.relu), L.Convolution2D(4, 6, 3, pad=1), FL(F.max_pooling_2d, 2, 2),
-        Branch([FL(F.relu), L.Linear(6 * 4 * 4, 5)]),
-        FL(F.relu), L.Linear(6 * 4 * 4, 16), FL(F.relu),
-        Branch([L.Linear(16, 5)]),
-    ]
-    return BranchyNet(network, input_shape=(1, 8, 8), **kwargs)
+from tests.helpers import make_three_exit_net  # noqa: E402
 
 
 @pytest.fixture
@@ -42,6 +25,8 @@ def small_batch():
 
 @pytest.fixture(scope='session')
 def mnist_data():
+    """Full MNIST; downloaded into datasets/data on first use (tests using it are
+    marked ``network``)."""
     from datasets import mnist
     return mnist.get_data()
 
@@ -50,3 +35,10 @@ def pytest_configure(config):
     # The allocator setting the driver uses (branchynet.runtime): faster training steps.
     from branchynet import runtime
     runtime.tune_allocator()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test that needs full MNIST may download it: marked `network`.
+    for item in items:
+        if 'mnist_data' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.network)

@@ -6,7 +6,7 @@ import pytest
 
 from branchynet import utils
 from branchynet.validation import InputError
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 X = numpy.random.RandomState(0).randn(6, 1, 8, 8).astype(numpy.float32)
 T = numpy.array([0, 1, 2, 3, 4, 0], numpy.int32)

@@ -84,3 +84,29 @@ def test_four_exits_use_coordinate_descent_and_meet_the_target():
                              candidates=n + 1)  # every sample's score is a candidate
     assert r['met'] and r['acc'] == 1.0
     assert r['cost'] < 4.0 and r['exit_counts'][0] == (e[:, 0] < 0.4).sum()
+
+
+def test_exit_roc_of_a_perfectly_separating_score_has_auroc_one():
+    from branchynet.calibration import exit_aurocs, exit_roc
+    scores, preds, y, _ = two_exit_case()
+    fpr, tpr, auroc = exit_roc(scores, preds, y)
+    assert auroc == 1.0 and fpr[0] == 0 and tpr[-1] == 1
+    # a score that ranks the wrong answers as the more confident ones: AUROC 0
+    assert exit_roc(-scores, preds, y)[2] == 0.0
+    # the last exit is right everywhere: its ROC is undefined, reported as None
+    assert exit_roc(scores, preds, y, exit_index=1)[2] is None
+    assert exit_aurocs(scores, preds, y) == [1.0]
+
+
+def test_exit_roc_matches_the_rank_statistic():
+    # AUROC = P(score of a right answer < score of a wrong one), ties counted half
+    rng = numpy.random.RandomState(3)
+    s = rng.rand(200, 2)
+    preds = numpy.zeros((200, 2), numpy.int32)
+    y = (rng.rand(200) < 0.3).astype(numpy.int32)  # exit 1 right where y == 0
+    from branchynet.calibration import exit_roc
+    right, wrong = s[y == 0, 0], s[y == 1, 0]
+    below = (right[:, None] < wrong[None, :]).mean()
+    tied = (right[:, None] == wrong[None, :]).mean()
+    pairs = below + 0.5 * tied
+    assert exit_roc(s, preds, y)[2] == pytest.approx(pairs)

@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from branchynet import checkpoint, fileio, utils
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def _data():

@@ -54,7 +54,7 @@ def test_every_measure_agrees_with_a_direct_computation():
 
 def test_maxprob_and_margin_exit_rules_and_threshold_range():
     import pytest
-    from tests.conftest import make_three_exit_net
+    from tests.helpers import make_three_exit_net
     net = make_three_exit_net(confidence='maxprob')
     x = numpy.random.RandomState(0).randn(30, 1, 8, 8).astype(numpy.float32)
     z = net.get_logits(x)

@@ -98,7 +98,8 @@ def test_training_matches_chainer_kernels(tiny_mnist_like):
         net = lenet_mnist.get_network()
         context = contextlib.nullcontext() if use_kernels else cpukernels.disabled()
         with context:
-            utils.train_exits(net, x, y, main=True, batchsize=32, num_epoch=1, seed=0, progress=False)
+            utils.train_exits(net, x, y, main=True, batchsize=32, num_epoch=1, seed=0,
+                              progress=False)
             utils.train_exits(net, x, y, batchsize=32, num_epoch=1, seed=0, progress=False)
         weights.append({k: p.array.copy() for k, p in net.namedparams()})
     for key in weights[0]:

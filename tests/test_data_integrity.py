@@ -32,7 +32,8 @@ PIXELS = numpy.zeros((2, 3072), numpy.uint8)
 @pytest.mark.parametrize('batch, match', [
     ({b'data': PIXELS, b'labels': [99, 1]}, r'labels must be integers 0\.\.9.*from 1 to 99'),
     ({b'data': PIXELS, b'labels': [-7, 1]}, r'labels must be integers 0\.\.9.*from -7 to 1'),
-    ({b'data': PIXELS, b'labels': [0.5, 1.0]}, r'labels must be integers 0\.\.9, got dtype float64'),
+    ({b'data': PIXELS, b'labels': [0.5, 1.0]},
+     r'labels must be integers 0\.\.9, got dtype float64'),
     ({b'data': PIXELS.astype(numpy.float64) + 300.5, b'labels': [0, 1]},
      r'data must be uint8 pixels \(0\.\.255\), got dtype float64 with values from 300.5'),
     ({b'data': PIXELS.astype(numpy.int64) - 7, b'labels': [0, 1]},

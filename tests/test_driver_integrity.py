@@ -1,14 +1,13 @@
 """The driver refuses bad settings before any work, keeps one run per output
 folder, never mixes snapshots of different runs, and writes standard JSON."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy
 import pytest
 
-from branchynet import checkpoint, experiment, fileio, utils
+from branchynet import checkpoint, experiment, fileio, training
 
 TINY = ['--network', 'lenet_mnist', '--preset', 'tiny', '--time-devices', 'cpu']
 SMALL = TINY + ['--n-train', '300', '--n-test', '40', '--n-val', '0', '--n-timing', '20']
@@ -147,13 +146,13 @@ def test_resume_refuses_another_runs_snapshots(tmp_path, capsys, mnist_data, mon
     # a fresh run interrupted in its main phase must not later pick up the old joint snapshot
     joint = tmp_path / '_models' / 'lenet_mnist.joint.snapshot.npz'
     assert joint.exists()
-    real_train = utils.train_exits
+    real_train = training.train_exits
 
     def interrupted_main(net, x, y, main=False, **kwargs):
         if main:
             raise checkpoint.TrainingInterrupted(kwargs['snapshot'])
         return real_train(net, x, y, main=main, **kwargs)
-    monkeypatch.setattr(utils, 'train_exits', interrupted_main)
+    monkeypatch.setattr(training, "train_exits", interrupted_main)
     assert experiment.main(SMALL + ['--out', out]) == 130
     assert not joint.exists()
     assert 'removed the older joint snapshot' in capsys.readouterr().out

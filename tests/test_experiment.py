@@ -116,3 +116,16 @@ def test_a_network_without_data_is_skipped_with_a_clear_line(tmp_path, monkeypat
     assert 'skipped alex_cifar10: CIFAR-10 could not be downloaded' in err
     assert 'BRANCHYNET_CIFAR10' in err
     assert not (tmp_path / '_models').exists()
+
+
+def test_validation_split_keeps_the_class_mix_and_is_seeded():
+    from branchynet.experiment import split_validation
+    y = numpy.repeat(numpy.arange(10, dtype=numpy.int32), [300, 100] * 5)
+    x = numpy.arange(len(y), dtype=numpy.float32)[:, None]
+    x_rest, y_rest, x_val, y_val, val = split_validation(x, y, 200, seed=4)
+    # stratified: 30 of each 300-sample class, 10 of each 100-sample class
+    assert numpy.bincount(y_val).tolist() == [30, 10] * 5
+    assert sorted(val + x_rest[:, 0].astype(int).tolist()) == list(range(len(y)))
+    assert split_validation(x, y, 200, seed=4)[4] == val != split_validation(x, y, 200, seed=5)[4]
+    # fewer held-out samples than classes: still a seeded split of the asked size
+    assert len(split_validation(x, y, 5, seed=0)[4]) == 5

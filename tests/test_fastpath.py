@@ -6,7 +6,7 @@ import pytest
 from branchynet import entropy
 from branchynet.fastpath import FastBranchyNet
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def _trained(module, shape, steps=2, batch=16):

@@ -51,16 +51,17 @@ def test_a_missing_results_folder_is_an_error_and_creates_nothing(tmp_path, caps
 def sandbox(tmp_path):
     """A copy of get_results.sh whose python runs a stub driver: LeNet
     succeeds (writing results), AlexNet fails; the report is the real one."""
-    for name in ('get_results.sh', 'setup.py'):
+    for name in ('get_results.sh', 'pyproject.toml'):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     shutil.copytree(os.path.join(ROOT, 'tools'), tmp_path / 'tools')
     shutil.copytree(os.path.join(ROOT, 'requirements'), tmp_path / 'requirements')
     venv = tmp_path / 'venv'
     (venv / 'bin').mkdir(parents=True)
-    stamp = subprocess.run(
-        'cat requirements/base.txt requirements/*.txt setup.py | sha256sum | cut -c1-16',
-        shell=True, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-    (venv / '.branchynet-stamps').write_text(stamp + '\n')
+    stamps = [subprocess.run(
+        'cat requirements/base.txt {} requirements/*.txt pyproject.toml | sha256sum | cut -c1-16'
+        .format(extra), shell=True, cwd=tmp_path, capture_output=True, text=True,
+        check=True).stdout.strip() for extra in ('', 'requirements/mpi.txt')]
+    (venv / '.branchynet-stamps').write_text('\n'.join(stamps) + '\n')  # base; base + mpi
     fake = tmp_path / 'fake_driver.py'
     fake.write_text(
         'import json, sys\n'
@@ -71,7 +72,9 @@ def sandbox(tmp_path):
             json.dumps(_results('lenet_mnist', 'LeNet', 99.0))))
     python = venv / 'bin' / 'python'
     python.write_text('#!/bin/sh\n'
-                      'if [ "$2" = branchynet.experiment ]; then shift 2; exec {py} {fake} "$@"; fi\n'
+                      'if [ "$2" = branchynet.experiment ]; then\n'
+                      '  shift 2; exec {py} {fake} "$@"\n'
+                      'fi\n'
                       'PYTHONPATH={root} exec {py} "$@"\n'.format(
                           py=sys.executable, fake=fake, root=ROOT))
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
@@ -105,3 +108,38 @@ def test_a_failed_network_leaves_older_results_out_of_the_table(sandbox):
     assert result.returncode == 1 and 'failed: alex_cifar10' in result.stderr
     table = (folder / '_results' / 'table1.md').read_text()
     assert 'B-LeNet' in table and 'OldAlexNet' not in table
+
+
+def test_mpi_runs_the_driver_under_mpiexec(sandbox):
+    """--mpi N [--hostfile F] starts every network as mpiexec -n N [-hostfile F]
+    python -m branchynet.experiment --distributed ..."""
+    folder, env = sandbox
+    calls = folder / 'mpiexec_calls'
+    mpiexec = folder / 'fake_mpiexec'
+    mpiexec.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> {}\nshift 2\n'
+                       '[ "$1" = -hostfile ] && shift 2\nexec "$@"\n'.format(calls))
+    mpiexec.chmod(mpiexec.stat().st_mode | stat.S_IEXEC)
+    (folder / 'hosts').write_text('localhost:2\n')
+    env = dict(env, MPIEXEC=str(mpiexec))
+    result = subprocess.run(['bash', 'get_results.sh', '--networks', 'lenet_mnist', '--mpi',
+                             '3', '--hostfile', 'hosts'], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '3 MPI ranks' in result.stdout
+    line = calls.read_text().strip()
+    assert line.startswith('-n 3 -hostfile hosts ') and line.endswith(
+        '-m branchynet.experiment --distributed --network lenet_mnist --preset fast '
+        '--device auto --seed 0 --out .'), line
+    assert 'B-LeNet' in (folder / '_results' / 'table1.md').read_text()
+
+
+@pytest.mark.parametrize('args, match', [
+    (['--mpi', '0'], "--mpi needs a positive number of ranks, got '0'"),
+    (['--mpi', 'two'], "--mpi needs a positive number of ranks, got 'two'"),
+    (['--hostfile', 'hosts'], '--hostfile needs --mpi N'),
+    (['--mpi', '2', '--hostfile', 'nowhere'], "--hostfile 'nowhere' is not a file"),
+])
+def test_bad_mpi_options_are_refused(sandbox, args, match):
+    result = _run(sandbox, '--networks', 'lenet_mnist', *args)
+    assert result.returncode == 2 and match in result.stderr
+    assert not (sandbox[0] / '_results').exists()

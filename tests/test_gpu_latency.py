@@ -12,7 +12,7 @@ import pytest
 from branchynet import entropy, utils
 from branchynet.devices import gpu_usable
 from networks import lenet_mnist
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu_latency.py')
@@ -71,7 +71,7 @@ def test_graph_path_refuses_batches_and_wrong_shapes(bench):
     graph = bench.GraphBranchyNet(net)
     x = numpy.zeros((3, 1, 8, 8), numpy.float32)
     with pytest.raises(ValueError, match='batch size 1'):
-        graph._route(x, [0.1, 0.1])
+        graph.route(x, [0.1, 0.1])
     with pytest.raises(ValueError, match='one sample of shape'):
         graph.send(x)
 

@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_get_results_help_lists_every_option():
     out = subprocess.run(['bash', 'get_results.sh', '--help'], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    for option in ('--paper', '--preset', '--networks', '--device', '--seed', '--dataset'):
+    for option in ('--paper', '--preset', '--networks', '--device', '--seed', '--dataset',
+                   '--resume', '--mpi', '--hostfile'):
         assert option in out
 
 

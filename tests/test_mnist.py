@@ -42,6 +42,7 @@ def test_error_lists_every_source_tried_when_none_is_reachable(tmp_path, monkeyp
         all(not f.endswith('.part') for f in os.listdir(tmp_path))
 
 
+@pytest.mark.slow
 def test_cached_gz_files_are_used_and_corrupt_ones_replaced(tmp_path, monkeypatch,
                                                             mnist_data):
     src = mnist.fetch()
@@ -62,6 +63,7 @@ def test_cached_gz_files_are_used_and_corrupt_ones_replaced(tmp_path, monkeypatc
     assert not os.path.exists(os.path.join(tmp_path, 't10k-labels-idx1-ubyte'))
 
 
+@pytest.mark.slow
 def test_short_training_on_real_mnist_reaches_stated_accuracy(mnist_data):
     """4,000 training samples, 3 main + 2 joint epochs: >= 90 % at the main exit
     and >= 85 % at exit 1 on 1,000 test samples (measured: about 94 % / 91 %)."""

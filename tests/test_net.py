@@ -4,7 +4,7 @@ import numpy
 import pytest
 
 from branchynet import entropy
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def oracle(net, x, thresholds):

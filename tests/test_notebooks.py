@@ -21,6 +21,7 @@ def test_notebooks_are_in_sync_with_the_generator_and_have_no_outputs():
         assert not any('class ' in ''.join(c['source']) for c in nb['cells'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_executes_headless(name, tmp_path, monkeypatch, mnist_data):
     import nbclient

@@ -54,7 +54,9 @@ def _trained(module, shape, steps, batch=8):
     return net
 
 
-@pytest.fixture(scope='module', params=['lenet', 'alexnet', 'resnet'])
+# compiling B-AlexNet and B-ResNet takes 10 s or more each on an empty cache
+@pytest.fixture(scope='module', params=['lenet', pytest.param('alexnet', marks=pytest.mark.slow),
+                                        pytest.param('resnet', marks=pytest.mark.slow)])
 def compiled(request):
     module, shape = {'lenet': (lenet_mnist, (1, 28, 28)),
                      'alexnet': (alex_cifar10, (3, 32, 32)),

@@ -9,7 +9,7 @@ import numpy
 import pytest
 
 from branchynet import FL, SL, Branch, BranchyNet, visualize
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 matplotlib.use('Agg')
 

@@ -196,6 +196,7 @@ def test_experiment_alex_cifar10_runs_unmodified(workdir, capsys, monkeypatch):
     _check(result, names, capsys, 3, thresholds)
 
 
+@pytest.mark.slow
 def test_experiment_resnet_cifar10_runs_unmodified(workdir, capsys, monkeypatch):
     from networks import resnet_cifar10
     thresholds = [0.5, 10.]
@@ -211,7 +212,7 @@ def test_bn_file_is_written_from_the_cpu(tmp_path, monkeypatch):
     No GPU here: the device is mocked, and the moves are recorded on the
     model (the dumped copy must carry the CPU state)."""
     from branchynet import fileio
-    from tests.conftest import make_three_exit_net
+    from tests.helpers import make_three_exit_net
     net = make_three_exit_net()
     gpu = type('FakeGpuDevice', (), {'xp': object()})()
     moves = []

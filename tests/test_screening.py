@@ -5,7 +5,7 @@ import pytest
 from branchynet import costs, screening, utils
 from branchynet.fastpath import FastBranchyNet
 from networks import lenet_mnist
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def test_cached_grid_equals_real_batch1_runs_exactly(small_batch):

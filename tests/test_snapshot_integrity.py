@@ -10,7 +10,7 @@ from branchynet import checkpoint, utils
 from branchynet.net import NonFiniteLoss
 from branchynet.safenpz import ModelFileError
 from branchynet.validation import InputError
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def _data(n=100, seed=0):

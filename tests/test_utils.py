@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from branchynet import utils
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 
 def test_generate_thresholds_is_the_product_over_the_early_exits():
@@ -53,12 +53,12 @@ def test_screen_matches_predict_and_table_block():
     y = rng.randint(0, 5, 30).astype(numpy.int32)
     result = utils.screen_thresholds(net, x, y, [0.5, 1.6, 10.0], progress=False)
     ts, accs, diffs, exits = result
-    assert len(ts) == 9 and len(result.trunk_diffs) == 9
+    assert len(ts) == 9 and len(result.trunk_ms) == 9
     for t, acc, ex in zip(ts, accs, exits):
         labels, got_exits = net.predict(x, t)
         assert acc == pytest.approx((labels == y).mean())
         assert ex == numpy.bincount(got_exits, minlength=3).tolist()
-    assert all(d > 0 and tr > 0 for d, tr in zip(diffs, result.trunk_diffs))
+    assert all(d > 0 and tr > 0 for d, tr in zip(diffs, result.trunk_ms))
     base = utils.measure_main(net, x, y)
     assert base['exit_counts'] == [0, 0, 30] and base['ms'] > 0 and base['trunk_ms'] > 0
     knee = utils.select_knee(accs, diffs, base['acc'])

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from branchynet import devices, utils
 from networks import lenet_mnist
-from tests.conftest import make_three_exit_net
+from tests.helpers import make_three_exit_net
 
 NET = lenet_mnist.get_network()
 GOOD = numpy.zeros((2, 1, 28, 28), numpy.float32)
@@ -35,7 +35,8 @@ def test_bad_inputs(x, error, match):
 
 
 @pytest.mark.parametrize('t, error, match', [
-    (numpy.array([0, 10], numpy.int32), ValueError, r't must be within 0\.\.9, got values from 0 to 10'),
+    (numpy.array([0, 10], numpy.int32), ValueError,
+     r't must be within 0\.\.9, got values from 0 to 10'),
     (numpy.array([-1, 3], numpy.int32), ValueError, r't must be within 0\.\.9, got values from -1'),
     (numpy.array([1, 2, 3], numpy.int32), ValueError, r't must have shape \(2,\).*got \(3,\)'),
     (numpy.array([1.0, 2.0]), TypeError, 't must hold integer labels'),

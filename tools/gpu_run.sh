@@ -84,7 +84,7 @@ if [ "$(cat "$site/.gpu_run_stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$site/.gpu_run_stamp"
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-# the project itself, no dependencies (its setup.py needs setuptools: the
+# the project itself, no dependencies (its build needs setuptools: the
 # image's or the wheel's)
 "${pip_offline[@]}" --no-build-isolation "$root" 2>&1 | grep -v "^WARNING: Target directory" >&2 || true
 [ -d "$site/branchynet" ] || { echo "gpu_run: installing the project into $site failed" >&2; exit 1; }

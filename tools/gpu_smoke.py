@@ -17,7 +17,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import branchynet  # noqa: E402  (compatibility shims before chainer)
+import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import chainer  # noqa: E402
 import numpy  # noqa: E402
 

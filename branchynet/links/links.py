@@ -13,6 +13,8 @@
 Train/test behaviour follows ``chainer.config.train`` (Chainer >= 2), so
 dropout and batch normalisation switch with ``chainer.using_config``.
 """
+import inspect
+
 import chainer
 
 from branchynet.cpukernels import run_layer
@@ -36,9 +38,21 @@ class FL(chainer.Link):
     def forward(self, x):
         return self.fn(x, *self.args, **self.kwargs)
 
+    def arguments(self):
+        """The named arguments of the call ``fn(x, *args, **kwargs)``, defaults
+        filled in (what the compiled inference paths read, e.g. ``ksize``)."""
+        bound = inspect.signature(self.fn).bind(None, *self.args, **self.kwargs)
+        bound.apply_defaults()
+        return bound.arguments
+
     def __repr__(self):
         name = getattr(self.fn, '__name__', type(self.fn).__name__)
         return 'FL({})'.format(name)
+
+
+def pair(v):
+    """A Chainer ``ksize``/``stride``/``pad`` argument as ``(height, width)``."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 class SL(chainer.Chain):

@@ -1,0 +1,160 @@
+"""Training every exit jointly, or the main network alone, over shuffled epochs.
+
+``train_exits`` is the loop behind the original's ``utils.train``: epochs of
+shuffled mini-batches through ``BranchyNet.train``/``train_main``, with
+per-epoch curves, progress output, snapshots on every epoch end and on
+SIGINT/SIGTERM, and an exact resume (``branchynet.checkpoint``); with
+``distributed=``, data-parallel over MPI ranks (``branchynet.distributed``).
+"""
+import sys
+import time
+
+import numpy
+
+from branchynet.progress import Progress
+from branchynet.validation import InvalidValue, validate_inputs, validate_labels
+
+
+def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
+                on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None,
+                distributed=None):
+    """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
+
+    ``main=True`` trains the main network only (``net.train_main``), otherwise
+    every exit jointly (``net.train``). ``on_epoch_end(epoch, losses, accs)``
+    is called after each epoch with that epoch's per-exit means.
+    ``augment=True`` trains on augmented images (``branchynet.augment``).
+
+    ``snapshot`` names a file written at every epoch end (model, optimizer,
+    position, curves, random state; see ``branchynet.checkpoint``); SIGINT or
+    SIGTERM then writes it at the current batch and raises
+    ``checkpoint.TrainingInterrupted``. ``resume=True`` continues from it, and
+    with the same seed ends with the same weights as an uninterrupted run
+    (not bit-exact with ``augment``, whose crops are drawn in worker processes;
+    an augmented epoch resumes from its start). The snapshot records the
+    run's ``settings`` (a dict; the driver passes network, seed, data and
+    schedule) together with the batch size, epochs, seed and a digest of the
+    data, and a snapshot recording others is refused.
+
+    ``distributed`` (a ``branchynet.distributed.Distributed``) trains data-
+    parallel over MPI ranks: ``batchsize`` stays the global batch, each rank
+    steps on its part, the curves are summed over ranks, only rank 0 reports
+    progress and writes the snapshot (which records the number of ranks: a
+    resume with another number is refused), and every rank resumes from rank
+    0's snapshot.
+
+    Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
+    ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
+    the last, for main-only training) and ``seconds`` the time of this call.
+    """
+    from branchynet import checkpoint
+    validate_inputs(x, net.input_shape)
+    validate_labels(y, len(x))
+    if batchsize < 1 or num_epoch < 0:
+        raise InvalidValue('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
+                         .format(batchsize, num_epoch))
+    dist, root = distributed, distributed is None or distributed.is_root
+    if dist is not None and augment:
+        raise InvalidValue('augment=True is not supported in distributed training (the '
+                           'augmented batches are drawn per process, not shared by ranks)')
+    settings = dict(settings or {}, phase='main' if main else 'joint', batchsize=batchsize,
+                    seed=seed, augment=bool(augment), mpi_ranks=1 if dist is None else dist.size,
+                    data=checkpoint.data_digest(x, y))
+    rng = numpy.random.RandomState(seed)
+    if dist is not None:
+        dist.setup(net)
+        progress = progress and root
+    augmenter = None
+    if augment:
+        from branchynet.augment import AugmentedBatches
+        augmenter = AugmentedBatches(x, y, batchsize, seed=rng.randint(2 ** 31 - 1))
+    step = net.train_main if main else net.train
+    n_batches = (len(x) + batchsize - 1) // batchsize
+    losses, accs, first_epoch, order, next_batch, sums = [], [], 0, None, 0, None
+    checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize)
+    at = None
+    if resume and dist is not None:
+        at = dist.load_snapshot(snapshot, net, rng, **checks)
+    elif resume and checkpoint.exists(snapshot):
+        at = checkpoint.load(snapshot, net, rng, **checks)
+    if at is not None:
+        first_epoch, losses, accs, order, next_batch, sums = (
+            at.epoch, at.losses, at.accs, at.order, at.next_batch, at.sums)
+        if root:
+            print('resuming {} training from epoch {}, batch {} ({})'.format(
+                'main' if main else 'joint', at.epoch + 1, at.next_batch + 1, snapshot),
+                file=sys.stderr, flush=True)
+    elif augment and snapshot:  # an interrupted augmented epoch resumes from its start
+        checkpoint.save(snapshot, net, rng, 0, [], [], settings=settings)
+    start = time.perf_counter()
+    desc = 'main' if main else 'joint'
+    guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
+    with guard as stop:
+        for epoch in range(first_epoch, num_epoch):
+            if dist is not None:
+                dist.epoch_start(epoch, seed)
+            if augmenter is None:
+                if order is None:
+                    order, next_batch = rng.permutation(len(x)), 0
+                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist)
+            else:
+                batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
+            sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
+            sums = None
+            with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
+                          unit='batch', enabled=progress) as bar:
+                bar.update(next_batch if augmenter is None else 0)
+                for b, xb, yb, count in batches:
+                    loss, acc = step(xb, yb)
+                    loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
+                    sums_loss = sums_loss + loss * count
+                    sums_acc = sums_acc + acc * count
+                    weights += count
+                    bar.update(1, loss=float(numpy.nansum(loss)))
+                    stopping = stop['signal'] is not None
+                    if dist is not None and snapshot:  # every rank stops at the same batch
+                        stopping = dist.any_rank(stopping)
+                    if stopping:
+                        if augmenter is not None:  # the last epoch-start snapshot stands
+                            raise checkpoint.TrainingInterrupted(
+                                snapshot, ' at the start of epoch {} (an augmented epoch '
+                                'restarts from its beginning)'.format(epoch + 1))
+                        sums = (sums_loss, sums_acc, weights)
+                        if dist is not None:  # the epoch's sums so far over all ranks
+                            sums = dist.reduce_sums(*sums)
+                        if root:
+                            checkpoint.save(snapshot, net, rng, epoch, losses, accs, order,
+                                            b + 1, sums=sums, settings=settings)
+                        raise checkpoint.TrainingInterrupted(snapshot)
+            if dist is not None:
+                sums_loss, sums_acc, weights = dist.reduce_sums(sums_loss, sums_acc, weights)
+                dist.epoch_end(net)
+            losses.append((sums_loss / max(weights, 1)).tolist())
+            accs.append((sums_acc / max(weights, 1)).tolist())
+            order, next_batch = None, 0
+            if snapshot and root:
+                checkpoint.save(snapshot, net, rng, epoch + 1, losses, accs, settings=settings)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, losses[-1], accs[-1])
+    return losses, accs, time.perf_counter() - start
+
+
+def _index_batches(x, y, order, batchsize, first, n_batches, dist):
+    """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
+    ``dist``, this rank's part of every global batch (``count`` its weight)."""
+    for b in range(first, n_batches):
+        idx = order[b * batchsize:(b + 1) * batchsize]
+        count = len(idx)
+        if dist is not None:
+            idx, count = dist.local_part(idx)
+        yield b, x[idx], y[idx], count
+
+
+class _no_stop_requests:
+    """Stands in for ``checkpoint.stop_requests`` when there is no snapshot to write."""
+
+    def __enter__(self):
+        return {'signal': None}
+
+    def __exit__(self, *exc):
+        return False
