@@ -1,6 +1,7 @@
-"""get_results.sh and the Table I report: bad network lists are refused, a
-failed network never brings older runs' results into the table, and a
-damaged or missing results file is a message, not a crash."""
+"""get_results.sh, the driver's network list and the Table I report: the
+script only sets up and delegates, bad network lists are refused, a failed
+network never brings older runs' results into the table, --mpi starts the
+ranks, and a damaged or missing results file is a message, not a crash."""
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from branchynet import report
+from branchynet import experiment, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,45 +48,49 @@ def test_a_missing_results_folder_is_an_error_and_creates_nothing(tmp_path, caps
     assert not (tmp_path / 'table1.md').exists()
 
 
-@pytest.fixture
-def sandbox(tmp_path):
-    """A copy of get_results.sh whose python runs a stub driver: LeNet
-    succeeds (writing results), AlexNet fails; the report is the real one."""
+def _fake(folder, name, body):
+    path = folder / name
+    path.write_text('#!/bin/sh\n' + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_get_results_sets_up_and_hands_every_option_to_the_driver(tmp_path):
+    """With BRANCHYNET_PYTHON set nothing is installed; the script runs the
+    driver with a full run's defaults followed by the user's options."""
     for name in ('get_results.sh', 'pyproject.toml'):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     shutil.copytree(os.path.join(ROOT, 'tools'), tmp_path / 'tools')
-    shutil.copytree(os.path.join(ROOT, 'requirements'), tmp_path / 'requirements')
-    venv = tmp_path / 'venv'
-    (venv / 'bin').mkdir(parents=True)
-    stamps = [subprocess.run(
-        'cat requirements/base.txt {} requirements/*.txt pyproject.toml | sha256sum | cut -c1-16'
-        .format(extra), shell=True, cwd=tmp_path, capture_output=True, text=True,
-        check=True).stdout.strip() for extra in ('', 'requirements/mpi.txt')]
-    (venv / '.branchynet-stamps').write_text('\n'.join(stamps) + '\n')  # base; base + mpi
-    fake = tmp_path / 'fake_driver.py'
-    fake.write_text(
-        'import json, sys\n'
-        'net = sys.argv[sys.argv.index("--network") + 1]\n'
-        'if net == "alex_cifar10":\n'
-        '    sys.exit("error: it failed")\n'
-        'json.dump({}, open("_results/%s_results.json" % net, "w"))\n'.format(
-            json.dumps(_results('lenet_mnist', 'LeNet', 99.0))))
-    python = venv / 'bin' / 'python'
-    python.write_text('#!/bin/sh\n'
-                      'if [ "$2" = branchynet.experiment ]; then\n'
-                      '  shift 2; exec {py} {fake} "$@"\n'
-                      'fi\n'
-                      'PYTHONPATH={root} exec {py} "$@"\n'.format(
-                          py=sys.executable, fake=fake, root=ROOT))
-    python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    env = dict(os.environ, BRANCHYNET_VENV=str(venv))
-    return tmp_path, env
+    python = _fake(tmp_path, 'python', 'printf "%s|" "$@" > {}/args\n'.format(tmp_path))
+    env = dict(os.environ, BRANCHYNET_PYTHON=str(python))
+    for args in (['--help'], ['--paper', '--networks', 'lenet_mnist', '--mpi', '2']):
+        subprocess.run(['bash', 'get_results.sh'] + args, cwd=tmp_path, env=env, check=True,
+                       timeout=60)
+        passed = (tmp_path / 'args').read_text().split('|')[:-1]
+        assert passed == ['-m', 'branchynet.experiment', '--networks', 'all', '--device',
+                          'auto', '--out', '.'] + args
 
 
-def _run(sandbox, *args):
-    folder, env = sandbox
-    return subprocess.run(['bash', 'get_results.sh'] + list(args), cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=120)
+def test_the_drivers_help_lists_every_option():
+    text = experiment.build_parser().format_help()
+    for option in ('--paper', '--preset', '--networks', '--device', '--seed', '--dataset',
+                   '--resume', '--mpi', '--hostfile', '--time-devices'):
+        assert option in text
+
+
+def _stub_run(monkeypatch):
+    """experiment.run replaced: LeNet writes its results, AlexNet has a bug."""
+    calls = []
+
+    def run(network, preset, device, out, *args, **kwargs):
+        calls.append(network)
+        if network == 'alex_cifar10':
+            raise RuntimeError('a bug in this network')
+        print('training', network)
+        with open(os.path.join(out, '_results', network + '_results.json'), 'w') as f:
+            json.dump(_results('lenet_mnist', 'LeNet', 99.0), f)
+    monkeypatch.setattr(experiment, 'run', run)
+    return calls
 
 
 @pytest.mark.parametrize('networks, match', [
@@ -93,53 +98,58 @@ def _run(sandbox, *args):
     ('lenet_mnist --seed 5', "unknown network 'lenet_mnist --seed 5'"),
     ('lenet_mnist,vgg', "unknown network 'vgg'"),
 ])
-def test_bad_network_lists_are_refused(sandbox, networks, match):
-    result = _run(sandbox, '--networks', networks)
-    assert result.returncode == 2 and match in result.stderr
-    assert not (sandbox[0] / '_results').exists()
+def test_bad_network_lists_are_refused(tmp_path, capsys, monkeypatch, networks, match):
+    calls = _stub_run(monkeypatch)
+    assert experiment.main(['--networks', networks, '--out', str(tmp_path)]) == 2
+    assert match in capsys.readouterr().err
+    assert not calls and not (tmp_path / '_results').exists()
 
 
-def test_a_failed_network_leaves_older_results_out_of_the_table(sandbox):
-    folder = sandbox[0]
-    (folder / '_results').mkdir()
-    (folder / '_results' / 'alex_cifar10_results.json').write_text(json.dumps(
+def test_a_failed_network_leaves_older_results_out_of_the_table(tmp_path, capsys,
+                                                                 monkeypatch):
+    calls = _stub_run(monkeypatch)
+    (tmp_path / '_results').mkdir()
+    (tmp_path / '_results' / 'alex_cifar10_results.json').write_text(json.dumps(
         _results('alex_cifar10', 'OldAlexNet', 70.0)))
-    result = _run(sandbox, '--networks', 'lenet_mnist,alex_cifar10')
-    assert result.returncode == 1 and 'failed: alex_cifar10' in result.stderr
-    table = (folder / '_results' / 'table1.md').read_text()
+    code = experiment.main(['--networks', 'alex_cifar10,lenet_mnist', '--out', str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 1 and calls == ['alex_cifar10', 'lenet_mnist']  # the bug stops only AlexNet
+    assert 'RuntimeError: a bug in this network' in err and 'failed: alex_cifar10' in err
+    table = (tmp_path / '_results' / 'table1.md').read_text()
     assert 'B-LeNet' in table and 'OldAlexNet' not in table
+    # each network's output is in its log as well
+    assert 'training lenet_mnist' in (tmp_path / '_results' / 'lenet_mnist.log').read_text()
+    assert 'a bug in this network' in (tmp_path / '_results' / 'alex_cifar10.log').read_text()
 
 
-def test_mpi_runs_the_driver_under_mpiexec(sandbox):
-    """--mpi N [--hostfile F] starts every network as mpiexec -n N [-hostfile F]
-    python -m branchynet.experiment --distributed ..."""
-    folder, env = sandbox
-    calls = folder / 'mpiexec_calls'
-    mpiexec = folder / 'fake_mpiexec'
-    mpiexec.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> {}\nshift 2\n'
-                       '[ "$1" = -hostfile ] && shift 2\nexec "$@"\n'.format(calls))
-    mpiexec.chmod(mpiexec.stat().st_mode | stat.S_IEXEC)
-    (folder / 'hosts').write_text('localhost:2\n')
-    env = dict(env, MPIEXEC=str(mpiexec))
-    result = subprocess.run(['bash', 'get_results.sh', '--networks', 'lenet_mnist', '--mpi',
-                             '3', '--hostfile', 'hosts'], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert '3 MPI ranks' in result.stdout
-    line = calls.read_text().strip()
-    assert line.startswith('-n 3 -hostfile hosts ') and line.endswith(
-        '-m branchynet.experiment --distributed --network lenet_mnist --preset fast '
-        '--device auto --seed 0 --out .'), line
-    assert 'B-LeNet' in (folder / '_results' / 'table1.md').read_text()
+def test_mpi_starts_the_driver_under_mpiexec(tmp_path, monkeypatch):
+    """--mpi N [--hostfile F]: mpiexec -n N [-hostfile F] python -m
+    branchynet.experiment --distributed <the other options>; its exit status."""
+    calls = tmp_path / 'mpiexec_calls'
+    mpiexec = _fake(tmp_path, 'mpiexec', 'printf "%s\n" "$*" > {}\nexit 3\n'.format(calls))
+    (tmp_path / 'hosts').write_text('localhost:2\n')
+    monkeypatch.setenv('MPIEXEC', str(mpiexec))
+    hosts = str(tmp_path / 'hosts')
+    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '3', '--hostfile', hosts,
+                            '--seed', '4']) == 3
+    assert calls.read_text().strip() == (
+        '-n 3 -hostfile {} {} -m branchynet.experiment --distributed --networks lenet_mnist '
+        '--seed 4'.format(hosts, sys.executable))
 
 
 @pytest.mark.parametrize('args, match', [
-    (['--mpi', '0'], "--mpi needs a positive number of ranks, got '0'"),
-    (['--mpi', 'two'], "--mpi needs a positive number of ranks, got 'two'"),
+    (['--mpi', '0'], '--mpi needs a positive number of ranks, got 0'),
+    (['--mpi', 'two'], "invalid int value: 'two'"),
     (['--hostfile', 'hosts'], '--hostfile needs --mpi N'),
     (['--mpi', '2', '--hostfile', 'nowhere'], "--hostfile 'nowhere' is not a file"),
+    (['--mpi', '2', '--distributed'], '--distributed is for a command already started'),
 ])
-def test_bad_mpi_options_are_refused(sandbox, args, match):
-    result = _run(sandbox, '--networks', 'lenet_mnist', *args)
-    assert result.returncode == 2 and match in result.stderr
-    assert not (sandbox[0] / '_results').exists()
+def test_bad_mpi_options_are_refused(tmp_path, capsys, monkeypatch, args, match):
+    calls = _stub_run(monkeypatch)
+    monkeypatch.setenv('MPIEXEC', str(_fake(tmp_path, 'mpiexec', 'exit 0\n')))
+    try:
+        code = experiment.main(['--networks', 'lenet_mnist', '--out', str(tmp_path)] + args)
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    assert code == 2 and match in capsys.readouterr().err
+    assert not calls and not (tmp_path / '_results').exists()

@@ -1,4 +1,4 @@
-"""get_results.sh's interface and the Docker files."""
+"""The driver's command line and the Docker files."""
 import os
 import shutil
 import subprocess
@@ -9,21 +9,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_get_results_help_lists_every_option():
-    out = subprocess.run(['bash', 'get_results.sh', '--help'], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    for option in ('--paper', '--preset', '--networks', '--device', '--seed', '--dataset',
-                   '--resume', '--mpi', '--hostfile'):
-        assert option in out
-
-
-def test_get_results_rejects_unknown_options_and_devices():
-    bad = subprocess.run(['bash', 'get_results.sh', '--fast-please'], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown option '--fast-please'" in bad.stderr
-    bad = subprocess.run(['bash', 'get_results.sh', '--device', 'tpu'], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and 'cpu, gpu or auto' in bad.stderr
+def test_the_driver_refuses_unknown_options_and_devices(tmp_path):
+    driver = [sys.executable, '-m', 'branchynet.experiment', '--out', str(tmp_path)]
+    bad = subprocess.run(driver + ['--fast-please'], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and 'unrecognized arguments: --fast-please' in bad.stderr
+    bad = subprocess.run(driver + ['--device', 'tpu'], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown device 'tpu'" in bad.stderr
 
 
 @pytest.mark.parametrize('dockerfile', ['Dockerfile', 'Dockerfile.cuda'])
