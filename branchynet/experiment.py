@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import itertools
-import json
 import os
 import platform
 import shutil
@@ -32,7 +31,8 @@ import networks
 from datasets import DataUnavailableError
 
 from branchynet import (calibration, checkpoint, confidence, costs, fileio, measurement,
-                        report, runtime, screening, tables, tradeoff, training, visualize)
+                        report, runrecord, runtime, screening, tables, tradeoff, training,
+                        visualize)
 from branchynet.devices import DEVICE_CHOICES, device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
@@ -89,61 +89,6 @@ def load_dataset(config, dataset_module=None):
     if config.get('n_test'):
         x_test, y_test = x_test[:config['n_test']], y_test[:config['n_test']]
     return x_train, y_train, x_test, y_test
-
-
-def source_commit():
-    """The git commit the code ran from (``+dirty`` with uncommitted changes), or None."""
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                               cwd=root, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ('+dirty' if dirty.strip() else '')
-
-
-def environment(config, device):
-    """What the numbers were measured on, recorded with the results."""
-    cpu = platform.processor()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f
-                       if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    env = {'python': platform.python_version(), 'chainer': chainer.__version__,
-           'numpy': numpy.__version__, 'cpu': cpu, 'cores': os.cpu_count(),
-           'platform': platform.platform(), 'training_device': str(device),
-           'commit': source_commit(), 'recorded': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
-    if device.xp is not numpy:
-        import cupy
-        env['cupy'] = cupy.__version__
-        env['gpu'] = cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()
-    return env
-
-
-def json_safe(obj):
-    """``obj`` with numpy values as Python ones and NaN/inf as None (null), so
-    the file is standard JSON (``json.dump`` would write NaN and Infinity)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, numpy.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, numpy.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not numpy.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path, obj):
-    with atomic_write(path, 'w') as f:
-        json.dump(json_safe(obj), f, indent=1, allow_nan=False, default=float)
 
 
 def exit_accuracies(net, x, y, sms=None):
@@ -226,7 +171,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
         label, knee_check['predicted_ms_chainer'], branchy['ms']))
     tag = '{}_{}'.format(name, label.lower())
     tables.write_table(os.path.join(out['results'], tag + '_table'), rows)
-    write_json(os.path.join(out['results'], tag + '_screen.json'), {
+    runrecord.write_json(os.path.join(out['results'], tag + '_screen.json'), {
         'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
         'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
         'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline and '
@@ -453,7 +398,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         dev.xp.random.seed(seed)
 
     log('code: commit {}, chainer {}, numpy {}, python {}'.format(
-        source_commit(), chainer.__version__, numpy.__version__, platform.python_version()))
+        runrecord.source_commit(), chainer.__version__, numpy.__version__,
+        platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
     with _agreed(dist):  # every rank loads the data itself; all skip, or none
@@ -532,7 +478,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     log('saved {0}/{1}.bn (dill) and {0}/{1}.npz (weights)'.format(out['models'], network))
 
     results = {'network': network, 'title': title, 'config': config,
-               'environment': environment(config, dev), 'seed': seed, 'init': init,
+               'environment': runrecord.environment(config, dev), 'seed': seed, 'init': init,
                'data': {'n_train': len(x_train), 'n_test': len(x_test),
                         'n_val': len(val_idx), 'val_indices': val_idx,
                         'n_timing': min(config.get('n_timing') or len(x_test), len(x_test))},
@@ -573,7 +519,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
             'global_batch': config['batchsize'],
             'comm_seconds_rank0': dist.comm_seconds,
             'timing': 'batch-1 timing and calibration ran on rank 0 alone'}
-    write_json(os.path.join(out['results'], network + '_results.json'), results)
+    runrecord.write_json(os.path.join(out['results'], network + '_results.json'), results)
     log('done: results in {}, figures in {}'.format(out['results'], out['figs']))
     if dist is not None:
         dist.wait_for_root()

@@ -7,7 +7,7 @@ import sys
 import numpy
 import pytest
 
-from branchynet import checkpoint, experiment, fileio, training
+from branchynet import checkpoint, experiment, fileio, runrecord, training
 
 TINY = ['--network', 'lenet_mnist', '--preset', 'tiny', '--time-devices', 'cpu']
 SMALL = TINY + ['--n-train', '300', '--n-test', '40', '--n-val', '0', '--n-timing', '20']
@@ -119,8 +119,8 @@ def test_atomic_writes_sync_the_folder_after_the_rename(tmp_path, monkeypatch):
 
 def test_json_safe_writes_standard_json(tmp_path):
     path = tmp_path / 'r.json'
-    experiment.write_json(str(path), {'a': float('inf'), 'b': [numpy.float32(1.5), float('nan')],
-                                      'c': numpy.arange(2)})
+    runrecord.write_json(str(path), {'a': float('inf'), 'b': [numpy.float32(1.5), float('nan')],
+                                     'c': numpy.arange(2)})
     text = path.read_text()
     assert 'Infinity' not in text and 'NaN' not in text
     assert json.loads(text) == {'a': None, 'b': [1.5, None], 'c': [0, 1]}
