@@ -68,17 +68,53 @@ def test_subset(args, data, quick_n, full_n):
     return data[2][:n], data[3][:n]
 
 
-def engines(net):
-    """``[(name, engine)]``: Chainer, the fast path and, when onnxruntime is
-    installed (requirements/onnx.txt), the ONNX Runtime path."""
+def engines(net, chainer=True, threads=None):
+    """``[(name, engine)]``: Chainer (unless ``chainer=False``), the fast path
+    and, when installed, the ONNX Runtime path (requirements/onnx.txt) and the
+    numba path (requirements/numba.txt). ``threads``: ONNX Runtime's and the
+    numba path's threads (default: ONNX Runtime 1, numba one per core); the
+    BLAS threads of Chainer and the fast path are set with ``blas_threads``."""
     from branchynet.fastpath import FastBranchyNet
-    found = [('chainer', net), ('fast', FastBranchyNet(net))]
+    found = [('chainer', net)] if chainer else []
+    found.append(('fast', FastBranchyNet(net)))
     try:
         from branchynet.onnxpath import OnnxBranchyNet
-        found.append(('onnx', OnnxBranchyNet(net)))
+        found.append(('onnx', OnnxBranchyNet(net, threads=threads or 1)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
+    try:
+        from branchynet.numbapath import NumbaBranchyNet
+        engine = NumbaBranchyNet(net, threads=threads)
+        print('numba path: compiled (or loaded from its cache) in {:.1f} s'.format(
+            engine.compile_seconds))
+        found.append(('numba', engine))
+    except ImportError as e:
+        print('numba path skipped: {}'.format(e))
     return found
+
+
+def blas_threads(threads):
+    """A context limiting numpy's BLAS to ``threads`` (None: no limit)."""
+    import contextlib
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(threads)
+
+
+def peak_gmacs(n=2048, rounds=5):
+    """This CPU's float32 multiply-add rate (G/s): the best of ``rounds``
+    ``n x n`` matrix products through numpy's BLAS, on all its threads."""
+    a = numpy.random.RandomState(0).rand(n, n).astype(numpy.float32)
+    b = a.T.copy()
+    a @ b
+    best = min(timed(numpy.matmul, a, b)[1] for _ in range(rounds))
+    return n ** 3 / best / 1e9
+
+
+def load():
+    """The 1-minute load average (what else the cores were running)."""
+    return os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
 
 
 def knee_point(net, x, y):

@@ -1,6 +1,7 @@
 """(a) B-LeNet batch-1 end-to-end gain at 100 % exit-1 and at the knee, on the
-Chainer path, the fast path and (when onnxruntime is installed:
-requirements/onnx.txt) the ONNX Runtime path, next to the arithmetic (MAC) limit.
+Chainer path, the fast path and, where installed, the ONNX Runtime path
+(requirements/onnx.txt) and the numba path (requirements/numba.txt), next to
+the arithmetic (MAC) limit.
 
     python benchmarks/gain.py [--quick] [--model FILE.npz] [--samples N]
 """

@@ -108,6 +108,12 @@ class ResBlock(chainer.Chain):
             return xp.maximum(h, 0, out=h)
         return run
 
+    def to_numba(self, builder, x):
+        """This block as generated numba functions (see branchynet.numbapath)."""
+        h = builder.conv(self.conv1, x, bn=self.bn1, relu=True)
+        h = builder.conv(self.conv2, h, bn=self.bn2)
+        return builder.residual(h, x, self.stride)
+
     def to_onnx(self, exporter, x):
         """This block as ONNX nodes (see branchynet.onnxpath)."""
         h = exporter.conv(self.conv1, x, bn=self.bn1, relu=True)

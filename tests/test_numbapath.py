@@ -1,0 +1,255 @@
+"""The numba-compiled path gives the labels and exits of ``BranchyNet.predict``
+on all three networks, decides with the same scores, refuses what it cannot
+compile with a clear error, falls back to the fast path, and survives a
+damaged on-disk cache.
+
+Compiling is the slow part (seconds per network on an empty cache, as in CI)
+and Chainer's B-ResNet-110 is slow to train and run: B-ResNet is compared to
+``predict`` with 4 residual blocks per stage instead of 18, whose generated
+code is B-ResNet-110's up to loop counts and offsets (checked below on the
+full network's code).
+"""
+import glob
+import math
+import os
+import re
+import sys
+import warnings
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+import pytest
+
+from branchynet import SL, BranchyNet, Branch, FL, confidence, entropy
+from branchynet.fastpath import FastBranchyNet
+from networks import alex_cifar10, lenet_mnist, resnet_cifar10
+
+numba = pytest.importorskip('numba')
+numbapath = pytest.importorskip('branchynet.numbapath')
+
+
+#: residual blocks per stage of the B-ResNet compared to ``predict`` (18 in B-ResNet-110)
+RESNET_BLOCKS = 4
+
+
+def _resnet(blocks):
+    """B-ResNet built by ``resnet_cifar10.get_network`` with ``blocks`` per stage."""
+    saved = resnet_cifar10.BLOCKS_PER_STAGE
+    resnet_cifar10.BLOCKS_PER_STAGE = blocks
+    try:
+        return resnet_cifar10.get_network()
+    finally:
+        resnet_cifar10.BLOCKS_PER_STAGE = saved
+
+
+def _trained(module, shape, steps, batch=8):
+    numpy.random.seed(0)
+    net = _resnet(RESNET_BLOCKS) if module is resnet_cifar10 else module.get_network()
+    rng = numpy.random.RandomState(0)
+    for _ in range(steps):  # moves BN statistics away from their initial values
+        net.train(rng.rand(batch, *shape).astype(numpy.float32),
+                  rng.randint(0, 10, batch).astype(numpy.int32))
+    return net
+
+
+# compiling B-AlexNet and B-ResNet takes 10 s or more each on an empty cache
+@pytest.fixture(scope='module', params=['lenet', pytest.param('alexnet', marks=pytest.mark.slow),
+                                        pytest.param('resnet', marks=pytest.mark.slow)])
+def compiled(request):
+    module, shape = {'lenet': (lenet_mnist, (1, 28, 28)),
+                     'alexnet': (alex_cifar10, (3, 32, 32)),
+                     'resnet': (resnet_cifar10, (3, 32, 32))}[request.param]
+    net = _trained(module, shape, steps=2)
+    n = 16 if request.param == 'resnet' else 24
+    x = numpy.random.RandomState(1).rand(n, *shape).astype(numpy.float32)
+    return net, numbapath.NumbaBranchyNet(net, threads=2), x
+
+
+def test_labels_and_exits_identical_to_predict(compiled):
+    net, engine, x = compiled
+    ents = [entropy(sm) for sm in net.get_SM(x)][:-1]
+    rng = numpy.random.RandomState(2)
+    for _ in range(3):
+        ts = [float(rng.uniform(e.min(), e.max())) for e in ents]
+        for bs in (1, 5, None):
+            labels, exits = engine.predict(x, ts, batchsize=bs)
+            exp_labels, exp_exits = net.predict(x, ts, batchsize=bs)
+            numpy.testing.assert_array_equal(labels, exp_labels)
+            numpy.testing.assert_array_equal(exits, exp_exits)
+    numpy.testing.assert_array_equal(engine.predict_main(x), net.predict_main(x))
+    numpy.testing.assert_array_equal(engine.predict_main(x, batchsize=1), net.predict_main(x))
+
+
+def test_every_exit_reached_and_extremes(compiled):
+    net, engine, x = compiled
+    last = net.numexits() - 1
+    # threshold 0: nobody leaves early (strict <); infinity: all leave at exit 0
+    _, exits = engine.predict(x, [0.0] * last)
+    assert (exits == last).all()
+    labels, exits = engine.predict(x, [math.inf] * last)
+    assert (exits == 0).all()
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        first = net._all_exit_logits(x)[0].array
+    numpy.testing.assert_array_equal(labels, first.argmax(axis=1))
+
+
+@pytest.mark.parametrize('measure', ['maxprob', 'margin'])
+def test_other_measures_decided_natively_as_predict(measure):
+    net = _trained(lenet_mnist, (1, 28, 28), steps=2)
+    net.confidence = measure
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    x = numpy.random.RandomState(3).rand(40, 1, 28, 28).astype(numpy.float32)
+    scores = confidence.get_measure(measure).scores(net._all_exit_logits(x)[0].array)
+    for t in numpy.quantile(1.0 - scores, [0.2, 0.5, 0.8]):
+        for bs in (1, None):
+            numpy.testing.assert_array_equal(engine.predict(x, [float(t)], batchsize=bs)[1],
+                                             net.predict(x, [float(t)], batchsize=bs)[1])
+
+
+def test_resnet110_generates_the_code_tested_on_the_shallower_resnet():
+    """B-ResNet-110's generated code (generated only: compiling and running it
+    in Chainer beside it would take minutes here) has the very layer functions
+    of the 4-block network compared to ``predict`` above and the same driver
+    up to loop counts and offsets: one loop over a stage's identical blocks,
+    a call for each of its 114 convolutions (109 on the main path)."""
+    net = resnet_cifar10.get_network()
+    full = numbapath.Program(net, load=False)
+    tested = numbapath.Program(_resnet(RESNET_BLOCKS), load=False)
+    assert set(full.functions.values()) == set(tested.functions.values())
+
+    def driver(program):  # the run function with every number blanked
+        return re.sub(r'\d+', 'N', program.source[program.source.index('def run('):])
+    assert driver(full) == driver(tested)
+    assert full.source.count('for k in range(17):') == 2  # stages 1 and 2 (3: 16 + its last)
+    convs = sum(isinstance(link, L.Convolution2D) for link in net.links())
+    assert sum(op.kind == 'conv' for op in full.ops) == convs == 109 + 3 + 2
+
+
+def test_native_score_equals_confidence_measures():
+    engine_module = numbapath.Program(_trained(lenet_mnist, (1, 28, 28), steps=0)).module
+    z = numpy.random.RandomState(4).randn(50, 10).astype(numpy.float32) * 4
+    for name, code in numbapath.MEASURE_CODES.items():
+        expected = confidence.MEASURES[name].scores(z)
+        got = [engine_module.score(row, code) for row in z]
+        numpy.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_same_shape_reuses_the_generated_module():
+    a = numbapath.Program(lenet_mnist.get_network())
+    b = numbapath.Program(lenet_mnist.get_network())  # other weights, same code
+    assert a.module is b.module
+    assert not numpy.array_equal(a.weights, b.weights)
+
+
+def _net_with(layer):
+    return BranchyNet([L.Convolution2D(1, 4, 3, pad=1), Branch([L.Linear(4 * 8 * 8, 3)]),
+                       layer, Branch([L.Linear(4 * 8 * 8, 3)])], input_shape=(1, 8, 8))
+
+
+def test_unknown_layer_refused_by_name_and_compile_engine_falls_back():
+    net = _net_with(FL(F.tanh))
+    with pytest.raises(numbapath.NotCompilable, match='cannot compile the function'):
+        numbapath.NumbaBranchyNet(net)
+    messages = []
+    engine = numbapath.compile_engine(net, warn=messages.append)
+    assert isinstance(engine, FastBranchyNet)
+    assert 'numba path unavailable' in messages[0]
+    x = numpy.random.RandomState(5).rand(6, 1, 8, 8).astype(numpy.float32)
+    numpy.testing.assert_array_equal(engine.predict(x, 0.5)[1], net.predict(x, 0.5)[1])
+
+
+def test_grouped_convolution_refused():
+    net = _net_with(L.Convolution2D(4, 4, 3, pad=1, groups=2))
+    with pytest.raises(numbapath.NotCompilable, match='groups=2'):
+        numbapath.Program(net)
+
+
+def test_compile_engine_prefers_numba():
+    net = _trained(lenet_mnist, (1, 28, 28), steps=0)
+    assert isinstance(numbapath.compile_engine(net, warn=None), numbapath.NumbaBranchyNet)
+
+
+def test_without_numba_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'numba', None)  # import numba now fails
+    with pytest.raises(ImportError, match='requirements/numba.txt'):
+        numbapath.require_numba()
+    messages = []
+    engine = numbapath.compile_engine(lenet_mnist.get_network(), warn=messages.append)
+    assert isinstance(engine, FastBranchyNet) and 'numba' in messages[0]
+
+
+@pytest.mark.parametrize('threads', [0, -1, 1.5, True, '2'])
+def test_bad_thread_count(threads):
+    with pytest.raises(ValueError, match='threads must be a positive integer'):
+        numbapath.NumbaBranchyNet(lenet_mnist.get_network(), threads=threads)
+
+
+def test_test_mode_layer_of_a_switch_layer_is_compiled():
+    net = _net_with(SL(F.dropout, F.relu))  # relu at test time
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert any(op.kind == 'copy' and op.params['relu'] for op in engine.program.ops)
+    x = numpy.random.RandomState(7).randn(12, 1, 8, 8).astype(numpy.float32)
+    t = float(numpy.median(entropy(net.get_SM(x)[0])))
+    for got, expected in zip(engine.predict(x, t), net.predict(x, t)):
+        numpy.testing.assert_array_equal(got, expected)
+
+
+def _tiny_net():
+    numpy.random.seed(8)
+    return BranchyNet([L.Convolution2D(1, 2, 3, pad=1), Branch([L.Linear(2 * 4 * 4, 3)]),
+                       FL(F.relu), Branch([L.Linear(2 * 4 * 4, 3)])], input_shape=(1, 4, 4))
+
+
+def _reload(net):
+    """A new engine for ``net`` as a new process would build it: the generated
+    module imported again, its machine code read from the cache folder."""
+    sys.modules.pop(numbapath.Program(net, load=False).module_name, None)
+    return numbapath.NumbaBranchyNet(net, threads=1)
+
+
+def test_damaged_cache_is_compiled_again_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    net = _tiny_net()
+    x = numpy.random.RandomState(9).randn(10, 1, 4, 4).astype(numpy.float32)
+    expected = net.predict(x, 0.5)
+    name = numbapath.Program(net, load=False).module_name
+    try:
+        _reload(net)
+        cached = glob.glob(str(tmp_path / '__pycache__' / (name + '.*.nb[ic]')))
+        assert any(f.endswith('.nbi') for f in cached) and any(f.endswith('.nbc') for f in cached)
+        for f in cached:  # cut short, as by a full disk or a killed writer
+            with open(f, 'r+b') as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+        with pytest.warns(RuntimeWarning, match='could not be read.*compiled again'):
+            engine = _reload(net)
+        for got, want in zip(engine.predict(x, 0.5), expected):
+            numpy.testing.assert_array_equal(got, want)
+
+        source = tmp_path / (name + '.py')
+        source.write_text(source.read_text()[:100])  # a generated module cut short
+        with pytest.warns(RuntimeWarning, match='did not hold the generated source'):
+            engine = _reload(net)
+        for got, want in zip(engine.predict(x, 0.5), expected):
+            numpy.testing.assert_array_equal(got, want)
+
+        with warnings.catch_warnings():  # the rewritten cache now loads as it is
+            warnings.simplefilter('error')
+            engine = _reload(net)
+        assert not glob.glob(str(tmp_path / '*.part')) and \
+            not glob.glob(str(tmp_path / '__pycache__' / '*.tmp.*'))
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_fast_path_chunks_big_batches_with_the_same_answers():
+    net = _trained(lenet_mnist, (1, 28, 28), steps=2)
+    fast = FastBranchyNet(net)
+    assert fast.chunk >= 1
+    fast.chunk = 7  # several chunks and a ragged last one
+    x = numpy.random.RandomState(6).rand(30, 1, 28, 28).astype(numpy.float32)
+    t = float(numpy.median(entropy(net.get_SM(x)[0])))
+    for got, expected in zip(fast.predict(x, t), net.predict(x, t)):
+        numpy.testing.assert_array_equal(got, expected)
+    numpy.testing.assert_array_equal(fast.predict_main(x), net.predict_main(x))
