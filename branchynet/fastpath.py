@@ -35,7 +35,7 @@ import chainer.links as L
 import numpy
 
 from branchynet.engine import InferenceEngine
-from branchynet.links import FL, SL, Net, pair
+from branchynet.links import FL, SL, Net, is_function, pair
 from branchynet.routing import exit_steps
 from branchynet.timing import NULL_TIMER
 
@@ -59,10 +59,6 @@ def folded_conv_weights(conv, bn=None, xp=numpy):
         w = w * scale[:, None, None, None]
         b = (b - bn.avg_mean) * scale + bn.beta.array
     return w, b.astype(numpy.float32)
-
-
-def _is_relu(link):
-    return isinstance(link, FL) and link.fn is F.relu
 
 
 class _Plans:
@@ -92,6 +88,122 @@ class _Plans:
             if len(self.plans) > CACHE_SHAPES:
                 self.plans.popitem(last=False)
         return plan
+
+
+def fused_layers(links):
+    """``links`` as ``(link, bn, relu)`` groups, each computed as one layer:
+    a convolution with the BatchNormalization after it (``bn``) and a ReLU
+    after that, a linear layer or max pooling with the ReLU after it, and a
+    ReLU before max pooling (the two commute) as that pooling with ``relu``.
+    Every other link is a group of its own. Shared by the compiled paths."""
+    links = list(links)
+    i = 0
+    while i < len(links):
+        link = links[i]
+        nxt = links[i + 1] if i + 1 < len(links) else None
+        if is_function(link, F.relu) and is_function(nxt, F.max_pooling_2d):
+            yield nxt, None, True
+            i += 2
+        elif isinstance(link, L.Convolution2D):
+            bn = nxt if isinstance(nxt, L.BatchNormalization) else None
+            j = i + 1 + (bn is not None)
+            relu = j < len(links) and is_function(links[j], F.relu)
+            yield link, bn, relu
+            i = j + relu
+        elif isinstance(link, L.Linear) or is_function(link, F.max_pooling_2d):
+            relu = is_function(nxt, F.relu)
+            yield link, None, relu
+            i += 1 + relu
+        else:
+            yield link, None, False
+            i += 1
+
+
+def pool_output_size(size, k, s, p, cover_all):
+    """Output length of a pooling window ``k``, stride ``s``, padding ``p`` on
+    ``size`` inputs, as Chainer counts it."""
+    if cover_all:
+        return (size + 2 * p - k + s - 1) // s + 1
+    return (size + 2 * p - k) // s + 1
+
+
+def pool_axis_ops(axis, size, k, s, p, count):
+    """The slice operations that pool one axis: ``(op, out index, in index)``.
+
+    Window offset ``d`` reads input ``o*s + d - p`` for output ``o``; only the
+    outputs whose input lies inside ``0 .. size-1`` take part. 'pair' writes
+    the whole output from two offsets that cover every output, 'copy' from
+    one, 'combine' folds one more offset into the outputs it covers.
+    """
+    def index(sl):
+        idx = [slice(None)] * 4
+        idx[axis] = sl
+        return tuple(idx)
+    taps = []
+    for d in range(k):
+        lo = max(0, -((d - p) // s))                  # first o: o*s + d - p >= 0
+        hi = min(count, (size - 1 - d + p) // s + 1)  # last o: o*s + d - p < size
+        if hi > lo:
+            i0 = lo * s + d - p
+            taps.append((index(slice(lo, hi)),
+                         index(slice(i0, i0 + s * (hi - lo - 1) + 1, s)),
+                         lo == 0 and hi == count))
+    taps.sort(key=lambda tap: not tap[2])  # full-coverage offsets first
+    full = [i for _, i, f in taps if f]
+    if len(full) >= 2:  # the first two make the output in one operation
+        return [('pair', None, tuple(full[:2]))] + \
+            [('combine', o, i) for o, i, _ in taps[2:]]
+    return [('copy' if j == 0 and f else 'combine', o, i)
+            for j, (o, i, f) in enumerate(taps)]
+
+
+def pooling(xp, make_plans, ksize, stride, pad, cover_all, kind, relu=False):
+    """Max or mean pooling, one axis at a time (kh + kw slice operations, not
+    kh * kw): along the width into a buffer, then along the height, with a
+    following ReLU fused in. ``make_plans(build)`` keeps the buffers of each
+    input shape (``Compiler.plans``).
+
+    Windows that reach past the input (``cover_all``, padding) use only the
+    input elements they cover for max pooling; mean pooling divides by the
+    full window (padding counts as zeros), as Chainer does.
+    """
+    kh, kw = pair(ksize)
+    sy, sx = pair(stride if stride is not None else ksize)
+    ph, pw = pair(pad)
+    combine = xp.maximum if kind == 'max' else xp.add
+    empty = -numpy.inf if kind == 'max' else 0.
+
+    def build(shape):
+        n, c, h, w = shape
+        ho = pool_output_size(h, kh, sy, ph, cover_all)
+        wo = pool_output_size(w, kw, sx, pw, cover_all)
+        tmp = xp.empty((n, c, h, wo), numpy.float32)
+        out = xp.empty((n, c, ho, wo), numpy.float32)
+        passes = ((tmp, pool_axis_ops(3, w, kw, sx, pw, wo)),
+                  (out, pool_axis_ops(2, h, kh, sy, ph, ho)))
+        return passes, tmp.nbytes + out.nbytes
+
+    plans = make_plans(build)
+
+    def run(x):
+        for dst, ops in plans.get(x.shape):
+            if ops[0][0] == 'combine':  # no window offset covers every output
+                dst.fill(empty)
+            for op, o, i in ops:
+                if op == 'pair':
+                    combine(x[i[0]], x[i[1]], out=dst)
+                elif op == 'copy':
+                    xp.copyto(dst, x[i])
+                else:
+                    region = dst[o]
+                    combine(region, x[i], out=region)
+            x = dst
+        if kind == 'mean':
+            x /= kh * kw
+        elif relu:
+            xp.maximum(x, 0, out=x)
+        return x
+    return run
 
 
 class Compiler:
@@ -125,42 +237,24 @@ class Compiler:
         linear, max pooling) or into the max pooling after it (the two
         commute). A sequence never writes into its input array.
         """
-        ops, i = [], 0
-        links = list(links)
-        while i < len(links):
-            link = links[i]
-            nxt = links[i + 1] if i + 1 < len(links) else None
-            taken = 1
-            if _is_relu(link) and self._is_max_pool(nxt):
-                op = self.function(nxt, relu=True)
-                taken = 2
-            elif isinstance(link, L.Convolution2D):
-                bn = nxt if isinstance(nxt, L.BatchNormalization) else None
-                taken += bn is not None
-                after = links[i + taken] if i + taken < len(links) else None
-                relu = _is_relu(after)
+        ops = []
+        for link, bn, relu in fused_layers(links):
+            if isinstance(link, L.Convolution2D):
                 op = self.conv(link, bn=bn, relu=relu)
-                taken += relu
-            elif isinstance(link, L.Linear) or self._is_max_pool(link):
-                relu = _is_relu(nxt)
-                op = self.linear(link, relu) if isinstance(link, L.Linear) \
-                    else self.function(link, relu=relu)
-                taken += relu
+            elif isinstance(link, L.Linear):
+                op = self.linear(link, relu)
+            elif relu:  # max pooling
+                op = self.function(link, relu=True)
             else:
                 op = self.link(link)
             if op is not None:
                 ops.append(op)
-            i += taken
 
         def run(x):
             for op in ops:
                 x = op(x)
             return x
         return run
-
-    @staticmethod
-    def _is_max_pool(link):
-        return isinstance(link, FL) and link.fn is F.max_pooling_2d
 
     def link(self, link):
         if isinstance(link, L.Convolution2D):
@@ -309,79 +403,8 @@ class Compiler:
         return self.fallback(fl)
 
     def pool(self, ksize, stride, pad, cover_all, kind, relu=False):
-        """Max or mean pooling, one axis at a time (kh + kw slice operations,
-        not kh * kw): along the width into a buffer, then along the height.
-
-        Windows that reach past the input (``cover_all``, padding) use only
-        the input elements they cover for max pooling; mean pooling divides
-        by the full window (padding counts as zeros), as Chainer does.
-        """
-        xp = self.xp
-        kh, kw = pair(ksize)
-        sy, sx = pair(stride if stride is not None else ksize)
-        ph, pw = pair(pad)
-        combine = xp.maximum if kind == 'max' else xp.add
-        empty = -numpy.inf if kind == 'max' else 0.
-
-        def out_size(size, k, s, p):
-            if cover_all:
-                return (size + 2 * p - k + s - 1) // s + 1
-            return (size + 2 * p - k) // s + 1
-
-        def steps(axis, size, k, s, p, count):
-            """The slice operations of one axis, ``(op, out index, in index)``:
-            'pair' writes the output from two full-coverage offsets, 'copy'
-            from one, 'combine' folds one more offset into its part of it."""
-            def index(sl):
-                idx = [slice(None)] * 4
-                idx[axis] = sl
-                return tuple(idx)
-            taps = []
-            for d in range(k):
-                lo = max(0, -((d - p) // s))                  # first o: o*s + d - p >= 0
-                hi = min(count, (size - 1 - d + p) // s + 1)  # last o: o*s + d - p < size
-                if hi > lo:
-                    i0 = lo * s + d - p
-                    taps.append((index(slice(lo, hi)),
-                                 index(slice(i0, i0 + s * (hi - lo - 1) + 1, s)),
-                                 lo == 0 and hi == count))
-            taps.sort(key=lambda tap: not tap[2])  # full-coverage offsets first
-            full = [i for _, i, f in taps if f]
-            if len(full) >= 2:  # the first two make the output in one operation
-                return [('pair', None, tuple(full[:2]))] + \
-                    [('combine', o, i) for o, i, _ in taps[2:]]
-            return [('copy' if j == 0 and f else 'combine', o, i)
-                    for j, (o, i, f) in enumerate(taps)]
-
-        def build(shape):
-            n, c, h, w = shape
-            ho, wo = out_size(h, kh, sy, ph), out_size(w, kw, sx, pw)
-            tmp = xp.empty((n, c, h, wo), numpy.float32)
-            out = xp.empty((n, c, ho, wo), numpy.float32)
-            passes = ((tmp, steps(3, w, kw, sx, pw, wo)), (out, steps(2, h, kh, sy, ph, ho)))
-            return passes, tmp.nbytes + out.nbytes
-
-        plans = self.plans(build)
-
-        def run(x):
-            for dst, ops in plans.get(x.shape):
-                if ops[0][0] == 'combine':  # no window offset covers every output
-                    dst.fill(empty)
-                for op, o, i in ops:
-                    if op == 'pair':
-                        combine(x[i[0]], x[i[1]], out=dst)
-                    elif op == 'copy':
-                        xp.copyto(dst, x[i])
-                    else:
-                        region = dst[o]
-                        combine(region, x[i], out=region)
-                x = dst
-            if kind == 'mean':
-                x /= kh * kw
-            elif relu:
-                xp.maximum(x, 0, out=x)
-            return x
-        return run
+        """Max or mean pooling (see ``pooling``), its buffers kept per input shape."""
+        return pooling(self.xp, self.plans, ksize, stride, pad, cover_all, kind, relu)
 
     def lrn(self, n, k, alpha, beta):
         """As Chainer computes it: x * (k + alpha * sum of x^2 over n channels)^-beta."""

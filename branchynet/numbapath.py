@@ -58,7 +58,7 @@ import numpy
 
 from branchynet import confidence
 from branchynet.engine import InferenceEngine
-from branchynet.fastpath import folded_conv_weights
+from branchynet.fastpath import folded_conv_weights, fused_layers, pool_output_size
 from branchynet.links import FL, SL, Net, pair
 from branchynet.validation import InvalidValue
 
@@ -163,27 +163,15 @@ class Builder:
     # ------------------------------------------------------------ sequences
     def links(self, links, v):
         links = [link for link in links if not self._vanishes(link)]
-        i = 0
-        while i < len(links):
-            link = links[i]
-            nxt = links[i + 1] if i + 1 < len(links) else None
-            if _is_relu(link) and _is_max_pool(nxt):
-                v = self.function(nxt, v, relu=True)
-                i += 2
-            elif isinstance(link, L.Convolution2D):
-                bn = nxt if isinstance(nxt, L.BatchNormalization) else None
-                j = i + 1 + (bn is not None)
-                relu = j < len(links) and _is_relu(links[j])
+        for link, bn, relu in fused_layers(links):
+            if isinstance(link, L.Convolution2D):
                 v = self.conv(link, v, bn=bn, relu=relu)
-                i = j + relu
-            elif isinstance(link, L.Linear) or _is_max_pool(link):
-                relu = _is_relu(nxt)
-                v = self.linear(link, v, relu) if isinstance(link, L.Linear) else \
-                    self.function(link, v, relu=relu)
-                i += 1 + relu
+            elif isinstance(link, L.Linear):
+                v = self.linear(link, v, relu)
+            elif relu:  # max pooling
+                v = self.function(link, v, relu=True)
             else:
                 v = self.link(link, v)
-                i += 1
         return v
 
     @staticmethod
@@ -289,10 +277,8 @@ class Builder:
         kh, kw = pair(ksize)
         sy, sx = pair(stride if stride is not None else ksize)
         ph, pw = pair(pad)
-
-        def size(n, k, s, p):
-            return (n + 2 * p - k + (s - 1 if cover_all else 0)) // s + 1
-        out = Value(v.c, size(v.h, kh, sy, ph), size(v.w, kw, sx, pw))
+        out = Value(v.c, pool_output_size(v.h, kh, sy, ph, cover_all),
+                    pool_output_size(v.w, kw, sx, pw, cover_all))
         return self.emit('pool', [v], out, k=(kh, kw), stride=(sy, sx), pad=(ph, pw),
                          mode=kind, relu=relu)
 
@@ -300,14 +286,6 @@ class Builder:
         """relu(h + shortcut subsampled by ``stride``, zero-padded in channels)."""
         out = Value(*h.shape())
         return self.emit('residual', [h, shortcut], out, stride=stride)
-
-
-def _is_relu(link):
-    return isinstance(link, FL) and link.fn is F.relu
-
-
-def _is_max_pool(link):
-    return isinstance(link, FL) and link.fn is F.max_pooling_2d
 
 
 # ------------------------------------------------------------ code generation

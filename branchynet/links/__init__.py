@@ -1,2 +1,2 @@
 """Building blocks of a BranchyNet link tree."""
-from branchynet.links.links import Branch, FL, Net, SL, pair  # noqa: F401
+from branchynet.links.links import Branch, FL, Net, SL, is_function, pair  # noqa: F401

@@ -50,6 +50,11 @@ class FL(chainer.Link):
         return 'FL({})'.format(name)
 
 
+def is_function(link, fn):
+    """Whether ``link`` is an ``FL`` wrapping ``fn`` (e.g. ``F.relu``)."""
+    return isinstance(link, FL) and link.fn is fn
+
+
 def pair(v):
     """A Chainer ``ksize``/``stride``/``pad`` argument as ``(height, width)``."""
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
