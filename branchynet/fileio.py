@@ -27,24 +27,13 @@ def _default_mode():
 
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
-    """Open a temporary file that replaces ``path`` only if the block succeeds."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.part')
-    os.chmod(tmp, _default_mode())
-    try:
-        with os.fdopen(fd, mode) as f:
+    """Open a temporary file that replaces ``path`` only if the block succeeds
+    (its contents synced to disk before the rename; see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_folder(folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

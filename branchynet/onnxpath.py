@@ -24,7 +24,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet.fastpath import folded_conv_weights
+from branchynet.fastpath import folded_conv_weights, fused_layers
 from branchynet.fileio import atomic_write
 from branchynet.links import FL, SL, Net, pair
 from branchynet.engine import InferenceEngine
@@ -72,17 +72,13 @@ class Exporter:
 
     # ------------------------------------------------------------ sequences
     def sequence(self, links, x):
-        links = list(links)
-        i = 0
-        while i < len(links):
-            link = links[i]
-            nxt = links[i + 1] if i + 1 < len(links) else None
-            if isinstance(link, L.Convolution2D) and isinstance(nxt, L.BatchNormalization):
-                x = self.conv(link, x, bn=nxt)
-                i += 2
-                continue
-            x = self.layer(link, x)
-            i += 1
+        for link, bn, relu in fused_layers(links):
+            if isinstance(link, L.Convolution2D):
+                x = self.conv(link, x, bn=bn, relu=relu)
+            else:
+                x = self.layer(link, x)
+                if relu:  # after a linear layer or max pooling (it commutes with max)
+                    x = self.node('Relu', [x])
         return x
 
     def layer(self, link, x):

@@ -134,9 +134,11 @@ def _stage(in_channels, out_channels, stride, count):
         [ResBlock(out_channels, out_channels) for _ in range(count - 1)]
 
 
-def get_network(percentTrainKeeps=1, **kwargs):
-    """A fresh B-ResNet-110 (untrained)."""
-    n = BLOCKS_PER_STAGE
+def get_network(percentTrainKeeps=1, blocks_per_stage=BLOCKS_PER_STAGE, **kwargs):
+    """A fresh B-ResNet-110 (untrained); ``blocks_per_stage`` residual blocks in
+    each of its three stages (18 make the 110 layers; fewer build the same
+    structure, smaller, e.g. for tests)."""
+    n = blocks_per_stage
     network = [
         conv(3, 16, 3, 0), L.BatchNormalization(16), FL(F.relu),
         Branch([conv(16, 64, 5, 2, initialW=None), FL(F.relu),

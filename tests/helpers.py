@@ -3,7 +3,23 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet import FL, Branch, BranchyNet
+from branchynet import FL, Branch, BranchyNet, entropy
+
+
+def assert_engine_matches_predict(engine, net, x, seed=2):
+    """``engine``'s labels and exits equal ``net.predict``'s for random
+    thresholds within each exit's entropy range, at batch sizes 1, 5 and the
+    default, and its main-network labels equal ``net.predict_main``'s."""
+    ents = [entropy(sm) for sm in net.get_SM(x)][:-1]
+    rng = numpy.random.RandomState(seed)
+    for _ in range(3):
+        ts = [float(rng.uniform(e.min(), e.max())) for e in ents]
+        for bs in (1, 5, None):
+            labels, exits = engine.predict(x, ts, batchsize=bs)
+            exp_labels, exp_exits = net.predict(x, ts, batchsize=bs)
+            numpy.testing.assert_array_equal(labels, exp_labels)
+            numpy.testing.assert_array_equal(exits, exp_exits)
+    numpy.testing.assert_array_equal(engine.predict_main(x), net.predict_main(x))
 
 
 def make_three_exit_net(seed=0, **kwargs):

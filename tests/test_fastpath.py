@@ -3,10 +3,9 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import entropy
 from branchynet.fastpath import FastBranchyNet
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
-from tests.helpers import make_three_exit_net
+from tests.helpers import assert_engine_matches_predict, make_three_exit_net
 
 
 def _trained(module, shape, steps=2, batch=16):
@@ -52,17 +51,7 @@ def _engine(kind, net):
 @pytest.mark.parametrize('kind', ['fast', 'onnx'])
 def test_predictions_and_exits_identical_to_predict(net_and_data, kind):
     net, x = net_and_data
-    fast = _engine(kind, net)
-    ents = [entropy(sm) for sm in net.get_SM(x)][:-1]
-    rng = numpy.random.RandomState(2)
-    for _ in range(3):
-        ts = [float(rng.uniform(e.min(), e.max())) for e in ents]
-        for bs in (1, 5, None):
-            labels, exits = fast.predict(x, ts, batchsize=bs)
-            exp_labels, exp_exits = net.predict(x, ts, batchsize=bs)
-            numpy.testing.assert_array_equal(labels, exp_labels)
-            numpy.testing.assert_array_equal(exits, exp_exits)
-    numpy.testing.assert_array_equal(fast.predict_main(x), net.predict_main(x))
+    assert_engine_matches_predict(_engine(kind, net), net, x)
 
 
 def test_unknown_links_fall_back_to_chainer():

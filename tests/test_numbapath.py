@@ -25,6 +25,7 @@ import pytest
 from branchynet import SL, BranchyNet, Branch, FL, confidence, entropy
 from branchynet.fastpath import FastBranchyNet
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
+from tests.helpers import assert_engine_matches_predict
 
 numba = pytest.importorskip('numba')
 numbapath = pytest.importorskip('branchynet.numbapath')
@@ -36,12 +37,7 @@ RESNET_BLOCKS = 4
 
 def _resnet(blocks):
     """B-ResNet built by ``resnet_cifar10.get_network`` with ``blocks`` per stage."""
-    saved = resnet_cifar10.BLOCKS_PER_STAGE
-    resnet_cifar10.BLOCKS_PER_STAGE = blocks
-    try:
-        return resnet_cifar10.get_network()
-    finally:
-        resnet_cifar10.BLOCKS_PER_STAGE = saved
+    return resnet_cifar10.get_network(blocks_per_stage=blocks)
 
 
 def _trained(module, shape, steps, batch=8):
@@ -69,16 +65,7 @@ def compiled(request):
 
 def test_labels_and_exits_identical_to_predict(compiled):
     net, engine, x = compiled
-    ents = [entropy(sm) for sm in net.get_SM(x)][:-1]
-    rng = numpy.random.RandomState(2)
-    for _ in range(3):
-        ts = [float(rng.uniform(e.min(), e.max())) for e in ents]
-        for bs in (1, 5, None):
-            labels, exits = engine.predict(x, ts, batchsize=bs)
-            exp_labels, exp_exits = net.predict(x, ts, batchsize=bs)
-            numpy.testing.assert_array_equal(labels, exp_labels)
-            numpy.testing.assert_array_equal(exits, exp_exits)
-    numpy.testing.assert_array_equal(engine.predict_main(x), net.predict_main(x))
+    assert_engine_matches_predict(engine, net, x)
     numpy.testing.assert_array_equal(engine.predict_main(x, batchsize=1), net.predict_main(x))
 
 
