@@ -1,0 +1,303 @@
+"""The driver's command line: ``python -m branchynet.experiment``.
+
+Parses the options, runs one network or a list of them (each with its log,
+then Table I of those that produced results), restarts itself under
+``mpiexec`` for ``--mpi N``, and turns input errors into one-line messages
+and exit statuses. ``experiment.run`` does the work of one network.
+"""
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy
+
+import networks
+from branchynet import checkpoint, experiment, report, runtime
+from branchynet.devices import DEVICE_CHOICES, resolve_device
+from branchynet.validation import InputError, InvalidValue
+from datasets import DataUnavailableError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='python -m branchynet.experiment', allow_abbrev=False,
+        description='Train, time and screen BranchyNet networks (Table I and Fig. 3). '
+                    './get_results.sh runs this with --networks all --device auto --out . '
+                    'after setting up the environment.')
+    parser.add_argument('--network', default=None, choices=networks.NETWORKS,
+                        help='one network (default lenet_mnist)')
+    parser.add_argument('--networks', metavar='LIST',
+                        help='comma-separated networks, or all ({}): each is run in turn '
+                             'with its output also in <out>/_results/<network>.log, then '
+                             'Table I of those that produced results goes to '
+                             '<out>/_results/table1.md; a network whose data cannot be had '
+                             'is skipped with a line saying how to provide it'.format(
+                                 ', '.join(networks.NETWORKS)))
+    parser.add_argument('--preset', default='fast',
+                        help="schedule: 'paper' (the original's), 'fast' (default) or 'tiny' "
+                             '(seconds, a data subset)')
+    parser.add_argument('--paper', dest='preset', action='store_const', const='paper',
+                        help="the original's schedules on every training image (--preset "
+                             'paper; LeNet 50 + 100 epochs: about 2 h on a 2-core CPU)')
+    parser.add_argument('--device', default='cpu',
+                        help='training device: {} (default cpu; auto: a GPU when CuPy sees '
+                             'one)'.format(', '.join(DEVICE_CHOICES)))
+    parser.add_argument('--time-devices', default=None,
+                        help='comma-separated devices to time on (default: cpu, and with '
+                             '--device gpu or auto the GPU too when it is usable)')
+    parser.add_argument('--out', default='.', help='folder holding _models, _figs, _results')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--epochs-main', type=int, help='override the preset')
+    parser.add_argument('--epochs-joint', type=int, help='override the preset')
+    parser.add_argument('--batchsize', type=int, help='override the preset')
+    parser.add_argument('--n-train', type=int, help='use the first N training samples')
+    parser.add_argument('--n-test', type=int, help='use the first N test samples')
+    parser.add_argument('--n-timing', type=int,
+                        help='time and screen on the first N test samples (default all)')
+    parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|NAME',
+                        help="replace the network's dataset: an npz file (train_x, train_y, "
+                             'test_x, test_y) or one of: ' + ', '.join(experiment.DATASETS))
+    parser.add_argument('--screen', choices=('cached', 'original'),
+                        help='cached (default): grid from exit outputs computed once; '
+                             'original: one batch-1 pass per grid point')
+    parser.add_argument('--n-val', type=int,
+                        help='training samples held out to calibrate thresholds (default '
+                             '5000, but 0 with the paper preset, which trains on every '
+                             'training image; 0: paper-faithful test-set sweep only)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from the training snapshots in _models/')
+    parser.add_argument('--init', metavar='FILE.npz',
+                        help='start from these weights (continue training, or time only '
+                             'with --epochs-main 0 --epochs-joint 0)')
+    parser.add_argument('--augment', action='store_true', default=None,
+                        help='train on augmented images (crops, flips; off by default)')
+    parser.add_argument('--distributed', action='store_true',
+                        help='data-parallel over the MPI ranks this was started with '
+                             '(mpiexec -n N python -m branchynet.experiment --distributed); '
+                             '--batchsize stays the global batch')
+    parser.add_argument('--communicator', default=None,
+                        help='ChainerMN communicator with --distributed: on CPU packed '
+                             "(default: one all-reduce per step) or naive (ChainerMN's, one per "
+                             'parameter); on GPUs pure_nccl (default), flat or naive')
+    parser.add_argument('--mpi', type=int, metavar='N',
+                        help='start this run on N MPI ranks: mpiexec -n N ... --distributed '
+                             '(needs requirements/mpi.txt; MPIEXEC overrides the launcher)')
+    parser.add_argument('--hostfile', metavar='FILE',
+                        help='with --mpi: the MPI hostfile listing the nodes (several machines)')
+    return parser
+
+
+def network_list(args):
+    """The networks to run: ``--networks`` (a comma-separated list or ``all``)
+    or ``--network`` (default lenet_mnist)."""
+    if args.networks is None:
+        return [args.network or 'lenet_mnist']
+    if args.network is not None:
+        raise InvalidValue('give --network or --networks, not both')
+    if args.networks.strip() == 'all':
+        return list(networks.NETWORKS)
+    names = [n.strip() for n in args.networks.split(',') if n.strip()]
+    expected = 'expected a comma-separated list of: {} (or all)'.format(
+        ', '.join(networks.NETWORKS))
+    for name in names:
+        if name not in networks.NETWORKS:
+            raise InvalidValue('unknown network {!r} in --networks; {}'.format(name, expected))
+    if not names:
+        raise InvalidValue('--networks {!r} names no network; {}'.format(args.networks, expected))
+    return names
+
+
+def mpi_command(args, argv):
+    """``mpiexec -n N [-hostfile F] python -m branchynet.experiment --distributed ...``:
+    this command line with ``--mpi``/``--hostfile`` turned into the launcher's."""
+    if args.mpi < 1:
+        raise InvalidValue('--mpi needs a positive number of ranks, got {}'.format(args.mpi))
+    if args.distributed:
+        raise InvalidValue('--mpi starts the ranks itself; --distributed is for a command '
+                           'already started by mpiexec')
+    if args.hostfile is not None and not os.path.isfile(args.hostfile):
+        raise InvalidValue('--hostfile {!r} is not a file; expected an MPI hostfile (one '
+                           'host:slots per line)'.format(args.hostfile))
+    launcher = os.environ.get('MPIEXEC') or os.path.join(os.path.dirname(sys.executable),
+                                                          'mpiexec')
+    if not os.path.exists(launcher):
+        launcher = shutil.which('mpiexec')
+    if not launcher:
+        raise InvalidValue('mpiexec not found: install requirements/mpi.txt into this '
+                           'environment (./get_results.sh --mpi N does) or set MPIEXEC')
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ('--mpi', '--hostfile'):
+            skip = True
+        elif not a.startswith(('--mpi=', '--hostfile=')):
+            rest.append(a)
+    command = [launcher, '-n', str(args.mpi)]
+    if args.hostfile is not None:
+        command += ['-hostfile', args.hostfile]  # MPICH and Open MPI both take -hostfile
+    return command + [sys.executable, '-m', 'branchynet.experiment', '--distributed'] + rest
+
+
+class _Tee(io.TextIOBase):
+    """Writes to a stream and to a log file (the per-network logs)."""
+
+    def __init__(self, stream, log_file):
+        self.stream, self.log_file = stream, log_file
+
+    def write(self, text):
+        self.stream.write(text)
+        self.log_file.write(text)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+        self.log_file.flush()
+
+
+@contextlib.contextmanager
+def _logged(path, append):
+    with open(path, 'a' if append else 'w') as log_file:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, log_file)), \
+                contextlib.redirect_stderr(_Tee(sys.stderr, log_file)):
+            yield
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        names = network_list(args)
+        if args.hostfile is not None and args.mpi is None:
+            raise InvalidValue('--hostfile needs --mpi N')
+        if args.mpi is not None:
+            command = mpi_command(args, argv)
+    except InputError as e:
+        print('error: {}'.format(e), file=sys.stderr)
+        return 2
+    if args.mpi is not None:
+        print('starting: {}'.format(' '.join(command)), flush=True)
+        return subprocess.call(command)
+    runtime.tune_allocator()
+    overrides = {k: getattr(args, k) for k in
+                 ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
+                  'dataset_path', 'augment', 'screen', 'n_val')}
+    if args.time_devices:
+        time_devices = args.time_devices.split(',')
+    else:  # training on the CPU times on the CPU; gpu/auto add the GPU when usable
+        time_devices = ['cpu'] if args.device == 'cpu' else None
+    if args.communicator and not args.distributed:
+        print('error: --communicator needs --distributed', file=sys.stderr)
+        return 2
+    if not args.distributed:
+        return _run_networks(args, names, overrides, time_devices, None)
+    from branchynet import distributed
+    try:
+        dist = distributed.Distributed.create(
+            args.communicator, gpu=resolve_device(args.device).xp is not numpy)
+    except (distributed.MPIUnavailable, InputError) as e:  # every rank, before any collective
+        if distributed.world_rank() == 0:
+            print('error: {}'.format(e), file=sys.stderr)
+        return 2
+    dist.silence_others()
+    with distributed.abort_on_error(dist, keep=(checkpoint.TrainingInterrupted,)):
+        return _run_networks(args, names, overrides, time_devices, dist)
+
+
+def _run_networks(args, names, overrides, time_devices, dist):
+    """One network as asked (``--network``), or each of ``--networks`` in turn
+    with its log, then Table I of those that wrote results in this run.
+    Exit status: 130 if interrupted, else 2 if a network's input was bad, 1
+    if one failed otherwise, 0."""
+    if args.networks is None:
+        return _run_main(args, names[0], overrides, time_devices, dist)
+    root = dist is None or dist.is_root
+    results = os.path.join(args.out, '_results')
+    if root:
+        try:
+            os.makedirs(results, exist_ok=True)
+        except OSError as e:
+            print('error: cannot create {}: {}'.format(results, e.strerror or e),
+                  file=sys.stderr)
+            return 2
+    start = time.time()
+    codes, produced = {}, []
+    for name in names:
+        logging = _logged(os.path.join(results, name + '.log'), args.resume) if root \
+            else contextlib.nullcontext()
+        with logging:
+            if root:
+                print('=== {} ({} preset, device {}{})'.format(
+                    name, args.preset, args.device,
+                    '' if dist is None else ', {} MPI ranks'.format(dist.size)), flush=True)
+            try:
+                codes[name] = _run_main(args, name, overrides, time_devices, dist)
+            except Exception:  # a bug in one network's run: reported, the others still run
+                if dist is not None:
+                    raise  # distributed.abort_on_error ends every rank
+                traceback.print_exc()
+                codes[name] = 1
+        path = os.path.join(results, name + '_results.json')
+        if codes[name] == 0 and os.path.exists(path) and os.path.getmtime(path) >= start:
+            produced.append(name)  # a skipped network writes no results
+        if codes[name] == 130:
+            break
+    if root:
+        print('=== finished in {:.0f} s'.format(time.time() - start), flush=True)
+        if produced:  # Table I of this run's networks only, never older runs' results
+            report.main(['--results', results, '--networks', ','.join(produced)])
+        else:
+            print('no network produced results: {} left as it was'.format(
+                os.path.join(results, 'table1.md')), file=sys.stderr)
+        failed = [n for n, c in codes.items() if c != 0]
+        if failed:
+            print('error: failed: {} (see {})'.format(
+                ', '.join(failed), os.path.join(results, '<network>.log')), file=sys.stderr)
+    for code in (130, 2, 1):
+        if code in codes.values():
+            return code
+    return 0
+
+
+def _run_main(args, network, overrides, time_devices, dist):
+    """``run`` with its errors as messages and exit codes. With MPI ranks, an
+    error every rank raised together (an interruption, a refused input, data
+    no rank could load) is reported by rank 0 alone; any other error of a
+    rank propagates to ``distributed.abort_on_error``, which ends the job."""
+    speak = dist is None or dist.is_root
+
+    def together(e):
+        return dist is None or getattr(e, 'all_ranks', False)
+    try:
+        experiment.run(network, args.preset, args.device, args.out, args.seed, overrides,
+            time_devices=time_devices, init=args.init, resume=args.resume, distributed=dist)
+    except checkpoint.TrainingInterrupted as e:
+        if speak:  # with ranks, every rank stops at the same batch
+            print(str(e), file=sys.stderr)
+        return 130
+    except DataUnavailableError as e:
+        if not together(e):
+            raise
+        if speak:
+            print('skipped {}: {}'.format(network, e), file=sys.stderr)
+        return 0
+    except (InputError, FileNotFoundError) as e:  # bad input; anything else is a bug
+        if not together(e):
+            raise
+        if speak:
+            print('error: {}'.format(e), file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment: a full disk, no permission
+        if not together(e):
+            raise
+        if speak:
+            print('error: {}{}'.format(e.strerror or e, ': {}'.format(e.filename)
+                                       if e.filename else ''), file=sys.stderr)
+        return 1
+    return 0
