@@ -26,7 +26,7 @@ EXPERIMENT = {
     'presets': {
         # The paper's schedule: 50 main-only epochs, then 100 joint epochs.
         'paper': {'epochs_main': 50, 'epochs_joint': 100, 'n_val': 0},
-        # About 6 minutes on a 2-core CPU (measured); about 98 % on MNIST. The
+        # About 5 minutes on a 2-core CPU (measured); about 98 % on MNIST. The
         # paper's accuracy needs far more epochs (10 main + 45 joint gave 98.95 % for
         # the main exit and 99.05 % for B-LeNet at the knee here).
         'fast': {'epochs_main': 4, 'epochs_joint': 4, 'n_timing': 2000},
