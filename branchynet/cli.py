@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -99,7 +100,8 @@ def network_list(args):
     if args.networks is None:
         return [args.network or 'lenet_mnist']
     if args.network is not None:
-        raise InvalidValue('give --network or --networks, not both')
+        raise InvalidValue('give --network or --networks, not both (get_results.sh runs '
+                           '--networks all: there, name one network with --networks NAME)')
     if args.networks.strip() == 'all':
         return list(networks.NETWORKS)
     names = [n.strip() for n in args.networks.split(',') if n.strip()]
@@ -124,10 +126,14 @@ def mpi_command(args, argv):
     if args.hostfile is not None and not os.path.isfile(args.hostfile):
         raise InvalidValue('--hostfile {!r} is not a file; expected an MPI hostfile (one '
                            'host:slots per line)'.format(args.hostfile))
-    launcher = os.environ.get('MPIEXEC') or os.path.join(os.path.dirname(sys.executable),
-                                                          'mpiexec')
-    if not os.path.exists(launcher):
-        launcher = shutil.which('mpiexec')
+    if os.environ.get('MPIEXEC'):
+        launcher = shutil.which(os.environ['MPIEXEC'])
+        if not launcher:
+            raise InvalidValue('MPIEXEC={!r} is not a command found here'.format(
+                os.environ['MPIEXEC']))
+    else:
+        beside = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+        launcher = beside if os.path.exists(beside) else shutil.which('mpiexec')
     if not launcher:
         raise InvalidValue('mpiexec not found: install requirements/mpi.txt into this '
                            'environment (./get_results.sh --mpi N does) or set MPIEXEC')
@@ -143,6 +149,24 @@ def mpi_command(args, argv):
     if args.hostfile is not None:
         command += ['-hostfile', args.hostfile]  # MPICH and Open MPI both take -hostfile
     return command + [sys.executable, '-m', 'branchynet.experiment', '--distributed'] + rest
+
+
+def run_launcher(command):
+    """Run ``mpiexec`` and return its exit status (128 + N for signal N).
+
+    Ctrl-C reaches the ranks from the terminal (they save a snapshot at one
+    agreed batch and stop), so this process ignores SIGINT while it waits;
+    a SIGTERM sent to it is passed on to mpiexec."""
+    child = subprocess.Popen(command)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                              lambda signum, frame: child.send_signal(signum))}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - code if code < 0 else code
 
 
 class _Tee(io.TextIOBase):
@@ -162,8 +186,11 @@ class _Tee(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _logged(path, append):
-    with open(path, 'a' if append else 'w') as log_file:
+def _logged(path):
+    """Output also appended to ``path`` (appended: a run refused because
+    another holds ``--out`` must not wipe that run's log)."""
+    with open(path, 'a') as log_file:
+        log_file.write('\n--- {}\n'.format(time.strftime('%Y-%m-%d %H:%M:%S %Z')))
         with contextlib.redirect_stdout(_Tee(sys.stdout, log_file)), \
                 contextlib.redirect_stderr(_Tee(sys.stderr, log_file)):
             yield
@@ -183,7 +210,7 @@ def main(argv=None):
         return 2
     if args.mpi is not None:
         print('starting: {}'.format(' '.join(command)), flush=True)
-        return subprocess.call(command)
+        return run_launcher(command)
     runtime.tune_allocator()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
@@ -219,17 +246,19 @@ def _run_networks(args, names, overrides, time_devices, dist):
         return _run_main(args, names[0], overrides, time_devices, dist)
     root = dist is None or dist.is_root
     results = os.path.join(args.out, '_results')
-    if root:
-        try:
-            os.makedirs(results, exist_ok=True)
-        except OSError as e:
+    try:  # with MPI ranks, all of them learn whether rank 0 could
+        with contextlib.nullcontext() if dist is None else dist.agreed((OSError,)):
+            if root:
+                os.makedirs(results, exist_ok=True)
+    except OSError as e:
+        if root:
             print('error: cannot create {}: {}'.format(results, e.strerror or e),
                   file=sys.stderr)
-            return 2
+        return 2
     start = time.time()
     codes, produced = {}, []
     for name in names:
-        logging = _logged(os.path.join(results, name + '.log'), args.resume) if root \
+        logging = _logged(os.path.join(results, name + '.log')) if root \
             else contextlib.nullcontext()
         with logging:
             if root:

@@ -521,6 +521,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
         dist.wait_for_root()
     return results
 
+
 def build_parser():
     """The driver's argument parser (``branchynet.cli``)."""
     from branchynet import cli

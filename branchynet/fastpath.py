@@ -442,8 +442,8 @@ class FastBranchyNet(InferenceEngine):
     def _chunk_size(self, compiler):
         """Samples per chunk of a batch (``CHUNK_BYTES``), learnt from the
         buffers one sample builds; no chunking for networks without
-        ``input_shape``."""
-        if self.input_shape is None:
+        ``input_shape`` or on a GPU (the chunks are sized for CPU caches)."""
+        if self.input_shape is None or self.xp is not numpy:
             return None
         x = self.xp.zeros((1,) + tuple(self.input_shape), numpy.float32)
         with chainer.using_config('train', False), chainer.no_backprop_mode():

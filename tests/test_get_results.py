@@ -153,3 +153,26 @@ def test_bad_mpi_options_are_refused(tmp_path, capsys, monkeypatch, args, match)
         code = e.code
     assert code == 2 and match in capsys.readouterr().err
     assert not calls and not (tmp_path / '_results').exists()
+
+
+def test_the_launchers_signal_and_name_are_handled(tmp_path, monkeypatch, capsys):
+    # a launcher killed by SIGTERM: exit status 128 + 15, as a shell reports it
+    monkeypatch.setenv('MPIEXEC', str(_fake(tmp_path, 'mpiexec', 'kill -TERM $$\n')))
+    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 143
+    # MPIEXEC may name a command on PATH; an unknown one is refused, not ignored
+    _fake(tmp_path, 'mpirun-here', 'exit 0\n')
+    monkeypatch.setenv('PATH', str(tmp_path) + os.pathsep + os.environ['PATH'])
+    monkeypatch.setenv('MPIEXEC', 'mpirun-here')
+    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 0
+    monkeypatch.setenv('MPIEXEC', 'no-such-launcher')
+    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 2
+    assert "MPIEXEC='no-such-launcher' is not a command" in capsys.readouterr().err
+
+
+def test_logs_are_appended_so_a_refused_run_keeps_the_first_ones(tmp_path, monkeypatch):
+    _stub_run(monkeypatch)
+    args = ['--networks', 'lenet_mnist', '--out', str(tmp_path)]
+    assert experiment.main(args) == 0
+    assert experiment.main(args) == 0
+    log = (tmp_path / '_results' / 'lenet_mnist.log').read_text()
+    assert log.count('training lenet_mnist') == 2 and log.count('\n--- ') == 2

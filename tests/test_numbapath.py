@@ -78,7 +78,7 @@ def test_every_exit_reached_and_extremes(compiled):
     labels, exits = engine.predict(x, [math.inf] * last)
     assert (exits == 0).all()
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        first = net._all_exit_logits(x)[0].array
+        first = net.get_logits(x)[0]
     numpy.testing.assert_array_equal(labels, first.argmax(axis=1))
 
 
@@ -88,7 +88,7 @@ def test_other_measures_decided_natively_as_predict(measure):
     net.confidence = measure
     engine = numbapath.NumbaBranchyNet(net, threads=2)
     x = numpy.random.RandomState(3).rand(40, 1, 28, 28).astype(numpy.float32)
-    scores = confidence.get_measure(measure).scores(net._all_exit_logits(x)[0].array)
+    scores = confidence.get_measure(measure).scores(net.get_logits(x)[0])
     for t in numpy.quantile(1.0 - scores, [0.2, 0.5, 0.8]):
         for bs in (1, None):
             numpy.testing.assert_array_equal(engine.predict(x, [float(t)], batchsize=bs)[1],
