@@ -65,8 +65,18 @@ from branchynet.validation import InvalidValue
 #: Measures decided natively (``confidence.MEASURES`` names).
 MEASURE_CODES = {'entropy': 0, 'maxprob': 1, 'margin': 2}
 #: Largest number of kernel taps times output channels summed in one loop
-#: body of a convolution (more spills registers and stops vectorisation).
-MAX_TERMS = 50
+#: body of a convolution: each term's weight stays in a vector register, and
+#: more spills them (B-LeNet's 5x5 convolutions: one output channel at a time
+#: measured 25 % faster than two).
+MAX_TERMS = 25
+#: Output channel blocks tried, largest first.
+OBS = (4, 2, 1)
+#: Independent partial sums the taps of one output are split into (shorter
+#: chains of dependent multiply-adds).
+CHAINS = 4
+#: A wide convolution output's plane stride is a multiple of this many floats
+#: (one AVX-512 vector), so its loop has no scalar remainder.
+VECTOR = 16
 
 
 class NotCompilable(InvalidValue):
@@ -105,12 +115,15 @@ class Value:
 
     @property
     def ps(self):
-        return (self.h + 2 * self.margin) * self.ws
+        ps = (self.h + 2 * self.margin) * self.ws
+        if self.wide_of is not None:  # whole vectors: no scalar remainder loop
+            ps = -(-ps // VECTOR) * VECTOR
+        return ps
 
     @property
     def size(self):
         # + one row and a little: a wide convolution reads that far past the last plane
-        return self.c * self.ps + self.ws + 8
+        return self.c * self.ps + self.ws + 8 + VECTOR
 
     def at(self, c='c', y='y', x='x'):
         """Index expression of element (c, y, x) (names or ints)."""
@@ -303,9 +316,9 @@ def _gen_conv(op):
     sy, sx = p['stride']
     shift = x.margin - p['pad']  # where the padded window starts inside the margin
     taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
-    ob = next((b for b in (4, 2, 1) if y.c % b == 0 and b * len(taps) <= MAX_TERMS), 1)
+    ob = next((b for b in OBS if y.c % b == 0 and b * len(taps) <= MAX_TERMS), 1)
     if y.wide_of is not None:
-        rows, row_base, count = 'if True:', '0', y.h * y.ws
+        rows, row_base, count = 'if True:', '0', y.ps
         x_row = '{} + c * {} + {}'.format(x.off, x.ps, shift * x.ws + shift)
         step = 1
     else:
@@ -328,8 +341,8 @@ def _gen_conv(op):
     loop = ['v{} = xr[p{} + {}]'.format(t, '' if step == 1 else ' * {}'.format(step),
                                          ky * x.ws + kx) for t, (ky, kx) in enumerate(taps)]
     for b in range(ob):
-        loop.append('r{0}[p] += {1}'.format(
-            b, ' + '.join('w{}_{} * v{}'.format(b, t, t) for t in range(len(taps)))))
+        loop.append('r{0}[p] += {1}'.format(b, _split_sum(
+            ['w{}_{} * v{}'.format(b, t, t) for t in range(len(taps))], CHAINS)))
     chan += ['for p in range({}):'.format(count)] + _indent(loop, 1)
     inner += ['for c in range({}):'.format(x.c)] + _indent(chan, 1)
     if p['relu']:
@@ -337,6 +350,17 @@ def _gen_conv(op):
             inner += ['for p in range({}):'.format(count),
                       '    r{0}[p] = max(r{0}[p], numpy.float32(0))'.format(b)]
     return ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + _indent([rows] + _indent(inner, 1), 1)
+
+
+def _split_sum(terms, chains):
+    """``terms`` summed as ``chains`` parenthesised partial sums (independent
+    chains of multiply-adds: without reassociation one long sum is one chain
+    of dependent FMAs, bound by their latency)."""
+    n = max(1, min(chains, len(terms)))
+    parts = [terms[i * len(terms) // n:(i + 1) * len(terms) // n] for i in range(n)]
+    if n == 1:
+        return ' + '.join(terms)
+    return ' + '.join('({})'.format(' + '.join(part)) for part in parts)
 
 
 def _gen_copy(op):
@@ -510,7 +534,7 @@ def _allocate(ops, inputs, keep):
     remaining = {}
 
     def geometry(v):
-        return (v.c, v.h, v.w, v.margin, v.ws)
+        return (v.c, v.h, v.w, v.margin, v.ws, v.ps)
 
     def place(v):
         pool = free.get(geometry(v))
