@@ -377,30 +377,55 @@ def _gen_copy(op):
 
 
 def _gen_pool(op):
+    """Windows clipped to the input (``cover_all``, padding) in a general loop;
+    the windows of a max pooling that lie wholly inside the input, most of
+    them, as literal taps."""
     (x,), y, p = op.inputs, op.output, op.params
     kh, kw = p['k']
     sy, sx = p['stride']
     ph, pw = p['pad']
     mx = p['mode'] == 'max'
-    lines = ['for c in range({}):'.format(y.c),
-             '    for oy in range({}):'.format(y.h),
-             '        y0 = max(oy * {} - {}, 0)'.format(sy, ph),
-             '        y1 = min(oy * {} - {} + {}, {})'.format(sy, ph, kh, x.h),
-             '        for ox in range({}):'.format(y.w),
-             '            x0 = max(ox * {} - {}, 0)'.format(sx, pw),
-             '            x1 = min(ox * {} - {} + {}, {})'.format(sx, pw, kw, x.w),
-             '            acc = numpy.float32({})'.format('-numpy.inf' if mx else '0'),
-             '            for yy in range(y0, y1):',
-             '                for xx in range(x0, x1):',
-             '                    acc = {}'.format('max(acc, S[{}])'.format(x.at('c', 'yy', 'xx'))
+
+    def general(oys, oxs):
+        lines = ['for oy in range({}, {}):'.format(*oys),
+                 '    y0 = max(oy * {} - {}, 0)'.format(sy, ph),
+                 '    y1 = min(oy * {} - {} + {}, {})'.format(sy, ph, kh, x.h),
+                 '    for ox in range({}, {}):'.format(*oxs),
+                 '        x0 = max(ox * {} - {}, 0)'.format(sx, pw),
+                 '        x1 = min(ox * {} - {} + {}, {})'.format(sx, pw, kw, x.w),
+                 '        acc = numpy.float32({})'.format('-numpy.inf' if mx else '0'),
+                 '        for yy in range(y0, y1):',
+                 '            for xx in range(x0, x1):',
+                 '                acc = {}'.format('max(acc, S[{}])'.format(x.at('c', 'yy', 'xx'))
                                                    if mx else 'acc + S[{}]'.format(
                                                        x.at('c', 'yy', 'xx')))]
-    if not mx:
-        lines.append('            acc = acc / numpy.float32({})'.format(kh * kw))
-    elif p['relu']:
-        lines.append('            acc = max(acc, numpy.float32(0))')
-    lines.append('            S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
-    return lines
+        if not mx:
+            lines.append('        acc = acc / numpy.float32({})'.format(kh * kw))
+        elif p['relu']:
+            lines.append('        acc = max(acc, numpy.float32(0))')
+        lines.append('        S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
+        return lines
+
+    # windows wholly inside: rows 0..fy-1, columns 0..fx-1
+    fy = min(y.h, max(0, (x.h - kh) // sy + 1))
+    fx = min(y.w, max(0, (x.w - kw) // sx + 1))
+    if not mx or ph or pw or (fy, fx) == (y.h, y.w):
+        # (no window clipped: LLVM makes the general loop as fast, measured)
+        return ['for c in range({}):'.format(y.c)] + _indent(general((0, y.h), (0, y.w)), 1)
+    taps = ['S[{}]'.format(x.at('c', 'oy * {} + {}'.format(sy, ky), 'ox * {} + {}'.format(sx, kx)))
+            for ky in range(kh) for kx in range(kw)]
+    body = ['for oy in range({}):'.format(fy),
+            '    for ox in range({}):'.format(fx),
+            '        acc = numpy.float32(-numpy.inf)'] + [
+        '        acc = max(acc, {})'.format(t) for t in taps]
+    if p['relu']:
+        body.append('        acc = max(acc, numpy.float32(0))')
+    body.append('        S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
+    if fx < y.w:
+        body += general((0, fy), (fx, y.w))
+    if fy < y.h:
+        body += general((fy, y.h), (0, y.w))
+    return ['for c in range({}):'.format(y.c)] + _indent(body, 1)
 
 
 def _gen_lrn(op):
@@ -437,18 +462,25 @@ def _gen_residual(op):
 
 
 def _gen_linear(op):
+    """Dot products of ``ob`` weight rows with the input at once (one load of
+    the input for ``ob`` multiply-adds)."""
     (x,), y, p = op.inputs, op.output, op.params
     k = x.c * x.h * x.w
+    ob = next(b for b in (4, 2, 1) if y.c % b == 0)
     lines = ['xr = S[{0}:{0} + {1}]'.format(x.off, k),
-             'for o in range({}):'.format(y.c),
-             '    wr = W[{0} + o * {1}:{0} + o * {1} + {1}]'.format(p['w'], k),
-             '    acc = numpy.float32(0)',
-             '    for i in range({}):'.format(k),
-             '        acc += wr[i] * xr[i]',
-             '    acc += W[{} + o]'.format(p['b'])]
-    if p['relu']:
-        lines.append('    acc = max(acc, numpy.float32(0))')
-    lines.append('    S[{} + o] = acc'.format(y.off))
+             'for o in range(0, {}, {}):'.format(y.c, ob)]
+    for b in range(ob):
+        lines += ['    wr{0} = W[{1} + (o + {0}) * {2}:{1} + (o + {0}) * {2} + {2}]'.format(
+                      b, p['w'], k),
+                  '    acc{} = numpy.float32(0)'.format(b)]
+    lines += ['    for i in range({}):'.format(k),
+              '        xi = xr[i]'] + [
+        '        acc{0} += wr{0}[i] * xi'.format(b) for b in range(ob)]
+    for b in range(ob):
+        lines.append('    acc{0} += W[{1} + o + {0}]'.format(b, p['b']))
+        if p['relu']:
+            lines.append('    acc{0} = max(acc{0}, numpy.float32(0))'.format(b))
+        lines.append('    S[{} + o + {}] = acc{}'.format(y.off, b, b))
     return lines
 
 
