@@ -840,6 +840,8 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
+    #: chunks a batch is cut into per thread (``_split``)
+    CHUNKS_PER_THREAD = 4
 
     def __init__(self, net, threads=None):
         import os
@@ -873,18 +875,29 @@ class NumbaBranchyNet(InferenceEngine):
         return x.reshape(len(x), -1)
 
     def _split(self, fn, n, *args):
-        """``fn(*args, S, lo, hi)`` over ``threads`` parts of ``range(n)``, at once."""
+        """``fn(*args, S, lo, hi)`` over ``range(n)`` on ``threads`` threads at
+        once, each taking the next chunk of samples as it finishes one (about
+        ``CHUNKS_PER_THREAD`` each): a thread that starts late (a wake-up) or
+        runs slower (a core shared with another process) takes fewer."""
         parts = max(1, min(self.threads, n))
-        bounds = [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
         if parts == 1:
             fn(*args, self._scratch[0], 0, n)
             return
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads - 1)
-        futures = [self._pool.submit(fn, *args, self._scratch[t], lo, hi)
-                   for t, (lo, hi) in enumerate(bounds[1:], 1)]
-        fn(*args, self._scratch[0], *bounds[0])
+        import itertools
+        chunk = max(1, n // (parts * self.CHUNKS_PER_THREAD))
+        counter = itertools.count(0, chunk)  # next() is atomic under the GIL
+
+        def work(S):
+            for lo in counter:
+                if lo >= n:
+                    return
+                fn(*args, S, lo, min(lo + chunk, n))
+
+        futures = [self._pool.submit(work, self._scratch[t]) for t in range(1, parts)]
+        work(self._scratch[0])
         for f in futures:
             f.result()
 
