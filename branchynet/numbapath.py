@@ -65,8 +65,18 @@ from branchynet.validation import InvalidValue
 #: Measures decided natively (``confidence.MEASURES`` names).
 MEASURE_CODES = {'entropy': 0, 'maxprob': 1, 'margin': 2}
 #: Largest number of kernel taps times output channels summed in one loop
-#: body of a convolution (more spills registers and stops vectorisation).
-MAX_TERMS = 50
+#: body of a convolution: each term's weight stays in a vector register, and
+#: more spills them (B-LeNet's 5x5 convolutions: one output channel at a time
+#: measured 25 % faster than two).
+MAX_TERMS = 25
+#: Output channel blocks tried, largest first.
+OBS = (4, 2, 1)
+#: Independent partial sums the taps of one output are split into (shorter
+#: chains of dependent multiply-adds).
+CHAINS = 4
+#: A wide convolution output's plane stride is a multiple of this many floats
+#: (one AVX-512 vector), so its loop has no scalar remainder.
+VECTOR = 16
 
 
 class NotCompilable(InvalidValue):
@@ -105,12 +115,15 @@ class Value:
 
     @property
     def ps(self):
-        return (self.h + 2 * self.margin) * self.ws
+        ps = (self.h + 2 * self.margin) * self.ws
+        if self.wide_of is not None:  # whole vectors: no scalar remainder loop
+            ps = -(-ps // VECTOR) * VECTOR
+        return ps
 
     @property
     def size(self):
         # + one row and a little: a wide convolution reads that far past the last plane
-        return self.c * self.ps + self.ws + 8
+        return self.c * self.ps + self.ws + 8 + VECTOR
 
     def at(self, c='c', y='y', x='x'):
         """Index expression of element (c, y, x) (names or ints)."""
@@ -303,9 +316,9 @@ def _gen_conv(op):
     sy, sx = p['stride']
     shift = x.margin - p['pad']  # where the padded window starts inside the margin
     taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
-    ob = next((b for b in (4, 2, 1) if y.c % b == 0 and b * len(taps) <= MAX_TERMS), 1)
+    ob = next((b for b in OBS if y.c % b == 0 and b * len(taps) <= MAX_TERMS), 1)
     if y.wide_of is not None:
-        rows, row_base, count = 'if True:', '0', y.h * y.ws
+        rows, row_base, count = 'if True:', '0', y.ps
         x_row = '{} + c * {} + {}'.format(x.off, x.ps, shift * x.ws + shift)
         step = 1
     else:
@@ -328,8 +341,8 @@ def _gen_conv(op):
     loop = ['v{} = xr[p{} + {}]'.format(t, '' if step == 1 else ' * {}'.format(step),
                                          ky * x.ws + kx) for t, (ky, kx) in enumerate(taps)]
     for b in range(ob):
-        loop.append('r{0}[p] += {1}'.format(
-            b, ' + '.join('w{}_{} * v{}'.format(b, t, t) for t in range(len(taps)))))
+        loop.append('r{0}[p] += {1}'.format(b, _split_sum(
+            ['w{}_{} * v{}'.format(b, t, t) for t in range(len(taps))], CHAINS)))
     chan += ['for p in range({}):'.format(count)] + _indent(loop, 1)
     inner += ['for c in range({}):'.format(x.c)] + _indent(chan, 1)
     if p['relu']:
@@ -337,6 +350,17 @@ def _gen_conv(op):
             inner += ['for p in range({}):'.format(count),
                       '    r{0}[p] = max(r{0}[p], numpy.float32(0))'.format(b)]
     return ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + _indent([rows] + _indent(inner, 1), 1)
+
+
+def _split_sum(terms, chains):
+    """``terms`` summed as ``chains`` parenthesised partial sums (independent
+    chains of multiply-adds: without reassociation one long sum is one chain
+    of dependent FMAs, bound by their latency)."""
+    n = max(1, min(chains, len(terms)))
+    parts = [terms[i * len(terms) // n:(i + 1) * len(terms) // n] for i in range(n)]
+    if n == 1:
+        return ' + '.join(terms)
+    return ' + '.join('({})'.format(' + '.join(part)) for part in parts)
 
 
 def _gen_copy(op):
@@ -353,30 +377,55 @@ def _gen_copy(op):
 
 
 def _gen_pool(op):
+    """Windows clipped to the input (``cover_all``, padding) in a general loop;
+    the windows of a max pooling that lie wholly inside the input, most of
+    them, as literal taps."""
     (x,), y, p = op.inputs, op.output, op.params
     kh, kw = p['k']
     sy, sx = p['stride']
     ph, pw = p['pad']
     mx = p['mode'] == 'max'
-    lines = ['for c in range({}):'.format(y.c),
-             '    for oy in range({}):'.format(y.h),
-             '        y0 = max(oy * {} - {}, 0)'.format(sy, ph),
-             '        y1 = min(oy * {} - {} + {}, {})'.format(sy, ph, kh, x.h),
-             '        for ox in range({}):'.format(y.w),
-             '            x0 = max(ox * {} - {}, 0)'.format(sx, pw),
-             '            x1 = min(ox * {} - {} + {}, {})'.format(sx, pw, kw, x.w),
-             '            acc = numpy.float32({})'.format('-numpy.inf' if mx else '0'),
-             '            for yy in range(y0, y1):',
-             '                for xx in range(x0, x1):',
-             '                    acc = {}'.format('max(acc, S[{}])'.format(x.at('c', 'yy', 'xx'))
+
+    def general(oys, oxs):
+        lines = ['for oy in range({}, {}):'.format(*oys),
+                 '    y0 = max(oy * {} - {}, 0)'.format(sy, ph),
+                 '    y1 = min(oy * {} - {} + {}, {})'.format(sy, ph, kh, x.h),
+                 '    for ox in range({}, {}):'.format(*oxs),
+                 '        x0 = max(ox * {} - {}, 0)'.format(sx, pw),
+                 '        x1 = min(ox * {} - {} + {}, {})'.format(sx, pw, kw, x.w),
+                 '        acc = numpy.float32({})'.format('-numpy.inf' if mx else '0'),
+                 '        for yy in range(y0, y1):',
+                 '            for xx in range(x0, x1):',
+                 '                acc = {}'.format('max(acc, S[{}])'.format(x.at('c', 'yy', 'xx'))
                                                    if mx else 'acc + S[{}]'.format(
                                                        x.at('c', 'yy', 'xx')))]
-    if not mx:
-        lines.append('            acc = acc / numpy.float32({})'.format(kh * kw))
-    elif p['relu']:
-        lines.append('            acc = max(acc, numpy.float32(0))')
-    lines.append('            S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
-    return lines
+        if not mx:
+            lines.append('        acc = acc / numpy.float32({})'.format(kh * kw))
+        elif p['relu']:
+            lines.append('        acc = max(acc, numpy.float32(0))')
+        lines.append('        S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
+        return lines
+
+    # windows wholly inside: rows 0..fy-1, columns 0..fx-1
+    fy = min(y.h, max(0, (x.h - kh) // sy + 1))
+    fx = min(y.w, max(0, (x.w - kw) // sx + 1))
+    if not mx or ph or pw or (fy, fx) == (y.h, y.w):
+        # (no window clipped: LLVM makes the general loop as fast, measured)
+        return ['for c in range({}):'.format(y.c)] + _indent(general((0, y.h), (0, y.w)), 1)
+    taps = ['S[{}]'.format(x.at('c', 'oy * {} + {}'.format(sy, ky), 'ox * {} + {}'.format(sx, kx)))
+            for ky in range(kh) for kx in range(kw)]
+    body = ['for oy in range({}):'.format(fy),
+            '    for ox in range({}):'.format(fx),
+            '        acc = numpy.float32(-numpy.inf)'] + [
+        '        acc = max(acc, {})'.format(t) for t in taps]
+    if p['relu']:
+        body.append('        acc = max(acc, numpy.float32(0))')
+    body.append('        S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
+    if fx < y.w:
+        body += general((0, fy), (fx, y.w))
+    if fy < y.h:
+        body += general((fy, y.h), (0, y.w))
+    return ['for c in range({}):'.format(y.c)] + _indent(body, 1)
 
 
 def _gen_lrn(op):
@@ -413,18 +462,25 @@ def _gen_residual(op):
 
 
 def _gen_linear(op):
+    """Dot products of ``ob`` weight rows with the input at once (one load of
+    the input for ``ob`` multiply-adds)."""
     (x,), y, p = op.inputs, op.output, op.params
     k = x.c * x.h * x.w
+    ob = next(b for b in (4, 2, 1) if y.c % b == 0)
     lines = ['xr = S[{0}:{0} + {1}]'.format(x.off, k),
-             'for o in range({}):'.format(y.c),
-             '    wr = W[{0} + o * {1}:{0} + o * {1} + {1}]'.format(p['w'], k),
-             '    acc = numpy.float32(0)',
-             '    for i in range({}):'.format(k),
-             '        acc += wr[i] * xr[i]',
-             '    acc += W[{} + o]'.format(p['b'])]
-    if p['relu']:
-        lines.append('    acc = max(acc, numpy.float32(0))')
-    lines.append('    S[{} + o] = acc'.format(y.off))
+             'for o in range(0, {}, {}):'.format(y.c, ob)]
+    for b in range(ob):
+        lines += ['    wr{0} = W[{1} + (o + {0}) * {2}:{1} + (o + {0}) * {2} + {2}]'.format(
+                      b, p['w'], k),
+                  '    acc{} = numpy.float32(0)'.format(b)]
+    lines += ['    for i in range({}):'.format(k),
+              '        xi = xr[i]'] + [
+        '        acc{0} += wr{0}[i] * xi'.format(b) for b in range(ob)]
+    for b in range(ob):
+        lines.append('    acc{0} += W[{1} + o + {0}]'.format(b, p['b']))
+        if p['relu']:
+            lines.append('    acc{0} = max(acc{0}, numpy.float32(0))'.format(b))
+        lines.append('    S[{} + o + {}] = acc{}'.format(y.off, b, b))
     return lines
 
 
@@ -510,7 +566,7 @@ def _allocate(ops, inputs, keep):
     remaining = {}
 
     def geometry(v):
-        return (v.c, v.h, v.w, v.margin, v.ws)
+        return (v.c, v.h, v.w, v.margin, v.ws, v.ps)
 
     def place(v):
         pool = free.get(geometry(v))
@@ -784,6 +840,8 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
+    #: chunks a batch is cut into per thread (``_split``)
+    CHUNKS_PER_THREAD = 4
 
     def __init__(self, net, threads=None):
         import os
@@ -817,18 +875,29 @@ class NumbaBranchyNet(InferenceEngine):
         return x.reshape(len(x), -1)
 
     def _split(self, fn, n, *args):
-        """``fn(*args, S, lo, hi)`` over ``threads`` parts of ``range(n)``, at once."""
+        """``fn(*args, S, lo, hi)`` over ``range(n)`` on ``threads`` threads at
+        once, each taking the next chunk of samples as it finishes one (about
+        ``CHUNKS_PER_THREAD`` each): a thread that starts late (a wake-up) or
+        runs slower (a core shared with another process) takes fewer."""
         parts = max(1, min(self.threads, n))
-        bounds = [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
         if parts == 1:
             fn(*args, self._scratch[0], 0, n)
             return
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads - 1)
-        futures = [self._pool.submit(fn, *args, self._scratch[t], lo, hi)
-                   for t, (lo, hi) in enumerate(bounds[1:], 1)]
-        fn(*args, self._scratch[0], *bounds[0])
+        import itertools
+        chunk = max(1, n // (parts * self.CHUNKS_PER_THREAD))
+        counter = itertools.count(0, chunk)  # next() is atomic under the GIL
+
+        def work(S):
+            for lo in counter:
+                if lo >= n:
+                    return
+                fn(*args, S, lo, min(lo + chunk, n))
+
+        futures = [self._pool.submit(work, self._scratch[t]) for t in range(1, parts)]
+        work(self._scratch[0])
         for f in futures:
             f.result()
 
