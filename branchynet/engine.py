@@ -14,7 +14,8 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from branchynet.routing import exit_steps, route_batch, route_batch_by_share
+from branchynet.routing import (NOT_FINITE, check_finite, exit_steps, route_batch,
+                                route_batch_by_share)
 from branchynet.timing import NULL_TIMER
 from branchynet.validation import validate_batchsize, validate_inputs
 
@@ -55,11 +56,17 @@ class InferenceEngine:
 
     def main_route(self, x, timer=NULL_TIMER):
         """The baseline network on one device batch: labels (arg-max of the
-        logits; a softmax would not change it) and exits, every one the last."""
+        logits; a softmax would not change it) and exits, every one the last
+        (``NOT_FINITE`` for both where the logits are not finite)."""
         z = self.main_logits(x, timer)
         with timer.stage('decision'):
             labels = z.argmax(axis=1).astype(numpy.int32)
-        return labels, numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
+            exits = numpy.full(len(labels), self.numexits() - 1, dtype=numpy.int32)
+            bad = chainer.backends.cuda.to_cpu(~self.xp.isfinite(z).all(axis=1))
+            if bad.any():
+                labels[self.xp.asarray(bad)] = NOT_FINITE
+                exits[bad] = NOT_FINITE
+        return labels, exits
 
     def all_exit_logits(self, x):
         """Every exit's logits for one device batch (no early exit)."""
@@ -87,17 +94,19 @@ class InferenceEngine:
         """As ``BranchyNet.predict``: ``(labels, exits)`` numpy int32 arrays."""
         ts = self.net.resolve_thresholds(thresholds)
         labels, exits = self.batched(x, batchsize, lambda xb: self.route(xb, ts))
-        return labels, exits
+        return labels, check_finite(exits)
 
     def predict_main(self, x, batchsize=None):
         """As ``BranchyNet.predict_main``: labels of the baseline network."""
-        return self.batched(x, batchsize, lambda xb: self.main_route(xb)[:1])[0]
+        labels, exits = self.batched(x, batchsize, self.main_route)
+        check_finite(exits)
+        return labels
 
     def predict_by_share(self, x, shares, batchsize):
         """``(labels, exits)`` by ``routing.route_batch_by_share`` per batch."""
         labels, exits = self.batched(
             x, batchsize, lambda xb: route_batch_by_share(self.steps, xb, shares, self.xp))
-        return labels, exits
+        return labels, check_finite(exits)
 
     def exit_logits(self, x, batchsize=None):
         """Every exit's logits for every sample: one numpy array per exit."""
@@ -117,12 +126,15 @@ class ChainerEngine(InferenceEngine):
     def __init__(self, net):
         self.net = net
         self.xp = net.xp
-        segments = [lambda h, n=n: net.segment(h, n).array for n in range(net.numexits())]
-        heads = [lambda h, n=n: net.head(h, n).array for n in range(net.numexits())]
+        # chainer.as_array: an empty segment or head (two exits at one point, an
+        # exit before the first layer) hands its input array back unchanged
+        segments = [lambda h, n=n: chainer.as_array(net.segment(h, n))
+                    for n in range(net.numexits())]
+        heads = [lambda h, n=n: chainer.as_array(net.head(h, n)) for n in range(net.numexits())]
         self.steps = exit_steps(segments, heads)
 
     def main_logits(self, x, timer):
         with timer.stage('trunk'):
-            h = self.net.trunk(x).array
+            h = chainer.as_array(self.net.trunk(x))
         with timer.stage('head'):
-            return self.net.branches[-1](h).array
+            return chainer.as_array(self.net.branches[-1](h))

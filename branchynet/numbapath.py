@@ -60,6 +60,7 @@ from branchynet import confidence
 from branchynet.engine import InferenceEngine
 from branchynet.fastpath import folded_conv_weights, fused_layers, pool_output_size
 from branchynet.links import FL, SL, Net, pair
+from branchynet.routing import NOT_FINITE
 from branchynet.validation import InvalidValue
 
 #: Measures decided natively (``confidence.MEASURES`` names).
@@ -100,12 +101,24 @@ class Value:
     ``m`` zero margin around every plane, row stride ``ws``, plane stride
     ``ps``. Wide values (stride-1 convolution outputs) have no margin and
     rows as long as their input's, junk past column ``w``.
+
+    The layout contract between the op that writes a value and the ops that
+    read it: code is generated only after every op is built, so a value's
+    margin may still grow while ops are added (a later padded convolution
+    reading it), and every writer and reader indexes it through ``at`` or
+    its final ``margin``/``ws``/``ps``. Two kinds of op cannot follow a
+    margin and ``pin`` the layout instead: a writer that writes packed rows
+    (convolution, linear) and a reader that reads the value as one packed
+    vector (linear, the exit decision). Once ``pinned``, the margin never
+    changes: an op needing another layout reads a copy (``Builder.padded``,
+    ``Builder.packed``).
     """
 
-    def __init__(self, c, h, w, wide_of=None):
+    def __init__(self, c, h, w, wide_of=None, pinned=False):
         self.c, self.h, self.w = c, h, w
         self.margin = 0
         self.wide_of = wide_of  # a wide value's rows are as long as this value's
+        self.pinned = pinned  # layout final (see the class docstring)
         self.off = None
         self.consumers = 0
 
@@ -214,11 +227,22 @@ class Builder:
 
     # ---------------------------------------------------------------- layers
     def padded(self, v, pad):
-        """``v`` readable with ``pad`` zeros around: ``v`` itself given a
-        margin, or a copy when ``v`` cannot have one (a convolution output)."""
-        if v.wide_of is not None:
+        """``v`` readable with ``pad`` zeros around: ``v`` itself given a wider
+        margin, or a copy of it with that margin when ``v``'s layout is pinned
+        (written packed, or already read as a packed vector)."""
+        if v.margin >= pad:
+            return v
+        if v.pinned:
             v = self.copy(v)
-        v.margin = max(v.margin, pad)
+        v.margin = pad
+        return v
+
+    def packed(self, v):
+        """``v`` as one packed vector (no margin, rows of ``w``), pinned so that
+        no later reader can give it a margin: ``v`` itself or a compact copy."""
+        if not v.compact:
+            v = self.copy(v)
+        v.pinned = True
         return v
 
     def copy(self, v, relu=False, scale=None, shift=None):
@@ -246,19 +270,18 @@ class Builder:
         ho = (v.h + 2 * ph - kh) // sy + 1
         wo = (v.w + 2 * pw - kw) // sx + 1
         wide = sy == 1 and sx == 1
-        out = Value(o, ho, wo, wide_of=v if wide else None)
+        out = Value(o, ho, wo, wide_of=v if wide else None, pinned=True)  # packed rows
         return self.emit('conv', [v], out, w=self.weight(w), b=self.weight(b), k=(kh, kw),
                          stride=(sy, sx), pad=ph, relu=relu)
 
     def linear(self, link, v, relu=False):
-        if not v.compact:
-            v = self.copy(v)
+        v = self.packed(v)
         wt = link.W.array
         if wt.shape[1] != v.c * v.h * v.w:
             raise NotCompilable('linear layer expects {} inputs, gets {}'.format(
                 wt.shape[1], v.c * v.h * v.w))
         b = link.b.array if link.b is not None else numpy.zeros(wt.shape[0], numpy.float32)
-        out = Value(wt.shape[0], 1, 1)
+        out = Value(wt.shape[0], 1, 1, pinned=True)
         return self.emit('linear', [v], out, w=self.weight(wt), b=self.weight(b), relu=relu)
 
     def batchnorm(self, link, v):
@@ -618,8 +641,11 @@ class Program:
             segments.append((start, len(b.ops), h))
             start = len(b.ops)
             z = b.links(net.head_links(n), h)
-            if z.c * z.h * z.w != z.c or not z.compact:
-                z = b.copy(z)
+            if (z.h, z.w) != (1, 1):
+                raise NotCompilable('exit {} gives logits of shape {}: the numba path needs '
+                                    'one vector of class scores per sample (end the head '
+                                    'with a Linear layer)'.format(n + 1, z.shape()))
+            z = b.packed(z)  # the decision reads the logits as one vector
             heads.append((start, len(b.ops), z))
         self.nclasses = heads[0][2].c
         # the main program skips the early heads: their outputs are never read there,
@@ -640,8 +666,11 @@ class Program:
         identical blocks share one), the score, and ``run``, every size a literal."""
         import inspect
         score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
+        finite = inspect.getsource(_finite).replace('def _finite(', 'def finite(', 1)
         out = ['import math', 'import numba', 'import numpy', '', '',
                '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + score.splitlines()
+        out += ['', '', '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + \
+            finite.splitlines()
         calls, cache = [], {}
         for i, op in enumerate(self.ops):
             body, args = _symbolic(op)
@@ -671,14 +700,19 @@ class Program:
         for n, (seg, head) in enumerate(zip(self.segments, self.heads)):
             sample += run(seg[0], seg[1])
             z = head[2]
-            take = ['labels[i] = numpy.argmax(S[{}:{}])'.format(z.off, z.off + z.c),
-                    'exits[i] = {}'.format(n)]
+            logits = 'S[{}:{}]'.format(z.off, z.off + z.c)
+            take = ['labels[i] = numpy.argmax({})'.format(logits), 'exits[i] = {}'.format(n)]
+            # logits that are not finite: marked for routing.check_finite to name
+            refuse = ['if not finite({}):'.format(logits),
+                      '    labels[i] = {0}'.format(NOT_FINITE),
+                      '    exits[i] = {0}'.format(NOT_FINITE),
+                      '    continue']
             if n == last:
-                sample += run(head[0], head[1]) + take
+                sample += run(head[0], head[1]) + refuse + take
             else:  # the main network skips the early heads
                 sample += ['if not main_only:'] + _indent(
-                    run(head[0], head[1]) +
-                    ['if score(S[{}:{}], code) < limits[{}]:'.format(z.off, z.off + z.c, n)] +
+                    run(head[0], head[1]) + refuse +
+                    ['if score({}, code) < limits[{}]:'.format(logits, n)] +
                     _indent(take + ['continue'], 1), 1)
         out += ['', ''] + ['T{} = numpy.array({!r}, numpy.int64)'.format(i, t.tolist())
                            for i, t in enumerate(tables)]
@@ -800,6 +834,14 @@ def cache_dir():
     import os
     return os.environ.get('BRANCHYNET_NUMBA_CACHE') or os.path.join(
         os.path.expanduser('~'), '.cache', 'branchynet', 'numba')
+
+
+def _finite(z):
+    """Whether every logit of one row is finite."""
+    for v in z:
+        if not math.isfinite(v):
+            return False
+    return True
 
 
 def _score(z, code):

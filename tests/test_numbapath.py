@@ -240,3 +240,22 @@ def test_fast_path_chunks_big_batches_with_the_same_answers():
     for got, expected in zip(fast.predict(x, t), net.predict(x, t)):
         numpy.testing.assert_array_equal(got, expected)
     numpy.testing.assert_array_equal(fast.predict_main(x), net.predict_main(x))
+
+
+@pytest.mark.parametrize('pad,side', [(1, 4), (0, 2)])
+def test_linear_head_and_padded_convolution_reading_one_pooled_value(pad, side):
+    """Issue 21's minimal network: the exit head's Linear and the next trunk
+    convolution (with padding) read the same pooled value. Before the layout
+    contract, the convolution gave that value a zero margin after the Linear
+    had been generated to read it packed: 11 of 64 labels differed (pad=1)."""
+    numpy.random.seed(3)
+    net = BranchyNet([L.Convolution2D(1, 4, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
+                      Branch([L.Linear(4 * 4 * 4, 10)]),
+                      L.Convolution2D(4, 4, 3, pad=pad), FL(F.relu),
+                      Branch([L.Linear(4 * side * side, 10)])], input_shape=(1, 8, 8))
+    x = numpy.random.RandomState(0).randn(64, 1, 8, 8).astype(numpy.float32) * 5
+    for ts in ([float('inf')], [0.0]):  # every sample at exit 1, then at exit 2
+        labels, exits = numbapath.NumbaBranchyNet(net).predict(x, thresholds=ts)
+        ref_labels, ref_exits = net.predict(x, thresholds=ts)
+        numpy.testing.assert_array_equal(exits, ref_exits)
+        numpy.testing.assert_array_equal(labels, ref_labels)
