@@ -46,7 +46,11 @@ of the numba version, and numba caches its machine code beside it: a network
 of the same shape (any weights) compiles once, B-LeNet in seconds. The
 module is written atomically; a module file with other content is written
 again, and cached machine code that numba cannot read back is deleted and
-compiled again, each with a ``RuntimeWarning``.
+compiled again, each with a ``RuntimeWarning``. numba reads that machine
+code with ``pickle``, so the cache is used only when the folder and its
+files belong to the current user and nobody else may write them
+(``untrusted_cache``); otherwise the code is compiled in memory, with a
+warning saying why.
 """
 import math
 import time
@@ -733,10 +737,21 @@ class Program:
         """Import the generated module from the cache folder and compile its
         functions (numba keeps their machine code beside it, so a network of
         the same shape compiles once). A cache entry that cannot be read back
-        is deleted with a warning and the code compiled again."""
+        is deleted with a warning and the code compiled again. A cache folder
+        that ``untrusted_cache`` refuses is not used at all: the code is
+        compiled in memory, with a warning saying why."""
         import os
         import warnings
         folder = cache_dir()
+        with _suppress_os_error():  # a folder that cannot be made is refused below
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        reason = untrusted_cache(folder, self.module_name)
+        if reason is not None:
+            warnings.warn('numba cache not used, compiling without it (slower to start): '
+                          '{}'.format(reason), RuntimeWarning)
+            self._import_in_memory()
+            self._warm_up()
+            return
         path = os.path.join(folder, self.module_name + '.py')
         _write_source(path, self.source)
         stale = _cached_files(folder, self.module_name)
@@ -768,6 +783,16 @@ class Program:
             except BaseException:
                 del sys.modules[name]
                 raise
+        self.module = module
+        self.run = module.run
+
+    def _import_in_memory(self):
+        """The generated module executed from memory, its functions compiled
+        without numba's on-disk cache (nothing is read from or written to disk)."""
+        import types
+        module = types.ModuleType(self.module_name + '_uncached')
+        exec(compile(self.source.replace('cache=True', 'cache=False'),
+                     '<{}>'.format(module.__name__), 'exec'), module.__dict__)
         self.module = module
         self.run = module.run
 
@@ -826,6 +851,51 @@ def _cached_files(folder, module_name):
                                             glob.escape(module_name) + '.*.' + ext),
                                recursive=True)
     return found
+
+
+def _current_uid():
+    import os
+    return os.getuid()
+
+
+def untrusted_cache(folder, module_name):
+    """Why the numba cache in ``folder`` must not be used, or None when it may.
+
+    numba reads its cached machine code with ``pickle``, and the generated
+    module is imported from the folder: whoever can write there can run code
+    in this process. So the cache is trusted only when the folder, its
+    ``__pycache__`` (and ``$NUMBA_CACHE_DIR`` when set) and this module's
+    files in them are not symbolic links, belong to the current user and are
+    writable by nobody else (no group or other write bit).
+    """
+    import os
+    import stat
+    if not hasattr(os, 'getuid'):  # no owners to check (Windows)
+        return None
+    if not os.path.isdir(folder):
+        return '{} is not a folder that can be created'.format(folder)
+    paths = [folder, os.path.join(folder, '__pycache__'),
+             os.path.join(folder, module_name + '.py')]
+    if os.environ.get('NUMBA_CACHE_DIR'):
+        paths.append(os.environ['NUMBA_CACHE_DIR'])
+    paths += _cached_files(folder, module_name)
+    uid = _current_uid()
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return 'cannot check {} ({})'.format(path, e.strerror)
+        if stat.S_ISLNK(st.st_mode):
+            return '{} is a symbolic link'.format(path)
+        if st.st_uid != uid:
+            return '{} belongs to user id {}, not to the current user ({})'.format(
+                path, st.st_uid, uid)
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return '{} is writable by other users (mode {:o}); make it private with ' \
+                'chmod go-w'.format(path, stat.S_IMODE(st.st_mode))
+    return None
 
 
 def cache_dir():
