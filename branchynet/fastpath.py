@@ -390,15 +390,15 @@ class Compiler:
         if fn is F.dropout:
             return None
         if fn is F.max_pooling_2d:
-            a = fl.arguments()
+            a = fl.bound_arguments()
             return self.pool(a['ksize'], a['stride'], a['pad'], a['cover_all'], 'max', relu)
         if fn is F.average_pooling_2d:
-            a = fl.arguments()
+            a = fl.bound_arguments()
             if a.get('pad_value', 0) is not None and a.get('pad_value', 0) != 0:
                 return self.fallback(fl)
             return self.pool(a['ksize'], a['stride'], a['pad'], False, 'mean')
         if fn is F.local_response_normalization:
-            a = fl.arguments()
+            a = fl.bound_arguments()
             return self.lrn(a['n'], a['k'], a['alpha'], a['beta'])
         return self.fallback(fl)
 

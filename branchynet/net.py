@@ -81,8 +81,10 @@ class BranchyNet(chainer.Chain):
             original read a list.
         lr, momentum, weight_decay: MomentumSGD settings (``opt='MomentumSGD'``).
         alpha: Adam's step size (``opt='Adam'``, the default).
-        joint: kept for compatibility with the original (joint training is
-            selected by calling ``train`` rather than ``train_main``).
+        joint: with True (the default) ``train`` trains the trunk on every
+            exit's loss; with False, as the original's separate training,
+            only the last exit's loss reaches the trunk and each early head
+            trains on the trunk's activation without changing the trunk.
         verbose: print progress of routing decisions.
         exit_weights: weight ``w_n`` of every exit's loss in joint training;
             default the ``weight`` of each ``Branch`` (1.0 unless given, as
@@ -113,6 +115,9 @@ class BranchyNet(chainer.Chain):
             raise InvalidValue("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
         self.opt = opt
         self.joint = joint
+        #: The original's switch: when not None, ``train`` also trains the main
+        #: network (trunk and final head) on the whole batch; see ``_detached``.
+        self.forwardMain = None
         self.verbose = verbose
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.exit_weights = exit_weights
@@ -333,6 +338,17 @@ class BranchyNet(chainer.Chain):
                 rule.enabled = enabled
         return float(loss.array), float(acc.array)
 
+    def _detached(self, n):
+        """Whether exit ``n``'s loss stops at its head (does not reach the trunk).
+
+        As the original: with ``joint=False`` only the last exit trains the
+        trunk; with ``forwardMain`` set and joint training, the main network's
+        loss trains the trunk in the last exit's place."""
+        last = self.numexits() - 1
+        if n < last:
+            return not self.joint
+        return self.joint and getattr(self, 'forwardMain', None) is not None
+
     def _joint_losses(self, x, t):
         """Per-exit losses and accuracies with the percentTrainKeeps hand-off."""
         losses, accs, h = [], [], x
@@ -340,7 +356,7 @@ class BranchyNet(chainer.Chain):
         shares, batch = self.percentTrainKeeps, len(t)
         for n in range(self.numexits()):
             h = self.segment(h, n)
-            z = self.head(h, n)
+            z = self.head(h.array if self._detached(n) else h, n)
             if n == 0:
                 validate_labels(t, len(t), z.shape[1])
             losses.append(F.softmax_cross_entropy(z, t))
@@ -362,7 +378,8 @@ class BranchyNet(chainer.Chain):
     def train(self, x, t):
         """One joint optimisation step over every exit.
 
-        The loss is ``sum_n exit_weights[n] * CE_n``; returns the per-exit
+        The loss is ``sum_n exit_weights[n] * CE_n`` (which of them reach the
+        trunk: ``joint``, ``forwardMain``); returns the per-exit
         losses and accuracies (lists of floats, NaN for exits that received
         no samples because of ``percentTrainKeeps``).
         """
@@ -372,6 +389,8 @@ class BranchyNet(chainer.Chain):
         with chainer.using_config('train', True):
             losses, accs = self._joint_losses(x, t)
             total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
+            if getattr(self, 'forwardMain', None) is not None:
+                total += F.softmax_cross_entropy(self.branches[-1](self.trunk(x)), t)
         _check_finite_loss(total)
         self.cleargrads()
         total.backward()
@@ -499,8 +518,10 @@ class BranchyNet(chainer.Chain):
         are given or set; see ``predict_percent``).
 
         Returns ``(accuracy, exit_accuracies, exit_counts, seconds)``: overall
-        accuracy, accuracy of the samples each exit classified (NaN where an
-        exit took none), how many samples each exit took, and the end-to-end
+        accuracy, accuracy of the samples each exit classified (0. where an
+        exit took none, as the original: check ``exit_counts`` to tell it
+        from an exit that got all its samples wrong), how many samples each
+        exit took, and the end-to-end
         wall time of the whole evaluation. (``utils.test`` returns the same
         facts in another order, ``(accuracy, seconds, counts, exit_accuracies)``,
         as the original's two functions did; both orders are kept.)
@@ -518,7 +539,7 @@ class BranchyNet(chainer.Chain):
         t = chainer.backends.cuda.to_cpu(t)
         correct = labels == t
         counts = numpy.bincount(exits, minlength=self.numexits())
-        exit_accs = [float(correct[exits == n].mean()) if counts[n] else float('nan')
+        exit_accs = [float(correct[exits == n].mean()) if counts[n] else 0.
                      for n in range(self.numexits())]
         return float(correct.mean()), exit_accs, counts.tolist(), seconds
 

@@ -298,7 +298,7 @@ class Builder:
         if fn is F.relu:
             return self.copy(v, relu=True)
         if fn is F.max_pooling_2d or fn is F.average_pooling_2d:
-            a = fl.arguments()
+            a = fl.bound_arguments()
             kind = 'max' if fn is F.max_pooling_2d else 'mean'
             if kind == 'mean' and a.get('pad_value', 0) not in (None, 0):
                 raise NotCompilable('average pooling with pad_value {} is not compiled'
@@ -306,7 +306,7 @@ class Builder:
             return self.pool(v, a['ksize'], a['stride'], a['pad'],
                              a.get('cover_all', False) if kind == 'max' else False, kind, relu)
         if fn is F.local_response_normalization:
-            a = fl.arguments()
+            a = fl.bound_arguments()
             out = Value(*v.shape())
             return self.emit('lrn', [v], out, n=a['n'], k=a['k'], alpha=a['alpha'],
                              beta=a['beta'])

@@ -132,7 +132,7 @@ class Exporter:
         if fn is F.dropout:
             return x
         if fn in (F.max_pooling_2d, F.average_pooling_2d):
-            a = fl.arguments()
+            a = fl.bound_arguments()
             kh, kw = pair(a['ksize'])
             sy, sx = pair(a['stride'] if a['stride'] is not None else a['ksize'])
             ph, pw = pair(a['pad'])
@@ -142,7 +142,7 @@ class Exporter:
             if a.get('pad_value', 0) == 0:  # Chainer divides by the whole window
                 return self.node('AveragePool', [x], count_include_pad=1, **common)
         if fn is F.local_response_normalization:
-            a = fl.arguments()
+            a = fl.bound_arguments()
             if a['n'] % 2 == 1:  # ONNX scales alpha by 1/size; Chainer does not
                 return self.node('LRN', [x], size=int(a['n']), alpha=float(a['alpha'] * a['n']),
                                  beta=float(a['beta']), bias=float(a['k']))

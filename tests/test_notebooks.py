@@ -39,4 +39,27 @@ def test_notebook_executes_headless(name, tmp_path, monkeypatch, mnist_data):
     assert (tmp_path / '_figs' / (name + '_cpu.pdf')).exists()
     outputs = ''.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
     assert '| CPU | B-' in outputs
-    assert 'Network,Hardware,Accuracy,Runtime,Speedup' in outputs
+    assert 'CPU Results:' in outputs and 'Thrshld.T' in outputs
+
+
+#: What the original notebooks' code cells did, in their order (one entry per cell).
+ORIGINAL_CELL_CALLS = [
+    'get_network()', 'x_train, y_train, x_test, y_test = ',
+    'utils.train(branchyNet, x_train, y_train, main=True',
+    'utils.train(branchyNet, x_train, y_train,', 'plot_layers(main_loss',
+    'plot_layers(list(zip(*branch_loss))', 'utils.test(branchyNet', 'thresholds = ',
+    'g_ts, g_accs, g_diffs, g_exits = utils.screen_branchy', 'plot_line_tradeoff(g_accs',
+    'c_ts, c_accs, c_diffs, c_exits = utils.screen_branchy', 'plot_line_tradeoff(c_accs',
+    "utils.branchy_table_results(config['title'], c_baseacc, c_basediff, c_accs, c_diffs, "
+    "c_exits, c_ts)", 'dill.dump(branchyNet', 'dill.load(f)']
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebooks_follow_the_original_cells_in_order(name):
+    with open(os.path.join(ROOT, 'ipynb', name + '.ipynb')) as f:
+        cells = [''.join(c['source']) for c in json.load(f)['cells'] if c['cell_type'] == 'code']
+    position = 0
+    for call in ORIGINAL_CELL_CALLS:
+        found = [i for i, source in enumerate(cells) if i >= position and call in source]
+        assert found, '{}: no cell after cell {} does {!r}'.format(name, position, call)
+        position = found[0] + 1

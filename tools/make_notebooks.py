@@ -112,7 +112,8 @@ if GPU:
     branchyNet.to_gpu()
     g_ts, g_accs, g_diffs, g_exits = utils.screen_branchy(branchyNet, x_time, y_time, thresholds,
                                                           batchsize=TEST_BATCHSIZE, verbose=True)
-    g_diffs *= 1000.  # seconds -> ms
+    g_diffs *= 1000.  # seconds -> ms"""),
+    ('code', """if GPU:
     visualize.plot_line_tradeoff(g_accs, g_diffs, g_ts, g_exits, g_baseacc, g_basediff,
                                  all_samples=False, inc_amt=-0.0001,
                                  our_label='{title}', orig_label=config['title'],
@@ -122,22 +123,25 @@ if GPU:
     ('code', """branchyNet.to_cpu()
 c_ts, c_accs, c_diffs, c_exits = utils.screen_branchy(branchyNet, x_time, y_time, thresholds,
                                                       batchsize=TEST_BATCHSIZE, verbose=True)
-c_diffs *= 1000.  # seconds -> ms
-visualize.plot_line_tradeoff(c_accs, c_diffs, c_ts, c_exits, c_baseacc, c_basediff,
+c_diffs *= 1000.  # seconds -> ms"""),
+    ('code', """visualize.plot_line_tradeoff(c_accs, c_diffs, c_ts, c_exits, c_baseacc, c_basediff,
                              all_samples=False, inc_amt=-0.0001,
                              our_label='{title}', orig_label=config['title'],
                              xlabel='Runtime (ms)', title=config['title'] + ' CPU',
                              output_path=os.path.join(OUT, '_figs', NETWORK + '_cpu.pdf'));"""),
     ('markdown', """## Table I
 
-The original's CSV printout (every point where accuracy rises), then the
+The original's printout (every screened point: accuracy, time, gain over
+the baseline, thresholds and the share of samples at each exit), then the
 port's Table I block at the knee: the fastest threshold setting at least as
 accurate as the baseline, measured again with the trunk-only column."""),
-    ('code', """utils.branchy_table_results(c_baseacc, c_basediff,
-                            g_basediff if GPU else float('nan'), c_accs, c_diffs,
-                            g_accs if GPU else [], g_diffs if GPU else [],
-                            inc_amt=0.000, network=config['title'])
-knee = utils.select_knee(list(c_accs), list(c_diffs), c_baseacc)
+    ('code', """print('CPU Results:')
+utils.branchy_table_results(config['title'], c_baseacc, c_basediff, c_accs, c_diffs, c_exits, c_ts)
+if GPU:
+    print('\\n\\nGPU Results:')
+    utils.branchy_table_results(config['title'], g_baseacc, g_basediff, g_accs, g_diffs, g_exits,
+                                g_ts)"""),
+    ('code', """knee = utils.select_knee(list(c_accs), list(c_diffs), c_baseacc)
 rows = utils.branchy_table_rows(config['title'], utils.measure_main(branchyNet, x_time, y_time),
                                 utils.measure_branchy(branchyNet, x_time, y_time, c_ts[knee]))"""),
     ('markdown', '## Save model and results (dill, as the original; the model from the CPU)'),
@@ -151,6 +155,13 @@ if GPU:
 with open(os.path.join(OUT, '_models', NETWORK + '_cpu_results.pkl'), 'wb') as f:
     dill.dump({{'accs': c_accs, 'rt': c_diffs, 'exits': c_exits, 'ts': c_ts,
                'baseacc': c_baseacc, 'basediff': c_basediff}}, f)"""),
+    ('code', """with open(os.path.join(OUT, '_models', NETWORK + '_cpu_results.pkl'), 'rb') as f:
+    cpu_res = dill.load(f)
+gpu_res = None
+if GPU:
+    with open(os.path.join(OUT, '_models', NETWORK + '_gpu_results.pkl'), 'rb') as f:
+        gpu_res = dill.load(f)
+sorted(cpu_res)"""),
 ]
 
 
