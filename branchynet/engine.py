@@ -69,11 +69,12 @@ class InferenceEngine:
         return labels, exits
 
     def all_exit_logits(self, x):
-        """Every exit's logits for one device batch (no early exit)."""
+        """Every exit's logits for one device batch (no early exit), copied:
+        a compiled engine returns a buffer its next call overwrites."""
         out, h = [], x
         for step in self.steps:
             h, z = step(h, NULL_TIMER)
-            out.append(z)
+            out.append(self.xp.array(z, copy=True))
         return out
 
     # --------------------------------------------------------- whole inputs

@@ -375,11 +375,10 @@ class Compiler:
         xp = self.xp
         scale = link.gamma.array / xp.sqrt(link.avg_var + link.eps)
         shift = link.beta.array - link.avg_mean * scale
-        shape = (1, -1, 1, 1)
-        scale, shift = scale.reshape(shape), shift.reshape(shape)
 
-        def run(x):
-            return x * scale + shift
+        def run(x):  # per channel: axis 1 of (N, C) or (N, C, H, W) inputs alike
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            return x * scale.reshape(shape) + shift.reshape(shape)
         return run
 
     def function(self, fl, relu=False):
