@@ -51,7 +51,7 @@ ATOL_SCALE = 1e-4
 #:   makes ``net.predict`` itself fail (test_two_exits_at_one_point and friends);
 #: * 'bn-after-linear': BatchNormalization of a Linear's (N, K) output breaks the
 #:   fast path (test_fast_batchnorm_after_linear).
-KNOWN_BUGS = {'empty-segment', 'bn-after-linear'}
+KNOWN_BUGS = set()
 
 MEASURES = tuple(confidence.MEASURES)
 

@@ -166,20 +166,10 @@ def _numba_runs(spec):
                                   quantiles=(0.5, 0.35, 0.3)[:spec.early_exits()])
 
 
-#: Hand-picked networks an engine gets wrong today (issue 21; minimal cases in
-#: tests/test_engine_regressions.py): (engine, name) -> reason. Remove with the fix.
-KNOWN_FAILURES = {
-    ('numba', name): 'numba: wrong labels and exits (issue 21, value layout between ops)'
-    for name in ('pooled_value_read_padded', 'residual', 'three_exits_after_pooling',
-                 'tiny_input_deep_heads')}
-
-
 def _hand_picked():
     for name in sorted(NUMBA_CASES):
         for engine in ('fast', 'onnx', 'numba'):
-            reason = KNOWN_FAILURES.get((engine, name))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(engine, name, marks=marks, id='{}-{}'.format(name, engine))
+            yield pytest.param(engine, name, id='{}-{}'.format(name, engine))
 
 
 @pytest.mark.parametrize('engine, name', _hand_picked())

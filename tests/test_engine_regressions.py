@@ -1,9 +1,9 @@
 """The smallest networks on which the generated-network tests
 (tests/test_engine_fuzz.py) found an engine, or ``predict`` itself, wrong.
 
-Each test is one bug; ``xfail(strict=True)`` until its fix lands (remove the
-mark with the fix, and the matching entry of ``netgen.KNOWN_BUGS`` or
-``test_engine_fuzz.KNOWN_FAILURES``).
+Each test is one bug, kept as a regression test with the smallest network
+that showed it; each failed before its fix (the failure is in its docstring
+or comment).
 """
 import math
 
@@ -67,20 +67,16 @@ def _predict_runs(network, shape):
         assert (exits == k).all()
 
 
-EMPTY_SEGMENT = pytest.mark.xfail(
-    strict=True, raises=AttributeError,
-    reason="issue 21: predict on an empty trunk segment: 'numpy.ndarray' object has no "
-           "attribute 'array' (engine.py, net.segment(h, n).array)")
+#: Before the fix: AttributeError: 'numpy.ndarray' object has no attribute
+#: 'array' (engine.py, net.segment(h, n).array).
 
 
-@EMPTY_SEGMENT
 def test_exit_as_the_first_layer():
     _predict_runs(lambda: [Branch([L.Linear(16, 3)]),
                            L.Convolution2D(1, 2, 3, pad=1),
                            Branch([L.Linear(32, 3)])], (1, 4, 4))
 
 
-@EMPTY_SEGMENT
 def test_two_exits_at_one_point():
     _predict_runs(lambda: [L.Convolution2D(1, 2, 3, pad=1),
                            Branch([L.Linear(32, 3)]),
@@ -89,14 +85,12 @@ def test_two_exits_at_one_point():
                            Branch([L.Linear(32, 3)])], (1, 4, 4))
 
 
-@EMPTY_SEGMENT
 def test_exit_just_before_the_final_head():
     _predict_runs(lambda: [L.Convolution2D(1, 2, 3, pad=1),
                            Branch([L.Linear(32, 3)]),
                            Branch([L.Linear(32, 3)])], (1, 4, 4))
 
 
-@EMPTY_SEGMENT
 def test_head_sharing_every_layer_up_to_the_next_exit():
     # the head's ReLU is the trunk's next layer: it runs in the trunk, and the
     # segment after the exit is left empty
@@ -106,7 +100,6 @@ def test_head_sharing_every_layer_up_to_the_next_exit():
                            Branch([L.Linear(32, 3)])], (1, 4, 4))
 
 
-@EMPTY_SEGMENT
 def test_segment_of_only_test_time_identity_layers():
     _predict_runs(lambda: [L.Convolution2D(1, 2, 3, pad=1),
                            Branch([L.Linear(32, 3)]),
@@ -115,9 +108,8 @@ def test_segment_of_only_test_time_identity_layers():
 
 
 # ------------------------------------------------- fast path
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason='issue 21: the fast path broadcasts BatchNormalization of a '
-                          "Linear's (N, K) output as (1, K, 1, 1): matmul shape mismatch")
+# before the fix: ValueError, the fast path broadcast BatchNormalization of a
+# Linear's (N, K) output as (1, K, 1, 1): matmul shape mismatch
 def test_fast_batchnorm_after_linear():
     net = _net(lambda: [L.Linear(16, 4), L.BatchNormalization(4),
                         Branch([L.Linear(4, 3)]),
@@ -126,9 +118,7 @@ def test_fast_batchnorm_after_linear():
     assert_labels_at_every_exit(FastBranchyNet(net), net, _x((1, 4, 4)))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='issue 21: fast path exit_logits with batchsize < len(x) returns '
-                          "every batch's logits in one reused buffer (all equal the last batch's)")
+# before the fix: every batch's logits were one reused buffer (all the last batch's)
 def test_fast_exit_logits_in_several_batches():
     net = _net(lambda: [L.Convolution2D(1, 2, 3, pad=1),
                         Branch([L.Linear(32, 3)]),
@@ -140,13 +130,10 @@ def test_fast_exit_logits_in_several_batches():
 
 
 # ------------------------------------------------- numba
-NUMBA_LAYOUT = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason='issue 21: numba value layout: a reader assumes another layout (margin or packed) '
-           'than the writer used')
+#: Before the fix: wrong labels (a reader assumed another layout, margin or
+#: packed, than the writer used).
 
 
-@NUMBA_LAYOUT
 def test_numba_linear_head_reads_pooled_value_with_margin():
     # issue 21's case: the pooled value gets a margin for the padded convolution
     net = _net(lambda: [L.Convolution2D(1, 4, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
@@ -156,7 +143,6 @@ def test_numba_linear_head_reads_pooled_value_with_margin():
     assert_labels_at_every_exit(_numba(net), net, _x((1, 8, 8)))
 
 
-@NUMBA_LAYOUT
 def test_numba_linear_head_reads_residual_output_with_margin():
     from networks.resnet_cifar10 import ResBlock
     net = _net(lambda: [L.Convolution2D(3, 4, 3, pad=1), ResBlock(4, 4),
@@ -166,7 +152,6 @@ def test_numba_linear_head_reads_residual_output_with_margin():
     assert_labels_at_every_exit(_numba(net), net, _x((3, 8, 8)))
 
 
-@NUMBA_LAYOUT
 def test_numba_strided_convolution_read_with_padding():
     # no early head involved: the trunk itself is wrong (predict_main too)
     net = _net(lambda: [L.Convolution2D(1, 4, 3, stride=2),
@@ -177,7 +162,6 @@ def test_numba_strided_convolution_read_with_padding():
     assert_labels_at_every_exit(_numba(net), net, _x((1, 8, 8)))
 
 
-@NUMBA_LAYOUT
 def test_numba_strided_residual_block():
     # ResBlock(stride=2): its first convolution is strided, its second padded
     from networks.resnet_cifar10 import ResBlock
