@@ -341,6 +341,10 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
                                   timing['repeats'])
     row = _table_rows(title, label, timed, costs_, timing['notes'])[1]
     row['Network'] = 'B-{} (calibrated{})'.format(title, row_note)
+    row['Notes'] = ['{} on {}: gains against the baseline timed again in its own rounds: {} '
+                    'ms'.format(row['Network'], label, ', '.join(
+                        '{} {}'.format(path, tables.format_cell('Time (ms)', tables.time_cell(b)))
+                        for path, (b, _) in timed.items()))]
     measured = timed['chainer'][1]
     tag = '{}_{}'.format(name, label.lower())
     visualize.plot_measures(curves, timing['baseline']['acc'], timing['baseline']['ms'],
