@@ -111,7 +111,8 @@ def format_cell(column, value):
         if column in GAIN_COLUMNS:
             text = '{:.2f}x ({:.2f}-{:.2f})'.format(value['median'], value['min'], value['max'])
             return text + (' ' + WITHIN_NOISE if value.get('verdict') == WITHIN_NOISE else '')
-        return '{:.3f} ({:.3g}-{:.3g})'.format(value['median'], value['min'], value['max'])
+        return '{:.3f} ({}-{})'.format(value['median'], _short(value['min']),
+                                       _short(value['max']))
     if column in GAIN_COLUMNS:
         return '{:.2f}x'.format(value)
     if column == 'Thrshld. T':
@@ -123,6 +124,12 @@ def format_cell(column, value):
     if isinstance(value, float):
         return '{:.3f}'.format(value)
     return str(value)
+
+
+def _short(ms):
+    """A range end in three significant digits, trailing zeros kept (``2.00``,
+    ``0.0477``), whole milliseconds from 100 up."""
+    return '{:.0f}'.format(ms) if ms >= 100 else '{:#.3g}'.format(ms)
 
 
 def table_notes(rows):

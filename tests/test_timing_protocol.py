@@ -181,6 +181,8 @@ def test_rounds_interleave_every_setting_after_a_warm_up(net):
 def test_spreads_and_gains_as_table_text():
     assert tables.format_cell('Time (ms)', {'median': 1.91, 'min': 1.88, 'max': 1.97}) == \
         '1.910 (1.88-1.97)'
+    assert tables.format_cell('Numba (ms)', {'median': 0.05, 'min': 0.0477, 'max': 0.06}) == \
+        '0.050 (0.0477-0.0600)'
     assert tables.format_cell('Numba gain', {'median': 3.2, 'min': 3.0, 'max': 3.41,
                                              'verdict': 'faster'}) == '3.20x (3.00-3.41)'
     base = {'ms': 2.0, 'ms_repeats': [2.0, 1.9, 2.2]}
