@@ -61,6 +61,12 @@ def build_parser():
     parser.add_argument('--n-test', type=int, help='use the first N test samples')
     parser.add_argument('--n-timing', type=int,
                         help='time and screen on the first N test samples (default all)')
+    parser.add_argument('--timing-repeats', type=int, metavar='R',
+                        help='timed passes over the timing samples per setting, after a '
+                             'warm-up, baseline and BranchyNet interleaved; Table I shows '
+                             'the median and the range (default: {})'.format(', '.join(
+                                 '{} with --preset {}'.format(r, p)
+                                 for p, r in experiment.TIMING_REPEATS.items())))
     parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|NAME',
                         help="replace the network's dataset: an npz file (train_x, train_y, "
                              'test_x, test_y) or one of: ' + ', '.join(experiment.DATASETS))
@@ -214,7 +220,7 @@ def main(argv=None):
     runtime.tune_allocator()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
-                  'dataset_path', 'augment', 'screen', 'n_val')}
+                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val')}
     if args.time_devices:
         time_devices = args.time_devices.split(',')
     else:  # training on the CPU times on the CPU; gpu/auto add the GPU when usable

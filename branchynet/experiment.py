@@ -112,49 +112,122 @@ def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
     return records, info
 
 
+#: Timed repeats of every setting (``--timing-repeats``) per preset, when
+#: neither the command line nor the network's preset sets ``timing_repeats``.
+TIMING_REPEATS = {'tiny': 3, 'fast': 5, 'paper': 5}
+
+
+def timing_repeats(config):
+    """The number of timed passes per setting ``config`` asks for."""
+    return config.get('timing_repeats') or TIMING_REPEATS.get(config['preset'], 5)
+
+
+def timing_engines(net, label):
+    """The inference paths Table I times: ``({path: engine}, notes)``.
+
+    Always Chainer (``net``) and the fast path; the numba path too when numba
+    is installed and compiles the network (on the CPU only). Otherwise
+    ``notes`` says why its columns are empty, and the log says it too.
+    """
+    engines = {'chainer': net, 'fast': FastBranchyNet(net)}
+    reason = None
+    if net.xp is not numpy:
+        reason = 'the numba path runs on the CPU only'
+    else:
+        try:
+            from branchynet import numbapath
+        except ImportError as e:
+            reason = str(e)
+        else:
+            try:
+                engines['numba'] = numbapath.NumbaBranchyNet(net)
+                log('{}: numba path compiled in {:.1f} s'.format(
+                    label, engines['numba'].compile_seconds))
+            except (ImportError, numbapath.NotCompilable) as e:
+                reason = str(e)
+    notes = []
+    if reason is not None:
+        notes.append('Numba columns empty on {}: {}'.format(label, reason))
+        log('{}: no numba column: {}'.format(label, reason))
+    return engines, notes
+
+
+def time_against_baseline(net, xs, ys, thresholds, engines, repeats):
+    """The baseline and ``thresholds`` on every path of ``engines``, timed
+    together (``measurement.time_settings``): a warm-up, then ``repeats``
+    rounds of baseline Chainer, branchy Chainer, baseline fast, branchy fast,
+    baseline numba, branchy numba (as ``engines`` holds them). The Chainer
+    settings also give the trunk-only time, from the same passes. Returns
+    ``{path: (baseline, branchy)}``."""
+    settings = []
+    for path, engine in engines.items():
+        staged = path == 'chainer'
+        settings += [measurement.main_setting('baseline ' + path, net, engine, staged),
+                     measurement.branchy_setting(path, net, thresholds, engine, staged)]
+    timed = measurement.time_settings(settings, xs, ys, repeats=repeats)
+    return {path: (timed['baseline ' + path], timed[path]) for path in engines}
+
+
+def _table_rows(title, label, timed, costs_, notes):
+    """The Table I block (``tables.branchy_table_rows``) of ``timed``."""
+    def pair(path):
+        return timed.get(path, (None, None))
+    (baseline, branchy), (base_fast, fast), (base_numba, numba) = \
+        pair('chainer'), pair('fast'), pair('numba')
+    return tables.branchy_table_rows(
+        title, baseline, branchy, device=label, printout=False, baseline_fast=base_fast,
+        branchy_fast=fast, baseline_numba=base_numba, branchy_numba=numba,
+        mac_limit=costs.arithmetic_limit_gain(costs_, branchy['exit_counts']), notes=notes)
+
+
+def _knee_baseline_ms(net, config, xs, ys, info):
+    """The baseline's batch-1 time (Chainer, one pass) on the samples the
+    grid's times come from, for the knee rule: the cost samples of cached
+    screening, every timing sample of the original way."""
+    n = len(xs) if config['screen'] == 'original' else info['cost_samples']
+    return measurement.measure_main(net, xs[:n], ys[:n], trunk_only=False)['ms']
+
+
 def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_,
                     outputs=None):
-    """Batch-1 baseline, grid screening and the knee on the current device.
+    """Grid screening, the knee, and the knee timed against the baseline.
 
     The knee is the fastest point (Chainer-path time) whose accuracy is at
     least the baseline's and which is faster than the baseline beyond noise
-    (``tradeoff.choose_knee``); it is then measured for real at batch size 1 on
-    both paths. Without such a point, or when the knee measures no faster
-    than the baseline, the table and the figure say so. Writes the Table I
-    block, every point (JSON) and Fig. 3.
+    (``tradeoff.choose_knee``); the baseline and the knee are then timed on
+    every path (Chainer, fast, numba) with the protocol of
+    ``time_against_baseline``. Without such a point, or when the knee's
+    Chainer-path repeats do not beat the baseline's (``tables.is_gain``), the
+    table and the figure say so. Writes the Table I block, every point and
+    every timed repeat (JSON) and Fig. 3.
     """
     n_timing = config.get('n_timing') or len(x_test)
     xs, ys = x_test[:n_timing], y_test[:n_timing]
-    fast = FastBranchyNet(net)
-    engines = {'chainer': net, 'fast': fast}
-    log('{}: timing the baseline at batch size 1 on {} samples (Chainer and fast path)'
-        .format(label, len(xs)))
-    baseline = measurement.measure_main(net, xs, ys)
-    baseline_fast = measurement.measure_main(net, xs, ys, engine=fast, trunk_only=False)
-    log('{}: baseline acc {:.2%}, {:.3f} ms/sample end to end ({:.3f} trunk only, {:.3f} '
-        'fast path)'.format(label, baseline['acc'], baseline['ms'], baseline['trunk_ms'],
-                            baseline_fast['ms']))
+    repeats = timing_repeats(config)
+    engines, notes = timing_engines(net, label)
+    screen_engines = {k: engines[k] for k in ('chainer', 'fast')}
     t0 = time.perf_counter()
     log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
         label, len(config['thresholds']), net.numexits() - 1, config['screen']))
-    records, info = _screen(net, config, xs, ys, engines, costs_['path_macs'], outputs)
+    records, info = _screen(net, config, xs, ys, screen_engines, costs_['path_macs'], outputs)
     info['seconds'] = time.perf_counter() - t0
     accs = [r['acc'] for r in records]
     ms = [r['ms_chainer'] for r in records]
-    choice = tradeoff.choose_knee(accs, ms, baseline['acc'], baseline['ms'])
+    base_acc = float((net.predict_main(xs) == numpy.asarray(ys)).mean())
+    choice = tradeoff.choose_knee(accs, ms, base_acc,
+                                 _knee_baseline_ms(net, config, xs, ys, info))
     knee = choice['index']
     ts = records[knee]['thresholds']
-    log('{}: {} T={}; measuring it at batch size 1'.format(
-        label, 'knee' if choice['gain'] else choice['note'], ts))
-    branchy = measurement.measure_branchy(net, xs, ys, ts)
-    branchy_fast = measurement.measure_branchy(net, xs, ys, ts, engine=fast, trunk_only=False)
-    if choice['gain'] and branchy['ms'] >= baseline['ms']:
-        choice = {'index': knee, 'gain': False, 'note': '{}; measured {:.3f} vs {:.3f} ms'
-                  .format(tradeoff.NO_GAIN, branchy['ms'], baseline['ms'])}
-    limit = costs.arithmetic_limit_gain(costs_, branchy['exit_counts'])
-    rows = tables.branchy_table_rows(title, baseline, branchy, device=label, printout=False,
-                                     baseline_fast=baseline_fast, branchy_fast=branchy_fast,
-                                     mac_limit=limit)
+    log('{}: {} T={}; timing it and the baseline at batch size 1 on {} samples: {} '
+        'repeats of each, interleaved, on the {} path(s)'.format(
+            label, 'knee' if choice['gain'] else choice['note'], ts, len(xs), repeats,
+            ', '.join(engines)))
+    timed = time_against_baseline(net, xs, ys, ts, engines, repeats)
+    baseline, branchy = timed['chainer']
+    rows = _table_rows(title, label, timed, costs_, notes)
+    if choice['gain'] and not tables.is_gain(rows[1]['Gain']):
+        choice = {'index': knee, 'gain': False, 'note': '{}; measured {}'.format(
+            tradeoff.NO_GAIN, tables.format_cell('Gain', rows[1]['Gain']))}
     if not choice['gain']:
         rows[1]['Network'] += ' ({})'.format(choice['note'])
         log('{}: {}'.format(label, choice['note']))
@@ -162,25 +235,32 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
                   'measured_ms_chainer': branchy['ms'],
                   'predicted_ms_fast': records[knee].get('ms_fast'),
-                  'measured_ms_fast': branchy_fast['ms']}
-    log('{}: knee time predicted {:.3f} ms, measured {:.3f} ms (Chainer)'.format(
+                  'measured_ms_fast': timed['fast'][1]['ms']}
+    log('{}: knee time predicted {:.3f} ms, measured {:.3f} ms (Chainer, median)'.format(
         label, knee_check['predicted_ms_chainer'], branchy['ms']))
     tag = '{}_{}'.format(name, label.lower())
     tables.write_table(os.path.join(out['results'], tag + '_table'), rows)
     runrecord.write_json(os.path.join(out['results'], tag + '_screen.json'), {
         'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
-        'baseline': baseline, 'baseline_fast': baseline_fast, 'knee_index': knee,
+        'timing': {'repeats': repeats, 'warmup_samples': measurement.WARMUP_SAMPLES,
+                   'paths': list(engines), 'notes': notes,
+                   'order': 'per round: baseline then knee, on each path in turn'},
+        'baseline': baseline, 'baseline_fast': timed['fast'][0],
+        'baseline_numba': timed.get('numba', (None,))[0], 'knee_index': knee,
         'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline and '
-                     'predicted time <= baseline time / 1.05',
+                     'predicted time <= baseline time / 1.05; a gain when its slowest '
+                     'repeat beats the baseline\'s fastest',
         'knee_is_gain': choice['gain'], 'knee_note': choice['note'],
-        'knee': branchy, 'knee_fast': branchy_fast, 'knee_check': knee_check,
-        'mac_limit_gain': limit, 'points': records})
+        'knee': branchy, 'knee_fast': timed['fast'][1],
+        'knee_numba': timed.get('numba', (None, None))[1], 'knee_check': knee_check,
+        'mac_limit_gain': rows[1]['MAC limit'], 'points': records})
     star = knee if choice['gain'] else None  # no star for a point that is no knee
     extra = []
     if 'ms_fast' in records[0]:
+        base_fast = timed['fast'][0]
         extra.append({'label': 'fast path', 'accs': accs,
                       'ms': [r['ms_fast'] for r in records],
-                      'base_acc': baseline_fast['acc'], 'base_ms': baseline_fast['ms'],
+                      'base_acc': base_fast['acc'], 'base_ms': base_fast['ms'],
                       'knee': star})
     visualize.plot_tradeoff_curve(
         accs, ms, baseline['acc'], baseline['ms'], star,
@@ -191,8 +271,8 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     path_ms = info.get('path_ms', {}).get('chainer')
     if path_ms is None:  # the original way measured no per-exit costs
         path_ms = screening.path_costs(net, xs[:config['n_cost']])
-    return rows, {'path_ms': path_ms, 'baseline': baseline, 'baseline_fast': baseline_fast,
-                  'xs': xs, 'ys': ys, 'fast': fast}
+    return rows, {'path_ms': path_ms, 'baseline': baseline, 'xs': xs, 'ys': ys,
+                  'engines': engines, 'notes': notes, 'repeats': repeats}
 
 
 def split_validation(x_train, y_train, n_val, seed):
@@ -255,19 +335,17 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
         r = screening.evaluate(test_scores, test_preds, ys, to_user(limits), path_ms=path_ms,
                                measure=measure)
         curves[measure] = (r['acc'].tolist(), r['ms'].tolist())
-    measured = measurement.measure_branchy(net, xs, ys, chosen['thresholds'])
-    measured_fast = measurement.measure_branchy(net, xs, ys, chosen['thresholds'],
-                                          engine=timing['fast'], trunk_only=False)
-    row = {'Device': label, 'Network': 'B-{} (calibrated{})'.format(title, row_note),
-           'Acc. (%)': 100 * measured['acc'], 'Time (ms)': measured['ms'],
-           'Gain': timing['baseline']['ms'] / measured['ms'],
-           'Trunk-only (ms)': measured['trunk_ms'],
-           'Trunk-only gain': timing['baseline']['trunk_ms'] / measured['trunk_ms'],
-           'Fast (ms)': measured_fast['ms'],
-           'Fast gain': timing['baseline_fast']['ms'] / measured_fast['ms'],
-           'MAC limit': costs.arithmetic_limit_gain(costs_, measured['exit_counts']),
-           'Thrshld. T': chosen['thresholds'],
-           'Exit (%)': [100. * c / len(ys) for c in measured['exit_counts']]}
+    log('{}: timing the calibrated T={} and the baseline again ({} repeats, interleaved)'
+        .format(label, chosen['thresholds'], timing['repeats']))
+    timed = time_against_baseline(net, xs, ys, chosen['thresholds'], timing['engines'],
+                                  timing['repeats'])
+    row = _table_rows(title, label, timed, costs_, timing['notes'])[1]
+    row['Network'] = 'B-{} (calibrated{})'.format(title, row_note)
+    row['Notes'] = ['{} on {}: gains against the baseline timed again in its own rounds: {} '
+                    'ms'.format(row['Network'], label, ', '.join(
+                        '{} {}'.format(path, tables.format_cell('Time (ms)', tables.time_cell(b)))
+                        for path, (b, _) in timed.items()))]
+    measured = timed['chainer'][1]
     tag = '{}_{}'.format(name, label.lower())
     visualize.plot_measures(curves, timing['baseline']['acc'], timing['baseline']['ms'],
                             title='B-{}: confidence measures on the test set ({})'.format(
@@ -278,8 +356,12 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     summary = {'calibrated': {'thresholds': chosen['thresholds'], 'val_acc': chosen['acc'],
                               'val_ms_predicted': chosen['cost'],
                               'test_acc': measured['acc'], 'test_ms': measured['ms'],
-                              'test_ms_fast': measured_fast['ms'],
-                              'test_exit_counts': measured['exit_counts']},
+                              'test_ms_fast': timed['fast'][1]['ms'],
+                              'test_ms_numba': timed.get('numba', (None, {}))[1].get('ms'),
+                              'test_exit_counts': measured['exit_counts'],
+                              'repeats': timing['repeats']},
+               'timed': {path: {'baseline': b, 'calibrated': c}
+                         for path, (b, c) in timed.items()},
                'measures': comparison}
     with atomic_write(os.path.join(out['results'], tag + '_calibration.md'), 'w') as f:
         f.write(tables.calibration_report(title, label, summary, len(y_val), len(ys)))
@@ -288,7 +370,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
 
 #: Counts of the configuration and the least each accepts.
 COUNT_MINIMUMS = {'n_train': 1, 'n_test': 1, 'n_timing': 1, 'n_val': 0, 'n_cost': 1,
-                  'epochs_main': 0, 'epochs_joint': 0, 'batchsize': 1}
+                  'epochs_main': 0, 'epochs_joint': 0, 'batchsize': 1, 'timing_repeats': 1}
 
 
 def check_config(config):

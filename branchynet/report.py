@@ -14,12 +14,11 @@ import os
 import sys
 
 from branchynet.fileio import atomic_write
-from branchynet.tables import format_cell
+from branchynet.tables import TABLE_COLUMNS, format_cell, table_notes
 from branchynet.validation import InvalidValue
 
-COLUMNS = ('Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',
-           'Trunk-only gain', 'Fast (ms)', 'Fast gain', 'MAC limit', 'Thrshld. T', 'Exit (%)',
-           'Paper Acc. (%)', 'Paper Time (ms)', 'Paper Gain', 'Paper T', 'Paper Exit (%)')
+COLUMNS = ('Device',) + TABLE_COLUMNS + ('Paper Acc. (%)', 'Paper Time (ms)', 'Paper Gain',
+                                        'Paper T', 'Paper Exit (%)')
 
 
 def _paper_cells(published, device, branchy):
@@ -55,16 +54,28 @@ def _fmt(column, value):
 def render(all_results):
     lines = ['# Table I: ours beside the paper\'s', '',
              'Time (ms): per sample at batch size 1, end to end (trunk, branch heads, '
-             'softmax, entropy, routing). Trunk-only: the same run timed as the original '
-             'did (trunk segments only), comparable with the paper\'s column. Fast: the '
-             'same network and weights on the compiled array path (branchynet.fastpath). '
-             'MAC limit: the gain in multiply-adds, what a runtime without per-call '
-             'overhead would reach. Paper: '
+             'softmax, entropy, routing): the median of the timed repeats with the fastest '
+             'and slowest in brackets, each repeat a full pass over the timing samples after '
+             'a warm-up, baseline and BranchyNet interleaved round by round. Gain: baseline '
+             'time / BranchyNet time (ratio of the medians; in brackets, from the baseline\'s '
+             'fastest over BranchyNet\'s slowest to the reverse); "within noise" when '
+             'BranchyNet\'s slowest repeat is not faster than the baseline\'s fastest. '
+             'Trunk-only: the trunk segments alone, clocked inside the same passes as Time, '
+             'as the original timed (comparable with the paper\'s column). Fast: the same '
+             'network and weights on the compiled array path (branchynet.fastpath); Numba: '
+             'on the numba-compiled path (branchynet.numbapath), empty where it cannot run '
+             '(said under the table). MAC limit: the gain in multiply-adds, what a runtime '
+             'without per-call overhead would reach. Paper: '
              'Table I of Teerapittayanon et al. 2016 (CPU 3.0 GHz, GPU GTX TITAN X).', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    notes = []
     for results in all_results:
-        for row in table_rows(results):
+        rows = table_rows(results)
+        for row in rows:
             lines.append('| ' + ' | '.join(_fmt(c, row.get(c)) for c in COLUMNS) + ' |')
+        notes += ['{}: {}'.format(results['title'], n) for n in table_notes(rows)]
+    if notes:
+        lines += [''] + ['- ' + n for n in notes]
     lines += ['', '## Runs', '']
     for r in all_results:
         c, env, tr = r['config'], r['environment'], r['training']

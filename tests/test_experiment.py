@@ -36,10 +36,15 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
     assert measures == ['entropy', 'maxprob', 'margin']
     md = (tmp_path / '_results/lenet_mnist_cpu_calibration.md').read_text()
     assert '| maxprob |' in md and 'calibrated T =' in md
-    assert results['tables']['CPU'][1]['Gain'] > 0
+    knee = results['tables']['CPU'][1]
+    assert knee['Gain']['median'] > 0 and len(knee['Time (ms)']['repeats']) == 3  # tiny: 3
     calibrated = results['tables']['CPU'][2]
     assert calibrated['Network'] == 'B-LeNet (calibrated)'
-    assert calibrated['Fast gain'] > 0 and calibrated['MAC limit'] > 0
+    assert calibrated['Fast gain']['median'] > 0 and calibrated['MAC limit'] > 0
+    assert 'gains against the baseline timed again in its own rounds: chainer ' in \
+        calibrated['Notes'][0]
+    assert calibrated['Notes'][0] in (tmp_path / '_results/lenet_mnist_cpu_table.md').read_text()
+    assert screen['timing']['repeats'] == 3 and len(screen['knee']['ms_repeats']) == 3
 
 
 def branchy_row_label(name, screen):
