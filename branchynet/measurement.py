@@ -16,11 +16,13 @@ from branchynet.timing import NULL_TIMER, StageTimer, synchronize
 from branchynet.validation import validate_inputs, validate_labels
 
 
-def per_sample_loop(engine, x, run_one, timer):
+def per_sample_loop(engine, x, run_one, timer, progress=None):
     """Run ``run_one`` on every sample at batch size 1; time it end to end.
 
     The clock covers everything a sample costs: host-to-device transfer, the
     trunk, the heads, softmax, entropy, routing and reading the answer back.
+    ``progress``: a ``progress.Progress`` advanced once per sample (a
+    counter and a clock read; it redraws at most twice a second).
     """
     n = len(x)
     labels = numpy.empty(n, numpy.int32)
@@ -32,6 +34,8 @@ def per_sample_loop(engine, x, run_one, timer):
             lab, ex = run_one(engine.send(x[i:i + 1]), timer)
             labels[i] = int(lab[0])
             exits[i] = int(ex[0])
+            if progress is not None:
+                progress.update()
         synchronize(engine.xp)
         seconds = time.perf_counter() - start
     return labels, exits, seconds

@@ -2,6 +2,23 @@
 import sys
 import time
 
+#: Set by ``set_quiet`` (the driver's ``--quiet``): no progress output at all.
+QUIET = False
+
+
+def set_quiet(quiet=True):
+    """Silence every progress bar and step line of this process (``--quiet``)."""
+    global QUIET
+    QUIET = bool(quiet)
+
+
+def on_terminal(stream=None):
+    """Whether progress should be shown: stderr (or ``stream``) is a terminal
+    and output is not silenced. The default of the short steps' bars, which
+    stay out of logs and pipes."""
+    stream = stream or sys.stderr
+    return not QUIET and hasattr(stream, 'isatty') and stream.isatty()
+
 
 def _fmt_seconds(s):
     s = int(round(s))
@@ -19,7 +36,7 @@ class Progress:
     def __init__(self, total, desc='', unit='it', enabled=True, stream=None,
                  log_every=30.0):
         self.total, self.desc, self.unit = total, desc, unit
-        self.enabled = enabled
+        self.enabled = bool(enabled) and not QUIET
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
         self.interval = 0.5 if self.tty else log_every
@@ -33,6 +50,12 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+    @classmethod
+    def auto(cls, total, desc='', unit='it', enabled=None):
+        """A bar shown only on a terminal (``on_terminal``) unless ``enabled``
+        says otherwise (True also logs to a pipe every ``log_every`` s)."""
+        return cls(total, desc, unit, enabled=on_terminal() if enabled is None else enabled)
 
     def update(self, n=1, **postfix):
         self.count += n

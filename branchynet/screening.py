@@ -43,29 +43,32 @@ def exit_outputs(net, x, measure=None, batchsize=256):
     return scores, predictions
 
 
-def path_costs(net, x, engine=None):
+def path_costs(net, x, engine=None, progress=None):
     """Batch-1 end-to-end ms per sample of leaving at each exit.
 
     Exit n is forced with the network's confidence measure: thresholds with
     which nobody leaves before it (entropy: 0, as entropy is never < 0;
     maxprob and margin: 1) and everybody leaves at it (entropy: infinity).
     The samples of ``x`` (a few hundred suffice) are run for real, end to
-    end, for every exit.
+    end, for every exit. ``progress``: a bar over the samples run (None: on
+    a terminal only).
     """
     engine = as_engine(net, engine)
     measure = confidence.get_measure(net.confidence)
     early = net.numexits() - 1
     costs = []
+    bar = Progress.auto(len(x) * net.numexits(), 'path costs', 'sample', progress)
     for n in range(net.numexits()):
         ts = [measure.stay_all] * n + [measure.leave_all] * (early - n)
         _, exits, seconds = per_sample_loop(
-            engine, x, lambda xb, tm: engine.route(xb, ts, tm), NULL_TIMER)
+            engine, x, lambda xb, tm: engine.route(xb, ts, tm), NULL_TIMER, progress=bar)
         if not (exits == n).all():
             raise RuntimeError(
                 'forcing every sample out at exit {} with {} thresholds {} sent samples to '
                 'exits {}: the routing does not follow the measure'.format(
                     n, measure.name, ts, sorted(set(numpy.asarray(exits).tolist()))))
         costs.append(1000. * seconds / len(x))
+    bar.close()
     return costs
 
 
