@@ -173,17 +173,6 @@ def _check_goal(target_acc, budget):
                            'got {!r}'.format(budget))
 
 
-def validation_outputs(net, x, measure, batchsize=256, progress=None):
-    """``screening.exit_outputs`` of ``x`` in chunks, with a progress bar."""
-    parts = []
-    with Progress.auto(len(x), 'exit outputs', 'sample', progress) as bar:
-        for i in range(0, len(x), batchsize * 4):
-            parts.append(screening.exit_outputs(net, x[i:i + batchsize * 4], measure,
-                                                batchsize=batchsize))
-            bar.update(len(parts[-1][0]))
-    return tuple(numpy.concatenate(column) for column in zip(*parts))
-
-
 def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy', engine=None,
               cost_samples=200, candidates=64, progress=None):
     """Choose and set ``net``'s exit thresholds on validation data, in one call.
@@ -209,7 +198,7 @@ def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy'
     net.thresholdExits = None
     net.confidence = measure  # the forced exits of path_costs follow the net's measure
     try:
-        scores, predictions = validation_outputs(net, x_val, measure, progress=progress)
+        scores, predictions = screening.exit_outputs(net, x_val, measure, progress=progress)
         path_ms = screening.path_costs(net, x_val[:cost_samples], engine, progress=progress)
         result = calibrate_thresholds(scores, predictions, numpy.asarray(y_val), path_ms,
                                       target_acc=target_acc, budget=budget, measure=measure,

@@ -19,7 +19,7 @@ import traceback
 import numpy
 
 import networks
-from branchynet import checkpoint, experiment, netspec, report, runtime
+from branchynet import checkpoint, experiment, netspec, progress, report, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
 from branchynet.validation import InputError, InvalidValue
 from datasets import DataUnavailableError
@@ -45,6 +45,9 @@ def build_parser():
                              '<out>/_results/table1.md; a network whose data cannot be had '
                              'is skipped with a line saying how to provide it'.format(
                                  ', '.join(networks.NETWORKS)))
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress output (bars show on a terminal only; training also '
+                             'logs a line every 30 s elsewhere)')
     parser.add_argument('--title', help='the name of the network in Table I and figures '
                         '(default: the paper\'s name, or the function\'s)')
     parser.add_argument('--preset', default='fast',
@@ -236,6 +239,8 @@ def main(argv=None):
         print('starting: {}'.format(' '.join(command)), flush=True)
         return run_launcher(command)
     runtime.tune_allocator()
+    if args.quiet:
+        progress.set_quiet()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'dataset_path', 'augment', 'screen', 'n_val', 'title')}

@@ -220,6 +220,18 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
                   'xs': xs, 'ys': ys, 'fast': fast}
 
 
+def compile_numba_engine(net, name, label='CPU'):
+    """``numbapath.compile_engine(net)`` with a line before it (what is being
+    compiled, how long it took the last time) and one after (how long it took):
+    the first compile of a network is tens of seconds with nothing to show."""
+    from branchynet import numbapath, progress
+    with progress.timed_step(
+            '{}: compiling the numba engine of {} (cached machine code makes it quick)'
+            .format(label, name), 'numba compile: {}'.format(name),
+            '{}: numba engine of {} ready'.format(label, name), log=log):
+        return numbapath.compile_engine(net, warn=log)
+
+
 def split_validation(x_train, y_train, n_val, seed):
     """Hold out ``n_val`` training samples for calibration: a seeded split
     stratified by class (scikit-learn's ``train_test_split``), so the held-out

@@ -12,6 +12,7 @@ import chainer
 import numpy
 
 from branchynet.engine import as_engine
+from branchynet.progress import Progress
 from branchynet.timing import NULL_TIMER, StageTimer, synchronize
 from branchynet.validation import validate_inputs, validate_labels
 
@@ -47,13 +48,15 @@ def _measure(net, engine, x, y, run_one, trunk_only):
     if trunk_only and not getattr(engine, 'stage_timing', True):
         raise ValueError('{} runs each segment and head as one fused call and cannot time '
                          'the trunk alone: pass trunk_only=False'.format(type(engine).__name__))
-    labels, exits, seconds = per_sample_loop(engine, x, run_one, NULL_TIMER)
+    bar = Progress.auto(len(x) * (2 if trunk_only else 1), 'batch-1 timing', 'sample')
+    labels, exits, seconds = per_sample_loop(engine, x, run_one, NULL_TIMER, progress=bar)
     result = _summarise(net, y, labels, exits, seconds)
     if trunk_only:  # a second pass with per-stage clocks: the original's timer
         timer = StageTimer(engine.xp)
-        per_sample_loop(engine, x, run_one, timer)
+        per_sample_loop(engine, x, run_one, timer, progress=bar)
         result['trunk_ms'] = 1000. * timer.totals['trunk'] / len(y)
         result['stage_ms'] = {k: 1000. * v / len(y) for k, v in timer.totals.items()}
+    bar.close()
     return result
 
 

@@ -27,20 +27,26 @@ from branchynet.engine import as_engine
 from branchynet.timing import NULL_TIMER
 from branchynet.measurement import measure_branchy, per_sample_loop
 from branchynet.progress import Progress
-from branchynet.validation import validate_labels, validate_thresholds
+from branchynet.validation import validate_inputs, validate_labels, validate_thresholds
 
 
-def exit_outputs(net, x, measure=None, batchsize=256):
+def exit_outputs(net, x, measure=None, batchsize=256, progress=None):
     """``(scores, predictions)``: arrays ``(N, exits)`` from one batched pass.
 
     ``scores`` are the uncertainty scores of ``measure`` (default the net's
     ``confidence``; for entropy, the entropies), computed from the logits
-    exactly as the routing computes them."""
+    exactly as the routing computes them. ``progress``: a bar over the
+    samples (None: on a terminal only)."""
     measure = confidence.get_measure(measure or net.confidence)
-    logits = net.get_logits(x, batchsize=batchsize)
-    scores = numpy.stack([measure.scores(z) for z in logits], axis=1)
-    predictions = numpy.stack([z.argmax(axis=1) for z in logits], axis=1).astype(numpy.int32)
-    return scores, predictions
+    validate_inputs(x, net.input_shape)
+    scores, predictions = [], []
+    with Progress.auto(len(x), 'exit outputs', 'sample', progress) as bar:
+        for i in range(0, len(x), 8 * batchsize):
+            logits = net.get_logits(x[i:i + 8 * batchsize], batchsize=batchsize)
+            scores.append(numpy.stack([measure.scores(z) for z in logits], axis=1))
+            predictions.append(numpy.stack([z.argmax(axis=1) for z in logits], axis=1))
+            bar.update(len(logits[0]))
+    return numpy.concatenate(scores), numpy.concatenate(predictions).astype(numpy.int32)
 
 
 def path_costs(net, x, engine=None, progress=None):
