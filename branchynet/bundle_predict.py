@@ -69,7 +69,8 @@ class Bundle:
                 manifest = json.load(f)
         self.manifest = manifest
         self.measure = manifest['measure']
-        self.thresholds = manifest.get('thresholds')
+        ts = manifest.get('thresholds')  # "inf" for an exit everybody leaves at
+        self.thresholds = None if ts is None else [float(t) for t in ts]
         self.input_shape = tuple(manifest['input']['shape']) \
             if manifest['input'].get('shape') else None
         options = onnxruntime.SessionOptions()

@@ -19,6 +19,7 @@ before exits were numbered from 1 (``exit0.onnx``, no manifest) load with a
 warning.
 """
 import json
+import math
 import os
 import re
 import shutil
@@ -47,7 +48,9 @@ def manifest(net, engine, files):
                   for n in range(len(exits))],
         'main': 'main.onnx',
         'measure': net.confidence,
-        'thresholds': None if net.thresholdExits is None else list(net.thresholdExits),
+        # strict JSON: an infinite threshold (everybody leaves) is written "inf"
+        'thresholds': None if net.thresholdExits is None else
+        [t if math.isfinite(t) else repr(t) for t in net.thresholdExits],
         'num_classes': int(num_classes),
         'exit_index': '0-based in predict\'s exits (0 is exit1.onnx), as BranchyNet.predict',
         'version': __version__, 'commit': runrecord.source_commit(),
@@ -72,7 +75,7 @@ def save_bundle(net, directory, engine=None):
         shutil.copyfileobj(src, f)
     content = manifest(net, engine, files)
     with atomic_write(os.path.join(directory, bundle_predict.MANIFEST), 'w') as f:
-        json.dump(content, f, indent=1)
+        json.dump(content, f, indent=1, allow_nan=False)
         f.write('\n')
     return content
 

@@ -164,6 +164,18 @@ def test_folders_saved_with_exits_numbered_from_0_load_with_a_warning(tmp_path, 
         numpy.testing.assert_array_equal(a, b)
 
 
+def test_infinite_thresholds_are_strict_json(tmp_path, trained):
+    net = trained.copy(mode='copy')
+    net.thresholdExits = [float('inf'), 0.5]  # everybody leaves at exit 1
+    deploy.save_bundle(net, tmp_path)
+    text = (tmp_path / 'manifest.json').read_text()
+    assert json.loads(text, parse_constant=pytest.fail)['thresholds'] == ['inf', 0.5]
+    x, _ = _data(20, 8)
+    labels, exits = deploy.load_bundle(tmp_path).predict(x)
+    assert (exits == 0).all()
+    numpy.testing.assert_array_equal(labels, net.predict(x)[0])
+
+
 def test_bundles_need_an_input_shape_and_a_bundle_folder(tmp_path, trained):
     net = trained.copy(mode='copy')
     net.input_shape = None
