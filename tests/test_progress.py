@@ -50,12 +50,16 @@ def test_bars_are_silent_in_pipes_and_with_quiet(monkeypatch):
     assert stderr.getvalue() == ''
 
 
+def _samples(n):
+    rng = numpy.random.RandomState(0)
+    return (rng.randn(n, 1, 8, 8).astype(numpy.float32),
+            rng.randint(0, 5, n).astype(numpy.int32))
+
+
 def test_batch1_timing_path_costs_and_exit_outputs_report_progress(monkeypatch):
     stderr = terminal(monkeypatch)
     net = make_three_exit_net()
-    rng = numpy.random.RandomState(0)
-    x = rng.randn(12, 1, 8, 8).astype(numpy.float32)
-    y = rng.randint(0, 5, 12).astype(numpy.int32)
+    x, y = _samples(12)
     utils.measure_main(net, x, y)
     screening.path_costs(net, x[:4])
     screening.exit_outputs(net, x)
@@ -67,11 +71,8 @@ def test_batch1_timing_path_costs_and_exit_outputs_report_progress(monkeypatch):
 
 def test_calibration_reports_progress(monkeypatch):
     stderr = terminal(monkeypatch)
-    net = make_three_exit_net()
-    rng = numpy.random.RandomState(0)
-    x = rng.randn(30, 1, 8, 8).astype(numpy.float32)
-    y = rng.randint(0, 5, 30).astype(numpy.int32)
-    net.calibrate(x, y, cost_samples=3)
+    x, y = _samples(30)
+    make_three_exit_net().calibrate(x, y, cost_samples=3)
     assert 'calibrate (entropy) 100.0%' in stderr.getvalue()
 
 
