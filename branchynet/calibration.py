@@ -16,6 +16,10 @@ fixed grid), plus "nobody leaves" and "everybody leaves". With up to two
 early exits every combination is evaluated exactly in array operations;
 with more, coordinate descent starts from "nobody leaves" and improves one
 exit at a time until nothing changes.
+
+``calibrate(net, x_val, y_val, ...)`` (``BranchyNet.calibrate``) does the
+whole job in one call: exit outputs, batch-1 path costs on an engine, the
+choice, and sets the thresholds and measure on the model.
 """
 import itertools
 
@@ -23,6 +27,9 @@ import numpy
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from branchynet import confidence, screening
+from branchynet.progress import Progress
+from branchynet.validation import (InvalidValue, is_real_number, validate_inputs,
+                                   validate_labels)
 
 
 def _candidate_limits(scores, count, upper):
@@ -52,7 +59,7 @@ def _pick(acc, cost, target_acc, budget):
 
 
 def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, budget=None,
-                         measure='entropy', candidates=64, max_rounds=5):
+                         measure='entropy', candidates=64, max_rounds=5, progress=None):
     """Per-early-exit thresholds chosen on validation outputs.
 
     Args:
@@ -65,6 +72,8 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
             maximised under it instead.
         measure: the confidence measure the scores belong to.
         candidates: quantiles tried per early exit.
+        progress: a bar over the threshold vectors evaluated (None: on a
+            terminal only).
 
     Returns a dict: ``thresholds`` (in the measure's own units), ``acc``,
     ``cost``, ``exit_counts`` on the validation data, ``met`` (whether the
@@ -85,12 +94,29 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
     cands = [_candidate_limits(scores[:, n], candidates, measure.upper) for n in range(early)]
     to_user = numpy.vectorize(measure.limit, otypes=[numpy.float64])  # limit is an involution
 
-    def evaluate(limit_vectors):
-        ts = to_user(numpy.asarray(limit_vectors, dtype=numpy.float64))
-        r = screening.evaluate(scores, predictions, y, ts, path_ms=path_costs,
-                               measure=measure)
+    if early <= 2:
+        total = int(numpy.prod([len(c) for c in cands]))
+    else:
+        total = max_rounds * sum(len(c) for c in cands) + 1
+    bar = Progress.auto(total, 'calibrate ({})'.format(measure.name), 'pt', progress)
+
+    def evaluate(limit_vectors, chunk=4096):
+        limit_vectors = numpy.asarray(limit_vectors, dtype=numpy.float64)
+        ts = to_user(limit_vectors)
+        parts = []
+        for i in range(0, len(ts), chunk):
+            parts.append(screening.evaluate(scores, predictions, y, ts[i:i + chunk],
+                                            path_ms=path_costs, measure=measure))
+            bar.update(len(parts[-1]['acc']))
+        r = {k: numpy.concatenate([p[k] for p in parts]) for k in parts[0]}
         return ts, r
 
+    with bar:
+        return _search(cands, evaluate, early, target_acc, budget, max_rounds, measure)
+
+
+def _search(cands, evaluate, early, target_acc, budget, max_rounds, measure):
+    """Every combination (up to two early exits) or coordinate descent."""
     if early <= 2:
         grid = numpy.array(list(itertools.product(*cands)))
         ts, r = evaluate(grid)
@@ -134,3 +160,53 @@ def exit_roc(scores, predictions, y, exit_index=0):
 def exit_aurocs(scores, predictions, y):
     """``exit_roc``'s AUROC for every early exit (the last exit never decides)."""
     return [exit_roc(scores, predictions, y, n)[2] for n in range(scores.shape[1] - 1)]
+
+
+def _check_goal(target_acc, budget):
+    if target_acc is not None and budget is not None:
+        raise InvalidValue('give target_acc or budget, not both')
+    if target_acc is not None and not (is_real_number(target_acc) and 0 < target_acc <= 1):
+        raise InvalidValue('target_acc must be an accuracy in (0, 1], got {!r}'.format(
+            target_acc))
+    if budget is not None and not (is_real_number(budget) and 0 < budget < numpy.inf):
+        raise InvalidValue('budget must be a positive number of milliseconds per sample, '
+                           'got {!r}'.format(budget))
+
+
+def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy', engine=None,
+              cost_samples=200, candidates=64, progress=None):
+    """Choose and set ``net``'s exit thresholds on validation data, in one call.
+
+    Exit outputs of ``x_val`` are computed once; the batch-1 cost of leaving
+    at each exit is measured on the first ``cost_samples`` samples on
+    ``engine`` (default the model's own Chainer path; any engine of
+    ``branchynet.engine``); ``calibrate_thresholds`` then picks the cheapest
+    thresholds reaching ``target_acc`` (default: the last exit's validation
+    accuracy) or, with ``budget`` (ms per sample at batch size 1 on that
+    engine), the most accurate within it. ``net.confidence`` becomes
+    ``measure`` and ``net.thresholdExits`` the thresholds; on an error the
+    model is left as it was.
+
+    Returns ``calibrate_thresholds``'s dict (``thresholds``, ``acc``,
+    ``cost`` in ms, ``exit_counts``, ``met``, ...) plus ``path_ms``.
+    """
+    _check_goal(target_acc, budget)
+    measure = confidence.get_measure(measure).name
+    validate_inputs(x_val, net.input_shape, name='x_val')
+    validate_labels(y_val, len(x_val), net.num_classes(x_val), name='y_val')
+    previous = (net.confidence, net.thresholdExits)
+    net.thresholdExits = None
+    net.confidence = measure  # the forced exits of path_costs follow the net's measure
+    try:
+        scores, predictions = screening.exit_outputs(net, x_val, measure, progress=progress)
+        path_ms = screening.path_costs(net, x_val[:cost_samples], engine, progress=progress)
+        result = calibrate_thresholds(scores, predictions, numpy.asarray(y_val), path_ms,
+                                      target_acc=target_acc, budget=budget, measure=measure,
+                                      candidates=candidates, progress=progress)
+        net.thresholdExits = result['thresholds']
+    except BaseException:
+        net.thresholdExits = None
+        net.confidence, net.thresholdExits = previous
+        raise
+    result['path_ms'] = list(path_ms)
+    return result

@@ -19,7 +19,7 @@ import traceback
 import numpy
 
 import networks
-from branchynet import checkpoint, experiment, report, runtime
+from branchynet import checkpoint, experiment, netspec, progress, report, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
 from branchynet.validation import InputError, InvalidValue
 from datasets import DataUnavailableError
@@ -31,15 +31,25 @@ def build_parser():
         description='Train, time and screen BranchyNet networks (Table I and Fig. 3). '
                     './get_results.sh runs this with --networks all --device auto --out . '
                     'after setting up the environment.')
-    parser.add_argument('--network', default=None, choices=networks.NETWORKS,
-                        help='one network (default lenet_mnist)')
+    parser.add_argument('--network', default=None, metavar='NAME|PATH.py:FUNCTION',
+                        help='one network (default lenet_mnist): {}, or a function of your '
+                             'own returning a BranchyNet, as PATH.py:FUNCTION or '
+                             'package.module:FUNCTION (with --dataset; files and the Table I '
+                             'row take the function\'s name)'.format(
+                                 ', '.join(networks.NETWORKS)))
     parser.add_argument('--networks', metavar='LIST',
-                        help='comma-separated networks, or all ({}): each is run in turn '
+                        help='comma-separated networks (names or PATH.py:FUNCTION), or all '
+                             '({}): each is run in turn '
                              'with its output also in <out>/_results/<network>.log, then '
                              'Table I of those that produced results goes to '
                              '<out>/_results/table1.md; a network whose data cannot be had '
                              'is skipped with a line saying how to provide it'.format(
                                  ', '.join(networks.NETWORKS)))
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress output (bars show on a terminal only; training also '
+                             'logs a line every 30 s elsewhere)')
+    parser.add_argument('--title', help='the name of the network in Table I and figures '
+                        '(default: the paper\'s name, or the function\'s)')
     parser.add_argument('--preset', default='fast',
                         help="schedule: 'paper' (the original's), 'fast' (default) or 'tiny' "
                              '(seconds, a data subset)')
@@ -104,7 +114,7 @@ def network_list(args):
     """The networks to run: ``--networks`` (a comma-separated list or ``all``)
     or ``--network`` (default lenet_mnist)."""
     if args.networks is None:
-        return [args.network or 'lenet_mnist']
+        return [_checked(args.network or 'lenet_mnist')]
     if args.network is not None:
         raise InvalidValue('give --network or --networks, not both (get_results.sh runs '
                            '--networks all: there, name one network with --networks NAME)')
@@ -114,11 +124,28 @@ def network_list(args):
     expected = 'expected a comma-separated list of: {} (or all)'.format(
         ', '.join(networks.NETWORKS))
     for name in names:
-        if name not in networks.NETWORKS:
+        if not netspec.is_function_spec(name) and name not in networks.NETWORKS:
             raise InvalidValue('unknown network {!r} in --networks; {}'.format(name, expected))
     if not names:
         raise InvalidValue('--networks {!r} names no network; {}'.format(args.networks, expected))
-    return names
+    short = [netspec.short_name(n) for n in names]
+    if len(set(short)) < len(short):
+        raise InvalidValue('--networks names two networks called the same ({}): their files '
+                           'would collide'.format(', '.join(short)))
+    return [_checked(n) for n in names]
+
+
+def _checked(spec):
+    """``spec``, after checking that it names a network (a function spec is
+    imported and called once, so a bad one fails before any work)."""
+    if netspec.is_function_spec(spec):
+        netspec.load(spec)
+    elif spec.endswith('.py'):
+        raise InvalidValue('--network {0}: name the function that builds the network too: '
+                           '{0}:FUNCTION'.format(spec))
+    elif spec not in networks.NETWORKS:
+        networks.load(spec)  # raises, naming the choices
+    return spec
 
 
 def mpi_command(args, argv):
@@ -218,9 +245,11 @@ def main(argv=None):
         print('starting: {}'.format(' '.join(command)), flush=True)
         return run_launcher(command)
     runtime.tune_allocator()
+    if args.quiet:
+        progress.set_quiet()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
-                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val')}
+                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val', 'title')}
     if args.time_devices:
         time_devices = args.time_devices.split(',')
     else:  # training on the CPU times on the CPU; gpu/auto add the GPU when usable
@@ -263,7 +292,8 @@ def _run_networks(args, names, overrides, time_devices, dist):
         return 2
     start = time.time()
     codes, produced = {}, []
-    for name in names:
+    for spec in names:
+        name = netspec.short_name(spec)
         logging = _logged(os.path.join(results, name + '.log')) if root \
             else contextlib.nullcontext()
         with logging:
@@ -272,7 +302,7 @@ def _run_networks(args, names, overrides, time_devices, dist):
                     name, args.preset, args.device,
                     '' if dist is None else ', {} MPI ranks'.format(dist.size)), flush=True)
             try:
-                codes[name] = _run_main(args, name, overrides, time_devices, dist)
+                codes[name] = _run_main(args, spec, overrides, time_devices, dist)
             except Exception:  # a bug in one network's run: reported, the others still run
                 if dist is not None:
                     raise  # distributed.abort_on_error ends every rank

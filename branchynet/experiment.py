@@ -8,7 +8,9 @@ batch size 1, screen the threshold grid on the test set (the paper's way),
 pick the knee, write Table I, every screened point, figures and models.
 
 Every network is configured by the ``EXPERIMENT`` dict of its module in
-``networks/``; nothing here is specific to one network. The command line
+``networks/``; nothing here is specific to one network. ``--network
+PATH.py:FUNCTION`` (or ``package.module:FUNCTION``) runs any function that
+returns a BranchyNet, with default settings (``branchynet.netspec``). The command line
 (options, network lists, ``--mpi``) is ``branchynet.cli``.
 """
 import contextlib
@@ -23,11 +25,10 @@ import chainer
 import numpy
 from sklearn.model_selection import train_test_split
 
-import networks
 from datasets import DataUnavailableError
 
 from branchynet import (calibration, checkpoint, confidence, costs, fileio, measurement,
-                        runrecord, screening, tables, tradeoff, training,
+                        netspec, runrecord, screening, tables, tradeoff, training,
                         visualize)
 from branchynet.devices import device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
@@ -42,8 +43,9 @@ def log(msg):
 
 
 def resolve_config(network, preset, overrides=None):
-    """The experiment settings of ``network`` under ``preset``, with overrides."""
-    module = networks.load(network)
+    """The experiment settings of ``network`` (a name or ``...:FUNCTION``,
+    ``branchynet.netspec``) under ``preset``, with overrides."""
+    module = netspec.load(network)
     base = dict(module.EXPERIMENT)
     presets = base.pop('presets')
     if preset not in presets:
@@ -57,7 +59,30 @@ def resolve_config(network, preset, overrides=None):
     for key, value in (overrides or {}).items():
         if value is not None:
             config[key] = value
+    if netspec.is_function_spec(network):
+        config.update(network=netspec.short_name(network), network_spec=network)
+        if not (config.get('dataset_path') or config.get('dataset')):
+            raise InvalidValue('--network {} needs --dataset: an npz file (train_x, train_y, '
+                               'test_x, test_y) or one of: {}'.format(
+                                   network, ', '.join(DATASETS)))
     return module, config
+
+
+def default_threshold_grid(net, x, values_per_exit=16):
+    """Threshold values for the screening grid of a network configured without
+    any: quantiles of every early exit's confidence scores on ``x`` (the
+    evaluation samples), pooled, so the grid spans what the data
+    distinguishes; values within the measure's range."""
+    measure = confidence.get_measure(net.confidence)
+    scores, _ = screening.exit_outputs(net, x)
+    early = scores.shape[1] - 1
+    count = max(3, values_per_exit // early)
+    levels = numpy.linspace(0, 1, count + 2)[1:-1]
+    limits = numpy.concatenate([numpy.quantile(scores[:, n], levels) for n in range(early)])
+    values = {float('{:.4g}'.format(measure.limit(v))) for v in limits}
+    if measure.upper is not None:
+        values = [min(max(v, 0.0), measure.upper) for v in values]
+    return sorted(set(values))
 
 
 def load_dataset(config, dataset_module=None):
@@ -122,7 +147,7 @@ def timing_repeats(config):
     return config.get('timing_repeats') or TIMING_REPEATS.get(config['preset'], 5)
 
 
-def timing_engines(net, label):
+def timing_engines(net, label, name='the network'):
     """The inference paths Table I times: ``({path: engine}, notes)``.
 
     Always Chainer (``net``) and the fast path; the numba path too when numba
@@ -140,9 +165,7 @@ def timing_engines(net, label):
             reason = str(e)
         else:
             try:
-                engines['numba'] = numbapath.NumbaBranchyNet(net)
-                log('{}: numba path compiled in {:.1f} s'.format(
-                    label, engines['numba'].compile_seconds))
+                engines['numba'] = compile_numba_engine(net, name, label)
             except (ImportError, numbapath.NotCompilable) as e:
                 reason = str(e)
     notes = []
@@ -204,7 +227,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     n_timing = config.get('n_timing') or len(x_test)
     xs, ys = x_test[:n_timing], y_test[:n_timing]
     repeats = timing_repeats(config)
-    engines, notes = timing_engines(net, label)
+    engines, notes = timing_engines(net, label, name)
     screen_engines = {k: engines[k] for k in ('chainer', 'fast')}
     t0 = time.perf_counter()
     log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
@@ -273,6 +296,19 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
         path_ms = screening.path_costs(net, xs[:config['n_cost']])
     return rows, {'path_ms': path_ms, 'baseline': baseline, 'xs': xs, 'ys': ys,
                   'engines': engines, 'notes': notes, 'repeats': repeats}
+
+
+def compile_numba_engine(net, name, label='CPU'):
+    """``numbapath.NumbaBranchyNet(net)`` with a line before it (what is being
+    compiled, how long it took the last time) and one after (how long it took):
+    the first compile of a network is tens of seconds with nothing to show.
+    Raises ``ImportError`` or ``numbapath.NotCompilable`` as the engine does."""
+    from branchynet import numbapath, progress
+    with progress.timed_step(
+            '{}: compiling the numba engine of {} (cached machine code makes it quick)'
+            .format(label, name), 'numba compile: {}'.format(name),
+            '{}: numba engine of {} ready'.format(label, name), log=log):
+        return numbapath.NumbaBranchyNet(net)
 
 
 def split_validation(x_train, y_train, n_val, seed):
@@ -457,8 +493,8 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
                     if removed:
                         log('removed {} temporary file(s) left in {} by an interrupted run'
                             .format(len(removed), folder))
-        return _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
-                           time_devices, init, resume, dist)
+        return _run_locked(module, config, config['network'], preset, dev, out, seed,
+                           dataset_module, time_devices, init, resume, dist)
 
 
 def _agreed(dist, kinds=(InputError, DataUnavailableError, OSError)):
@@ -567,6 +603,11 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                             'epoch_seconds_joint': joint_s / max(1, config['epochs_joint'])},
                'test': {'baseline_acc': base_test_acc, 'exit_accs_after_joint': exit_accs},
                'tables': {}, 'costs': costs.exit_costs(net)}
+    if config.get('thresholds') is None:  # a network of one's own without a grid
+        config['thresholds'] = default_threshold_grid(
+            net, x_test[:config.get('n_timing') or len(x_test)])
+        log('threshold grid from the exits\' {} quantiles on the test samples: {}'.format(
+            net.confidence, ', '.join('{:.4g}'.format(t) for t in config['thresholds'])))
     if time_devices is None:
         time_devices = ['cpu'] + (['gpu'] if gpu_usable() else [])
     for td in time_devices:

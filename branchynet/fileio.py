@@ -181,17 +181,32 @@ class RunLock:
         return False
 
 
+#: npz entries holding the exit rule (not weights): the confidence measure's
+#: name and, when set, the thresholds of the early exits.
+EXIT_RULE_KEYS = ('_exit_rule/measure', '_exit_rule/thresholds')
+
+
 def save_npz(path, net):
-    """Save the weights (and BatchNorm statistics) of ``net`` as npz, atomically.
+    """Save the weights (and BatchNorm statistics) of ``net`` as npz, atomically,
+    with its exit rule (confidence measure and thresholds, when set).
 
     This is the recommended way to share a model: loading it runs no code.
     """
+    serializer = chainer.serializers.DictionarySerializer()
+    serializer.save(net)
+    entries = dict(serializer.target)
+    if hasattr(net, 'confidence'):
+        entries[EXIT_RULE_KEYS[0]] = numpy.array(net.confidence)
+        if getattr(net, 'thresholdExits', None) is not None:
+            entries[EXIT_RULE_KEYS[1]] = numpy.array(net.thresholdExits, numpy.float64)
     with atomic_write(path) as f:
-        chainer.serializers.save_npz(f, net)
+        numpy.savez_compressed(f, **entries)
 
 
 def load_npz(path, net):
-    """Load weights saved by :func:`save_npz` into ``net`` (built by get_network()).
+    """Load weights saved by :func:`save_npz` into ``net`` (built by get_network()),
+    and the exit rule when the file has one (files written before it was
+    saved load as before, leaving the model's thresholds as they are).
 
     No code runs (``allow_pickle=False``), and every array must match the
     shape and dtype of what it fills and be finite (``branchynet.safenpz``).
@@ -199,8 +214,44 @@ def load_npz(path, net):
     from branchynet import safenpz
     path = os.fspath(path)
     with safenpz.open_npz(path, 'a BranchyNet weights file (written by save_npz)') as npz:
-        safenpz.load_into(npz, net, path)
+        rule = [k for k in EXIT_RULE_KEYS if k in npz.files]
+        measure, thresholds = _exit_rule(npz, path, net) if rule else (None, None)
+        safenpz.load_into(npz, net, path, ignore=rule)
+    if rule:
+        net.thresholdExits = None
+        net.confidence = measure
+        net.thresholdExits = thresholds
     return net
+
+
+def _exit_rule(npz, path, net):
+    """``(measure, thresholds)`` stored by ``save_npz``, checked against ``net``."""
+    from branchynet import confidence, safenpz
+    from branchynet.validation import InputError, validate_thresholds
+    if EXIT_RULE_KEYS[0] not in npz.files:
+        raise safenpz.ModelFileError('{} has thresholds but no confidence measure ({})'.format(
+            path, EXIT_RULE_KEYS[0]))
+    measure = safenpz.read_array(npz, EXIT_RULE_KEYS[0], path)
+    if measure.dtype.kind != 'U' or measure.shape != () or \
+            str(measure) not in confidence.MEASURES:
+        raise safenpz.ModelFileError('{}: entry {!r} must name a confidence measure ({}), '
+                                     'got {!r}'.format(path, EXIT_RULE_KEYS[0],
+                                                       ', '.join(confidence.MEASURES),
+                                                       measure.tolist()))
+    if EXIT_RULE_KEYS[1] not in npz.files:
+        return str(measure), None
+    thresholds = safenpz.read_array(npz, EXIT_RULE_KEYS[1], path)
+    if thresholds.dtype.kind != 'f' or thresholds.ndim != 1:
+        raise safenpz.ModelFileError('{}: entry {!r} must be a list of numbers, got {} {}'
+                                     .format(path, EXIT_RULE_KEYS[1], thresholds.dtype,
+                                             thresholds.shape))
+    try:
+        thresholds = validate_thresholds(thresholds.tolist(), net.numexits() - 1,
+                                         upper=confidence.get_measure(str(measure)).upper)
+    except InputError as e:
+        raise safenpz.ModelFileError('{}: its thresholds do not fit this network: {}'.format(
+            path, e)) from e
+    return str(measure), thresholds
 
 
 def save_dill(path, net):

@@ -19,6 +19,8 @@ import chainer
 import numpy
 
 from branchynet.engine import as_engine
+from branchynet.progress import Progress
+from branchynet.routing import check_finite
 from branchynet.timing import NULL_TIMER, StageTimer, synchronize
 from branchynet.validation import validate_inputs, validate_labels
 
@@ -26,13 +28,15 @@ from branchynet.validation import validate_inputs, validate_labels
 WARMUP_SAMPLES = 100
 
 
-def per_sample_loop(engine, x, run_one, timer, clock=None):
+def per_sample_loop(engine, x, run_one, timer, clock=None, progress=None):
     """Run ``run_one`` on every sample at batch size 1; time it end to end.
 
     The clock covers everything a sample costs: host-to-device transfer, the
     trunk, the heads, softmax, entropy, routing and reading the answer back.
     Returns ``(labels, exits, seconds)``. ``clock``: the time source in
     seconds (default ``time.perf_counter``; tests pass a fake one).
+    ``progress``: a ``progress.Progress`` advanced once per sample (a
+    counter and a clock read; it redraws at most twice a second).
     """
     clock = clock or time.perf_counter
     n = len(x)
@@ -45,8 +49,11 @@ def per_sample_loop(engine, x, run_one, timer, clock=None):
             lab, ex = run_one(engine.send(x[i:i + 1]), timer)
             labels[i] = int(lab[0])
             exits[i] = int(ex[0])
+            if progress is not None:
+                progress.update()
         synchronize(engine.xp)
         seconds = clock() - start
+    check_finite(exits)
     return labels, exits, seconds
 
 
@@ -103,9 +110,13 @@ def time_settings(settings, x, y, repeats=1, warmup=WARMUP_SAMPLES, clock=None):
                              'the trunk alone: pass trunk_only=False'.format(
                                  type(s.engine).__name__))
 
+    bar = Progress.auto(len(settings) * (min(warmup, len(x)) + repeats * len(x)),
+                        'batch-1 timing', 'sample')
+
     def one_pass(s, samples):
         timer = StageTimer(s.engine.xp, clock) if s.staged else NULL_TIMER
-        labels, exits, seconds = per_sample_loop(s.engine, samples, s.run_one, timer, clock)
+        labels, exits, seconds = per_sample_loop(s.engine, samples, s.run_one, timer, clock,
+                                                 progress=bar)
         return labels, exits, seconds, timer
 
     if warmup:
@@ -115,6 +126,7 @@ def time_settings(settings, x, y, repeats=1, warmup=WARMUP_SAMPLES, clock=None):
     for _ in range(repeats):
         for s in settings:
             passes[s.name].append(one_pass(s, x))
+    bar.close()
     return {s.name: _result(s, y, passes[s.name]) for s in settings}
 
 

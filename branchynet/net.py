@@ -471,6 +471,19 @@ class BranchyNet(chainer.Chain):
         """True when the parameters live on a GPU (the original's attribute)."""
         return self.xp is not numpy
 
+    def calibrate(self, x_val, y_val, target_acc=None, budget=None, measure='entropy',
+                  engine=None, **kwargs):
+        """Choose, set and return exit thresholds on validation data: the
+        cheapest reaching ``target_acc`` (default the last exit's validation
+        accuracy) or the most accurate within ``budget`` (ms per sample at
+        batch size 1 on ``engine``, default this model's Chainer path).
+        Sets ``confidence`` to ``measure`` and ``thresholdExits``; returns
+        a dict with ``thresholds``, ``acc``, ``cost`` (ms), ``exit_counts``
+        and ``met``. See ``calibration.calibrate`` for the options."""
+        from branchynet import calibration
+        return calibration.calibrate(self, x_val, y_val, target_acc=target_acc, budget=budget,
+                                     measure=measure, engine=engine, **kwargs)
+
     def find_thresholds_entropies(self, x_train, y_train=None, percentTrainKeeps=0.5,
                                   batchsize=1024):
         """Per early exit, the entropy threshold that lets the most confident

@@ -150,10 +150,15 @@ class Exporter:
             fl, fl.args, fl.kwargs))
 
     # ----------------------------------------------------------------- graph
-    def model(self, x, outputs):
+    def model(self, x, outputs, names=None):
         """An ONNX ModelProto. ``x`` and ``outputs`` are ``(name, shape of
-        one sample)`` pairs; every tensor has a free batch dimension."""
+        one sample)`` pairs; every tensor has a free batch dimension.
+        ``names``: the graph's output names (``outputs`` renamed, in order)."""
         helper, float32 = self.onnx.helper, self.onnx.TensorProto.FLOAT
+        if names is not None:
+            for (tensor, _), name in zip(outputs, names):
+                self.nodes.append(helper.make_node('Identity', [tensor], [name]))
+            outputs = [(name, shape) for name, (_, shape) in zip(names, outputs)]
 
         def info(name, shape):
             return helper.make_tensor_value_info(name, float32, ['N'] + list(shape))
@@ -165,9 +170,14 @@ class Exporter:
         return model
 
 
+#: Names of the graphs' input and outputs: every graph maps ``x`` to ``logits``
+#: and, but the last exit, ``features`` (the trunk activation the next exit reads).
+INPUT_NAME, OUTPUT_NAMES = 'x', ('logits', 'features')
+
+
 def export_models(net, sample=None):
     """ONNX models of ``net``: ``(main, exits)``. ``exits[n]`` maps segment n's
-    input to ``(logits, activation)`` (the last exit: logits only).
+    input ``x`` to ``(logits, features)`` (the last exit: logits only).
     ``sample``: one input (default: zeros of ``net.input_shape``), run
     through Chainer to learn each segment's input shape."""
     if sample is None:
@@ -184,15 +194,21 @@ def export_models(net, sample=None):
     last = net.numexits() - 1
     exporter = Exporter()
     z = exporter.sequence(net.head_links(last), exporter.sequence(list(net.trunk), 'x'))
-    main = exporter.model(('x', inputs[0]), [(z, logits[last])])
+    main = exporter.model(('x', inputs[0]), [(z, logits[last])], OUTPUT_NAMES[:1])
     exits = []
     for n in range(net.numexits()):
         exporter = Exporter()
         h = exporter.sequence(net.trunk[slice(*net.segment_bounds(n))], 'x')
         z = exporter.sequence(net.head_links(n), h)
         outputs = [(z, logits[n])] + ([(h, inputs[n + 1])] if n < last else [])
-        exits.append(exporter.model(('x', inputs[n]), outputs))
+        exits.append(exporter.model(('x', inputs[n]), outputs, OUTPUT_NAMES[:len(outputs)]))
     return main, exits
+
+
+def exit_file_stem(index):
+    """File name (without ``.onnx``) of the exit with 0-based ``index``: exits
+    are numbered from 1 in files, as in figures, logs and tables."""
+    return 'exit{}'.format(index + 1)
 
 
 class OnnxBranchyNet(InferenceEngine):
@@ -200,7 +216,9 @@ class OnnxBranchyNet(InferenceEngine):
 
     Same interface as ``fastpath.FastBranchyNet`` (``branchynet.engine``).
     The models snapshot the weights: build again after training.
-    ``save(directory)`` writes ``main.onnx`` and ``exit<n>.onnx``.
+    ``save(directory)`` writes ``main.onnx`` and ``exit1.onnx``, ``exit2.onnx``...
+    (exits numbered from 1; ``branchynet.deploy.save_bundle`` adds a manifest
+    and a standalone ``predict.py``).
     ``threads``: ONNX Runtime's intra-op threads (1 suits batch size 1).
     """
 
@@ -239,13 +257,15 @@ class OnnxBranchyNet(InferenceEngine):
         return numpy.ascontiguousarray(x)
 
     def save(self, directory):
-        """Write the ONNX models (atomically) to ``directory``."""
+        """Write the ONNX models (atomically) to ``directory``: ``main.onnx`` and
+        ``exit<n>.onnx`` for exit n = 1, 2, ... Returns the file names."""
         os.makedirs(directory, exist_ok=True)
         main, exits = self.models
-        for name, model in [('main', main)] + [('exit{}'.format(n), m)
-                                                for n, m in enumerate(exits)]:
+        named = [('main', main)] + [(exit_file_stem(n), m) for n, m in enumerate(exits)]
+        for name, model in named:
             with atomic_write(os.path.join(directory, name + '.onnx')) as f:
                 f.write(model.SerializeToString())
+        return [name + '.onnx' for name, _ in named]
 
     def main_logits(self, x, timer):
         with timer.stage('exit'):

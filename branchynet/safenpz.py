@@ -132,12 +132,13 @@ class CheckedDeserializer(chainer.serializers.NpzDeserializer):
         return super().__call__(key, value)
 
 
-def load_into(npz, target, source, path='', strict=True):
+def load_into(npz, target, source, path='', strict=True, ignore=()):
     """Fill ``target`` (a link or optimizer) from ``npz`` entries under ``path``.
 
     With ``strict``, entries under ``path`` that ``target`` has no place for
-    (a file for a larger network) are refused too. The whole file is checked
-    before anything is copied.
+    (a file for a larger network) are refused too, except those named in
+    ``ignore`` (read by the caller). The whole file is checked before
+    anything is copied.
     """
     for dry_run in (True, False):
         deserializer = CheckedDeserializer(npz, path=path, strict=strict, source=source,
@@ -150,7 +151,7 @@ def load_into(npz, target, source, path='', strict=True):
             raise ModelFileError('{} does not fit this network: {}: {}'.format(
                 source, type(e).__name__, _short(e))) from e
         extra = sorted(k for k in npz.files if k.startswith(path) and k not in
-                       deserializer.used)
+                       deserializer.used and k not in ignore)
         if strict and extra:
             raise ModelFileError('{} has entries this network lacks ({}{}): it was written '
                                  'for another network'.format(

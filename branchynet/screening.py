@@ -27,45 +27,55 @@ from branchynet.engine import as_engine
 from branchynet.timing import NULL_TIMER
 from branchynet.measurement import measure_branchy, per_sample_loop
 from branchynet.progress import Progress
-from branchynet.validation import validate_batchsize, validate_labels, validate_thresholds
+from branchynet.validation import (validate_batchsize, validate_inputs, validate_labels,
+                                   validate_thresholds)
 
 
-def exit_outputs(net, x, measure=None, batchsize=256):
+def exit_outputs(net, x, measure=None, batchsize=256, progress=None):
     """``(scores, predictions)``: arrays ``(N, exits)`` from one batched pass.
 
     ``scores`` are the uncertainty scores of ``measure`` (default the net's
     ``confidence``; for entropy, the entropies), computed from the logits
-    exactly as the routing computes them."""
+    exactly as the routing computes them. ``progress``: a bar over the
+    samples (None: on a terminal only)."""
     measure = confidence.get_measure(measure or net.confidence)
-    logits = net.get_logits(x, batchsize=batchsize)
-    scores = numpy.stack([measure.scores(z) for z in logits], axis=1)
-    predictions = numpy.stack([z.argmax(axis=1) for z in logits], axis=1).astype(numpy.int32)
-    return scores, predictions
+    validate_inputs(x, net.input_shape)
+    scores, predictions = [], []
+    with Progress.auto(len(x), 'exit outputs', 'sample', progress) as bar:
+        for i in range(0, len(x), 8 * batchsize):
+            logits = net.get_logits(x[i:i + 8 * batchsize], batchsize=batchsize)
+            scores.append(numpy.stack([measure.scores(z) for z in logits], axis=1))
+            predictions.append(numpy.stack([z.argmax(axis=1) for z in logits], axis=1))
+            bar.update(len(logits[0]))
+    return numpy.concatenate(scores), numpy.concatenate(predictions).astype(numpy.int32)
 
 
-def path_costs(net, x, engine=None):
+def path_costs(net, x, engine=None, progress=None):
     """Batch-1 end-to-end ms per sample of leaving at each exit.
 
     Exit n is forced with the network's confidence measure: thresholds with
     which nobody leaves before it (entropy: 0, as entropy is never < 0;
     maxprob and margin: 1) and everybody leaves at it (entropy: infinity).
     The samples of ``x`` (a few hundred suffice) are run for real, end to
-    end, for every exit.
+    end, for every exit. ``progress``: a bar over the samples run (None: on
+    a terminal only).
     """
     engine = as_engine(net, engine)
     measure = confidence.get_measure(net.confidence)
     early = net.numexits() - 1
     costs = []
+    bar = Progress.auto(len(x) * net.numexits(), 'path costs', 'sample', progress)
     for n in range(net.numexits()):
         ts = [measure.stay_all] * n + [measure.leave_all] * (early - n)
         _, exits, seconds = per_sample_loop(
-            engine, x, lambda xb, tm: engine.route(xb, ts, tm), NULL_TIMER)
+            engine, x, lambda xb, tm: engine.route(xb, ts, tm), NULL_TIMER, progress=bar)
         if not (exits == n).all():
             raise RuntimeError(
                 'forcing every sample out at exit {} with {} thresholds {} sent samples to '
                 'exits {}: the routing does not follow the measure'.format(
                     n, measure.name, ts, sorted(set(numpy.asarray(exits).tolist()))))
         costs.append(1000. * seconds / len(x))
+    bar.close()
     return costs
 
 

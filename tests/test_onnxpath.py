@@ -34,10 +34,15 @@ def test_timing_through_the_engine_and_saved_models(tmp_path, three_exit_net, sm
                                               minlength=3).tolist()
     with pytest.raises(ValueError, match='trunk_only=False'):
         utils.measure_main(three_exit_net, x, y, engine=engine)
-    engine.save(str(tmp_path))
+    assert engine.save(str(tmp_path)) == ['main.onnx', 'exit1.onnx', 'exit2.onnx',
+                                          'exit3.onnx']  # exits numbered from 1
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ['exit0.onnx', 'exit1.onnx', 'exit2.onnx', 'main.onnx']
-    onnx.checker.check_model(onnx.load(str(tmp_path / 'exit0.onnx')))
+    assert names == ['exit1.onnx', 'exit2.onnx', 'exit3.onnx', 'main.onnx']
+    model = onnx.load(str(tmp_path / 'exit1.onnx'))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ['x']
+    assert [o.name for o in model.graph.output] == ['logits', 'features']
+    assert [o.name for o in onnx.load(str(tmp_path / 'exit3.onnx')).graph.output] == ['logits']
 
 
 def test_unsupported_layers_are_refused_by_name():
