@@ -12,8 +12,8 @@ import tarfile
 
 import numpy
 
-from datasets import DataUnavailableError, cifar10, data_dir
-from datasets.cifar10gcn import global_contrast_normalize, normalise  # noqa: F401
+from . import DataUnavailableError, cifar10, data_dir
+from .cifar10gcn import global_contrast_normalize, normalise  # noqa: F401
 
 TARBALL = 'cifar-100-python.tar.gz'
 FOLDER = 'cifar-100-python'

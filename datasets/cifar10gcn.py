@@ -8,7 +8,7 @@ is the recipe ``pcifar10`` rebuilds its ``data.npz`` with.
 """
 import numpy
 
-from datasets import cifar10
+from . import cifar10
 
 
 def global_contrast_normalize(X, scale=1., subtract_mean=True, use_std=False,
