@@ -1,5 +1,7 @@
 """What ``pip install .`` puts into site-packages, and the checkout's two names
 for the bundled data and network code."""
+import ast
+import glob
 import os
 import shutil
 import subprocess
@@ -35,6 +37,33 @@ def test_checkout_names_are_one_module_each():
 def test_checkout_data_stays_in_the_checkout(monkeypatch):
     monkeypatch.delenv('BRANCHYNET_DATA_DIR', raising=False)
     assert datasets.data_dir('mnist') == os.path.join(ROOT, 'datasets', 'data', 'mnist')
+
+
+def _absolute_imports_of(path, names):
+    """``(line, module)`` of every import in ``path`` of a top-level ``names`` package."""
+    with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules = [node.module or '']
+        else:
+            continue
+        found += [(node.lineno, m) for m in modules if m.split('.')[0] in names]
+    return found
+
+
+def test_installed_code_never_imports_the_top_level_names():
+    """Installed, there is no top-level datasets/networks: the library and the
+    bundled folders import them as branchynet.datasets/.networks (or relatively)."""
+    files = glob.glob(os.path.join(ROOT, 'branchynet', '**', '*.py'), recursive=True) + \
+        glob.glob(os.path.join(ROOT, 'datasets', '*.py')) + \
+        glob.glob(os.path.join(ROOT, 'networks', '*.py'))
+    bad = ['{}:{}: import {}'.format(os.path.relpath(p, ROOT), line, m)
+           for p in sorted(files) for line, m in _absolute_imports_of(p, ('datasets', 'networks'))]
+    assert not bad, 'use branchynet.datasets/.networks or a relative import:\n' + '\n'.join(bad)
 
 
 def _copy_sources(dest):
