@@ -18,11 +18,10 @@ import traceback
 
 import numpy
 
-import networks
-from branchynet import checkpoint, experiment, netspec, progress, report, runtime
+from branchynet import checkpoint, experiment, netspec, networks, progress, report, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
 from branchynet.validation import InputError, InvalidValue
-from datasets import DataUnavailableError
+from branchynet.datasets import DataUnavailableError
 
 
 def build_parser():

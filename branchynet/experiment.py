@@ -25,7 +25,7 @@ import chainer
 import numpy
 from sklearn.model_selection import train_test_split
 
-from datasets import DataUnavailableError
+from branchynet.datasets import DataUnavailableError
 
 from branchynet import (calibration, checkpoint, confidence, costs, fileio, measurement,
                         netspec, runrecord, screening, tables, tradeoff, training,
@@ -95,7 +95,7 @@ def load_dataset(config, dataset_module=None):
     import importlib
     source = config.get('dataset_path')
     if source and source.endswith('.npz'):
-        from datasets import npz
+        from branchynet.datasets import npz
         x_train, y_train, x_test, y_test = npz.load(source, num_classes=config['num_classes'])
     else:
         name = source or config['dataset']
@@ -103,7 +103,7 @@ def load_dataset(config, dataset_module=None):
             if name not in DATASETS:
                 raise InvalidValue('unknown dataset {!r}; expected a .npz file or one of: {}'
                                  .format(name, ', '.join(DATASETS)))
-            dataset_module = importlib.import_module('datasets.' + name)
+            dataset_module = importlib.import_module('branchynet.datasets.' + name)
         x_train, y_train, x_test, y_test = dataset_module.get_data()
     if config.get('n_train'):
         x_train, y_train = x_train[:config['n_train']], y_train[:config['n_train']]

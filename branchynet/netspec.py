@@ -17,7 +17,7 @@ import re
 import sys
 import types
 
-import networks
+from branchynet import networks
 from branchynet.net import BranchyNet
 from branchynet.validation import InvalidValue
 

@@ -13,9 +13,9 @@ import tarfile
 
 import numpy
 
-from datasets import DataUnavailableError, cifar10, data_dir
-from datasets.cifar10gcn import (global_contrast_normalize, normalise,  # noqa: F401
-                                 preprocessing, unpickle)
+from . import DataUnavailableError, cifar10, data_dir
+from .cifar10gcn import (global_contrast_normalize, normalise,  # noqa: F401
+                         preprocessing, unpickle)
 
 TARBALL = 'cifar-100-python.tar.gz'
 FOLDER = 'cifar-100-python'

@@ -10,8 +10,8 @@ whitening) are the original's helpers of this module, shared with ``cifar10``.
 """
 import numpy
 
-from datasets import cifar10
-from datasets.cifar10 import preprocessing, unpickle  # noqa: F401  (the original's names)
+from . import cifar10
+from .cifar10 import preprocessing, unpickle  # noqa: F401  (the original's names)
 
 
 def global_contrast_normalize(X, scale=1., subtract_mean=True, use_std=False,

@@ -22,8 +22,8 @@ import zlib
 
 import numpy
 
-from datasets import DataUnavailableError, data_dir
-from datasets._fetch import ChecksumError, download, file_digest
+from . import DataUnavailableError, data_dir
+from ._fetch import ChecksumError, download, file_digest
 from branchynet.fileio import atomic_write
 from branchynet.validation import InvalidValue
 

@@ -22,6 +22,28 @@ def test_notebooks_are_in_sync_with_the_generator_and_have_no_outputs():
 
 
 @pytest.mark.slow
+def test_own_network_notebook_runs_every_path_and_its_bundle(tmp_path, monkeypatch, mnist_data):
+    """ipynb/own_network.ipynb: trained, calibrated, the same answers on the
+    Chainer, fast, ONNX Runtime and numba paths, and from its bundle."""
+    import nbclient
+    import nbformat
+    monkeypatch.setenv('BRANCHYNET_PRESET', 'tiny')
+    monkeypatch.setenv('BRANCHYNET_OUT', str(tmp_path))
+    nb = nbformat.read(os.path.join(ROOT, 'ipynb', 'own_network.ipynb'), as_version=4)
+    assert all(not c.get('outputs') for c in nb.cells)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': os.path.join(ROOT, 'ipynb')}}
+                            ).execute()
+    outputs = ''.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
+    for path in ('Chainer', 'fast', 'ONNX Runtime', 'numba'):
+        assert '| {} | True |'.format(path) in outputs, outputs
+    assert 'target' in outputs and 'met: ' in outputs
+    assert 'bundle gives the same labels and exits as net.predict: True' in outputs, outputs
+    bundle = tmp_path / '_models' / 'own_network_bundle'
+    assert (bundle / 'predict.py').exists() and (bundle / 'manifest.json').exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_executes_headless(name, tmp_path, monkeypatch, mnist_data):
     import nbclient
