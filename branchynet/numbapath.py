@@ -334,6 +334,12 @@ def _indent(lines, n):
 
 
 def _gen_conv(op):
+    if op.params.get('kernel') == 'gemm':
+        return _gen_conv_gemm(op)
+    return _gen_conv_loop(op)
+
+
+def _gen_conv_loop(op):
     """Output planes over ``ob`` output channels at a time; per input channel,
     one loop over the output whose body sums every kernel tap (literal
     offsets) for those channels. Wide: the output rows run over the input's
@@ -377,6 +383,65 @@ def _gen_conv(op):
             inner += ['for p in range({}):'.format(count),
                       '    r{0}[p] = max(r{0}[p], numpy.float32(0))'.format(b)]
     return ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + _indent([rows] + _indent(inner, 1), 1)
+
+
+def gemm_size(op):
+    """(K, N) of the product ``op``'s GEMM kernel computes: K = input channels
+    times taps (rows of its im2col matrix), N = output plane stride (columns)."""
+    if op.kind == 'linear':
+        x = op.inputs[0]
+        return x.c * x.h * x.w, 1
+    kh, kw = op.params['k']
+    return op.inputs[0].c * kh * kw, op.output.ps
+
+
+def _gen_conv_gemm(op):
+    """im2col into the slab's column area ``col`` (one row per input channel
+    and tap; a wide output's rows are contiguous slices of the input, a strided
+    one's are gathered), then one BLAS product ``(O, K) x (K, N)`` written over
+    the packed output planes (plane stride N), then bias and ReLU."""
+    (x,), y, p = op.inputs, op.output, op.params
+    kh, kw = p['k']
+    sy, sx = p['stride']
+    shift = x.margin - p['pad']
+    k, n = gemm_size(op)
+    t = kh * kw
+    if y.wide_of is not None:
+        copy = ['src = {} + c * {} + ({} + ky) * {} + {} + kx'.format(
+                    x.off, x.ps, shift, x.ws, shift),
+                'for q in range({}):'.format(n),
+                '    S[dst + q] = S[src + q]']
+    else:
+        copy = ['for oy in range({}):'.format(y.h),
+                '    src = {} + c * {} + (oy * {} + {} + ky) * {} + {} + kx'.format(
+                    x.off, x.ps, sy, shift, x.ws, shift),
+                '    for ox in range({}):'.format(y.w),
+                '        S[dst + oy * {} + ox] = S[src + ox * {}]'.format(y.w, sx)]
+    lines = ['for c in range({}):'.format(x.c),
+             '    for ky in range({}):'.format(kh),
+             '        for kx in range({}):'.format(kw),
+             '            dst = {} + (c * {} + ky * {} + kx) * {}'.format(p['col'], t, kw, n)]
+    lines += _indent(copy, 3)
+    return lines + _gemm_lines(p['w'], y.c, k, p['col'], n, y.off, p['b'], p['relu'])
+
+
+def _gemm_lines(w, o, k, x, n, y, b, relu):
+    """``S[y:]`` (o, n) = ``W[w:]`` (o, k) times ``S[x:]`` (k, n), through numpy.dot
+    (numba calls the BLAS scipy links), + bias ``W[b + row]``, ReLU."""
+    if n == 1:
+        shapes = ['S[{0}:{0} + {1}]'.format(x, k), 'S[{0}:{0} + {1}]'.format(y, o)]
+    else:
+        shapes = ['S[{0}:{0} + {1}].reshape(({2}, {3}))'.format(x, k * n, k, n),
+                  'S[{0}:{0} + {1}].reshape(({2}, {3}))'.format(y, o * n, o, n)]
+    value = 'S[q] + bias'
+    if relu:
+        value = 'max({}, numpy.float32(0))'.format(value)
+    return ['numpy.dot(W[{0}:{0} + {1}].reshape(({2}, {3})), {4}, {5})'.format(
+                w, o * k, o, k, *shapes),
+            'for o in range({}):'.format(o),
+            '    bias = W[{} + o]'.format(b),
+            '    for q in range({0} + o * {1}, {0} + o * {1} + {1}):'.format(y, n),
+            '        S[q] = {}'.format(value)]
 
 
 def _split_sum(terms, chains):
@@ -489,6 +554,13 @@ def _gen_residual(op):
 
 
 def _gen_linear(op):
+    if op.params.get('kernel') == 'gemm':
+        (x,), y, p = op.inputs, op.output, op.params
+        return _gemm_lines(p['w'], y.c, x.c * x.h * x.w, x.off, 1, y.off, p['b'], p['relu'])
+    return _gen_linear_loop(op)
+
+
+def _gen_linear_loop(op):
     """Dot products of ``ob`` weight rows with the input at once (one load of
     the input for ``ob`` multiply-adds)."""
     (x,), y, p = op.inputs, op.output, op.params
@@ -523,7 +595,7 @@ def _symbolic(op):
     args.append(('Y', op.output.off))
     op.output.off = 'Y'
     params = dict(op.params)
-    for key in ('w', 'b', 'scale', 'shift'):
+    for key in ('w', 'b', 'scale', 'shift', 'col'):
         if params.get(key) is not None:
             name = 'P' + key.upper()
             args.append((name, params[key]))
@@ -541,6 +613,164 @@ GENERATORS = {'conv': _gen_conv, 'copy': _gen_copy, 'pool': _gen_pool, 'lrn': _g
 #: (it would let numba vectorise the convolution's tap sum the wrong way)
 _CONTRACT = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
 FASTMATH = {'linear': True}
+
+
+def _function_lines(kind, name, body, args, cache=True):
+    """A layer function's source: decorator, signature, body."""
+    fm = FASTMATH.get(kind, _CONTRACT)
+    return ['@numba.njit(fastmath={}, boundscheck=False, nogil=True, cache={})'.format(
+                fm if isinstance(fm, bool) else '{' + ', '.join(map(repr, sorted(fm))) + '}',
+                cache),
+            'def {}(W, S, {}):'.format(name, ', '.join(n for n, _ in args))] + \
+        _indent(body, 1)
+
+
+#: Kernel settings of ``NumbaBranchyNet(kernels=...)``: measured choice, or forced.
+KERNELS = ('auto', 'loop', 'gemm')
+#: Layer kinds with both kernels (the others have one).
+CHOOSABLE = ('conv', 'linear')
+
+
+def _layer_key(op):
+    """What a layer's speed depends on: its kind and generated loop code (every
+    size a literal, offsets symbolic), as a string."""
+    params = dict(op.params, kernel='loop')
+    body, _ = _symbolic(Op(op.kind, op.inputs, op.output, **params))
+    return op.kind + '\n' + '\n'.join(body)
+
+
+def time_kernels(op, weights, kernels, rounds=5, seconds=2e-3):
+    """Microseconds per call of ``op`` with each of ``kernels`` (None: the
+    kind's only one) on a private slab, each compiled alone (in memory), the
+    best of ``rounds`` interleaved rounds of about ``seconds`` each (the BLAS on
+    one thread, as the engine runs it)."""
+    values = list(op.inputs) + [op.output]
+    saved = [v.off for v in values]
+    end = 0
+    for v in values:
+        v.off, end = end, end + v.size
+    k, n = gemm_size(op) if op.kind == 'conv' else (0, 0)
+    lines, calls = ['import math', 'import numba', 'import numpy'], []
+    try:
+        for i, kernel in enumerate(kernels):
+            params = dict(op.params, kernel=kernel, col=end)
+            body, args = _symbolic(Op(op.kind, op.inputs, op.output, **params))
+            lines += [''] + _function_lines(op.kind, 'k{}'.format(i), body, args, cache=False)
+            calls.append([v for _, v in args])
+    finally:
+        for v, off in zip(values, saved):
+            v.off = off
+    module = {}
+    exec(compile('\n'.join(lines), '<kernel timing>', 'exec'), module)
+    S = numpy.random.RandomState(0).rand(end + k * n + VECTOR).astype(numpy.float32)
+    fns = [(module['k{}'.format(i)], calls[i]) for i in range(len(kernels))]
+    best = [math.inf] * len(fns)
+    with blas_limit(1):
+        reps = []
+        for fn, args in fns:  # compile, then a first time for the repetitions
+            fn(weights, S, *args)
+            start = time.perf_counter()
+            fn(weights, S, *args)
+            reps.append(max(1, int(seconds / max(time.perf_counter() - start, 1e-7))))
+        for _ in range(rounds):
+            for j, ((fn, args), r) in enumerate(zip(fns, reps)):
+                start = time.perf_counter()
+                for _ in range(r):
+                    fn(weights, S, *args)
+                best[j] = min(best[j], (time.perf_counter() - start) / r)
+    return {kernel: round(t * 1e6, 3) for kernel, t in zip(kernels, best)}
+
+
+_CONTROLLER = []
+
+
+def blas_limit(threads):
+    """A context running the BLAS (scipy's, which numba calls) on ``threads``:
+    the engine's own threads already split a batch, and a multithreaded BLAS
+    called from two threads at once waits on itself (measured: several times
+    slower); without threadpoolctl, the BLAS as it is."""
+    import contextlib
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _CONTROLLER.append(ThreadpoolController())
+        except ImportError:
+            _CONTROLLER.append(None)
+    if _CONTROLLER[0] is None:
+        return contextlib.nullcontext()
+    return _CONTROLLER[0].limit(limits=threads, user_api='blas')
+
+
+def processor():
+    """(model name, vector extensions) of this machine's processor, from
+    /proc/cpuinfo (the platform's name and no extensions where there is none)."""
+    import platform
+    model, flags = None, []
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                key = key.strip()
+                if key == 'model name' and model is None:
+                    model = value.strip()
+                elif key in ('flags', 'Features') and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    vector = [f for f in flags if f.startswith(('sse', 'ssse', 'avx', 'fma', 'amx', 'neon',
+                                                'asimd', 'sve'))]
+    return model or platform.processor() or 'unknown', vector
+
+
+class _ChoiceCache:
+    """Measured kernel times per layer shape and processor, in
+    ``kernel_choices.json`` in ``cache_dir()`` (JSON: read without pickle);
+    used only where ``untrusted_cache`` accepts the folder."""
+
+    NAME = 'kernel_choices'
+
+    def __init__(self):
+        import json
+        import os
+        self.folder = cache_dir()
+        self.path = os.path.join(self.folder, self.NAME + '.json')
+        self.entries, self.changed = {}, False
+        self.salt = '{}\n{}\n'.format(require_numba().__version__, processor())
+        with _suppress_os_error():
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        self.usable = untrusted_cache(self.folder, self.NAME) is None
+        if self.usable:
+            try:
+                with open(self.path) as f:
+                    self.entries = json.load(f)
+            except (OSError, ValueError):
+                self.entries = {}
+            if not isinstance(self.entries, dict):
+                self.entries = {}
+
+    def _digest(self, key):
+        import hashlib
+        return hashlib.sha256((self.salt + key).encode()).hexdigest()[:32]
+
+    def get(self, key):
+        times = self.entries.get(self._digest(key))
+        if isinstance(times, dict) and all(isinstance(times.get(k), (int, float))
+                                           for k in KERNELS[1:]):
+            return times
+        return None
+
+    def put(self, key, times):
+        self.entries[self._digest(key)] = times
+        self.changed = True
+
+    def save(self):
+        import json
+        if not (self.usable and self.changed):
+            return
+        from branchynet import fileio
+        with _suppress_os_error():
+            with fileio.atomic_write(self.path) as f:
+                f.write(json.dumps(self.entries, sort_keys=True).encode())
 
 
 #: Longest run of calls repeated with other offsets that becomes one loop.
@@ -629,7 +859,10 @@ class Program:
     distinct layer functions, name -> (kind, body lines)), without numba.
     """
 
-    def __init__(self, net, load=True):
+    def __init__(self, net, load=True, kernels='auto'):
+        if kernels not in KERNELS:
+            raise InvalidValue('kernels must be one of {}, got {!r}'.format(
+                ', '.join(map(repr, KERNELS)), kernels))
         self.numba = require_numba() if load else None
         if net.xp is not numpy:
             raise NotCompilable('the numba path runs on the CPU: call net.to_cpu() first')
@@ -652,10 +885,19 @@ class Program:
             z = b.packed(z)  # the decision reads the logits as one vector
             heads.append((start, len(b.ops), z))
         self.nclasses = heads[0][2].c
+        self.weights = numpy.concatenate(b.weights) if b.weights else numpy.zeros(1, numpy.float32)
+        self._choose(b.ops, kernels if load or kernels != 'auto' else 'loop')
         # the main program skips the early heads: their outputs are never read there,
         # so one allocation serves both programs
         self.slab = _allocate(b.ops, [x], keep=[s[2] for s in segments] + [z for *_, z in heads])
-        self.weights = numpy.concatenate(b.weights) if b.weights else numpy.zeros(1, numpy.float32)
+        # the GEMM kernels' im2col matrix: one area after the values, shared (transient)
+        col = max([k * n for k, n in (gemm_size(op) for op in b.ops
+                                      if op.params.get('kernel') == 'gemm' and op.kind == 'conv')]
+                  or [0])
+        for op in b.ops:
+            if op.params.get('kernel') == 'gemm':
+                op.params['col'] = self.slab
+        self.slab += col
         self.x, self.segments, self.heads, self.ops = x, segments, heads, b.ops
         self.functions = {}
         self.source = self._source()
@@ -664,6 +906,55 @@ class Program:
             self._load()
             #: seconds to import the module and compile (or load from the cache) its code
             self.compile_seconds = time.perf_counter() - start
+
+    def _choose(self, ops, kernels):
+        """Set each convolution's and linear layer's ``kernel`` param: the one
+        ``kernels`` forces, or ('auto') the faster of both as measured on this
+        machine for that layer's shape (kept in ``kernel_choices.json`` in the
+        cache folder, so a shape is measured once per processor)."""
+        measured = {}
+        choices = _ChoiceCache() if kernels == 'auto' else None
+        for op in ops:
+            if op.kind not in CHOOSABLE:
+                continue
+            if kernels != 'auto':
+                op.params['kernel'] = kernels
+                continue
+            key = _layer_key(op)
+            if key not in measured:
+                measured[key] = choices.get(key)
+                if measured[key] is None:
+                    measured[key] = time_kernels(op, self.weights, KERNELS[1:])
+                    choices.put(key, measured[key])
+            times = measured[key]
+            op.params['kernel'] = min(KERNELS[1:], key=lambda k: (times[k], k != 'loop'))
+            op.params['measured'] = times
+        if choices is not None:
+            choices.save()
+
+    @property
+    def uses_gemm(self):
+        """Whether some layer runs the BLAS product (BLAS threads matter then)."""
+        return any(op.params.get('kernel') == 'gemm' for op in self.ops)
+
+    def explain(self, measure=False):
+        """One row per layer: ``{'layer', 'kind', 'input', 'output', 'kernel',
+        'us': {kernel: µs per call}}``; the times are those measured to choose
+        the kernel ('auto'), and with ``measure=True`` every layer (each kind,
+        each kernel of a convolution or linear layer) is timed now."""
+        rows, timed = [], {}
+        for i, op in enumerate(self.ops):
+            times = dict(op.params.get('measured') or {})
+            if measure:
+                key = _layer_key(op)
+                if key not in timed:
+                    timed[key] = time_kernels(op, self.weights, KERNELS[1:]
+                                              if op.kind in CHOOSABLE else (None,))
+                times = {k or op.kind: v for k, v in timed[key].items()}
+            rows.append({'layer': i, 'kind': op.kind, 'kernel': op.params.get('kernel'),
+                         'input': ' + '.join('x'.join(map(str, v.shape())) for v in op.inputs),
+                         'output': 'x'.join(map(str, op.output.shape())), 'us': times})
+        return rows
 
     def _source(self):
         """Python source of the module: one function per distinct layer (ResNet's
@@ -681,12 +972,7 @@ class Program:
             key = (op.kind, tuple(body))
             if key not in cache:  # the same layer shape (ResNet's blocks) shares one function
                 cache[key] = 'op{}'.format(i)
-                fm = FASTMATH.get(op.kind, _CONTRACT)
-                out += ['', '@numba.njit(fastmath={}, boundscheck=False, nogil=True, '
-                        'cache=True)'.format(fm if isinstance(fm, bool) else
-                                           '{' + ', '.join(map(repr, sorted(fm))) + '}'),
-                        'def op{}(W, S, {}):'.format(i, ', '.join(n for n, _ in args))] + \
-                    _indent(body, 1) + ['']
+                out += [''] + _function_lines(op.kind, 'op{}'.format(i), body, args) + ['']
                 self.functions[cache[key]] = key
             calls.append((cache[key], [v for _, v in args]))
         tables = []
@@ -946,16 +1232,19 @@ class NumbaBranchyNet(InferenceEngine):
 
     Same answers as ``net.predict``/``net.predict_main``. A batch is split
     into ``threads`` contiguous parts run at once (the generated functions
-    release the GIL); default: one per core. The exit decision is native for
-    the measures of ``MEASURE_CODES``; any other ``net.confidence`` routes
-    through the fast path's per-exit steps.
+    release the GIL); default: one per core. ``kernels``: each convolution and
+    linear layer runs the generated loop ('loop'), an im2col and BLAS product
+    ('gemm'), or ('auto') whichever was measured faster for its shape on this
+    machine at compile time (``explain()`` shows the choice and times). The
+    exit decision is native for the measures of ``MEASURE_CODES``; any other
+    ``net.confidence`` routes through the fast path's per-exit steps.
     """
 
     stage_timing = False  # segment, head and decision are one native call
     #: chunks a batch is cut into per thread (``_split``)
     CHUNKS_PER_THREAD = 4
 
-    def __init__(self, net, threads=None):
+    def __init__(self, net, threads=None, kernels='auto'):
         import os
         from branchynet.fastpath import FastBranchyNet
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
@@ -965,7 +1254,7 @@ class NumbaBranchyNet(InferenceEngine):
         self.net = net
         self.xp = numpy
         start = time.perf_counter()
-        self.program = Program(net)
+        self.program = Program(net, kernels=kernels)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
             else os.cpu_count()
         self.threads = cores if threads is None else threads
@@ -1032,13 +1321,44 @@ class NumbaBranchyNet(InferenceEngine):
         n, p = len(rows), self.program
         labels = numpy.empty(n, numpy.int32)
         exits = numpy.empty(n, numpy.int32)
+        if p.uses_gemm:  # one BLAS thread per engine thread
+            with blas_limit(1):
+                self._call(rows, limits, code, main_only, labels, exits)
+        else:
+            self._call(rows, limits, code, main_only, labels, exits)
+        return labels, exits
+
+    def _call(self, rows, limits, code, main_only, labels, exits):
+        n, p = len(rows), self.program
         if n == 1:  # one native call, no hand-off to a thread
             p.run(rows, p.weights, self._scratch[0], limits, code, main_only, labels, exits,
                   0, 1)
         else:
             self._split(lambda S, lo, hi: p.run(rows, p.weights, S, limits, code, main_only,
                                                 labels, exits, lo, hi), n)
-        return labels, exits
+
+    def explain(self, measure=False):
+        """The layers' kernels and measured times as text, one line per layer
+        (``Program.explain`` gives the rows): layer, kind, input and output
+        shapes (C x H x W), kernel chosen, µs per call of each kernel; with
+        ``measure=True`` every layer is timed now (a profile by layer), and
+        a last line sums the times by layer kind."""
+        rows = self.program.explain(measure)
+        lines = ['{:>5s} {:<8s} {:<22s} {:<12s} {:<6s} {}'.format(
+            'layer', 'kind', 'input', 'output', 'kernel', 'µs per call')]
+        total = {}
+        for r in rows:
+            times = ', '.join('{} {:.1f}'.format(k, v) for k, v in sorted(r['us'].items()))
+            lines.append('{:>5d} {:<8s} {:<22s} {:<12s} {:<6s} {}'.format(
+                r['layer'], r['kind'], r['input'], r['output'], r['kernel'] or '-', times))
+            chosen = r['us'].get(r['kernel'] or r['kind'])
+            if chosen is not None:
+                total[r['kind']] = total.get(r['kind'], 0.) + chosen
+        if total:
+            lines.append('sum of the chosen kernels\' µs by kind (every layer once, early '
+                         'heads included): ' + ', '.join('{} {:.0f}'.format(k, v) for k, v in
+                                                           sorted(total.items())))
+        return '\n'.join(lines)
 
     def route(self, x, thresholds, timer=None):
         code, limits = self._decision(thresholds)

@@ -4,7 +4,8 @@ The fast path and ONNX Runtime run on ``CI_EXAMPLES`` networks drawn by
 ``tests.netgen.specs`` (derandomized: the same networks every run). Numba
 compiles each network shape for seconds, so CI runs it on ``NUMBA_CASES``,
 hand-picked to cover every layer kind and exit placement, each shape compiled
-once and run with every confidence measure, several weights and batch sizes.
+once per kernel (the generated loop, the im2col + BLAS product) and run with
+every confidence measure, several weights and batch sizes.
 ``./run_tests.sh -m fuzz`` runs ``FUZZ_EXAMPLES`` fresh random networks per
 engine (failures are kept in the hypothesis database under .hypothesis).
 """
@@ -35,23 +36,30 @@ def _onnx():
     return onnxpath.OnnxBranchyNet, (ValueError,)
 
 
-def _numba():
-    pytest.importorskip('numba')
-    from branchynet import numbapath
-    return (lambda net: numbapath.NumbaBranchyNet(net, threads=2)), (numbapath.NotCompilable,)
+def _numba(kernels='auto'):
+    def make():
+        pytest.importorskip('numba')
+        from branchynet import numbapath
+        return (lambda net: numbapath.NumbaBranchyNet(net, threads=2, kernels=kernels)), \
+            (numbapath.NotCompilable,)
+    return make
 
 
 #: engine -> (factory, documented refusal types), and whether ``exit_logits``
-#: is the engine's own (numba's comes from the fast path: labels only)
+#: is the engine's own (numba's comes from the fast path: labels only); numba
+#: with the kernel of every convolution and linear layer measured ('auto') or
+#: forced to the generated loop or the im2col + BLAS product
 ENGINES = {'fast': (lambda: (FastBranchyNet, ()), True),
            'onnx': (_onnx, True),
-           'numba': (_numba, False)}
+           'numba': (_numba(), False),
+           'numba-loop': (_numba('loop'), False),
+           'numba-gemm': (_numba('gemm'), False)}
 
 
 def refused_layers(engine, spec):
     """The layers of ``spec`` that ``engine`` documents it cannot run."""
     def refuses(layer):
-        if engine == 'numba':
+        if engine.startswith('numba'):
             return layer[0] in ('tanh', 'sigmoid', 'bottleneck')
         if engine == 'onnx':  # LRN: odd windows only; SL: Links only
             return layer[0] == 'bottleneck' or layer == ('lrn', 4) or layer == ('sl', 'fn')
@@ -168,7 +176,7 @@ def _numba_runs(spec):
 
 def _hand_picked():
     for name in sorted(NUMBA_CASES):
-        for engine in ('fast', 'onnx', 'numba'):
+        for engine in ('fast', 'onnx', 'numba-loop', 'numba-gemm'):
             yield pytest.param(engine, name, id='{}-{}'.format(name, engine))
 
 

@@ -259,3 +259,81 @@ def test_linear_head_and_padded_convolution_reading_one_pooled_value(pad, side):
         ref_labels, ref_exits = net.predict(x, thresholds=ts)
         numpy.testing.assert_array_equal(exits, ref_exits)
         numpy.testing.assert_array_equal(labels, ref_labels)
+
+
+# ------------------------------------------------------------ kernel choice
+def _strided_net():
+    """A strided and a wide (stride-1, padded) convolution and two Linear heads."""
+    numpy.random.seed(4)
+    return BranchyNet([L.Convolution2D(2, 3, 3, stride=2, pad=1), FL(F.relu),
+                       Branch([L.Linear(3 * 5 * 5, 4)]),
+                       L.Convolution2D(3, 4, 3, pad=1), FL(F.relu),
+                       Branch([L.Linear(4 * 5 * 5, 4)])], input_shape=(2, 9, 9))
+
+
+def _kernels(engine):
+    return {op.params['kernel'] for op in engine.program.ops if op.kind in ('conv', 'linear')}
+
+
+@pytest.mark.parametrize('kernels', ['fast', None, 1])
+def test_unknown_kernel_setting_refused(kernels):
+    with pytest.raises(numbapath.InvalidValue, match="kernels must be one of 'auto', 'loop', "
+                                                     "'gemm', got"):
+        numbapath.NumbaBranchyNet(_tiny_net(), kernels=kernels)
+
+
+def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkeypatch):
+    """'auto' takes the kernel measured faster for each layer shape, keeps the
+    times in the cache folder (the next compile measures nothing), and both
+    choices give predict's answers."""
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    net = _strided_net()
+    x = numpy.random.RandomState(5).randn(20, 2, 9, 9).astype(numpy.float32)
+    expected = net.predict(x, 0.5)
+    measured = []
+
+    def gemm_faster(op, weights, kernels):
+        measured.append(op.kind)
+        return {'loop': 2.0, 'gemm': 1.0}
+
+    monkeypatch.setattr(numbapath, 'time_kernels', gemm_faster)
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert _kernels(engine) == {'gemm'} and engine.program.uses_gemm
+    assert sorted(measured) == ['conv', 'conv', 'linear', 'linear']  # each shape once
+    for got, want in zip(engine.predict(x, 0.5), expected):
+        numpy.testing.assert_array_equal(got, want)
+    assert os.path.exists(str(tmp_path / 'kernel_choices.json'))
+
+    monkeypatch.setattr(numbapath, 'time_kernels', lambda *a: pytest.fail('measured again'))
+    assert _kernels(numbapath.NumbaBranchyNet(net, threads=2)) == {'gemm'}
+
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path / 'other'))
+    monkeypatch.setattr(numbapath, 'time_kernels',
+                        lambda op, weights, kernels: {'loop': 1.0, 'gemm': 3.0})
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert _kernels(engine) == {'loop'} and not engine.program.uses_gemm
+    for got, want in zip(engine.predict(x, 0.5), expected):
+        numpy.testing.assert_array_equal(got, want)
+
+
+def test_explain_names_every_layer_its_kernel_and_times(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    engine = numbapath.NumbaBranchyNet(_strided_net(), threads=1)
+    rows = engine.program.explain()
+    assert [r['kind'] for r in rows] == [op.kind for op in engine.program.ops]
+    for r in rows:
+        if r['kind'] in ('conv', 'linear'):  # both kernels measured, the faster chosen
+            assert set(r['us']) == {'loop', 'gemm'} and all(t > 0 for t in r['us'].values())
+            assert r['kernel'] == min(r['us'], key=r['us'].get)
+    assert rows[0]['input'] == '2x9x9' and rows[0]['output'] == '3x5x5'
+    text = engine.explain(measure=True)  # every layer timed now, summed by kind
+    lines = text.splitlines()
+    assert len(lines) == len(rows) + 2 and 'kernel' in lines[0]
+    assert re.search(r'conv \d+.*copy \d+.*linear \d+', lines[-1])
+
+
+def test_processor_named_with_its_vector_extensions():
+    model, vector = numbapath.processor()
+    assert model and model != 'unknown'
+    if os.path.exists('/proc/cpuinfo') and 'avx' in open('/proc/cpuinfo').read():
+        assert any(v.startswith('avx') for v in vector)
