@@ -191,9 +191,10 @@ def _tiny_net():
 
 def _reload(net):
     """A new engine for ``net`` as a new process would build it: the generated
-    module imported again, its machine code read from the cache folder."""
-    sys.modules.pop(numbapath.Program(net, load=False).module_name, None)
-    return numbapath.NumbaBranchyNet(net, threads=1)
+    module imported again, its machine code read from the cache folder. The
+    loop kernel is forced, so the module name does not hang on a measurement."""
+    sys.modules.pop(numbapath.Program(net, load=False, kernels='loop').module_name, None)
+    return numbapath.NumbaBranchyNet(net, threads=1, kernels='loop')
 
 
 def test_damaged_cache_is_compiled_again_with_a_warning(tmp_path, monkeypatch):
@@ -201,7 +202,7 @@ def test_damaged_cache_is_compiled_again_with_a_warning(tmp_path, monkeypatch):
     net = _tiny_net()
     x = numpy.random.RandomState(9).randn(10, 1, 4, 4).astype(numpy.float32)
     expected = net.predict(x, 0.5)
-    name = numbapath.Program(net, load=False).module_name
+    name = numbapath.Program(net, load=False, kernels='loop').module_name
     try:
         _reload(net)
         cached = glob.glob(str(tmp_path / '__pycache__' / (name + '.*.nb[ic]')))
