@@ -1,5 +1,5 @@
 """Training epoch time of B-LeNet: main-only and joint, and what the CPU
-speed-ups (branchynet.cpukernels, branchynet.runtime.tune_allocator) bring.
+speed-ups (branchynet.training.cpukernels, branchynet.training.runtime.tune_allocator) bring.
 
     python benchmarks/joint_epoch.py [--quick] [--samples N] [--full] [--repeats R]
 
@@ -28,7 +28,7 @@ CHILD = r'''
 import json, sys, time
 sys.path.insert(0, {root!r})
 import branchynet, numpy
-from branchynet import cpukernels, runtime, training
+from branchynet.training import cpukernels, runtime, loop as training
 from datasets import mnist
 from networks import lenet_mnist
 if {alloc}:

@@ -17,7 +17,7 @@ Every sample (batch 1) or batch runs ``--repeats`` times on every path in
 turn and counts with its fastest time. B-AlexNet and B-ResNet-110 run on
 MNIST resized to 3x32x32 (``datasets.mnist32``) with the weights of
 ``--alexnet-model``/``--resnet-model`` (e.g. trained briefly with
-``branchynet.experiment --dataset mnist32``) or, without one, their random
+``branchynet.driver.run --dataset mnist32``) or, without one, their random
 initial weights. The numba path chooses each convolution's and linear
 layer's kernel by measuring both (``NumbaBranchyNet(kernels='auto')``);
 ``--numba-kernels loop`` times a numba path with every layer forced to that
@@ -43,9 +43,11 @@ import chainer  # noqa: E402  (after common: the compatibility shims come first)
 
 import numpy
 
-from branchynet import costs, entropy, fileio
-from branchynet.engine import as_engine
-from branchynet.numbapath import processor
+from branchynet import entropy
+from branchynet.io import fileio
+from branchynet.measures import costs
+from branchynet.engines.base import as_engine
+from branchynet.engines.numba.engine import processor
 from branchynet.validation import InputError
 
 NETWORKS = {'lenet': 'lenet_mnist', 'alexnet': 'alex_cifar10', 'resnet': 'resnet_cifar10'}
@@ -124,7 +126,7 @@ def forced_numba(net, args):
     kernels = [k.strip() for k in (args.numba_kernels or '').split(',') if k.strip()]
     if not kernels:
         return []
-    from branchynet.numbapath import NumbaBranchyNet
+    from branchynet.engines.numba.engine import NumbaBranchyNet
     return [('numba-' + k, NumbaBranchyNet(net, threads=args.threads, kernels=k))
             for k in kernels]
 

@@ -4,7 +4,7 @@ from branchynet import bundled
 
 bundled.alias_checkout()  # branchynet.datasets/.networks: the checkout's folders
 
-from branchynet.confidence import entropy  # noqa: E402,F401
+from branchynet.measures.confidence import entropy  # noqa: E402,F401
 from branchynet.links import FL, SL, Branch, Net  # noqa: E402,F401
 from branchynet.net import BranchyNet  # noqa: E402,F401
 

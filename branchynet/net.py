@@ -21,10 +21,10 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from branchynet import confidence
-from branchynet.engine import DEFAULT_BATCHSIZE, ChainerEngine
+from branchynet.measures import confidence
+from branchynet.engines.base import DEFAULT_BATCHSIZE, ChainerEngine
 from branchynet.links import FL, Branch, Net
-from branchynet.timing import synchronize
+from branchynet.measures.timing import synchronize
 from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
                                    validate_inputs, validate_labels,
                                    validate_thresholds, validate_weights)
@@ -480,7 +480,7 @@ class BranchyNet(chainer.Chain):
         Sets ``confidence`` to ``measure`` and ``thresholdExits``; returns
         a dict with ``thresholds``, ``acc``, ``cost`` (ms), ``exit_counts``
         and ``met``. See ``calibration.calibrate`` for the options."""
-        from branchynet import calibration
+        from branchynet.evaluation import calibration
         return calibration.calibrate(self, x_val, y_val, target_acc=target_acc, budget=budget,
                                      measure=measure, engine=engine, **kwargs)
 

@@ -135,7 +135,7 @@ def timed_step(doing, key, done, log=print):
     log('{} in {:.1f} s'.format(done, seconds))
     times = _step_times()
     times[key] = round(seconds, 2)
-    from branchynet.fileio import atomic_write
+    from branchynet.io.fileio import atomic_write
     with contextlib.suppress(OSError):  # a read-only home only loses the record
         with atomic_write(step_times_path(), 'w') as f:
             json.dump(times, f, indent=1, sort_keys=True)

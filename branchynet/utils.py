@@ -16,13 +16,13 @@ re-exported here under the names earlier versions of the port used.
 import numpy
 
 # The port's names, at their earlier address.
-from branchynet.measurement import measure_branchy, measure_main  # noqa: F401
-from branchynet.screening import (ScreenResult, generate_thresholds,  # noqa: F401
+from branchynet.evaluation.measurement import measure_branchy, measure_main  # noqa: F401
+from branchynet.evaluation.screening import (ScreenResult, generate_thresholds,  # noqa: F401
                                   screen_thresholds)
-from branchynet.tables import TABLE_COLUMNS, branchy_table_rows, format_table  # noqa: F401
-from branchynet.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
+from branchynet.reporting.tables import TABLE_COLUMNS, branchy_table_rows, format_table  # noqa: F401
+from branchynet.evaluation.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
                                  inc_point_indices, select_knee)
-from branchynet.training import train_exits
+from branchynet.training.loop import train_exits
 from branchynet.validation import InvalidValue
 
 

@@ -5,7 +5,7 @@ import shutil
 import time
 import urllib.request
 
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
 from branchynet.progress import Progress
 
 

@@ -24,7 +24,7 @@ import numpy
 
 from . import DataUnavailableError, data_dir
 from ._fetch import ChecksumError, download, file_digest
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
 from branchynet.validation import InvalidValue
 
 FILES = {  # name -> md5 of the raw IDX file

@@ -8,7 +8,7 @@ import os
 
 import numpy
 
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
 from branchynet.validation import InvalidType, InvalidValue
 
 KEYS = ('train_x', 'train_y', 'test_x', 'test_y')
@@ -49,7 +49,7 @@ def load(path, num_classes=None):
     """``(x_train, y_train, x_test, y_test)`` from an npz file, validated."""
     if not os.path.exists(path):
         raise FileNotFoundError('dataset file {} does not exist'.format(path))
-    from branchynet import safenpz
+    from branchynet.io import safenpz
     with safenpz.open_npz(path, 'a dataset npz file (keys {})'.format(', '.join(KEYS))) as f:
         arrays = {k: safenpz.read_array(f, k, path) for k in f.files}
     validate(arrays, num_classes, source=str(path))

@@ -105,7 +105,7 @@ class ResBlock(chainer.Chain):
         return F.relu(h + shortcut)
 
     def to_fast(self, compiler):
-        """This block as plain array operations (see branchynet.fastpath)."""
+        """This block as plain array operations (see branchynet.engines.fast)."""
         xp = compiler.xp
         conv1 = compiler.conv(self.conv1, bn=self.bn1, relu=True)
         conv2 = compiler.conv(self.conv2, bn=self.bn2)
@@ -119,13 +119,13 @@ class ResBlock(chainer.Chain):
         return run
 
     def to_numba(self, builder, x):
-        """This block as generated numba functions (see branchynet.numbapath)."""
+        """This block as generated numba functions (see branchynet.engines.numba.engine)."""
         h = builder.conv(self.conv1, x, bn=self.bn1, relu=True)
         h = builder.conv(self.conv2, h, bn=self.bn2)
         return builder.residual(h, x, self.stride)
 
     def to_onnx(self, exporter, x):
-        """This block as ONNX nodes (see branchynet.onnxpath)."""
+        """This block as ONNX nodes (see branchynet.engines.onnx_runtime)."""
         h = exporter.conv(self.conv1, x, bn=self.bn1, relu=True)
         h = exporter.conv(self.conv2, h, bn=self.bn2)
         shortcut = x

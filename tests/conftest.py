@@ -32,8 +32,8 @@ def mnist_data():
 
 
 def pytest_configure(config):
-    # The allocator setting the driver uses (branchynet.runtime): faster training steps.
-    from branchynet import runtime
+    # The allocator setting the driver uses (branchynet.training.runtime): faster training steps.
+    from branchynet.training import runtime
     runtime.tune_allocator()
 
 

@@ -34,7 +34,8 @@ import chainer.links as L
 import numpy
 from hypothesis import assume, strategies as st
 
-from branchynet import FL, SL, Branch, BranchyNet, confidence
+from branchynet import FL, SL, Branch, BranchyNet
+from branchynet.measures import confidence
 
 #: Logit tolerance: |engine - net| <= RTOL * |net| + ATOL_SCALE * max |net logits of
 #: that exit|. Float32 throughout; the engines sum in other orders and fold

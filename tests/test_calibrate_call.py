@@ -4,8 +4,9 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import calibration, fileio, screening
-from branchynet.safenpz import ModelFileError
+from branchynet.evaluation import calibration, screening
+from branchynet.io import fileio
+from branchynet.io.safenpz import ModelFileError
 from branchynet.validation import InvalidValue
 from tests.helpers import make_three_exit_net
 

@@ -2,7 +2,7 @@
 import numpy
 import pytest
 
-from branchynet.calibration import calibrate_thresholds
+from branchynet.evaluation.calibration import calibrate_thresholds
 
 
 def two_exit_case():
@@ -87,7 +87,7 @@ def test_four_exits_use_coordinate_descent_and_meet_the_target():
 
 
 def test_exit_roc_of_a_perfectly_separating_score_has_auroc_one():
-    from branchynet.calibration import exit_aurocs, exit_roc
+    from branchynet.evaluation.calibration import exit_aurocs, exit_roc
     scores, preds, y, _ = two_exit_case()
     fpr, tpr, auroc = exit_roc(scores, preds, y)
     assert auroc == 1.0 and fpr[0] == 0 and tpr[-1] == 1
@@ -104,7 +104,7 @@ def test_exit_roc_matches_the_rank_statistic():
     s = rng.rand(200, 2)
     preds = numpy.zeros((200, 2), numpy.int32)
     y = (rng.rand(200) < 0.3).astype(numpy.int32)  # exit 1 right where y == 0
-    from branchynet.calibration import exit_roc
+    from branchynet.evaluation.calibration import exit_roc
     right, wrong = s[y == 0, 0], s[y == 1, 0]
     below = (right[:, None] < wrong[None, :]).mean()
     tied = (right[:, None] == wrong[None, :]).mean()

@@ -5,7 +5,9 @@ import signal
 import numpy
 import pytest
 
-from branchynet import checkpoint, fileio, utils
+from branchynet import utils
+from branchynet.io import fileio
+from branchynet.training import checkpoint
 from tests.helpers import make_three_exit_net
 
 

@@ -24,7 +24,7 @@ def test_entropy_is_in_nats_and_maximal_for_uniform():
 
 
 def test_entropy_from_logits_matches_entropy_of_softmax():
-    from branchynet.confidence import entropy_from_logits, entropy_from_logits_row
+    from branchynet.measures.confidence import entropy_from_logits, entropy_from_logits_row
     rng = numpy.random.RandomState(1)
     z = (rng.randn(50, 10) * 8).astype(numpy.float32)
     p = numpy.exp(z - z.max(1, keepdims=True).astype(numpy.float64))
@@ -38,7 +38,7 @@ def test_entropy_from_logits_matches_entropy_of_softmax():
 
 
 def test_every_measure_agrees_with_a_direct_computation():
-    from branchynet.confidence import MEASURES
+    from branchynet.measures.confidence import MEASURES
     rng = numpy.random.RandomState(2)
     z = (rng.randn(40, 10) * 4).astype(numpy.float32)
     p = numpy.exp(z - z.max(1, keepdims=True).astype(numpy.float64))

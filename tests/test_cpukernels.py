@@ -9,7 +9,8 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
-from branchynet import FL, cpukernels, runtime, utils
+from branchynet import FL, utils
+from branchynet.training import cpukernels, runtime
 from branchynet.links import Net
 
 

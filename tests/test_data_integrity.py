@@ -9,7 +9,7 @@ import tarfile
 import numpy
 import pytest
 
-from branchynet import experiment
+from branchynet.driver import run as experiment
 from branchynet.validation import InputError
 from datasets import cifar10, mnist, npz
 from tests.test_cifar_data import write_official_tarball

@@ -12,7 +12,9 @@ import pytest
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnx')
 
-from branchynet import __version__, confidence, deploy  # noqa: E402
+from branchynet import __version__  # noqa: E402
+from branchynet.engines import deploy  # noqa: E402
+from branchynet.measures import confidence  # noqa: E402
 from branchynet.validation import InvalidValue  # noqa: E402
 from tests.helpers import make_three_exit_net  # noqa: E402
 

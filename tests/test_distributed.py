@@ -1,4 +1,4 @@
-"""Data-parallel training and evaluation (branchynet.distributed) on 2 MPI ranks.
+"""Data-parallel training and evaluation (branchynet.training.distributed) on 2 MPI ranks.
 
 Each test starts ``mpiexec -n 2`` on tests/mpi/worker.py (B-LeNet on a few
 hundred random images) and compares rank 0's result with the same work done
@@ -14,7 +14,7 @@ import numpy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from branchynet import distributed, training
+from branchynet.training import distributed, loop as training
 from branchynet.validation import InvalidValue
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -185,7 +185,7 @@ def test_gathered_exit_outputs_equal_single_process(tmp_path):
     numpy.testing.assert_allclose(got['logits'], numpy.stack(net.get_logits(x)),
                                   rtol=1e-5, atol=1e-6)
     assert numpy.array_equal(got['labels'], net.predict_main(x))
-    from branchynet import screening
+    from branchynet.evaluation import screening
     scores, preds = screening.exit_outputs(net, x)
     numpy.testing.assert_allclose(got['scores'], scores, rtol=1e-5, atol=1e-7)
     assert numpy.array_equal(got['preds'], preds)

@@ -7,7 +7,9 @@ import sys
 import numpy
 import pytest
 
-from branchynet import checkpoint, experiment, fileio, runrecord, training
+from branchynet.driver import run as experiment
+from branchynet.io import fileio, runrecord
+from branchynet.training import checkpoint, loop as training
 
 TINY = ['--network', 'lenet_mnist', '--preset', 'tiny', '--time-devices', 'cpu']
 SMALL = TINY + ['--n-train', '300', '--n-test', '40', '--n-val', '0', '--n-timing', '20']

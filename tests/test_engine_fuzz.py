@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from branchynet.fastpath import FastBranchyNet
+from branchynet.engines.fast import FastBranchyNet
 from tests import netgen
 from tests.netgen import Spec
 
@@ -31,7 +31,7 @@ FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check
 
 
 def _onnx():
-    onnxpath = pytest.importorskip('branchynet.onnxpath')
+    onnxpath = pytest.importorskip('branchynet.engines.onnx_runtime')
     pytest.importorskip('onnxruntime')
     return onnxpath.OnnxBranchyNet, (ValueError,)
 
@@ -39,7 +39,7 @@ def _onnx():
 def _numba(kernels='auto'):
     def make():
         pytest.importorskip('numba')
-        from branchynet import numbapath
+        from branchynet.engines.numba import engine as numbapath
         return (lambda net: numbapath.NumbaBranchyNet(net, threads=2, kernels=kernels)), \
             (numbapath.NotCompilable,)
     return make

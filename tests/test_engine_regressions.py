@@ -14,7 +14,7 @@ import numpy
 import pytest
 
 from branchynet import FL, SL, Branch, BranchyNet
-from branchynet.fastpath import FastBranchyNet
+from branchynet.engines.fast import FastBranchyNet
 from tests import netgen
 
 
@@ -31,13 +31,13 @@ def _net(network, shape, seed=0):
 
 def _numba(net):
     pytest.importorskip('numba')
-    from branchynet import numbapath
+    from branchynet.engines.numba import engine as numbapath
     return numbapath.NumbaBranchyNet(net, threads=2)
 
 
 def _onnx(net):
     pytest.importorskip('onnxruntime')
-    from branchynet import onnxpath
+    from branchynet.engines import onnx_runtime as onnxpath
     return onnxpath.OnnxBranchyNet(net)
 
 

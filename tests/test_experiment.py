@@ -6,7 +6,8 @@ import os
 import numpy
 import pytest
 
-from branchynet import experiment, utils
+from branchynet import utils
+from branchynet.driver import run as experiment
 
 
 def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
@@ -95,7 +96,7 @@ def test_a_cifar_network_rejects_mnist_shaped_data_clearly(tmp_path):
 
 
 def test_report_puts_the_paper_beside_ours(tmp_path, mnist_data):
-    from branchynet import report
+    from branchynet.reporting import report
     experiment.run('lenet_mnist', preset='tiny', out_dir=str(tmp_path),
                    overrides={'n_timing': 50}, time_devices=['cpu'])
     report.write(str(tmp_path / '_results'))
@@ -124,7 +125,7 @@ def test_a_network_without_data_is_skipped_with_a_clear_line(tmp_path, monkeypat
 
 
 def test_validation_split_keeps_the_class_mix_and_is_seeded():
-    from branchynet.experiment import split_validation
+    from branchynet.driver.run import split_validation
     y = numpy.repeat(numpy.arange(10, dtype=numpy.int32), [300, 100] * 5)
     x = numpy.arange(len(y), dtype=numpy.float32)[:, None]
     x_rest, y_rest, x_val, y_val, val = split_validation(x, y, 200, seed=4)

@@ -3,7 +3,7 @@ import chainer
 import numpy
 import pytest
 
-from branchynet.fastpath import FastBranchyNet
+from branchynet.engines.fast import FastBranchyNet
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
 from tests.helpers import assert_engine_matches_predict, make_three_exit_net
 
@@ -42,7 +42,7 @@ def test_every_exit_head_matches_chainer(net_and_data):
 
 def _engine(kind, net):
     if kind == 'onnx':
-        onnxpath = pytest.importorskip('branchynet.onnxpath')
+        onnxpath = pytest.importorskip('branchynet.engines.onnx_runtime')
         pytest.importorskip('onnxruntime')
         return onnxpath.OnnxBranchyNet(net)
     return FastBranchyNet(net)
@@ -85,7 +85,7 @@ def _chainer(fn, x):
 @pytest.mark.parametrize('batch', [1, 3])
 def test_compiled_convolution_matches_chainer(stride, pad, ksize, batch):
     import chainer.links as L
-    from branchynet.fastpath import Compiler
+    from branchynet.engines.fast import Compiler
     numpy.random.seed(0)
     conv = L.Convolution2D(3, 4, ksize, stride=stride, pad=pad)
     bn = L.BatchNormalization(4)
@@ -109,7 +109,7 @@ def test_compiled_convolution_matches_chainer(stride, pad, ksize, batch):
 def test_compiled_max_pooling_matches_chainer(ksize, stride, pad, cover_all):
     import chainer.functions as F
     from branchynet import FL
-    from branchynet.fastpath import Compiler
+    from branchynet.engines.fast import Compiler
     x = numpy.random.RandomState(0).randn(2, 3, 11, 15).astype(numpy.float32)
     layer = FL(F.max_pooling_2d, ksize, stride, pad=pad, cover_all=cover_all)
     expect = _chainer(layer, x)
@@ -123,7 +123,7 @@ def test_compiled_max_pooling_matches_chainer(ksize, stride, pad, cover_all):
 def test_compiled_average_pooling_matches_chainer(ksize, stride, pad):
     import chainer.functions as F
     from branchynet import FL
-    from branchynet.fastpath import Compiler
+    from branchynet.engines.fast import Compiler
     x = numpy.random.RandomState(0).randn(2, 3, 8, 8).astype(numpy.float32)
     layer = FL(F.average_pooling_2d, ksize, stride, pad=pad)
     numpy.testing.assert_allclose(Compiler(numpy).function(layer)(x), _chainer(layer, x),
@@ -134,7 +134,7 @@ def test_sequences_fuse_relu_without_touching_their_input():
     import chainer.functions as F
     import chainer.links as L
     from branchynet import FL, Net
-    from branchynet.fastpath import Compiler
+    from branchynet.engines.fast import Compiler
     numpy.random.seed(0)
     layers = [FL(F.relu), FL(F.max_pooling_2d, 2, 2), L.Convolution2D(2, 3, 3, pad=1),
               FL(F.relu), L.Linear(3 * 4 * 4, 5), FL(F.relu)]
@@ -146,7 +146,7 @@ def test_sequences_fuse_relu_without_touching_their_input():
 
 
 def test_plan_cache_keeps_few_small_shapes(monkeypatch):
-    from branchynet import fastpath
+    from branchynet.engines import fast as fastpath
     built = []
     plans = fastpath._Plans(lambda shape: (built.append(shape) or shape, shape[0]))
     for n in (1, 2, 3, 4, 5, 1):
@@ -163,7 +163,7 @@ def test_grouped_convolution_runs_through_chainer_with_bn_and_relu():
     import chainer.functions as F
     import chainer.links as L
     from branchynet import FL, Net
-    from branchynet.fastpath import Compiler
+    from branchynet.engines.fast import Compiler
     numpy.random.seed(0)
     layers = [L.Convolution2D(4, 6, 3, pad=1, groups=2), L.BatchNormalization(6), FL(F.relu)]
     layers[1].avg_mean[:] = numpy.random.RandomState(1).randn(6)

@@ -6,7 +6,7 @@ import sys
 import numpy
 import pytest
 
-from branchynet import fileio
+from branchynet.io import fileio
 from networks import lenet_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ def test_dill_round_trip_in_a_fresh_process(tmp_path, trained_lenet):
     model, xfile, out = tmp_path / 'm.bn', tmp_path / 'x.npy', tmp_path / 'sm.npz'
     fileio.save_dill(model, net)
     numpy.save(xfile, x)
-    code = ('import numpy, sys; from branchynet import fileio; '
+    code = ('import numpy, sys; from branchynet.io import fileio; '
             'net = fileio.load_dill(sys.argv[1], trust=True); '
             'sm = net.get_SM(numpy.load(sys.argv[2])); '
             'numpy.savez(sys.argv[3], *sm)')

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from branchynet import experiment, report
+from branchynet.driver import run as experiment
+from branchynet.reporting import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +125,7 @@ def test_a_failed_network_leaves_older_results_out_of_the_table(tmp_path, capsys
 
 def test_mpi_starts_the_driver_under_mpiexec(tmp_path, monkeypatch):
     """--mpi N [--hostfile F]: mpiexec -n N [-hostfile F] python -m
-    branchynet.experiment --distributed <the other options>; its exit status."""
+    branchynet.driver.run --distributed <the other options>; its exit status."""
     calls = tmp_path / 'mpiexec_calls'
     mpiexec = _fake(tmp_path, 'mpiexec', 'printf "%s\n" "$*" > {}\nexit 3\n'.format(calls))
     (tmp_path / 'hosts').write_text('localhost:2\n')

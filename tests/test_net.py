@@ -56,7 +56,7 @@ def test_random_thresholds_match_oracle_at_every_batch_size(three_exit_net, smal
 
 
 def test_exit_rule_is_strict(three_exit_net, small_batch):
-    from branchynet.confidence import entropy_from_logits, entropy_from_logits_row
+    from branchynet.measures.confidence import entropy_from_logits, entropy_from_logits_row
     three_exit_net.testing()  # the logits routing sees (training kernels round differently)
     x = small_batch[0][:2]
     z0 = three_exit_net.forward(x)[0].array

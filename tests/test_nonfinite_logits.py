@@ -7,8 +7,9 @@ without a word.
 import numpy
 import pytest
 
-from branchynet import fastpath, numbapath, onnxpath
-from branchynet.routing import NonFiniteLogits
+from branchynet.engines import fast as fastpath, onnx_runtime as onnxpath
+from branchynet.engines.numba import engine as numbapath
+from branchynet.engines.routing import NonFiniteLogits
 from branchynet.validation import InputError
 from tests.helpers import make_three_exit_net
 

@@ -15,7 +15,7 @@ import numpy
 import pytest
 
 pytest.importorskip('numba')
-from branchynet import numbapath  # noqa: E402
+from branchynet.engines.numba import engine as numbapath  # noqa: E402
 from tests.helpers import make_three_exit_net  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ BUILD = textwrap.dedent('''
     import sys, warnings
     sys.path.insert(0, {root!r})
     from tests.helpers import make_three_exit_net
-    from branchynet import numbapath
+    from branchynet.engines.numba import engine as numbapath
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         numbapath.NumbaBranchyNet(make_three_exit_net())

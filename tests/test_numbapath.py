@@ -22,13 +22,14 @@ import chainer.links as L
 import numpy
 import pytest
 
-from branchynet import SL, BranchyNet, Branch, FL, confidence, entropy
-from branchynet.fastpath import FastBranchyNet
+from branchynet import SL, BranchyNet, Branch, FL, entropy
+from branchynet.measures import confidence
+from branchynet.engines.fast import FastBranchyNet
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
 from tests.helpers import assert_engine_matches_predict
 
 numba = pytest.importorskip('numba')
-numbapath = pytest.importorskip('branchynet.numbapath')
+numbapath = pytest.importorskip('branchynet.engines.numba.engine')
 
 
 #: residual blocks per stage of the B-ResNet compared to ``predict`` (18 in B-ResNet-110)

@@ -6,7 +6,7 @@ import pytest
 from branchynet import utils
 from tests.test_fastpath import net_and_data  # noqa: F401  (the three trained networks)
 
-onnxpath = pytest.importorskip('branchynet.onnxpath')
+onnxpath = pytest.importorskip('branchynet.engines.onnx_runtime')
 pytest.importorskip('onnxruntime')
 
 

@@ -10,7 +10,7 @@ import textwrap
 import numpy
 import pytest
 
-from branchynet import experiment, netspec
+from branchynet.driver import run as experiment, netspec
 from branchynet.validation import InvalidValue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

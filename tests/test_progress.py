@@ -5,7 +5,8 @@ import sys
 
 import numpy
 
-from branchynet import progress, screening, utils
+from branchynet import progress, utils
+from branchynet.evaluation import screening
 from tests.helpers import make_three_exit_net
 
 
@@ -88,7 +89,7 @@ def test_timed_step_says_how_long_it_took_last_time(tmp_path, monkeypatch):
 
 
 def test_numba_compile_is_announced_with_the_time_it_took(tmp_path, monkeypatch):
-    from branchynet import experiment
+    from branchynet.driver import run as experiment
     monkeypatch.setenv('BRANCHYNET_STEP_TIMES', str(tmp_path / 'times.json'))
     lines = []
     monkeypatch.setattr(experiment, 'log', lines.append)

@@ -7,8 +7,10 @@ import sys
 import numpy
 import pytest
 
-from branchynet import checkpoint, experiment, fileio
-from branchynet.safenpz import ModelFileError
+from branchynet.driver import run as experiment
+from branchynet.io import fileio
+from branchynet.training import checkpoint
+from branchynet.io.safenpz import ModelFileError
 from networks import lenet_mnist
 from tests.helpers import make_three_exit_net
 

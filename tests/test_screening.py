@@ -2,8 +2,10 @@
 import numpy
 import pytest
 
-from branchynet import costs, screening, utils
-from branchynet.fastpath import FastBranchyNet
+from branchynet import utils
+from branchynet.evaluation import screening
+from branchynet.measures import costs
+from branchynet.engines.fast import FastBranchyNet
 from networks import lenet_mnist
 from tests.helpers import make_three_exit_net
 

@@ -6,9 +6,10 @@ import signal
 import numpy
 import pytest
 
-from branchynet import checkpoint, utils
+from branchynet import utils
+from branchynet.training import checkpoint
 from branchynet.net import NonFiniteLoss
-from branchynet.safenpz import ModelFileError
+from branchynet.io.safenpz import ModelFileError
 from branchynet.validation import InputError
 from tests.helpers import make_three_exit_net
 

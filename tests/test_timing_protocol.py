@@ -8,10 +8,12 @@ import os
 import numpy
 import pytest
 
-from branchynet import cli, experiment, measurement, report, tables
-from branchynet.confidence import get_measure
-from branchynet.engine import InferenceEngine
-from branchynet.routing import exit_steps
+from branchynet.driver import cli, run as experiment
+from branchynet.evaluation import measurement
+from branchynet.reporting import report, tables
+from branchynet.measures.confidence import get_measure
+from branchynet.engines.base import InferenceEngine
+from branchynet.engines.routing import exit_steps
 from branchynet.validation import InvalidValue
 from tests.helpers import make_three_exit_net
 
@@ -193,7 +195,7 @@ def test_spreads_and_gains_as_table_text():
 
 def test_the_table_and_the_report_say_why_the_numba_column_is_empty(net, monkeypatch,
                                                                    tmp_path):
-    from branchynet import numbapath
+    from branchynet.engines.numba import engine as numbapath
 
     def refuse(net):
         raise numbapath.NotCompilable('the numba path cannot compile FancyLayer')

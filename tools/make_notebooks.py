@@ -28,7 +28,7 @@ time the baseline (GPU when usable, then CPU), the threshold list, screen the
 thresholds and draw the trade-off (GPU when usable, then CPU), Table I, and
 save the model and the results as the original did (`_models/<name>.bn`,
 `_models/<name>_{{cpu,gpu}}_results.pkl`). Times are end to end at batch size
-1. `./get_results.sh` runs the full experiment (`branchynet/experiment.py`).
+1. `./get_results.sh` runs the full experiment (`branchynet/driver/run.py`).
 
 Environment variables: `BRANCHYNET_PRESET` (`fast` by default; `paper` for
 the original schedule, `tiny` for a quick check), `BRANCHYNET_DATASET` (an
@@ -43,7 +43,8 @@ sys.path.insert(0, ROOT)
 
 import branchynet  # applies the compatibility shims before chainer
 import dill
-from branchynet import devices, experiment, utils, visualize
+from branchynet import devices, utils, visualize
+from branchynet.driver import run as experiment
 
 NETWORK = '{network}'
 PRESET = os.environ.get('BRANCHYNET_PRESET', 'fast')
@@ -217,7 +218,10 @@ import branchynet  # first: the compatibility shims Chainer 7 needs
 import chainer.functions as F
 import chainer.links as L
 import numpy
-from branchynet import FL, Branch, BranchyNet, deploy, fileio, measurement, utils
+from branchynet import FL, Branch, BranchyNet, utils
+from branchynet.engines import deploy
+from branchynet.evaluation import measurement
+from branchynet.io import fileio
 from branchynet.datasets import mnist
 
 TINY = os.environ.get('BRANCHYNET_PRESET') == 'tiny'
@@ -287,9 +291,9 @@ The same model on the four paths: the same labels and exits (the exit
 decision is the same code), and the batch-1 time per sample, end to end, on
 the test images. The numba path compiles the network on first use
 (seconds; cached afterwards)."""),
-    ('code', """from branchynet.fastpath import FastBranchyNet
-from branchynet.numbapath import NumbaBranchyNet
-from branchynet.onnxpath import OnnxBranchyNet
+    ('code', """from branchynet.engines.fast import FastBranchyNet
+from branchynet.engines.numba.engine import NumbaBranchyNet
+from branchynet.engines.onnx_runtime import OnnxBranchyNet
 
 engines = {'Chainer': net, 'fast': FastBranchyNet(net), 'ONNX Runtime': OnnxBranchyNet(net),
            'numba': NumbaBranchyNet(net)}
@@ -353,7 +357,7 @@ def main(argv=None):
             if not os.path.exists(path) or open(path).read() != text:
                 stale.append(path)
         else:
-            from branchynet.fileio import atomic_write
+            from branchynet.io.fileio import atomic_write
             with atomic_write(path, 'w') as f:
                 f.write(text)
     if stale:

@@ -18,7 +18,10 @@ import traceback
 
 import numpy
 
-from branchynet import checkpoint, experiment, netspec, networks, progress, report, runtime
+from branchynet import networks, progress
+from branchynet.driver import run as experiment, netspec
+from branchynet.reporting import report
+from branchynet.training import checkpoint, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
 from branchynet.validation import InputError, InvalidValue
 from branchynet.datasets import DataUnavailableError
@@ -258,7 +261,7 @@ def main(argv=None):
         return 2
     if not args.distributed:
         return _run_networks(args, names, overrides, time_devices, None)
-    from branchynet import distributed
+    from branchynet.training import distributed
     try:
         dist = distributed.Distributed.create(
             args.communicator, gpu=resolve_device(args.device).xp is not numpy)

@@ -10,8 +10,8 @@ pick the knee, write Table I, every screened point, figures and models.
 Every network is configured by the ``EXPERIMENT`` dict of its module in
 ``networks/``; nothing here is specific to one network. ``--network
 PATH.py:FUNCTION`` (or ``package.module:FUNCTION``) runs any function that
-returns a BranchyNet, with default settings (``branchynet.netspec``). The command line
-(options, network lists, ``--mpi``) is ``branchynet.cli``.
+returns a BranchyNet, with default settings (``branchynet.driver.netspec``). The command line
+(options, network lists, ``--mpi``) is ``branchynet.driver.cli``.
 """
 import contextlib
 import itertools
@@ -27,12 +27,16 @@ from sklearn.model_selection import train_test_split
 
 from branchynet.datasets import DataUnavailableError
 
-from branchynet import (calibration, checkpoint, confidence, costs, fileio, measurement,
-                        netspec, runrecord, screening, tables, tradeoff, training,
-                        visualize)
+from branchynet import visualize
+from branchynet.driver import netspec
+from branchynet.evaluation import calibration, measurement, screening, tradeoff
+from branchynet.io import fileio, runrecord
+from branchynet.measures import confidence, costs
+from branchynet.reporting import tables
+from branchynet.training import checkpoint, loop as training
 from branchynet.devices import device_label, gpu_usable, resolve_device
-from branchynet.fastpath import FastBranchyNet
-from branchynet.fileio import atomic_write, save_dill, save_npz
+from branchynet.engines.fast import FastBranchyNet
+from branchynet.io.fileio import atomic_write, save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
@@ -44,7 +48,7 @@ def log(msg):
 
 def resolve_config(network, preset, overrides=None):
     """The experiment settings of ``network`` (a name or ``...:FUNCTION``,
-    ``branchynet.netspec``) under ``preset``, with overrides."""
+    ``branchynet.driver.netspec``) under ``preset``, with overrides."""
     module = netspec.load(network)
     base = dict(module.EXPERIMENT)
     presets = base.pop('presets')
@@ -160,7 +164,7 @@ def timing_engines(net, label, name='the network'):
         reason = 'the numba path runs on the CPU only'
     else:
         try:
-            from branchynet import numbapath
+            from branchynet.engines.numba import engine as numbapath
         except ImportError as e:
             reason = str(e)
         else:
@@ -303,7 +307,8 @@ def compile_numba_engine(net, name, label='CPU'):
     compiled, how long it took the last time) and one after (how long it took):
     the first compile of a network is tens of seconds with nothing to show.
     Raises ``ImportError`` or ``numbapath.NotCompilable`` as the engine does."""
-    from branchynet import numbapath, progress
+    from branchynet import progress
+    from branchynet.engines.numba import engine as numbapath
     with progress.timed_step(
             '{}: compiling the numba engine of {} (cached machine code makes it quick)'
             .format(label, name), 'numba compile: {}'.format(name),
@@ -455,7 +460,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         dataset_module=None, time_devices=None, init=None, resume=False, distributed=None):
     """Run the whole experiment; returns a dict of what was measured.
 
-    ``distributed`` (a ``branchynet.distributed.Distributed``, every rank
+    ``distributed`` (a ``branchynet.training.distributed.Distributed``, every rank
     calling ``run``): training is data-parallel, the test set's exit outputs
     are computed on every rank's shard and gathered; batch-1 timing, the
     calibration and everything under ``out_dir`` (the lock included) are
@@ -646,14 +651,14 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
 
 
 def build_parser():
-    """The driver's argument parser (``branchynet.cli``)."""
-    from branchynet import cli
+    """The driver's argument parser (``branchynet.driver.cli``)."""
+    from branchynet.driver import cli
     return cli.build_parser()
 
 
 def main(argv=None):
-    """The driver's command line (``branchynet.cli.main``): exit status."""
-    from branchynet import cli
+    """The driver's command line (``branchynet.driver.cli.main``): exit status."""
+    from branchynet.driver import cli
     return cli.main(argv)
 
 

@@ -5,7 +5,7 @@ logits)`` on device arrays) and ``main_logits(x, timer)`` (the baseline
 network). From them this base builds ``predict``, ``predict_main``,
 ``exit_logits`` and ``get_SM`` over batches, deciding exits with
 ``routing.route_batch``, and the per-batch ``route``/``main_route`` that
-``branchynet.measurement`` times at batch size 1.
+``branchynet.evaluation.measurement`` times at batch size 1.
 
 Engines: ``ChainerEngine`` (the model's own links; what ``BranchyNet.predict``
 uses), ``fastpath.FastBranchyNet`` and ``onnxpath.OnnxBranchyNet``.
@@ -14,9 +14,9 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from branchynet.routing import (NOT_FINITE, check_finite, exit_steps, route_batch,
+from branchynet.engines.routing import (NOT_FINITE, check_finite, exit_steps, route_batch,
                                 route_batch_by_share)
-from branchynet.timing import NULL_TIMER
+from branchynet.measures.timing import NULL_TIMER
 from branchynet.validation import validate_batchsize, validate_inputs
 
 #: Default batch size of predict, get_SM, test and friends: bounded, so a large

@@ -1,6 +1,6 @@
 """Early-exit inference of a BranchyNet bundle, with numpy and onnxruntime only.
 
-This file is copied into every bundle written by ``branchynet.deploy.save_bundle``
+This file is copied into every bundle written by ``branchynet.engines.deploy.save_bundle``
 as ``predict.py``; it needs neither Chainer nor the branchynet package::
 
     from predict import predict          # with the bundle's folder on sys.path

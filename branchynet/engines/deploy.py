@@ -10,7 +10,7 @@
     DIR/predict.py                    predict(x) -> (labels, exits), and
                                       python predict.py INPUT.npy OUTPUT.npz
 
-``predict.py`` (``branchynet/bundle_predict.py``, copied) needs only numpy
+``predict.py`` (``branchynet/engines/bundle_predict.py``, copied) needs only numpy
 and onnxruntime: the bundle runs where Chainer and this project are absent,
 deciding exits exactly as ``BranchyNet.predict``. ``load_bundle(DIR)``
 returns the same runtime here (the package's copy of it: loading a bundle
@@ -25,9 +25,10 @@ import re
 import shutil
 import warnings
 
-from branchynet import __version__, bundle_predict
-from branchynet.fileio import atomic_write
-from branchynet.onnxpath import INPUT_NAME, OUTPUT_NAMES, OnnxBranchyNet, exit_file_stem
+from branchynet import __version__
+from branchynet.engines import bundle_predict
+from branchynet.io.fileio import atomic_write
+from branchynet.engines.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, OnnxBranchyNet, exit_file_stem
 from branchynet.validation import InvalidValue
 
 FORMAT = 'branchynet-bundle'
@@ -36,7 +37,7 @@ FORMAT_VERSION = 1
 
 def manifest(net, engine, files):
     """The ``manifest.json`` content of ``net``'s bundle."""
-    from branchynet import runrecord
+    from branchynet.io import runrecord
     main, exits = engine.models
     last = len(exits) - 1
     num_classes = main.graph.output[0].type.tensor_type.shape.dim[1].dim_value
@@ -90,7 +91,7 @@ def _legacy_manifest(directory):
             directory, numbers))
     warnings.warn('{} was saved before bundles had a manifest (exits numbered from 0 as '
                   'exit0.onnx, no measure or thresholds): read as entropy exits without '
-                  'thresholds; save it again with branchynet.deploy.save_bundle'.format(
+                  'thresholds; save it again with branchynet.engines.deploy.save_bundle'.format(
                       directory), stacklevel=3)
     return {'format': FORMAT, 'format_version': 0, 'input': {'name': INPUT_NAME},
             'exits': [{'number': n + 1, 'file': 'exit{}.onnx'.format(n)} for n in numbers],

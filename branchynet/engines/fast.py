@@ -34,10 +34,10 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet.engine import InferenceEngine
+from branchynet.engines.base import InferenceEngine
 from branchynet.links import FL, SL, Net, is_function, pair
-from branchynet.routing import exit_steps
-from branchynet.timing import NULL_TIMER
+from branchynet.engines.routing import exit_steps
+from branchynet.measures.timing import NULL_TIMER
 
 #: Buffers of one plan larger than this are allocated per call instead of kept.
 CACHE_BYTES = 8 << 20
@@ -423,7 +423,7 @@ class FastBranchyNet(InferenceEngine):
     """Compiled early-exit inference for a trained BranchyNet (same answers).
 
     Provides ``predict``, ``predict_main`` and the engine interface used by
-    ``branchynet.measurement`` (see ``branchynet.engine``).
+    ``branchynet.evaluation.measurement`` (see ``branchynet.engines.base``).
     """
 
     def __init__(self, net):

@@ -24,10 +24,10 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet.fastpath import folded_conv_weights, fused_layers
-from branchynet.fileio import atomic_write
+from branchynet.engines.fast import folded_conv_weights, fused_layers
+from branchynet.io.fileio import atomic_write
 from branchynet.links import FL, SL, Net, pair
-from branchynet.engine import InferenceEngine
+from branchynet.engines.base import InferenceEngine
 
 OPSET = 17
 
@@ -214,10 +214,10 @@ def exit_file_stem(index):
 class OnnxBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet on ONNX Runtime (CPU).
 
-    Same interface as ``fastpath.FastBranchyNet`` (``branchynet.engine``).
+    Same interface as ``fastpath.FastBranchyNet`` (``branchynet.engines.base``).
     The models snapshot the weights: build again after training.
     ``save(directory)`` writes ``main.onnx`` and ``exit1.onnx``, ``exit2.onnx``...
-    (exits numbered from 1; ``branchynet.deploy.save_bundle`` adds a manifest
+    (exits numbered from 1; ``branchynet.engines.deploy.save_bundle`` adds a manifest
     and a standalone ``predict.py``).
     ``threads``: ONNX Runtime's intra-op threads (1 suits batch size 1).
     """

@@ -9,8 +9,8 @@ import math
 import chainer
 import numpy
 
-from branchynet import confidence
-from branchynet.timing import NULL_TIMER
+from branchynet.measures import confidence
+from branchynet.measures.timing import NULL_TIMER
 from branchynet.validation import InvalidValue
 
 #: The exit (and label) routing gives a sample whose logits are not finite;

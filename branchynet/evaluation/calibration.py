@@ -26,7 +26,8 @@ import itertools
 import numpy
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from branchynet import confidence, screening
+from branchynet.evaluation import screening
+from branchynet.measures import confidence
 from branchynet.progress import Progress
 from branchynet.validation import (InvalidValue, is_real_number, validate_inputs,
                                    validate_labels)
@@ -180,7 +181,7 @@ def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy'
     Exit outputs of ``x_val`` are computed once; the batch-1 cost of leaving
     at each exit is measured on the first ``cost_samples`` samples on
     ``engine`` (default the model's own Chainer path; any engine of
-    ``branchynet.engine``); ``calibrate_thresholds`` then picks the cheapest
+    ``branchynet.engines.base``); ``calibrate_thresholds`` then picks the cheapest
     thresholds reaching ``target_acc`` (default: the last exit's validation
     accuracy) or, with ``budget`` (ms per sample at batch size 1 on that
     engine), the most accurate within it. ``net.confidence`` becomes

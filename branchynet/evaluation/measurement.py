@@ -1,7 +1,7 @@
 """Batch-1 measurement: what a sample really costs, end to end.
 
 Every function here runs the samples one at a time through an inference
-engine (``branchynet.engine``) and times everything a sample costs:
+engine (``branchynet.engines.base``) and times everything a sample costs:
 host-to-device transfer, trunk, heads, softmax, confidence score, routing
 and reading the answer back, with device synchronisation.
 
@@ -18,10 +18,10 @@ import time
 import chainer
 import numpy
 
-from branchynet.engine import as_engine
+from branchynet.engines.base import as_engine
 from branchynet.progress import Progress
-from branchynet.routing import check_finite
-from branchynet.timing import NULL_TIMER, StageTimer, synchronize
+from branchynet.engines.routing import check_finite
+from branchynet.measures.timing import NULL_TIMER, StageTimer, synchronize
 from branchynet.validation import validate_inputs, validate_labels
 
 #: Samples every setting runs untimed before the first timed round.

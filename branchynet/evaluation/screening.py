@@ -22,10 +22,10 @@ import itertools
 
 import numpy
 
-from branchynet import confidence
-from branchynet.engine import as_engine
-from branchynet.timing import NULL_TIMER
-from branchynet.measurement import measure_branchy, per_sample_loop
+from branchynet.measures import confidence
+from branchynet.engines.base import as_engine
+from branchynet.measures.timing import NULL_TIMER
+from branchynet.evaluation.measurement import measure_branchy, per_sample_loop
 from branchynet.progress import Progress
 from branchynet.validation import (validate_batchsize, validate_inputs, validate_labels,
                                    validate_thresholds)

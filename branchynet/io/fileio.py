@@ -209,9 +209,9 @@ def load_npz(path, net):
     saved load as before, leaving the model's thresholds as they are).
 
     No code runs (``allow_pickle=False``), and every array must match the
-    shape and dtype of what it fills and be finite (``branchynet.safenpz``).
+    shape and dtype of what it fills and be finite (``branchynet.io.safenpz``).
     """
-    from branchynet import safenpz
+    from branchynet.io import safenpz
     path = os.fspath(path)
     with safenpz.open_npz(path, 'a BranchyNet weights file (written by save_npz)') as npz:
         rule = [k for k in EXIT_RULE_KEYS if k in npz.files]
@@ -226,7 +226,8 @@ def load_npz(path, net):
 
 def _exit_rule(npz, path, net):
     """``(measure, thresholds)`` stored by ``save_npz``, checked against ``net``."""
-    from branchynet import confidence, safenpz
+    from branchynet.io import safenpz
+    from branchynet.measures import confidence
     from branchynet.validation import InputError, validate_thresholds
     if EXIT_RULE_KEYS[0] not in npz.files:
         raise safenpz.ModelFileError('{} has thresholds but no confidence measure ({})'.format(

@@ -9,7 +9,7 @@ import time
 import chainer
 import numpy
 
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
 
 
 def source_commit():

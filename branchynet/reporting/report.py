@@ -13,8 +13,8 @@ import json
 import os
 import sys
 
-from branchynet.fileio import atomic_write
-from branchynet.tables import TABLE_COLUMNS, format_cell, table_notes
+from branchynet.io.fileio import atomic_write
+from branchynet.reporting.tables import TABLE_COLUMNS, format_cell, table_notes
 from branchynet.validation import InvalidValue
 
 COLUMNS = ('Device',) + TABLE_COLUMNS + ('Paper Acc. (%)', 'Paper Time (ms)', 'Paper Gain',
@@ -62,9 +62,9 @@ def render(all_results):
              'BranchyNet\'s slowest repeat is not faster than the baseline\'s fastest. '
              'Trunk-only: the trunk segments alone, clocked inside the same passes as Time, '
              'as the original timed (comparable with the paper\'s column). Fast: the same '
-             'network and weights on the compiled array path (branchynet.fastpath); Numba: '
-             'on the numba-compiled path (branchynet.numbapath), empty where it cannot run '
-             '(said under the table). MAC limit: the gain in multiply-adds, what a runtime '
+             'network and weights on the compiled array path (branchynet.engines.fast); Numba: '
+             'on the numba-compiled path (branchynet.engines.numba), empty where it cannot '
+             'run (said under the table). MAC limit: the gain in multiply-adds, what a runtime '
              'without per-call overhead would reach. Paper: '
              'Table I of Teerapittayanon et al. 2016 (CPU 3.0 GHz, GPU GTX TITAN X).', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
@@ -117,7 +117,7 @@ def write(results_dir='_results', networks=None):
     (only those of ``networks`` when given); damaged files are skipped."""
     if not os.path.isdir(results_dir):
         raise InvalidValue('--results {}: no such folder (expected the _results folder '
-                           'written by branchynet.experiment)'.format(results_dir))
+                           'written by branchynet.driver.run)'.format(results_dir))
     if networks is not None:
         files = [os.path.join(results_dir, n + '_results.json') for n in networks]
         files = [f for f in files if os.path.exists(f)]
@@ -125,7 +125,7 @@ def write(results_dir='_results', networks=None):
         files = sorted(glob.glob(os.path.join(results_dir, '*_results.json')))
     all_results = [r for r in map(_readable, files) if r is not None]
     if not all_results:
-        raise InvalidValue('no readable *_results.json in {}{}: run branchynet.experiment '
+        raise InvalidValue('no readable *_results.json in {}{}: run branchynet.driver.run '
                            'first'.format(results_dir, ' for ' + ', '.join(networks)
                                           if networks else ''))
     with atomic_write(os.path.join(results_dir, 'table1.md'), 'w') as f:

@@ -2,7 +2,7 @@
 import csv
 import io
 
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
 
 
 TABLE_COLUMNS = ('Network', 'Acc. (%)', 'Time (ms)', 'Gain', 'Trunk-only (ms)',

@@ -16,8 +16,8 @@ import signal
 import chainer
 import numpy
 
-from branchynet import safenpz
-from branchynet.fileio import atomic_write
+from branchynet.io import safenpz
+from branchynet.io.fileio import atomic_write
 from branchynet.validation import InvalidValue
 
 
@@ -124,7 +124,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
     """Restore a snapshot into ``net`` (and its optimizer) and ``rng``.
 
     No code runs while reading, every array is checked against what it
-    fills (``branchynet.safenpz``), and with ``settings`` a snapshot of a
+    fills (``branchynet.io.safenpz``), and with ``settings`` a snapshot of a
     run with other settings is refused, naming each that differs.
     ``num_epoch``, ``n_samples`` and ``batchsize`` check the position.
     ``data``: the snapshot file's bytes when read elsewhere (by MPI rank 0;

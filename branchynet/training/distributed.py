@@ -323,7 +323,7 @@ class Distributed:
         refused on every rank. The running sums of an interrupted epoch, the
         sums over all ranks, stay on rank 0 (the others start that epoch at 0).
         """
-        from branchynet import checkpoint
+        from branchynet.training import checkpoint
         with self.agreed((InputError, OSError)):
             data = None
             if self.is_root and checkpoint.exists(path):
@@ -398,7 +398,7 @@ class Distributed:
 
     def exit_outputs(self, net, x, measure=None, batchsize=256):
         """``screening.exit_outputs`` computed on each rank's shard and gathered."""
-        from branchynet import screening
+        from branchynet.evaluation import screening
         return tuple(self.gather_exits(
             lambda xs: list(screening.exit_outputs(net, xs, measure, batchsize)), x))
 

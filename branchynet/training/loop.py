@@ -3,8 +3,8 @@
 ``train_exits`` is the loop behind the original's ``utils.train``: epochs of
 shuffled mini-batches through ``BranchyNet.train``/``train_main``, with
 per-epoch curves, progress output, snapshots on every epoch end and on
-SIGINT/SIGTERM, and an exact resume (``branchynet.checkpoint``); with
-``distributed=``, data-parallel over MPI ranks (``branchynet.distributed``).
+SIGINT/SIGTERM, and an exact resume (``branchynet.training.checkpoint``); with
+``distributed=``, data-parallel over MPI ranks (``branchynet.training.distributed``).
 """
 import sys
 import time
@@ -26,7 +26,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     ``augment=True`` trains on augmented images (``branchynet.augment``).
 
     ``snapshot`` names a file written at every epoch end (model, optimizer,
-    position, curves, random state; see ``branchynet.checkpoint``); SIGINT or
+    position, curves, random state; see ``branchynet.training.checkpoint``); SIGINT or
     SIGTERM then writes it at the current batch and raises
     ``checkpoint.TrainingInterrupted``. ``resume=True`` continues from it, and
     with the same seed ends with the same weights as an uninterrupted run
@@ -36,7 +36,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     schedule) together with the batch size, epochs, seed and a digest of the
     data, and a snapshot recording others is refused.
 
-    ``distributed`` (a ``branchynet.distributed.Distributed``) trains data-
+    ``distributed`` (a ``branchynet.training.distributed.Distributed``) trains data-
     parallel over MPI ranks: ``batchsize`` stays the global batch, each rank
     steps on its part, the curves are summed over ranks, only rank 0 reports
     progress and writes the snapshot (which records the number of ranks: a
@@ -47,7 +47,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
     the last, for main-only training) and ``seconds`` the time of this call.
     """
-    from branchynet import checkpoint
+    from branchynet.training import checkpoint
     validate_inputs(x, net.input_shape)
     validate_labels(y, len(x))
     if batchsize < 1 or num_epoch < 0:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import numpy  # noqa: E402
 
 import branchynet  # noqa: E402,F401
-from branchynet import distributed, training  # noqa: E402
+from branchynet.training import distributed, loop as training  # noqa: E402
 
 
 def make_data(n, seed):
@@ -104,7 +104,7 @@ def main(argv=None):
                     net.train_main = counting
                 else:
                     net.train = counting
-            from branchynet import checkpoint
+            from branchynet.training import checkpoint
             try:
                 losses, accs, _ = training.train_exits(
                     net, x, y, main=args.main, batchsize=args.batch, num_epoch=args.epochs,
@@ -128,8 +128,8 @@ def run_experiment(args):
     and, in DIR/tuned_rank<R>.txt, the result of the driver's allocator setting."""
     import contextlib
     from mpi4py import MPI
-    from branchynet import fileio
-    assert 'branchynet.experiment' not in sys.modules  # so it imports the wrappers below
+    from branchynet.io import fileio
+    assert 'branchynet.driver.run' not in sys.modules  # so it imports the wrappers below
     os.makedirs(args.out, exist_ok=True)
     out = os.path.abspath(args.out)
     log = os.path.join(out, 'writes_rank{}.txt'.format(MPI.COMM_WORLD.Get_rank()))
@@ -161,7 +161,7 @@ def run_experiment(args):
                                            lambda lock: lock.folder)
     os.makedirs = recorded_call('makedirs', os.makedirs)
     os.unlink = recorded_call('unlink', os.unlink)
-    from branchynet import runtime
+    from branchynet.training import runtime
     tune = runtime.tune_allocator
 
     def tuned():  # noted in DIR/tuned_rank<R>.txt: the driver tunes every rank
@@ -171,7 +171,7 @@ def run_experiment(args):
             f.write(str(applied))
         return applied
     runtime.tune_allocator = tuned
-    from branchynet import experiment
+    from branchynet.driver import run as experiment
     return experiment.main(args.rest)
 
 

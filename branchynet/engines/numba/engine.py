@@ -60,11 +60,11 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet import confidence
-from branchynet.engine import InferenceEngine
-from branchynet.fastpath import folded_conv_weights, fused_layers, pool_output_size
+from branchynet.measures import confidence
+from branchynet.engines.base import InferenceEngine
+from branchynet.engines.fast import folded_conv_weights, fused_layers, pool_output_size
 from branchynet.links import FL, SL, Net, pair
-from branchynet.routing import NOT_FINITE
+from branchynet.engines.routing import NOT_FINITE
 from branchynet.validation import InvalidValue
 
 #: Measures decided natively (``confidence.MEASURES`` names).
@@ -767,7 +767,7 @@ class _ChoiceCache:
         import json
         if not (self.usable and self.changed):
             return
-        from branchynet import fileio
+        from branchynet.io import fileio
         with _suppress_os_error():
             with fileio.atomic_write(self.path) as f:
                 f.write(json.dumps(self.entries, sort_keys=True).encode())
@@ -1104,7 +1104,7 @@ def _write_source(path, source):
     e.g. cut short, is replaced with a warning). Rewriting it changes its
     modification time, which makes numba discard its cached machine code."""
     import warnings
-    from branchynet import fileio
+    from branchynet.io import fileio
     try:
         with open(path, 'rb') as f:
             current = f.read()
@@ -1246,7 +1246,7 @@ class NumbaBranchyNet(InferenceEngine):
 
     def __init__(self, net, threads=None, kernels='auto'):
         import os
-        from branchynet.fastpath import FastBranchyNet
+        from branchynet.engines.fast import FastBranchyNet
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise InvalidValue('threads must be a positive integer or None (one per core), '
@@ -1382,7 +1382,7 @@ def compile_engine(net, warn=print):
     try:
         return NumbaBranchyNet(net)
     except (ImportError, NotCompilable) as e:
-        from branchynet.fastpath import FastBranchyNet
+        from branchynet.engines.fast import FastBranchyNet
         if warn is not None:
             warn('numba path unavailable, using the fast path: {}'.format(e))
         return FastBranchyNet(net)
