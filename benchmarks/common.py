@@ -85,7 +85,7 @@ def engines(net, chainer=True, threads=None):
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
     try:
-        from branchynet.engines.numba.engine import NumbaBranchyNet
+        from branchynet.engines.numba import NumbaBranchyNet
         engine = NumbaBranchyNet(net, threads=threads)
         print('numba path: compiled (or loaded from its cache) in {:.1f} s'.format(
             engine.compile_seconds))

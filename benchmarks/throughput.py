@@ -47,7 +47,7 @@ from branchynet import entropy
 from branchynet.io import fileio
 from branchynet.measures import costs
 from branchynet.engines.base import as_engine
-from branchynet.engines.numba.engine import processor
+from branchynet.engines.numba import processor
 from branchynet.validation import InputError
 
 NETWORKS = {'lenet': 'lenet_mnist', 'alexnet': 'alex_cifar10', 'resnet': 'resnet_cifar10'}
@@ -126,7 +126,7 @@ def forced_numba(net, args):
     kernels = [k.strip() for k in (args.numba_kernels or '').split(',') if k.strip()]
     if not kernels:
         return []
-    from branchynet.engines.numba.engine import NumbaBranchyNet
+    from branchynet.engines.numba import NumbaBranchyNet
     return [('numba-' + k, NumbaBranchyNet(net, threads=args.threads, kernels=k))
             for k in kernels]
 

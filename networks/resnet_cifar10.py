@@ -119,7 +119,7 @@ class ResBlock(chainer.Chain):
         return run
 
     def to_numba(self, builder, x):
-        """This block as generated numba functions (see branchynet.engines.numba.engine)."""
+        """This block as generated numba functions (see branchynet.engines.numba)."""
         h = builder.conv(self.conv1, x, bn=self.bn1, relu=True)
         h = builder.conv(self.conv2, h, bn=self.bn2)
         return builder.residual(h, x, self.stride)

@@ -39,7 +39,7 @@ def _onnx():
 def _numba(kernels='auto'):
     def make():
         pytest.importorskip('numba')
-        from branchynet.engines.numba import engine as numbapath
+        from branchynet.engines import numba as numbapath
         return (lambda net: numbapath.NumbaBranchyNet(net, threads=2, kernels=kernels)), \
             (numbapath.NotCompilable,)
     return make

@@ -31,7 +31,7 @@ def _net(network, shape, seed=0):
 
 def _numba(net):
     pytest.importorskip('numba')
-    from branchynet.engines.numba import engine as numbapath
+    from branchynet.engines import numba as numbapath
     return numbapath.NumbaBranchyNet(net, threads=2)
 
 

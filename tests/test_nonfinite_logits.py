@@ -8,7 +8,7 @@ import numpy
 import pytest
 
 from branchynet.engines import fast as fastpath, onnx_runtime as onnxpath
-from branchynet.engines.numba import engine as numbapath
+from branchynet.engines import numba as numbapath
 from branchynet.engines.routing import NonFiniteLogits
 from branchynet.validation import InputError
 from tests.helpers import make_three_exit_net

@@ -15,7 +15,8 @@ import numpy
 import pytest
 
 pytest.importorskip('numba')
-from branchynet.engines.numba import engine as numbapath  # noqa: E402
+from branchynet.engines import numba as numbapath  # noqa: E402
+from branchynet.engines.numba import cache as numba_cache  # noqa: E402
 from tests.helpers import make_three_exit_net  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ BUILD = textwrap.dedent('''
     import sys, warnings
     sys.path.insert(0, {root!r})
     from tests.helpers import make_three_exit_net
-    from branchynet.engines.numba import engine as numbapath
+    from branchynet.engines import numba as numbapath
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         numbapath.NumbaBranchyNet(make_three_exit_net())
@@ -95,7 +96,7 @@ def test_a_cache_of_another_user_is_refused_and_the_answers_stay_right(
     in-memory compile gives ``predict``'s answers and reads nothing from disk."""
     folder, marker = _planted(compiled_cache, tmp_path)
     monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(folder))
-    monkeypatch.setattr(numbapath, '_current_uid', lambda: os.getuid() + 1)
+    monkeypatch.setattr(numba_cache, '_current_uid', lambda: os.getuid() + 1)
     net = make_three_exit_net()
     with pytest.warns(RuntimeWarning, match='belongs to user id .* not to the current user'):
         engine = numbapath.NumbaBranchyNet(net)

@@ -29,7 +29,9 @@ from networks import alex_cifar10, lenet_mnist, resnet_cifar10
 from tests.helpers import assert_engine_matches_predict
 
 numba = pytest.importorskip('numba')
-numbapath = pytest.importorskip('branchynet.engines.numba.engine')
+numbapath = pytest.importorskip('branchynet.engines.numba')
+from branchynet.engines.numba import layout as numba_layout, program as numba_program  # noqa: E402
+from branchynet.validation import InvalidValue  # noqa: E402
 
 
 #: residual blocks per stage of the B-ResNet compared to ``predict`` (18 in B-ResNet-110)
@@ -118,7 +120,7 @@ def test_resnet110_generates_the_code_tested_on_the_shallower_resnet():
 def test_native_score_equals_confidence_measures():
     engine_module = numbapath.Program(_trained(lenet_mnist, (1, 28, 28), steps=0)).module
     z = numpy.random.RandomState(4).randn(50, 10).astype(numpy.float32) * 4
-    for name, code in numbapath.MEASURE_CODES.items():
+    for name, code in numba_layout.MEASURE_CODES.items():
         expected = confidence.MEASURES[name].scores(z)
         got = [engine_module.score(row, code) for row in z]
         numpy.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
@@ -279,7 +281,7 @@ def _kernels(engine):
 
 @pytest.mark.parametrize('kernels', ['fast', None, 1])
 def test_unknown_kernel_setting_refused(kernels):
-    with pytest.raises(numbapath.InvalidValue, match="kernels must be one of 'auto', 'loop', "
+    with pytest.raises(InvalidValue, match="kernels must be one of 'auto', 'loop', "
                                                      "'gemm', got"):
         numbapath.NumbaBranchyNet(_tiny_net(), kernels=kernels)
 
@@ -298,7 +300,7 @@ def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkey
         measured.append(op.kind)
         return {'loop': 2.0, 'gemm': 1.0}
 
-    monkeypatch.setattr(numbapath, 'time_kernels', gemm_faster)
+    monkeypatch.setattr(numba_program, 'time_kernels', gemm_faster)
     engine = numbapath.NumbaBranchyNet(net, threads=2)
     assert _kernels(engine) == {'gemm'} and engine.program.uses_gemm
     assert sorted(measured) == ['conv', 'conv', 'linear', 'linear']  # each shape once
@@ -306,11 +308,11 @@ def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkey
         numpy.testing.assert_array_equal(got, want)
     assert os.path.exists(str(tmp_path / 'kernel_choices.json'))
 
-    monkeypatch.setattr(numbapath, 'time_kernels', lambda *a: pytest.fail('measured again'))
+    monkeypatch.setattr(numba_program, 'time_kernels', lambda *a: pytest.fail('measured again'))
     assert _kernels(numbapath.NumbaBranchyNet(net, threads=2)) == {'gemm'}
 
     monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path / 'other'))
-    monkeypatch.setattr(numbapath, 'time_kernels',
+    monkeypatch.setattr(numba_program, 'time_kernels',
                         lambda op, weights, kernels: {'loop': 1.0, 'gemm': 3.0})
     engine = numbapath.NumbaBranchyNet(net, threads=2)
     assert _kernels(engine) == {'loop'} and not engine.program.uses_gemm

@@ -195,7 +195,7 @@ def test_spreads_and_gains_as_table_text():
 
 def test_the_table_and_the_report_say_why_the_numba_column_is_empty(net, monkeypatch,
                                                                    tmp_path):
-    from branchynet.engines.numba import engine as numbapath
+    from branchynet.engines import numba as numbapath
 
     def refuse(net):
         raise numbapath.NotCompilable('the numba path cannot compile FancyLayer')

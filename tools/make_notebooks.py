@@ -292,7 +292,7 @@ decision is the same code), and the batch-1 time per sample, end to end, on
 the test images. The numba path compiles the network on first use
 (seconds; cached afterwards)."""),
     ('code', """from branchynet.engines.fast import FastBranchyNet
-from branchynet.engines.numba.engine import NumbaBranchyNet
+from branchynet.engines.numba import NumbaBranchyNet
 from branchynet.engines.onnx_runtime import OnnxBranchyNet
 
 engines = {'Chainer': net, 'fast': FastBranchyNet(net), 'ONNX Runtime': OnnxBranchyNet(net),

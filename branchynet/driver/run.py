@@ -164,7 +164,7 @@ def timing_engines(net, label, name='the network'):
         reason = 'the numba path runs on the CPU only'
     else:
         try:
-            from branchynet.engines.numba import engine as numbapath
+            from branchynet.engines import numba as numbapath
         except ImportError as e:
             reason = str(e)
         else:
@@ -308,7 +308,7 @@ def compile_numba_engine(net, name, label='CPU'):
     the first compile of a network is tens of seconds with nothing to show.
     Raises ``ImportError`` or ``numbapath.NotCompilable`` as the engine does."""
     from branchynet import progress
-    from branchynet.engines.numba import engine as numbapath
+    from branchynet.engines import numba as numbapath
     with progress.timed_step(
             '{}: compiling the numba engine of {} (cached machine code makes it quick)'
             .format(label, name), 'numba compile: {}'.format(name),
