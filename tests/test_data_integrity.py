@@ -9,7 +9,7 @@ import tarfile
 import numpy
 import pytest
 
-from branchynet.driver import run as experiment
+from branchynet.driver import cli
 from branchynet.validation import InputError
 from datasets import cifar10, mnist, npz
 from tests.test_cifar_data import write_official_tarball
@@ -112,7 +112,7 @@ def test_a_truncated_dataset_npz_names_the_file(tmp_path, capsys):
     path.write_bytes(data[:len(data) * 3 // 4])
     with pytest.raises(InputError, match='mine.npz'):
         npz.load(str(path))
-    assert experiment.main(['--network', 'lenet_mnist', '--preset', 'tiny', '--dataset',
+    assert cli.main(['--network', 'lenet_mnist', '--preset', 'tiny', '--dataset',
                             str(path), '--out', str(tmp_path / 'o'),
                             '--time-devices', 'cpu']) == 2
     assert 'mine.npz' in capsys.readouterr().err

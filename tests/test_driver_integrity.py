@@ -7,7 +7,7 @@ import sys
 import numpy
 import pytest
 
-from branchynet.driver import run as experiment
+from branchynet.driver import cli, run as experiment
 from branchynet.io import fileio, runrecord
 from branchynet.training import checkpoint, loop as training
 
@@ -16,7 +16,7 @@ SMALL = TINY + ['--n-train', '300', '--n-test', '40', '--n-val', '0', '--n-timin
 
 
 def _main(tmp_path, *args):
-    return experiment.main(TINY + ['--out', str(tmp_path)] + list(args))
+    return cli.main(TINY + ['--out', str(tmp_path)] + list(args))
 
 
 @pytest.mark.parametrize('args, match', [
@@ -137,13 +137,13 @@ def _strict_json(path):
 
 def test_resume_refuses_another_runs_snapshots(tmp_path, capsys, mnist_data, monkeypatch):
     out = str(tmp_path)
-    assert experiment.main(SMALL + ['--out', out, '--n-timing', str(10 ** 12)]) == 0
+    assert cli.main(SMALL + ['--out', out, '--n-timing', str(10 ** 12)]) == 0
     results = _strict_json(tmp_path / '_results' / 'lenet_mnist_results.json')
     assert results['data']['n_timing'] == 40  # what was timed, not what was asked
     capsys.readouterr()
-    assert experiment.main(SMALL + ['--out', out, '--resume', '--seed', '7']) == 2
+    assert cli.main(SMALL + ['--out', out, '--resume', '--seed', '7']) == 2
     assert 'other settings (run_seed: the snapshot has 0, this run 7' in capsys.readouterr().err
-    assert experiment.main(SMALL + ['--out', out, '--resume', '--n-train', '250']) == 2
+    assert cli.main(SMALL + ['--out', out, '--resume', '--n-train', '250']) == 2
     assert 'n_train: the snapshot has 300, this run 250' in capsys.readouterr().err
     # a fresh run interrupted in its main phase must not later pick up the old joint snapshot
     joint = tmp_path / '_models' / 'lenet_mnist.joint.snapshot.npz'
@@ -155,6 +155,6 @@ def test_resume_refuses_another_runs_snapshots(tmp_path, capsys, mnist_data, mon
             raise checkpoint.TrainingInterrupted(kwargs['snapshot'])
         return real_train(net, x, y, main=main, **kwargs)
     monkeypatch.setattr(training, "train_exits", interrupted_main)
-    assert experiment.main(SMALL + ['--out', out]) == 130
+    assert cli.main(SMALL + ['--out', out]) == 130
     assert not joint.exists()
     assert 'removed the older joint snapshot' in capsys.readouterr().out

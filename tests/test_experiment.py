@@ -7,7 +7,7 @@ import numpy
 import pytest
 
 from branchynet import utils
-from branchynet.driver import run as experiment
+from branchynet.driver import cli, run as experiment
 
 
 def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
@@ -116,7 +116,7 @@ def test_a_network_without_data_is_skipped_with_a_clear_line(tmp_path, monkeypat
     monkeypatch.delenv('BRANCHYNET_CIFAR10', raising=False)
     monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
     monkeypatch.setattr(cifar10, 'URL', 'http://cifar.invalid/cifar-10-python.tar.gz')
-    assert experiment.main(['--network', 'alex_cifar10', '--preset', 'tiny',
+    assert cli.main(['--network', 'alex_cifar10', '--preset', 'tiny',
                             '--out', str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert 'skipped alex_cifar10: CIFAR-10 could not be downloaded' in err
@@ -125,7 +125,7 @@ def test_a_network_without_data_is_skipped_with_a_clear_line(tmp_path, monkeypat
 
 
 def test_validation_split_keeps_the_class_mix_and_is_seeded():
-    from branchynet.driver.run import split_validation
+    from branchynet.driver.stages import split_validation
     y = numpy.repeat(numpy.arange(10, dtype=numpy.int32), [300, 100] * 5)
     x = numpy.arange(len(y), dtype=numpy.float32)[:, None]
     x_rest, y_rest, x_val, y_val, val = split_validation(x, y, 200, seed=4)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from branchynet.driver import run as experiment
+from branchynet.driver import cli, run as experiment
 from branchynet.reporting import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +73,7 @@ def test_get_results_sets_up_and_hands_every_option_to_the_driver(tmp_path):
 
 
 def test_the_drivers_help_lists_every_option():
-    text = experiment.build_parser().format_help()
+    text = cli.build_parser().format_help()
     for option in ('--paper', '--preset', '--networks', '--device', '--seed', '--dataset',
                    '--resume', '--mpi', '--hostfile', '--time-devices'):
         assert option in text
@@ -101,7 +101,7 @@ def _stub_run(monkeypatch):
 ])
 def test_bad_network_lists_are_refused(tmp_path, capsys, monkeypatch, networks, match):
     calls = _stub_run(monkeypatch)
-    assert experiment.main(['--networks', networks, '--out', str(tmp_path)]) == 2
+    assert cli.main(['--networks', networks, '--out', str(tmp_path)]) == 2
     assert match in capsys.readouterr().err
     assert not calls and not (tmp_path / '_results').exists()
 
@@ -112,7 +112,7 @@ def test_a_failed_network_leaves_older_results_out_of_the_table(tmp_path, capsys
     (tmp_path / '_results').mkdir()
     (tmp_path / '_results' / 'alex_cifar10_results.json').write_text(json.dumps(
         _results('alex_cifar10', 'OldAlexNet', 70.0)))
-    code = experiment.main(['--networks', 'alex_cifar10,lenet_mnist', '--out', str(tmp_path)])
+    code = cli.main(['--networks', 'alex_cifar10,lenet_mnist', '--out', str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1 and calls == ['alex_cifar10', 'lenet_mnist']  # the bug stops only AlexNet
     assert 'RuntimeError: a bug in this network' in err and 'failed: alex_cifar10' in err
@@ -131,7 +131,7 @@ def test_mpi_starts_the_driver_under_mpiexec(tmp_path, monkeypatch):
     (tmp_path / 'hosts').write_text('localhost:2\n')
     monkeypatch.setenv('MPIEXEC', str(mpiexec))
     hosts = str(tmp_path / 'hosts')
-    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '3', '--hostfile', hosts,
+    assert cli.main(['--networks', 'lenet_mnist', '--mpi', '3', '--hostfile', hosts,
                             '--seed', '4']) == 3
     assert calls.read_text().strip() == (
         '-n 3 -hostfile {} {} -m branchynet.experiment --distributed --networks lenet_mnist '
@@ -149,7 +149,7 @@ def test_bad_mpi_options_are_refused(tmp_path, capsys, monkeypatch, args, match)
     calls = _stub_run(monkeypatch)
     monkeypatch.setenv('MPIEXEC', str(_fake(tmp_path, 'mpiexec', 'exit 0\n')))
     try:
-        code = experiment.main(['--networks', 'lenet_mnist', '--out', str(tmp_path)] + args)
+        code = cli.main(['--networks', 'lenet_mnist', '--out', str(tmp_path)] + args)
     except SystemExit as e:  # argparse's own refusals
         code = e.code
     assert code == 2 and match in capsys.readouterr().err
@@ -159,21 +159,21 @@ def test_bad_mpi_options_are_refused(tmp_path, capsys, monkeypatch, args, match)
 def test_the_launchers_signal_and_name_are_handled(tmp_path, monkeypatch, capsys):
     # a launcher killed by SIGTERM: exit status 128 + 15, as a shell reports it
     monkeypatch.setenv('MPIEXEC', str(_fake(tmp_path, 'mpiexec', 'kill -TERM $$\n')))
-    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 143
+    assert cli.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 143
     # MPIEXEC may name a command on PATH; an unknown one is refused, not ignored
     _fake(tmp_path, 'mpirun-here', 'exit 0\n')
     monkeypatch.setenv('PATH', str(tmp_path) + os.pathsep + os.environ['PATH'])
     monkeypatch.setenv('MPIEXEC', 'mpirun-here')
-    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 0
+    assert cli.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 0
     monkeypatch.setenv('MPIEXEC', 'no-such-launcher')
-    assert experiment.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 2
+    assert cli.main(['--networks', 'lenet_mnist', '--mpi', '2']) == 2
     assert "MPIEXEC='no-such-launcher' is not a command" in capsys.readouterr().err
 
 
 def test_logs_are_appended_so_a_refused_run_keeps_the_first_ones(tmp_path, monkeypatch):
     _stub_run(monkeypatch)
     args = ['--networks', 'lenet_mnist', '--out', str(tmp_path)]
-    assert experiment.main(args) == 0
-    assert experiment.main(args) == 0
+    assert cli.main(args) == 0
+    assert cli.main(args) == 0
     log = (tmp_path / '_results' / 'lenet_mnist.log').read_text()
     assert log.count('training lenet_mnist') == 2 and log.count('\n--- ') == 2

@@ -89,11 +89,11 @@ def test_timed_step_says_how_long_it_took_last_time(tmp_path, monkeypatch):
 
 
 def test_numba_compile_is_announced_with_the_time_it_took(tmp_path, monkeypatch):
-    from branchynet.driver import run as experiment
+    from branchynet.driver import stages
     monkeypatch.setenv('BRANCHYNET_STEP_TIMES', str(tmp_path / 'times.json'))
     lines = []
-    monkeypatch.setattr(experiment, 'log', lines.append)
-    engine = experiment.compile_numba_engine(make_three_exit_net(), 'three')
+    monkeypatch.setattr(stages, 'log', lines.append)
+    engine = stages.compile_numba_engine(make_three_exit_net(), 'three')
     assert hasattr(engine, 'predict')
     assert lines[0].startswith('CPU: compiling the numba engine of three')
     assert lines[-1].startswith('CPU: numba engine of three ready in ')

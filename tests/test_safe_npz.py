@@ -7,7 +7,7 @@ import sys
 import numpy
 import pytest
 
-from branchynet.driver import run as experiment
+from branchynet.driver import cli
 from branchynet.io import fileio
 from branchynet.training import checkpoint
 from branchynet.io.safenpz import ModelFileError
@@ -67,7 +67,7 @@ def test_loading_a_malicious_npz_runs_no_code(tmp_path, loader, kind):
 
 def test_init_with_a_malicious_npz_runs_no_code(tmp_path, capsys):
     path, marker = _evil_npz(tmp_path, 'plain pickle')
-    code = experiment.main(['--network', 'lenet_mnist', '--preset', 'tiny', '--init', path,
+    code = cli.main(['--network', 'lenet_mnist', '--preset', 'tiny', '--init', path,
                             '--out', str(tmp_path / 'out'), '--time-devices', 'cpu'])
     assert code == 2 and not os.path.exists(marker)
     assert 'model.npz' in capsys.readouterr().err

@@ -8,7 +8,7 @@ import os
 import numpy
 import pytest
 
-from branchynet.driver import cli, run as experiment
+from branchynet.driver import cli, run as experiment, stages
 from branchynet.evaluation import measurement
 from branchynet.reporting import report, tables
 from branchynet.measures.confidence import get_measure
@@ -200,14 +200,14 @@ def test_the_table_and_the_report_say_why_the_numba_column_is_empty(net, monkeyp
     def refuse(net):
         raise numbapath.NotCompilable('the numba path cannot compile FancyLayer')
     monkeypatch.setattr(numbapath, 'NumbaBranchyNet', refuse)
-    engines, notes = experiment.timing_engines(net, 'CPU')
+    engines, notes = stages.timing_engines(net, 'CPU')
     assert set(engines) == {'chainer', 'fast'}
     assert notes == ['Numba columns empty on CPU: the numba path cannot compile FancyLayer']
     x = numpy.random.RandomState(0).rand(6, 1, 8, 8).astype(numpy.float32)
     y = numpy.zeros(6, numpy.int32)
-    timed = experiment.time_against_baseline(net, x, y, [0.5, 0.5], engines, repeats=2)
+    timed = stages.time_against_baseline(net, x, y, [0.5, 0.5], engines, repeats=2)
     macs = {'path_macs': [1., 2., 3.], 'main_macs': 3.}
-    rows = experiment._table_rows('Tiny', 'CPU', timed, macs, notes)
+    rows = stages._table_rows('Tiny', 'CPU', timed, macs, notes)
     text = tables.format_table(rows)
     assert 'cannot compile FancyLayer' in text
     assert rows[0]['Numba (ms)'] is None and rows[1]['Numba gain'] is None
@@ -226,7 +226,7 @@ def test_the_table_and_the_report_say_why_the_numba_column_is_empty(net, monkeyp
     assert '- Tiny: Numba columns empty on CPU: the numba path cannot compile FancyLayer' in md
 
     monkeypatch.setattr(numbapath, 'NumbaBranchyNet', _missing_numba)
-    _, notes = experiment.timing_engines(net, 'CPU')
+    _, notes = stages.timing_engines(net, 'CPU')
     assert 'pip install' in notes[0]
 
 
@@ -236,9 +236,9 @@ def _missing_numba(net):
 
 
 def test_timing_repeats_come_from_the_preset_or_the_command_line(capsys):
-    assert experiment.timing_repeats({'preset': 'tiny'}) == 3
-    assert experiment.timing_repeats({'preset': 'paper'}) == 5
-    assert experiment.timing_repeats({'preset': 'tiny', 'timing_repeats': 7}) == 7
+    assert stages.timing_repeats({'preset': 'tiny'}) == 3
+    assert stages.timing_repeats({'preset': 'paper'}) == 5
+    assert stages.timing_repeats({'preset': 'tiny', 'timing_repeats': 7}) == 7
     with pytest.raises(InvalidValue, match='--timing-repeats must be an integer >= 1'):
         experiment.check_config({'timing_repeats': 0})
     assert cli.main(['--network', 'lenet_mnist', '--timing-repeats', '0',

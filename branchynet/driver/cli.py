@@ -19,7 +19,7 @@ import traceback
 import numpy
 
 from branchynet import networks, progress
-from branchynet.driver import run as experiment, netspec
+from branchynet.driver import netspec, run as experiment, stages
 from branchynet.reporting import report
 from branchynet.training import checkpoint, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
@@ -78,7 +78,7 @@ def build_parser():
                              'warm-up, baseline and BranchyNet interleaved; Table I shows '
                              'the median and the range (default: {})'.format(', '.join(
                                  '{} with --preset {}'.format(r, p)
-                                 for p, r in experiment.TIMING_REPEATS.items())))
+                                 for p, r in stages.TIMING_REPEATS.items())))
     parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|NAME',
                         help="replace the network's dataset: an npz file (train_x, train_y, "
                              'test_x, test_y) or one of: ' + ', '.join(experiment.DATASETS))

@@ -158,6 +158,3 @@ def main(argv=None):
         print(f.read())
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

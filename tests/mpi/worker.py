@@ -171,8 +171,8 @@ def run_experiment(args):
             f.write(str(applied))
         return applied
     runtime.tune_allocator = tuned
-    from branchynet.driver import run as experiment
-    return experiment.main(args.rest)
+    from branchynet.driver import cli
+    return cli.main(args.rest)
 
 
 if __name__ == '__main__':
