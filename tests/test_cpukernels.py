@@ -10,7 +10,8 @@ import chainer.functions as F
 import chainer.links as L
 
 from branchynet import FL, utils
-from branchynet.training import cpukernels, runtime
+from branchynet.links import cpukernels
+from branchynet.training import runtime
 from branchynet.links import Net
 
 

@@ -17,7 +17,7 @@ import inspect
 
 import chainer
 
-from branchynet.training.cpukernels import run_layer
+from branchynet.links.cpukernels import run_layer
 
 
 class FL(chainer.Link):

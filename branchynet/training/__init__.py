@@ -1,3 +1,2 @@
-"""Training: the joint loop (``loop``), snapshots (``checkpoint``), CPU
-kernels (``cpukernels``), allocator settings (``runtime``) and data-parallel
-training over MPI (``distributed``)."""
+"""Training: the joint loop (``loop``), snapshots (``checkpoint``), allocator
+settings (``runtime``) and data-parallel training over MPI (``distributed``)."""
