@@ -1,9 +1,14 @@
 """Builders shared by the tests (imported as ``tests.helpers``; fixtures stay in conftest)."""
+import os
+
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
 from branchynet import FL, Branch, BranchyNet, entropy
+
+#: the repository's root folder
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_engine_matches_predict(engine, net, x, seed=2):

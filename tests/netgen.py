@@ -44,7 +44,7 @@ from branchynet.measures import confidence
 RTOL = 1e-4
 ATOL_SCALE = 1e-4
 #: Bugs the generator steers around until they are fixed (each has its own
-#: regression test in tests/test_engine_regressions.py); remove an entry with its fix:
+#: regression test in tests/engines/test_engine_regressions.py); remove an entry with its fix:
 #:
 #: * 'empty-segment': a trunk segment that computes nothing (two exits at one
 #:   point, an exit as the very first layer or just before the final one, a head

@@ -14,7 +14,7 @@ import pytest
 from branchynet.driver import cli, run as experiment
 from branchynet.reporting import report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 
 def _results(network, title, acc):

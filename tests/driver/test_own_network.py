@@ -13,7 +13,7 @@ import pytest
 from branchynet.driver import run as experiment, netspec
 from branchynet.validation import InvalidValue
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 USER_NET = textwrap.dedent('''
     import chainer.functions as F

@@ -1,5 +1,5 @@
 """The smallest networks on which the generated-network tests
-(tests/test_engine_fuzz.py) found an engine, or ``predict`` itself, wrong.
+(tests/engines/test_engine_fuzz.py) found an engine, or ``predict`` itself, wrong.
 
 Each test is one bug, kept as a regression test with the smallest network
 that showed it; each failed before its fix (the failure is in its docstring

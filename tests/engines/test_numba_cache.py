@@ -19,7 +19,7 @@ from branchynet.engines import numba as numbapath  # noqa: E402
 from branchynet.engines.numba import cache as numba_cache  # noqa: E402
 from tests.helpers import make_three_exit_net  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 BUILD = textwrap.dedent('''
     import sys, warnings

@@ -1,10 +1,10 @@
 """The ONNX export runs on ONNX Runtime with the labels and exits of predict()
-(that comparison, on all three networks, is in test_fastpath.py)."""
+(that comparison, on all three networks, is in engines/test_fast.py)."""
 import numpy
 import pytest
 
 from branchynet import utils
-from tests.test_fastpath import net_and_data  # noqa: F401  (the three trained networks)
+from tests.engines.test_fast import net_and_data  # noqa: F401  (the three trained networks)
 
 onnxpath = pytest.importorskip('branchynet.engines.onnx_runtime')
 pytest.importorskip('onnxruntime')

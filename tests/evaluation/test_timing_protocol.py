@@ -17,7 +17,7 @@ from branchynet.engines.routing import exit_steps
 from branchynet.validation import InvalidValue
 from tests.helpers import make_three_exit_net
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 CLASSES = 5
 N = 12
 

@@ -9,7 +9,7 @@ import pytest
 from branchynet.io import fileio
 from networks import lenet_mnist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,7 @@ from branchynet.io.safenpz import ModelFileError
 from networks import lenet_mnist
 from tests.helpers import make_three_exit_net
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 
 class _Payload:

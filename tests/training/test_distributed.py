@@ -1,6 +1,6 @@
 """Data-parallel training and evaluation (branchynet.training.distributed) on 2 MPI ranks.
 
-Each test starts ``mpiexec -n 2`` on tests/mpi/worker.py (B-LeNet on a few
+Each test starts ``mpiexec -n 2`` on tests/training/mpi/worker.py (B-LeNet on a few
 hundred random images) and compares rank 0's result with the same work done
 by this single process.
 """

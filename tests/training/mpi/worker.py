@@ -1,6 +1,6 @@
-"""Work for the distributed tests, run under mpiexec by tests/test_distributed.py.
+"""Work for the distributed tests, run under mpiexec by tests/training/test_distributed.py.
 
-    mpiexec -n 2 python tests/mpi/worker.py ACTION --out DIR [options]
+    mpiexec -n 2 python tests/training/mpi/worker.py ACTION --out DIR [options]
 
 ACTION is train (weights and curves after training), outputs (gathered exit
 outputs), shards (the sample indices every rank trained on), fail (one
@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
