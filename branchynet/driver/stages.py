@@ -211,10 +211,10 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
 
 
 def compile_numba_engine(net, name, label='CPU'):
-    """``numbapath.NumbaBranchyNet(net)`` with a line before it (what is being
+    """``engines.numba.NumbaBranchyNet(net)`` with a line before it (what is being
     compiled, how long it took the last time) and one after (how long it took):
     the first compile of a network is tens of seconds with nothing to show.
-    Raises ``ImportError`` or ``numbapath.NotCompilable`` as the engine does."""
+    Raises ``ImportError`` or ``engines.numba.NotCompilable`` as the engine does."""
     from branchynet import progress
     from branchynet.engines import numba as numbapath
     with progress.timed_step(

@@ -8,7 +8,7 @@ network). From them this base builds ``predict``, ``predict_main``,
 ``branchynet.evaluation.measurement`` times at batch size 1.
 
 Engines: ``ChainerEngine`` (the model's own links; what ``BranchyNet.predict``
-uses), ``fastpath.FastBranchyNet`` and ``onnxpath.OnnxBranchyNet``.
+uses), ``engines.fast.FastBranchyNet`` and ``engines.onnx_runtime.OnnxBranchyNet``.
 """
 import chainer
 import chainer.functions as F

@@ -214,7 +214,7 @@ def exit_file_stem(index):
 class OnnxBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet on ONNX Runtime (CPU).
 
-    Same interface as ``fastpath.FastBranchyNet`` (``branchynet.engines.base``).
+    Same interface as ``engines.fast.FastBranchyNet`` (``branchynet.engines.base``).
     The models snapshot the weights: build again after training.
     ``save(directory)`` writes ``main.onnx`` and ``exit1.onnx``, ``exit2.onnx``...
     (exits numbered from 1; ``branchynet.engines.deploy.save_bundle`` adds a manifest

@@ -165,7 +165,7 @@ def measure_branchy(net, x, y, thresholds, engine=None, trunk_only=True, repeats
     heads, softmax, entropy or routing), clocked inside the same pass (see
     ``time_settings``, which also says what ``repeats`` and ``warmup`` do).
     ``engine`` is the inference path: ``net`` itself (Chainer, the default)
-    or another engine, e.g. a ``fastpath.FastBranchyNet``.
+    or another engine, e.g. a ``engines.fast.FastBranchyNet``.
     """
     return _one(branchy_setting('branchy', net, thresholds, engine, trunk_only),
                 x, y, repeats, warmup)
