@@ -49,10 +49,34 @@ def _rng_arrays(prefix, state):
 
 
 def _rng_state(npz, prefix, path):
-    def get(key):
-        return safenpz.read_array(npz, prefix + key, path)
-    return ('MT19937', get('keys'), int(get('pos')), int(get('has_gauss')),
-            float(get('cached')))
+    """An MT19937 state read from ``npz`` and checked field by field: numpy's
+    ``set_state`` accepts a position past its 624-word key and then reads
+    beyond it (a segfault at the next draw)."""
+    def get(key, kinds, shape=()):
+        value = safenpz.read_array(npz, prefix + key, path)
+        if value.dtype.kind not in kinds or value.shape != shape:
+            raise safenpz.ModelFileError('{}: {!r} must be {} of shape {}, got {} {}'.format(
+                path, prefix + key, 'integers' if kinds == 'iu' else 'a number', shape,
+                value.dtype, value.shape))
+        return value
+    keys = get('keys', 'iu', (MT_WORDS,))
+    if keys.min() < 0 or keys.max() > 2 ** 32 - 1:
+        raise safenpz.ModelFileError('{}: {!r} must hold 32-bit unsigned words'.format(
+            path, prefix + 'keys'))
+    pos, has_gauss, cached = int(get('pos', 'iu')), int(get('has_gauss', 'iu')), \
+        float(get('cached', 'iuf'))
+    if not 0 <= pos <= MT_WORDS:
+        raise safenpz.ModelFileError('{}: {!r} is {}; expected a position in 0..{}'.format(
+            path, prefix + 'pos', pos, MT_WORDS))
+    if has_gauss not in (0, 1) or not numpy.isfinite(cached):
+        raise safenpz.ModelFileError('{}: {!r} must be 0 or 1 and {!r} finite, got {} and {}'
+                                     .format(path, prefix + 'has_gauss', prefix + 'cached',
+                                             has_gauss, cached))
+    return ('MT19937', keys.astype(numpy.uint32), pos, has_gauss, cached)
+
+
+#: words in the key of numpy's MT19937 state
+MT_WORDS = 624
 
 
 def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=None,
@@ -120,13 +144,16 @@ def _ranks_hint(ranks):
 
 
 def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsize=None,
-         data=None):
+         data=None, width=None):
     """Restore a snapshot into ``net`` (and its optimizer) and ``rng``.
 
     No code runs while reading, every array is checked against what it
     fills (``branchynet.safenpz``), and with ``settings`` a snapshot of a
     run with other settings is refused, naming each that differs.
-    ``num_epoch``, ``n_samples`` and ``batchsize`` check the position.
+    ``num_epoch``, ``n_samples`` and ``batchsize`` check the position,
+    ``width`` (values per epoch: 1 for main-only training, else the number
+    of exits) the curves and sums. Every field is checked before the model,
+    the optimizer or a generator is touched.
     ``data``: the snapshot file's bytes when read elsewhere (by MPI rank 0;
     ``path`` then only names it). Returns a :class:`Position`.
     """
@@ -172,39 +199,80 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
             problems.append('its curves have {} and {} rows for {} epochs'.format(
                 losses.shape, accs.shape, epoch))
         if len(order):
-            if n_samples is not None and sorted(order.tolist()) != list(range(n_samples)):
-                problems.append('its batch order is not a permutation of the {} training '
-                                'samples'.format(n_samples))
+            expected = len(order) if n_samples is None else n_samples
+            if order.dtype.kind not in 'iu' or order.ndim != 1 or len(order) != expected or \
+                    not numpy.array_equal(numpy.sort(order), numpy.arange(expected)):
+                problems.append('its batch order ({} {}) is not a permutation of the {} '
+                                'training samples'.format(order.dtype, order.shape, expected))
             if next_batch < 0 or (n_batches is not None and next_batch > n_batches):
                 problems.append('its next batch {} is outside 0..{}'.format(
                     next_batch, n_batches))
+        problems += _curve_problems(losses, accs, width)
+        sums = None
+        if 'sums/loss' in npz.files and len(order):
+            sums = (safenpz.read_array(npz, 'sums/loss', path),
+                    safenpz.read_array(npz, 'sums/acc', path), scalar('sums/samples'))
+            problems += _sums_problems(sums, width, n_samples)
         if problems:
             raise safenpz.ModelFileError('{} does not fit this training run: {}'.format(
                 path, '; '.join(problems)))
+        rng_state = _rng_state(npz, 'rng/', path)
+        global_state = _rng_state(npz, 'global_rng/', path)
+        _check_optimizer_state(npz, path)
         safenpz.load_into(npz, net, path, path='model/')
         if any(k.startswith('optimizer/') for k in npz.files):
             net.ensure_optimizer()
             # strict=False: parameters never updated yet (the heads during main-only
             # training) have no optimizer state to restore
             safenpz.load_into(npz, net.optimizer, path, path='optimizer/', strict=False)
-        sums = None
-        if 'sums/loss' in npz.files and len(order):
-            sums = (safenpz.read_array(npz, 'sums/loss', path),
-                    safenpz.read_array(npz, 'sums/acc', path), scalar('sums/samples'))
-        try:
-            rng_state = _rng_state(npz, 'rng/', path)
-            global_state = _rng_state(npz, 'global_rng/', path)
-            probe = numpy.random.RandomState()
-            probe.set_state(rng_state)
-            probe.set_state(global_state)
-        except (KeyError, ValueError, TypeError) as e:
-            raise safenpz.ModelFileError('{}: its random-generator state is unreadable: {}'
-                                         .format(path, e)) from e
         rng.set_state(rng_state)
         numpy.random.set_state(global_state)
         return Position(epoch=epoch, losses=losses.tolist(), accs=accs.tolist(),
                         order=order if len(order) else None, next_batch=next_batch,
                         sums=sums)
+
+
+def _curve_problems(losses, accs, width):
+    """Curves are float tables; NaN marks an exit that got no samples, but
+    infinite losses or accuracies outside [0, 1] are no training record."""
+    if losses.dtype.kind != 'f' or accs.dtype.kind != 'f':
+        return ['its curves are {} and {}, not numbers'.format(losses.dtype, accs.dtype)]
+    if numpy.isinf(losses).any() or numpy.isinf(accs).any() or \
+            (accs[~numpy.isnan(accs)] < 0).any() or (accs[~numpy.isnan(accs)] > 1).any():
+        return ['its curves hold infinite losses or accuracies outside [0, 1]']
+    if width is not None and losses.ndim == 2 and len(losses) and losses.shape[1] != width:
+        return ['its curves have {} values per epoch; this run records {}'.format(
+            losses.shape[1], width)]
+    return []
+
+
+def _sums_problems(sums, width, n_samples):
+    loss, acc, samples = sums
+    problems = []
+    if loss.dtype.kind != 'f' or acc.dtype.kind != 'f' or loss.shape != acc.shape or \
+            loss.ndim != 1 or (width is not None and len(loss) != width) or \
+            numpy.isinf(loss).any() or numpy.isinf(acc).any():
+        problems.append('its sums of the epoch so far are {} {} and {} {} (expected {} '
+                        'values, none infinite)'.format(loss.dtype, loss.shape, acc.dtype,
+                                                        acc.shape, width or 'matching'))
+    if samples < 0 or (n_samples is not None and samples > n_samples):
+        problems.append("its 'sums/samples' is {}, outside 0..{}".format(samples, n_samples))
+    return problems
+
+
+def _check_optimizer_state(npz, path):
+    """Adam's step counters (``.../t``) must be >= 0 and its second moments
+    (``.../v``) >= 0: others give NaN weights at the first update."""
+    for key in npz.files:
+        if not key.startswith('optimizer/'):
+            continue
+        leaf = key.rsplit('/', 1)[-1]
+        if leaf not in ('t', 'v', 'epoch'):
+            continue
+        value = safenpz.read_array(npz, key, path)
+        if value.dtype.kind in 'biuf' and value.size and not (value >= 0).all():
+            raise safenpz.ModelFileError('{}: {!r} holds negative values; expected a step '
+                                         'count or second moment >= 0'.format(path, key))
 
 
 @contextlib.contextmanager

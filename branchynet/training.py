@@ -71,7 +71,8 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     step = net.train_main if main else net.train
     n_batches = (len(x) + batchsize - 1) // batchsize
     losses, accs, first_epoch, order, next_batch, sums = [], [], 0, None, 0, None
-    checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize)
+    checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize,
+                  width=1 if main else net.numexits())
     at = None
     if resume and dist is not None:
         at = dist.load_snapshot(snapshot, net, rng, **checks)
