@@ -18,7 +18,7 @@ import numpy
 
 from branchynet import safenpz
 from branchynet.fileio import atomic_write
-from branchynet.validation import InvalidValue
+from branchynet.validation import InvalidValue, require_finite_params
 
 
 class TrainingInterrupted(Exception):
@@ -87,6 +87,7 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=Non
     ``epoch`` done so far, so a resumed epoch's record covers all its
     batches; ``settings`` (a dict of plain values) identifies the run.
     """
+    require_finite_params(net, 'write the snapshot {}'.format(path))
     serializer = chainer.serializers.DictionarySerializer()
     serializer['model'].save(net)
     if net.optimizer is not None:

@@ -16,7 +16,7 @@ import time
 import chainer
 import numpy
 
-from branchynet.validation import InvalidValue
+from branchynet.validation import InvalidValue, require_finite_params
 
 
 def _default_mode():
@@ -185,7 +185,10 @@ def save_npz(path, net):
     """Save the weights (and BatchNorm statistics) of ``net`` as npz, atomically.
 
     This is the recommended way to share a model: loading it runs no code.
+    A model with NaN or infinite weights is refused, so it never replaces a
+    good file.
     """
+    require_finite_params(net, 'write {}'.format(path))
     with atomic_write(path) as f:
         chainer.serializers.save_npz(f, net)
 
@@ -208,9 +211,11 @@ def save_dill(path, net):
 
     A model on a GPU is moved to the CPU for the dump (as the original did
     before dumping), so the file loads on machines without CuPy, and is moved
-    back to its device afterwards.
+    back to its device afterwards. A model with NaN or infinite weights is
+    refused, so it never replaces a good file.
     """
     import dill
+    require_finite_params(net, 'write {}'.format(path))
     device = getattr(net, 'device', None)
     on_gpu = device is not None and getattr(device, 'xp', numpy) is not numpy
     if on_gpu:

@@ -9,10 +9,18 @@ SIGINT/SIGTERM, and an exact resume (``branchynet.checkpoint``); with
 import sys
 import time
 
+import chainer
 import numpy
 
+from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
-from branchynet.validation import InvalidValue, validate_inputs, validate_labels
+from branchynet.validation import (InvalidValue, nonfinite_params, validate_inputs,
+                                   validate_labels)
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """An update made weights NaN or infinite (the loss was finite); the
+    weights were put back to the last epoch end."""
 
 
 def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
@@ -89,6 +97,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
         checkpoint.save(snapshot, net, rng, 0, [], [], settings=settings)
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
+    last_good = _LastGood(net)
     guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
     with guard as stop:
         for epoch in range(first_epoch, num_epoch):
@@ -102,11 +111,13 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                 batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
             sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
             sums = None
+            last_good.keep()
             with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
                           unit='batch', enabled=progress) as bar:
                 bar.update(next_batch if augmenter is None else 0)
                 for b, xb, yb, count in batches:
                     loss, acc = step(xb, yb)
+                    last_good.check(epoch, b)
                     loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
                     sums_loss = sums_loss + loss * count
                     sums_acc = sums_acc + acc * count
@@ -149,6 +160,39 @@ def _index_batches(x, y, order, batchsize, first, n_batches, dist):
         if dist is not None:
             idx, count = dist.local_part(idx)
         yield b, x[idx], y[idx], count
+
+
+class _LastGood:
+    """Host copies of the model's and optimizer's state at an epoch start (the
+    last snapshot's state), put back when an update with a finite loss made
+    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), so
+    neither the model in memory nor any file written from it is damaged."""
+
+    def __init__(self, net):
+        self.net, self.state = net, None
+
+    def keep(self):
+        serializer = chainer.serializers.DictionarySerializer()
+        serializer['model'].save(self.net)
+        if self.net.optimizer is not None:
+            serializer['optimizer'].save(self.net.optimizer)
+        self.state = {k: numpy.array(v, copy=True) for k, v in serializer.target.items()}
+
+    def check(self, epoch, batch):
+        bad = nonfinite_params(self.net)
+        if not bad:
+            return
+        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
+        if self.net.optimizer is not None:
+            chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
+                                                strict=False).load(self.net.optimizer)
+        raise NonFiniteWeights(
+            'the update of epoch {} batch {} made {} weight array(s) NaN or infinite ({}{}) '
+            'although the loss was finite, so training stopped; the weights were put back '
+            'to the start of that epoch (the last snapshot, if any, is intact): check the '
+            'data for huge values and the learning rate (alpha)'.format(
+                epoch + 1, batch + 1, len(bad), ', '.join(bad[:3]),
+                ', ...' if len(bad) > 3 else ''))
 
 
 class _no_stop_requests:

@@ -182,3 +182,24 @@ def validate_count(value, name, minimum=0):
             or value < minimum:
         raise InvalidValue('{} must be an integer >= {}, got {!r}'.format(name, minimum, value))
     return int(value)
+
+
+def nonfinite_params(link):
+    """Names of ``link``'s parameters holding NaN or infinite values (one
+    device synchronisation for all of them; names only when some do)."""
+    params = [(name, p.array) for name, p in link.namedparams() if p.array is not None]
+    if not params:
+        return []
+    xp = _xp(params[0][1])
+    if bool(xp.stack([xp.isfinite(a).all() for _, a in params]).all()):
+        return []
+    return [name for name, a in params if not bool(xp.isfinite(a).all())]
+
+
+def require_finite_params(link, what):
+    """Refuse (``InvalidValue``) to ``what`` a model with non-finite weights."""
+    bad = nonfinite_params(link)
+    if bad:
+        raise InvalidValue('refusing to {}: parameter(s) {}{} hold NaN or infinite values '
+                           '(training diverged?)'.format(what, ', '.join(bad[:3]),
+                                                         ', ...' if len(bad) > 3 else ''))

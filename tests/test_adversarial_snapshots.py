@@ -131,3 +131,71 @@ def test_a_refused_snapshot_leaves_the_generators_as_they_were(tmp_path):
         checkpoint.load(str(snap), net, rng)
     assert (numpy.random.get_state()[1] == before).all()
     assert rng.randint(1000) == numpy.random.RandomState(4).randint(1000)
+
+
+def _huge_data(n=40):
+    """Finite pixels of 1e30: the loss stays finite, Adam's update overflows."""
+    x, y = _data(n)
+    x[: n // 2] *= 1e30
+    return x, y
+
+
+def _weights(net):
+    return {k: p.array.copy() for k, p in net.namedparams()}
+
+
+@pytest.mark.parametrize('main', [True, False])
+def test_an_update_making_weights_non_finite_stops_and_restores_them(tmp_path, main):
+    from branchynet.net import NonFiniteLoss
+    x, y = _huge_data()
+    net = make_three_exit_net(seed=5)
+    before = _weights(net)
+    snap = tmp_path / 's.npz'
+    with pytest.raises(NonFiniteLoss, match='NaN or infinite .* although the loss was finite'):
+        utils.train_exits(net, x, y, main=main, batchsize=8, num_epoch=2, seed=3,
+                          progress=False, snapshot=str(snap))
+    after = _weights(net)
+    assert all((before[k] == after[k]).all() for k in before)
+
+
+def test_a_diverged_update_keeps_the_last_epoch_end_and_its_snapshot(tmp_path):
+    from branchynet.net import NonFiniteLoss
+    x, y = _data()
+    snap = tmp_path / 's.npz'
+    saved = {}
+    net = make_three_exit_net(seed=5)
+
+    def poison(epoch, losses, accs):
+        saved['snapshot'], saved['weights'] = snap.read_bytes(), _weights(net)
+        x[:20] *= 1e30
+    with pytest.raises(NonFiniteLoss, match='although the loss was finite'):
+        utils.train_exits(net, x, y, batchsize=8, num_epoch=3, seed=3, progress=False,
+                          snapshot=str(snap), on_epoch_end=poison)
+    assert snap.read_bytes() == saved['snapshot']
+    assert all((saved['weights'][k] == v).all() for k, v in _weights(net).items())
+
+
+def _diverged_net():
+    net = make_three_exit_net()
+    net.trunk[0].W.array[0, 0, 0, 0] = numpy.nan
+    return net
+
+
+@pytest.mark.parametrize('save', ['save_npz', 'save_dill'])
+def test_a_model_with_non_finite_weights_never_replaces_a_good_file(tmp_path, save):
+    from branchynet import fileio
+    from branchynet.validation import InputError
+    path = tmp_path / 'model.bin'
+    getattr(fileio, save)(str(path), make_three_exit_net())
+    good = path.read_bytes()
+    with pytest.raises(InputError, match='NaN or infinite'):
+        getattr(fileio, save)(str(path), _diverged_net())
+    assert path.read_bytes() == good
+
+
+def test_a_snapshot_of_non_finite_weights_is_not_written(tmp_path):
+    from branchynet.validation import InputError
+    with pytest.raises(InputError, match='NaN or infinite'):
+        checkpoint.save(str(tmp_path / 's.npz'), _diverged_net(),
+                        numpy.random.RandomState(0), 0, [], [])
+    assert not (tmp_path / 's.npz').exists()
