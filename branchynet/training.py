@@ -6,6 +6,7 @@ per-epoch curves, progress output, snapshots on every epoch end and on
 SIGINT/SIGTERM, and an exact resume (``branchynet.checkpoint``); with
 ``distributed=``, data-parallel over MPI ranks (``branchynet.distributed``).
 """
+import os
 import sys
 import time
 
@@ -14,7 +15,7 @@ import numpy
 
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
-from branchynet.validation import (InvalidValue, nonfinite_params, validate_inputs,
+from branchynet.validation import (InvalidType, InvalidValue, nonfinite_params, validate_inputs,
                                    validate_labels)
 
 
@@ -61,6 +62,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     if batchsize < 1 or num_epoch < 0:
         raise InvalidValue('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
                          .format(batchsize, num_epoch))
+    _check_snapshot_path(snapshot, resume)
     dist, root = distributed, distributed is None or distributed.is_root
     if dist is not None and augment:
         raise InvalidValue('augment=True is not supported in distributed training (the '
@@ -93,7 +95,10 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             print('resuming {} training from epoch {}, batch {} ({})'.format(
                 'main' if main else 'joint', at.epoch + 1, at.next_batch + 1, snapshot),
                 file=sys.stderr, flush=True)
-    elif augment and snapshot:  # an interrupted augmented epoch resumes from its start
+    elif resume and root:
+        print('no snapshot {}: starting {} training afresh'.format(
+            snapshot, 'main' if main else 'joint'), file=sys.stderr, flush=True)
+    if at is None and augment and snapshot:  # an augmented epoch resumes from its start
         checkpoint.save(snapshot, net, rng, 0, [], [], settings=settings)
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
@@ -149,6 +154,18 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             if on_epoch_end is not None:
                 on_epoch_end(epoch, losses[-1], accs[-1])
     return losses, accs, time.perf_counter() - start
+
+
+def _check_snapshot_path(snapshot, resume):
+    """``snapshot`` names a file (or is None); ``resume`` needs one."""
+    if snapshot is not None and not isinstance(snapshot, (str, os.PathLike)):
+        raise InvalidType('snapshot must be a file path (str or os.PathLike), got {}'.format(
+            type(snapshot).__name__))
+    if snapshot is not None and os.path.isdir(snapshot):
+        raise InvalidValue('snapshot={} is a folder; expected the path of a snapshot file '
+                           '(e.g. <folder>/net.snapshot.npz)'.format(os.fspath(snapshot)))
+    if resume and snapshot is None:
+        raise InvalidValue('resume=True needs snapshot=<file> to resume from')
 
 
 def _index_batches(x, y, order, batchsize, first, n_batches, dist):
