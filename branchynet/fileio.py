@@ -6,6 +6,7 @@ target in one ``os.replace``. A crash leaves the old file or the new one,
 never a truncated one.
 """
 import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -107,10 +108,13 @@ class RunLocked(InvalidValue):
 class RunLock:
     """An exclusive lock on an output folder, held for one driver run.
 
-    The lock file records the holder's host and process id. A lock whose
-    process no longer exists on this host is stale and taken over; a live
-    holder (or one on another host, which cannot be checked) is refused
-    with a ``RunLocked`` error naming it.
+    The lock is ``fcntl.flock`` on the file ``.branchynet.lock``, held while
+    the run lasts and released by the system when the process ends, however
+    it ends; taking it is one atomic call, so two runs can never both hold
+    it. The file records the holder's host and process id for the message a
+    refused run prints. A record naming a live process that holds no flock
+    (a run of an older version, or on another host, which cannot be checked)
+    is respected too; one naming a dead process on this host is taken over.
     """
     NAME = '.branchynet.lock'
 
@@ -118,60 +122,83 @@ class RunLock:
         self.folder = os.fspath(folder)
         self.path = os.path.join(self.folder, self.NAME)
         self.held = False
+        self._fd = None
 
-    def _holder(self):
+    @staticmethod
+    def _record(fd):
+        """The holder record in the open lock file, or None when unreadable."""
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            data = os.pread(fd, 4096, 0)
+            holder = json.loads(data.decode('utf-8')) if data else None
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
-    def _stale(self, holder):
-        if holder is None:  # unreadable: stale unless just created by a racing run
-            try:
-                return time.time() - os.path.getmtime(self.path) > 10
-            except OSError:
-                return True
+    @staticmethod
+    def _alive(holder):
+        """Whether the recorded holder may still run (a live or unknown process)."""
+        if holder is None:
+            return False
         if holder.get('host') != socket.gethostname():
-            return False
-        try:
-            os.kill(int(holder['pid']), 0)
-        except ProcessLookupError:
             return True
-        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
+        try:
+            pid = int(holder['pid'])
+            if pid == os.getpid():
+                return False
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return False
-        return False
+        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
+            return True
+        return True
+
+    def _refuse(self, holder):
+        raise RunLocked(
+            'another run is using {} ({}); wait for it to finish or choose another --out '
+            '(if no run is active, delete {})'.format(
+                self.folder, 'process {} on {}, started {}'.format(
+                    holder.get('pid'), holder.get('host'), holder.get('started'))
+                if holder else 'holder unknown', self.path))
 
     def acquire(self):
         os.makedirs(self.folder, exist_ok=True)
-        record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                             'started': time.strftime('%Y-%m-%d %H:%M:%S')})
-        for _ in range(3):
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if self._stale(holder):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path)
-                    continue
-                raise RunLocked(
-                    'another run is using {} ({}); wait for it to finish or choose '
-                    'another --out (if no run is active, delete {})'.format(
-                        self.folder, 'process {} on {}, started {}'.format(
-                            holder.get('pid'), holder.get('host'), holder.get('started'))
-                        if holder else 'lock being created', self.path)) from None
-            with os.fdopen(fd, 'w') as f:
-                f.write(record)
-            self.held = True
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._record(fd)
+                os.close(fd)
+                self._refuse(holder)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:  # the holder before us may have released (deleted) the file we locked
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            holder = self._record(fd) if same else None
+            if not same or self._alive(holder):
+                os.close(fd)
+                if same:
+                    self._refuse(holder)
+                continue
+            record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                                 'started': time.strftime('%Y-%m-%d %H:%M:%S')})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode('utf-8'), 0)
+            self._fd, self.held = fd, True
             return self
         raise RunLocked('could not take the lock {}'.format(self.path))
 
     def release(self):
         if self.held:
+            # deleted while still locked: a run that opened this file meanwhile
+            # sees it is gone once it gets the flock, and takes a new one
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            self.held = False
+            os.close(self._fd)
+            self._fd, self.held = None, False
 
     def __enter__(self):
         return self.acquire()
