@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pickle
+import re
 import socket
 import tempfile
 import time
@@ -18,6 +19,12 @@ import chainer
 import numpy
 
 from branchynet.validation import InvalidValue, require_finite_params
+
+
+#: Marks the temporaries of ``atomic_path`` (with the writer's process id and
+#: mkstemp's 8 random characters), so no user file is ever taken for one.
+TEMP_TAG = 'branchynet-tmp-'
+_TEMPORARY = re.compile(r'^\..*\.' + re.escape(TEMP_TAG) + r'(\d+)-[a-z0-9_]{8}\.part(\.\w+)?$')
 
 
 def _default_mode():
@@ -48,7 +55,8 @@ def atomic_path(path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + base + '.', suffix='.part' + ext)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.{}.{}{}-'.format(base, TEMP_TAG, os.getpid()),
+                               suffix='.part' + ext)
     os.close(fd)
     os.chmod(tmp, _default_mode())
     try:
@@ -77,15 +85,28 @@ def fsync_folder(folder):
 
 def is_temporary(name):
     """Whether ``name`` is a temporary of ``atomic_write``/``atomic_path``."""
-    return name.startswith('.') and ('.part' in name) and \
-        (name.endswith('.part') or '.part.' in name)
+    return _TEMPORARY.match(name) is not None
+
+
+def _writer_alive(name):
+    """Whether the process that made the temporary ``name`` still runs here."""
+    pid = int(_TEMPORARY.match(name).group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
 
 
 def remove_stale_temporaries(folder):
     """Delete temporaries left in ``folder`` by a killed writer; returns their names.
 
-    Only safe while no writer can be active there (the driver holds the
-    folder's ``RunLock``).
+    Only this project's temporaries (``is_temporary``) whose writing process
+    no longer runs are deleted; every other file is left alone.
     """
     removed = []
     try:
@@ -94,7 +115,8 @@ def remove_stale_temporaries(folder):
         return removed
     for name in names:
         full = os.path.join(folder, name)
-        if is_temporary(name) and os.path.isfile(full) and not os.path.islink(full):
+        if is_temporary(name) and not _writer_alive(name) and os.path.isfile(full) and \
+                not os.path.islink(full):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(full)
                 removed.append(name)
