@@ -280,7 +280,8 @@ def _run_networks(args, names, overrides, time_devices, dist):
     if root:
         print('=== finished in {:.0f} s'.format(time.time() - start), flush=True)
         if produced:  # Table I of this run's networks only, never older runs' results
-            report.main(['--results', results, '--networks', ','.join(produced)])
+            if report.main(['--results', results, '--networks', ','.join(produced)]) != 0:
+                codes['Table I'] = 1
         else:
             print('no network produced results: {} left as it was'.format(
                 os.path.join(results, 'table1.md')), file=sys.stderr)
