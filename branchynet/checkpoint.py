@@ -53,8 +53,8 @@ def _rng_state(npz, prefix, path):
     ``set_state`` accepts a position past its 624-word key and then reads
     beyond it (a segfault at the next draw)."""
     def get(key, kinds, shape=()):
-        value = safenpz.read_array(npz, prefix + key, path)
-        if value.dtype.kind not in kinds or value.shape != shape:
+        value = safenpz.read_array(npz, prefix + key, path, shape=shape)
+        if value.dtype.kind not in kinds:
             raise safenpz.ModelFileError('{}: {!r} must be {} of shape {}, got {} {}'.format(
                 path, prefix + key, 'integers' if kinds == 'iu' else 'a number', shape,
                 value.dtype, value.shape))
@@ -77,6 +77,8 @@ def _rng_state(npz, prefix, path):
 
 #: words in the key of numpy's MT19937 state
 MT_WORDS = 624
+#: the most values per epoch a curve may have when the run's width is not given
+MAX_EXITS = 1024
 
 
 def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=None,
@@ -165,7 +167,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                                          .format(path))
 
         def scalar(key):
-            value = safenpz.read_array(npz, key, path)
+            value = safenpz.read_array(npz, key, path, shape=())
             if value.shape != () or value.dtype.kind not in 'iu':
                 raise safenpz.ModelFileError('{}: {!r} must be one integer, got {} {}'.format(
                     path, key, value.dtype, value.shape))
@@ -173,7 +175,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
         if settings is not None:
             stored = {}
             if 'settings' in npz.files:
-                text = safenpz.read_array(npz, 'settings', path)
+                text = safenpz.read_array(npz, 'settings', path, max_bytes=1 << 20)
                 try:
                     stored = json.loads(str(text))
                 except ValueError:
@@ -188,9 +190,13 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                     "same settings, or remove it (or use another --out) to start afresh"
                     .format(path, '; '.join(differ)))
         epoch, next_batch = scalar('epoch'), scalar('next_batch')
-        order = safenpz.read_array(npz, 'order', path)
-        losses = safenpz.read_array(npz, 'losses', path)
-        accs = safenpz.read_array(npz, 'accs', path)
+        # every entry's declared size is checked against what this run can need
+        # before it is read
+        order = safenpz.read_array(npz, 'order', path, max_bytes=None if n_samples is None
+                                   else 8 * n_samples)
+        curve_bytes = 8 * max(epoch, 1) * (width or MAX_EXITS)
+        losses = safenpz.read_array(npz, 'losses', path, max_bytes=curve_bytes)
+        accs = safenpz.read_array(npz, 'accs', path, max_bytes=curve_bytes)
         n_batches = None if n_samples is None or not batchsize else \
             (n_samples + batchsize - 1) // batchsize
         problems = []
@@ -211,15 +217,16 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
         problems += _curve_problems(losses, accs, width)
         sums = None
         if 'sums/loss' in npz.files and len(order):
-            sums = (safenpz.read_array(npz, 'sums/loss', path),
-                    safenpz.read_array(npz, 'sums/acc', path), scalar('sums/samples'))
+            sums = (safenpz.read_array(npz, 'sums/loss', path, max_bytes=8 * (width or MAX_EXITS)),
+                    safenpz.read_array(npz, 'sums/acc', path, max_bytes=8 * (width or MAX_EXITS)),
+                    scalar('sums/samples'))
             problems += _sums_problems(sums, width, n_samples)
         if problems:
             raise safenpz.ModelFileError('{} does not fit this training run: {}'.format(
                 path, '; '.join(problems)))
         rng_state = _rng_state(npz, 'rng/', path)
         global_state = _rng_state(npz, 'global_rng/', path)
-        _check_optimizer_state(npz, path)
+        _check_optimizer_state(npz, path, net)
         safenpz.load_into(npz, net, path, path='model/')
         if any(k.startswith('optimizer/') for k in npz.files):
             net.ensure_optimizer()
@@ -261,16 +268,24 @@ def _sums_problems(sums, width, n_samples):
     return problems
 
 
-def _check_optimizer_state(npz, path):
+def _check_optimizer_state(npz, path, net):
     """Adam's step counters (``.../t``) must be >= 0 and its second moments
-    (``.../v``) >= 0: others give NaN weights at the first update."""
+    (``.../v``) >= 0: others give NaN weights at the first update. Each is
+    read only when its declared shape is its parameter's."""
+    params = dict(net.namedparams())
     for key in npz.files:
         if not key.startswith('optimizer/'):
             continue
-        leaf = key.rsplit('/', 1)[-1]
-        if leaf not in ('t', 'v', 'epoch'):
+        param, leaf = key[len('optimizer'):].rsplit('/', 1)
+        if leaf in ('t', 'epoch'):
+            expected = dict(shape=())
+        elif leaf == 'v' and param in params:
+            array = params[param].array
+            expected = dict(max_bytes=safenpz.MAX_UNSHAPED_BYTES) if array is None \
+                else dict(shape=array.shape)
+        else:
             continue
-        value = safenpz.read_array(npz, key, path)
+        value = safenpz.read_array(npz, key, path, **expected)
         if value.dtype.kind in 'biuf' and value.size and not (value >= 0).all():
             raise safenpz.ModelFileError('{}: {!r} holds negative values; expected a step '
                                          'count or second moment >= 0'.format(path, key))
