@@ -22,8 +22,9 @@ class ChecksumError(ValueError):
 
 
 def download(url, dest, digest=None, algorithm='md5', retries=3, timeout=30,
-             progress=True):
-    """Download ``url`` to ``dest`` atomically; verify ``digest`` if given.
+             progress=True, max_bytes=None):
+    """Download ``url`` to ``dest`` atomically; verify ``digest`` if given;
+    stop with ``ChecksumError`` past ``max_bytes`` when given.
 
     A failed or corrupt download leaves nothing at ``dest``. Network errors
     are retried ``retries`` times with a short back-off; a checksum mismatch
@@ -41,6 +42,10 @@ def download(url, dest, digest=None, algorithm='md5', retries=3, timeout=30,
                     out.write(block)
                     h.update(block)
                     done += len(block)
+                    if max_bytes is not None and done > max_bytes:
+                        raise ChecksumError('{} from {} is larger than the {:,} bytes '
+                                            'expected'.format(os.path.basename(dest), url,
+                                                              max_bytes))
                     if progress and time.monotonic() - shown > 2:
                         shown = time.monotonic()
                         frac = ' ({:.0%})'.format(done / total) if total else ''
