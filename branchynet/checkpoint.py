@@ -17,7 +17,7 @@ import chainer
 import numpy
 
 from branchynet import safenpz
-from branchynet.fileio import atomic_write
+from branchynet.fileio import write_npz
 from branchynet.validation import InvalidValue, require_finite_params
 
 
@@ -107,8 +107,7 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=Non
     arrays['settings'] = numpy.array(json.dumps(settings or {}, sort_keys=True))
     arrays.update(_rng_arrays('rng/', rng.get_state()))
     arrays.update(_rng_arrays('global_rng/', numpy.random.get_state()))
-    with atomic_write(path) as f:
-        numpy.savez(f, **arrays)
+    write_npz(path, lambda f: numpy.savez(f, **arrays))
 
 
 def _table(rows):

@@ -7,6 +7,7 @@ never a truncated one.
 """
 import contextlib
 import fcntl
+import io
 import json
 import os
 import pickle
@@ -44,6 +45,17 @@ def atomic_write(path, mode='wb'):
             os.fsync(f.fileno())
 
 
+def write_npz(path, write):
+    """``write(file)`` (``numpy.savez``-like) into an in-memory buffer, then the
+    bytes to ``path`` with ``atomic_write``: a full disk then fails in one plain
+    write, never inside an open ``ZipFile`` (whose later clean-up would print
+    an "Exception ignored ... closed file" traceback)."""
+    buffer = io.BytesIO()
+    write(buffer)
+    with atomic_write(path) as f:
+        f.write(buffer.getbuffer())
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write by name (for writers that take a path).
@@ -63,9 +75,11 @@ def atomic_path(path):
         yield tmp
         os.replace(tmp, path)
         fsync_folder(folder)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write (a full disk) names the file it was for
         raise
 
 
@@ -238,8 +252,7 @@ def save_npz(path, net):
     good file.
     """
     require_finite_params(net, 'write {}'.format(path))
-    with atomic_write(path) as f:
-        chainer.serializers.save_npz(f, net)
+    write_npz(path, lambda f: chainer.serializers.save_npz(f, net))
 
 
 def load_npz(path, net):

@@ -203,3 +203,16 @@ def require_finite_params(link, what):
         raise InvalidValue('refusing to {}: parameter(s) {}{} hold NaN or infinite values '
                            '(training diverged?)'.format(what, ', '.join(bad[:3]),
                                                          ', ...' if len(bad) > 3 else ''))
+
+
+#: The largest run seed: numpy seeds are 0..2**32-1 and joint training uses seed + 1.
+MAX_SEED = 2 ** 32 - 2
+
+
+def validate_seed(value, name='seed'):
+    """A run seed: an integer in 0..``MAX_SEED``."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numpy.integer)) \
+            or not 0 <= value <= MAX_SEED:
+        raise InvalidValue('{} must be an integer in 0..{}, got {!r}'.format(
+            name, MAX_SEED, value))
+    return int(value)
