@@ -26,7 +26,6 @@ def _main(tmp_path, *args):
     (['--n-timing', '0'], '--n-timing must be an integer >= 1, got 0'),
     (['--batchsize', '0'], '--batchsize must be an integer >= 1, got 0'),
     (['--epochs-main', '-1'], '--epochs-main must be an integer >= 0, got -1'),
-    (['--seed', '-3'], '--seed must be an integer >= 0, got -3'),
     (['--time-devices', 'foo'], "unknown device 'foo'"),
     (['--time-devices', 'cpu,,cpu'], "unknown device ''"),
 ])
