@@ -216,3 +216,12 @@ def validate_seed(value, name='seed'):
         raise InvalidValue('{} must be an integer in 0..{}, got {!r}'.format(
             name, MAX_SEED, value))
     return int(value)
+
+
+def require_network(net, name='net'):
+    """``net`` when it is a ``BranchyNet``; else ``InvalidType`` naming it."""
+    from branchynet.net import BranchyNet
+    if not isinstance(net, BranchyNet):
+        raise InvalidType('{} must be a BranchyNet (e.g. from networks.<name>.get_network()), '
+                          'got {}'.format(name, type(net).__name__))
+    return net
