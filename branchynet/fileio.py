@@ -78,7 +78,7 @@ def atomic_path(path):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
             e.filename = path  # a failed write (a full disk) names the file it was for
         raise
 
