@@ -33,7 +33,7 @@ from branchynet import (calibration, checkpoint, confidence, costs, fileio, meas
 from branchynet.devices import device_label, gpu_usable, resolve_device
 from branchynet.fastpath import FastBranchyNet
 from branchynet.fileio import atomic_write, save_dill, save_npz
-from branchynet.validation import InputError, InvalidValue, validate_count
+from branchynet.validation import InputError, InvalidValue, validate_count, validate_seed
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
@@ -476,7 +476,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         with _agreed(dist):
             module, config = resolve_config(network, preset, overrides)
             check_config(config)
-            validate_count(seed, '--seed', 0)
+            validate_seed(seed, '--seed')
             if dist is not None and config['augment']:
                 raise InvalidValue('--augment is not supported with --distributed (the '
                                    'augmented batches are drawn per process, not shared by ranks)')

@@ -65,7 +65,7 @@ from branchynet.engine import InferenceEngine
 from branchynet.fastpath import folded_conv_weights, fused_layers, pool_output_size
 from branchynet.links import FL, SL, Net, pair
 from branchynet.routing import NOT_FINITE
-from branchynet.validation import InvalidValue
+from branchynet.validation import InvalidValue, require_network
 
 #: Measures decided natively (``confidence.MEASURES`` names).
 MEASURE_CODES = {'entropy': 0, 'maxprob': 1, 'margin': 2}
@@ -1251,7 +1251,7 @@ class NumbaBranchyNet(InferenceEngine):
                                     or threads < 1):
             raise InvalidValue('threads must be a positive integer or None (one per core), '
                                'got {!r}'.format(threads))
-        self.net = net
+        self.net = require_network(net)
         self.xp = numpy
         start = time.perf_counter()
         self.program = Program(net, kernels=kernels)
