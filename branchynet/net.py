@@ -456,15 +456,17 @@ class BranchyNet(chainer.Chain):
     def predict_percent(self, x, percents=None, batchsize=None):
         """Early-exit prediction by shares instead of thresholds (the original's
         fallback when no thresholds were set): in every batch (default: all
-        of ``x`` at once, as the original), each early exit classifies the
-        ``percents`` share (default ``percentTestExits``) of the samples
-        reaching it with the lowest entropy; a list gives one share of the
-        whole batch per early exit. Returns ``(labels, exits)`` as ``predict``.
+        of ``x`` as one, as the original, computed in chunks of
+        ``DEFAULT_BATCHSIZE`` samples so memory stays bounded), each early
+        exit classifies the ``percents`` share (default ``percentTestExits``)
+        of the samples reaching it with the lowest entropy; a list gives one
+        share of the whole batch per early exit. Returns ``(labels, exits)``
+        as ``predict``.
         """
         validate_inputs(x, self.input_shape)
         shares = self._shares(self.percentTestExits if percents is None else percents,
                               'percentTestExits')
-        return self.chainer_engine().predict_by_share(x, shares, batchsize or len(x))
+        return self.chainer_engine().predict_by_share(x, shares, batchsize)
 
     @property
     def gpu(self):

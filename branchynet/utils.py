@@ -23,7 +23,7 @@ from branchynet.reporting.tables import TABLE_COLUMNS, branchy_table_rows, forma
 from branchynet.evaluation.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
                                  inc_point_indices, select_knee)
 from branchynet.training.loop import train_exits
-from branchynet.validation import InvalidValue
+from branchynet.validation import InvalidValue, is_real_number
 
 
 # ------------------------------------------------------------------ training
@@ -268,6 +268,9 @@ def get_ent_setdiff(old_ent_vals, ent_vals, percentExit=0.5):
     entropy leaves; returns, per exit, the fraction of the samples leaving
     under ``old_ent_vals`` that do not leave under ``ent_vals``.
     """
+    if not is_real_number(percentExit) or not 0 <= percentExit <= 1:
+        raise InvalidValue('percentExit must be a share in [0, 1], got {!r}'.format(
+            percentExit))
     diffs = []
     gone_old, gone_new = numpy.empty(0, int), numpy.empty(0, int)
     for i, (vo, vn) in enumerate(zip(old_ent_vals, ent_vals)):

@@ -23,10 +23,11 @@ FLOORS = {
     'progress': 3,
     'engines': 4,
     'evaluation': 5,
-    'net': 6, 'training': 6, 'reporting': 6,
-    'utils': 7, 'visualize': 7,
-    'driver': 8,
-    'experiment': 9, 'report': 9,
+    'net': 6, 'reporting': 6,
+    'training': 7,
+    'utils': 8, 'visualize': 8,
+    'driver': 9,
+    'experiment': 10, 'report': 10,
 }
 MAX_LINES = 600
 MAX_TOP_MODULES = 15

@@ -23,8 +23,8 @@ from branchynet.driver import netspec, run as experiment, stages
 from branchynet.reporting import report
 from branchynet.training import checkpoint, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
-from branchynet.validation import InputError, InvalidValue
 from branchynet.datasets import DataUnavailableError
+from branchynet.validation import MAX_SEED, InputError, InvalidValue, validate_seed
 
 
 def build_parser():
@@ -65,7 +65,8 @@ def build_parser():
                         help='comma-separated devices to time on (default: cpu, and with '
                              '--device gpu or auto the GPU too when it is usable)')
     parser.add_argument('--out', default='.', help='folder holding _models, _figs, _results')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=_seed, default=0,
+                        help='0..{} (default 0)'.format(MAX_SEED))
     parser.add_argument('--epochs-main', type=int, help='override the preset')
     parser.add_argument('--epochs-joint', type=int, help='override the preset')
     parser.add_argument('--batchsize', type=int, help='override the preset')
@@ -112,6 +113,15 @@ def build_parser():
     return parser
 
 
+def _seed(text):
+    """``--seed``: an integer in 0..MAX_SEED, or argparse's one-line error."""
+    try:
+        return validate_seed(int(text), '--seed')
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError('must be an integer in 0..{}, got {!r}'.format(
+            MAX_SEED, text)) from None
+
+
 def network_list(args):
     """The networks to run: ``--networks`` (a comma-separated list or ``all``)
     or ``--network`` (default lenet_mnist)."""
@@ -125,9 +135,12 @@ def network_list(args):
     names = [n.strip() for n in args.networks.split(',') if n.strip()]
     expected = 'expected a comma-separated list of: {} (or all)'.format(
         ', '.join(networks.NETWORKS))
-    for name in names:
+    for i, name in enumerate(names):
         if not netspec.is_function_spec(name) and name not in networks.NETWORKS:
             raise InvalidValue('unknown network {!r} in --networks; {}'.format(name, expected))
+        if name in names[:i]:
+            raise InvalidValue('--networks names {} twice; {} (each once)'.format(
+                name, expected))
     if not names:
         raise InvalidValue('--networks {!r} names no network; {}'.format(args.networks, expected))
     short = [netspec.short_name(n) for n in names]
@@ -238,6 +251,10 @@ def main(argv=None):
         names = network_list(args)
         if args.hostfile is not None and args.mpi is None:
             raise InvalidValue('--hostfile needs --mpi N')
+        if args.epochs_main == 0 and args.epochs_joint == 0 and not args.init:
+            raise InvalidValue('--epochs-main 0 --epochs-joint 0 trains nothing, so it would '
+                               'time and tabulate random weights: give --init FILE.npz (the '
+                               'weights to time) or at least one epoch')
         if args.mpi is not None:
             command = mpi_command(args, argv)
     except InputError as e:
@@ -260,7 +277,8 @@ def main(argv=None):
         print('error: --communicator needs --distributed', file=sys.stderr)
         return 2
     if not args.distributed:
-        return _run_networks(args, names, overrides, time_devices, None)
+        with _sigterm_unwinds():
+            return _run_networks(args, names, overrides, time_devices, None)
     from branchynet.training import distributed
     try:
         dist = distributed.Distributed.create(
@@ -274,11 +292,31 @@ def main(argv=None):
         return _run_networks(args, names, overrides, time_devices, dist)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training: unwinds like Ctrl-C, so the ``--out`` lock and
+    temporaries are cleaned up (training turns it into a snapshot itself)."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _run_networks(args, names, overrides, time_devices, dist):
     """One network as asked (``--network``), or each of ``--networks`` in turn
     with its log, then Table I of those that wrote results in this run.
-    Exit status: 130 if interrupted, else 2 if a network's input was bad, 1
-    if one failed otherwise, 0."""
+    Exit status: 130 if interrupted (143 by SIGTERM outside training), else 2
+    if a network's input was bad, 1 if one failed otherwise, 0."""
     if args.networks is None:
         return _run_main(args, names[0], overrides, time_devices, dist)
     root = dist is None or dist.is_root
@@ -313,12 +351,13 @@ def _run_networks(args, names, overrides, time_devices, dist):
         path = os.path.join(results, name + '_results.json')
         if codes[name] == 0 and os.path.exists(path) and os.path.getmtime(path) >= start:
             produced.append(name)  # a skipped network writes no results
-        if codes[name] == 130:
+        if codes[name] in (130, 143):
             break
     if root:
         print('=== finished in {:.0f} s'.format(time.time() - start), flush=True)
         if produced:  # Table I of this run's networks only, never older runs' results
-            report.main(['--results', results, '--networks', ','.join(produced)])
+            if report.main(['--results', results, '--networks', ','.join(produced)]) != 0:
+                codes['Table I'] = 1
         else:
             print('no network produced results: {} left as it was'.format(
                 os.path.join(results, 'table1.md')), file=sys.stderr)
@@ -326,7 +365,7 @@ def _run_networks(args, names, overrides, time_devices, dist):
         if failed:
             print('error: failed: {} (see {})'.format(
                 ', '.join(failed), os.path.join(results, '<network>.log')), file=sys.stderr)
-    for code in (130, 2, 1):
+    for code in (130, 143, 2, 1):
         if code in codes.values():
             return code
     return 0
@@ -348,6 +387,14 @@ def _run_main(args, network, overrides, time_devices, dist):
         if speak:  # with ranks, every rank stops at the same batch
             print(str(e), file=sys.stderr)
         return 130
+    except KeyboardInterrupt as e:  # outside training (loading, timing, screening)
+        if dist is not None:
+            raise
+        print('\ninterrupted ({}) while not training {}: run again with --resume to go on '
+              'from the training snapshots in _models/ (finished epochs are not repeated)'
+              .format('SIGTERM' if isinstance(e, Terminated) else 'SIGINT', network),
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except DataUnavailableError as e:
         if not together(e):
             raise

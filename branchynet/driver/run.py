@@ -33,7 +33,7 @@ from branchynet.reporting import tables
 from branchynet.training import checkpoint, loop as training
 from branchynet.devices import device_label, gpu_usable, resolve_device
 from branchynet.io.fileio import save_dill, save_npz
-from branchynet.validation import InputError, InvalidValue, validate_count
+from branchynet.validation import InputError, InvalidValue, validate_count, validate_seed
 from branchynet.driver.stages import (calibrate_and_compare, exit_accuracies, log,
                                        split_validation, time_and_screen)
 
@@ -182,7 +182,7 @@ def run(network, preset='fast', device='cpu', out_dir='.', seed=0, overrides=Non
         with _agreed(dist):
             module, config = resolve_config(network, preset, overrides)
             check_config(config)
-            validate_count(seed, '--seed', 0)
+            validate_seed(seed, '--seed')
             if dist is not None and config['augment']:
                 raise InvalidValue('--augment is not supported with --distributed (the '
                                    'augmented batches are drawn per process, not shared by ranks)')

@@ -14,6 +14,7 @@ import chainer
 import chainer.functions as F
 import numpy
 
+from branchynet.measures import confidence
 from branchynet.engines.routing import (NOT_FINITE, check_finite, exit_steps, route_batch,
                                 route_batch_by_share)
 from branchynet.measures.timing import NULL_TIMER
@@ -104,10 +105,57 @@ class InferenceEngine:
         return labels
 
     def predict_by_share(self, x, shares, batchsize):
-        """``(labels, exits)`` by ``routing.route_batch_by_share`` per batch."""
+        """``(labels, exits)`` by ``routing.route_batch_by_share`` per batch;
+        with ``batchsize=None`` the shares are of the whole input (the
+        original's one batch), computed in bounded chunks (``_by_share_whole``)."""
+        if batchsize is None:
+            return self._by_share_whole(x, shares)
         labels, exits = self.batched(
             x, batchsize, lambda xb: route_batch_by_share(self.steps, xb, shares, self.xp))
         return labels, check_finite(exits)
+
+    def _by_share_whole(self, x, shares, chunk=DEFAULT_BATCHSIZE):
+        """``route_batch_by_share`` over all of ``x`` as one batch, with memory
+        bounded by ``chunk`` samples: exit by exit, the entropies of the
+        samples still remaining are computed in chunks (from the input again,
+        so no activation of the whole input is kept), the exit is chosen over
+        all of them, then the next exit is computed for the rest."""
+        validate_inputs(x, self.net.input_shape)
+        size, last = len(x), self.numexits() - 1
+        labels = numpy.empty(size, numpy.int32)
+        exits = numpy.empty(size, numpy.int32)
+        remaining = numpy.arange(size)
+        for n in range(last + 1):
+            ent, pred = self._exit_entropies(x, remaining, n, chunk)
+            bad = pred == NOT_FINITE  # marked and taken out (check_finite names them)
+            labels[remaining[bad]] = exits[remaining[bad]] = NOT_FINITE
+            if n == last:
+                labels[remaining[~bad]], exits[remaining[~bad]] = pred[~bad], n
+                break
+            count = int(shares[n] * size) if isinstance(shares, list) \
+                else int(shares * len(remaining))
+            leave = numpy.zeros(len(remaining), dtype=bool)
+            leave[numpy.argsort(ent, kind='stable')[:min(count, len(remaining))]] = True
+            labels[remaining[leave]], exits[remaining[leave]] = pred[leave], n
+            remaining = remaining[~(leave | bad)]
+            if not len(remaining):
+                break
+        return labels, check_finite(exits)
+
+    def _exit_entropies(self, x, index, n, chunk):
+        """Softmax entropy and label at exit ``n`` of ``x[index]``, ``chunk`` at a time."""
+        to_cpu = chainer.backends.cuda.to_cpu
+        ents, preds = [], []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for i in range(0, len(index), chunk):
+                h = self.send(x[index[i:i + chunk]])
+                for step in self.steps[:n + 1]:
+                    h, z = step(h, NULL_TIMER)
+                pred = to_cpu(z.argmax(axis=1)).astype(numpy.int32)
+                pred[to_cpu(~self.xp.isfinite(z).all(axis=1))] = NOT_FINITE
+                ents.append(to_cpu(confidence.entropy_from_logits(z)))
+                preds.append(pred)
+        return numpy.concatenate(ents), numpy.concatenate(preds)
 
     def exit_logits(self, x, batchsize=None):
         """Every exit's logits for every sample: one numpy array per exit."""

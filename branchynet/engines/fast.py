@@ -38,6 +38,7 @@ from branchynet.engines.base import InferenceEngine
 from branchynet.links import FL, SL, Net, is_function, pair
 from branchynet.engines.routing import exit_steps
 from branchynet.measures.timing import NULL_TIMER
+from branchynet.validation import require_network
 
 #: Buffers of one plan larger than this are allocated per call instead of kept.
 CACHE_BYTES = 8 << 20
@@ -427,7 +428,7 @@ class FastBranchyNet(InferenceEngine):
     """
 
     def __init__(self, net):
-        self.net = net
+        self.net = require_network(net)
         self.xp = net.xp
         compiler = Compiler(self.xp)
         self.segments = [compiler.sequence(net.trunk[slice(*net.segment_bounds(n))])

@@ -28,6 +28,7 @@ from branchynet.engines.fast import folded_conv_weights, fused_layers
 from branchynet.io.fileio import atomic_write
 from branchynet.links import FL, SL, Net, pair
 from branchynet.engines.base import InferenceEngine
+from branchynet.validation import InvalidValue, require_network, validate_batchsize
 
 OPSET = 17
 
@@ -226,9 +227,11 @@ class OnnxBranchyNet(InferenceEngine):
     stage_timing = False
 
     def __init__(self, net, threads=1):
+        require_network(net)
+        threads = validate_batchsize(threads, 'threads')
         if net.xp is not numpy:
-            raise ValueError('the ONNX path runs on the CPU: move the model with '
-                             'net.to_cpu() first')
+            raise InvalidValue('the ONNX path runs on the CPU: move the model with '
+                               'net.to_cpu() first')
         _, ort = _require()
         self.net = net
         self.xp = numpy
@@ -257,8 +260,12 @@ class OnnxBranchyNet(InferenceEngine):
         return numpy.ascontiguousarray(x)
 
     def save(self, directory):
-        """Write the ONNX models (atomically) to ``directory``: ``main.onnx`` and
-        ``exit<n>.onnx`` for exit n = 1, 2, ... Returns the file names."""
+        """Write the ONNX models (atomically) to ``directory`` (made if missing):
+        ``main.onnx`` and ``exit<n>.onnx`` for exit n = 1, 2, ... Returns the
+        file names."""
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            raise InvalidValue('{} exists and is not a folder; save writes main.onnx and '
+                               'exit<n>.onnx into a folder'.format(directory))
         os.makedirs(directory, exist_ok=True)
         main, exits = self.models
         named = [('main', main)] + [(exit_file_stem(n), m) for n, m in enumerate(exits)]

@@ -29,8 +29,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from branchynet.evaluation import screening
 from branchynet.measures import confidence
 from branchynet.progress import Progress
-from branchynet.validation import (InvalidValue, is_real_number, validate_inputs,
-                                   validate_labels)
+from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
+                                   validate_batchsize, validate_inputs, validate_labels,
+                                   validate_weights)
 
 
 def _candidate_limits(scores, count, upper):
@@ -81,15 +82,18 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
     goal was reachable) and the goal itself.
     """
     if target_acc is not None and budget is not None:
-        raise ValueError('give target_acc or budget, not both')
+        raise InvalidValue('give target_acc or budget, not both')
     measure = confidence.get_measure(measure)
-    y = numpy.asarray(y)
+    scores, predictions, y = check_outputs(scores, predictions, y, min_exits=2)
     early = scores.shape[1] - 1
-    if early < 1:
-        raise ValueError('a network with one exit has no thresholds to calibrate')
-    if len(path_costs) != early + 1:
-        raise ValueError('path_costs must have one cost per exit ({}), got {}'.format(
-            early + 1, len(path_costs)))
+    path_costs = validate_weights(path_costs, early + 1, 'path_costs')
+    validate_batchsize(candidates, 'candidates')
+    validate_batchsize(max_rounds, 'max_rounds')
+    for name, value, upper in (('target_acc', target_acc, 1.0), ('budget', budget, None)):
+        if value is not None and (not is_real_number(value) or not numpy.isfinite(value) or
+                                  value < 0 or (upper is not None and value > upper)):
+            raise InvalidValue('{} must be a finite number >= 0{}, got {!r}'.format(
+                name, '' if upper is None else ' and <= {:g}'.format(upper), value))
     if budget is None and target_acc is None:
         target_acc = float((predictions[:, -1] == y).mean())
     cands = [_candidate_limits(scores[:, n], candidates, measure.upper) for n in range(early)]
@@ -150,8 +154,13 @@ def exit_roc(scores, predictions, y, exit_index=0):
     sample "detected" when its score is low (scikit-learn's ``roc_curve`` and
     ``roc_auc_score`` on ``-score``). ``auroc`` is None when the exit is right
     on every sample or on none (the curve is then undefined)."""
-    scores = numpy.asarray(scores)[:, exit_index]
-    correct = numpy.asarray(predictions)[:, exit_index] == numpy.asarray(y)
+    scores, predictions, y = check_outputs(scores, predictions, y)
+    if isinstance(exit_index, bool) or not isinstance(exit_index, (int, numpy.integer)) or \
+            not 0 <= exit_index < scores.shape[1]:
+        raise InvalidValue('exit_index must be an exit of these outputs, 0..{}, got {!r}'
+                           .format(scores.shape[1] - 1, exit_index))
+    scores = scores[:, exit_index]
+    correct = predictions[:, exit_index] == y
     if correct.all() or not correct.any():
         return numpy.array([0., 1.]), numpy.array([0., 1.]), None
     fpr, tpr, _ = roc_curve(correct, -scores)
@@ -160,6 +169,7 @@ def exit_roc(scores, predictions, y, exit_index=0):
 
 def exit_aurocs(scores, predictions, y):
     """``exit_roc``'s AUROC for every early exit (the last exit never decides)."""
+    scores, predictions, y = check_outputs(scores, predictions, y, min_exits=2)
     return [exit_roc(scores, predictions, y, n)[2] for n in range(scores.shape[1] - 1)]
 
 
@@ -211,3 +221,27 @@ def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy'
         raise
     result['path_ms'] = list(path_ms)
     return result
+
+
+def check_outputs(scores, predictions, y, min_exits=1):
+    """``(scores, predictions, y)`` as arrays, checked: scores and predictions
+    ``(N, exits)`` with N >= 1 and at least ``min_exits`` exits, finite
+    scores, integer predictions, and one label per sample."""
+    scores, predictions, y = (numpy.asarray(a) for a in (scores, predictions, y))
+    if scores.ndim != 2 or predictions.shape != scores.shape or not len(scores):
+        raise InvalidValue('scores and predictions must both have shape (samples, exits) '
+                           'with at least one sample (from screening.exit_outputs), got {} '
+                           'and {}'.format(scores.shape, predictions.shape))
+    if scores.shape[1] < min_exits:
+        raise InvalidValue('these outputs have {} exit(s); at least {} are needed (a '
+                           'network with one exit has no early-exit decision)'.format(
+                               scores.shape[1], min_exits))
+    if scores.dtype.kind not in 'iuf' or not numpy.isfinite(scores).all():
+        raise InvalidValue('scores must be finite numbers, got {} with NaN or infinite '
+                           'values'.format(scores.dtype) if scores.dtype.kind in 'iuf'
+                           else 'scores must be numbers, got {}'.format(scores.dtype))
+    if predictions.dtype.kind not in 'iu':
+        raise InvalidType('predictions must be integer labels, got {}'.format(
+            predictions.dtype))
+    validate_labels(y, len(scores), name='y')
+    return scores, predictions, y

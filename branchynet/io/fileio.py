@@ -6,9 +6,12 @@ target in one ``os.replace``. A crash leaves the old file or the new one,
 never a truncated one.
 """
 import contextlib
+import fcntl
+import io
 import json
 import os
 import pickle
+import re
 import socket
 import tempfile
 import time
@@ -16,7 +19,13 @@ import time
 import chainer
 import numpy
 
-from branchynet.validation import InvalidValue
+from branchynet.validation import InvalidValue, require_finite_params
+
+
+#: Marks the temporaries of ``atomic_path`` (with the writer's process id and
+#: mkstemp's 8 random characters), so no user file is ever taken for one.
+TEMP_TAG = 'branchynet-tmp-'
+_TEMPORARY = re.compile(r'^\..*\.' + re.escape(TEMP_TAG) + r'(\d+)-[a-z0-9_]{8}\.part(\.\w+)?$')
 
 
 def _default_mode():
@@ -36,6 +45,17 @@ def atomic_write(path, mode='wb'):
             os.fsync(f.fileno())
 
 
+def write_npz(path, write):
+    """``write(file)`` (``numpy.savez``-like) into an in-memory buffer, then the
+    bytes to ``path`` with ``atomic_write``: a full disk then fails in one plain
+    write, never inside an open ``ZipFile`` (whose later clean-up would print
+    an "Exception ignored ... closed file" traceback)."""
+    buffer = io.BytesIO()
+    write(buffer)
+    with atomic_write(path) as f:
+        f.write(buffer.getbuffer())
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write by name (for writers that take a path).
@@ -47,16 +67,19 @@ def atomic_path(path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + base + '.', suffix='.part' + ext)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.{}.{}{}-'.format(base, TEMP_TAG, os.getpid()),
+                               suffix='.part' + ext)
     os.close(fd)
     os.chmod(tmp, _default_mode())
     try:
         yield tmp
         os.replace(tmp, path)
         fsync_folder(folder)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            e.filename = path  # a failed write (a full disk) names the file it was for
         raise
 
 
@@ -76,15 +99,28 @@ def fsync_folder(folder):
 
 def is_temporary(name):
     """Whether ``name`` is a temporary of ``atomic_write``/``atomic_path``."""
-    return name.startswith('.') and ('.part' in name) and \
-        (name.endswith('.part') or '.part.' in name)
+    return _TEMPORARY.match(name) is not None
+
+
+def _writer_alive(name):
+    """Whether the process that made the temporary ``name`` still runs here."""
+    pid = int(_TEMPORARY.match(name).group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
 
 
 def remove_stale_temporaries(folder):
     """Delete temporaries left in ``folder`` by a killed writer; returns their names.
 
-    Only safe while no writer can be active there (the driver holds the
-    folder's ``RunLock``).
+    Only this project's temporaries (``is_temporary``) whose writing process
+    no longer runs are deleted; every other file is left alone.
     """
     removed = []
     try:
@@ -93,7 +129,8 @@ def remove_stale_temporaries(folder):
         return removed
     for name in names:
         full = os.path.join(folder, name)
-        if is_temporary(name) and os.path.isfile(full) and not os.path.islink(full):
+        if is_temporary(name) and not _writer_alive(name) and os.path.isfile(full) and \
+                not os.path.islink(full):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(full)
                 removed.append(name)
@@ -107,10 +144,13 @@ class RunLocked(InvalidValue):
 class RunLock:
     """An exclusive lock on an output folder, held for one driver run.
 
-    The lock file records the holder's host and process id. A lock whose
-    process no longer exists on this host is stale and taken over; a live
-    holder (or one on another host, which cannot be checked) is refused
-    with a ``RunLocked`` error naming it.
+    The lock is ``fcntl.flock`` on the file ``.branchynet.lock``, held while
+    the run lasts and released by the system when the process ends, however
+    it ends; taking it is one atomic call, so two runs can never both hold
+    it. The file records the holder's host and process id for the message a
+    refused run prints. A record naming a live process that holds no flock
+    (a run of an older version, or on another host, which cannot be checked)
+    is respected too; one naming a dead process on this host is taken over.
     """
     NAME = '.branchynet.lock'
 
@@ -118,60 +158,83 @@ class RunLock:
         self.folder = os.fspath(folder)
         self.path = os.path.join(self.folder, self.NAME)
         self.held = False
+        self._fd = None
 
-    def _holder(self):
+    @staticmethod
+    def _record(fd):
+        """The holder record in the open lock file, or None when unreadable."""
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            data = os.pread(fd, 4096, 0)
+            holder = json.loads(data.decode('utf-8')) if data else None
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
-    def _stale(self, holder):
-        if holder is None:  # unreadable: stale unless just created by a racing run
-            try:
-                return time.time() - os.path.getmtime(self.path) > 10
-            except OSError:
-                return True
+    @staticmethod
+    def _alive(holder):
+        """Whether the recorded holder may still run (a live or unknown process)."""
+        if holder is None:
+            return False
         if holder.get('host') != socket.gethostname():
-            return False
-        try:
-            os.kill(int(holder['pid']), 0)
-        except ProcessLookupError:
             return True
-        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
+        try:
+            pid = int(holder['pid'])
+            if pid == os.getpid():
+                return False
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return False
-        return False
+        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
+            return True
+        return True
+
+    def _refuse(self, holder):
+        raise RunLocked(
+            'another run is using {} ({}); wait for it to finish or choose another --out '
+            '(if no run is active, delete {})'.format(
+                self.folder, 'process {} on {}, started {}'.format(
+                    holder.get('pid'), holder.get('host'), holder.get('started'))
+                if holder else 'holder unknown', self.path))
 
     def acquire(self):
         os.makedirs(self.folder, exist_ok=True)
-        record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                             'started': time.strftime('%Y-%m-%d %H:%M:%S')})
-        for _ in range(3):
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if self._stale(holder):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path)
-                    continue
-                raise RunLocked(
-                    'another run is using {} ({}); wait for it to finish or choose '
-                    'another --out (if no run is active, delete {})'.format(
-                        self.folder, 'process {} on {}, started {}'.format(
-                            holder.get('pid'), holder.get('host'), holder.get('started'))
-                        if holder else 'lock being created', self.path)) from None
-            with os.fdopen(fd, 'w') as f:
-                f.write(record)
-            self.held = True
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._record(fd)
+                os.close(fd)
+                self._refuse(holder)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:  # the holder before us may have released (deleted) the file we locked
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            holder = self._record(fd) if same else None
+            if not same or self._alive(holder):
+                os.close(fd)
+                if same:
+                    self._refuse(holder)
+                continue
+            record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                                 'started': time.strftime('%Y-%m-%d %H:%M:%S')})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode('utf-8'), 0)
+            self._fd, self.held = fd, True
             return self
         raise RunLocked('could not take the lock {}'.format(self.path))
 
     def release(self):
         if self.held:
+            # deleted while still locked: a run that opened this file meanwhile
+            # sees it is gone once it gets the flock, and takes a new one
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            self.held = False
+            os.close(self._fd)
+            self._fd, self.held = None, False
 
     def __enter__(self):
         return self.acquire()
@@ -191,7 +254,10 @@ def save_npz(path, net):
     with its exit rule (confidence measure and thresholds, when set).
 
     This is the recommended way to share a model: loading it runs no code.
+    A model with NaN or infinite weights is refused, so it never replaces a
+    good file.
     """
+    require_finite_params(net, 'write {}'.format(path))
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(net)
     entries = dict(serializer.target)
@@ -199,8 +265,7 @@ def save_npz(path, net):
         entries[EXIT_RULE_KEYS[0]] = numpy.array(net.confidence)
         if getattr(net, 'thresholdExits', None) is not None:
             entries[EXIT_RULE_KEYS[1]] = numpy.array(net.thresholdExits, numpy.float64)
-    with atomic_write(path) as f:
-        numpy.savez_compressed(f, **entries)
+    write_npz(path, lambda f: numpy.savez_compressed(f, **entries))
 
 
 def load_npz(path, net):
@@ -260,9 +325,11 @@ def save_dill(path, net):
 
     A model on a GPU is moved to the CPU for the dump (as the original did
     before dumping), so the file loads on machines without CuPy, and is moved
-    back to its device afterwards.
+    back to its device afterwards. A model with NaN or infinite weights is
+    refused, so it never replaces a good file.
     """
     import dill
+    require_finite_params(net, 'write {}'.format(path))
     device = getattr(net, 'device', None)
     on_gpu = device is not None and getattr(device, 'xp', numpy) is not numpy
     if on_gpu:

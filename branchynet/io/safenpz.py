@@ -53,27 +53,84 @@ def open_npz(path, what='an npz file', data=None):
     return npz
 
 
-def read_array(npz, key, source):
-    """``npz[key]``; object arrays and damaged members give a ``ModelFileError``."""
+def entry_header(npz, key, source):
+    """``(shape, dtype)`` of entry ``key`` from its ``.npy`` header alone:
+    nothing else of the entry is read or decompressed, so a declared shape can
+    be checked before any memory is spent on it. Object arrays, and entries
+    that are not ``.npy`` data, give a ``ModelFileError``."""
     if key not in npz.files:
         raise ModelFileError('{} has no entry {!r}'.format(source, key))
+    names = npz.zip.NameToInfo
+    member = key + '.npy' if key + '.npy' in names else key
+    try:
+        with npz.zip.open(member) as f:
+            version = numpy.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = numpy.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = numpy.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError('.npy format version {} is not supported'.format(version))
+    except READ_ERRORS as e:
+        raise ModelFileError('{}: entry {!r} is not a readable array (truncated or damaged '
+                             'file?): {}: {}'.format(source, key, type(e).__name__,
+                                                     _short(e))) from e
+    if dtype.hasobject:
+        raise ModelFileError('{}: entry {!r} is an object array (pickled Python objects), '
+                             'which is refused because loading it would run code'.format(
+                                 source, key))
+    stored = npz.zip.getinfo(member).file_size
+    if declared_bytes(shape, dtype) > stored:
+        raise ModelFileError('{}: entry {!r} declares {} {} ({:,} bytes) but holds {:,} bytes '
+                             '(a damaged or forged file)'.format(
+                                 source, key, dtype, tuple(shape),
+                                 declared_bytes(shape, dtype), stored))
+    return tuple(shape), dtype
+
+
+def declared_bytes(shape, dtype):
+    """Bytes an entry of ``shape`` and ``dtype`` takes once read."""
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count * dtype.itemsize
+
+
+def read_array(npz, key, source, shape=None, max_bytes=None):
+    """``npz[key]`` after its header is checked: its shape must be ``shape``
+    (when given) and its size at most ``max_bytes`` (when given), so a
+    declared 3 GiB entry is refused before it is decompressed. Object arrays
+    and damaged members give a ``ModelFileError``."""
+    declared, dtype = entry_header(npz, key, source)
+    if shape is not None and declared != tuple(shape):
+        raise ModelFileError('{}: entry {!r} has shape {}; expected {}'.format(
+            source, key, declared, tuple(shape)))
+    size = declared_bytes(declared, dtype)
+    if max_bytes is not None and size > max_bytes:
+        raise ModelFileError('{}: entry {!r} declares {} {} ({:,} bytes), more than the '
+                             '{:,} bytes it can need here'.format(source, key, dtype, declared,
+                                                                 size, max_bytes))
     try:
         return npz[key]
     except ValueError as e:
-        if 'allow_pickle' in str(e):
-            raise ModelFileError('{}: entry {!r} is an object array (pickled Python '
-                                 'objects), which is refused because loading it would '
-                                 'run code'.format(source, key)) from e
         raise ModelFileError('{}: entry {!r} is unreadable: {}'.format(
             source, key, _short(e))) from e
     except READ_ERRORS as e:
         raise ModelFileError('{}: entry {!r} is unreadable (truncated or damaged file?): '
                              '{}: {}'.format(source, key, type(e).__name__, _short(e))) from e
+    except MemoryError:
+        raise ModelFileError('{}: entry {!r} declares {:,} bytes, more than this machine '
+                             'has'.format(source, key, size)) from None
 
 
 def _short(e, limit=200):
     text = str(e)
     return text if len(text) <= limit else text[:limit] + '...'
+
+
+#: The most an entry filling an uninitialised parameter (no shape to check it
+#: against) may declare: far above any layer of the networks here.
+MAX_UNSHAPED_BYTES = 1 << 30
 
 
 class CheckedDeserializer(chainer.serializers.NpzDeserializer):
@@ -107,26 +164,28 @@ class CheckedDeserializer(chainer.serializers.NpzDeserializer):
                 return value
             raise ModelFileError('{} has no entry {!r}: it was not written for this '
                                  'network (or by save_npz)'.format(self.source, full))
-        data = read_array(self.npz, full, self.source)
-        self.used.add(full)
-        if data.dtype.kind not in 'biuf':
+        # shape and dtype checked from the header, before anything is decompressed
+        declared, dtype = entry_header(self.npz, full, self.source)
+        if dtype.kind not in 'biuf':
             raise ModelFileError('{}: entry {!r} has dtype {}; expected numbers'.format(
-                self.source, full, data.dtype))
+                self.source, full, dtype))
+        if hasattr(value, 'shape') and hasattr(value, 'dtype'):
+            if declared != tuple(value.shape) or dtype != value.dtype:
+                raise ModelFileError(
+                    '{}: entry {!r} is {} {}, but this network expects {} {} (a file '
+                    'for another network or configuration?)'.format(
+                        self.source, full, dtype, declared, value.dtype, tuple(value.shape)))
+        elif value is not None and declared != ():
+            raise ModelFileError('{}: entry {!r} has shape {}; expected a single number'
+                                 .format(self.source, full, declared))
+        data = read_array(self.npz, full, self.source, max_bytes=MAX_UNSHAPED_BYTES
+                          if value is None else None)
+        self.used.add(full)
         if data.dtype.kind == 'f' and not numpy.isfinite(data).all():
             raise ModelFileError('{}: entry {!r} contains NaN or infinite values'.format(
                 self.source, full))
         if value is None:  # an uninitialised parameter takes the stored shape
             return value if self.dry_run else data
-        if hasattr(value, 'shape') and hasattr(value, 'dtype'):
-            if tuple(data.shape) != tuple(value.shape) or data.dtype != value.dtype:
-                raise ModelFileError(
-                    '{}: entry {!r} is {} {}, but this network expects {} {} (a file '
-                    'for another network or configuration?)'.format(
-                        self.source, full, data.dtype, tuple(data.shape), value.dtype,
-                        tuple(value.shape)))
-        elif data.shape != ():
-            raise ModelFileError('{}: entry {!r} has shape {}; expected a single number'
-                                 .format(self.source, full, tuple(data.shape)))
         if self.dry_run:
             return value
         return super().__call__(key, value)

@@ -11,6 +11,7 @@ import glob
 import io
 import json
 import os
+import stat
 import sys
 
 from branchynet.io.fileio import atomic_write
@@ -48,6 +49,10 @@ def _fmt(column, value):
     if column.startswith('Paper '):
         column = column[len('Paper '):]
         column = {'T': 'Thrshld. T'}.get(column, column)
+    if isinstance(value, list):  # standard JSON holds NaN and inf as null
+        # a threshold is never NaN (refused everywhere), so its null was inf
+        missing = float('inf') if column == 'Thrshld. T' else float('nan')
+        value = [missing if v is None else v for v in value]
     return format_cell(column, value)
 
 
@@ -98,18 +103,45 @@ def render(all_results):
     return '\n'.join(lines) + '\n'
 
 
+#: The largest results file read (a run's is well under 1 MiB).
+MAX_RESULTS_BYTES = 32 * 2 ** 20
+
+
+def _read_regular(path):
+    """The text of ``path`` when it is a regular file of at most
+    ``MAX_RESULTS_BYTES``; a FIFO, a device (through a symlink too) or a
+    larger file is refused with ``ValueError`` before anything is read."""
+    limit = MAX_RESULTS_BYTES
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    with os.fdopen(fd, 'rb') as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError('not a regular file')
+        if info.st_size > limit:
+            raise ValueError('{} bytes, above the {} MiB a results file may have'.format(
+                info.st_size, limit >> 20))
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError('above the {} MiB a results file may have'.format(limit >> 20))
+    return data.decode('utf-8')
+
+
 def _readable(path):
     """The results in ``path``, or None (with a warning) when damaged."""
     try:
-        with open(path) as fh:
-            results = json.load(fh)
+        results = json.loads(_read_regular(path))
+        if not isinstance(results, dict):
+            raise ValueError('not a JSON object')
         table_rows(results)
         render([results])
         return results
+    except RecursionError:
+        reason = 'RecursionError: JSON nested too deeply'
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-        print('warning: skipping {}: not a readable results file ({}: {})'.format(
-            path, type(e).__name__, e), file=sys.stderr)
-        return None
+        reason = '{}: {}'.format(type(e).__name__, e)
+    print('warning: skipping {}: not a readable results file ({})'.format(path, reason),
+          file=sys.stderr)
+    return None
 
 
 def write(results_dir='_results', networks=None):
@@ -150,11 +182,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     networks = None if args.networks is None else [n for n in args.networks.split(',') if n]
     try:
-        write(args.results, networks)
+        written = write(args.results, networks)
     except InvalidValue as e:
         print('error: {}'.format(e), file=sys.stderr)
         return 2
     with open(os.path.join(args.results, 'table1.md')) as f:
         print(f.read())
+    left_out = sorted(set(networks or ()) - {r.get('network') for r in written})
+    if left_out:
+        print('error: Table I lacks {}: their results files are unreadable (see the '
+              'warnings above)'.format(', '.join(left_out)), file=sys.stderr)
+        return 1
     return 0
 

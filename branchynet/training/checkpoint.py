@@ -17,8 +17,8 @@ import chainer
 import numpy
 
 from branchynet.io import safenpz
-from branchynet.io.fileio import atomic_write
-from branchynet.validation import InvalidValue
+from branchynet.io.fileio import write_npz
+from branchynet.validation import InvalidValue, require_finite_params
 
 
 class TrainingInterrupted(Exception):
@@ -49,10 +49,36 @@ def _rng_arrays(prefix, state):
 
 
 def _rng_state(npz, prefix, path):
-    def get(key):
-        return safenpz.read_array(npz, prefix + key, path)
-    return ('MT19937', get('keys'), int(get('pos')), int(get('has_gauss')),
-            float(get('cached')))
+    """An MT19937 state read from ``npz`` and checked field by field: numpy's
+    ``set_state`` accepts a position past its 624-word key and then reads
+    beyond it (a segfault at the next draw)."""
+    def get(key, kinds, shape=()):
+        value = safenpz.read_array(npz, prefix + key, path, shape=shape)
+        if value.dtype.kind not in kinds:
+            raise safenpz.ModelFileError('{}: {!r} must be {} of shape {}, got {} {}'.format(
+                path, prefix + key, 'integers' if kinds == 'iu' else 'a number', shape,
+                value.dtype, value.shape))
+        return value
+    keys = get('keys', 'iu', (MT_WORDS,))
+    if keys.min() < 0 or keys.max() > 2 ** 32 - 1:
+        raise safenpz.ModelFileError('{}: {!r} must hold 32-bit unsigned words'.format(
+            path, prefix + 'keys'))
+    pos, has_gauss, cached = int(get('pos', 'iu')), int(get('has_gauss', 'iu')), \
+        float(get('cached', 'iuf'))
+    if not 0 <= pos <= MT_WORDS:
+        raise safenpz.ModelFileError('{}: {!r} is {}; expected a position in 0..{}'.format(
+            path, prefix + 'pos', pos, MT_WORDS))
+    if has_gauss not in (0, 1) or not numpy.isfinite(cached):
+        raise safenpz.ModelFileError('{}: {!r} must be 0 or 1 and {!r} finite, got {} and {}'
+                                     .format(path, prefix + 'has_gauss', prefix + 'cached',
+                                             has_gauss, cached))
+    return ('MT19937', keys.astype(numpy.uint32), pos, has_gauss, cached)
+
+
+#: words in the key of numpy's MT19937 state
+MT_WORDS = 624
+#: the most values per epoch a curve may have when the run's width is not given
+MAX_EXITS = 1024
 
 
 def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=None,
@@ -63,6 +89,7 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=Non
     ``epoch`` done so far, so a resumed epoch's record covers all its
     batches; ``settings`` (a dict of plain values) identifies the run.
     """
+    require_finite_params(net, 'write the snapshot {}'.format(path))
     serializer = chainer.serializers.DictionarySerializer()
     serializer['model'].save(net)
     if net.optimizer is not None:
@@ -80,8 +107,7 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=Non
     arrays['settings'] = numpy.array(json.dumps(settings or {}, sort_keys=True))
     arrays.update(_rng_arrays('rng/', rng.get_state()))
     arrays.update(_rng_arrays('global_rng/', numpy.random.get_state()))
-    with atomic_write(path) as f:
-        numpy.savez(f, **arrays)
+    write_npz(path, lambda f: numpy.savez(f, **arrays))
 
 
 def _table(rows):
@@ -120,13 +146,16 @@ def _ranks_hint(ranks):
 
 
 def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsize=None,
-         data=None):
+         data=None, width=None):
     """Restore a snapshot into ``net`` (and its optimizer) and ``rng``.
 
     No code runs while reading, every array is checked against what it
     fills (``branchynet.io.safenpz``), and with ``settings`` a snapshot of a
     run with other settings is refused, naming each that differs.
-    ``num_epoch``, ``n_samples`` and ``batchsize`` check the position.
+    ``num_epoch``, ``n_samples`` and ``batchsize`` check the position,
+    ``width`` (values per epoch: 1 for main-only training, else the number
+    of exits) the curves and sums. Every field is checked before the model,
+    the optimizer or a generator is touched.
     ``data``: the snapshot file's bytes when read elsewhere (by MPI rank 0;
     ``path`` then only names it). Returns a :class:`Position`.
     """
@@ -137,7 +166,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                                          .format(path))
 
         def scalar(key):
-            value = safenpz.read_array(npz, key, path)
+            value = safenpz.read_array(npz, key, path, shape=())
             if value.shape != () or value.dtype.kind not in 'iu':
                 raise safenpz.ModelFileError('{}: {!r} must be one integer, got {} {}'.format(
                     path, key, value.dtype, value.shape))
@@ -145,7 +174,7 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
         if settings is not None:
             stored = {}
             if 'settings' in npz.files:
-                text = safenpz.read_array(npz, 'settings', path)
+                text = safenpz.read_array(npz, 'settings', path, max_bytes=1 << 20)
                 try:
                     stored = json.loads(str(text))
                 except ValueError:
@@ -160,9 +189,13 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                     "same settings, or remove it (or use another --out) to start afresh"
                     .format(path, '; '.join(differ)))
         epoch, next_batch = scalar('epoch'), scalar('next_batch')
-        order = safenpz.read_array(npz, 'order', path)
-        losses = safenpz.read_array(npz, 'losses', path)
-        accs = safenpz.read_array(npz, 'accs', path)
+        # every entry's declared size is checked against what this run can need
+        # before it is read
+        order = safenpz.read_array(npz, 'order', path, max_bytes=None if n_samples is None
+                                   else 8 * n_samples)
+        curve_bytes = 8 * max(epoch, 1) * (width or MAX_EXITS)
+        losses = safenpz.read_array(npz, 'losses', path, max_bytes=curve_bytes)
+        accs = safenpz.read_array(npz, 'accs', path, max_bytes=curve_bytes)
         n_batches = None if n_samples is None or not batchsize else \
             (n_samples + batchsize - 1) // batchsize
         problems = []
@@ -172,39 +205,89 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
             problems.append('its curves have {} and {} rows for {} epochs'.format(
                 losses.shape, accs.shape, epoch))
         if len(order):
-            if n_samples is not None and sorted(order.tolist()) != list(range(n_samples)):
-                problems.append('its batch order is not a permutation of the {} training '
-                                'samples'.format(n_samples))
+            expected = len(order) if n_samples is None else n_samples
+            if order.dtype.kind not in 'iu' or order.ndim != 1 or len(order) != expected or \
+                    not numpy.array_equal(numpy.sort(order), numpy.arange(expected)):
+                problems.append('its batch order ({} {}) is not a permutation of the {} '
+                                'training samples'.format(order.dtype, order.shape, expected))
             if next_batch < 0 or (n_batches is not None and next_batch > n_batches):
                 problems.append('its next batch {} is outside 0..{}'.format(
                     next_batch, n_batches))
+        problems += _curve_problems(losses, accs, width)
+        sums = None
+        if 'sums/loss' in npz.files and len(order):
+            sums = (safenpz.read_array(npz, 'sums/loss', path, max_bytes=8 * (width or MAX_EXITS)),
+                    safenpz.read_array(npz, 'sums/acc', path, max_bytes=8 * (width or MAX_EXITS)),
+                    scalar('sums/samples'))
+            problems += _sums_problems(sums, width, n_samples)
         if problems:
             raise safenpz.ModelFileError('{} does not fit this training run: {}'.format(
                 path, '; '.join(problems)))
+        rng_state = _rng_state(npz, 'rng/', path)
+        global_state = _rng_state(npz, 'global_rng/', path)
+        _check_optimizer_state(npz, path, net)
         safenpz.load_into(npz, net, path, path='model/')
         if any(k.startswith('optimizer/') for k in npz.files):
             net.ensure_optimizer()
             # strict=False: parameters never updated yet (the heads during main-only
             # training) have no optimizer state to restore
             safenpz.load_into(npz, net.optimizer, path, path='optimizer/', strict=False)
-        sums = None
-        if 'sums/loss' in npz.files and len(order):
-            sums = (safenpz.read_array(npz, 'sums/loss', path),
-                    safenpz.read_array(npz, 'sums/acc', path), scalar('sums/samples'))
-        try:
-            rng_state = _rng_state(npz, 'rng/', path)
-            global_state = _rng_state(npz, 'global_rng/', path)
-            probe = numpy.random.RandomState()
-            probe.set_state(rng_state)
-            probe.set_state(global_state)
-        except (KeyError, ValueError, TypeError) as e:
-            raise safenpz.ModelFileError('{}: its random-generator state is unreadable: {}'
-                                         .format(path, e)) from e
         rng.set_state(rng_state)
         numpy.random.set_state(global_state)
         return Position(epoch=epoch, losses=losses.tolist(), accs=accs.tolist(),
                         order=order if len(order) else None, next_batch=next_batch,
                         sums=sums)
+
+
+def _curve_problems(losses, accs, width):
+    """Curves are float tables; NaN marks an exit that got no samples, but
+    infinite losses or accuracies outside [0, 1] are no training record."""
+    if losses.dtype.kind != 'f' or accs.dtype.kind != 'f':
+        return ['its curves are {} and {}, not numbers'.format(losses.dtype, accs.dtype)]
+    if numpy.isinf(losses).any() or numpy.isinf(accs).any() or \
+            (accs[~numpy.isnan(accs)] < 0).any() or (accs[~numpy.isnan(accs)] > 1).any():
+        return ['its curves hold infinite losses or accuracies outside [0, 1]']
+    if width is not None and losses.ndim == 2 and len(losses) and losses.shape[1] != width:
+        return ['its curves have {} values per epoch; this run records {}'.format(
+            losses.shape[1], width)]
+    return []
+
+
+def _sums_problems(sums, width, n_samples):
+    loss, acc, samples = sums
+    problems = []
+    if loss.dtype.kind != 'f' or acc.dtype.kind != 'f' or loss.shape != acc.shape or \
+            loss.ndim != 1 or (width is not None and len(loss) != width) or \
+            numpy.isinf(loss).any() or numpy.isinf(acc).any():
+        problems.append('its sums of the epoch so far are {} {} and {} {} (expected {} '
+                        'values, none infinite)'.format(loss.dtype, loss.shape, acc.dtype,
+                                                        acc.shape, width or 'matching'))
+    if samples < 0 or (n_samples is not None and samples > n_samples):
+        problems.append("its 'sums/samples' is {}, outside 0..{}".format(samples, n_samples))
+    return problems
+
+
+def _check_optimizer_state(npz, path, net):
+    """Adam's step counters (``.../t``) must be >= 0 and its second moments
+    (``.../v``) >= 0: others give NaN weights at the first update. Each is
+    read only when its declared shape is its parameter's."""
+    params = dict(net.namedparams())
+    for key in npz.files:
+        if not key.startswith('optimizer/'):
+            continue
+        param, leaf = key[len('optimizer'):].rsplit('/', 1)
+        if leaf in ('t', 'epoch'):
+            expected = dict(shape=())
+        elif leaf == 'v' and param in params:
+            array = params[param].array
+            expected = dict(max_bytes=safenpz.MAX_UNSHAPED_BYTES) if array is None \
+                else dict(shape=array.shape)
+        else:
+            continue
+        value = safenpz.read_array(npz, key, path, **expected)
+        if value.dtype.kind in 'biuf' and value.size and not (value >= 0).all():
+            raise safenpz.ModelFileError('{}: {!r} holds negative values; expected a step '
+                                         'count or second moment >= 0'.format(path, key))
 
 
 @contextlib.contextmanager

@@ -329,9 +329,11 @@ class Distributed:
             if self.is_root and checkpoint.exists(path):
                 with open(path, 'rb') as f:
                     data = f.read()
-        data = self.comm.bcast_obj(data)
-        if data is None:
+        # every rank learns from rank 0 whether there is a snapshot (ChainerMN's
+        # bcast_obj asserts on a None from the root), then all load it or none
+        if not self.comm.mpi_comm.bcast(data is not None, root=0):
             return None
+        data = self.comm.bcast_obj(data)
         with self.agreed((InputError,)):
             at = checkpoint.load(path, net, rng, data=data, **checks)
         if not self.is_root:

@@ -6,13 +6,22 @@ per-epoch curves, progress output, snapshots on every epoch end and on
 SIGINT/SIGTERM, and an exact resume (``branchynet.training.checkpoint``); with
 ``distributed=``, data-parallel over MPI ranks (``branchynet.training.distributed``).
 """
+import os
 import sys
 import time
 
+import chainer
 import numpy
 
+from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
-from branchynet.validation import InvalidValue, validate_inputs, validate_labels
+from branchynet.validation import (InvalidType, InvalidValue, nonfinite_params, validate_inputs,
+                                   validate_labels)
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """An update made weights NaN or infinite (the loss was finite); the
+    weights were put back to the last epoch end."""
 
 
 def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
@@ -53,6 +62,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     if batchsize < 1 or num_epoch < 0:
         raise InvalidValue('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
                          .format(batchsize, num_epoch))
+    _check_snapshot_path(snapshot, resume)
     dist, root = distributed, distributed is None or distributed.is_root
     if dist is not None and augment:
         raise InvalidValue('augment=True is not supported in distributed training (the '
@@ -71,7 +81,8 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     step = net.train_main if main else net.train
     n_batches = (len(x) + batchsize - 1) // batchsize
     losses, accs, first_epoch, order, next_batch, sums = [], [], 0, None, 0, None
-    checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize)
+    checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize,
+                  width=1 if main else net.numexits())
     at = None
     if resume and dist is not None:
         at = dist.load_snapshot(snapshot, net, rng, **checks)
@@ -84,10 +95,14 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             print('resuming {} training from epoch {}, batch {} ({})'.format(
                 'main' if main else 'joint', at.epoch + 1, at.next_batch + 1, snapshot),
                 file=sys.stderr, flush=True)
-    elif augment and snapshot:  # an interrupted augmented epoch resumes from its start
+    elif resume and root:
+        print('no snapshot {}: starting {} training afresh'.format(
+            snapshot, 'main' if main else 'joint'), file=sys.stderr, flush=True)
+    if at is None and augment and snapshot:  # an augmented epoch resumes from its start
         checkpoint.save(snapshot, net, rng, 0, [], [], settings=settings)
     start = time.perf_counter()
     desc = 'main' if main else 'joint'
+    last_good = _LastGood(net)
     guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
     with guard as stop:
         for epoch in range(first_epoch, num_epoch):
@@ -101,11 +116,13 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                 batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
             sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
             sums = None
+            last_good.keep()
             with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
                           unit='batch', enabled=progress) as bar:
                 bar.update(next_batch if augmenter is None else 0)
                 for b, xb, yb, count in batches:
                     loss, acc = step(xb, yb)
+                    last_good.check(epoch, b)
                     loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
                     sums_loss = sums_loss + loss * count
                     sums_acc = sums_acc + acc * count
@@ -139,6 +156,18 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     return losses, accs, time.perf_counter() - start
 
 
+def _check_snapshot_path(snapshot, resume):
+    """``snapshot`` names a file (or is None); ``resume`` needs one."""
+    if snapshot is not None and not isinstance(snapshot, (str, os.PathLike)):
+        raise InvalidType('snapshot must be a file path (str or os.PathLike), got {}'.format(
+            type(snapshot).__name__))
+    if snapshot is not None and os.path.isdir(snapshot):
+        raise InvalidValue('snapshot={} is a folder; expected the path of a snapshot file '
+                           '(e.g. <folder>/net.snapshot.npz)'.format(os.fspath(snapshot)))
+    if resume and snapshot is None:
+        raise InvalidValue('resume=True needs snapshot=<file> to resume from')
+
+
 def _index_batches(x, y, order, batchsize, first, n_batches, dist):
     """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
     ``dist``, this rank's part of every global batch (``count`` its weight)."""
@@ -148,6 +177,39 @@ def _index_batches(x, y, order, batchsize, first, n_batches, dist):
         if dist is not None:
             idx, count = dist.local_part(idx)
         yield b, x[idx], y[idx], count
+
+
+class _LastGood:
+    """Host copies of the model's and optimizer's state at an epoch start (the
+    last snapshot's state), put back when an update with a finite loss made
+    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), so
+    neither the model in memory nor any file written from it is damaged."""
+
+    def __init__(self, net):
+        self.net, self.state = net, None
+
+    def keep(self):
+        serializer = chainer.serializers.DictionarySerializer()
+        serializer['model'].save(self.net)
+        if self.net.optimizer is not None:
+            serializer['optimizer'].save(self.net.optimizer)
+        self.state = {k: numpy.array(v, copy=True) for k, v in serializer.target.items()}
+
+    def check(self, epoch, batch):
+        bad = nonfinite_params(self.net)
+        if not bad:
+            return
+        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
+        if self.net.optimizer is not None:
+            chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
+                                                strict=False).load(self.net.optimizer)
+        raise NonFiniteWeights(
+            'the update of epoch {} batch {} made {} weight array(s) NaN or infinite ({}{}) '
+            'although the loss was finite, so training stopped; the weights were put back '
+            'to the start of that epoch (the last snapshot, if any, is intact): check the '
+            'data for huge values and the learning rate (alpha)'.format(
+                epoch + 1, batch + 1, len(bad), ', '.join(bad[:3]),
+                ', ...' if len(bad) > 3 else ''))
 
 
 class _no_stop_requests:

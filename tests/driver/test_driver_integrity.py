@@ -28,7 +28,6 @@ def _main(tmp_path, *args):
     (['--n-timing', '0'], '--n-timing must be an integer >= 1, got 0'),
     (['--batchsize', '0'], '--batchsize must be an integer >= 1, got 0'),
     (['--epochs-main', '-1'], '--epochs-main must be an integer >= 0, got -1'),
-    (['--seed', '-3'], '--seed must be an integer >= 0, got -3'),
     (['--time-devices', 'foo'], "unknown device 'foo'"),
     (['--time-devices', 'cpu,,cpu'], "unknown device ''"),
 ])
@@ -96,7 +95,8 @@ def test_stale_lock_and_temporaries_of_a_killed_run_are_cleaned(tmp_path, capsys
         {'pid': dead.pid, 'host': socket.gethostname(), 'started': 'then'}))
     models = tmp_path / '_models'
     models.mkdir()
-    parts = [models / '.lenet_mnist.npz.k2j4h1.part', tmp_path / '_figs' / '.x.ab12.part.png']
+    parts = [models / '.lenet_mnist.branchynet-tmp-{}-k2j4h1ab.part.npz'.format(dead.pid),
+             tmp_path / '_figs' / '.x.branchynet-tmp-{}-ab12cd34.part.png'.format(dead.pid)]
     (tmp_path / '_figs').mkdir()
     for p in parts:
         p.write_bytes(b'half')

@@ -58,3 +58,9 @@ def test_finite_logits_still_route_every_sample(net, x, name):
     good = numpy.delete(x, [3, 11], axis=0)
     labels, exits = ENGINES[name](net).predict(good, [0.5, 0.5])
     assert (labels >= 0).all() and (exits >= 0).all()
+
+
+@pytest.mark.parametrize('call', ['compile_engine', 'NumbaBranchyNet'])
+def test_numba_refuses_what_is_not_a_network(call):
+    with pytest.raises(InputError, match='must be a BranchyNet'):
+        getattr(numbapath, call)(None)

@@ -24,7 +24,7 @@ import numpy
 
 from branchynet.engines.base import InferenceEngine
 from branchynet.measures import confidence
-from branchynet.validation import InvalidValue
+from branchynet.validation import InvalidValue, require_network
 from branchynet.engines.numba.layout import MEASURE_CODES, NotCompilable
 from branchynet.engines.numba.kernels import blas_limit
 from branchynet.engines.numba.program import Program
@@ -54,7 +54,7 @@ class NumbaBranchyNet(InferenceEngine):
                                     or threads < 1):
             raise InvalidValue('threads must be a positive integer or None (one per core), '
                                'got {!r}'.format(threads))
-        self.net = net
+        self.net = require_network(net)
         self.xp = numpy
         start = time.perf_counter()
         self.program = Program(net, kernels=kernels)
