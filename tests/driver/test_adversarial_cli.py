@@ -17,7 +17,7 @@ from branchynet.training import checkpoint
 from branchynet.validation import InputError
 from tests.helpers import make_three_exit_net
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 TINY = ['--network', 'lenet_mnist', '--preset', 'tiny', '--time-devices', 'cpu']
 
 

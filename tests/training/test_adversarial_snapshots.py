@@ -1,6 +1,5 @@
 """Damaged or forged training snapshots are refused before anything uses them,
 and training never writes a model with non-finite weights."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from branchynet.training import checkpoint
 from branchynet.io.safenpz import ModelFileError
 from tests.helpers import make_three_exit_net
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 
 def _data(n=40, seed=0):

@@ -10,7 +10,7 @@ import pytest
 from branchynet.reporting import report
 from tests.test_get_results import _results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 
 def _good(folder):

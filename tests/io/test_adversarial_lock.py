@@ -10,7 +10,7 @@ import time
 
 from branchynet.io import fileio
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT  # noqa: E402
 
 #: Takes the lock on FOLDER, prints held/refused, holds it until END exists.
 #: With PAUSE_DIR, the first unlink of the lock file or flock call waits for
