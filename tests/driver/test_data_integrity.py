@@ -12,7 +12,7 @@ import pytest
 from branchynet.driver import cli
 from branchynet.validation import InputError
 from datasets import cifar10, mnist, npz
-from tests.test_cifar_data import write_official_tarball
+from tests.helpers import write_official_tarball
 
 
 def _tarball_with(path, batch):

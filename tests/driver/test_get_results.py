@@ -14,23 +14,12 @@ import pytest
 from branchynet.driver import cli, run as experiment
 from branchynet.reporting import report
 
-from tests.helpers import ROOT  # noqa: E402
-
-
-def _results(network, title, acc):
-    row = {'Device': 'CPU', 'Network': title, 'Acc. (%)': acc, 'Time (ms)': 1.0}
-    return {'network': network, 'title': title, 'seed': 0,
-            'config': {'preset': 'tiny', 'epochs_main': 1, 'epochs_joint': 1, 'batchsize': 8,
-                       'dataset': 'mnist'},
-            'data': {'n_train': 10, 'n_test': 10, 'n_timing': 10},
-            'training': {'epoch_seconds_main': 1.0, 'epoch_seconds_joint': 1.0},
-            'test': {'exit_accs_after_joint': [0.5]}, 'environment': {'python': '3'},
-            'tables': {'CPU': [row, dict(row, Network='B-' + title)]}}
+from tests.helpers import ROOT, results_record  # noqa: E402
 
 
 def test_a_damaged_results_file_is_skipped_with_a_warning(tmp_path, capsys):
     (tmp_path / 'lenet_mnist_results.json').write_text(json.dumps(
-        _results('lenet_mnist', 'LeNet', 99.0)))
+        results_record('lenet_mnist', 'LeNet', 99.0)))
     (tmp_path / 'alex_cifar10_results.json').write_text('{"network": "alex_cifar10", "ti')
     (tmp_path / 'resnet_cifar10_results.json').write_text('{"network": "resnet_cifar10"}')
     assert report.main(['--results', str(tmp_path)]) == 0
@@ -89,7 +78,7 @@ def _stub_run(monkeypatch):
             raise RuntimeError('a bug in this network')
         print('training', network)
         with open(os.path.join(out, '_results', network + '_results.json'), 'w') as f:
-            json.dump(_results('lenet_mnist', 'LeNet', 99.0), f)
+            json.dump(results_record('lenet_mnist', 'LeNet', 99.0), f)
     monkeypatch.setattr(experiment, 'run', run)
     return calls
 
@@ -111,7 +100,7 @@ def test_a_failed_network_leaves_older_results_out_of_the_table(tmp_path, capsys
     calls = _stub_run(monkeypatch)
     (tmp_path / '_results').mkdir()
     (tmp_path / '_results' / 'alex_cifar10_results.json').write_text(json.dumps(
-        _results('alex_cifar10', 'OldAlexNet', 70.0)))
+        results_record('alex_cifar10', 'OldAlexNet', 70.0)))
     code = cli.main(['--networks', 'alex_cifar10,lenet_mnist', '--out', str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1 and calls == ['alex_cifar10', 'lenet_mnist']  # the bug stops only AlexNet

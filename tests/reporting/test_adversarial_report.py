@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from branchynet.reporting import report
-from tests.test_get_results import _results
+from tests.helpers import results_record
 
 from tests.helpers import ROOT  # noqa: E402
 
 
 def _good(folder):
     (folder / 'lenet_mnist_results.json').write_text(json.dumps(
-        _results('lenet_mnist', 'LeNet', 99.0)))
+        results_record('lenet_mnist', 'LeNet', 99.0)))
 
 
 def _report(folder, *args, timeout=30):
@@ -49,7 +49,7 @@ def test_a_results_file_above_the_cap_is_skipped_unread(tmp_path, monkeypatch, c
     _good(tmp_path)
     monkeypatch.setattr(report, 'MAX_RESULTS_BYTES', 4096)
     big = tmp_path / 'alex_cifar10_results.json'
-    big.write_text(json.dumps(dict(_results('alex_cifar10', 'AlexNet', 1.0),
+    big.write_text(json.dumps(dict(results_record('alex_cifar10', 'AlexNet', 1.0),
                                    padding='x' * 8192)))
     assert report.main(['--results', str(tmp_path)]) == 0
     assert 'above the' in capsys.readouterr().err
@@ -71,7 +71,7 @@ def test_a_results_file_holding_a_list_is_skipped(tmp_path, capsys):
 
 def test_an_infinite_threshold_written_as_null_is_shown_as_inf(tmp_path, capsys):
     from branchynet.io import runrecord
-    results = _results('lenet_mnist', 'LeNet', 99.0)
+    results = results_record('lenet_mnist', 'LeNet', 99.0)
     results['tables']['CPU'][1].update({'Thrshld. T': [float('inf')],
                                         'Exit (%)': [100.0, 0.0]})
     runrecord.write_json(str(tmp_path / 'lenet_mnist_results.json'), results)

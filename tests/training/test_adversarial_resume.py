@@ -15,7 +15,7 @@ def _data(n=40):
 
 
 def test_distributed_resume_without_a_snapshot_starts_afresh_on_every_rank(tmp_path):
-    from tests.test_distributed import mpirun
+    from tests.training.test_distributed import mpirun
     snap = tmp_path / 'none.npz'
     proc = mpirun(['train', '--n', '64', '--batch', '32', '--snapshot', str(snap),
                    '--resume'], tmp_path / 'out', check=False, timeout=240)
