@@ -19,7 +19,7 @@ import traceback
 import numpy
 
 import networks
-from branchynet import checkpoint, experiment, report, runtime
+from branchynet import checkpoint, experiment, report, runtime, training
 from branchynet.devices import DEVICE_CHOICES, resolve_device
 from branchynet.validation import InputError, InvalidValue
 from datasets import DataUnavailableError
@@ -78,6 +78,18 @@ def build_parser():
                              'with --epochs-main 0 --epochs-joint 0)')
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
+    parser.add_argument('--exit-weights', metavar='W1,W2,...',
+                        help='loss weight of every exit in joint training, comma-separated '
+                             '(default: each Branch\'s weight, 1 in the original)')
+    parser.add_argument('--distill-weight', type=float, metavar='W',
+                        help='self-distillation: each early exit also learns the last '
+                             "exit's softened output, with this weight (default off)")
+    parser.add_argument('--distill-temperature', type=float, metavar='T',
+                        help='softening temperature of --distill-weight (default {})'.format(
+                            training.DEFAULT_DISTILL_TEMPERATURE))
+    parser.add_argument('--adam-beta1', type=float, metavar='B',
+                        help="Adam's beta1 (default {}, the original code's; the paper states "
+                             '0.99)'.format(training.ORIGINAL_ADAM_BETA1))
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
@@ -113,6 +125,17 @@ def network_list(args):
     if not names:
         raise InvalidValue('--networks {!r} names no network; {}'.format(args.networks, expected))
     return names
+
+
+def parse_weights(text):
+    """``--exit-weights 1,0.3`` as a list of floats (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(',')]
+    except ValueError:
+        raise InvalidValue('--exit-weights {!r}: expected comma-separated numbers, one per '
+                           'exit (e.g. 1,0.3)'.format(text)) from None
 
 
 def mpi_command(args, argv):
@@ -205,6 +228,7 @@ def main(argv=None):
             raise InvalidValue('--hostfile needs --mpi N')
         if args.mpi is not None:
             command = mpi_command(args, argv)
+        args.exit_weights = parse_weights(args.exit_weights)
     except InputError as e:
         print('error: {}'.format(e), file=sys.stderr)
         return 2
@@ -214,7 +238,7 @@ def main(argv=None):
     runtime.tune_allocator()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
-                  'dataset_path', 'augment', 'screen', 'n_val')}
+                  'dataset_path', 'augment', 'screen', 'n_val') + training.RECIPE_OPTIONS}
     if args.time_devices:
         time_devices = args.time_devices.split(',')
     else:  # training on the CPU times on the CPU; gpu/auto add the GPU when usable
