@@ -12,6 +12,7 @@ the batch-1 end-to-end gain of the numba path at the knee (fastest of
 main phase: its snapshot is resumed, which ends exactly where an
 uninterrupted run would.
 
+    python benchmarks/recipes.py run --seeds 0,1,2   # every recipe and seed, then the table
     python benchmarks/recipes.py train --recipe distill --seed 0   # one run
     python benchmarks/recipes.py table                            # the table
     python benchmarks/recipes.py reference FILE.npz               # any weights
@@ -208,6 +209,25 @@ def table(args):
     print(text)
 
 
+def run(args):
+    """Every recipe and seed asked for, one child process each (its output in
+    ``<out>/logs/<recipe>_seed<S>.log``), in seed order, then the table."""
+    import subprocess
+    os.makedirs(os.path.join(args.out, 'logs'), exist_ok=True)
+    for seed in args.seeds.split(','):
+        for recipe in args.recipes.split(','):
+            log = os.path.join(args.out, 'logs', '{}_seed{}.log'.format(recipe, seed))
+            print('{} {} seed {} (log {})'.format(time.strftime('%H:%M:%S'), recipe, seed, log),
+                  flush=True)
+            with open(log, 'w') as f:
+                subprocess.run([sys.executable, os.path.abspath(__file__), '--out', args.out,
+                                '--rounds', str(args.rounds), 'train', '--recipe', recipe,
+                                '--seed', seed, '--epochs-main', str(args.epochs_main),
+                                '--epochs-joint', str(args.epochs_joint)],
+                               stdout=f, stderr=subprocess.STDOUT, check=True)
+    table(args)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default=OUT)
@@ -219,11 +239,16 @@ def main():
     t.add_argument('--epochs-main', type=int, default=2)
     t.add_argument('--epochs-joint', type=int, default=3)
     t.add_argument('--batchsize', type=int, default=512)
+    a = sub.add_parser('run', help='train every recipe and seed asked for, then the table')
+    a.add_argument('--recipes', default='original,distill,beta1,combo')
+    a.add_argument('--seeds', default='0,1,2')
+    a.add_argument('--epochs-main', type=int, default=2)
+    a.add_argument('--epochs-joint', type=int, default=3)
     r = sub.add_parser('reference', help='evaluate given weights the same way')
     r.add_argument('model')
     sub.add_parser('table', help='the table of every run in <out>/runs')
     args = p.parse_args()
-    {'train': train, 'reference': reference, 'table': table}[args.command](args)
+    {'train': train, 'run': run, 'reference': reference, 'table': table}[args.command](args)
 
 
 if __name__ == '__main__':
