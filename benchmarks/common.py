@@ -15,8 +15,10 @@ sys.path.insert(0, ROOT)
 import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import numpy  # noqa: E402
 
-from branchynet import fileio, measurement, tradeoff, training  # noqa: E402
-from branchynet.runtime import tune_allocator  # noqa: E402
+from branchynet.evaluation import measurement, tradeoff  # noqa: E402
+from branchynet.io import fileio  # noqa: E402
+from branchynet.training import loop as training  # noqa: E402
+from branchynet.training.runtime import tune_allocator  # noqa: E402
 from branchynet.validation import InputError  # noqa: E402
 
 # The allocator setting the driver uses (faster training; joint_epoch.py's
@@ -74,16 +76,16 @@ def engines(net, chainer=True, threads=None):
     numba path (requirements/numba.txt). ``threads``: ONNX Runtime's and the
     numba path's threads (default: ONNX Runtime 1, numba one per core); the
     BLAS threads of Chainer and the fast path are set with ``blas_threads``."""
-    from branchynet.fastpath import FastBranchyNet
+    from branchynet.engines.fast import FastBranchyNet
     found = [('chainer', net)] if chainer else []
     found.append(('fast', FastBranchyNet(net)))
     try:
-        from branchynet.onnxpath import OnnxBranchyNet
+        from branchynet.engines.onnx_runtime import OnnxBranchyNet
         found.append(('onnx', OnnxBranchyNet(net, threads=threads or 1)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
     try:
-        from branchynet.numbapath import NumbaBranchyNet
+        from branchynet.engines.numba import NumbaBranchyNet
         engine = NumbaBranchyNet(net, threads=threads)
         print('numba path: compiled (or loaded from its cache) in {:.1f} s'.format(
             engine.compile_seconds))
@@ -120,7 +122,7 @@ def load():
 def knee_point(net, x, y):
     """The knee of LeNet's 17-value grid on ``(x, y)``, chosen as the driver
     chooses it: the screened record (thresholds, acc, exit_counts, ...)."""
-    from branchynet import screening
+    from branchynet.evaluation import screening
     from networks.lenet_mnist import EXPERIMENT
     base = measurement.measure_main(net, x, y, trunk_only=False)
     records, _ = screening.screen_cached(net, x, y, EXPERIMENT['thresholds'], cost_samples=100)

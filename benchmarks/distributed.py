@@ -45,13 +45,13 @@ def worker(args):
     import branchynet  # noqa: F401
     import numpy
 
-    from branchynet import training
-    from branchynet.runtime import tune_allocator
+    from branchynet.training import loop as training
+    from branchynet.training.runtime import tune_allocator
     tune_allocator()  # in every process and rank, as the driver does
     module, dataset, batch, _, _, _ = NETWORKS[args.network]
     dist = None
     if args.distributed:
-        from branchynet import distributed
+        from branchynet.training import distributed
         dist = distributed.Distributed.create()
     from datasets import mnist, mnist32
     x, y, _, _ = mnist.get_data()

@@ -7,7 +7,7 @@ the arithmetic (MAC) limit.
 """
 from common import best_latencies, engines, knee_point, lenet, mnist, parser, summary, test_subset
 
-from branchynet import costs
+from branchynet.measures import costs
 
 
 def main():

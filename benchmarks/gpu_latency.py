@@ -30,10 +30,10 @@ from common import best_latencies, knee_point, lenet, mnist, parser, summary, te
 
 import numpy  # noqa: E402
 
-from branchynet import costs  # noqa: E402
+from branchynet.measures import costs  # noqa: E402
 from branchynet.devices import gpu_usable  # noqa: E402
-from branchynet.engine import InferenceEngine  # noqa: E402
-from branchynet.fastpath import Compiler, FastBranchyNet  # noqa: E402
+from branchynet.engines.base import InferenceEngine  # noqa: E402
+from branchynet.engines.fast import Compiler, FastBranchyNet  # noqa: E402
 
 #: one thread per output element: c[i, j] = sum_p a[i, p] * b[p, j] (element strides)
 _GEMM_SOURCE = r'''
@@ -178,7 +178,7 @@ class GraphBranchyNet(InferenceEngine):
     def route(self, x, thresholds, timer=None):
         if len(x) != 1:
             raise ValueError('GraphBranchyNet routes batch size 1 only, got {}'.format(len(x)))
-        from branchynet.timing import NULL_TIMER
+        from branchynet.measures.timing import NULL_TIMER
         return super().route(x, thresholds, timer or NULL_TIMER)
 
     def main_logits(self, x, timer):

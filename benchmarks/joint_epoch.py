@@ -1,5 +1,5 @@
 """Training epoch time of B-LeNet: main-only and joint, and what the CPU
-speed-ups (branchynet.cpukernels, branchynet.runtime.tune_allocator) bring.
+speed-ups (branchynet.links.cpukernels, branchynet.training.runtime.tune_allocator) bring.
 
     python benchmarks/joint_epoch.py [--quick] [--samples N] [--full] [--repeats R]
 
@@ -28,7 +28,8 @@ CHILD = r'''
 import json, sys, time
 sys.path.insert(0, {root!r})
 import branchynet, numpy
-from branchynet import cpukernels, runtime, training
+from branchynet.links import cpukernels
+from branchynet.training import loop as training, runtime
 from datasets import mnist
 from networks import lenet_mnist
 if {alloc}:

@@ -12,8 +12,8 @@ from common import lenet, mnist, parser, summary, test_subset
 
 import numpy
 
-from branchynet import measurement
-from branchynet.fastpath import FastBranchyNet
+from branchynet.evaluation import measurement
+from branchynet.engines.fast import FastBranchyNet
 
 
 def torch_lenet(net):

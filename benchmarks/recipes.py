@@ -30,7 +30,9 @@ from common import ROOT, best_latencies, load
 
 import numpy
 
-from branchynet import confidence, fileio, training
+from branchynet.io import fileio
+from branchynet.measures import confidence
+from branchynet.training import loop as training
 
 OUT = os.path.join(ROOT, 'results', 'recipes')
 #: The recipes (``train_exits`` options); ``combo`` is the two single changes
@@ -86,7 +88,7 @@ def evaluate(net, x, y, rounds):
            'paper_T_exit1_share': float(paper.mean()),
            'paper_T_acc': float(numpy.where(paper, correct[0], correct[-1]).mean())}
     try:
-        from branchynet.numbapath import NumbaBranchyNet
+        from branchynet.engines.numba import NumbaBranchyNet
         engine = NumbaBranchyNet(net)
     except ImportError as e:
         out['numba'] = 'not available: {}'.format(e)

@@ -15,7 +15,8 @@ from common import lenet, mnist, parser, summary, test_subset, timed
 
 import numpy
 
-from branchynet import measurement, screening, tradeoff, training
+from branchynet.evaluation import measurement, screening, tradeoff
+from branchynet.training import loop as training
 
 
 def knee_check(net, x, y, records, base_acc, n_check):

@@ -7,7 +7,7 @@ peak (a large float32 matrix product), all from one run.
     python benchmarks/throughput.py [--networks lenet,alexnet,resnet] [--quick]
         [--model FILE.npz] [--alexnet-model FILE.npz] [--resnet-model FILE.npz]
         [--samples N] [--T 0.5 | --leave 0.9] [--batches 1,64,512] [--repeats 5]
-        [--threads N] [--chainer]
+        [--threads N] [--chainer] [--numba-kernels loop,gemm] [--explain]
 
 Batch 1 is timed per sample end to end as ``measurement.measure_main`` and
 ``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
@@ -17,8 +17,14 @@ Every sample (batch 1) or batch runs ``--repeats`` times on every path in
 turn and counts with its fastest time. B-AlexNet and B-ResNet-110 run on
 MNIST resized to 3x32x32 (``datasets.mnist32``) with the weights of
 ``--alexnet-model``/``--resnet-model`` (e.g. trained briefly with
-``branchynet.experiment --dataset mnist32``) or, without one, their random
-initial weights. Thresholds: B-LeNet ``--T`` (default 0.5, the driver's knee
+``branchynet.driver.run --dataset mnist32``) or, without one, their random
+initial weights. The numba path chooses each convolution's and linear
+layer's kernel by measuring both (``NumbaBranchyNet(kernels='auto')``);
+``--numba-kernels loop`` times a numba path with every layer forced to that
+kernel beside it (path ``numba-loop``), and ``--explain`` prints the numba
+path's layers: kernel chosen and µs per call of each layer and kernel. The
+processor model and its vector extensions (from /proc/cpuinfo) head the
+output and end its summary line. Thresholds: B-LeNet ``--T`` (default 0.5, the driver's knee
 on a trained model); the others (and B-LeNet when ``--leave`` is given
 without ``--T``) the q-quantile of each early exit's entropy among the
 samples reaching it, q = ``--leave`` (default 0.5): about that fraction
@@ -37,8 +43,11 @@ import chainer  # noqa: E402  (after common: the compatibility shims come first)
 
 import numpy
 
-from branchynet import costs, entropy, fileio
-from branchynet.engine import as_engine
+from branchynet import entropy
+from branchynet.io import fileio
+from branchynet.measures import costs
+from branchynet.engines.base import as_engine
+from branchynet.engines.numba import processor
 from branchynet.validation import InputError
 
 NETWORKS = {'lenet': 'lenet_mnist', 'alexnet': 'alex_cifar10', 'resnet': 'resnet_cifar10'}
@@ -112,6 +121,16 @@ def rates(paths, x, ts, bs, repeats):
     return {key: n / v for key, v in total.items()}
 
 
+def forced_numba(net, args):
+    """``[('numba-KERNEL', engine)]`` for every ``--numba-kernels`` kernel."""
+    kernels = [k.strip() for k in (args.numba_kernels or '').split(',') if k.strip()]
+    if not kernels:
+        return []
+    from branchynet.engines.numba import NumbaBranchyNet
+    return [('numba-' + k, NumbaBranchyNet(net, threads=args.threads, kernels=k))
+            for k in kernels]
+
+
 def measure(name, args, data, batches):
     """One network's rows: ``(paths, rates, limit, macs)``, ``rates[path, bs,
     kind]`` in samples/s; ``macs``: (main network, early exit) per sample."""
@@ -130,6 +149,12 @@ def measure(name, args, data, batches):
               100. * counts[0] / counts.sum(), c['main_macs'], expected_macs, limit))
     paths = [(path, as_engine(net, engine))  # Chainer's: the model's own engine
              for path, engine in engines(net, chainer=args.chainer, threads=args.threads)]
+    paths += forced_numba(net, args)
+    if args.explain:
+        for path, engine in paths:
+            if hasattr(engine, 'explain'):
+                print('{} path on {}, every layer timed alone:'.format(path, name))
+                print(engine.explain(measure=True))
     for path, engine in paths:  # every path answers as predict (tested; checked here too)
         same = (engine.predict(x[:256], ts)[1] == exits[:256]).mean()
         if same < 0.999:
@@ -166,6 +191,11 @@ def main():
     p.add_argument('--batch1-samples', type=int, default=None,
                    help='samples timed one by one at batch 1 per round (default: a tenth)')
     p.add_argument('--chainer', action='store_true', help='time plain Chainer too (slow)')
+    p.add_argument('--numba-kernels', default=None,
+                   help='also time the numba path with every layer forced to these kernels '
+                        '(comma-separated, of: loop, gemm)')
+    p.add_argument('--explain', action='store_true',
+                   help='print the numba path\'s layers: kernel chosen, µs per call')
     p.add_argument('--threads', type=int, default=None,
                    help='threads of every path (BLAS, ONNX Runtime, numba); default: '
                         'ONNX Runtime 1 (its engine\'s default), the others one per core')
@@ -184,6 +214,12 @@ def main():
             args.batches))
     if args.repeats < 1:
         p.error('--repeats must be at least 1, got {}'.format(args.repeats))
+    bad = [k for k in (args.numba_kernels or '').split(',')
+           if k.strip() not in ('', 'loop', 'gemm')]
+    if bad:
+        p.error('--numba-kernels: unknown {} (expected some of loop, gemm)'.format(', '.join(bad)))
+    model, vector = processor()
+    print('processor: {}; vector extensions: {}'.format(model, ' '.join(vector) or 'none found'))
     digits = mnist()
     loads = [load()]
     with blas_threads(args.threads):
@@ -209,6 +245,7 @@ def main():
         '{:>7s} {:>9s}'
     print(row.format('network', 'path', 'batch', 'main /s', 'early /s', 'gain', 'limit',
                      '% limit', 'GMAC/s m', 'GMAC/s e', '%peak m', '%peak e', 'ms/sample'))
+    print('processor: {}; vector extensions: {}'.format(model, ' '.join(vector) or 'none found'))
     out = {'peak_gmacs': peak}
     for name in names:
         paths, found, limit, (main_macs, early_macs), exit1 = results[name]
@@ -236,6 +273,8 @@ def main():
             if path != 'onnx' and ('onnx', 1, 'early') in found and (path, 1, 'early') in found:
                 out['{}_{}_vs_onnx_latency'.format(name, path)] = \
                     found['onnx', 1, 'early'] / found[path, 1, 'early']
+    out['processor'] = '"{}"'.format(model)
+    out['vector_extensions'] = ','.join(vector) or 'none'
     summary(**{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                for k, v in out.items()})
 

@@ -1,7 +1,7 @@
 """The original's ``functions.entropy_gpu``, for numpy and cupy alike."""
 import chainer
 
-from branchynet.confidence import entropy
+from branchynet.measures.confidence import entropy
 
 
 def entropy_gpu(x):

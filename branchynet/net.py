@@ -21,10 +21,10 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from branchynet import confidence
-from branchynet.engine import DEFAULT_BATCHSIZE, ChainerEngine
+from branchynet.measures import confidence
+from branchynet.engines.base import DEFAULT_BATCHSIZE, ChainerEngine
 from branchynet.links import FL, Branch, Net
-from branchynet.timing import synchronize
+from branchynet.measures.timing import synchronize
 from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
                                    validate_inputs, validate_labels,
                                    validate_thresholds, validate_weights)
@@ -103,8 +103,10 @@ class BranchyNet(chainer.Chain):
             original read a list.
         lr, momentum, weight_decay: MomentumSGD settings (``opt='MomentumSGD'``).
         alpha: Adam's step size (``opt='Adam'``, the default).
-        joint: kept for compatibility with the original (joint training is
-            selected by calling ``train`` rather than ``train_main``).
+        joint: with True (the default) ``train`` trains the trunk on every
+            exit's loss; with False, as the original's separate training,
+            only the last exit's loss reaches the trunk and each early head
+            trains on the trunk's activation without changing the trunk.
         verbose: print progress of routing decisions.
         exit_weights: weight ``w_n`` of every exit's loss in joint training;
             default the ``weight`` of each ``Branch`` (1.0 unless given, as
@@ -135,6 +137,9 @@ class BranchyNet(chainer.Chain):
             raise InvalidValue("opt must be 'Adam' or 'MomentumSGD', got {!r}".format(opt))
         self.opt = opt
         self.joint = joint
+        #: The original's switch: when not None, ``train`` also trains the main
+        #: network (trunk and final head) on the whole batch; see ``_detached``.
+        self.forwardMain = None
         self.verbose = verbose
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.exit_weights = exit_weights
@@ -355,6 +360,17 @@ class BranchyNet(chainer.Chain):
                 rule.enabled = enabled
         return float(loss.array), float(acc.array)
 
+    def _detached(self, n):
+        """Whether exit ``n``'s loss stops at its head (does not reach the trunk).
+
+        As the original: with ``joint=False`` only the last exit trains the
+        trunk; with ``forwardMain`` set and joint training, the main network's
+        loss trains the trunk in the last exit's place."""
+        last = self.numexits() - 1
+        if n < last:
+            return not self.joint
+        return self.joint and getattr(self, 'forwardMain', None) is not None
+
     def _joint_losses(self, x, t, logits=None):
         """Per-exit losses and accuracies with the percentTrainKeeps hand-off
         (every exit's logits appended to ``logits`` when it is a list)."""
@@ -363,7 +379,7 @@ class BranchyNet(chainer.Chain):
         shares, batch = self.percentTrainKeeps, len(t)
         for n in range(self.numexits()):
             h = self.segment(h, n)
-            z = self.head(h, n)
+            z = self.head(h.array if self._detached(n) else h, n)
             if n == 0:
                 validate_labels(t, len(t), z.shape[1])
             losses.append(F.softmax_cross_entropy(z, t))
@@ -387,9 +403,10 @@ class BranchyNet(chainer.Chain):
     def train(self, x, t):
         """One joint optimisation step over every exit.
 
-        The loss is ``sum_n exit_weights[n] * CE_n``, plus with
-        ``distillation = (temperature, weight)`` the self-distillation term
-        of ``distillation_loss``; returns the per-exit losses and accuracies
+        The loss is ``sum_n exit_weights[n] * CE_n`` (which of them reach the
+        trunk: ``joint``, ``forwardMain``), plus with ``distillation =
+        (temperature, weight)`` the self-distillation term of
+        ``distillation_loss``; returns the per-exit losses and accuracies
         (lists of floats, NaN for exits that received no samples because of
         ``percentTrainKeeps``).
         """
@@ -402,6 +419,8 @@ class BranchyNet(chainer.Chain):
             total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
             if distill is not None:
                 total = total + distill[1] * distillation_loss(logits, distill[0])
+            if getattr(self, 'forwardMain', None) is not None:
+                total += F.softmax_cross_entropy(self.branches[-1](self.trunk(x)), t)
         _check_finite_loss(total)
         self.cleargrads()
         total.backward()
@@ -467,20 +486,35 @@ class BranchyNet(chainer.Chain):
     def predict_percent(self, x, percents=None, batchsize=None):
         """Early-exit prediction by shares instead of thresholds (the original's
         fallback when no thresholds were set): in every batch (default: all
-        of ``x`` at once, as the original), each early exit classifies the
-        ``percents`` share (default ``percentTestExits``) of the samples
-        reaching it with the lowest entropy; a list gives one share of the
-        whole batch per early exit. Returns ``(labels, exits)`` as ``predict``.
+        of ``x`` as one, as the original, computed in chunks of
+        ``DEFAULT_BATCHSIZE`` samples so memory stays bounded), each early
+        exit classifies the ``percents`` share (default ``percentTestExits``)
+        of the samples reaching it with the lowest entropy; a list gives one
+        share of the whole batch per early exit. Returns ``(labels, exits)``
+        as ``predict``.
         """
         validate_inputs(x, self.input_shape)
         shares = self._shares(self.percentTestExits if percents is None else percents,
                               'percentTestExits')
-        return self.chainer_engine().predict_by_share(x, shares, batchsize or len(x))
+        return self.chainer_engine().predict_by_share(x, shares, batchsize)
 
     @property
     def gpu(self):
         """True when the parameters live on a GPU (the original's attribute)."""
         return self.xp is not numpy
+
+    def calibrate(self, x_val, y_val, target_acc=None, budget=None, measure='entropy',
+                  engine=None, **kwargs):
+        """Choose, set and return exit thresholds on validation data: the
+        cheapest reaching ``target_acc`` (default the last exit's validation
+        accuracy) or the most accurate within ``budget`` (ms per sample at
+        batch size 1 on ``engine``, default this model's Chainer path).
+        Sets ``confidence`` to ``measure`` and ``thresholdExits``; returns
+        a dict with ``thresholds``, ``acc``, ``cost`` (ms), ``exit_counts``
+        and ``met``. See ``calibration.calibrate`` for the options."""
+        from branchynet.evaluation import calibration
+        return calibration.calibrate(self, x_val, y_val, target_acc=target_acc, budget=budget,
+                                     measure=measure, engine=engine, **kwargs)
 
     def find_thresholds_entropies(self, x_train, y_train=None, percentTrainKeeps=0.5,
                                   batchsize=1024):
@@ -529,8 +563,10 @@ class BranchyNet(chainer.Chain):
         are given or set; see ``predict_percent``).
 
         Returns ``(accuracy, exit_accuracies, exit_counts, seconds)``: overall
-        accuracy, accuracy of the samples each exit classified (NaN where an
-        exit took none), how many samples each exit took, and the end-to-end
+        accuracy, accuracy of the samples each exit classified (0. where an
+        exit took none, as the original: check ``exit_counts`` to tell it
+        from an exit that got all its samples wrong), how many samples each
+        exit took, and the end-to-end
         wall time of the whole evaluation. (``utils.test`` returns the same
         facts in another order, ``(accuracy, seconds, counts, exit_accuracies)``,
         as the original's two functions did; both orders are kept.)
@@ -548,7 +584,7 @@ class BranchyNet(chainer.Chain):
         t = chainer.backends.cuda.to_cpu(t)
         correct = labels == t
         counts = numpy.bincount(exits, minlength=self.numexits())
-        exit_accs = [float(correct[exits == n].mean()) if counts[n] else float('nan')
+        exit_accs = [float(correct[exits == n].mean()) if counts[n] else 0.
                      for n in range(self.numexits())]
         return float(correct.mean()), exit_accs, counts.tolist(), seconds
 

@@ -16,13 +16,14 @@ re-exported here under the names earlier versions of the port used.
 import numpy
 
 # The port's names, at their earlier address.
-from branchynet.measurement import measure_branchy, measure_main  # noqa: F401
-from branchynet.screening import (ScreenResult, generate_thresholds,  # noqa: F401
+from branchynet.evaluation.measurement import measure_branchy, measure_main  # noqa: F401
+from branchynet.evaluation.screening import (ScreenResult, generate_thresholds,  # noqa: F401
                                   screen_thresholds)
-from branchynet.tables import TABLE_COLUMNS, branchy_table_rows, format_table  # noqa: F401
-from branchynet.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
+from branchynet.reporting.tables import TABLE_COLUMNS, branchy_table_rows, format_table  # noqa: F401
+from branchynet.evaluation.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
                                  inc_point_indices, select_knee)
-from branchynet.training import train_exits
+from branchynet.training.loop import train_exits
+from branchynet.validation import InvalidValue, is_real_number
 
 
 # ------------------------------------------------------------------ training
@@ -49,6 +50,8 @@ def test(branchyNet, x_test, y_test, batchsize=10000, main=False, thresholds=Non
     fraction correct, the total wall time of the evaluation, a numpy array of
     how many samples each exit classified and a numpy array of the accuracy
     of each exit's samples (0 where an exit took none, as the original).
+    With ``main=True`` both arrays are all zeros, as the original returned
+    them (no exit decided anything).
     The thresholds are ``branchyNet.thresholdExits`` unless ``thresholds``
     is given; with neither, each early exit takes the ``percentTestExits``
     share of the samples reaching it (the original's fallback).
@@ -58,19 +61,18 @@ def test(branchyNet, x_test, y_test, batchsize=10000, main=False, thresholds=Non
     n = branchyNet.numexits()
     if main:
         acc, seconds = branchyNet.test_main(x_test, y_test, batchsize=batchsize)
-        counts = numpy.zeros(n, dtype=int)
-        counts[-1] = len(x_test)
-        accs = numpy.zeros(n)
-        accs[-1] = acc
-        return acc, seconds, counts, accs
+        return acc, seconds, numpy.zeros(n, dtype=int), numpy.zeros(n)
     acc, exit_accs, counts, seconds = branchyNet.test(x_test, y_test, thresholds,
                                                       batchsize=batchsize)
-    return acc, seconds, numpy.array(counts), numpy.nan_to_num(numpy.array(exit_accs), nan=0.)
+    return acc, seconds, numpy.array(counts), numpy.array(exit_accs, dtype=float)
 
 
 def test_suite_A(branchyNet, x_test, y_test, batchsize=10000, ps=numpy.linspace(0.1, 1.0, 10)):
     """Accuracy and total seconds for each exit share ``p`` in ``ps``
-    (``percentTestExits``; the thresholds are cleared). Returns ``(ps, accs, diffs)``."""
+    (``percentTestExits``). Returns ``(ps, accs, diffs)``.
+
+    The thresholds are cleared first, so the shares decide: in the original,
+    thresholds left set took precedence and every ``p`` gave the same point."""
     accs, diffs = [], []
     branchyNet.thresholdExits = None
     for p in ps:
@@ -142,8 +144,9 @@ def screen_branchy(branchyNet, x_test, y_test, base_ts, batchsize=1, enumerate_t
 
     ``ts`` is the list of threshold vectors, ``accs`` a numpy array of
     accuracies, ``diffs`` a numpy array of **seconds** per sample (end to end,
-    batch size 1; ``diffs *= 1000.`` gives milliseconds as the original
-    scripts did) and ``exits`` one numpy array of per-exit counts per setting.
+    at ``batchsize`` samples per pass, 1 by default; ``diffs *= 1000.`` gives
+    milliseconds as the original scripts did) and ``exits`` one numpy array
+    of per-exit counts per setting.
     ``options`` go to ``screen_thresholds`` (default: no trunk-only pass).
     """
     options.setdefault('trunk_only', False)
@@ -155,15 +158,66 @@ def screen_branchy(branchyNet, x_test, y_test, base_ts, batchsize=1, enumerate_t
 
 
 # ------------------------------------------------------------------ Table I
-def branchy_table_results(baseacc, c_basediff, g_basediff, c_accs, c_diffs, g_accs, g_diffs,
-                          inc_amt=0.01, network='Orig'):
-    """The original's Table I printout: CSV lines
-    ``Network,Hardware,Accuracy,Runtime,Speedup`` for the baseline and for the
-    screened points (in the given order) whose accuracy beats the last
-    printed one by more than ``inc_amt``, plus the last point; CPU then GPU.
-    Runtimes in the unit given (the scripts pass ms); speed-up is baseline
-    runtime / point runtime. Returns the printed lines.
+#: Keywords only the older form takes, and only the notebooks' form takes.
+_CSV_KEYWORDS = {'c_basediff', 'g_basediff', 'c_accs', 'c_diffs', 'g_accs', 'g_diffs', 'inc_amt'}
+_COLUMN_KEYWORDS = {'basediff', 'accs', 'diffs', 'exits', 'ts'}
+
+
+def branchy_table_results(*args, **kwargs):
+    """The original's Table I printout, in either of its two forms; returns the
+    printed lines.
+
+    * ``branchy_table_results(network, baseacc, basediff, accs, diffs, exits,
+      ts)`` (the notebooks' call; its first argument is the network's name):
+      one row per screened point, see ``table_columns``;
+    * ``branchy_table_results(baseacc, c_basediff, g_basediff, c_accs,
+      c_diffs, g_accs, g_diffs, inc_amt=0.01, network='Orig')`` (the
+      scripts' call, from an older version of the original): CSV lines,
+      see ``table_csv``.
     """
+    if (args and isinstance(args[0], str)) or \
+            (not set(kwargs) & _CSV_KEYWORDS and set(kwargs) & _COLUMN_KEYWORDS):
+        return table_columns(*args, **kwargs)
+    return table_csv(*args, **kwargs)
+
+
+def _print_lines(lines):
+    print('\n'.join(lines))
+    return lines
+
+
+def table_columns(network, baseacc, basediff, accs, diffs, exits, ts):
+    """Fixed-width columns ``Network, Acc.(%), Time(ms), Gain, Thrshld.T,
+    Exit(%)``: the baseline row, then one row per screened point in the given
+    order (``B-<network>``, accuracy, runtime in the unit given, gain =
+    baseline runtime / point runtime, the thresholds and the share of the
+    samples each exit took, in percent)."""
+    def braces(values):
+        return '{' + ', '.join(values) + '}'
+    if not (len(accs) == len(diffs) == len(exits) == len(ts)):
+        raise InvalidValue('accs, diffs, exits and ts must have one entry per screened '
+                           'point, got lengths {}, {}, {}, {}'.format(
+                               len(accs), len(diffs), len(exits), len(ts)))
+    lines = ['{:>15}{:>15}{:>15}{:>15}{:>15}{:>15}'.format(
+        'Network', 'Acc.(%)', 'Time(ms)', 'Gain', 'Thrshld.T', 'Exit(%)'),
+        '{:>15}{:>15.2f}{:>15.2f}{:>15}{:>15}{:>15}'.format(
+            network, baseacc * 100., basediff, '-', '-', '-')]
+    for acc, diff, counts, t in zip(accs, diffs, exits, ts):
+        counts = numpy.asarray(counts, dtype=float)
+        shares = 100. * counts / counts.sum() if counts.sum() else counts
+        lines.append('{:>15}{:>15.2f}{:>15.2f}{:>15.2f}{:>15}{:>15}'.format(
+            'B-' + network, acc * 100., diff, basediff / diff,
+            braces(str(float(v)) for v in t), braces(str(round(float(v), 2)) for v in shares)))
+    return _print_lines(lines)
+
+
+def table_csv(baseacc, c_basediff, g_basediff, c_accs, c_diffs, g_accs, g_diffs,
+              inc_amt=0.01, network='Orig'):
+    """CSV lines ``Network,Hardware,Accuracy,Runtime,Speedup`` for the baseline
+    and for the screened points (in the given order) whose accuracy beats the
+    last printed one by more than ``inc_amt``, plus the last point; CPU then
+    GPU. Runtimes in the unit given (the scripts pass ms); speed-up is
+    baseline runtime / point runtime."""
     lines = ['Network,Hardware,Accuracy,Runtime,Speedup']
     fmt = '{},{},{:1.3f},{:1.3f},{:1.2f}'
     for hw, basediff, accs, diffs in (('cpu', c_basediff, c_accs, c_diffs),
@@ -175,8 +229,7 @@ def branchy_table_results(baseacc, c_basediff, g_basediff, c_accs, c_diffs, g_ac
                 prev = acc
                 lines.append(fmt.format('Branchy ' + network, hw, acc * 100, diff,
                                         basediff / diff))
-    print('\n'.join(lines))
-    return lines
+    return _print_lines(lines)
 
 
 def compute_network_times(exits, branch_times):
@@ -215,6 +268,9 @@ def get_ent_setdiff(old_ent_vals, ent_vals, percentExit=0.5):
     entropy leaves; returns, per exit, the fraction of the samples leaving
     under ``old_ent_vals`` that do not leave under ``ent_vals``.
     """
+    if not is_real_number(percentExit) or not 0 <= percentExit <= 1:
+        raise InvalidValue('percentExit must be a share in [0, 1], got {!r}'.format(
+            percentExit))
     diffs = []
     gone_old, gone_new = numpy.empty(0, int), numpy.empty(0, int)
     for i, (vo, vn) in enumerate(zip(old_ent_vals, ent_vals)):

@@ -182,3 +182,48 @@ def validate_count(value, name, minimum=0):
             or value < minimum:
         raise InvalidValue('{} must be an integer >= {}, got {!r}'.format(name, minimum, value))
     return int(value)
+
+
+def nonfinite_params(link):
+    """Names of ``link``'s parameters holding NaN or infinite values (one
+    device synchronisation for all of them; names only when some do)."""
+    params = [(name, p.array) for name, p in link.namedparams() if p.array is not None]
+    if not params:
+        return []
+    xp = _xp(params[0][1])
+    if bool(xp.stack([xp.isfinite(a).all() for _, a in params]).all()):
+        return []
+    return [name for name, a in params if not bool(xp.isfinite(a).all())]
+
+
+def require_finite_params(link, what):
+    """Refuse (``InvalidValue``) to ``what`` a model with non-finite weights."""
+    bad = nonfinite_params(link)
+    if bad:
+        raise InvalidValue('refusing to {}: parameter(s) {}{} hold NaN or infinite values '
+                           '(training diverged?)'.format(what, ', '.join(bad[:3]),
+                                                         ', ...' if len(bad) > 3 else ''))
+
+
+#: The largest run seed: numpy seeds are 0..2**32-1 and joint training uses seed + 1.
+MAX_SEED = 2 ** 32 - 2
+
+
+def validate_seed(value, name='seed'):
+    """A run seed: an integer in 0..``MAX_SEED``."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numpy.integer)) \
+            or not 0 <= value <= MAX_SEED:
+        raise InvalidValue('{} must be an integer in 0..{}, got {!r}'.format(
+            name, MAX_SEED, value))
+    return int(value)
+
+
+def require_network(net, name='net'):
+    """``net`` when it is a ``BranchyNet``; else ``InvalidType`` naming it.
+    (The class is recognised by its module and name: this bottom module
+    imports nothing of the package above it.)"""
+    if not any(c.__name__ == 'BranchyNet' and c.__module__ == 'branchynet.net'
+               for c in type(net).__mro__):
+        raise InvalidType('{} must be a BranchyNet (e.g. from networks.<name>.get_network()), '
+                          'got {}'.format(name, type(net).__name__))
+    return net

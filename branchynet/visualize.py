@@ -16,10 +16,10 @@ if 'ipykernel' not in sys.modules:  # notebooks keep their inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from branchynet.fileio import atomic_path  # noqa: E402
+from branchynet.io.fileio import atomic_path  # noqa: E402
 import numpy  # noqa: E402
 
-from branchynet.tradeoff import get_inc_points, inc_point_indices  # noqa: E402
+from branchynet.evaluation.tradeoff import get_inc_points, inc_point_indices  # noqa: E402
 
 
 def save_figure(fig, path, formats=('png', 'pdf')):
@@ -110,7 +110,7 @@ def plot_entropy_sweep(sms, y, title='', path=None, grid=None):
 
     ``sms`` is ``net.get_SM(x)`` (one softmax array per exit) and ``y`` the labels.
     """
-    from branchynet.confidence import entropy
+    from branchynet.measures.confidence import entropy
     grid = numpy.logspace(-5, numpy.log10(numpy.log(sms[0].shape[1])), 200) \
         if grid is None else numpy.asarray(grid)
     last_correct = sms[-1].argmax(axis=1) == y
@@ -272,7 +272,7 @@ def plot_line_tradeoff(accs, diffs, ps, exits, baseacc, basediff, orig_label='Ba
 def plot_layer_entropy(leakyNet, x):
     """Each exit's entropies of the samples ``x``, sorted (every sample
     evaluated at every exit). Moves the network to the CPU, as the original."""
-    from branchynet.confidence import entropy
+    from branchynet.measures.confidence import entropy
     leakyNet.to_cpu()
     fig = plt.figure(figsize=(12, 10))
     for i, sm in enumerate(leakyNet.get_SM(numpy.asarray(x, dtype=numpy.float32))):

@@ -2,11 +2,11 @@
 import hashlib
 import os
 import shutil
-import sys
 import time
 import urllib.request
 
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
+from branchynet.progress import Progress
 
 
 def file_digest(path, algorithm='md5'):
@@ -22,8 +22,9 @@ class ChecksumError(ValueError):
 
 
 def download(url, dest, digest=None, algorithm='md5', retries=3, timeout=30,
-             progress=True):
-    """Download ``url`` to ``dest`` atomically; verify ``digest`` if given.
+             progress=True, max_bytes=None):
+    """Download ``url`` to ``dest`` atomically; verify ``digest`` if given;
+    stop with ``ChecksumError`` past ``max_bytes`` when given.
 
     A failed or corrupt download leaves nothing at ``dest``. Network errors
     are retried ``retries`` times with a short back-off; a checksum mismatch
@@ -36,16 +37,19 @@ def download(url, dest, digest=None, algorithm='md5', retries=3, timeout=30,
                     atomic_write(dest) as out:
                 total = int(response.headers.get('Content-Length') or 0)
                 h = hashlib.new(algorithm)
-                done, shown = 0, time.monotonic()
+                done = 0
+                bar = Progress.auto(round(total / 1e6, 1), '  ' + os.path.basename(dest), 'MB',
+                                    None if progress else False)
                 for block in iter(lambda: response.read(1 << 20), b''):
                     out.write(block)
                     h.update(block)
+                    bar.update(len(block) / 1e6)
                     done += len(block)
-                    if progress and time.monotonic() - shown > 2:
-                        shown = time.monotonic()
-                        frac = ' ({:.0%})'.format(done / total) if total else ''
-                        print('  {}: {:.1f} MB{}'.format(os.path.basename(dest),
-                                                         done / 1e6, frac), file=sys.stderr)
+                    if max_bytes is not None and done > max_bytes:
+                        raise ChecksumError('{} from {} is larger than the {:,} bytes '
+                                            'expected'.format(os.path.basename(dest), url,
+                                                              max_bytes))
+                bar.close()
                 if digest is not None and h.hexdigest() != digest:
                     raise ChecksumError('{} from {} has {} {}, expected {}'.format(
                         os.path.basename(dest), url, algorithm, h.hexdigest(), digest))

@@ -21,8 +21,8 @@ import zlib
 import numpy
 import scipy.linalg
 
-from datasets import DataUnavailableError, data_dir
-from datasets._fetch import download, file_digest
+from . import DataUnavailableError, data_dir
+from ._fetch import download, file_digest
 from branchynet.validation import InvalidValue
 
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'

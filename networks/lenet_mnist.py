@@ -12,7 +12,7 @@ from branchynet import FL, Branch, BranchyNet
 
 INPUT_SHAPE = (1, 28, 28)
 
-# Experiment configuration read by branchynet.experiment (schedules, threshold
+# Experiment configuration read by branchynet.driver.run (schedules, threshold
 # grid, the paper's Table I row for comparison).
 EXPERIMENT = {
     'title': 'LeNet',

@@ -73,14 +73,24 @@ class ResBlock(chainer.Chain):
     (window 1, stride 2) and zero-padded in channels (no parameters).
     """
 
-    def __init__(self, in_channels, out_channels, stride=1, ksize=1):
+    def __init__(self, in_size, out_size, stride=1, ksize=1):
         super().__init__()  # ksize: the original's unused argument, kept for its calls
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.in_channels, self.out_channels, self.stride = in_size, out_size, stride
         with self.init_scope():
-            self.conv1 = conv(in_channels, out_channels, 3, 1, stride)
-            self.bn1 = L.BatchNormalization(out_channels)
-            self.conv2 = conv(out_channels, out_channels, 3, 1)
-            self.bn2 = L.BatchNormalization(out_channels)
+            self.conv1 = conv(in_size, out_size, 3, 1, stride)
+            self.bn1 = L.BatchNormalization(out_size)
+            self.conv2 = conv(out_size, out_size, 3, 1)
+            self.bn2 = L.BatchNormalization(out_size)
+
+    @property
+    def in_size(self):
+        """Input channels (the original's name; also ``in_channels``)."""
+        return self.in_channels
+
+    @property
+    def out_size(self):
+        """Output channels (the original's name; also ``out_channels``)."""
+        return self.out_channels
 
     def forward(self, x):
         h = F.relu(self.bn1(self.conv1(x)))
@@ -95,7 +105,7 @@ class ResBlock(chainer.Chain):
         return F.relu(h + shortcut)
 
     def to_fast(self, compiler):
-        """This block as plain array operations (see branchynet.fastpath)."""
+        """This block as plain array operations (see branchynet.engines.fast)."""
         xp = compiler.xp
         conv1 = compiler.conv(self.conv1, bn=self.bn1, relu=True)
         conv2 = compiler.conv(self.conv2, bn=self.bn2)
@@ -109,13 +119,13 @@ class ResBlock(chainer.Chain):
         return run
 
     def to_numba(self, builder, x):
-        """This block as generated numba functions (see branchynet.numbapath)."""
+        """This block as generated numba functions (see branchynet.engines.numba)."""
         h = builder.conv(self.conv1, x, bn=self.bn1, relu=True)
         h = builder.conv(self.conv2, h, bn=self.bn2)
         return builder.residual(h, x, self.stride)
 
     def to_onnx(self, exporter, x):
-        """This block as ONNX nodes (see branchynet.onnxpath)."""
+        """This block as ONNX nodes (see branchynet.engines.onnx_runtime)."""
         h = exporter.conv(self.conv1, x, bn=self.bn1, relu=True)
         h = exporter.conv(self.conv2, h, bn=self.bn2)
         shortcut = x

@@ -32,13 +32,18 @@ def mnist_data():
 
 
 def pytest_configure(config):
-    # The allocator setting the driver uses (branchynet.runtime): faster training steps.
-    from branchynet import runtime
+    # The allocator setting the driver uses (branchynet.training.runtime): faster training steps.
+    from branchynet.training import runtime
     runtime.tune_allocator()
 
 
 def pytest_collection_modifyitems(config, items):
     # Every test that needs full MNIST may download it: marked `network`.
+    # `fuzz` tests run only when the -m expression names them (./run_tests.sh -m fuzz).
+    fuzz = 'fuzz' in (config.getoption('markexpr') or '')
+    skip_fuzz = pytest.mark.skip(reason='long randomized run: select it with -m fuzz')
     for item in items:
+        if not fuzz and 'fuzz' in item.keywords:
+            item.add_marker(skip_fuzz)
         if 'mnist_data' in getattr(item, 'fixturenames', ()):
             item.add_marker(pytest.mark.network)

@@ -1,9 +1,17 @@
 """Builders shared by the tests (imported as ``tests.helpers``; fixtures stay in conftest)."""
+import io
+import os
+import pickle
+import tarfile
+
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
 from branchynet import FL, Branch, BranchyNet, entropy
+
+#: the repository's root folder
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_engine_matches_predict(engine, net, x, seed=2):
@@ -34,3 +42,35 @@ def make_three_exit_net(seed=0, **kwargs):
         Branch([L.Linear(16, 5)]),
     ]
     return BranchyNet(network, input_shape=(1, 8, 8), **kwargs)
+
+
+def write_official_tarball(path, n_per_batch=6, seed=0):
+    """A tarball in the official python format (protocol-2 pickles of dicts
+    with bytes keys, as Python 2 wrote them), random pixels, known labels."""
+    from datasets import cifar10
+    rng = numpy.random.RandomState(seed)
+    truth = {}
+    with tarfile.open(path, 'w:gz') as tar:
+        for name in cifar10.TRAIN_BATCHES + cifar10.TEST_BATCHES:
+            data = rng.randint(0, 256, size=(n_per_batch, 3072)).astype(numpy.uint8)
+            labels = [int(v) for v in rng.randint(0, 10, n_per_batch)]
+            truth[name] = (data, labels)
+            raw = pickle.dumps({b'batch_label': name.encode(), b'labels': labels,
+                                b'data': data, b'filenames': [b'x.png'] * n_per_batch},
+                               protocol=2)
+            info = tarfile.TarInfo('cifar-10-batches-py/' + name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return truth
+
+
+def results_record(network, title, acc):
+    """A minimal ``<network>_results.json`` record with one Table I row pair."""
+    row = {'Device': 'CPU', 'Network': title, 'Acc. (%)': acc, 'Time (ms)': 1.0}
+    return {'network': network, 'title': title, 'seed': 0,
+            'config': {'preset': 'tiny', 'epochs_main': 1, 'epochs_joint': 1, 'batchsize': 8,
+                       'dataset': 'mnist'},
+            'data': {'n_train': 10, 'n_test': 10, 'n_timing': 10},
+            'training': {'epoch_seconds_main': 1.0, 'epoch_seconds_joint': 1.0},
+            'test': {'exit_accs_after_joint': [0.5]}, 'environment': {'python': '3'},
+            'tables': {'CPU': [row, dict(row, Network='B-' + title)]}}

@@ -125,14 +125,14 @@ def test_predict_and_friends_default_to_bounded_batches(net, monkeypatch):
 
 @pytest.mark.parametrize('trust', ['no', 1, 'yes', [True]])
 def test_load_dill_needs_trust_to_be_exactly_true(tmp_path, trust):
-    from branchynet import fileio
+    from branchynet.io import fileio
     fileio.save_dill(tmp_path / 'm.bn', make_three_exit_net())
     with pytest.raises(PermissionError, match='trust=True'):
         fileio.load_dill(tmp_path / 'm.bn', trust=trust)
 
 
 def test_load_dill_on_a_folder_or_missing_file(tmp_path):
-    from branchynet import fileio
+    from branchynet.io import fileio
     with pytest.raises(InputError, match='is a folder; expected a .bn model file'):
         fileio.load_dill(tmp_path, trust=True)
     with pytest.raises(FileNotFoundError, match='nothing.bn does not exist'):

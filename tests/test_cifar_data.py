@@ -1,5 +1,4 @@
 """CIFAR-10 reader, pcifar10 recipe, generic npz datasets, augmentation."""
-import io
 import os
 import pickle
 import tarfile
@@ -9,25 +8,7 @@ import pytest
 
 from datasets import DataUnavailableError, cifar10, npz, pcifar10
 from datasets._fetch import ChecksumError, download
-
-
-def write_official_tarball(path, n_per_batch=6, seed=0):
-    """A tarball in the official python format (protocol-2 pickles of dicts
-    with bytes keys, as Python 2 wrote them), random pixels, known labels."""
-    rng = numpy.random.RandomState(seed)
-    truth = {}
-    with tarfile.open(path, 'w:gz') as tar:
-        for name in cifar10.TRAIN_BATCHES + cifar10.TEST_BATCHES:
-            data = rng.randint(0, 256, size=(n_per_batch, 3072)).astype(numpy.uint8)
-            labels = [int(v) for v in rng.randint(0, 10, n_per_batch)]
-            truth[name] = (data, labels)
-            raw = pickle.dumps({b'batch_label': name.encode(), b'labels': labels,
-                                b'data': data, b'filenames': [b'x.png'] * n_per_batch},
-                               protocol=2)
-            info = tarfile.TarInfo('cifar-10-batches-py/' + name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    return truth
+from tests.helpers import write_official_tarball
 
 
 def test_reads_a_tarball_in_the_official_format(tmp_path):

@@ -9,7 +9,9 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
-from branchynet import FL, cpukernels, runtime, utils
+from branchynet import FL, utils
+from branchynet.links import cpukernels
+from branchynet.training import runtime
 from branchynet.links import Net
 
 

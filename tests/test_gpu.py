@@ -14,12 +14,12 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import fileio
+from branchynet.io import fileio
 from branchynet.devices import gpu_usable
-from branchynet.fastpath import FastBranchyNet
-from branchynet.timing import StageTimer, synchronize
+from branchynet.engines.fast import FastBranchyNet
+from branchynet.measures.timing import StageTimer, synchronize
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
-from branchynet.engine import ChainerEngine
+from branchynet.engines.base import ChainerEngine
 from tests.helpers import make_three_exit_net
 
 
@@ -249,7 +249,7 @@ def test_a_gpu_trained_model_saves_files_that_load_on_a_cpu(tmp_path):
         'import sys; sys.modules["cupy"] = None  # no CuPy in this process',
         'sys.path.insert(0, {!r})'.format(root),
         'import numpy, branchynet',
-        'from branchynet import fileio',
+        'from branchynet.io import fileio',
         'from networks import lenet_mnist',
         'd = sys.argv[1]; x = numpy.load(d + "/x.npy")',
         'a = fileio.load_npz(d + "/m.npz", lenet_mnist.get_network())',

@@ -39,8 +39,8 @@ def test_gpu_run_explains_a_missing_wheelhouse(tmp_path):
 
 def test_gpu_run_sets_up_the_command_environment(tmp_path):
     """With an interpreter that already has chainer 7.8.1 and dill (this
-    one), only the project is installed (offline, into --site) and the
-    command sees the interpreter as python, BRANCHYNET_PYTHON and the site."""
+    one), nothing is installed and the command sees the interpreter as
+    python, BRANCHYNET_PYTHON, and the checkout then the site on PYTHONPATH."""
     wheels = tmp_path / 'wheels'
     wheels.mkdir()
     # present but never installed: this interpreter has these very versions
@@ -50,16 +50,17 @@ def test_gpu_run_sets_up_the_command_environment(tmp_path):
     (wheels / 'dill-{}-py3-none-any.whl'.format(dill.__version__)).write_bytes(b'')
     site = tmp_path / 'site'
     probe = ('import os, sys, branchynet; print(sys.executable); '
-             'print(os.environ["BRANCHYNET_PYTHON"]); print(os.environ["PYTHONPATH"])')
+             'print(os.environ["BRANCHYNET_PYTHON"]); print(os.environ["PYTHONPATH"]); '
+             'import datasets, branchynet.datasets; print(branchynet.datasets is datasets)')
     r = _sh(RUN, '--wheelhouse', str(wheels), '--site', str(site), '--python', sys.executable,
             '--', 'python', '-c', probe, env={'PIP_NO_INDEX': '1'})
     assert r.returncode == 0, r.stderr
     assert 'installing offline' not in r.stderr  # nothing was missing
-    exe, declared, path = r.stdout.split('\n')[:3]
+    exe, declared, path, same = r.stdout.split('\n')[:4]
     assert os.path.realpath(exe) == os.path.realpath(sys.executable)
     assert declared == sys.executable
-    assert path.split(':')[0] == str(site)
-    assert (site / 'branchynet' / 'net.py').exists()
+    assert path.split(':')[:2] == [ROOT, str(site)]
+    assert same == 'True'  # one module for both names, as in any checkout
 
 
 def test_ensure_env_uses_branchynet_python_as_it_is(tmp_path):

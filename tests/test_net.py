@@ -56,7 +56,7 @@ def test_random_thresholds_match_oracle_at_every_batch_size(three_exit_net, smal
 
 
 def test_exit_rule_is_strict(three_exit_net, small_batch):
-    from branchynet.confidence import entropy_from_logits, entropy_from_logits_row
+    from branchynet.measures.confidence import entropy_from_logits, entropy_from_logits_row
     three_exit_net.testing()  # the logits routing sees (training kernels round differently)
     x = small_batch[0][:2]
     z0 = three_exit_net.forward(x)[0].array
@@ -304,3 +304,24 @@ def test_forward_test_mode_from_config_or_testing(how):
     train_outs = [net(x)[0].array for _ in range(2)]
     assert not numpy.array_equal(train_outs[0], train_outs[1])  # dropout is on again
     assert not numpy.array_equal(net.trunk[1].avg_mean, mean)
+
+
+def test_exits_at_one_point_and_before_the_first_layer_predict():
+    """Two exits with no trunk layer between them, and an exit before the
+    first layer: empty trunk segments. ``predict`` failed on them with
+    AttributeError ('numpy.ndarray' object has no attribute 'array')."""
+    import chainer.functions as F
+    import chainer.links as L
+    from branchynet import FL, Branch, BranchyNet
+    numpy.random.seed(1)
+    net = BranchyNet([Branch([L.Linear(64, 5)]), L.Convolution2D(1, 4, 3, pad=1), FL(F.relu),
+                      Branch([L.Linear(256, 5)]), Branch([L.Linear(256, 5)]),
+                      FL(F.max_pooling_2d, 2), Branch([L.Linear(64, 5)])],
+                     input_shape=(1, 8, 8))
+    x = numpy.random.RandomState(0).randn(40, 1, 8, 8).astype(numpy.float32) * 3
+    labels, exits = net.predict(x, thresholds=[0.5, 1.0, 1.5])
+    assert len(labels) == len(exits) == 40 and set(exits.tolist()) <= {0, 1, 2, 3}
+    for n in range(4):
+        ts = [0.] * n + [float('inf')] + [0.] * (2 - n) if n < 3 else [0.] * 3
+        labels, exits = net.predict(x, thresholds=ts[:3])
+        assert (exits == n).all()

@@ -109,7 +109,7 @@ def test_batchnorm_updates_in_training_only_once_per_step():
 
 
 def test_batchnorm_statistics_survive_npz_round_trip(tmp_path):
-    from branchynet import fileio
+    from branchynet.io import fileio
     net = resnet_cifar10.get_network()
     net.train(*_batch(4))
     fileio.save_npz(tmp_path / 'r.npz', net)

@@ -9,7 +9,7 @@ import pytest
 
 from datasets import cifar10, cifar100gcn, cifar10gcn, pcifar10
 from datasets import utils as dutils
-from tests.test_cifar_data import write_official_tarball
+from tests.helpers import write_official_tarball
 
 
 @pytest.fixture

@@ -211,7 +211,7 @@ def test_bn_file_is_written_from_the_cpu(tmp_path, monkeypatch):
 
     No GPU here: the device is mocked, and the moves are recorded on the
     model (the dumped copy must carry the CPU state)."""
-    from branchynet import fileio
+    from branchynet.io import fileio
     from tests.helpers import make_three_exit_net
     net = make_three_exit_net()
     gpu = type('FakeGpuDevice', (), {'xp': object()})()

@@ -2,9 +2,9 @@
 # Creates (once) the project's virtual environment with the pinned set and
 # prints its python. Usage: PY=$(tools/ensure_env.sh [test] [gpu])
 # (extras: requirements/test.txt, requirements/gpu.txt, requirements/onnx.txt,
-# requirements/mpi.txt, requirements/numba.txt; `test` also installs onnx.txt,
-# mpi.txt and numba.txt: the ONNX path, distributed training over 2 MPI ranks
-# and the numba path are tested too).
+# requirements/mpi.txt; `test` also installs onnx.txt and mpi.txt: the ONNX
+# path and distributed training over 2 MPI ranks are tested too). The base set
+# holds numba (the numba path).
 # Rebuilt automatically when a requirements file changes. With
 # BRANCHYNET_PYTHON set, prints it and installs nothing.
 set -euo pipefail
@@ -23,8 +23,7 @@ reqs=("$root/requirements/base.txt")
 for extra in "$@"; do
   [ -f "$root/requirements/$extra.txt" ] || { echo "ensure_env: no requirements/$extra.txt" >&2; exit 2; }
   reqs+=("$root/requirements/$extra.txt")
-  [ "$extra" = test ] && reqs+=("$root/requirements/onnx.txt" "$root/requirements/mpi.txt" \
-                                 "$root/requirements/numba.txt")
+  [ "$extra" = test ] && reqs+=("$root/requirements/onnx.txt" "$root/requirements/mpi.txt")
 done
 stamp="$(cat "${reqs[@]}" "$root"/requirements/*.txt "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -x "$venv/bin/python" ] || ! grep -qx "$stamp" "$venv/.branchynet-stamps" 2>/dev/null; then

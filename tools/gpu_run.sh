@@ -6,9 +6,9 @@
 #
 # The image's Python stays untouched: the missing distributions (chainer and
 # dill; filelock, six, typing_extensions, protobuf or setuptools only where
-# the image has none) and the project itself (no deps) are installed with
+# the image has none) are installed with
 # `pip install --no-index --find-links WHEELS --no-deps --target SITE`, and
-# COMMAND runs with SITE on PYTHONPATH, `python`/`python3` on PATH meaning
+# COMMAND runs with the checkout and SITE on PYTHONPATH, `python`/`python3` on PATH meaning
 # the image's interpreter, BRANCHYNET_PYTHON set (so ./run_tests.sh and
 # ./get_results.sh use it instead of building .venv) and, where .gpu_data/
 # was carried, BRANCHYNET_DATA_DIR pointing at a copy of it in SITE/data
@@ -83,11 +83,11 @@ if [ "$(cat "$site/.gpu_run_stamp" 2>/dev/null)" != "$stamp" ]; then
   fi
   echo "$stamp" > "$site/.gpu_run_stamp"
 fi
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-# the project itself, no dependencies (its build needs setuptools: the
-# image's or the wheel's)
-"${pip_offline[@]}" --no-build-isolation "$root" 2>&1 | grep -v "^WARNING: Target directory" >&2 || true
-[ -d "$site/branchynet" ] || { echo "gpu_run: installing the project into $site failed" >&2; exit 1; }
+# the project itself from the checkout, first: an installed copy would hold
+# the data and network code as branchynet.datasets/.networks only, apart from
+# the checkout's top-level datasets/networks that tests and scripts import
+rm -rf "$site/branchynet" "$site"/branchynet-*.dist-info "$site/datasets" "$site/networks"
+export PYTHONPATH="$root:$site${PYTHONPATH:+:$PYTHONPATH}"
 
 mkdir -p "$site/bin"
 for name in python python3; do

@@ -21,7 +21,8 @@ import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import chainer  # noqa: E402
 import numpy  # noqa: E402
 
-from branchynet import devices, fileio  # noqa: E402
+from branchynet import devices  # noqa: E402
+from branchynet.io import fileio
 
 
 def run(device_name, data):

@@ -17,14 +17,16 @@ import inspect
 
 import chainer
 
-from branchynet.cpukernels import run_layer
+from branchynet.links.cpukernels import run_layer
 
 
 class FL(chainer.Link):
-    """A parameter-free layer wrapping ``fn(x, *args, **kwargs)``.
+    """A parameter-free layer wrapping ``fn(x, *arguments, **keywords)``.
 
-    ``fn`` must be importable (a module-level function) for the model to
-    stay picklable with plain pickle; dill also handles lambdas.
+    ``arguments`` and ``keywords`` are the original's attribute names
+    (``args`` and ``kwargs`` read the same values). ``fn`` must be importable
+    (a module-level function) for the model to stay picklable with plain
+    pickle; dill also handles lambdas.
     """
 
     def __init__(self, fn, *args, **kwargs):
@@ -32,16 +34,31 @@ class FL(chainer.Link):
         if not callable(fn):
             raise TypeError('FL expects a callable as fn, got {!r}'.format(fn))
         self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
+        self.arguments = args
+        self.keywords = kwargs
+
+    @property
+    def args(self):
+        return self.arguments
+
+    @property
+    def kwargs(self):
+        return self.keywords
+
+    def __setstate__(self, state):  # models pickled when the layer held args/kwargs
+        if 'args' in state:
+            state['arguments'] = state.pop('args')
+        if 'kwargs' in state:
+            state['keywords'] = state.pop('kwargs')
+        self.__dict__.update(state)
 
     def forward(self, x):
-        return self.fn(x, *self.args, **self.kwargs)
+        return self.fn(x, *self.arguments, **self.keywords)
 
-    def arguments(self):
-        """The named arguments of the call ``fn(x, *args, **kwargs)``, defaults
-        filled in (what the compiled inference paths read, e.g. ``ksize``)."""
-        bound = inspect.signature(self.fn).bind(None, *self.args, **self.kwargs)
+    def bound_arguments(self):
+        """The named arguments of the call ``fn(x, *arguments, **keywords)``,
+        defaults filled in (what the compiled inference paths read, e.g. ``ksize``)."""
+        bound = inspect.signature(self.fn).bind(None, *self.arguments, **self.keywords)
         bound.apply_defaults()
         return bound.arguments
 

@@ -11,7 +11,7 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
-from networks.resnet_cifar10 import ResBlock, initializer  # noqa: F401
+from branchynet.networks.resnet_cifar10 import ResBlock, initializer  # noqa: F401
 
 
 def _conv_bn(in_channels, out_channels, ksize, stride, pad):

@@ -1,0 +1,317 @@
+"""The stages of one network's run that measure it: exit accuracies, the
+engines timed at batch size 1 against the baseline, the threshold screen and
+its knee (``time_and_screen``), and thresholds calibrated on a validation
+split compared with the test-set knee (``calibrate_and_compare``).
+``driver.run`` calls them in order."""
+import itertools
+import os
+import time
+
+import numpy
+from sklearn.model_selection import train_test_split
+
+from branchynet import visualize
+from branchynet.evaluation import calibration, measurement, screening, tradeoff
+from branchynet.io import runrecord
+from branchynet.measures import confidence, costs
+from branchynet.reporting import tables
+from branchynet.engines.fast import FastBranchyNet
+from branchynet.io.fileio import atomic_write
+from branchynet.validation import InvalidValue
+
+
+def log(msg):
+    print('[{}] {}'.format(time.strftime('%H:%M:%S'), msg), flush=True)
+
+
+def exit_accuracies(net, x, y, sms=None):
+    """Test accuracy of every exit on every sample (no early exit)."""
+    sms = net.get_SM(x) if sms is None else sms
+    return [float((sm.argmax(axis=1) == y).mean()) for sm in sms]
+
+
+def _screen(net, config, xs, ys, engines, path_macs, outputs=None):
+    """Every grid point's accuracy, exits and per-engine time.
+
+    ``cached`` (default): exit outputs computed once, per-exit costs measured
+    once, the grid evaluated in array operations (times predicted).
+    ``original``: one real batch-1 pass per point, as the original did
+    (Chainer path only). ``outputs``: the cached exit outputs of ``xs`` when
+    already computed (by the ranks of a distributed run)."""
+    if config['screen'] == 'original':
+        screen = screening.screen_thresholds(net, xs, ys, config['thresholds'])
+        records = [dict(r, ms_chainer=r['ms']) for r in screen.records]
+        return records, {'method': 'original: one batch-1 pass per point'}
+    records, info = screening.screen_cached(net, xs, ys, config['thresholds'], engines=engines,
+                                            cost_samples=config['n_cost'],
+                                            path_macs=path_macs, outputs=outputs)
+    info['method'] = 'cached: exit outputs once, times predicted from per-exit costs'
+    return records, info
+
+
+#: Timed repeats of every setting (``--timing-repeats``) per preset, when
+#: neither the command line nor the network's preset sets ``timing_repeats``.
+TIMING_REPEATS = {'tiny': 3, 'fast': 5, 'paper': 5}
+
+
+def timing_repeats(config):
+    """The number of timed passes per setting ``config`` asks for."""
+    return config.get('timing_repeats') or TIMING_REPEATS.get(config['preset'], 5)
+
+
+def timing_engines(net, label, name='the network'):
+    """The inference paths Table I times: ``({path: engine}, notes)``.
+
+    Always Chainer (``net``) and the fast path; the numba path too when numba
+    is installed and compiles the network (on the CPU only). Otherwise
+    ``notes`` says why its columns are empty, and the log says it too.
+    """
+    engines = {'chainer': net, 'fast': FastBranchyNet(net)}
+    reason = None
+    if net.xp is not numpy:
+        reason = 'the numba path runs on the CPU only'
+    else:
+        try:
+            from branchynet.engines import numba as numbapath
+        except ImportError as e:
+            reason = str(e)
+        else:
+            try:
+                engines['numba'] = compile_numba_engine(net, name, label)
+            except (ImportError, numbapath.NotCompilable) as e:
+                reason = str(e)
+    notes = []
+    if reason is not None:
+        notes.append('Numba columns empty on {}: {}'.format(label, reason))
+        log('{}: no numba column: {}'.format(label, reason))
+    return engines, notes
+
+
+def time_against_baseline(net, xs, ys, thresholds, engines, repeats):
+    """The baseline and ``thresholds`` on every path of ``engines``, timed
+    together (``measurement.time_settings``): a warm-up, then ``repeats``
+    rounds of baseline Chainer, branchy Chainer, baseline fast, branchy fast,
+    baseline numba, branchy numba (as ``engines`` holds them). The Chainer
+    settings also give the trunk-only time, from the same passes. Returns
+    ``{path: (baseline, branchy)}``."""
+    settings = []
+    for path, engine in engines.items():
+        staged = path == 'chainer'
+        settings += [measurement.main_setting('baseline ' + path, net, engine, staged),
+                     measurement.branchy_setting(path, net, thresholds, engine, staged)]
+    timed = measurement.time_settings(settings, xs, ys, repeats=repeats)
+    return {path: (timed['baseline ' + path], timed[path]) for path in engines}
+
+
+def _table_rows(title, label, timed, costs_, notes):
+    """The Table I block (``tables.branchy_table_rows``) of ``timed``."""
+    def pair(path):
+        return timed.get(path, (None, None))
+    (baseline, branchy), (base_fast, fast), (base_numba, numba) = \
+        pair('chainer'), pair('fast'), pair('numba')
+    return tables.branchy_table_rows(
+        title, baseline, branchy, device=label, printout=False, baseline_fast=base_fast,
+        branchy_fast=fast, baseline_numba=base_numba, branchy_numba=numba,
+        mac_limit=costs.arithmetic_limit_gain(costs_, branchy['exit_counts']), notes=notes)
+
+
+def _knee_baseline_ms(net, config, xs, ys, info):
+    """The baseline's batch-1 time (Chainer, one pass) on the samples the
+    grid's times come from, for the knee rule: the cost samples of cached
+    screening, every timing sample of the original way."""
+    n = len(xs) if config['screen'] == 'original' else info['cost_samples']
+    return measurement.measure_main(net, xs[:n], ys[:n], trunk_only=False)['ms']
+
+
+def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_,
+                    outputs=None):
+    """Grid screening, the knee, and the knee timed against the baseline.
+
+    The knee is the fastest point (Chainer-path time) whose accuracy is at
+    least the baseline's and which is faster than the baseline beyond noise
+    (``tradeoff.choose_knee``); the baseline and the knee are then timed on
+    every path (Chainer, fast, numba) with the protocol of
+    ``time_against_baseline``. Without such a point, or when the knee's
+    Chainer-path repeats do not beat the baseline's (``tables.is_gain``), the
+    table and the figure say so. Writes the Table I block, every point and
+    every timed repeat (JSON) and Fig. 3.
+    """
+    n_timing = config.get('n_timing') or len(x_test)
+    xs, ys = x_test[:n_timing], y_test[:n_timing]
+    repeats = timing_repeats(config)
+    engines, notes = timing_engines(net, label, name)
+    screen_engines = {k: engines[k] for k in ('chainer', 'fast')}
+    t0 = time.perf_counter()
+    log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
+        label, len(config['thresholds']), net.numexits() - 1, config['screen']))
+    records, info = _screen(net, config, xs, ys, screen_engines, costs_['path_macs'], outputs)
+    info['seconds'] = time.perf_counter() - t0
+    accs = [r['acc'] for r in records]
+    ms = [r['ms_chainer'] for r in records]
+    base_acc = float((net.predict_main(xs) == numpy.asarray(ys)).mean())
+    choice = tradeoff.choose_knee(accs, ms, base_acc,
+                                 _knee_baseline_ms(net, config, xs, ys, info))
+    knee = choice['index']
+    ts = records[knee]['thresholds']
+    log('{}: {} T={}; timing it and the baseline at batch size 1 on {} samples: {} '
+        'repeats of each, interleaved, on the {} path(s)'.format(
+            label, 'knee' if choice['gain'] else choice['note'], ts, len(xs), repeats,
+            ', '.join(engines)))
+    timed = time_against_baseline(net, xs, ys, ts, engines, repeats)
+    baseline, branchy = timed['chainer']
+    rows = _table_rows(title, label, timed, costs_, notes)
+    if choice['gain'] and not tables.is_gain(rows[1]['Gain']):
+        choice = {'index': knee, 'gain': False, 'note': '{}; measured {}'.format(
+            tradeoff.NO_GAIN, tables.format_cell('Gain', rows[1]['Gain']))}
+    if not choice['gain']:
+        rows[1]['Network'] += ' ({})'.format(choice['note'])
+        log('{}: {}'.format(label, choice['note']))
+    print(tables.format_table(rows), flush=True)
+    knee_check = {'predicted_ms_chainer': records[knee]['ms_chainer'],
+                  'measured_ms_chainer': branchy['ms'],
+                  'predicted_ms_fast': records[knee].get('ms_fast'),
+                  'measured_ms_fast': timed['fast'][1]['ms']}
+    log('{}: knee time predicted {:.3f} ms, measured {:.3f} ms (Chainer, median)'.format(
+        label, knee_check['predicted_ms_chainer'], branchy['ms']))
+    tag = '{}_{}'.format(name, label.lower())
+    tables.write_table(os.path.join(out['results'], tag + '_table'), rows)
+    runrecord.write_json(os.path.join(out['results'], tag + '_screen.json'), {
+        'network': name, 'device': label, 'n_samples': len(xs), 'screening': info,
+        'timing': {'repeats': repeats, 'warmup_samples': measurement.WARMUP_SAMPLES,
+                   'paths': list(engines), 'notes': notes,
+                   'order': 'per round: baseline then knee, on each path in turn'},
+        'baseline': baseline, 'baseline_fast': timed['fast'][0],
+        'baseline_numba': timed.get('numba', (None,))[0], 'knee_index': knee,
+        'knee_rule': 'fastest point (Chainer-path time) with accuracy >= baseline and '
+                     'predicted time <= baseline time / 1.05; a gain when its slowest '
+                     'repeat beats the baseline\'s fastest',
+        'knee_is_gain': choice['gain'], 'knee_note': choice['note'],
+        'knee': branchy, 'knee_fast': timed['fast'][1],
+        'knee_numba': timed.get('numba', (None, None))[1], 'knee_check': knee_check,
+        'mac_limit_gain': rows[1]['MAC limit'], 'points': records})
+    star = knee if choice['gain'] else None  # no star for a point that is no knee
+    extra = []
+    if 'ms_fast' in records[0]:
+        base_fast = timed['fast'][0]
+        extra.append({'label': 'fast path', 'accs': accs,
+                      'ms': [r['ms_fast'] for r in records],
+                      'base_acc': base_fast['acc'], 'base_ms': base_fast['ms'],
+                      'knee': star})
+    visualize.plot_tradeoff_curve(
+        accs, ms, baseline['acc'], baseline['ms'], star,
+        title='{} on {}: accuracy vs runtime{}'.format(
+            'B-' + title, label, '' if choice['gain'] else '\n' + tradeoff.NO_GAIN),
+        path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
+        series_label='Chainer path')
+    path_ms = info.get('path_ms', {}).get('chainer')
+    if path_ms is None:  # the original way measured no per-exit costs
+        path_ms = screening.path_costs(net, xs[:config['n_cost']])
+    return rows, {'path_ms': path_ms, 'baseline': baseline, 'xs': xs, 'ys': ys,
+                  'engines': engines, 'notes': notes, 'repeats': repeats}
+
+
+def compile_numba_engine(net, name, label='CPU'):
+    """``engines.numba.NumbaBranchyNet(net)`` with a line before it (what is being
+    compiled, how long it took the last time) and one after (how long it took):
+    the first compile of a network is tens of seconds with nothing to show.
+    Raises ``ImportError`` or ``engines.numba.NotCompilable`` as the engine does."""
+    from branchynet import progress
+    from branchynet.engines import numba as numbapath
+    with progress.timed_step(
+            '{}: compiling the numba engine of {} (cached machine code makes it quick)'
+            .format(label, name), 'numba compile: {}'.format(name),
+            '{}: numba engine of {} ready'.format(label, name), log=log):
+        return numbapath.NumbaBranchyNet(net)
+
+
+def split_validation(x_train, y_train, n_val, seed):
+    """Hold out ``n_val`` training samples for calibration: a seeded split
+    stratified by class (scikit-learn's ``train_test_split``), so the held-out
+    class mix is the training set's. Where stratifying is impossible (fewer
+    held-out samples than classes, or a class with one sample) the split is
+    a plain seeded random choice."""
+    if not n_val:
+        return x_train, y_train, None, None, []
+    if n_val >= len(x_train):
+        raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
+            n_val, len(x_train)))
+    index = numpy.arange(len(x_train))
+    counts = numpy.bincount(y_train)
+    counts = counts[counts > 0]
+    stratify = y_train if (counts.min() >= 2 and len(counts) <= min(n_val, len(x_train) - n_val)) \
+        else None
+    rest, val = train_test_split(index, test_size=n_val, random_state=seed, stratify=stratify)
+    val, rest = numpy.sort(val), numpy.sort(rest)
+    return x_train[rest], y_train[rest], x_train[val], y_train[val], val.tolist()
+
+
+def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, costs_,
+                          row_note=''):
+    """Thresholds calibrated on the validation split, for every confidence measure.
+
+    The target is the baseline's validation accuracy (the last exit's) and
+    the cost the Chainer path's batch-1 time. The entropy choice is then
+    measured for real on the test samples (the calibrated Table I row);
+    every measure is compared on the test set from cached outputs.
+    """
+    xs, ys, path_ms = timing['xs'], timing['ys'], timing['path_ms']
+    comparison, curves, rocs = [], {}, {}
+    chosen = None
+    for measure in confidence.MEASURES:
+        val_scores, val_preds = screening.exit_outputs(net, x_val, measure)
+        cal = calibration.calibrate_thresholds(val_scores, val_preds, y_val, path_ms,
+                                               measure=measure)
+        test_scores, test_preds = screening.exit_outputs(net, xs, measure)
+        on_test = screening.evaluate(test_scores, test_preds, ys, [cal['thresholds']],
+                                     path_ms=path_ms, path_macs=costs_['path_macs'],
+                                     measure=measure)
+        comparison.append({
+            'measure': measure, 'thresholds': cal['thresholds'], 'target_acc': cal['target_acc'],
+            'val_acc': cal['acc'], 'val_ms': cal['cost'], 'met_on_val': cal['met'],
+            'test_acc': float(on_test['acc'][0]), 'test_ms_predicted': float(on_test['ms'][0]),
+            'test_macs': float(on_test['macs'][0]),
+            'test_exit_pct': (100. * on_test['exit_counts'][0] / len(ys)).tolist(),
+            'test_exit_auroc': calibration.exit_aurocs(test_scores, test_preds, ys)})
+        rocs[measure] = calibration.exit_roc(test_scores, test_preds, ys)
+        if measure == 'entropy':
+            chosen = cal
+        # accuracy/cost curve on the test set: quantile candidates of the test scores
+        early = test_scores.shape[1] - 1
+        grid = [numpy.quantile(test_scores[:, n], numpy.linspace(0, 1, 40 if early == 1 else 15))
+                for n in range(early)]
+        limits = numpy.array(list(itertools.product(*grid)))
+        to_user = numpy.vectorize(confidence.get_measure(measure).limit)
+        r = screening.evaluate(test_scores, test_preds, ys, to_user(limits), path_ms=path_ms,
+                               measure=measure)
+        curves[measure] = (r['acc'].tolist(), r['ms'].tolist())
+    log('{}: timing the calibrated T={} and the baseline again ({} repeats, interleaved)'
+        .format(label, chosen['thresholds'], timing['repeats']))
+    timed = time_against_baseline(net, xs, ys, chosen['thresholds'], timing['engines'],
+                                  timing['repeats'])
+    row = _table_rows(title, label, timed, costs_, timing['notes'])[1]
+    row['Network'] = 'B-{} (calibrated{})'.format(title, row_note)
+    row['Notes'] = ['{} on {}: gains against the baseline timed again in its own rounds: {} '
+                    'ms'.format(row['Network'], label, ', '.join(
+                        '{} {}'.format(path, tables.format_cell('Time (ms)', tables.time_cell(b)))
+                        for path, (b, _) in timed.items()))]
+    measured = timed['chainer'][1]
+    tag = '{}_{}'.format(name, label.lower())
+    visualize.plot_measures(curves, timing['baseline']['acc'], timing['baseline']['ms'],
+                            title='B-{}: confidence measures on the test set ({})'.format(
+                                title, label),
+                            path=os.path.join(out['figs'], tag + '_measures'))
+    visualize.plot_exit_roc(rocs, title='B-{}: exit 1 decision on the test set ({})'.format(
+        title, label), path=os.path.join(out['figs'], tag + '_exit_roc'))
+    summary = {'calibrated': {'thresholds': chosen['thresholds'], 'val_acc': chosen['acc'],
+                              'val_ms_predicted': chosen['cost'],
+                              'test_acc': measured['acc'], 'test_ms': measured['ms'],
+                              'test_ms_fast': timed['fast'][1]['ms'],
+                              'test_ms_numba': timed.get('numba', (None, {}))[1].get('ms'),
+                              'test_exit_counts': measured['exit_counts'],
+                              'repeats': timing['repeats']},
+               'timed': {path: {'baseline': b, 'calibrated': c}
+                         for path, (b, c) in timed.items()},
+               'measures': comparison}
+    with atomic_write(os.path.join(out['results'], tag + '_calibration.md'), 'w') as f:
+        f.write(tables.calibration_report(title, label, summary, len(y_val), len(ys)))
+    return row, summary

@@ -1,0 +1,110 @@
+"""Which kernel each convolution and linear layer runs: the generated loop or
+an im2col and BLAS product, whichever is measured faster for the layer's
+shape on this machine (``time_kernels``), with the BLAS held to one thread
+(``blas_limit``) as the engine runs it.
+"""
+import math
+import time
+
+import numpy
+
+from branchynet.engines.numba.layout import VECTOR
+from branchynet.engines.numba.builder import Op
+from branchynet.engines.numba.codegen import gemm_size, symbolic, function_lines
+
+
+#: Kernel settings of ``NumbaBranchyNet(kernels=...)``: measured choice, or forced.
+KERNELS = ('auto', 'loop', 'gemm')
+
+#: Layer kinds with both kernels (the others have one).
+CHOOSABLE = ('conv', 'linear')
+
+
+def layer_key(op):
+    """What a layer's speed depends on: its kind and generated loop code (every
+    size a literal, offsets symbolic), as a string."""
+    params = dict(op.params, kernel='loop')
+    body, _ = symbolic(Op(op.kind, op.inputs, op.output, **params))
+    return op.kind + '\n' + '\n'.join(body)
+
+
+def time_kernels(op, weights, kernels, rounds=5, seconds=2e-3):
+    """Microseconds per call of ``op`` with each of ``kernels`` (None: the
+    kind's only one) on a private slab, each compiled alone (in memory), the
+    best of ``rounds`` interleaved rounds of about ``seconds`` each (the BLAS on
+    one thread, as the engine runs it)."""
+    values = list(op.inputs) + [op.output]
+    saved = [v.off for v in values]
+    end = 0
+    for v in values:
+        v.off, end = end, end + v.size
+    k, n = gemm_size(op) if op.kind == 'conv' else (0, 0)
+    lines, calls = ['import math', 'import numba', 'import numpy'], []
+    try:
+        for i, kernel in enumerate(kernels):
+            params = dict(op.params, kernel=kernel, col=end)
+            body, args = symbolic(Op(op.kind, op.inputs, op.output, **params))
+            lines += [''] + function_lines(op.kind, 'k{}'.format(i), body, args, cache=False)
+            calls.append([v for _, v in args])
+    finally:
+        for v, off in zip(values, saved):
+            v.off = off
+    module = {}
+    exec(compile('\n'.join(lines), '<kernel timing>', 'exec'), module)
+    S = numpy.random.RandomState(0).rand(end + k * n + VECTOR).astype(numpy.float32)
+    fns = [(module['k{}'.format(i)], calls[i]) for i in range(len(kernels))]
+    best = [math.inf] * len(fns)
+    with blas_limit(1):
+        reps = []
+        for fn, args in fns:  # compile, then a first time for the repetitions
+            fn(weights, S, *args)
+            start = time.perf_counter()
+            fn(weights, S, *args)
+            reps.append(max(1, int(seconds / max(time.perf_counter() - start, 1e-7))))
+        for _ in range(rounds):
+            for j, ((fn, args), r) in enumerate(zip(fns, reps)):
+                start = time.perf_counter()
+                for _ in range(r):
+                    fn(weights, S, *args)
+                best[j] = min(best[j], (time.perf_counter() - start) / r)
+    return {kernel: round(t * 1e6, 3) for kernel, t in zip(kernels, best)}
+
+_CONTROLLER = []
+
+
+def blas_limit(threads):
+    """A context running the BLAS (scipy's, which numba calls) on ``threads``:
+    the engine's own threads already split a batch, and a multithreaded BLAS
+    called from two threads at once waits on itself (measured: several times
+    slower); without threadpoolctl, the BLAS as it is."""
+    import contextlib
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _CONTROLLER.append(ThreadpoolController())
+        except ImportError:
+            _CONTROLLER.append(None)
+    if _CONTROLLER[0] is None:
+        return contextlib.nullcontext()
+    return _CONTROLLER[0].limit(limits=threads, user_api='blas')
+
+
+def processor():
+    """(model name, vector extensions) of this machine's processor, from
+    /proc/cpuinfo (the platform's name and no extensions where there is none)."""
+    import platform
+    model, flags = None, []
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                key = key.strip()
+                if key == 'model name' and model is None:
+                    model = value.strip()
+                elif key in ('flags', 'Features') and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    vector = [f for f in flags if f.startswith(('sse', 'ssse', 'avx', 'fma', 'amx', 'neon',
+                                                'asimd', 'sve'))]
+    return model or platform.processor() or 'unknown', vector

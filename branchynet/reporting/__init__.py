@@ -1,0 +1,1 @@
+"""Table I rows (``tables``) and the report of a results folder (``report``)."""

@@ -1,0 +1,292 @@
+"""Training every exit jointly, or the main network alone, over shuffled epochs.
+
+``train_exits`` is the loop behind the original's ``utils.train``: epochs of
+shuffled mini-batches through ``BranchyNet.train``/``train_main``, with
+per-epoch curves, progress output, snapshots on every epoch end and on
+SIGINT/SIGTERM, and an exact resume (``branchynet.training.checkpoint``); with
+``distributed=``, data-parallel over MPI ranks (``branchynet.training.distributed``).
+"""
+import os
+import sys
+import time
+
+import chainer
+import numpy
+
+from branchynet.net import NonFiniteLoss
+from branchynet.progress import Progress
+from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
+                                   nonfinite_params, validate_inputs, validate_labels)
+
+#: Adam's beta1 of the original code (Chainer's default); the paper states 0.99.
+ORIGINAL_ADAM_BETA1 = 0.9
+#: Softening temperature of self-distillation when only its weight is given.
+DEFAULT_DISTILL_TEMPERATURE = 3.0
+#: ``train_exits``' options beyond the original's recipe (the driver's config keys).
+RECIPE_OPTIONS = ('exit_weights', 'distill_weight', 'distill_temperature', 'adam_beta1')
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """An update made weights NaN or infinite (the loss was finite); the
+    weights were put back to the last epoch end."""
+
+
+def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
+                on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None,
+                distributed=None, exit_weights=None, distill_weight=None,
+                distill_temperature=None, adam_beta1=None):
+    """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
+
+    ``main=True`` trains the main network only (``net.train_main``), otherwise
+    every exit jointly (``net.train``). ``on_epoch_end(epoch, losses, accs)``
+    is called after each epoch with that epoch's per-exit means.
+    ``augment=True`` trains on augmented images (``branchynet.augment``).
+
+    ``snapshot`` names a file written at every epoch end (model, optimizer,
+    position, curves, random state; see ``branchynet.training.checkpoint``); SIGINT or
+    SIGTERM then writes it at the current batch and raises
+    ``checkpoint.TrainingInterrupted``. ``resume=True`` continues from it, and
+    with the same seed ends with the same weights as an uninterrupted run
+    (not bit-exact with ``augment``, whose crops are drawn in worker processes;
+    an augmented epoch resumes from its start). The snapshot records the
+    run's ``settings`` (a dict; the driver passes network, seed, data and
+    schedule) together with the batch size, epochs, seed and a digest of the
+    data, and a snapshot recording others is refused.
+
+    ``distributed`` (a ``branchynet.training.distributed.Distributed``) trains data-
+    parallel over MPI ranks: ``batchsize`` stays the global batch, each rank
+    steps on its part, the curves are summed over ranks, only rank 0 reports
+    progress and writes the snapshot (which records the number of ranks: a
+    resume with another number is refused), and every rank resumes from rank
+    0's snapshot.
+
+    Training beyond the original's recipe (each None: the network's own
+    setting stays, which is the original's unless changed): ``exit_weights``
+    (one loss weight per exit, ``BranchyNet.exit_weights``);
+    ``distill_weight`` and ``distill_temperature`` (self-distillation of the
+    early exits from the last one's softened output, ``net.distillation_loss``;
+    weight 0 turns it off, the temperature defaults to
+    ``DEFAULT_DISTILL_TEMPERATURE``); ``adam_beta1`` (Adam's beta1, 0.9 in
+    the original code, 0.99 in the paper). See ``apply_recipe``; the
+    settings that differ from the original's are recorded in the snapshot.
+
+    Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
+    ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
+    the last, for main-only training) and ``seconds`` the time of this call.
+    """
+    from branchynet.training import checkpoint
+    validate_inputs(x, net.input_shape)
+    validate_labels(y, len(x))
+    if batchsize < 1 or num_epoch < 0:
+        raise InvalidValue('batchsize must be >= 1 and num_epoch >= 0, got {} and {}'
+                         .format(batchsize, num_epoch))
+    _check_snapshot_path(snapshot, resume)
+    dist, root = distributed, distributed is None or distributed.is_root
+    if dist is not None and augment:
+        raise InvalidValue('augment=True is not supported in distributed training (the '
+                           'augmented batches are drawn per process, not shared by ranks)')
+    settings = dict(settings or {}, phase='main' if main else 'joint', batchsize=batchsize,
+                    seed=seed, augment=bool(augment), mpi_ranks=1 if dist is None else dist.size,
+                    data=checkpoint.data_digest(x, y))
+    settings.update(apply_recipe(net, main, exit_weights, distill_weight,
+                                 distill_temperature, adam_beta1))
+    rng = numpy.random.RandomState(seed)
+    if dist is not None:
+        dist.setup(net)
+        progress = progress and root
+    augmenter = None
+    if augment:
+        from branchynet.augment import AugmentedBatches
+        augmenter = AugmentedBatches(x, y, batchsize, seed=rng.randint(2 ** 31 - 1))
+    step = net.train_main if main else net.train
+    n_batches = (len(x) + batchsize - 1) // batchsize
+    losses, accs, first_epoch, order, next_batch, sums = [], [], 0, None, 0, None
+    checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize,
+                  width=1 if main else net.numexits())
+    at = None
+    if resume and dist is not None:
+        at = dist.load_snapshot(snapshot, net, rng, **checks)
+    elif resume and checkpoint.exists(snapshot):
+        at = checkpoint.load(snapshot, net, rng, **checks)
+    if at is not None:
+        first_epoch, losses, accs, order, next_batch, sums = (
+            at.epoch, at.losses, at.accs, at.order, at.next_batch, at.sums)
+        if root:
+            print('resuming {} training from epoch {}, batch {} ({})'.format(
+                'main' if main else 'joint', at.epoch + 1, at.next_batch + 1, snapshot),
+                file=sys.stderr, flush=True)
+    elif resume and root:
+        print('no snapshot {}: starting {} training afresh'.format(
+            snapshot, 'main' if main else 'joint'), file=sys.stderr, flush=True)
+    if at is None and augment and snapshot:  # an augmented epoch resumes from its start
+        checkpoint.save(snapshot, net, rng, 0, [], [], settings=settings)
+    start = time.perf_counter()
+    desc = 'main' if main else 'joint'
+    last_good = _LastGood(net)
+    guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
+    with guard as stop:
+        for epoch in range(first_epoch, num_epoch):
+            if dist is not None:
+                dist.epoch_start(epoch, seed)
+            if augmenter is None:
+                if order is None:
+                    order, next_batch = rng.permutation(len(x)), 0
+                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist)
+            else:
+                batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
+            sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
+            sums = None
+            last_good.keep()
+            with Progress(n_batches, '{} epoch {}/{}'.format(desc, epoch + 1, num_epoch),
+                          unit='batch', enabled=progress) as bar:
+                bar.update(next_batch if augmenter is None else 0)
+                for b, xb, yb, count in batches:
+                    loss, acc = step(xb, yb)
+                    last_good.check(epoch, b)
+                    loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
+                    sums_loss = sums_loss + loss * count
+                    sums_acc = sums_acc + acc * count
+                    weights += count
+                    bar.update(1, loss=float(numpy.nansum(loss)))
+                    stopping = stop['signal'] is not None
+                    if dist is not None and snapshot:  # every rank stops at the same batch
+                        stopping = dist.any_rank(stopping)
+                    if stopping:
+                        if augmenter is not None:  # the last epoch-start snapshot stands
+                            raise checkpoint.TrainingInterrupted(
+                                snapshot, ' at the start of epoch {} (an augmented epoch '
+                                'restarts from its beginning)'.format(epoch + 1))
+                        sums = (sums_loss, sums_acc, weights)
+                        if dist is not None:  # the epoch's sums so far over all ranks
+                            sums = dist.reduce_sums(*sums)
+                        if root:
+                            checkpoint.save(snapshot, net, rng, epoch, losses, accs, order,
+                                            b + 1, sums=sums, settings=settings)
+                        raise checkpoint.TrainingInterrupted(snapshot)
+            if dist is not None:
+                sums_loss, sums_acc, weights = dist.reduce_sums(sums_loss, sums_acc, weights)
+                dist.epoch_end(net)
+            losses.append((sums_loss / max(weights, 1)).tolist())
+            accs.append((sums_acc / max(weights, 1)).tolist())
+            order, next_batch = None, 0
+            if snapshot and root:
+                checkpoint.save(snapshot, net, rng, epoch + 1, losses, accs, settings=settings)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, losses[-1], accs[-1])
+    return losses, accs, time.perf_counter() - start
+
+
+def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
+                 distill_temperature=None, adam_beta1=None):
+    """Set the training options of ``train_exits`` on ``net``, checked.
+
+    Returns the options that differ from the original's recipe and matter
+    to this phase (for the main network alone, only Adam's beta1), as the
+    plain values a snapshot records; the original's recipe returns ``{}``,
+    so its snapshots read as before.
+    """
+    if exit_weights is not None:
+        net.exit_weights = exit_weights
+    if distill_weight is None and distill_temperature is not None:
+        raise InvalidValue('distill_temperature needs distill_weight (a weight > 0 turns '
+                           'self-distillation on)')
+    if distill_weight is not None:
+        temperature = DEFAULT_DISTILL_TEMPERATURE if distill_temperature is None \
+            else distill_temperature
+        if not (is_real_number(distill_weight) and 0 <= distill_weight < float('inf')):
+            raise InvalidValue('distill_weight must be a finite number >= 0 (0: off), '
+                               'got {!r}'.format(distill_weight))
+        if not (is_real_number(temperature) and 0 < temperature < float('inf')):
+            raise InvalidValue('distill_temperature must be a finite number > 0, got '
+                               '{!r}'.format(temperature))
+        keeps = net.percentTrainKeeps
+        if distill_weight > 0 and any(k < 1 for k in numpy.atleast_1d(keeps)):
+            raise InvalidValue('self-distillation needs every exit to see every sample, '
+                               'but percentTrainKeeps is {!r}; set it to 1'.format(keeps))
+        net.distillation = (float(temperature), float(distill_weight)) \
+            if distill_weight > 0 else None
+    if adam_beta1 is not None:
+        if net.opt != 'Adam':
+            raise InvalidValue("adam_beta1 needs opt='Adam', this network trains with "
+                               '{}'.format(net.opt))
+        if not (is_real_number(adam_beta1) and 0 <= adam_beta1 < 1):
+            raise InvalidValue('adam_beta1 must be a number in [0, 1), got {!r}'.format(
+                adam_beta1))
+        net.ensure_optimizer().hyperparam.beta1 = float(adam_beta1)
+    recorded = {}
+    beta1 = getattr(net.ensure_optimizer().hyperparam, 'beta1', None)
+    if beta1 is not None and beta1 != ORIGINAL_ADAM_BETA1:
+        recorded['adam_beta1'] = float(beta1)
+    if not main:
+        if net.exit_weights != [getattr(b, 'weight', 1.0) for b in net.branches]:
+            recorded['exit_weights'] = list(net.exit_weights)
+        distill = getattr(net, 'distillation', None)
+        if distill is not None:
+            recorded['distill_temperature'], recorded['distill_weight'] = distill
+    return recorded
+
+
+def _check_snapshot_path(snapshot, resume):
+    """``snapshot`` names a file (or is None); ``resume`` needs one."""
+    if snapshot is not None and not isinstance(snapshot, (str, os.PathLike)):
+        raise InvalidType('snapshot must be a file path (str or os.PathLike), got {}'.format(
+            type(snapshot).__name__))
+    if snapshot is not None and os.path.isdir(snapshot):
+        raise InvalidValue('snapshot={} is a folder; expected the path of a snapshot file '
+                           '(e.g. <folder>/net.snapshot.npz)'.format(os.fspath(snapshot)))
+    if resume and snapshot is None:
+        raise InvalidValue('resume=True needs snapshot=<file> to resume from')
+
+
+def _index_batches(x, y, order, batchsize, first, n_batches, dist):
+    """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
+    ``dist``, this rank's part of every global batch (``count`` its weight)."""
+    for b in range(first, n_batches):
+        idx = order[b * batchsize:(b + 1) * batchsize]
+        count = len(idx)
+        if dist is not None:
+            idx, count = dist.local_part(idx)
+        yield b, x[idx], y[idx], count
+
+
+class _LastGood:
+    """Host copies of the model's and optimizer's state at an epoch start (the
+    last snapshot's state), put back when an update with a finite loss made
+    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), so
+    neither the model in memory nor any file written from it is damaged."""
+
+    def __init__(self, net):
+        self.net, self.state = net, None
+
+    def keep(self):
+        serializer = chainer.serializers.DictionarySerializer()
+        serializer['model'].save(self.net)
+        if self.net.optimizer is not None:
+            serializer['optimizer'].save(self.net.optimizer)
+        self.state = {k: numpy.array(v, copy=True) for k, v in serializer.target.items()}
+
+    def check(self, epoch, batch):
+        bad = nonfinite_params(self.net)
+        if not bad:
+            return
+        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
+        if self.net.optimizer is not None:
+            chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
+                                                strict=False).load(self.net.optimizer)
+        raise NonFiniteWeights(
+            'the update of epoch {} batch {} made {} weight array(s) NaN or infinite ({}{}) '
+            'although the loss was finite, so training stopped; the weights were put back '
+            'to the start of that epoch (the last snapshot, if any, is intact): check the '
+            'data for huge values and the learning rate (alpha)'.format(
+                epoch + 1, batch + 1, len(bad), ', '.join(bad[:3]),
+                ', ...' if len(bad) > 3 else ''))
+
+
+class _no_stop_requests:
+    """Stands in for ``checkpoint.stop_requests`` when there is no snapshot to write."""
+
+    def __enter__(self):
+        return {'signal': None}
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,343 @@
+"""The numba-compiled path gives the labels and exits of ``BranchyNet.predict``
+on all three networks, decides with the same scores, refuses what it cannot
+compile with a clear error, falls back to the fast path, and survives a
+damaged on-disk cache.
+
+Compiling is the slow part (seconds per network on an empty cache, as in CI)
+and Chainer's B-ResNet-110 is slow to train and run: B-ResNet is compared to
+``predict`` with 4 residual blocks per stage instead of 18, whose generated
+code is B-ResNet-110's up to loop counts and offsets (checked below on the
+full network's code).
+"""
+import glob
+import math
+import os
+import re
+import sys
+import warnings
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+import pytest
+
+from branchynet import SL, BranchyNet, Branch, FL, entropy
+from branchynet.measures import confidence
+from branchynet.engines.fast import FastBranchyNet
+from networks import alex_cifar10, lenet_mnist, resnet_cifar10
+from tests.helpers import assert_engine_matches_predict
+
+numba = pytest.importorskip('numba')
+numbapath = pytest.importorskip('branchynet.engines.numba')
+from branchynet.engines.numba import layout as numba_layout, program as numba_program  # noqa: E402
+from branchynet.validation import InvalidValue  # noqa: E402
+
+
+#: residual blocks per stage of the B-ResNet compared to ``predict`` (18 in B-ResNet-110)
+RESNET_BLOCKS = 4
+
+
+def _resnet(blocks):
+    """B-ResNet built by ``resnet_cifar10.get_network`` with ``blocks`` per stage."""
+    return resnet_cifar10.get_network(blocks_per_stage=blocks)
+
+
+def _trained(module, shape, steps, batch=8):
+    numpy.random.seed(0)
+    net = _resnet(RESNET_BLOCKS) if module is resnet_cifar10 else module.get_network()
+    rng = numpy.random.RandomState(0)
+    for _ in range(steps):  # moves BN statistics away from their initial values
+        net.train(rng.rand(batch, *shape).astype(numpy.float32),
+                  rng.randint(0, 10, batch).astype(numpy.int32))
+    return net
+
+
+# compiling B-AlexNet and B-ResNet takes 10 s or more each on an empty cache
+@pytest.fixture(scope='module', params=['lenet', pytest.param('alexnet', marks=pytest.mark.slow),
+                                        pytest.param('resnet', marks=pytest.mark.slow)])
+def compiled(request):
+    module, shape = {'lenet': (lenet_mnist, (1, 28, 28)),
+                     'alexnet': (alex_cifar10, (3, 32, 32)),
+                     'resnet': (resnet_cifar10, (3, 32, 32))}[request.param]
+    net = _trained(module, shape, steps=2)
+    n = 16 if request.param == 'resnet' else 24
+    x = numpy.random.RandomState(1).rand(n, *shape).astype(numpy.float32)
+    return net, numbapath.NumbaBranchyNet(net, threads=2), x
+
+
+def test_labels_and_exits_identical_to_predict(compiled):
+    net, engine, x = compiled
+    assert_engine_matches_predict(engine, net, x)
+    numpy.testing.assert_array_equal(engine.predict_main(x, batchsize=1), net.predict_main(x))
+
+
+def test_every_exit_reached_and_extremes(compiled):
+    net, engine, x = compiled
+    last = net.numexits() - 1
+    # threshold 0: nobody leaves early (strict <); infinity: all leave at exit 0
+    _, exits = engine.predict(x, [0.0] * last)
+    assert (exits == last).all()
+    labels, exits = engine.predict(x, [math.inf] * last)
+    assert (exits == 0).all()
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        first = net.get_logits(x)[0]
+    numpy.testing.assert_array_equal(labels, first.argmax(axis=1))
+
+
+@pytest.mark.parametrize('measure', ['maxprob', 'margin'])
+def test_other_measures_decided_natively_as_predict(measure):
+    net = _trained(lenet_mnist, (1, 28, 28), steps=2)
+    net.confidence = measure
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    x = numpy.random.RandomState(3).rand(40, 1, 28, 28).astype(numpy.float32)
+    scores = confidence.get_measure(measure).scores(net.get_logits(x)[0])
+    for t in numpy.quantile(1.0 - scores, [0.2, 0.5, 0.8]):
+        for bs in (1, None):
+            numpy.testing.assert_array_equal(engine.predict(x, [float(t)], batchsize=bs)[1],
+                                             net.predict(x, [float(t)], batchsize=bs)[1])
+
+
+def test_resnet110_generates_the_code_tested_on_the_shallower_resnet():
+    """B-ResNet-110's generated code (generated only: compiling and running it
+    in Chainer beside it would take minutes here) has the very layer functions
+    of the 4-block network compared to ``predict`` above and the same driver
+    up to loop counts and offsets: one loop over a stage's identical blocks,
+    a call for each of its 114 convolutions (109 on the main path)."""
+    net = resnet_cifar10.get_network()
+    full = numbapath.Program(net, load=False)
+    tested = numbapath.Program(_resnet(RESNET_BLOCKS), load=False)
+    assert set(full.functions.values()) == set(tested.functions.values())
+
+    def driver(program):  # the run function with every number blanked
+        return re.sub(r'\d+', 'N', program.source[program.source.index('def run('):])
+    assert driver(full) == driver(tested)
+    assert full.source.count('for k in range(17):') == 2  # stages 1 and 2 (3: 16 + its last)
+    convs = sum(isinstance(link, L.Convolution2D) for link in net.links())
+    assert sum(op.kind == 'conv' for op in full.ops) == convs == 109 + 3 + 2
+
+
+def test_native_score_equals_confidence_measures():
+    engine_module = numbapath.Program(_trained(lenet_mnist, (1, 28, 28), steps=0)).module
+    z = numpy.random.RandomState(4).randn(50, 10).astype(numpy.float32) * 4
+    for name, code in numba_layout.MEASURE_CODES.items():
+        expected = confidence.MEASURES[name].scores(z)
+        got = [engine_module.score(row, code) for row in z]
+        numpy.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_same_shape_reuses_the_generated_module():
+    a = numbapath.Program(lenet_mnist.get_network())
+    b = numbapath.Program(lenet_mnist.get_network())  # other weights, same code
+    assert a.module is b.module
+    assert not numpy.array_equal(a.weights, b.weights)
+
+
+def _net_with(layer):
+    return BranchyNet([L.Convolution2D(1, 4, 3, pad=1), Branch([L.Linear(4 * 8 * 8, 3)]),
+                       layer, Branch([L.Linear(4 * 8 * 8, 3)])], input_shape=(1, 8, 8))
+
+
+def test_unknown_layer_refused_by_name_and_compile_engine_falls_back():
+    net = _net_with(FL(F.tanh))
+    with pytest.raises(numbapath.NotCompilable, match='cannot compile the function'):
+        numbapath.NumbaBranchyNet(net)
+    messages = []
+    engine = numbapath.compile_engine(net, warn=messages.append)
+    assert isinstance(engine, FastBranchyNet)
+    assert 'numba path unavailable' in messages[0]
+    x = numpy.random.RandomState(5).rand(6, 1, 8, 8).astype(numpy.float32)
+    numpy.testing.assert_array_equal(engine.predict(x, 0.5)[1], net.predict(x, 0.5)[1])
+
+
+def test_grouped_convolution_refused():
+    net = _net_with(L.Convolution2D(4, 4, 3, pad=1, groups=2))
+    with pytest.raises(numbapath.NotCompilable, match='groups=2'):
+        numbapath.Program(net)
+
+
+def test_compile_engine_prefers_numba():
+    net = _trained(lenet_mnist, (1, 28, 28), steps=0)
+    assert isinstance(numbapath.compile_engine(net, warn=None), numbapath.NumbaBranchyNet)
+
+
+def test_without_numba_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'numba', None)  # import numba now fails
+    with pytest.raises(ImportError, match='requirements/numba.txt'):
+        numbapath.require_numba()
+    messages = []
+    engine = numbapath.compile_engine(lenet_mnist.get_network(), warn=messages.append)
+    assert isinstance(engine, FastBranchyNet) and 'numba' in messages[0]
+
+
+@pytest.mark.parametrize('threads', [0, -1, 1.5, True, '2'])
+def test_bad_thread_count(threads):
+    with pytest.raises(ValueError, match='threads must be a positive integer'):
+        numbapath.NumbaBranchyNet(lenet_mnist.get_network(), threads=threads)
+
+
+def test_test_mode_layer_of_a_switch_layer_is_compiled():
+    net = _net_with(SL(F.dropout, F.relu))  # relu at test time
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert any(op.kind == 'copy' and op.params['relu'] for op in engine.program.ops)
+    x = numpy.random.RandomState(7).randn(12, 1, 8, 8).astype(numpy.float32)
+    t = float(numpy.median(entropy(net.get_SM(x)[0])))
+    for got, expected in zip(engine.predict(x, t), net.predict(x, t)):
+        numpy.testing.assert_array_equal(got, expected)
+
+
+def _tiny_net():
+    numpy.random.seed(8)
+    return BranchyNet([L.Convolution2D(1, 2, 3, pad=1), Branch([L.Linear(2 * 4 * 4, 3)]),
+                       FL(F.relu), Branch([L.Linear(2 * 4 * 4, 3)])], input_shape=(1, 4, 4))
+
+
+def _reload(net):
+    """A new engine for ``net`` as a new process would build it: the generated
+    module imported again, its machine code read from the cache folder. The
+    loop kernel is forced, so the module name does not hang on a measurement."""
+    sys.modules.pop(numbapath.Program(net, load=False, kernels='loop').module_name, None)
+    return numbapath.NumbaBranchyNet(net, threads=1, kernels='loop')
+
+
+def test_damaged_cache_is_compiled_again_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    net = _tiny_net()
+    x = numpy.random.RandomState(9).randn(10, 1, 4, 4).astype(numpy.float32)
+    expected = net.predict(x, 0.5)
+    name = numbapath.Program(net, load=False, kernels='loop').module_name
+    try:
+        _reload(net)
+        cached = glob.glob(str(tmp_path / '__pycache__' / (name + '.*.nb[ic]')))
+        assert any(f.endswith('.nbi') for f in cached) and any(f.endswith('.nbc') for f in cached)
+        for f in cached:  # cut short, as by a full disk or a killed writer
+            with open(f, 'r+b') as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+        with pytest.warns(RuntimeWarning, match='could not be read.*compiled again'):
+            engine = _reload(net)
+        for got, want in zip(engine.predict(x, 0.5), expected):
+            numpy.testing.assert_array_equal(got, want)
+
+        source = tmp_path / (name + '.py')
+        source.write_text(source.read_text()[:100])  # a generated module cut short
+        with pytest.warns(RuntimeWarning, match='did not hold the generated source'):
+            engine = _reload(net)
+        for got, want in zip(engine.predict(x, 0.5), expected):
+            numpy.testing.assert_array_equal(got, want)
+
+        with warnings.catch_warnings():  # the rewritten cache now loads as it is
+            warnings.simplefilter('error')
+            engine = _reload(net)
+        assert not glob.glob(str(tmp_path / '*.part')) and \
+            not glob.glob(str(tmp_path / '__pycache__' / '*.tmp.*'))
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_fast_path_chunks_big_batches_with_the_same_answers():
+    net = _trained(lenet_mnist, (1, 28, 28), steps=2)
+    fast = FastBranchyNet(net)
+    assert fast.chunk >= 1
+    fast.chunk = 7  # several chunks and a ragged last one
+    x = numpy.random.RandomState(6).rand(30, 1, 28, 28).astype(numpy.float32)
+    t = float(numpy.median(entropy(net.get_SM(x)[0])))
+    for got, expected in zip(fast.predict(x, t), net.predict(x, t)):
+        numpy.testing.assert_array_equal(got, expected)
+    numpy.testing.assert_array_equal(fast.predict_main(x), net.predict_main(x))
+
+
+@pytest.mark.parametrize('pad,side', [(1, 4), (0, 2)])
+def test_linear_head_and_padded_convolution_reading_one_pooled_value(pad, side):
+    """Issue 21's minimal network: the exit head's Linear and the next trunk
+    convolution (with padding) read the same pooled value. Before the layout
+    contract, the convolution gave that value a zero margin after the Linear
+    had been generated to read it packed: 11 of 64 labels differed (pad=1)."""
+    numpy.random.seed(3)
+    net = BranchyNet([L.Convolution2D(1, 4, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
+                      Branch([L.Linear(4 * 4 * 4, 10)]),
+                      L.Convolution2D(4, 4, 3, pad=pad), FL(F.relu),
+                      Branch([L.Linear(4 * side * side, 10)])], input_shape=(1, 8, 8))
+    x = numpy.random.RandomState(0).randn(64, 1, 8, 8).astype(numpy.float32) * 5
+    for ts in ([float('inf')], [0.0]):  # every sample at exit 1, then at exit 2
+        labels, exits = numbapath.NumbaBranchyNet(net).predict(x, thresholds=ts)
+        ref_labels, ref_exits = net.predict(x, thresholds=ts)
+        numpy.testing.assert_array_equal(exits, ref_exits)
+        numpy.testing.assert_array_equal(labels, ref_labels)
+
+
+# ------------------------------------------------------------ kernel choice
+def _strided_net():
+    """A strided and a wide (stride-1, padded) convolution and two Linear heads."""
+    numpy.random.seed(4)
+    return BranchyNet([L.Convolution2D(2, 3, 3, stride=2, pad=1), FL(F.relu),
+                       Branch([L.Linear(3 * 5 * 5, 4)]),
+                       L.Convolution2D(3, 4, 3, pad=1), FL(F.relu),
+                       Branch([L.Linear(4 * 5 * 5, 4)])], input_shape=(2, 9, 9))
+
+
+def _kernels(engine):
+    return {op.params['kernel'] for op in engine.program.ops if op.kind in ('conv', 'linear')}
+
+
+@pytest.mark.parametrize('kernels', ['fast', None, 1])
+def test_unknown_kernel_setting_refused(kernels):
+    with pytest.raises(InvalidValue, match="kernels must be one of 'auto', 'loop', "
+                                                     "'gemm', got"):
+        numbapath.NumbaBranchyNet(_tiny_net(), kernels=kernels)
+
+
+def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkeypatch):
+    """'auto' takes the kernel measured faster for each layer shape, keeps the
+    times in the cache folder (the next compile measures nothing), and both
+    choices give predict's answers."""
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    net = _strided_net()
+    x = numpy.random.RandomState(5).randn(20, 2, 9, 9).astype(numpy.float32)
+    expected = net.predict(x, 0.5)
+    measured = []
+
+    def gemm_faster(op, weights, kernels):
+        measured.append(op.kind)
+        return {'loop': 2.0, 'gemm': 1.0}
+
+    monkeypatch.setattr(numba_program, 'time_kernels', gemm_faster)
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert _kernels(engine) == {'gemm'} and engine.program.uses_gemm
+    assert sorted(measured) == ['conv', 'conv', 'linear', 'linear']  # each shape once
+    for got, want in zip(engine.predict(x, 0.5), expected):
+        numpy.testing.assert_array_equal(got, want)
+    assert os.path.exists(str(tmp_path / 'kernel_choices.json'))
+
+    monkeypatch.setattr(numba_program, 'time_kernels', lambda *a: pytest.fail('measured again'))
+    assert _kernels(numbapath.NumbaBranchyNet(net, threads=2)) == {'gemm'}
+
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path / 'other'))
+    monkeypatch.setattr(numba_program, 'time_kernels',
+                        lambda op, weights, kernels: {'loop': 1.0, 'gemm': 3.0})
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert _kernels(engine) == {'loop'} and not engine.program.uses_gemm
+    for got, want in zip(engine.predict(x, 0.5), expected):
+        numpy.testing.assert_array_equal(got, want)
+
+
+def test_explain_names_every_layer_its_kernel_and_times(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    engine = numbapath.NumbaBranchyNet(_strided_net(), threads=1)
+    rows = engine.program.explain()
+    assert [r['kind'] for r in rows] == [op.kind for op in engine.program.ops]
+    for r in rows:
+        if r['kind'] in ('conv', 'linear'):  # both kernels measured, the faster chosen
+            assert set(r['us']) == {'loop', 'gemm'} and all(t > 0 for t in r['us'].values())
+            assert r['kernel'] == min(r['us'], key=r['us'].get)
+    assert rows[0]['input'] == '2x9x9' and rows[0]['output'] == '3x5x5'
+    text = engine.explain(measure=True)  # every layer timed now, summed by kind
+    lines = text.splitlines()
+    assert len(lines) == len(rows) + 2 and 'kernel' in lines[0]
+    assert re.search(r'conv \d+.*copy \d+.*linear \d+', lines[-1])
+
+
+def test_processor_named_with_its_vector_extensions():
+    model, vector = numbapath.processor()
+    assert model and model != 'unknown'
+    if os.path.exists('/proc/cpuinfo') and 'avx' in open('/proc/cpuinfo').read():
+        assert any(v.startswith('avx') for v in vector)
