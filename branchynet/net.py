@@ -59,6 +59,28 @@ def _check_finite_loss(loss):
             'or non-finite values and the learning rate (alpha) and exit_weights'.format(value))
 
 
+def distillation_loss(logits, temperature):
+    """Self-distillation of the early exits from the last (Phuong and Lampert,
+    ICCV 2019): ``T^2 * sum_n KL(softmax(z_last / T) || softmax(z_n / T))``
+    over the early exits' logits ``z_n``, each a batch mean.
+
+    The teacher's softened output is a constant here, so this term sends no
+    gradient into the last exit (nor, through it, into the trunk). Every
+    exit must have seen the same samples (``percentTrainKeeps`` 1).
+    """
+    teacher = logits[-1].array / temperature
+    if any(len(z) != len(teacher) for z in logits[:-1]):
+        raise InvalidValue('self-distillation needs every exit to see every sample of '
+                           'the batch (percentTrainKeeps=1)')
+    log_p = teacher - F.logsumexp(teacher, axis=1).array[:, None]
+    p = F.exp(log_p).array
+    total = 0
+    for z in logits[:-1]:
+        log_q = F.log_softmax(z / temperature)
+        total = total - F.sum((log_q - log_p) * p) / len(teacher)
+    return temperature ** 2 * total
+
+
 class BranchyNet(chainer.Chain):
     """Trunk plus exit heads, with joint training and early-exit inference.
 
@@ -349,8 +371,9 @@ class BranchyNet(chainer.Chain):
             return not self.joint
         return self.joint and getattr(self, 'forwardMain', None) is not None
 
-    def _joint_losses(self, x, t):
-        """Per-exit losses and accuracies with the percentTrainKeeps hand-off."""
+    def _joint_losses(self, x, t, logits=None):
+        """Per-exit losses and accuracies with the percentTrainKeeps hand-off
+        (every exit's logits appended to ``logits`` when it is a list)."""
         losses, accs, h = [], [], x
         last = self.numexits() - 1
         shares, batch = self.percentTrainKeeps, len(t)
@@ -361,6 +384,8 @@ class BranchyNet(chainer.Chain):
                 validate_labels(t, len(t), z.shape[1])
             losses.append(F.softmax_cross_entropy(z, t))
             accs.append(F.accuracy(z, t))
+            if logits is not None:
+                logits.append(z)
             keep = len(t)
             if n < last:
                 keep = min(len(t), int(math.ceil(shares[n] * batch))) \
@@ -379,16 +404,21 @@ class BranchyNet(chainer.Chain):
         """One joint optimisation step over every exit.
 
         The loss is ``sum_n exit_weights[n] * CE_n`` (which of them reach the
-        trunk: ``joint``, ``forwardMain``); returns the per-exit
-        losses and accuracies (lists of floats, NaN for exits that received
-        no samples because of ``percentTrainKeeps``).
+        trunk: ``joint``, ``forwardMain``), plus with ``distillation =
+        (temperature, weight)`` the self-distillation term of
+        ``distillation_loss``; returns the per-exit losses and accuracies
+        (lists of floats, NaN for exits that received no samples because of
+        ``percentTrainKeeps``).
         """
         t = self._check_batch(x, t)
         optimizer = self.ensure_optimizer()
         x, t = self.send(x), self.send(t)
+        distill, logits = getattr(self, 'distillation', None), []
         with chainer.using_config('train', True):
-            losses, accs = self._joint_losses(x, t)
+            losses, accs = self._joint_losses(x, t, logits)
             total = sum(w * loss for w, loss in zip(self.exit_weights, losses))
+            if distill is not None:
+                total = total + distill[1] * distillation_loss(logits, distill[0])
             if getattr(self, 'forwardMain', None) is not None:
                 total += F.softmax_cross_entropy(self.branches[-1](self.trunk(x)), t)
         _check_finite_loss(total)

@@ -21,7 +21,7 @@ import numpy
 from branchynet import networks, progress
 from branchynet.driver import netspec, run as experiment, stages
 from branchynet.reporting import report
-from branchynet.training import checkpoint, runtime
+from branchynet.training import checkpoint, loop as training, runtime
 from branchynet.devices import DEVICE_CHOICES, resolve_device
 from branchynet.datasets import DataUnavailableError
 from branchynet.validation import MAX_SEED, InputError, InvalidValue, validate_seed
@@ -97,6 +97,18 @@ def build_parser():
                              'with --epochs-main 0 --epochs-joint 0)')
     parser.add_argument('--augment', action='store_true', default=None,
                         help='train on augmented images (crops, flips; off by default)')
+    parser.add_argument('--exit-weights', metavar='W1,W2,...',
+                        help='loss weight of every exit in joint training, comma-separated '
+                             '(default: each Branch\'s weight, 1 in the original)')
+    parser.add_argument('--distill-weight', type=float, metavar='W',
+                        help='self-distillation: each early exit also learns the last '
+                             "exit's softened output, with this weight (default off)")
+    parser.add_argument('--distill-temperature', type=float, metavar='T',
+                        help='softening temperature of --distill-weight (default {})'.format(
+                            training.DEFAULT_DISTILL_TEMPERATURE))
+    parser.add_argument('--adam-beta1', type=float, metavar='B',
+                        help="Adam's beta1 (default {}, the original code's; the paper states "
+                             '0.99)'.format(training.ORIGINAL_ADAM_BETA1))
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
@@ -161,6 +173,17 @@ def _checked(spec):
     elif spec not in networks.NETWORKS:
         networks.load(spec)  # raises, naming the choices
     return spec
+
+
+def parse_weights(text):
+    """``--exit-weights 1,0.3`` as a list of floats (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(',')]
+    except ValueError:
+        raise InvalidValue('--exit-weights {!r}: expected comma-separated numbers, one per '
+                           'exit (e.g. 1,0.3)'.format(text)) from None
 
 
 def mpi_command(args, argv):
@@ -257,6 +280,7 @@ def main(argv=None):
                                'weights to time) or at least one epoch')
         if args.mpi is not None:
             command = mpi_command(args, argv)
+        args.exit_weights = parse_weights(args.exit_weights)
     except InputError as e:
         print('error: {}'.format(e), file=sys.stderr)
         return 2
@@ -268,7 +292,8 @@ def main(argv=None):
         progress.set_quiet()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
-                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val', 'title')}
+                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val', 'title') +
+                 training.RECIPE_OPTIONS}
     if args.time_devices:
         time_devices = args.time_devices.split(',')
     else:  # training on the CPU times on the CPU; gpu/auto add the GPU when usable

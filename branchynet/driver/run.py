@@ -252,10 +252,15 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
                 'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
+    recipe = {k: config.get(k) for k in training.RECIPE_OPTIONS}
+    if any(v is not None for v in recipe.values()):
+        log('training recipe beyond the original: {}'.format(', '.join(
+            '{}={}'.format(k, v) for k, v in recipe.items() if v is not None)))
     main_losses, main_accs, main_s = training.train_exits(
         net, x_train, y_train, main=True, batchsize=config['batchsize'],
         num_epoch=config['epochs_main'], seed=seed, augment=config['augment'],
-        snapshot=main_snapshot, resume=resume, settings=settings, distributed=dist)
+        snapshot=main_snapshot, resume=resume, settings=settings, distributed=dist,
+        **recipe)
     if dist is None:
         base_test_acc, _ = net.test_main(x_test, y_test, batchsize=1000)
     else:
@@ -267,7 +272,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     joint_losses, joint_accs, joint_s = training.train_exits(
         net, x_train, y_train, main=False, batchsize=config['batchsize'],
         num_epoch=config['epochs_joint'], seed=seed + 1, augment=config['augment'],
-        snapshot=joint_snapshot, resume=resume, settings=settings, distributed=dist)
+        snapshot=joint_snapshot, resume=resume, settings=settings, distributed=dist,
+        **recipe)
     sms = net.get_SM(x_test) if dist is None else dist.get_SM(net, x_test)
     exit_accs = exit_accuracies(net, x_test, y_test, sms)
     log('joint: test accuracy per exit {} ({:.1f} s)'.format(

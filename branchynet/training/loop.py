@@ -15,8 +15,15 @@ import numpy
 
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
-from branchynet.validation import (InvalidType, InvalidValue, nonfinite_params, validate_inputs,
-                                   validate_labels)
+from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
+                                   nonfinite_params, validate_inputs, validate_labels)
+
+#: Adam's beta1 of the original code (Chainer's default); the paper states 0.99.
+ORIGINAL_ADAM_BETA1 = 0.9
+#: Softening temperature of self-distillation when only its weight is given.
+DEFAULT_DISTILL_TEMPERATURE = 3.0
+#: ``train_exits``' options beyond the original's recipe (the driver's config keys).
+RECIPE_OPTIONS = ('exit_weights', 'distill_weight', 'distill_temperature', 'adam_beta1')
 
 
 class NonFiniteWeights(NonFiniteLoss):
@@ -26,7 +33,8 @@ class NonFiniteWeights(NonFiniteLoss):
 
 def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
                 on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None,
-                distributed=None):
+                distributed=None, exit_weights=None, distill_weight=None,
+                distill_temperature=None, adam_beta1=None):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -52,6 +60,16 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     resume with another number is refused), and every rank resumes from rank
     0's snapshot.
 
+    Training beyond the original's recipe (each None: the network's own
+    setting stays, which is the original's unless changed): ``exit_weights``
+    (one loss weight per exit, ``BranchyNet.exit_weights``);
+    ``distill_weight`` and ``distill_temperature`` (self-distillation of the
+    early exits from the last one's softened output, ``net.distillation_loss``;
+    weight 0 turns it off, the temperature defaults to
+    ``DEFAULT_DISTILL_TEMPERATURE``); ``adam_beta1`` (Adam's beta1, 0.9 in
+    the original code, 0.99 in the paper). See ``apply_recipe``; the
+    settings that differ from the original's are recorded in the snapshot.
+
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
     the last, for main-only training) and ``seconds`` the time of this call.
@@ -70,6 +88,8 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     settings = dict(settings or {}, phase='main' if main else 'joint', batchsize=batchsize,
                     seed=seed, augment=bool(augment), mpi_ranks=1 if dist is None else dist.size,
                     data=checkpoint.data_digest(x, y))
+    settings.update(apply_recipe(net, main, exit_weights, distill_weight,
+                                 distill_temperature, adam_beta1))
     rng = numpy.random.RandomState(seed)
     if dist is not None:
         dist.setup(net)
@@ -154,6 +174,56 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             if on_epoch_end is not None:
                 on_epoch_end(epoch, losses[-1], accs[-1])
     return losses, accs, time.perf_counter() - start
+
+
+def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
+                 distill_temperature=None, adam_beta1=None):
+    """Set the training options of ``train_exits`` on ``net``, checked.
+
+    Returns the options that differ from the original's recipe and matter
+    to this phase (for the main network alone, only Adam's beta1), as the
+    plain values a snapshot records; the original's recipe returns ``{}``,
+    so its snapshots read as before.
+    """
+    if exit_weights is not None:
+        net.exit_weights = exit_weights
+    if distill_weight is None and distill_temperature is not None:
+        raise InvalidValue('distill_temperature needs distill_weight (a weight > 0 turns '
+                           'self-distillation on)')
+    if distill_weight is not None:
+        temperature = DEFAULT_DISTILL_TEMPERATURE if distill_temperature is None \
+            else distill_temperature
+        if not (is_real_number(distill_weight) and 0 <= distill_weight < float('inf')):
+            raise InvalidValue('distill_weight must be a finite number >= 0 (0: off), '
+                               'got {!r}'.format(distill_weight))
+        if not (is_real_number(temperature) and 0 < temperature < float('inf')):
+            raise InvalidValue('distill_temperature must be a finite number > 0, got '
+                               '{!r}'.format(temperature))
+        keeps = net.percentTrainKeeps
+        if distill_weight > 0 and any(k < 1 for k in numpy.atleast_1d(keeps)):
+            raise InvalidValue('self-distillation needs every exit to see every sample, '
+                               'but percentTrainKeeps is {!r}; set it to 1'.format(keeps))
+        net.distillation = (float(temperature), float(distill_weight)) \
+            if distill_weight > 0 else None
+    if adam_beta1 is not None:
+        if net.opt != 'Adam':
+            raise InvalidValue("adam_beta1 needs opt='Adam', this network trains with "
+                               '{}'.format(net.opt))
+        if not (is_real_number(adam_beta1) and 0 <= adam_beta1 < 1):
+            raise InvalidValue('adam_beta1 must be a number in [0, 1), got {!r}'.format(
+                adam_beta1))
+        net.ensure_optimizer().hyperparam.beta1 = float(adam_beta1)
+    recorded = {}
+    beta1 = getattr(net.ensure_optimizer().hyperparam, 'beta1', None)
+    if beta1 is not None and beta1 != ORIGINAL_ADAM_BETA1:
+        recorded['adam_beta1'] = float(beta1)
+    if not main:
+        if net.exit_weights != [getattr(b, 'weight', 1.0) for b in net.branches]:
+            recorded['exit_weights'] = list(net.exit_weights)
+        distill = getattr(net, 'distillation', None)
+        if distill is not None:
+            recorded['distill_temperature'], recorded['distill_weight'] = distill
+    return recorded
 
 
 def _check_snapshot_path(snapshot, resume):

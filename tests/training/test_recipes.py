@@ -1,0 +1,258 @@
+"""Training beyond the original's recipe: self-distillation of the early exits,
+per-exit loss weights and Adam's beta1, in ``train_exits``, the snapshots and
+the driver's options."""
+import copy
+import json
+import os
+import signal
+
+import chainer
+import numpy
+import pytest
+
+from branchynet import utils
+from branchynet.driver import cli, run as experiment
+from branchynet.training import checkpoint, loop as training
+from branchynet.net import distillation_loss
+from branchynet.validation import InvalidValue
+from tests.helpers import make_three_exit_net
+
+DISTILL = {'distill_weight': 1.0, 'distill_temperature': 3.0}
+
+
+def _data(n=64):
+    rng = numpy.random.RandomState(0)
+    return (rng.randn(n, 1, 8, 8).astype(numpy.float32),
+            rng.randint(0, 5, n).astype(numpy.int32))
+
+
+def _weights(net):
+    return {k: p.array.copy() for k, p in net.namedparams()}
+
+
+def _grads(net):
+    return {k: p.grad.copy() for k, p in net.namedparams() if p.grad is not None}
+
+
+def _teacher_params(net):
+    """Names of the parameters only the last exit's output depends on: its
+    head and the trunk layers after the last early exit's branch point."""
+    names = {'/branches/{}'.format(net.numexits() - 1)}
+    names |= {'/trunk/{}'.format(i) for i in range(net.branch_points[-2], len(net.trunk))}
+    return [k for k, _ in net.namedparams() if any(k.startswith(n + '/') for n in names)]
+
+
+def test_distillation_loss_is_temperature_squared_kl_from_the_last_exit():
+    rng = numpy.random.RandomState(1)
+    z = [chainer.Variable(rng.randn(6, 5).astype(numpy.float32)) for _ in range(3)]
+    t = 2.5
+
+    def softmax(a):
+        e = numpy.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    p = softmax(z[-1].array.astype(numpy.float64) / t)
+    expected = sum((p * (numpy.log(p) - numpy.log(softmax(v.array.astype(numpy.float64) / t))))
+                   .sum(axis=1).mean() for v in z[:-1]) * t ** 2
+    assert float(distillation_loss(z, t).array) == pytest.approx(expected, rel=1e-5)
+    same = [chainer.Variable(z[-1].array.copy()) for _ in range(3)]
+    assert float(distillation_loss(same, t).array) == pytest.approx(0, abs=1e-6)
+
+
+def test_distillation_sends_no_gradient_into_the_last_exit():
+    x, y = _data()
+    plain = make_three_exit_net(seed=4)
+    distilled = copy.deepcopy(plain)
+    training.apply_recipe(distilled, **DISTILL)
+    plain.train(x, y)
+    distilled.train(x, y)
+    g_plain, g_distilled = _grads(plain), _grads(distilled)
+    teacher = _teacher_params(plain)
+    assert teacher
+    for name in teacher:  # the last exit's path: the distillation term adds nothing
+        numpy.testing.assert_array_equal(g_distilled[name], g_plain[name], err_msg=name)
+    students = [k for k in g_plain if k.startswith(('/branches/0/', '/branches/1/'))]
+    assert students and all(not numpy.array_equal(g_distilled[k], g_plain[k])
+                            for k in students)  # the early exits do learn from it
+
+
+def test_distillation_weight_zero_trains_as_the_original():
+    x, y = _data()
+    plain = make_three_exit_net(seed=4)
+    off = make_three_exit_net(seed=4)
+    utils.train(plain, x, y, batchsize=16, num_epoch=1, seed=2, progress=False)
+    utils.train(off, x, y, batchsize=16, num_epoch=1, seed=2, progress=False,
+                distill_weight=0.0)
+    for k, v in _weights(plain).items():
+        numpy.testing.assert_array_equal(_weights(off)[k], v, err_msg=k)
+
+
+def test_distillation_refused_with_handed_off_samples():
+    net = make_three_exit_net(percentTrainKeeps=0.5)
+    with pytest.raises(InvalidValue, match='percentTrainKeeps'):
+        training.apply_recipe(net, distill_weight=1.0)
+
+
+@pytest.mark.parametrize('options, match', [
+    ({'distill_weight': -1.0}, 'distill_weight'),
+    ({'distill_weight': float('nan')}, 'distill_weight'),
+    ({'distill_weight': 1.0, 'distill_temperature': 0}, 'distill_temperature'),
+    ({'distill_temperature': 2.0}, 'needs distill_weight'),
+    ({'adam_beta1': 1.0}, 'adam_beta1'),
+    ({'exit_weights': [1.0, 0.3]}, 'exit_weights'),
+])
+def test_bad_recipe_options_are_refused_before_training(options, match):
+    x, y = _data()
+    net = make_three_exit_net()
+    before = _weights(net)
+    with pytest.raises(InvalidValue, match=match):
+        utils.train(net, x, y, main=True, batchsize=16, num_epoch=1, progress=False, **options)
+    for k, v in before.items():
+        numpy.testing.assert_array_equal(_weights(net)[k], v, err_msg=k)
+
+
+def test_adam_beta1_needs_adam():
+    net = make_three_exit_net(opt='MomentumSGD')
+    with pytest.raises(InvalidValue, match="opt='Adam'"):
+        training.apply_recipe(net, adam_beta1=0.99)
+
+
+def test_exit_weights_option_weights_each_exit_loss():
+    x, y = _data()
+    net = make_three_exit_net(seed=4)
+    before = _weights(net)
+    utils.train(net, x, y, batchsize=16, num_epoch=1, progress=False,
+                exit_weights=[1.0, 0.5, 0.0])
+    assert net.exit_weights == [1.0, 0.5, 0.0]
+    after = _weights(net)
+    last = [k for k in after if k.startswith('/branches/2/')]
+    assert last and all(numpy.array_equal(after[k], before[k]) for k in last)
+    assert not numpy.array_equal(after['/branches/0/1/W'], before['/branches/0/1/W'])
+
+
+def test_adam_beta1_option_trains_as_an_adam_built_with_it():
+    x, y = _data()
+    via_option = make_three_exit_net(seed=4)
+    by_hand = make_three_exit_net(seed=4)
+    by_hand.optimizer = chainer.optimizers.Adam(alpha=by_hand.alpha, beta1=0.99)
+    by_hand.optimizer.setup(by_hand)
+    for main in (True, False):
+        utils.train(via_option, x, y, main=main, batchsize=16, num_epoch=2, seed=2,
+                    progress=False, adam_beta1=0.99)
+        utils.train(by_hand, x, y, main=main, batchsize=16, num_epoch=2, seed=2,
+                    progress=False)
+    default = make_three_exit_net(seed=4)
+    utils.train(default, x, y, batchsize=16, num_epoch=2, seed=2, progress=False)
+    for k, v in _weights(by_hand).items():
+        numpy.testing.assert_array_equal(_weights(via_option)[k], v, err_msg=k)
+    assert not numpy.array_equal(_weights(default)['/trunk/0/W'],
+                                 _weights(via_option)['/trunk/0/W'])
+
+
+def _recorded(path):
+    with numpy.load(path) as npz:
+        return json.loads(str(npz['settings']))
+
+
+def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
+    x, y = _data()
+    original, changed = str(tmp_path / 'o.npz'), str(tmp_path / 'c.npz')
+    utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                snapshot=original)
+    assert not set(_recorded(original)) & set(training.RECIPE_OPTIONS)
+    utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99, **DISTILL)
+    recorded = _recorded(changed)
+    assert recorded['exit_weights'] == [1, 0.3, 0.3] and recorded['adam_beta1'] == 0.99
+    assert (recorded['distill_weight'], recorded['distill_temperature']) == (1.0, 3.0)
+    main = str(tmp_path / 'm.npz')  # the main network alone: only beta1 matters
+    utils.train(make_three_exit_net(), x, y, main=True, batchsize=16, num_epoch=1,
+                progress=False, snapshot=main, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99,
+                **DISTILL)
+    assert set(_recorded(main)) & set(training.RECIPE_OPTIONS) == {'adam_beta1'}
+
+
+@pytest.mark.parametrize('first, then, name', [
+    (DISTILL, {}, 'distill_weight'),
+    (DISTILL, {'distill_weight': 0.5}, 'distill_weight'),
+    (DISTILL, {'distill_weight': 1.0, 'distill_temperature': 2.0}, 'distill_temperature'),
+    ({'exit_weights': [1, 1, 0.3]}, {}, 'exit_weights'),
+    ({}, {'exit_weights': [1, 1, 0.3]}, 'exit_weights'),
+    ({'adam_beta1': 0.99}, {}, 'adam_beta1'),
+    ({}, {'adam_beta1': 0.99}, 'adam_beta1'),
+])
+def test_resume_refuses_another_recipe(tmp_path, first, then, name):
+    x, y = _data()
+    snap = str(tmp_path / 's.npz')
+    utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                snapshot=snap, **first)
+    with pytest.raises(InvalidValue, match='other settings.*{}'.format(name)):
+        utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=2, progress=False,
+                    snapshot=snap, resume=True, **then)
+
+
+def test_interrupted_recipe_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    x, y = _data()
+    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3])
+    reference = make_three_exit_net(seed=5)
+    utils.train(reference, x, y, batchsize=16, num_epoch=2, seed=3, progress=False, **options)
+    snap = str(tmp_path / 'run.npz')
+    net = make_three_exit_net(seed=5)
+    step, calls = net.train, {'n': 0}
+
+    def step_then_signal(xb, yb):
+        calls['n'] += 1
+        if calls['n'] == 6:  # epoch 2, batch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(xb, yb)
+    net.train = step_then_signal
+    with pytest.raises(checkpoint.TrainingInterrupted):
+        utils.train(net, x, y, batchsize=16, num_epoch=2, seed=3, progress=False,
+                    snapshot=snap, **options)
+    resumed = make_three_exit_net(seed=99)
+    utils.train(resumed, x, y, batchsize=16, num_epoch=2, seed=3, progress=False,
+                snapshot=snap, resume=True, **options)
+    for k, v in _weights(reference).items():
+        numpy.testing.assert_array_equal(_weights(resumed)[k], v, err_msg=k)
+
+
+def test_driver_passes_the_recipe_options_on(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(experiment, 'run', lambda *a, **k: seen.update(overrides=a[5]))
+    assert cli.main(['--preset', 'tiny', '--exit-weights', '1,0.3', '--distill-weight', '2',
+                     '--distill-temperature', '4', '--adam-beta1', '0.99']) == 0
+    assert {k: seen['overrides'][k] for k in training.RECIPE_OPTIONS} == {
+        'exit_weights': [1.0, 0.3], 'distill_weight': 2.0, 'distill_temperature': 4.0,
+        'adam_beta1': 0.99}
+
+
+def test_driver_refuses_unreadable_exit_weights(capsys):
+    assert cli.main(['--preset', 'tiny', '--exit-weights', '1,heavy']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--exit-weights' in err[0] and 'comma-separated' in err[0]
+
+
+def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
+    """The driver's config keys become ``train_exits``' options in both phases."""
+    calls = []
+    real = training.train_exits
+
+    class JointReached(Exception):
+        pass
+
+    def spy(*a, **k):
+        calls.append({o: k.get(o) for o in training.RECIPE_OPTIONS})
+        if not k.get('main'):
+            raise JointReached  # nothing after training matters here
+        return real(*a, **k)
+    monkeypatch.setattr(training, 'train_exits', spy)
+    rng = numpy.random.RandomState(0)
+    data = str(tmp_path / 'd.npz')
+    numpy.savez(data, train_x=rng.rand(300, 1, 28, 28).astype(numpy.float32),
+                train_y=rng.randint(0, 10, 300).astype(numpy.int32),
+                test_x=rng.rand(40, 1, 28, 28).astype(numpy.float32),
+                test_y=rng.randint(0, 10, 40).astype(numpy.int32))
+    with pytest.raises(JointReached):
+        cli.main(['--preset', 'tiny', '--dataset', data, '--out', str(tmp_path / 'o'),
+                  '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1'])
+    assert calls == [{'exit_weights': None, 'distill_weight': 1.0, 'distill_temperature': None,
+                      'adam_beta1': 0.99}] * 2
