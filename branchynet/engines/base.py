@@ -15,8 +15,8 @@ import chainer.functions as F
 import numpy
 
 from branchynet.measures import confidence
-from branchynet.engines.routing import (NOT_FINITE, check_finite, exit_steps, route_batch,
-                                route_batch_by_share)
+from branchynet.engines.routing import (NOT_FINITE, check_finite, exit_steps,
+                                        leaving_by_share, route_batch, route_batch_by_share)
 from branchynet.measures.timing import NULL_TIMER
 from branchynet.validation import validate_batchsize, validate_inputs
 
@@ -132,10 +132,7 @@ class InferenceEngine:
             if n == last:
                 labels[remaining[~bad]], exits[remaining[~bad]] = pred[~bad], n
                 break
-            count = int(shares[n] * size) if isinstance(shares, list) \
-                else int(shares * len(remaining))
-            leave = numpy.zeros(len(remaining), dtype=bool)
-            leave[numpy.argsort(ent, kind='stable')[:min(count, len(remaining))]] = True
+            leave = leaving_by_share(ent, shares, n, size)
             labels[remaining[leave]], exits[remaining[leave]] = pred[leave], n
             remaining = remaining[~(leave | bad)]
             if not len(remaining):

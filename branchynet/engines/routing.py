@@ -103,6 +103,17 @@ def route_batch(steps, x, thresholds, xp, timer=NULL_TIMER, measure='entropy'):
     return labels, exits
 
 
+def leaving_by_share(ent, shares, n, size):
+    """Which of the samples reaching early exit ``n`` leave there by share: the
+    ``shares`` fraction of them (a list: ``shares[n]`` of the whole batch of
+    ``size``) with the lowest softmax entropy ``ent`` (a host array; ties in
+    order). A boolean mask over ``ent``."""
+    count = int(shares[n] * size) if isinstance(shares, list) else int(shares * len(ent))
+    leave = numpy.zeros(len(ent), dtype=bool)
+    leave[numpy.argsort(ent, kind='stable')[:min(count, len(ent))]] = True
+    return leave
+
+
 def route_batch_by_share(steps, x, shares, xp):
     """Early exit by shares instead of thresholds (the original's fallback
     when no thresholds were set): each early exit classifies the ``shares``
@@ -122,12 +133,8 @@ def route_batch_by_share(steps, x, shares, xp):
             labels[remaining], exits[remaining] = pred, n
             labels[remaining[bad]] = exits[remaining[bad]] = NOT_FINITE
             break
-        count = int(shares[n] * size) if isinstance(shares, list) \
-            else int(shares * len(remaining))
-        count = min(count, len(remaining))
         ent = chainer.backends.cuda.to_cpu(confidence.entropy_from_logits(z))
-        leave = numpy.zeros(len(remaining), dtype=bool)
-        leave[numpy.argsort(ent, kind='stable')[:count]] = True
+        leave = leaving_by_share(ent, shares, n, size)
         labels[remaining[leave]], exits[remaining[leave]] = pred[leave], n
         leave |= bad  # marked and taken out (their NaN scores sort last)
         labels[remaining[bad]] = exits[remaining[bad]] = NOT_FINITE
