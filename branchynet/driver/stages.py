@@ -257,11 +257,12 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     xs, ys, path_ms = timing['xs'], timing['ys'], timing['path_ms']
     comparison, curves, rocs = [], {}, {}
     chosen = None
+    val_logits, test_logits = net.get_logits(x_val), net.get_logits(xs)  # once for every measure
     for measure in confidence.MEASURES:
-        val_scores, val_preds = screening.exit_outputs(net, x_val, measure)
+        val_scores, val_preds = screening.outputs_from_logits(val_logits, measure)
         cal = calibration.calibrate_thresholds(val_scores, val_preds, y_val, path_ms,
                                                measure=measure)
-        test_scores, test_preds = screening.exit_outputs(net, xs, measure)
+        test_scores, test_preds = screening.outputs_from_logits(test_logits, measure)
         on_test = screening.evaluate(test_scores, test_preds, ys, [cal['thresholds']],
                                      path_ms=path_ms, path_macs=costs_['path_macs'],
                                      measure=measure)

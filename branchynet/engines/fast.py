@@ -377,9 +377,13 @@ class Compiler:
         scale = link.gamma.array / xp.sqrt(link.avg_var + link.eps)
         shift = link.beta.array - link.avg_mean * scale
 
-        def run(x):  # per channel: axis 1 of (N, C) or (N, C, H, W) inputs alike
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            return x * scale.reshape(shape) + shift.reshape(shape)
+        # per channel: axis 1 of (N, C) or (N, C, H, W) inputs alike
+        forms = {ndim: (scale.reshape((1, -1) + (1,) * (ndim - 2)),
+                        shift.reshape((1, -1) + (1,) * (ndim - 2))) for ndim in (2, 3, 4)}
+
+        def run(x):
+            s, t = forms[x.ndim]
+            return x * s + t
         return run
 
     def function(self, fl, relu=False):

@@ -44,10 +44,20 @@ def exit_outputs(net, x, measure=None, batchsize=256, progress=None):
     with Progress.auto(len(x), 'exit outputs', 'sample', progress) as bar:
         for i in range(0, len(x), 8 * batchsize):
             logits = net.get_logits(x[i:i + 8 * batchsize], batchsize=batchsize)
-            scores.append(numpy.stack([measure.scores(z) for z in logits], axis=1))
-            predictions.append(numpy.stack([z.argmax(axis=1) for z in logits], axis=1))
+            part = outputs_from_logits(logits, measure)
+            scores.append(part[0])
+            predictions.append(part[1])
             bar.update(len(logits[0]))
-    return numpy.concatenate(scores), numpy.concatenate(predictions).astype(numpy.int32)
+    return numpy.concatenate(scores), numpy.concatenate(predictions)
+
+
+def outputs_from_logits(logits, measure):
+    """``(scores, predictions)`` of ``exit_outputs`` from every exit's logits
+    (host arrays, one per exit, e.g. ``net.get_logits(x)``): another measure
+    over the same logits needs no second forward pass."""
+    measure = confidence.get_measure(measure)
+    return (numpy.stack([measure.scores(z) for z in logits], axis=1),
+            numpy.stack([z.argmax(axis=1) for z in logits], axis=1).astype(numpy.int32))
 
 
 def path_costs(net, x, engine=None, progress=None):
