@@ -15,12 +15,13 @@ uninterrupted run would.
     python benchmarks/recipes.py run --seeds 0,1,2   # every recipe and seed, then the table
     python benchmarks/recipes.py train --recipe distill --seed 0   # one run
     python benchmarks/recipes.py table                            # the table
-    python benchmarks/recipes.py reference FILE.npz               # any weights
+    python benchmarks/recipes.py reference FILE.npz [--recipe R]  # any weights
 
 Runs go to ``results/recipes/runs/<recipe>_seed<S>.{json,npz}``; ``table``
 writes ``results/recipes/table.md`` and ``table.json`` from every run there.
 """
 import argparse
+import glob
 import json
 import os
 import sys
@@ -142,9 +143,12 @@ def reference(args):
     from networks import lenet_mnist
     _, _, x_test, y_test = mnist.get_data()
     net = fileio.load_npz(args.model, lenet_mnist.get_network())
-    result = {'model': os.path.relpath(os.path.abspath(args.model), ROOT)}
+    result = {'model': os.path.relpath(os.path.abspath(args.model), ROOT),
+              'recipe': args.recipe}
     result.update(evaluate(net, x_test, y_test, args.rounds))
-    path = os.path.join(args.out, 'reference.json')
+    name = 'reference.json' if args.recipe == 'original' else \
+        'reference_{}.json'.format(args.recipe)
+    path = os.path.join(args.out, name)
     with open(path, 'w') as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result))
@@ -196,13 +200,14 @@ def table(args):
             recipe, json.dumps(rs[0]['options']) if rs[0]['options'] else '-',
             ','.join(str(r['seed']) for r in rs),
             ' | '.join(_cell(v) for v in cells.values())))
-    ref = os.path.join(args.out, 'reference.json')
-    if os.path.exists(ref):
+    for ref in sorted(glob.glob(os.path.join(args.out, 'reference*.json'))):
         with open(ref) as f:
             r = json.load(f)
-        lines.append('| original, paper schedule (50 + 100 epochs, recorded: {}) | - | 0 | {} |'
-                     .format(r['model'], ' | '.join(_cell([fn(r)]) for _, fn in COLUMNS)))
-        summary['reference'] = r
+        recipe = r.get('recipe', 'original')
+        lines.append('| {}, paper schedule (50 + 100 epochs, recorded: {}) | {} | 0 | {} |'.format(
+            recipe, r['model'], json.dumps(RECIPES[recipe]) if RECIPES.get(recipe) else '-',
+            ' | '.join(_cell([fn(r)]) for _, fn in COLUMNS)))
+        summary[os.path.splitext(os.path.basename(ref))[0]] = r
     text = '\n'.join(lines) + '\n'
     with open(os.path.join(args.out, 'table.md'), 'w') as f:
         f.write(text)
@@ -248,6 +253,9 @@ def main():
     a.add_argument('--epochs-joint', type=int, default=3)
     r = sub.add_parser('reference', help='evaluate given weights the same way')
     r.add_argument('model')
+    r.add_argument('--recipe', default='original', choices=list(RECIPES),
+                   help='the recipe the weights were trained with (names the file: '
+                        'reference.json for original, else reference_<recipe>.json)')
     sub.add_parser('table', help='the table of every run in <out>/runs')
     args = p.parse_args()
     {'train': train, 'run': run, 'reference': reference, 'table': table}[args.command](args)

@@ -176,9 +176,9 @@ def calibration_report(title, label, summary, n_val, n_test):
         'its accuracy is optimistic. Here thresholds are chosen on {} validation samples '
         'held out of the training set: the cheapest setting whose validation accuracy is '
         'at least the baseline\'s validation accuracy, with times predicted from the '
-        'per-exit batch-1 costs. They are then measured on the {} test samples (median '
-        'of {} repeats, interleaved with the baseline).'.format(
-            n_val, n_test, c.get('repeats', 1)), '',
+        'per-exit batch-1 costs on the {} path (the fastest). They are then measured on '
+        'the {} test samples (median of {} repeats, interleaved with the baseline).'.format(
+            n_val, c.get('cost_path', 'chainer'), n_test, c.get('repeats', 1)), '',
         '- calibrated T = {}: validation accuracy {:.2f} %, predicted {:.3f} ms; test '
         'accuracy {:.2f} %, measured {:.3f} ms (fast path {:.3f} ms, numba path {})'.format(
             ', '.join('{:.4g}'.format(t) for t in c['thresholds']), 100 * c['val_acc'],

@@ -46,6 +46,25 @@ def test_driver_writes_table_json_figures_and_models(tmp_path, mnist_data):
         calibrated['Notes'][0]
     assert calibrated['Notes'][0] in (tmp_path / '_results/lenet_mnist_cpu_table.md').read_text()
     assert screen['timing']['repeats'] == 3 and len(screen['knee']['ms_repeats']) == 3
+    assert_knee_chosen_on_the_fastest_path(screen)
+    assert 'path (the fastest)' in md and saved['calibration']['CPU']['calibrated'][
+        'cost_path'] == screen['knee_path']
+
+
+def assert_knee_chosen_on_the_fastest_path(screen):
+    """The knee is the knee rule applied to the times of the path whose
+    baseline was fastest, and every timed path's predicted times are kept."""
+    base_ms = screen['knee_path_baseline_ms']
+    path = screen['knee_path']
+    assert set(base_ms) == set(screen['timing']['paths']) and path == min(base_ms, key=base_ms.get)
+    points = screen['points']
+    assert all('ms_' + p in point for p in base_ms for point in points)
+    choice = utils.choose_knee([p['acc'] for p in points], [p['ms_' + path] for p in points],
+                               screen['baseline']['acc'], base_ms[path])
+    assert choice['index'] == screen['knee_index']
+    assert screen['knee_check']['path'] == path
+    assert any(note.startswith('Knee chosen with the {} path'.format(path))
+               for note in screen['timing']['notes'])
 
 
 def branchy_row_label(name, screen):
