@@ -1,0 +1,123 @@
+"""The register-tiled convolution kernel ('tile') and the compiler setting it needs.
+
+A tile is ``R`` neighbouring output pixels of one row times ``ob`` output
+channels, each of its ``R * ob`` sums a scalar variable of the generated
+code. Per input channel and kernel tap, the body reads ``R`` input values
+and ``ob`` weights (stored transposed, ``[c][tap][o]``, so a tap's weights
+for consecutive output channels are consecutive) and does ``R * ob``
+multiply-adds. LLVM's SLP vectoriser packs each pixel's ``ob`` sums into
+vector registers (the weights a vector load, the input value a broadcast),
+so the sums stay in registers across all input channels and taps: no load
+and store of the output per input channel as in the loop kernel, which makes
+small planes (B-ResNet-110's 8x8) several times faster. The sums leave
+through a small scratch area (consecutive stores, what the vectoriser
+starts from) into the output planes.
+
+numba turns the SLP vectoriser off by default; ``slp_vectorize()`` turns it
+on while the generated code compiles.
+"""
+import contextlib
+
+import numpy
+
+from branchynet.engines.numba.layout import VECTOR
+
+#: Most output channels per tile (two AVX-512 vectors).
+MAX_OB = 32
+
+#: Vector registers of sums a tile aims at (the multiply-adds' latency
+#: hidden; the input values and weights of a tap fit in the rest).
+SUMS = 16
+
+#: Most pixels per tile (each holds a register for its input value).
+MAX_R = 12
+
+
+def tile_shape(op):
+    """(pixels R, output channels ob) of ``op``'s tiles."""
+    y = op.output
+    ob = next(b for b in (32, 16, 8, 4, 2, 1) if b <= MAX_OB and y.c % b == 0)
+    per_pixel = max(1, ob // VECTOR)  # vector registers of one pixel's sums
+    return max(1, min(y.w, MAX_R, SUMS // per_pixel)), ob
+
+
+def tile_scratch(op):
+    """Floats of the slab's transient area a tile's sums pass through."""
+    r, ob = tile_shape(op)
+    return r * ob
+
+
+def transposed_weights(op, weights):
+    """``op``'s convolution weights (``[o][c][tap]`` at ``params['w']`` in
+    ``weights``) as the tile kernel reads them: ``[c][tap][o]``."""
+    x, y = op.inputs[0], op.output
+    kh, kw = op.params['k']
+    n = y.c * x.c * kh * kw
+    w = weights[op.params['w']:op.params['w'] + n].reshape(y.c, x.c * kh * kw)
+    return numpy.ascontiguousarray(w.T).ravel()
+
+
+def _tile(op, r, ob, first):
+    """Lines of one tile of ``r`` pixels starting at output column ``first``
+    (an expression) of row ``oy``, output channels ``o0``..``o0 + ob``. Every
+    index is a slice's start plus loop counters and literals: numba then
+    knows it is not negative (no wraparound select, which the vectoriser
+    would turn into gathers)."""
+    (x,), y, p = op.inputs, op.output, op.params
+    kh, kw = p['k']
+    sy, sx = p['stride']
+    shift = x.margin - p['pad']  # where the padded window starts inside the margin
+    lines = ['bias = W[{} + o0:]'.format(p['b'])]
+    for i in range(r):
+        for j in range(ob):
+            lines.append('a{}_{} = bias[{}]'.format(i, j, j))
+    lines += ['for c in range({}):'.format(x.c),
+              '    xc = S[{} + c * {} + (oy * {} + {}) * {} + {} + ({}) * {}:]'.format(
+                  x.off, x.ps, sy, shift, x.ws, shift, first, sx),
+              '    wc = W[{} + c * {} + o0:]'.format(p['wt'], kh * kw * y.c),
+              '    for ky in range({}):'.format(kh),
+              '        for kx in range({}):'.format(kw)]
+    body = ['x{} = xc[ky * {} + kx + {}]'.format(i, x.ws, i * sx) for i in range(r)]
+    body += ['w{} = wc[(ky * {} + kx) * {} + {}]'.format(j, kw, y.c, j) for j in range(ob)]
+    body += ['a{0}_{1} += w{1} * x{0}'.format(i, j) for i in range(r) for j in range(ob)]
+    lines += ['            ' + line for line in body]
+    lines.append('sums = S[{}:]'.format(p['col']))
+    for i in range(r):
+        for j in range(ob):
+            value = 'a{}_{}'.format(i, j)
+            if p['relu']:
+                value = 'max({}, numpy.float32(0))'.format(value)
+            lines.append('sums[{}] = {}'.format(i * ob + j, value))
+    lines += ['out = S[{} + o0 * {} + oy * {} + {}:]'.format(y.off, y.ps, y.ws, first),
+              'for j in range({}):'.format(ob),
+              '    for i in range({}):'.format(r),
+              '        out[j * {} + i] = sums[i * {} + j]'.format(y.ps, ob)]
+    return lines
+
+
+def gen_conv_tile(op):
+    """A convolution (any kernel, stride and padding; wide or packed output)
+    as tiles of ``tile_shape(op)``; a row's last pixels that fill no whole
+    tile form one narrower tile."""
+    y = op.output
+    r, ob = tile_shape(op)
+    full, rest = divmod(y.w, r)
+    rows = ['for ox0 in range(0, {}, {}):'.format(full * r, r)] + \
+        ['    ' + line for line in _tile(op, r, ob, 'ox0')]
+    if rest:
+        rows += _tile(op, rest, ob, str(full * r))
+    return ['for o0 in range(0, {}, {}):'.format(y.c, ob),
+            '    for oy in range({}):'.format(y.h)] + ['        ' + line for line in rows]
+
+
+@contextlib.contextmanager
+def slp_vectorize():
+    """numba's SLP vectoriser on while the body compiles (numba reads the
+    setting each time it builds LLVM's passes; off by default)."""
+    from numba.core import config
+    saved = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = saved
