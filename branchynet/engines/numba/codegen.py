@@ -321,8 +321,11 @@ def function_lines(kind, name, body, args, cache=True):
 MAX_PERIOD = 8
 
 
-def call_lines(calls, tables):
-    """Source lines calling ``calls`` (``(function, [offsets])``) in order.
+def call_lines(calls, tables, typed=()):
+    """Source lines calling ``calls`` (``(function, [offsets])``) in order;
+    the offsets passed to a function of ``typed`` as ``numpy.int64`` values,
+    not literals (numba then calls the machine code compiled beforehand for
+    int64 offsets instead of compiling one copy per call site).
     A run of at least two repeats of the same functions (ResNet's identical
     blocks) becomes one loop over a table of their offsets (appended to
     ``tables``; global ``T<i>`` in the module): LLVM then inlines one copy of
@@ -341,7 +344,8 @@ def call_lines(calls, tables):
         reps, period = best
         if reps == 1:
             f, args = calls[i]
-            lines.append('{}(W, S, {})'.format(f, ', '.join(map(str, args))))
+            pattern = 'numpy.int64({})' if f in typed else '{}'
+            lines.append('{}(W, S, {})'.format(f, ', '.join(pattern.format(a) for a in args)))
             i += 1
             continue
         block = calls[i:i + reps * period]

@@ -106,7 +106,7 @@ class Program:
                 op.params['col'] = self.slab
         self.slab += col
         self.x, self.segments, self.heads, self.ops = x, segments, heads, b.ops
-        self.functions = {}
+        self.functions, self._tiled = {}, {}  # tiled: name -> number of offset arguments
         self.source = self._source()
         if load:
             start = time.perf_counter()
@@ -186,11 +186,13 @@ class Program:
                 cache[key] = 'op{}'.format(i)
                 out += [''] + function_lines(op.kind, 'op{}'.format(i), body, args) + ['']
                 self.functions[cache[key]] = key
+                if op.params.get('kernel') == 'tile':
+                    self._tiled[cache[key]] = len(args)
             calls.append((cache[key], [v for _, v in args]))
         tables = []
 
         def run(start, end):
-            return call_lines(calls[start:end], tables)
+            return call_lines(calls[start:end], tables, typed=self._tiled)
 
         x = self.x
         sample = ['xin = X[i]',
@@ -302,5 +304,10 @@ class Program:
         S = numpy.zeros((1, self.slab), numpy.float32)[0]
         limits = numpy.zeros(len(self.heads), numpy.float64)
         labels, exits = numpy.zeros(2, numpy.int32), numpy.zeros(2, numpy.int32)
-        with slp_vectorize():  # what the tile kernel needs (``tile``)
-            self.run(X, self.weights, S, limits, 0, False, labels, exits, 0, 2)
+        numba = self.numba or require_numba()
+        array = numba.float32[::1]
+        with slp_vectorize():  # the tiled convolutions first, vectorised (``tile``) ...
+            for name, n in self._tiled.items():
+                getattr(self.module, name).compile((array, array) + (numba.int64,) * n)
+        # ... then ``run`` with them inside, without the SLP vectoriser's time on the rest
+        self.run(X, self.weights, S, limits, 0, False, labels, exits, 0, 2)

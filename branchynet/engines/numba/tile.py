@@ -34,11 +34,15 @@ MAX_R = 12
 
 
 def tile_shape(op):
-    """(pixels R, output channels ob) of ``op``'s tiles."""
+    """(pixels R, output channels ob) of ``op``'s tiles: as many pixels as
+    ``SUMS`` registers of sums hold (at most ``MAX_R``), fewer where that
+    many divide the row and at least half as many do (a narrower last tile
+    is a second copy of the code: longer to compile)."""
     y = op.output
     ob = next(b for b in (32, 16, 8, 4, 2, 1) if b <= MAX_OB and y.c % b == 0)
-    per_pixel = max(1, ob // VECTOR)  # vector registers of one pixel's sums
-    return max(1, min(y.w, MAX_R, SUMS // per_pixel)), ob
+    most = max(1, min(y.w, MAX_R, SUMS // max(1, ob // VECTOR)))
+    r = next(r for r in range(most, 0, -1) if y.w % r == 0)
+    return (r if 2 * r >= most else most), ob
 
 
 def tile_scratch(op):
