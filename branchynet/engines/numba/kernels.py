@@ -41,10 +41,18 @@ def scratch_size(op):
     return 0
 
 
+def kernels_of(op):
+    """The kernels ``op`` can run (None: its kind's only one); a convolution
+    that took over the op after it (``tile.fuse_tiled``) only its tile."""
+    if op.params.get('fused'):
+        return ('tile',)
+    return KIND_KERNELS.get(op.kind, (None,))
+
+
 def layer_key(op):
     """What a layer's speed depends on: its kind and generated loop code (every
-    size a literal, offsets symbolic), as a string."""
-    params = dict(op.params, kernel='loop')
+    size a literal, offsets symbolic; a fused convolution's tile code), as a string."""
+    params = dict(op.params, kernel='tile' if op.params.get('fused') else 'loop')
     body, _ = symbolic(Op(op.kind, op.inputs, op.output, **params))
     return op.kind + '\n' + '\n'.join(body)
 

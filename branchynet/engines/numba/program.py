@@ -15,9 +15,9 @@ from branchynet.engines.numba.layout import NotCompilable, require_numba, Value
 from branchynet.engines.numba.builder import Builder
 from branchynet.engines.numba.codegen import (call_lines, function_lines, indent,
                                               module_header, symbolic)
-from branchynet.engines.numba.kernels import (KERNELS, KIND_KERNELS, kernel_for, layer_key,
-                                              scratch_size, time_kernels)
-from branchynet.engines.numba.tile import slp_vectorize, transposed_weights
+from branchynet.engines.numba.kernels import (KERNELS, KIND_KERNELS, kernel_for, kernels_of,
+                                              layer_key, scratch_size, time_kernels)
+from branchynet.engines.numba.tile import fuse_tiled, slp_vectorize, transposed_weights
 from branchynet.engines.numba.cache import (ChoiceCache, suppress_os_error, write_source,
                                             cached_files, untrusted_cache, cache_dir)
 
@@ -95,9 +95,15 @@ class Program:
         self.weights = numpy.concatenate(b.weights) if b.weights else numpy.zeros(1, numpy.float32)
         self._choose(b.ops, kernels if load or kernels != 'auto' else 'loop')
         self._transpose(b.ops)
+        keep = [s[2] for s in segments] + [z for *_, z in heads]
+        gone = fuse_tiled(b.ops, keep)
+        index = numpy.cumsum([0] + [id(op) not in gone for op in b.ops])  # old -> new op index
+        segments = [(index[a], index[e], v) for a, e, v in segments]
+        heads = [(index[a], index[e], v) for a, e, v in heads]
+        b.ops = [op for op in b.ops if id(op) not in gone]
         # the main program skips the early heads: their outputs are never read there,
         # so one allocation serves both programs
-        self.slab = _allocate(b.ops, [x], keep=[s[2] for s in segments] + [z for *_, z in heads])
+        self.slab = _allocate(b.ops, [x], keep=keep)
         # the GEMM kernels' im2col matrix, the tiles' sums: one area after the values,
         # shared (transient)
         col = max([scratch_size(op) for op in b.ops] or [0])
@@ -159,17 +165,19 @@ class Program:
         """One row per layer: ``{'layer', 'kind', 'input', 'output', 'kernel',
         'us': {kernel: µs per call}}``; the times are those measured to choose
         the kernel ('auto'), and with ``measure=True`` every layer (each kind,
-        each kernel of a convolution or linear layer) is timed now."""
+        each kernel of a convolution or linear layer) is timed now. A tiled
+        convolution that also does the copy or residual block after it is
+        kind 'conv+copy' or 'conv+residual' (``tile.fuse_tiled``)."""
         rows, timed = [], {}
         for i, op in enumerate(self.ops):
             times = dict(op.params.get('measured') or {})
             if measure:
                 key = layer_key(op)
                 if key not in timed:
-                    timed[key] = time_kernels(op, self.weights,
-                                              KIND_KERNELS.get(op.kind, (None,)))
+                    timed[key] = time_kernels(op, self.weights, kernels_of(op))
                 times = {k or op.kind: v for k, v in timed[key].items()}
-            rows.append({'layer': i, 'kind': op.kind, 'kernel': op.params.get('kernel'),
+            kind = op.kind + ('+' + op.params['fused'] if op.params.get('fused') else '')
+            rows.append({'layer': i, 'kind': kind, 'kernel': op.params.get('kernel'),
                          'input': ' + '.join('x'.join(map(str, v.shape())) for v in op.inputs),
                          'output': 'x'.join(map(str, op.output.shape())), 'us': times})
         return rows

@@ -67,7 +67,7 @@ def _tile(op, r, ob, first):
     index is a slice's start plus loop counters and literals: numba then
     knows it is not negative (no wraparound select, which the vectoriser
     would turn into gathers)."""
-    (x,), y, p = op.inputs, op.output, op.params
+    x, y, p = op.inputs[0], op.output, op.params
     kh, kw = p['k']
     sy, sx = p['stride']
     shift = x.margin - p['pad']  # where the padded window starts inside the margin
@@ -92,11 +92,23 @@ def _tile(op, r, ob, first):
             if p['relu']:
                 value = 'max({}, numpy.float32(0))'.format(value)
             lines.append('sums[{}] = {}'.format(i * ob + j, value))
-    lines += ['out = S[{} + o0 * {} + oy * {} + {}:]'.format(y.off, y.ps, y.ws, first),
-              'for j in range({}):'.format(ob),
-              '    for i in range({}):'.format(r),
-              '        out[j * {} + i] = sums[i * {} + j]'.format(y.ps, ob)]
-    return lines
+    m = y.margin  # the output's own layout: wide (margin 0) or with a margin
+    lines += ['out = S[{} + o0 * {} + (oy + {}) * {} + {} + {}:]'.format(
+                  y.off, y.ps, m, y.ws, m, first)]
+    if p.get('shortcut') is None:
+        return lines + ['for j in range({}):'.format(ob),
+                        '    for i in range({}):'.format(r),
+                        '        out[j * {} + i] = sums[i * {} + j]'.format(y.ps, ob)]
+    sc, s = op.inputs[1], p['shortcut']  # relu(sum + shortcut), as ``residual``
+    return lines + [
+        'sc = S[{} + o0 * {} + (oy * {} + {}) * {} + {} + ({}) * {}:]'.format(
+            sc.off, sc.ps, s, sc.margin, sc.ws, sc.margin, first, s),
+        'for j in range({}):'.format(ob),
+        '    for i in range({}):'.format(r),
+        '        v = sums[i * {} + j]'.format(ob),
+        '        if o0 + j < {}:'.format(sc.c),
+        '            v += sc[j * {} + i * {}]'.format(sc.ps, s),
+        '        out[j * {} + i] = max(v, numpy.float32(0))'.format(y.ps)]
 
 
 def gen_conv_tile(op):
@@ -112,6 +124,39 @@ def gen_conv_tile(op):
         rows += _tile(op, rest, ob, str(full * r))
     return ['for o0 in range(0, {}, {}):'.format(y.c, ob),
             '    for oy in range({}):'.format(y.h)] + ['        ' + line for line in rows]
+
+
+def fuse_tiled(ops, keep):
+    """The ``id``s of the ops of ``ops`` a tiled convolution now does as it writes (its
+    stores write any layout, one pixel at a time): a plain copy of its output
+    (the margin a padded convolution after it reads) and the residual block
+    its output starts (the shortcut added, then ReLU: ``shortcut`` param, the
+    shortcut its second input). Only where the convolution's output has that
+    one reader and is none of ``keep`` (values read after the ops run). The
+    convolution's ``fused`` param names what it took over."""
+    readers = {}
+    for op in ops:
+        for v in op.inputs:
+            readers.setdefault(id(v), []).append(op)
+    gone = set()
+    for op in ops:
+        if op.kind != 'conv' or op.params.get('kernel') != 'tile' or \
+                any(op.output is v for v in keep) or len(readers.get(id(op.output), ())) != 1:
+            continue
+        (after,) = readers[id(op.output)]
+        if after.kind == 'copy' and after.params['scale'] is None and not after.params['relu']:
+            op.output = after.output
+            op.params['fused'] = 'copy'
+        elif after.kind == 'residual' and after.inputs[0] is op.output and \
+                after.inputs[1] is not op.output and not op.params['relu']:
+            op.inputs = [op.inputs[0], after.inputs[1]]
+            op.params['shortcut'] = after.params['stride']
+            op.params['fused'] = 'residual'
+            op.output = after.output
+        else:
+            continue
+        gone.add(id(after))
+    return gone
 
 
 @contextlib.contextmanager
