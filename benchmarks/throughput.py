@@ -7,7 +7,7 @@ peak (a large float32 matrix product), all from one run.
     python benchmarks/throughput.py [--networks lenet,alexnet,resnet] [--quick]
         [--model FILE.npz] [--alexnet-model FILE.npz] [--resnet-model FILE.npz]
         [--samples N] [--T 0.5 | --leave 0.9] [--batches 1,64,512] [--repeats 5]
-        [--threads N] [--chainer] [--numba-kernels loop,gemm] [--explain]
+        [--threads N] [--chainer] [--numba-kernels loop,gemm,tile] [--explain]
 
 Batch 1 is timed per sample end to end as ``measurement.measure_main`` and
 ``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
@@ -19,7 +19,8 @@ MNIST resized to 3x32x32 (``datasets.mnist32``) with the weights of
 ``--alexnet-model``/``--resnet-model`` (e.g. trained briefly with
 ``branchynet.driver.run --dataset mnist32``) or, without one, their random
 initial weights. The numba path chooses each convolution's and linear
-layer's kernel by measuring both (``NumbaBranchyNet(kernels='auto')``);
+layer's kernel by measuring its kernels (generated loop, im2col + BLAS,
+register tiles for convolutions: ``NumbaBranchyNet(kernels='auto')``);
 ``--numba-kernels loop`` times a numba path with every layer forced to that
 kernel beside it (path ``numba-loop``), and ``--explain`` prints the numba
 path's layers: kernel chosen and µs per call of each layer and kernel. The
@@ -193,7 +194,7 @@ def main():
     p.add_argument('--chainer', action='store_true', help='time plain Chainer too (slow)')
     p.add_argument('--numba-kernels', default=None,
                    help='also time the numba path with every layer forced to these kernels '
-                        '(comma-separated, of: loop, gemm)')
+                        '(comma-separated, of: loop, gemm, tile)')
     p.add_argument('--explain', action='store_true',
                    help='print the numba path\'s layers: kernel chosen, µs per call')
     p.add_argument('--threads', type=int, default=None,
@@ -215,9 +216,10 @@ def main():
     if args.repeats < 1:
         p.error('--repeats must be at least 1, got {}'.format(args.repeats))
     bad = [k for k in (args.numba_kernels or '').split(',')
-           if k.strip() not in ('', 'loop', 'gemm')]
+           if k.strip() not in ('', 'loop', 'gemm', 'tile')]
     if bad:
-        p.error('--numba-kernels: unknown {} (expected some of loop, gemm)'.format(', '.join(bad)))
+        p.error('--numba-kernels: unknown {} (expected some of loop, gemm, tile)'.format(
+            ', '.join(bad)))
     model, vector = processor()
     print('processor: {}; vector extensions: {}'.format(model, ' '.join(vector) or 'none found'))
     digits = mnist()

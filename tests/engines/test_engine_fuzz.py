@@ -4,8 +4,8 @@ The fast path and ONNX Runtime run on ``CI_EXAMPLES`` networks drawn by
 ``tests.netgen.specs`` (derandomized: the same networks every run). Numba
 compiles each network shape for seconds, so CI runs it on ``NUMBA_CASES``,
 hand-picked to cover every layer kind and exit placement, each shape compiled
-once per kernel (the generated loop, the im2col + BLAS product) and run with
-every confidence measure, several weights and batch sizes.
+once per kernel (the generated loop, the im2col + BLAS product, the register
+tiles) and run with every confidence measure, several weights and batch sizes.
 ``./run_tests.sh -m fuzz`` runs ``FUZZ_EXAMPLES`` fresh random networks per
 engine (failures are kept in the hypothesis database under .hypothesis).
 """
@@ -48,12 +48,14 @@ def _numba(kernels='auto'):
 #: engine -> (factory, documented refusal types), and whether ``exit_logits``
 #: is the engine's own (numba's comes from the fast path: labels only); numba
 #: with the kernel of every convolution and linear layer measured ('auto') or
-#: forced to the generated loop or the im2col + BLAS product
+#: forced to the generated loop, the im2col + BLAS product or (convolutions;
+#: linear layers: the loop) the register tiles
 ENGINES = {'fast': (lambda: (FastBranchyNet, ()), True),
            'onnx': (_onnx, True),
            'numba': (_numba(), False),
            'numba-loop': (_numba('loop'), False),
-           'numba-gemm': (_numba('gemm'), False)}
+           'numba-gemm': (_numba('gemm'), False),
+           'numba-tile': (_numba('tile'), False)}
 
 
 def refused_layers(engine, spec):
@@ -89,7 +91,7 @@ def test_generated_networks(engine, spec):
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize('engine', ['fast', 'onnx', 'numba'])
+@pytest.mark.parametrize('engine', ['fast', 'onnx', 'numba', 'numba-tile'])
 @FUZZ
 @given(spec=netgen.specs())
 def test_generated_networks_fuzz(engine, spec):
@@ -176,7 +178,7 @@ def _numba_runs(spec):
 
 def _hand_picked():
     for name in sorted(NUMBA_CASES):
-        for engine in ('fast', 'onnx', 'numba-loop', 'numba-gemm'):
+        for engine in ('fast', 'onnx', 'numba-loop', 'numba-gemm', 'numba-tile'):
             yield pytest.param(engine, name, id='{}-{}'.format(name, engine))
 
 

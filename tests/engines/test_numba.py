@@ -282,14 +282,22 @@ def _kernels(engine):
 @pytest.mark.parametrize('kernels', ['fast', None, 1])
 def test_unknown_kernel_setting_refused(kernels):
     with pytest.raises(InvalidValue, match="kernels must be one of 'auto', 'loop', "
-                                                     "'gemm', got"):
+                                                     "'gemm', 'tile', got"):
         numbapath.NumbaBranchyNet(_tiny_net(), kernels=kernels)
 
 
+def _timer(**times):
+    """A stand-in for ``time_kernels`` giving ``times`` (µs) for the kernels asked."""
+    def time_kernels(op, weights, kernels):
+        return {k: times[k] for k in kernels}
+    return time_kernels
+
+
 def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkeypatch):
-    """'auto' takes the kernel measured faster for each layer shape, keeps the
-    times in the cache folder (the next compile measures nothing), and both
-    choices give predict's answers."""
+    """'auto' takes the kernel measured fastest for each layer shape, keeps the
+    times in the cache folder (the next compile measures nothing), and every
+    choice gives predict's answers; the tile kernel is a choice for
+    convolutions only."""
     monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
     net = _strided_net()
     x = numpy.random.RandomState(5).randn(20, 2, 9, 9).astype(numpy.float32)
@@ -297,13 +305,14 @@ def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkey
     measured = []
 
     def gemm_faster(op, weights, kernels):
-        measured.append(op.kind)
-        return {'loop': 2.0, 'gemm': 1.0}
+        measured.append((op.kind, tuple(kernels)))
+        return _timer(loop=2.0, gemm=1.0, tile=3.0)(op, weights, kernels)
 
     monkeypatch.setattr(numba_program, 'time_kernels', gemm_faster)
     engine = numbapath.NumbaBranchyNet(net, threads=2)
     assert _kernels(engine) == {'gemm'} and engine.program.uses_gemm
-    assert sorted(measured) == ['conv', 'conv', 'linear', 'linear']  # each shape once
+    assert sorted(measured) == [('conv', ('loop', 'gemm', 'tile'))] * 2 + \
+        [('linear', ('loop', 'gemm'))] * 2  # each shape once
     for got, want in zip(engine.predict(x, 0.5), expected):
         numpy.testing.assert_array_equal(got, want)
     assert os.path.exists(str(tmp_path / 'kernel_choices.json'))
@@ -311,13 +320,24 @@ def test_kernel_choice_follows_the_measured_times_and_is_cached(tmp_path, monkey
     monkeypatch.setattr(numba_program, 'time_kernels', lambda *a: pytest.fail('measured again'))
     assert _kernels(numbapath.NumbaBranchyNet(net, threads=2)) == {'gemm'}
 
-    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path / 'other'))
-    monkeypatch.setattr(numba_program, 'time_kernels',
-                        lambda op, weights, kernels: {'loop': 1.0, 'gemm': 3.0})
-    engine = numbapath.NumbaBranchyNet(net, threads=2)
-    assert _kernels(engine) == {'loop'} and not engine.program.uses_gemm
-    for got, want in zip(engine.predict(x, 0.5), expected):
-        numpy.testing.assert_array_equal(got, want)
+    for sub, times, chosen in (('loop', dict(loop=1.0, gemm=3.0, tile=2.0), {'loop'}),
+                               ('tile', dict(loop=2.0, gemm=3.0, tile=1.0), {'tile', 'loop'})):
+        monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path / sub))
+        monkeypatch.setattr(numba_program, 'time_kernels', _timer(**times))
+        engine = numbapath.NumbaBranchyNet(net, threads=2)
+        assert _kernels(engine) == chosen and not engine.program.uses_gemm
+        assert {op.params['kernel'] for op in engine.program.ops if op.kind == 'linear'} \
+            == {'loop'}
+        for got, want in zip(engine.predict(x, 0.5), expected):
+            numpy.testing.assert_array_equal(got, want)
+
+
+def test_forced_tile_kernel_tiles_convolutions_and_loops_linear_layers():
+    engine = numbapath.NumbaBranchyNet(_strided_net(), threads=1, kernels='tile')
+    kinds = {(op.kind, op.params['kernel']) for op in engine.program.ops
+             if op.kind in ('conv', 'linear')}
+    assert kinds == {('conv', 'tile'), ('linear', 'loop')}
+    assert 'def ' in engine.program.source and 'sums[' in engine.program.source
 
 
 def test_explain_names_every_layer_its_kernel_and_times(tmp_path, monkeypatch):
@@ -326,8 +346,9 @@ def test_explain_names_every_layer_its_kernel_and_times(tmp_path, monkeypatch):
     rows = engine.program.explain()
     assert [r['kind'] for r in rows] == [op.kind for op in engine.program.ops]
     for r in rows:
-        if r['kind'] in ('conv', 'linear'):  # both kernels measured, the faster chosen
-            assert set(r['us']) == {'loop', 'gemm'} and all(t > 0 for t in r['us'].values())
+        if r['kind'] in ('conv', 'linear'):  # every kernel measured, the fastest chosen
+            assert set(r['us']) == {'loop', 'gemm'} | ({'tile'} if r['kind'] == 'conv' else set())
+            assert all(t > 0 for t in r['us'].values())
             assert r['kernel'] == min(r['us'], key=r['us'].get)
     assert rows[0]['input'] == '2x9x9' and rows[0]['output'] == '3x5x5'
     text = engine.explain(measure=True)  # every layer timed now, summed by kind

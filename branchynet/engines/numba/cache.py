@@ -16,7 +16,7 @@ in ``kernel_choices.json`` (``ChoiceCache``).
 
 
 from branchynet.engines.numba.layout import require_numba
-from branchynet.engines.numba.kernels import KERNELS, processor
+from branchynet.engines.numba.kernels import processor
 
 
 class ChoiceCache:
@@ -49,10 +49,11 @@ class ChoiceCache:
         import hashlib
         return hashlib.sha256((self.salt + key).encode()).hexdigest()[:32]
 
-    def get(self, key):
+    def get(self, key, kernels):
+        """The times of ``kernels`` measured for ``key``, or None where one is missing."""
         times = self.entries.get(self._digest(key))
         if isinstance(times, dict) and all(isinstance(times.get(k), (int, float))
-                                           for k in KERNELS[1:]):
+                                           for k in kernels):
             return times
         return None
 

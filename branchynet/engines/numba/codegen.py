@@ -5,7 +5,8 @@ sums all kernel taps of one input channel for a few output channels at once
 (one load of the output per input channel, not per tap, a loop numba
 vectorises); its GEMM kernel is an im2col and one BLAS product. Max pooling
 (``cover_all`` windows clipped to the input) takes a ReLU in; LRN, average
-pooling, a residual block and linear layers (vectorised dot products). The
+pooling, a residual block and linear layers (vectorised dot products); the
+register-tiled convolution kernel is in ``tile``. The
 exit decision (``module_header``) uses the same formula as ``confidence``
 (entropy, maxprob or margin of the float64 softmax of the logits).
 """
@@ -15,6 +16,7 @@ import numpy
 
 from branchynet.engines.numba.layout import MAX_TERMS, OBS, CHAINS
 from branchynet.engines.numba.builder import Op
+from branchynet.engines.numba.tile import gen_conv_tile
 
 
 def indent(lines, n):
@@ -24,6 +26,8 @@ def indent(lines, n):
 def _gen_conv(op):
     if op.params.get('kernel') == 'gemm':
         return _gen_conv_gemm(op)
+    if op.params.get('kernel') == 'tile':
+        return gen_conv_tile(op)
     return _gen_conv_loop(op)
 
 
@@ -283,7 +287,7 @@ def symbolic(op):
     args.append(('Y', op.output.off))
     op.output.off = 'Y'
     params = dict(op.params)
-    for key in ('w', 'b', 'scale', 'shift', 'col'):
+    for key in ('w', 'wt', 'b', 'scale', 'shift', 'col'):
         if params.get(key) is not None:
             name = 'P' + key.upper()
             args.append((name, params[key]))
@@ -317,8 +321,11 @@ def function_lines(kind, name, body, args, cache=True):
 MAX_PERIOD = 8
 
 
-def call_lines(calls, tables):
-    """Source lines calling ``calls`` (``(function, [offsets])``) in order.
+def call_lines(calls, tables, typed=()):
+    """Source lines calling ``calls`` (``(function, [offsets])``) in order;
+    the offsets passed to a function of ``typed`` as ``numpy.int64`` values,
+    not literals (numba then calls the machine code compiled beforehand for
+    int64 offsets instead of compiling one copy per call site).
     A run of at least two repeats of the same functions (ResNet's identical
     blocks) becomes one loop over a table of their offsets (appended to
     ``tables``; global ``T<i>`` in the module): LLVM then inlines one copy of
@@ -337,7 +344,8 @@ def call_lines(calls, tables):
         reps, period = best
         if reps == 1:
             f, args = calls[i]
-            lines.append('{}(W, S, {})'.format(f, ', '.join(map(str, args))))
+            pattern = 'numpy.int64({})' if f in typed else '{}'
+            lines.append('{}(W, S, {})'.format(f, ', '.join(pattern.format(a) for a in args)))
             i += 1
             continue
         block = calls[i:i + reps * period]
@@ -396,7 +404,8 @@ def module_header():
     import inspect
     score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
     finite = inspect.getsource(_finite).replace('def _finite(', 'def finite(', 1)
-    out = ['import math', 'import numba', 'import numpy', '', '',
+    out = ['# compiled with the SLP vectoriser on (tile.slp_vectorize)',
+           'import math', 'import numba', 'import numpy', '', '',
            '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + score.splitlines()
     return out + ['', '', '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + \
         finite.splitlines()

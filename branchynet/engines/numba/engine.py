@@ -147,12 +147,12 @@ class NumbaBranchyNet(InferenceEngine):
         ``measure=True`` every layer is timed now (a profile by layer), and
         a last line sums the times by layer kind."""
         rows = self.program.explain(measure)
-        lines = ['{:>5s} {:<8s} {:<22s} {:<12s} {:<6s} {}'.format(
+        lines = ['{:>5s} {:<13s} {:<22s} {:<12s} {:<6s} {}'.format(
             'layer', 'kind', 'input', 'output', 'kernel', 'µs per call')]
         total = {}
         for r in rows:
             times = ', '.join('{} {:.1f}'.format(k, v) for k, v in sorted(r['us'].items()))
-            lines.append('{:>5d} {:<8s} {:<22s} {:<12s} {:<6s} {}'.format(
+            lines.append('{:>5d} {:<13s} {:<22s} {:<12s} {:<6s} {}'.format(
                 r['layer'], r['kind'], r['input'], r['output'], r['kernel'] or '-', times))
             chosen = r['us'].get(r['kernel'] or r['kind'])
             if chosen is not None:

@@ -1,7 +1,8 @@
-"""Which kernel each convolution and linear layer runs: the generated loop or
-an im2col and BLAS product, whichever is measured faster for the layer's
-shape on this machine (``time_kernels``), with the BLAS held to one thread
-(``blas_limit``) as the engine runs it.
+"""Which kernel each convolution and linear layer runs: the generated loop,
+an im2col and BLAS product or (convolutions) register tiles (``tile``),
+whichever is measured fastest for the layer's shape on this machine
+(``time_kernels``), with the BLAS held to one thread (``blas_limit``) as the
+engine runs it.
 """
 import math
 import time
@@ -11,19 +12,47 @@ import numpy
 from branchynet.engines.numba.layout import VECTOR
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.codegen import gemm_size, symbolic, function_lines
+from branchynet.engines.numba.tile import slp_vectorize, tile_scratch, transposed_weights
 
 
 #: Kernel settings of ``NumbaBranchyNet(kernels=...)``: measured choice, or forced.
-KERNELS = ('auto', 'loop', 'gemm')
+KERNELS = ('auto', 'loop', 'gemm', 'tile')
 
-#: Layer kinds with both kernels (the others have one).
-CHOOSABLE = ('conv', 'linear')
+#: Kernels of each layer kind that has a choice (the others have one).
+KIND_KERNELS = {'conv': ('loop', 'gemm', 'tile'), 'linear': ('loop', 'gemm')}
+CHOOSABLE = tuple(KIND_KERNELS)
+
+
+def kernel_for(op, kernels):
+    """The kernel a forced setting ``kernels`` gives ``op``: that one where
+    its kind has it, else the generated loop."""
+    return kernels if kernels in KIND_KERNELS[op.kind] else 'loop'
+
+
+def scratch_size(op):
+    """Floats of the slab's transient area ``op``'s kernel uses (the GEMM's
+    im2col matrix, a tile's sums)."""
+    kernel = op.params.get('kernel')
+    if op.kind == 'conv' and kernel == 'gemm':
+        k, n = gemm_size(op)
+        return k * n
+    if op.kind == 'conv' and kernel == 'tile':
+        return tile_scratch(op)
+    return 0
+
+
+def kernels_of(op):
+    """The kernels ``op`` can run (None: its kind's only one); a convolution
+    that took over the op after it (``tile.fuse_tiled``) only its tile."""
+    if op.params.get('fused'):
+        return ('tile',)
+    return KIND_KERNELS.get(op.kind, (None,))
 
 
 def layer_key(op):
     """What a layer's speed depends on: its kind and generated loop code (every
-    size a literal, offsets symbolic), as a string."""
-    params = dict(op.params, kernel='loop')
+    size a literal, offsets symbolic; a fused convolution's tile code), as a string."""
+    params = dict(op.params, kernel='tile' if op.params.get('fused') else 'loop')
     body, _ = symbolic(Op(op.kind, op.inputs, op.output, **params))
     return op.kind + '\n' + '\n'.join(body)
 
@@ -38,12 +67,18 @@ def time_kernels(op, weights, kernels, rounds=5, seconds=2e-3):
     end = 0
     for v in values:
         v.off, end = end, end + v.size
-    k, n = gemm_size(op) if op.kind == 'conv' else (0, 0)
-    lines, calls = ['import math', 'import numba', 'import numpy'], []
+    wt = len(weights)
+    if 'tile' in kernels:  # the tile kernel reads its weights transposed, after the others
+        weights = numpy.concatenate([weights, transposed_weights(op, weights)])
+    lines, calls, scratch = ['import math', 'import numba', 'import numpy'], [], 0
     try:
         for i, kernel in enumerate(kernels):
             params = dict(op.params, kernel=kernel, col=end)
-            body, args = symbolic(Op(op.kind, op.inputs, op.output, **params))
+            if kernel == 'tile':
+                params['wt'] = wt
+            one = Op(op.kind, op.inputs, op.output, **params)
+            scratch = max(scratch, scratch_size(one))
+            body, args = symbolic(one)
             lines += [''] + function_lines(op.kind, 'k{}'.format(i), body, args, cache=False)
             calls.append([v for _, v in args])
     finally:
@@ -51,13 +86,14 @@ def time_kernels(op, weights, kernels, rounds=5, seconds=2e-3):
             v.off = off
     module = {}
     exec(compile('\n'.join(lines), '<kernel timing>', 'exec'), module)
-    S = numpy.random.RandomState(0).rand(end + k * n + VECTOR).astype(numpy.float32)
+    S = numpy.random.RandomState(0).rand(end + scratch + VECTOR).astype(numpy.float32)
     fns = [(module['k{}'.format(i)], calls[i]) for i in range(len(kernels))]
     best = [math.inf] * len(fns)
     with blas_limit(1):
         reps = []
         for fn, args in fns:  # compile, then a first time for the repetitions
-            fn(weights, S, *args)
+            with slp_vectorize():
+                fn(weights, S, *args)
             start = time.perf_counter()
             fn(weights, S, *args)
             reps.append(max(1, int(seconds / max(time.perf_counter() - start, 1e-7))))

@@ -13,9 +13,11 @@ from branchynet.engines.routing import NOT_FINITE
 from branchynet.validation import InvalidValue
 from branchynet.engines.numba.layout import NotCompilable, require_numba, Value
 from branchynet.engines.numba.builder import Builder
-from branchynet.engines.numba.codegen import (call_lines, function_lines, gemm_size, indent,
+from branchynet.engines.numba.codegen import (call_lines, function_lines, indent,
                                               module_header, symbolic)
-from branchynet.engines.numba.kernels import KERNELS, CHOOSABLE, layer_key, time_kernels
+from branchynet.engines.numba.kernels import (KERNELS, KIND_KERNELS, kernel_for, kernels_of,
+                                              layer_key, scratch_size, time_kernels)
+from branchynet.engines.numba.tile import fuse_tiled, slp_vectorize, transposed_weights
 from branchynet.engines.numba.cache import (ChoiceCache, suppress_os_error, write_source,
                                             cached_files, untrusted_cache, cache_dir)
 
@@ -92,19 +94,25 @@ class Program:
         self.nclasses = heads[0][2].c
         self.weights = numpy.concatenate(b.weights) if b.weights else numpy.zeros(1, numpy.float32)
         self._choose(b.ops, kernels if load or kernels != 'auto' else 'loop')
+        self._transpose(b.ops)
+        keep = [s[2] for s in segments] + [z for *_, z in heads]
+        gone = fuse_tiled(b.ops, keep)
+        index = numpy.cumsum([0] + [id(op) not in gone for op in b.ops])  # old -> new op index
+        segments = [(index[a], index[e], v) for a, e, v in segments]
+        heads = [(index[a], index[e], v) for a, e, v in heads]
+        b.ops = [op for op in b.ops if id(op) not in gone]
         # the main program skips the early heads: their outputs are never read there,
         # so one allocation serves both programs
-        self.slab = _allocate(b.ops, [x], keep=[s[2] for s in segments] + [z for *_, z in heads])
-        # the GEMM kernels' im2col matrix: one area after the values, shared (transient)
-        col = max([k * n for k, n in (gemm_size(op) for op in b.ops
-                                      if op.params.get('kernel') == 'gemm' and op.kind == 'conv')]
-                  or [0])
+        self.slab = _allocate(b.ops, [x], keep=keep)
+        # the GEMM kernels' im2col matrix, the tiles' sums: one area after the values,
+        # shared (transient)
+        col = max([scratch_size(op) for op in b.ops] or [0])
         for op in b.ops:
-            if op.params.get('kernel') == 'gemm':
+            if op.params.get('kernel') in ('gemm', 'tile'):
                 op.params['col'] = self.slab
         self.slab += col
         self.x, self.segments, self.heads, self.ops = x, segments, heads, b.ops
-        self.functions = {}
+        self.functions, self._tiled = {}, {}  # tiled: name -> number of offset arguments
         self.source = self._source()
         if load:
             start = time.perf_counter()
@@ -114,28 +122,39 @@ class Program:
 
     def _choose(self, ops, kernels):
         """Set each convolution's and linear layer's ``kernel`` param: the one
-        ``kernels`` forces, or ('auto') the faster of both as measured on this
+        ``kernels`` forces (where the layer has it; else the loop), or
+        ('auto') the fastest of its kind's kernels as measured on this
         machine for that layer's shape (kept in ``kernel_choices.json`` in the
         cache folder, so a shape is measured once per processor)."""
         measured = {}
         choices = ChoiceCache() if kernels == 'auto' else None
         for op in ops:
-            if op.kind not in CHOOSABLE:
+            if op.kind not in KIND_KERNELS:
                 continue
             if kernels != 'auto':
-                op.params['kernel'] = kernels
+                op.params['kernel'] = kernel_for(op, kernels)
                 continue
-            key = layer_key(op)
+            key, options = layer_key(op), KIND_KERNELS[op.kind]
             if key not in measured:
-                measured[key] = choices.get(key)
+                measured[key] = choices.get(key, options)
                 if measured[key] is None:
-                    measured[key] = time_kernels(op, self.weights, KERNELS[1:])
+                    measured[key] = time_kernels(op, self.weights, options)
                     choices.put(key, measured[key])
             times = measured[key]
-            op.params['kernel'] = min(KERNELS[1:], key=lambda k: (times[k], k != 'loop'))
-            op.params['measured'] = times
+            op.params['kernel'] = min(options, key=lambda k: (times[k], k != 'loop'))
+            op.params['measured'] = {k: times[k] for k in options}
         if choices is not None:
             choices.save()
+
+    def _transpose(self, ops):
+        """Append the transposed weights of every tiled convolution (``wt``)."""
+        extra, size = [], len(self.weights)
+        for op in ops:
+            if op.params.get('kernel') == 'tile':
+                extra.append(transposed_weights(op, self.weights))
+                op.params['wt'], size = size, size + extra[-1].size
+        if extra:
+            self.weights = numpy.concatenate([self.weights] + extra)
 
     @property
     def uses_gemm(self):
@@ -146,17 +165,19 @@ class Program:
         """One row per layer: ``{'layer', 'kind', 'input', 'output', 'kernel',
         'us': {kernel: µs per call}}``; the times are those measured to choose
         the kernel ('auto'), and with ``measure=True`` every layer (each kind,
-        each kernel of a convolution or linear layer) is timed now."""
+        each kernel of a convolution or linear layer) is timed now. A tiled
+        convolution that also does the copy or residual block after it is
+        kind 'conv+copy' or 'conv+residual' (``tile.fuse_tiled``)."""
         rows, timed = [], {}
         for i, op in enumerate(self.ops):
             times = dict(op.params.get('measured') or {})
             if measure:
                 key = layer_key(op)
                 if key not in timed:
-                    timed[key] = time_kernels(op, self.weights, KERNELS[1:]
-                                              if op.kind in CHOOSABLE else (None,))
+                    timed[key] = time_kernels(op, self.weights, kernels_of(op))
                 times = {k or op.kind: v for k, v in timed[key].items()}
-            rows.append({'layer': i, 'kind': op.kind, 'kernel': op.params.get('kernel'),
+            kind = op.kind + ('+' + op.params['fused'] if op.params.get('fused') else '')
+            rows.append({'layer': i, 'kind': kind, 'kernel': op.params.get('kernel'),
                          'input': ' + '.join('x'.join(map(str, v.shape())) for v in op.inputs),
                          'output': 'x'.join(map(str, op.output.shape())), 'us': times})
         return rows
@@ -173,11 +194,13 @@ class Program:
                 cache[key] = 'op{}'.format(i)
                 out += [''] + function_lines(op.kind, 'op{}'.format(i), body, args) + ['']
                 self.functions[cache[key]] = key
+                if op.params.get('kernel') == 'tile':
+                    self._tiled[cache[key]] = len(args)
             calls.append((cache[key], [v for _, v in args]))
         tables = []
 
         def run(start, end):
-            return call_lines(calls[start:end], tables)
+            return call_lines(calls[start:end], tables, typed=self._tiled)
 
         x = self.x
         sample = ['xin = X[i]',
@@ -289,4 +312,10 @@ class Program:
         S = numpy.zeros((1, self.slab), numpy.float32)[0]
         limits = numpy.zeros(len(self.heads), numpy.float64)
         labels, exits = numpy.zeros(2, numpy.int32), numpy.zeros(2, numpy.int32)
+        numba = self.numba or require_numba()
+        array = numba.float32[::1]
+        with slp_vectorize():  # the tiled convolutions first, vectorised (``tile``) ...
+            for name, n in self._tiled.items():
+                getattr(self.module, name).compile((array, array) + (numba.int64,) * n)
+        # ... then ``run`` with them inside, without the SLP vectoriser's time on the rest
         self.run(X, self.weights, S, limits, 0, False, labels, exits, 0, 2)
