@@ -216,21 +216,38 @@ def _gen_lrn(op):
     (x,), y, p = op.inputs, op.output, op.params
     half = p['n'] // 2
     if p['beta'] == 0.75:  # t ** -0.75 with square roots, which vectorise
-        power = 'numpy.float32(1) / math.sqrt(t * math.sqrt(t))'
+        power = 'numpy.float32(1) / numpy.sqrt(t * numpy.sqrt(t))'
     else:
         power = 't ** numpy.float32({!r})'.format(-p['beta'])
-    return ['for c in range({}):'.format(y.c),
-            '    c0 = max(c - {}, 0)'.format(half),
-            '    c1 = min(c + {}, {})'.format(half + 1, x.c),
-            '    for y in range({}):'.format(y.h),
-            '        for x in range({}):'.format(y.w),
-            '            s = numpy.float32(0)',
-            '            for cc in range(c0, c1):',
-            '                a = S[{}]'.format(x.at('cc')),
-            '                s += a * a',
-            '            t = numpy.float32({!r}) + numpy.float32({!r}) * s'.format(
-                float(p['k']), float(p['alpha'])),
-            '            S[{}] = S[{}] * {}'.format(y.at(), x.at(), power)]
+    window = ['for c in range({}):'.format(y.c),
+              '    c0 = max(c - {}, 0)'.format(half),
+              '    c1 = min(c + {}, {})'.format(half + 1, x.c)]
+    scale = 'numpy.float32({!r}) + numpy.float32({!r}) * lrn_sq[i]'.format(
+        float(p['k']), float(p['alpha']))
+    # The window's squares are summed plane by plane into one buffer, so every
+    # inner loop runs along contiguous memory and vectorises (a 64x30x30 LRN:
+    # 31 against 176 µs summing across channels a plane apart). A plane of x
+    # is read whole, rows ws apart (a wide value's extra columns are computed
+    # and not copied out); the result goes through the buffer into y's layout.
+    n = y.h * x.ws
+    first = '{} + {{}} * {} + {}'.format(x.off, x.ps, x.margin * x.ws + x.margin)
+    lines = ['lrn_sq = numpy.empty({}, numpy.float32)'.format(n)] + window + [
+        '    for i in range({}):'.format(n),
+        '        lrn_sq[i] = numpy.float32(0)',
+        '    for cc in range(c0, c1):',
+        '        for i in range({}):'.format(n),
+        '            a = S[{} + i]'.format(first.format('cc')),
+        '            lrn_sq[i] += a * a',
+        '    for i in range({}):'.format(n),
+        '        t = ' + scale]
+    if x.compact and y.compact:
+        return lines + ['        S[{} + c * {} + i] = S[{} + i] * {}'.format(
+            y.off, y.ps, first.format('c'), power)]
+    return lines + [
+        '        lrn_sq[i] = S[{} + i] * {}'.format(first.format('c'), power),
+        '    for y in range({}):'.format(y.h),
+        '        for x in range({}):'.format(y.w),
+        '            S[{}] = lrn_sq[y * {} + x]'.format(y.at(), x.ws)]
 
 
 def _gen_residual(op):
@@ -307,13 +324,20 @@ _CONTRACT = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
 
 FASTMATH = {'linear': True}
 
+#: numba's error model per kind (default 'python'): LRN divides by its scale
+#: per element, and the zero check of the 'python' model stops the
+#: vectoriser (a 64x30x30 LRN: 190 against 31 µs); 'numpy' gives inf/nan as
+#: Chainer does, which the engines' non-finite-logit check then refuses.
+ERROR_MODEL = {'lrn': 'numpy'}
+
 
 def function_lines(kind, name, body, args, cache=True):
     """A layer function's source: decorator, signature, body."""
     fm = FASTMATH.get(kind, _CONTRACT)
-    return ['@numba.njit(fastmath={}, boundscheck=False, nogil=True, cache={})'.format(
+    return ['@numba.njit(fastmath={}, error_model={!r}, boundscheck=False, nogil=True, '
+            'cache={})'.format(
                 fm if isinstance(fm, bool) else '{' + ', '.join(map(repr, sorted(fm))) + '}',
-                cache),
+                ERROR_MODEL.get(kind, 'python'), cache),
             'def {}(W, S, {}):'.format(name, ', '.join(n for n, _ in args))] + \
         indent(body, 1)
 
