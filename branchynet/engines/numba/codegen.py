@@ -225,8 +225,9 @@ def _gen_lrn(op):
     scale = 'numpy.float32({!r}) + numpy.float32({!r}) * lrn_sq[i]'.format(
         float(p['k']), float(p['alpha']))
     # The window's squares are summed plane by plane into one buffer, so every
-    # inner loop runs along contiguous memory and vectorises (a 64x30x30 LRN:
-    # 31 against 176 µs summing across channels a plane apart). A plane of x
+    # inner loop runs along contiguous memory and can vectorise (a 64x30x30 LRN
+    # as a standalone numba function: 31 against 176 µs summing across
+    # channels a plane apart; see ERROR_MODEL for what else it needs). A plane of x
     # is read whole, rows ws apart (a wide value's extra columns are computed
     # and not copied out); the result goes through the buffer into y's layout.
     n = y.h * x.ws
@@ -326,7 +327,9 @@ FASTMATH = {'linear': True}
 
 #: numba's error model per kind (default 'python'): LRN divides by its scale
 #: per element, and the zero check of the 'python' model stops the
-#: vectoriser (a 64x30x30 LRN: 190 against 31 µs); 'numpy' gives inf/nan as
+#: vectoriser (a 64x30x30 LRN in the engine, loaded machine: 193 µs with
+#: it, 129 without; B-ResNet-110's first head on a quiet one: 144 -> 90 µs
+#: with both LRN changes); 'numpy' gives inf/nan as
 #: Chainer does, which the engines' non-finite-logit check then refuses.
 ERROR_MODEL = {'lrn': 'numpy'}
 
