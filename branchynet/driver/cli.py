@@ -109,6 +109,9 @@ def build_parser():
     parser.add_argument('--adam-beta1', type=float, metavar='B',
                         help="Adam's beta1 (default {}, the original code's; the paper states "
                              '0.99)'.format(training.ORIGINAL_ADAM_BETA1))
+    parser.add_argument('--lr-schedule', choices=training.LR_SCHEDULES,
+                        help="step size over each training phase: constant (default, the "
+                             "original's) or cosine (falls from alpha to 0 along a half cosine)")
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
