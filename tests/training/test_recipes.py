@@ -1,6 +1,6 @@
 """Training beyond the original's recipe: self-distillation of the early exits,
-per-exit loss weights and Adam's beta1, in ``train_exits``, the snapshots and
-the driver's options."""
+per-exit loss weights, Adam's beta1 and a cosine learning-rate schedule, in
+``train_exits``, the snapshots and the driver's options."""
 import copy
 import json
 import os
@@ -99,6 +99,7 @@ def test_distillation_refused_with_handed_off_samples():
     ({'distill_temperature': 2.0}, 'needs distill_weight'),
     ({'adam_beta1': 1.0}, 'adam_beta1'),
     ({'exit_weights': [1.0, 0.3]}, 'exit_weights'),
+    ({'lr_schedule': 'linear'}, 'lr_schedule'),
 ])
 def test_bad_recipe_options_are_refused_before_training(options, match):
     x, y = _data()
@@ -148,6 +149,46 @@ def test_adam_beta1_option_trains_as_an_adam_built_with_it():
                                  _weights(via_option)['/trunk/0/W'])
 
 
+def test_lr_factor_falls_from_one_towards_zero_along_a_half_cosine():
+    total = 8
+    factors = [training.lr_factor('cosine', t, total) for t in range(total)]
+    assert factors[0] == 1.0 and factors[total // 2] == pytest.approx(0.5)
+    assert all(a > b > 0 for a, b in zip(factors, factors[1:]))
+    assert factors[-1] == pytest.approx((1 + numpy.cos(numpy.pi * 7 / 8)) / 2)
+    assert {training.lr_factor('constant', t, total) for t in range(total)} == {1.0}
+
+
+@pytest.mark.parametrize('opt, name', [('Adam', 'alpha'), ('MomentumSGD', 'lr')])
+def test_cosine_schedule_steps_with_the_scheduled_step_size(opt, name):
+    """Every update uses the network's step size times ``lr_factor`` of its
+    batch, over both epochs, and the network's own value is back afterwards."""
+    x, y = _data()
+    net = make_three_exit_net(seed=4, opt=opt)
+    hyper = net.ensure_optimizer().hyperparam
+    base = getattr(hyper, name)
+    seen, step = [], net.train
+
+    def spy(xb, yb):
+        seen.append(getattr(hyper, name))
+        return step(xb, yb)
+    net.train = spy
+    utils.train(net, x, y, batchsize=16, num_epoch=2, seed=2, progress=False,
+                lr_schedule='cosine')
+    expected = [base * training.lr_factor('cosine', t, 8) for t in range(8)]
+    numpy.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert getattr(hyper, name) == base
+
+
+def test_constant_schedule_trains_as_the_original():
+    x, y = _data()
+    plain, constant = make_three_exit_net(seed=4), make_three_exit_net(seed=4)
+    utils.train(plain, x, y, batchsize=16, num_epoch=1, seed=2, progress=False)
+    utils.train(constant, x, y, batchsize=16, num_epoch=1, seed=2, progress=False,
+                lr_schedule='constant')
+    for k, v in _weights(plain).items():
+        numpy.testing.assert_array_equal(_weights(constant)[k], v, err_msg=k)
+
+
 def _recorded(path):
     with numpy.load(path) as npz:
         return json.loads(str(npz['settings']))
@@ -160,9 +201,11 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
                 snapshot=original)
     assert not set(_recorded(original)) & set(training.RECIPE_OPTIONS)
     utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
-                snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99, **DISTILL)
+                snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99,
+                lr_schedule='cosine', **DISTILL)
     recorded = _recorded(changed)
     assert recorded['exit_weights'] == [1, 0.3, 0.3] and recorded['adam_beta1'] == 0.99
+    assert recorded['lr_schedule'] == 'cosine'
     assert (recorded['distill_weight'], recorded['distill_temperature']) == (1.0, 3.0)
     main = str(tmp_path / 'm.npz')  # the main network alone: only beta1 matters
     utils.train(make_three_exit_net(), x, y, main=True, batchsize=16, num_epoch=1,
@@ -179,6 +222,8 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
     ({}, {'exit_weights': [1, 1, 0.3]}, 'exit_weights'),
     ({'adam_beta1': 0.99}, {}, 'adam_beta1'),
     ({}, {'adam_beta1': 0.99}, 'adam_beta1'),
+    ({'lr_schedule': 'cosine'}, {}, 'lr_schedule'),
+    ({}, {'lr_schedule': 'cosine'}, 'lr_schedule'),
 ])
 def test_resume_refuses_another_recipe(tmp_path, first, then, name):
     x, y = _data()
@@ -192,7 +237,7 @@ def test_resume_refuses_another_recipe(tmp_path, first, then, name):
 
 def test_interrupted_recipe_run_resumes_to_the_uninterrupted_weights(tmp_path):
     x, y = _data()
-    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3])
+    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3], lr_schedule='cosine')
     reference = make_three_exit_net(seed=5)
     utils.train(reference, x, y, batchsize=16, num_epoch=2, seed=3, progress=False, **options)
     snap = str(tmp_path / 'run.npz')
@@ -219,10 +264,11 @@ def test_driver_passes_the_recipe_options_on(monkeypatch):
     seen = {}
     monkeypatch.setattr(experiment, 'run', lambda *a, **k: seen.update(overrides=a[5]))
     assert cli.main(['--preset', 'tiny', '--exit-weights', '1,0.3', '--distill-weight', '2',
-                     '--distill-temperature', '4', '--adam-beta1', '0.99']) == 0
+                     '--distill-temperature', '4', '--adam-beta1', '0.99',
+                     '--lr-schedule', 'cosine']) == 0
     assert {k: seen['overrides'][k] for k in training.RECIPE_OPTIONS} == {
         'exit_weights': [1.0, 0.3], 'distill_weight': 2.0, 'distill_temperature': 4.0,
-        'adam_beta1': 0.99}
+        'adam_beta1': 0.99, 'lr_schedule': 'cosine'}
 
 
 def test_driver_refuses_unreadable_exit_weights(capsys):
@@ -253,6 +299,7 @@ def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
                 test_y=rng.randint(0, 10, 40).astype(numpy.int32))
     with pytest.raises(JointReached):
         cli.main(['--preset', 'tiny', '--dataset', data, '--out', str(tmp_path / 'o'),
-                  '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1'])
+                  '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1',
+                  '--lr-schedule', 'cosine'])
     assert calls == [{'exit_weights': None, 'distill_weight': 1.0, 'distill_temperature': None,
-                      'adam_beta1': 0.99}] * 2
+                      'adam_beta1': 0.99, 'lr_schedule': 'cosine'}] * 2
