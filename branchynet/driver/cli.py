@@ -112,6 +112,10 @@ def build_parser():
     parser.add_argument('--lr-schedule', choices=training.LR_SCHEDULES,
                         help="step size over each training phase: constant (default, the "
                              "original's) or cosine (falls from alpha to 0 along a half cosine)")
+    parser.add_argument('--shift', type=int, metavar='N',
+                        help='train on images moved by a random offset in [-N, N] pixels '
+                             'along each axis, drawn per epoch (default 0: off; works with '
+                             '--mpi)')
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '

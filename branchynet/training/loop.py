@@ -13,6 +13,7 @@ import time
 import chainer
 import numpy
 
+from branchynet.augment import epoch_shifts, shift_batch
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
 from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
@@ -26,7 +27,7 @@ DEFAULT_DISTILL_TEMPERATURE = 3.0
 LR_SCHEDULES = ('constant', 'cosine')
 #: ``train_exits``' options beyond the original's recipe (the driver's config keys).
 RECIPE_OPTIONS = ('exit_weights', 'distill_weight', 'distill_temperature', 'adam_beta1',
-                  'lr_schedule')
+                  'lr_schedule', 'shift')
 
 
 class NonFiniteWeights(NonFiniteLoss):
@@ -37,7 +38,7 @@ class NonFiniteWeights(NonFiniteLoss):
 def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
                 on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None,
                 distributed=None, exit_weights=None, distill_weight=None,
-                distill_temperature=None, adam_beta1=None, lr_schedule=None):
+                distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -73,8 +74,11 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     the original code, 0.99 in the paper); ``lr_schedule`` ('constant', the
     original's, or 'cosine': the step size, Adam's alpha or SGD's lr, falls
     from the network's value to 0 along a half cosine over this call's
-    batches, see ``lr_factor``). See ``apply_recipe``; the settings that
-    differ from the original's are recorded in the snapshot.
+    batches, see ``lr_factor``); ``shift`` (n > 0: every training image moves
+    by a random offset in [-n, n] pixels along each axis, drawn per epoch from
+    the seed, ``branchynet.augment.epoch_shifts``; works with ``distributed``
+    and resumes exactly). See ``apply_recipe``; the settings that differ
+    from the original's are recorded in the snapshot.
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
@@ -96,7 +100,10 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                     seed=seed, augment=bool(augment), mpi_ranks=1 if dist is None else dist.size,
                     data=checkpoint.data_digest(x, y))
     settings.update(apply_recipe(net, main, exit_weights, distill_weight,
-                                 distill_temperature, adam_beta1, lr_schedule))
+                                 distill_temperature, adam_beta1, lr_schedule, shift))
+    shift = settings.get('shift', 0)
+    if shift and augment:
+        raise InvalidValue('shift and augment are alternatives: choose one')
     rate = _StepSize(net, settings.get('lr_schedule', 'constant'), num_epoch * n_batches)
     rng = numpy.random.RandomState(seed)
     if dist is not None:
@@ -138,7 +145,9 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             if augmenter is None:
                 if order is None:
                     order, next_batch = rng.permutation(len(x)), 0
-                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist)
+                offsets = epoch_shifts(seed, epoch, len(x), shift) if shift else None
+                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist,
+                                         offsets, shift)
             else:
                 batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
             sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
@@ -185,7 +194,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
 
 
 def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
-                 distill_temperature=None, adam_beta1=None, lr_schedule=None):
+                 distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None):
     """Set the training options of ``train_exits`` on ``net``, checked.
 
     Returns the options that differ from the original's recipe and matter
@@ -224,9 +233,15 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
     if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
         raise InvalidValue('lr_schedule must be one of {}, got {!r}'.format(
             ', '.join(LR_SCHEDULES), lr_schedule))
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)
+                              or shift < 0):
+        raise InvalidValue('shift must be a whole number of pixels >= 0 (0: off), got '
+                           '{!r}'.format(shift))
     recorded = {}
     if lr_schedule not in (None, 'constant'):
         recorded['lr_schedule'] = lr_schedule
+    if shift:
+        recorded['shift'] = int(shift)
     beta1 = getattr(net.ensure_optimizer().hyperparam, 'beta1', None)
     if beta1 is not None and beta1 != ORIGINAL_ADAM_BETA1:
         recorded['adam_beta1'] = float(beta1)
@@ -285,15 +300,17 @@ def _check_snapshot_path(snapshot, resume):
         raise InvalidValue('resume=True needs snapshot=<file> to resume from')
 
 
-def _index_batches(x, y, order, batchsize, first, n_batches, dist):
+def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None, shift=0):
     """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
-    ``dist``, this rank's part of every global batch (``count`` its weight)."""
+    ``dist``, this rank's part of every global batch (``count`` its weight);
+    with ``offsets``, every image moved by its sample's offset (``shift_batch``)."""
     for b in range(first, n_batches):
         idx = order[b * batchsize:(b + 1) * batchsize]
         count = len(idx)
         if dist is not None:
             idx, count = dist.local_part(idx)
-        yield b, x[idx], y[idx], count
+        xb = x[idx] if offsets is None else shift_batch(x[idx], offsets[idx], shift)
+        yield b, xb, y[idx], count
 
 
 class _LastGood:
