@@ -100,6 +100,7 @@ def test_distillation_refused_with_handed_off_samples():
     ({'adam_beta1': 1.0}, 'adam_beta1'),
     ({'exit_weights': [1.0, 0.3]}, 'exit_weights'),
     ({'lr_schedule': 'linear'}, 'lr_schedule'),
+    ({'shift': -1}, 'shift'),
 ])
 def test_bad_recipe_options_are_refused_before_training(options, match):
     x, y = _data()
@@ -202,10 +203,10 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
     assert not set(_recorded(original)) & set(training.RECIPE_OPTIONS)
     utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
                 snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99,
-                lr_schedule='cosine', **DISTILL)
+                lr_schedule='cosine', shift=1, **DISTILL)
     recorded = _recorded(changed)
     assert recorded['exit_weights'] == [1, 0.3, 0.3] and recorded['adam_beta1'] == 0.99
-    assert recorded['lr_schedule'] == 'cosine'
+    assert recorded['lr_schedule'] == 'cosine' and recorded['shift'] == 1
     assert (recorded['distill_weight'], recorded['distill_temperature']) == (1.0, 3.0)
     main = str(tmp_path / 'm.npz')  # the main network alone: only beta1 matters
     utils.train(make_three_exit_net(), x, y, main=True, batchsize=16, num_epoch=1,
@@ -224,6 +225,7 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
     ({}, {'adam_beta1': 0.99}, 'adam_beta1'),
     ({'lr_schedule': 'cosine'}, {}, 'lr_schedule'),
     ({}, {'lr_schedule': 'cosine'}, 'lr_schedule'),
+    ({'shift': 1}, {'shift': 2}, 'shift'),
 ])
 def test_resume_refuses_another_recipe(tmp_path, first, then, name):
     x, y = _data()
@@ -237,7 +239,8 @@ def test_resume_refuses_another_recipe(tmp_path, first, then, name):
 
 def test_interrupted_recipe_run_resumes_to_the_uninterrupted_weights(tmp_path):
     x, y = _data()
-    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3], lr_schedule='cosine')
+    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3], lr_schedule='cosine',
+                   shift=1)
     reference = make_three_exit_net(seed=5)
     utils.train(reference, x, y, batchsize=16, num_epoch=2, seed=3, progress=False, **options)
     snap = str(tmp_path / 'run.npz')
@@ -265,10 +268,10 @@ def test_driver_passes_the_recipe_options_on(monkeypatch):
     monkeypatch.setattr(experiment, 'run', lambda *a, **k: seen.update(overrides=a[5]))
     assert cli.main(['--preset', 'tiny', '--exit-weights', '1,0.3', '--distill-weight', '2',
                      '--distill-temperature', '4', '--adam-beta1', '0.99',
-                     '--lr-schedule', 'cosine']) == 0
+                     '--lr-schedule', 'cosine', '--shift', '2']) == 0
     assert {k: seen['overrides'][k] for k in training.RECIPE_OPTIONS} == {
         'exit_weights': [1.0, 0.3], 'distill_weight': 2.0, 'distill_temperature': 4.0,
-        'adam_beta1': 0.99, 'lr_schedule': 'cosine'}
+        'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 2}
 
 
 def test_driver_refuses_unreadable_exit_weights(capsys):
@@ -300,6 +303,53 @@ def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
     with pytest.raises(JointReached):
         cli.main(['--preset', 'tiny', '--dataset', data, '--out', str(tmp_path / 'o'),
                   '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1',
-                  '--lr-schedule', 'cosine'])
+                  '--lr-schedule', 'cosine', '--shift', '1'])
     assert calls == [{'exit_weights': None, 'distill_weight': 1.0, 'distill_temperature': None,
-                      'adam_beta1': 0.99, 'lr_schedule': 'cosine'}] * 2
+                      'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 1}] * 2
+
+
+def test_shift_moves_each_image_by_its_offset_with_edge_fill():
+    from branchynet.augment import shift_batch
+    x = numpy.arange(2 * 1 * 4 * 5, dtype=numpy.float32).reshape(2, 1, 4, 5)
+    out = shift_batch(x, numpy.array([[1, 0], [0, -2]]), 2)
+    numpy.testing.assert_array_equal(out[0, 0, 1:], x[0, 0, :-1])  # down by one row
+    numpy.testing.assert_array_equal(out[0, 0, 0], x[0, 0, 0])     # the edge repeats
+    numpy.testing.assert_array_equal(out[1, 0, :, :3], x[1, 0, :, 2:])  # left by two
+    numpy.testing.assert_array_equal(out[1, 0, :, 3:], x[1, 0, :, 4:].repeat(2, axis=1))
+    numpy.testing.assert_array_equal(shift_batch(x, numpy.zeros((2, 2), int), 2), x)
+
+
+def test_shift_trains_on_the_moved_images_of_each_epoch():
+    """Each step sees exactly ``shift_batch`` of its samples with the
+    offsets ``epoch_shifts`` gives for (seed, epoch), and they change per epoch."""
+    from branchynet.augment import epoch_shifts, shift_batch
+    x, y = _data(32)
+    net = make_three_exit_net(seed=4)
+    seen, step = [], net.train
+
+    def spy(xb, yb):
+        seen.append((xb.copy(), yb.copy()))
+        return step(xb, yb)
+    net.train = spy
+    utils.train(net, x, y, batchsize=16, num_epoch=2, seed=2, progress=False, shift=2)
+    for epoch in range(2):
+        offsets = epoch_shifts(2, epoch, len(x), 2)
+        for xb, yb in seen[2 * epoch:2 * epoch + 2]:
+            for xi, yi in zip(xb, yb):
+                matches = [i for i in range(len(x)) if y[i] == yi and numpy.array_equal(
+                    shift_batch(x[i:i + 1], offsets[i:i + 1], 2)[0], xi)]
+                assert len(matches) == 1
+    originals = {tuple(xi.ravel()) for xi in x}
+    assert sum(tuple(xi.ravel()) not in originals for xb, _ in seen for xi in xb) > len(x)
+    assert not numpy.array_equal(epoch_shifts(2, 0, 32, 2), epoch_shifts(2, 1, 32, 2))
+
+
+def test_shift_is_refused_with_augment_and_when_not_a_whole_pixel_count():
+    x, y = _data()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidValue, match='shift'):
+            utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1,
+                        progress=False, shift=bad)
+    with pytest.raises(InvalidValue, match='shift and augment'):
+        utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                    shift=1, augment=True)
