@@ -280,6 +280,16 @@ def test_driver_refuses_unreadable_exit_weights(capsys):
     assert len(err) == 1 and '--exit-weights' in err[0] and 'comma-separated' in err[0]
 
 
+@pytest.mark.parametrize('argv, words', [
+    (['--shift', '-1'], '--shift must be a whole number'),
+    (['--shift', '2', '--augment'], '--shift and --augment'),
+])
+def test_driver_refuses_bad_shift_in_one_line(capsys, argv, words):
+    assert cli.main(['--preset', 'tiny'] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
 def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
     """The driver's config keys become ``train_exits``' options in both phases."""
     calls = []
