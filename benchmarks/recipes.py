@@ -47,6 +47,7 @@ RECIPES = {
     'cosine': {'lr_schedule': 'cosine'},
     'cosine_weights': {'lr_schedule': 'cosine', 'exit_weights': [1.0, 0.3]},
     'shift': {'shift': 2},
+    'shift_weights': {'shift': 2, 'exit_weights': [1.0, 0.3]},
 }
 #: The options that also change the main-only phase (the rest are joint-only).
 MAIN_OPTIONS = ('adam_beta1', 'lr_schedule', 'shift')
