@@ -8,9 +8,9 @@ largest share leaving at exit 1 whose accuracy is at least the model's own
 last exit's, over every distinct exit-1 entropy, so no threshold grid), the
 share and accuracy at the paper's T = 0.025, and, where numba is installed,
 the batch-1 end-to-end gain of the numba path at the knee (fastest of
-``--rounds`` interleaved rounds). Recipes with the same Adam beta1 share one
-main phase: its snapshot is resumed, which ends exactly where an
-uninterrupted run would.
+``--rounds`` interleaved rounds). Recipes with the same Adam beta1,
+learning-rate schedule and shift share one main phase: its snapshot is resumed, which
+ends exactly where an uninterrupted run would.
 
     python benchmarks/recipes.py run --seeds 0,1,2   # every recipe and seed, then the table
     python benchmarks/recipes.py train --recipe distill --seed 0   # one run
@@ -44,7 +44,13 @@ RECIPES = {
     'beta1': {'adam_beta1': 0.99},
     'combo': {'distill_weight': 1.0, 'distill_temperature': 3.0, 'adam_beta1': 0.99},
     'weights': {'exit_weights': [1.0, 0.3]},
+    'cosine': {'lr_schedule': 'cosine'},
+    'cosine_weights': {'lr_schedule': 'cosine', 'exit_weights': [1.0, 0.3]},
+    'shift': {'shift': 2},
+    'shift_weights': {'shift': 2, 'exit_weights': [1.0, 0.3]},
 }
+#: The options that also change the main-only phase (the rest are joint-only).
+MAIN_OPTIONS = ('adam_beta1', 'lr_schedule', 'shift')
 #: The paper's threshold for B-LeNet (Table I).
 PAPER_T = 0.025
 
@@ -112,14 +118,18 @@ def train(args):
     os.makedirs(work, exist_ok=True)
     os.makedirs(os.path.join(args.out, 'runs'), exist_ok=True)
     beta1 = options.get('adam_beta1', training.ORIGINAL_ADAM_BETA1)
+    main_options = {k: options[k] for k in MAIN_OPTIONS if k in options}
+    main_tag = ''.join('_{}{}'.format(k, v) for k, v in sorted(main_options.items())
+                       if k != 'adam_beta1')
     settings = {'network': 'lenet_mnist', 'epochs_main': args.epochs_main,
                 'run_seed': args.seed}
     start = time.time()
     main_curves = training.train_exits(
         net, x_train, y_train, main=True, batchsize=args.batchsize,
         num_epoch=args.epochs_main, seed=args.seed, settings=settings, resume=True,
-        snapshot=os.path.join(work, 'main_beta{}_seed{}.snapshot.npz'.format(beta1, args.seed)),
-        progress=False, adam_beta1=options.get('adam_beta1'))
+        snapshot=os.path.join(work, 'main_beta{}{}_seed{}.snapshot.npz'.format(
+            beta1, main_tag, args.seed)),
+        progress=False, **main_options)
     joint_curves = training.train_exits(
         net, x_train, y_train, batchsize=args.batchsize, num_epoch=args.epochs_joint,
         seed=args.seed + 1, progress=False, **options)

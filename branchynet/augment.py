@@ -1,6 +1,13 @@
-"""CIFAR-style data augmentation (off by default, as the original ran).
+"""Data augmentation (off by default, as the original ran).
 
-Each training image is replaced, per epoch, by one random variant among:
+Random shifts (``epoch_shifts``, ``shift_batch``): each training image moves,
+per epoch, by a random whole number of pixels in [-n, n] along each axis, the
+uncovered border repeating the image's edge. The offsets are a function of
+(seed, epoch, sample index) only, so every MPI rank and every resumed run
+draws the same ones.
+
+CIFAR-style variants (``augment_batch``): each training image is replaced,
+per epoch, by one random variant among:
 the full image or a 24x24 crop at offsets (0, 4, 8) x (0, 4, 8) scaled back
 to the full size, each optionally flipped horizontally; every variant is then
 contrast-normalised per image. ``AugmentedBatches`` prepares the next batch
@@ -13,6 +20,26 @@ import skimage.transform
 
 CROP = 24
 OFFSETS = (0, 4, 8)
+
+
+def epoch_shifts(seed, epoch, n_samples, max_shift):
+    """The (row, column) offset of every training sample in ``epoch``: an
+    int array of shape (n_samples, 2) in [-max_shift, max_shift]."""
+    rng = numpy.random.RandomState([0 if seed is None else int(seed), int(epoch), 0x5f1f7])
+    return rng.randint(-max_shift, max_shift + 1, size=(n_samples, 2))
+
+
+def shift_batch(x, offsets, max_shift):
+    """Each (C,H,W) image of ``x`` moved by its (row, column) offset (a positive
+    row offset moves the content down), the uncovered border filled with the
+    image's edge values."""
+    n, _, h, w = x.shape
+    m = max_shift
+    padded = numpy.pad(x, ((0, 0), (0, 0), (m, m), (m, m)), mode='edge')
+    out = numpy.empty_like(x)
+    for i, (dy, dx) in enumerate(offsets):
+        out[i] = padded[i, :, m - dy:m - dy + h, m - dx:m - dx + w]
+    return out
 
 
 def contrast_normalize(x, eps=1e-8):

@@ -109,6 +109,13 @@ def build_parser():
     parser.add_argument('--adam-beta1', type=float, metavar='B',
                         help="Adam's beta1 (default {}, the original code's; the paper states "
                              '0.99)'.format(training.ORIGINAL_ADAM_BETA1))
+    parser.add_argument('--lr-schedule', choices=training.LR_SCHEDULES,
+                        help="step size over each training phase: constant (default, the "
+                             "original's) or cosine (falls from alpha to 0 along a half cosine)")
+    parser.add_argument('--shift', type=int, metavar='N',
+                        help='train on images moved by a random offset in [-N, N] pixels '
+                             'along each axis, drawn per epoch (default 0: off; works with '
+                             '--mpi)')
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
@@ -278,6 +285,11 @@ def main(argv=None):
             raise InvalidValue('--epochs-main 0 --epochs-joint 0 trains nothing, so it would '
                                'time and tabulate random weights: give --init FILE.npz (the '
                                'weights to time) or at least one epoch')
+        if args.shift is not None and args.shift < 0:
+            raise InvalidValue('--shift must be a whole number of pixels >= 0, got {}'.format(
+                args.shift))
+        if args.shift and args.augment:
+            raise InvalidValue('--shift and --augment are alternatives: choose one')
         if args.mpi is not None:
             command = mpi_command(args, argv)
         args.exit_weights = parse_weights(args.exit_weights)

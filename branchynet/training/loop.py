@@ -13,6 +13,7 @@ import time
 import chainer
 import numpy
 
+from branchynet.augment import epoch_shifts, shift_batch
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
 from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
@@ -22,8 +23,11 @@ from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
 ORIGINAL_ADAM_BETA1 = 0.9
 #: Softening temperature of self-distillation when only its weight is given.
 DEFAULT_DISTILL_TEMPERATURE = 3.0
+#: Learning-rate schedules of ``train_exits``: 'constant' is the original's.
+LR_SCHEDULES = ('constant', 'cosine')
 #: ``train_exits``' options beyond the original's recipe (the driver's config keys).
-RECIPE_OPTIONS = ('exit_weights', 'distill_weight', 'distill_temperature', 'adam_beta1')
+RECIPE_OPTIONS = ('exit_weights', 'distill_weight', 'distill_temperature', 'adam_beta1',
+                  'lr_schedule', 'shift')
 
 
 class NonFiniteWeights(NonFiniteLoss):
@@ -34,7 +38,7 @@ class NonFiniteWeights(NonFiniteLoss):
 def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
                 on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None,
                 distributed=None, exit_weights=None, distill_weight=None,
-                distill_temperature=None, adam_beta1=None):
+                distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -67,8 +71,14 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     early exits from the last one's softened output, ``net.distillation_loss``;
     weight 0 turns it off, the temperature defaults to
     ``DEFAULT_DISTILL_TEMPERATURE``); ``adam_beta1`` (Adam's beta1, 0.9 in
-    the original code, 0.99 in the paper). See ``apply_recipe``; the
-    settings that differ from the original's are recorded in the snapshot.
+    the original code, 0.99 in the paper); ``lr_schedule`` ('constant', the
+    original's, or 'cosine': the step size, Adam's alpha or SGD's lr, falls
+    from the network's value to 0 along a half cosine over this call's
+    batches, see ``lr_factor``); ``shift`` (n > 0: every training image moves
+    by a random offset in [-n, n] pixels along each axis, drawn per epoch from
+    the seed, ``branchynet.augment.epoch_shifts``; works with ``distributed``
+    and resumes exactly). See ``apply_recipe``; the settings that differ
+    from the original's are recorded in the snapshot.
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
     ``accs[epoch][exit]`` are per-epoch means over the batches (one exit,
@@ -85,11 +95,16 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     if dist is not None and augment:
         raise InvalidValue('augment=True is not supported in distributed training (the '
                            'augmented batches are drawn per process, not shared by ranks)')
+    n_batches = (len(x) + batchsize - 1) // batchsize
     settings = dict(settings or {}, phase='main' if main else 'joint', batchsize=batchsize,
                     seed=seed, augment=bool(augment), mpi_ranks=1 if dist is None else dist.size,
                     data=checkpoint.data_digest(x, y))
     settings.update(apply_recipe(net, main, exit_weights, distill_weight,
-                                 distill_temperature, adam_beta1))
+                                 distill_temperature, adam_beta1, lr_schedule, shift))
+    shift = settings.get('shift', 0)
+    if shift and augment:
+        raise InvalidValue('shift and augment are alternatives: choose one')
+    rate = _StepSize(net, settings.get('lr_schedule', 'constant'), num_epoch * n_batches)
     rng = numpy.random.RandomState(seed)
     if dist is not None:
         dist.setup(net)
@@ -99,7 +114,6 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
         from branchynet.augment import AugmentedBatches
         augmenter = AugmentedBatches(x, y, batchsize, seed=rng.randint(2 ** 31 - 1))
     step = net.train_main if main else net.train
-    n_batches = (len(x) + batchsize - 1) // batchsize
     losses, accs, first_epoch, order, next_batch, sums = [], [], 0, None, 0, None
     checks = dict(settings=settings, num_epoch=num_epoch, n_samples=len(x), batchsize=batchsize,
                   width=1 if main else net.numexits())
@@ -124,14 +138,16 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     desc = 'main' if main else 'joint'
     last_good = _LastGood(net)
     guard = checkpoint.stop_requests() if snapshot else _no_stop_requests()
-    with guard as stop:
+    with guard as stop, rate:
         for epoch in range(first_epoch, num_epoch):
             if dist is not None:
                 dist.epoch_start(epoch, seed)
             if augmenter is None:
                 if order is None:
                     order, next_batch = rng.permutation(len(x)), 0
-                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist)
+                offsets = epoch_shifts(seed, epoch, len(x), shift) if shift else None
+                batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist,
+                                         offsets, shift)
             else:
                 batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
             sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
@@ -141,6 +157,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                           unit='batch', enabled=progress) as bar:
                 bar.update(next_batch if augmenter is None else 0)
                 for b, xb, yb, count in batches:
+                    rate.set(epoch * n_batches + b)
                     loss, acc = step(xb, yb)
                     last_good.check(epoch, b)
                     loss, acc = numpy.atleast_1d(loss), numpy.atleast_1d(acc)
@@ -177,7 +194,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
 
 
 def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
-                 distill_temperature=None, adam_beta1=None):
+                 distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None):
     """Set the training options of ``train_exits`` on ``net``, checked.
 
     Returns the options that differ from the original's recipe and matter
@@ -213,7 +230,18 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
             raise InvalidValue('adam_beta1 must be a number in [0, 1), got {!r}'.format(
                 adam_beta1))
         net.ensure_optimizer().hyperparam.beta1 = float(adam_beta1)
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise InvalidValue('lr_schedule must be one of {}, got {!r}'.format(
+            ', '.join(LR_SCHEDULES), lr_schedule))
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)
+                              or shift < 0):
+        raise InvalidValue('shift must be a whole number of pixels >= 0 (0: off), got '
+                           '{!r}'.format(shift))
     recorded = {}
+    if lr_schedule not in (None, 'constant'):
+        recorded['lr_schedule'] = lr_schedule
+    if shift:
+        recorded['shift'] = int(shift)
     beta1 = getattr(net.ensure_optimizer().hyperparam, 'beta1', None)
     if beta1 is not None and beta1 != ORIGINAL_ADAM_BETA1:
         recorded['adam_beta1'] = float(beta1)
@@ -224,6 +252,40 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
         if distill is not None:
             recorded['distill_temperature'], recorded['distill_weight'] = distill
     return recorded
+
+
+def lr_factor(schedule, step, total):
+    """The step size of batch ``step`` (0-based) of ``total``, as a fraction of
+    the network's: 1 for 'constant'; for 'cosine', (1 + cos(pi step / total)) / 2,
+    which starts at 1 and nears 0 at the last batch."""
+    if schedule == 'constant' or total <= 0:
+        return 1.0
+    return 0.5 * (1.0 + numpy.cos(numpy.pi * step / total))
+
+
+class _StepSize:
+    """Sets the optimizer's step size (Adam's alpha, SGD's lr) per batch from
+    ``lr_factor``; a function of the batch's position only, so a resumed run
+    steps exactly as an uninterrupted one. Leaving the ``with`` block puts the
+    network's own value back."""
+
+    def __init__(self, net, schedule, total):
+        self.schedule, self.total = schedule, total
+        self.optimizer = net.ensure_optimizer()
+        self.name = 'alpha' if hasattr(self.optimizer.hyperparam, 'alpha') else 'lr'
+        self.base = getattr(self.optimizer.hyperparam, self.name)
+
+    def set(self, step):
+        if self.schedule != 'constant':
+            setattr(self.optimizer.hyperparam, self.name,
+                    self.base * lr_factor(self.schedule, step, self.total))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.optimizer.hyperparam, self.name, self.base)
+        return False
 
 
 def _check_snapshot_path(snapshot, resume):
@@ -238,15 +300,17 @@ def _check_snapshot_path(snapshot, resume):
         raise InvalidValue('resume=True needs snapshot=<file> to resume from')
 
 
-def _index_batches(x, y, order, batchsize, first, n_batches, dist):
+def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None, shift=0):
     """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
-    ``dist``, this rank's part of every global batch (``count`` its weight)."""
+    ``dist``, this rank's part of every global batch (``count`` its weight);
+    with ``offsets``, every image moved by its sample's offset (``shift_batch``)."""
     for b in range(first, n_batches):
         idx = order[b * batchsize:(b + 1) * batchsize]
         count = len(idx)
         if dist is not None:
             idx, count = dist.local_part(idx)
-        yield b, x[idx], y[idx], count
+        xb = x[idx] if offsets is None else shift_batch(x[idx], offsets[idx], shift)
+        yield b, xb, y[idx], count
 
 
 class _LastGood:

@@ -48,11 +48,12 @@ def mpirun(args, out, n=2, timeout=300, check=True):
     return proc
 
 
-def single_process_training(n, batch, epochs, main, opt, seed=0):
+def single_process_training(n, batch, epochs, main, opt, seed=0, **recipe):
     x, y = worker.make_data(n, seed + 1)
     net = worker.make_net(seed, opt)
     losses, accs, _ = training.train_exits(net, x, y, main=main, batchsize=batch,
-                                           num_epoch=epochs, seed=seed, progress=False)
+                                           num_epoch=epochs, seed=seed, progress=False,
+                                           **recipe)
     return net, losses, accs
 
 
@@ -164,6 +165,23 @@ def test_two_ranks_train_like_one_process(tmp_path, n, main, opt, communicator):
     # the steps moved the weights far more than the tolerance
     start = worker.weights(worker.make_net(0, opt))
     assert max(numpy.abs(value - start[name]).max()
+               for name, value in worker.weights(net).items()) > 100 * WEIGHT_ATOL
+
+
+def test_two_ranks_shift_and_schedule_like_one_process(tmp_path):
+    """Every rank moves its samples by the offsets one process would use, and
+    steps with the same scheduled step sizes."""
+    recipe = {'shift': 2, 'lr_schedule': 'cosine'}
+    mpirun(['train', '--n', '200', '--batch', '64', '--epochs', '2',
+            '--recipe', json.dumps(recipe)], tmp_path)
+    got = numpy.load(tmp_path / 'result.npz')
+    net, losses, _ = single_process_training(200, 64, 2, False, 'Adam', **recipe)
+    plain, _, _ = single_process_training(200, 64, 2, False, 'Adam')
+    for name, value in worker.weights(net).items():
+        numpy.testing.assert_allclose(got[name], value, rtol=0, atol=WEIGHT_ATOL, err_msg=name)
+    numpy.testing.assert_allclose(got['losses'], losses, rtol=LOSS_RTOL)
+    # the recipe changed the training far more than the tolerance
+    assert max(numpy.abs(value - worker.weights(plain)[name]).max()
                for name, value in worker.weights(net).items()) > 100 * WEIGHT_ATOL
 
 

@@ -1,6 +1,6 @@
 """Training beyond the original's recipe: self-distillation of the early exits,
-per-exit loss weights and Adam's beta1, in ``train_exits``, the snapshots and
-the driver's options."""
+per-exit loss weights, Adam's beta1 and a cosine learning-rate schedule, in
+``train_exits``, the snapshots and the driver's options."""
 import copy
 import json
 import os
@@ -99,6 +99,8 @@ def test_distillation_refused_with_handed_off_samples():
     ({'distill_temperature': 2.0}, 'needs distill_weight'),
     ({'adam_beta1': 1.0}, 'adam_beta1'),
     ({'exit_weights': [1.0, 0.3]}, 'exit_weights'),
+    ({'lr_schedule': 'linear'}, 'lr_schedule'),
+    ({'shift': -1}, 'shift'),
 ])
 def test_bad_recipe_options_are_refused_before_training(options, match):
     x, y = _data()
@@ -148,6 +150,46 @@ def test_adam_beta1_option_trains_as_an_adam_built_with_it():
                                  _weights(via_option)['/trunk/0/W'])
 
 
+def test_lr_factor_falls_from_one_towards_zero_along_a_half_cosine():
+    total = 8
+    factors = [training.lr_factor('cosine', t, total) for t in range(total)]
+    assert factors[0] == 1.0 and factors[total // 2] == pytest.approx(0.5)
+    assert all(a > b > 0 for a, b in zip(factors, factors[1:]))
+    assert factors[-1] == pytest.approx((1 + numpy.cos(numpy.pi * 7 / 8)) / 2)
+    assert {training.lr_factor('constant', t, total) for t in range(total)} == {1.0}
+
+
+@pytest.mark.parametrize('opt, name', [('Adam', 'alpha'), ('MomentumSGD', 'lr')])
+def test_cosine_schedule_steps_with_the_scheduled_step_size(opt, name):
+    """Every update uses the network's step size times ``lr_factor`` of its
+    batch, over both epochs, and the network's own value is back afterwards."""
+    x, y = _data()
+    net = make_three_exit_net(seed=4, opt=opt)
+    hyper = net.ensure_optimizer().hyperparam
+    base = getattr(hyper, name)
+    seen, step = [], net.train
+
+    def spy(xb, yb):
+        seen.append(getattr(hyper, name))
+        return step(xb, yb)
+    net.train = spy
+    utils.train(net, x, y, batchsize=16, num_epoch=2, seed=2, progress=False,
+                lr_schedule='cosine')
+    expected = [base * training.lr_factor('cosine', t, 8) for t in range(8)]
+    numpy.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert getattr(hyper, name) == base
+
+
+def test_constant_schedule_trains_as_the_original():
+    x, y = _data()
+    plain, constant = make_three_exit_net(seed=4), make_three_exit_net(seed=4)
+    utils.train(plain, x, y, batchsize=16, num_epoch=1, seed=2, progress=False)
+    utils.train(constant, x, y, batchsize=16, num_epoch=1, seed=2, progress=False,
+                lr_schedule='constant')
+    for k, v in _weights(plain).items():
+        numpy.testing.assert_array_equal(_weights(constant)[k], v, err_msg=k)
+
+
 def _recorded(path):
     with numpy.load(path) as npz:
         return json.loads(str(npz['settings']))
@@ -160,9 +202,11 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
                 snapshot=original)
     assert not set(_recorded(original)) & set(training.RECIPE_OPTIONS)
     utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
-                snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99, **DISTILL)
+                snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99,
+                lr_schedule='cosine', shift=1, **DISTILL)
     recorded = _recorded(changed)
     assert recorded['exit_weights'] == [1, 0.3, 0.3] and recorded['adam_beta1'] == 0.99
+    assert recorded['lr_schedule'] == 'cosine' and recorded['shift'] == 1
     assert (recorded['distill_weight'], recorded['distill_temperature']) == (1.0, 3.0)
     main = str(tmp_path / 'm.npz')  # the main network alone: only beta1 matters
     utils.train(make_three_exit_net(), x, y, main=True, batchsize=16, num_epoch=1,
@@ -179,6 +223,9 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
     ({}, {'exit_weights': [1, 1, 0.3]}, 'exit_weights'),
     ({'adam_beta1': 0.99}, {}, 'adam_beta1'),
     ({}, {'adam_beta1': 0.99}, 'adam_beta1'),
+    ({'lr_schedule': 'cosine'}, {}, 'lr_schedule'),
+    ({}, {'lr_schedule': 'cosine'}, 'lr_schedule'),
+    ({'shift': 1}, {'shift': 2}, 'shift'),
 ])
 def test_resume_refuses_another_recipe(tmp_path, first, then, name):
     x, y = _data()
@@ -192,7 +239,8 @@ def test_resume_refuses_another_recipe(tmp_path, first, then, name):
 
 def test_interrupted_recipe_run_resumes_to_the_uninterrupted_weights(tmp_path):
     x, y = _data()
-    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3])
+    options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3], lr_schedule='cosine',
+                   shift=1)
     reference = make_three_exit_net(seed=5)
     utils.train(reference, x, y, batchsize=16, num_epoch=2, seed=3, progress=False, **options)
     snap = str(tmp_path / 'run.npz')
@@ -219,16 +267,27 @@ def test_driver_passes_the_recipe_options_on(monkeypatch):
     seen = {}
     monkeypatch.setattr(experiment, 'run', lambda *a, **k: seen.update(overrides=a[5]))
     assert cli.main(['--preset', 'tiny', '--exit-weights', '1,0.3', '--distill-weight', '2',
-                     '--distill-temperature', '4', '--adam-beta1', '0.99']) == 0
+                     '--distill-temperature', '4', '--adam-beta1', '0.99',
+                     '--lr-schedule', 'cosine', '--shift', '2']) == 0
     assert {k: seen['overrides'][k] for k in training.RECIPE_OPTIONS} == {
         'exit_weights': [1.0, 0.3], 'distill_weight': 2.0, 'distill_temperature': 4.0,
-        'adam_beta1': 0.99}
+        'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 2}
 
 
 def test_driver_refuses_unreadable_exit_weights(capsys):
     assert cli.main(['--preset', 'tiny', '--exit-weights', '1,heavy']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--exit-weights' in err[0] and 'comma-separated' in err[0]
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--shift', '-1'], '--shift must be a whole number'),
+    (['--shift', '2', '--augment'], '--shift and --augment'),
+])
+def test_driver_refuses_bad_shift_in_one_line(capsys, argv, words):
+    assert cli.main(['--preset', 'tiny'] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
 
 
 def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
@@ -253,6 +312,54 @@ def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
                 test_y=rng.randint(0, 10, 40).astype(numpy.int32))
     with pytest.raises(JointReached):
         cli.main(['--preset', 'tiny', '--dataset', data, '--out', str(tmp_path / 'o'),
-                  '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1'])
+                  '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1',
+                  '--lr-schedule', 'cosine', '--shift', '1'])
     assert calls == [{'exit_weights': None, 'distill_weight': 1.0, 'distill_temperature': None,
-                      'adam_beta1': 0.99}] * 2
+                      'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 1}] * 2
+
+
+def test_shift_moves_each_image_by_its_offset_with_edge_fill():
+    from branchynet.augment import shift_batch
+    x = numpy.arange(2 * 1 * 4 * 5, dtype=numpy.float32).reshape(2, 1, 4, 5)
+    out = shift_batch(x, numpy.array([[1, 0], [0, -2]]), 2)
+    numpy.testing.assert_array_equal(out[0, 0, 1:], x[0, 0, :-1])  # down by one row
+    numpy.testing.assert_array_equal(out[0, 0, 0], x[0, 0, 0])     # the edge repeats
+    numpy.testing.assert_array_equal(out[1, 0, :, :3], x[1, 0, :, 2:])  # left by two
+    numpy.testing.assert_array_equal(out[1, 0, :, 3:], x[1, 0, :, 4:].repeat(2, axis=1))
+    numpy.testing.assert_array_equal(shift_batch(x, numpy.zeros((2, 2), int), 2), x)
+
+
+def test_shift_trains_on_the_moved_images_of_each_epoch():
+    """Each step sees exactly ``shift_batch`` of its samples with the
+    offsets ``epoch_shifts`` gives for (seed, epoch), and they change per epoch."""
+    from branchynet.augment import epoch_shifts, shift_batch
+    x, y = _data(32)
+    net = make_three_exit_net(seed=4)
+    seen, step = [], net.train
+
+    def spy(xb, yb):
+        seen.append((xb.copy(), yb.copy()))
+        return step(xb, yb)
+    net.train = spy
+    utils.train(net, x, y, batchsize=16, num_epoch=2, seed=2, progress=False, shift=2)
+    for epoch in range(2):
+        offsets = epoch_shifts(2, epoch, len(x), 2)
+        for xb, yb in seen[2 * epoch:2 * epoch + 2]:
+            for xi, yi in zip(xb, yb):
+                matches = [i for i in range(len(x)) if y[i] == yi and numpy.array_equal(
+                    shift_batch(x[i:i + 1], offsets[i:i + 1], 2)[0], xi)]
+                assert len(matches) == 1
+    originals = {tuple(xi.ravel()) for xi in x}
+    assert sum(tuple(xi.ravel()) not in originals for xb, _ in seen for xi in xb) > len(x)
+    assert not numpy.array_equal(epoch_shifts(2, 0, 32, 2), epoch_shifts(2, 1, 32, 2))
+
+
+def test_shift_is_refused_with_augment_and_when_not_a_whole_pixel_count():
+    x, y = _data()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidValue, match='shift'):
+            utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1,
+                        progress=False, shift=bad)
+    with pytest.raises(InvalidValue, match='shift and augment'):
+        utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                    shift=1, augment=True)

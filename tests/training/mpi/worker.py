@@ -10,6 +10,7 @@ DIR/result.npz; the data is made from --seed, so a single process can
 rebuild it.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -53,6 +54,7 @@ def main(argv=None):
     p.add_argument('--communicator', default=None, help='default: packed')
     p.add_argument('--snapshot')
     p.add_argument('--resume', action='store_true')
+    p.add_argument('--recipe', default='{}', help="train_exits' recipe options as JSON")
     p.add_argument('--interrupt-after', type=int, default=0,
                    help='raise SIGINT on rank 1 after this many steps (0: never)')
     argv = sys.argv[1:] if argv is None else argv
@@ -109,7 +111,7 @@ def main(argv=None):
                 losses, accs, _ = training.train_exits(
                     net, x, y, main=args.main, batchsize=args.batch, num_epoch=args.epochs,
                     seed=args.seed, progress=False, snapshot=args.snapshot,
-                    resume=args.resume, distributed=dist)
+                    resume=args.resume, distributed=dist, **json.loads(args.recipe))
                 result = dict(weights(net), losses=numpy.array(losses),
                               accs=numpy.array(accs))
             except checkpoint.TrainingInterrupted:
