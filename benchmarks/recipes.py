@@ -6,11 +6,12 @@ phase with ``seed``, joint phase with ``seed + 1``), then evaluates on the
 full 10,000-image test set: the accuracy of every exit, the knee (the
 largest share leaving at exit 1 whose accuracy is at least the model's own
 last exit's, over every distinct exit-1 entropy, so no threshold grid), the
-share and accuracy at the paper's T = 0.025, and, where numba is installed,
-the batch-1 end-to-end gain of the numba path at the knee (fastest of
+share and accuracy at the paper's T = 0.025, where the errors are when 94 %
+leave at exit 1 (``errors_at_share``), and, where numba is installed, the
+batch-1 end-to-end gain of the numba path at the knee (fastest of
 ``--rounds`` interleaved rounds). Recipes with the same Adam beta1,
-learning-rate schedule and shift share one main phase: its snapshot is resumed, which
-ends exactly where an uninterrupted run would.
+learning-rate schedule and shift share one main phase: its snapshot is
+resumed, which ends exactly where an uninterrupted run would.
 
     python benchmarks/recipes.py run --seeds 0,1,2   # every recipe and seed, then the table
     python benchmarks/recipes.py train --recipe distill --seed 0   # one run
