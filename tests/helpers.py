@@ -1,7 +1,10 @@
 """Builders shared by the tests (imported as ``tests.helpers``; fixtures stay in conftest)."""
+import contextlib
+import importlib
 import io
 import os
 import pickle
+import sys
 import tarfile
 
 import chainer.functions as F
@@ -12,6 +15,18 @@ from branchynet import FL, Branch, BranchyNet, entropy
 
 #: the repository's root folder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def benchmark_module(name):
+    """``benchmarks/<name>.py`` imported (its own imports need ``benchmarks/``
+    on ``sys.path``, which is restored afterwards)."""
+    folder = os.path.join(ROOT, 'benchmarks')
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
 
 
 def assert_engine_matches_predict(engine, net, x, seed=2):

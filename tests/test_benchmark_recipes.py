@@ -1,23 +1,16 @@
 """benchmarks/recipes.py: the knee over every distinct exit-1 entropy and
 where the errors are at the target share, checked against brute force."""
-import importlib
-import os
-import sys
-
 import numpy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import benchmark_module
 
 
 @pytest.fixture(scope='module')
 def recipes():
-    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-    try:
-        yield importlib.import_module('recipes')
-    finally:
-        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    with benchmark_module('recipes') as module:
+        yield module
 
 
 def _case(seed, n):

@@ -1,7 +1,6 @@
 """benchmarks/gpu_latency.py: its graph path decides as ``predict`` does, its
 capture-safe product is a product, and the script refuses cleanly where it
 cannot run. The CUDA parts are marked ``gpu`` (skipped without a device)."""
-import importlib
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 from branchynet import entropy, utils
 from branchynet.devices import gpu_usable
 from networks import lenet_mnist
-from tests.helpers import make_three_exit_net
+from tests.helpers import benchmark_module, make_three_exit_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu_latency.py')
@@ -20,11 +19,8 @@ SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu_latency.py')
 
 @pytest.fixture(scope='module')
 def bench():
-    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-    try:
-        yield importlib.import_module('gpu_latency')
-    finally:
-        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    with benchmark_module('gpu_latency') as module:
+        yield module
 
 
 def _lenet():
