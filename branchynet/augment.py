@@ -16,7 +16,6 @@ in a worker process while the current one trains.
 import multiprocessing
 
 import numpy
-import skimage.transform
 
 CROP = 24
 OFFSETS = (0, 4, 8)
@@ -54,6 +53,7 @@ def contrast_normalize(x, eps=1e-8):
 def variant(image, crop_index, flip):
     """One variant of a (C,H,W) image: crop_index 0 is the full image, 1..9 the
     24x24 crops at the (row, column) offsets, scaled back to (H,W)."""
+    import skimage.transform  # only the CIFAR-style variants need it (slow to import)
     c, h, w = image.shape
     if crop_index:
         dy, dx = OFFSETS[(crop_index - 1) // 3], OFFSETS[(crop_index - 1) % 3]
