@@ -6,6 +6,7 @@ per-epoch curves, progress output, snapshots on every epoch end and on
 SIGINT/SIGTERM, and an exact resume (``branchynet.training.checkpoint``); with
 ``distributed=``, data-parallel over MPI ranks (``branchynet.training.distributed``).
 """
+import numbers
 import os
 import sys
 import time
@@ -76,8 +77,8 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     from the network's value to 0 along a half cosine over this call's
     batches, see ``lr_factor``); ``shift`` (n > 0: every training image moves
     by a random offset in [-n, n] pixels along each axis, drawn per epoch from
-    the seed, ``branchynet.augment.epoch_shifts``; works with ``distributed``
-    and resumes exactly). See ``apply_recipe``; the settings that differ
+    the seed (0 when ``seed`` is None), ``branchynet.augment.epoch_shifts``;
+    works with ``distributed`` and resumes exactly). See ``apply_recipe``; the settings that differ
     from the original's are recorded in the snapshot.
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
@@ -104,6 +105,9 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     shift = settings.get('shift', 0)
     if shift and augment:
         raise InvalidValue('shift and augment are alternatives: choose one')
+    if shift and numpy.ndim(x) != 4:
+        raise InvalidValue('shift moves images: it needs inputs of shape (N, C, H, W), got '
+                           '{}'.format(numpy.shape(x)))
     rate = _StepSize(net, settings.get('lr_schedule', 'constant'), num_epoch * n_batches)
     rng = numpy.random.RandomState(seed)
     if dist is not None:
@@ -233,7 +237,7 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
     if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
         raise InvalidValue('lr_schedule must be one of {}, got {!r}'.format(
             ', '.join(LR_SCHEDULES), lr_schedule))
-    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, numbers.Integral)
                               or shift < 0):
         raise InvalidValue('shift must be a whole number of pixels >= 0 (0: off), got '
                            '{!r}'.format(shift))

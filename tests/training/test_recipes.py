@@ -7,10 +7,11 @@ import os
 import signal
 
 import chainer
+import chainer.links as L
 import numpy
 import pytest
 
-from branchynet import utils
+from branchynet import Branch, BranchyNet, utils
 from branchynet.driver import cli, run as experiment
 from branchynet.training import checkpoint, loop as training
 from branchynet.net import distillation_loss
@@ -356,10 +357,17 @@ def test_shift_trains_on_the_moved_images_of_each_epoch():
 
 def test_shift_is_refused_with_augment_and_when_not_a_whole_pixel_count():
     x, y = _data()
-    for bad in (-1, 1.5, True):
+    for bad in (-1, 1.5, True, '2'):
         with pytest.raises(InvalidValue, match='shift'):
             utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1,
                         progress=False, shift=bad)
+    flat = BranchyNet([Branch([L.Linear(4, 3)]), L.Linear(4, 4), Branch([L.Linear(4, 3)])],
+                      input_shape=(4,))
+    with pytest.raises(InvalidValue, match=r'shift moves images.*\(N, C, H, W\)'):
+        utils.train(flat, x.reshape(len(x), -1)[:, :4], y % 3, batchsize=16, num_epoch=1,
+                    progress=False, shift=1)
+    utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                shift=numpy.int64(1))  # a numpy integer is a whole number too
     with pytest.raises(InvalidValue, match='shift and augment'):
         utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
                     shift=1, augment=True)
