@@ -72,6 +72,42 @@ def test_labels_and_exits_identical_to_predict(compiled):
     numpy.testing.assert_array_equal(engine.predict_main(x, batchsize=1), net.predict_main(x))
 
 
+def test_batch1_calls_answer_as_predict_in_fresh_arrays(compiled):
+    """The batch-1 path (one native call, no thread) answers as ``predict``
+    on the whole batch, and a later call leaves the arrays an earlier one
+    returned as they were (no output buffer is shared between calls)."""
+    net, engine, x = compiled
+    ents = entropy(net.get_SM(x)[0])
+    ts = [float(numpy.median(ents))] * (net.numexits() - 1)
+    exp_labels, exp_exits = net.predict(x, ts)
+    exp_main = net.predict_main(x)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        answers = [(engine.route(engine.send(x[i:i + 1]), ts),
+                    engine.main_route(engine.send(x[i:i + 1]))) for i in range(len(x))]
+    assert len(set(exp_exits.tolist())) > 1  # both kinds of sample among them
+    for i, ((labels, exits), (main_labels, main_exits)) in enumerate(answers):
+        assert (labels.tolist(), exits.tolist()) == ([exp_labels[i]], [exp_exits[i]])
+        assert (main_labels.tolist(), main_exits.tolist()) == ([exp_main[i]],
+                                                               [net.numexits() - 1])
+
+
+@pytest.mark.parametrize('shape', ['narrower', 'empty', 'flat'])
+def test_route_refuses_a_batch_of_samples_of_another_size(compiled, shape):
+    """``route``/``main_route`` do not validate (``predict`` does, once per
+    input), but a batch whose samples are not the network's size would make
+    the native code read past them: it gets ``validate_inputs``' error."""
+    net, engine, _ = compiled
+    c, h, w = net.input_shape
+    x = {'narrower': numpy.zeros((1, c, h, w - 1), numpy.float32),
+         'empty': numpy.zeros((0, c, h, w), numpy.float32),
+         'flat': numpy.zeros(c * h * w, numpy.float32)}[shape]
+    message = {'narrower': 'per-sample shape', 'empty': 'empty', 'flat': 'dimensions'}[shape]
+    with pytest.raises(InvalidValue, match=message):
+        engine.route(x, [0.5] * (net.numexits() - 1))
+    with pytest.raises(InvalidValue, match=message):
+        engine.main_route(x)
+
+
 def test_every_exit_reached_and_extremes(compiled):
     net, engine, x = compiled
     last = net.numexits() - 1
