@@ -91,6 +91,22 @@ def test_batch1_calls_answer_as_predict_in_fresh_arrays(compiled):
                                                                [net.numexits() - 1])
 
 
+@pytest.mark.parametrize('threads', [2, 3])
+@pytest.mark.parametrize('n', [1, 2, 5, 64, 513])
+def test_threads_take_every_sample_once_in_shrinking_chunks(compiled, threads, n):
+    """``_split`` hands every sample of the batch to exactly one chunk, each
+    run in one thread's own slab, the chunks shrinking towards the end."""
+    net, _, _ = compiled
+    engine = numbapath.NumbaBranchyNet(net, threads=threads)
+    chunks = []
+    engine._split(lambda tag, S, lo, hi: chunks.append((tag, id(S), lo, hi)), n, 'tag')
+    assert sorted(i for _, _, lo, hi in chunks for i in range(lo, hi)) == list(range(n))
+    assert all(hi > lo for _, _, lo, hi in chunks) and {t for t, *_ in chunks} == {'tag'}
+    assert {s for _, s, _, _ in chunks} <= {id(s) for s in engine._slabs}
+    sizes = [hi - lo for *_, lo, hi in sorted(chunks, key=lambda c: c[2])]
+    assert sizes == sorted(sizes, reverse=True)
+
+
 @pytest.mark.parametrize('shape', ['narrower', 'empty', 'flat'])
 def test_route_refuses_a_batch_of_samples_of_another_size(compiled, shape):
     """``route``/``main_route`` do not validate (``predict`` does, once per

@@ -44,8 +44,8 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
-    #: chunks a batch is cut into per thread (``_split``)
-    CHUNKS_PER_THREAD = 4
+    #: each chunk a thread takes is this share of the samples left per thread (``_split``)
+    GUIDED_SHARE = 2
 
     def __init__(self, net, threads=None, kernels='auto'):
         import os
@@ -95,9 +95,12 @@ class NumbaBranchyNet(InferenceEngine):
 
     def _split(self, fn, n, *args):
         """``fn(*args, S, lo, hi)`` over ``range(n)`` on ``threads`` threads at
-        once, each taking the next chunk of samples as it finishes one (about
-        ``CHUNKS_PER_THREAD`` each): a thread that starts late (a wake-up) or
-        runs slower (a core shared with another process) takes fewer."""
+        once, each taking the next chunk of samples as it finishes one: a
+        thread that starts late (a wake-up) or runs slower (a core shared with
+        another process) takes fewer. Guided: a chunk is the samples left over
+        ``GUIDED_SHARE`` times the threads, so the chunks shrink towards the
+        end and the threads finish close together (equal chunks of an eighth
+        of the batch left one thread up to a chunk's time alone at the end)."""
         parts = max(1, min(self.threads, n))
         if parts == 1:
             fn(*args, self._slabs[0], 0, n)
@@ -105,15 +108,17 @@ class NumbaBranchyNet(InferenceEngine):
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads - 1)
-        import itertools
-        chunk = max(1, n // (parts * self.CHUNKS_PER_THREAD))
-        counter = itertools.count(0, chunk)  # next() is atomic under the GIL
+        import threading
+        lock, taken, share = threading.Lock(), [0], parts * self.GUIDED_SHARE
 
         def work(S):
-            for lo in counter:
+            while True:
+                with lock:
+                    lo = taken[0]
+                    taken[0] = hi = min(n, lo + max(1, (n - lo) // share))
                 if lo >= n:
                     return
-                fn(*args, S, lo, min(lo + chunk, n))
+                fn(*args, S, lo, hi)
 
         futures = [self._pool.submit(work, self._slabs[t]) for t in range(1, parts)]
         work(self._slabs[0])
