@@ -286,6 +286,25 @@ def test_damaged_cache_is_compiled_again_with_a_warning(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+def test_convolutions_reading_rows_longer_than_their_padding_read_a_narrowed_copy():
+    """A padded convolution reading a value another convolution pads wider,
+    and an unpadded one reading a wide convolution output (junk columns),
+    read a copy with their own margin (``Program._narrow``): the answers
+    stay those of ``predict``, call after call (the copy's margin stays zero)."""
+    numpy.random.seed(4)
+    net = BranchyNet([L.Convolution2D(1, 4, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
+                      Branch([L.Convolution2D(4, 6, 3, pad=1), FL(F.relu),
+                              L.Convolution2D(6, 6, 3), FL(F.relu), L.Linear(6 * 4 * 4, 5)]),
+                      L.Convolution2D(4, 8, 5, pad=3), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
+                      Branch([L.Linear(8 * 4 * 4, 5)])], input_shape=(1, 12, 12))
+    engine = numbapath.NumbaBranchyNet(net, threads=2, kernels='loop')
+    narrowed = [op for op in engine.program.ops if op.params.get('narrow')]
+    assert [(op.inputs[0].c, op.output.c) for op in narrowed] == [(4, 6), (6, 6)]
+    x = numpy.random.RandomState(5).randn(40, 1, 12, 12).astype(numpy.float32)
+    assert_engine_matches_predict(engine, net, x)
+    assert_engine_matches_predict(engine, net, x[::-1].copy(), seed=3)
+
+
 def test_fast_path_chunks_big_batches_with_the_same_answers():
     net = _trained(lenet_mnist, (1, 28, 28), steps=2)
     fast = FastBranchyNet(net)

@@ -14,7 +14,7 @@ import math
 
 import numpy
 
-from branchynet.engines.numba.layout import MAX_TERMS, OBS, CHAINS
+from branchynet.engines.numba.layout import MAX_TERMS, OBS, CHAINS, Value
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.tile import gen_conv_tile
 
@@ -31,12 +31,38 @@ def _gen_conv(op):
     return _gen_conv_loop(op)
 
 
+def narrowed_input(op):
+    """The copy a ``narrow`` convolution reads (``Program._narrow``): its
+    input with a margin as wide as its padding, at ``col``, an area of the
+    slab of its own (only the copy writes there, so the margin stays zero)."""
+    (x,), p = op.inputs, op.params
+    n = Value(x.c, x.h, x.w)
+    n.margin, n.off = p['pad'], p.get('col')
+    return n
+
+
+def _narrow_lines(x, n):
+    """Copy ``x`` into ``n``, row by row."""
+    return ['for c in range({}):'.format(x.c),
+            '    for y in range({}):'.format(x.h),
+            '        xs = S[{0}:{0} + {1}]'.format(x.at('c', 'y', 0), x.w),
+            '        ns = S[{0}:{0} + {1}]'.format(n.at('c', 'y', 0), x.w),
+            '        for x in range({}):'.format(x.w),
+            '            ns[x] = xs[x]']
+
+
 def _gen_conv_loop(op):
     """Output planes over ``ob`` output channels at a time; per input channel,
     one loop over the output whose body sums every kernel tap (literal
     offsets) for those channels. Wide: the output rows run over the input's
-    padded width as one loop; otherwise (strided) row by row."""
+    padded width as one loop; otherwise (strided) row by row. ``narrow``:
+    from a copy of the input with a margin as wide as the padding
+    (``narrowed_input``), so wide rows are no longer than they need be."""
     (x,), y, p = op.inputs, op.output, op.params
+    head = []
+    if p.get('narrow'):
+        n = narrowed_input(op)
+        head, x = _narrow_lines(x, n), n
     kh, kw = p['k']
     sy, sx = p['stride']
     shift = x.margin - p['pad']  # where the padded window starts inside the margin
@@ -74,7 +100,8 @@ def _gen_conv_loop(op):
         for b in range(ob):
             inner += ['for p in range({}):'.format(count),
                       '    r{0}[p] = max(r{0}[p], numpy.float32(0))'.format(b)]
-    return ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + indent([rows] + indent(inner, 1), 1)
+    return head + ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + \
+        indent([rows] + indent(inner, 1), 1)
 
 
 def gemm_size(op):
