@@ -107,6 +107,24 @@ def test_threads_take_every_sample_once_in_shrinking_chunks(compiled, threads, n
     assert sizes == sorted(sizes, reverse=True)
 
 
+def test_a_failing_chunk_is_raised_and_no_chunk_starts_after_it(compiled):
+    """An exception in one chunk reaches ``_split``'s caller (it does not
+    wait forever for samples nobody will run) and stops the chunks not yet
+    started."""
+    net, _, _ = compiled
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    started = []
+
+    def chunk(S, lo, hi):
+        started.append(lo)
+        if lo == 0:
+            raise KeyError('chunk 0')
+
+    with pytest.raises(KeyError, match='chunk 0'):
+        engine._split(chunk, 1000)
+    assert len(started) <= 3  # the other thread ran one or two chunks at most
+
+
 @pytest.mark.parametrize('shape', ['narrower', 'empty', 'flat'])
 def test_route_refuses_a_batch_of_samples_of_another_size(compiled, shape):
     """``route``/``main_route`` do not validate (``predict`` does, once per

@@ -100,7 +100,11 @@ class NumbaBranchyNet(InferenceEngine):
         another process) takes fewer. Guided: a chunk is the samples left over
         ``GUIDED_SHARE`` times the threads, so the chunks shrink towards the
         end and the threads finish close together (equal chunks of an eighth
-        of the batch left one thread up to a chunk's time alone at the end)."""
+        of the batch left one thread up to a chunk's time alone at the end).
+        Returns once every sample is done, without waiting for a worker that
+        has not woken up yet (on a busy machine that can take milliseconds):
+        it finds nothing left and returns. The first exception raised in
+        ``fn`` is raised here, after the chunks already started have ended."""
         parts = max(1, min(self.threads, n))
         if parts == 1:
             fn(*args, self._slabs[0], 0, n)
@@ -109,7 +113,8 @@ class NumbaBranchyNet(InferenceEngine):
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads - 1)
         import threading
-        lock, taken, share = threading.Lock(), [0], parts * self.GUIDED_SHARE
+        lock, all_done, share = threading.Lock(), threading.Event(), parts * self.GUIDED_SHARE
+        taken, finished, errors = [0], [0], []
 
         def work(S):
             while True:
@@ -118,12 +123,23 @@ class NumbaBranchyNet(InferenceEngine):
                     taken[0] = hi = min(n, lo + max(1, (n - lo) // share))
                 if lo >= n:
                     return
-                fn(*args, S, lo, hi)
+                try:
+                    fn(*args, S, lo, hi)
+                except BaseException as e:
+                    errors.append(e)
+                with lock:
+                    if errors:  # nothing more is started; what is not taken counts as done
+                        hi, taken[0] = hi + n - taken[0], n
+                    finished[0] += hi - lo
+                    if finished[0] == n:
+                        all_done.set()
 
-        futures = [self._pool.submit(work, self._slabs[t]) for t in range(1, parts)]
+        for t in range(1, parts):
+            self._pool.submit(work, self._slabs[t])
         work(self._slabs[0])
-        for f in futures:
-            f.result()
+        all_done.wait()
+        if errors:
+            raise errors[0]
 
     def _decision(self, thresholds):
         """(measure code, float64 limits) for ``thresholds``, kept for the
