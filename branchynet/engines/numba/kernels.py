@@ -31,7 +31,8 @@ def kernel_for(op, kernels):
 
 def scratch_size(op):
     """Floats of the slab's transient area ``op``'s kernel uses (the GEMM's
-    im2col matrix, a tile's sums)."""
+    im2col matrix, a tile's sums); for a narrowed convolution, the floats of
+    its input's copy (``Program`` gives that an area of its own)."""
     kernel = op.params.get('kernel')
     if op.kind == 'conv' and op.params.get('narrow'):
         return narrowed_input(op).size
