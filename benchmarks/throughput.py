@@ -90,13 +90,13 @@ def thresholds(name, args, net, x):
 
 def call(engine, xb, ts, bs):
     """One timed call: the main network (``ts`` None) or early exit on ``xb``.
-    Batch 1 as ``measurement.measure_*`` times one sample: ``route`` on the
-    sent sample; larger batches through ``predict``."""
+    Batch 1 as ``measurement.per_sample_loop`` times one sample: ``route``
+    on the sent sample, in the test-mode context ``rates`` entered once (as
+    that loop does, not per sample); larger batches through ``predict``."""
     start = time.perf_counter()
     if bs == 1:
         xb = engine.send(xb)
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            engine.main_route(xb) if ts is None else engine.route(xb, ts)
+        engine.main_route(xb) if ts is None else engine.route(xb, ts)
     elif ts is None:
         engine.predict_main(xb, batchsize=bs)
     else:
@@ -109,15 +109,16 @@ def rates(paths, x, ts, bs, repeats):
     ``repeats`` times on every path in turn and counts with its fastest time,
     so a time slice lost to another process does not count."""
     total = collections.defaultdict(float)
-    for i in range(0, len(x) - bs + 1, bs):
-        xb = x[i:i + bs]
-        best = collections.defaultdict(lambda: math.inf)
-        for _ in range(repeats):
-            for name, engine in paths:
-                for kind, t in (('main', None), ('early', ts)):
-                    best[name, kind] = min(best[name, kind], call(engine, xb, t, bs))
-        for key, v in best.items():
-            total[key] += v
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for i in range(0, len(x) - bs + 1, bs):
+            xb = x[i:i + bs]
+            best = collections.defaultdict(lambda: math.inf)
+            for _ in range(repeats):
+                for name, engine in paths:
+                    for kind, t in (('main', None), ('early', ts)):
+                        best[name, kind] = min(best[name, kind], call(engine, xb, t, bs))
+            for key, v in best.items():
+                total[key] += v
     n = (len(x) // bs) * bs
     return {key: n / v for key, v in total.items()}
 

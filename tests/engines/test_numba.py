@@ -72,6 +72,76 @@ def test_labels_and_exits_identical_to_predict(compiled):
     numpy.testing.assert_array_equal(engine.predict_main(x, batchsize=1), net.predict_main(x))
 
 
+def test_batch1_calls_answer_as_predict_in_fresh_arrays(compiled):
+    """The batch-1 path (one native call, no thread) answers as ``predict``
+    on the whole batch, and a later call leaves the arrays an earlier one
+    returned as they were (no output buffer is shared between calls)."""
+    net, engine, x = compiled
+    ents = entropy(net.get_SM(x)[0])
+    ts = [float(numpy.median(ents))] * (net.numexits() - 1)
+    exp_labels, exp_exits = net.predict(x, ts)
+    exp_main = net.predict_main(x)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        answers = [(engine.route(engine.send(x[i:i + 1]), ts),
+                    engine.main_route(engine.send(x[i:i + 1]))) for i in range(len(x))]
+    assert len(set(exp_exits.tolist())) > 1  # both kinds of sample among them
+    for i, ((labels, exits), (main_labels, main_exits)) in enumerate(answers):
+        assert (labels.tolist(), exits.tolist()) == ([exp_labels[i]], [exp_exits[i]])
+        assert (main_labels.tolist(), main_exits.tolist()) == ([exp_main[i]],
+                                                               [net.numexits() - 1])
+
+
+@pytest.mark.parametrize('threads', [2, 3])
+@pytest.mark.parametrize('n', [1, 2, 5, 64, 513])
+def test_threads_take_every_sample_once_in_shrinking_chunks(compiled, threads, n):
+    """``_split`` hands every sample of the batch to exactly one chunk, each
+    run in one thread's own slab, the chunks shrinking towards the end."""
+    net, _, _ = compiled
+    engine = numbapath.NumbaBranchyNet(net, threads=threads)
+    chunks = []
+    engine._split(lambda tag, S, lo, hi: chunks.append((tag, id(S), lo, hi)), n, 'tag')
+    assert sorted(i for _, _, lo, hi in chunks for i in range(lo, hi)) == list(range(n))
+    assert all(hi > lo for _, _, lo, hi in chunks) and {t for t, *_ in chunks} == {'tag'}
+    assert {s for _, s, _, _ in chunks} <= {id(s) for s in engine._slabs}
+    sizes = [hi - lo for *_, lo, hi in sorted(chunks, key=lambda c: c[2])]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_a_failing_chunk_is_raised_and_no_chunk_starts_after_it(compiled):
+    """An exception in one chunk reaches ``_split``'s caller (it does not
+    wait forever for samples nobody will run) and stops the chunks not yet
+    started."""
+    net, _, _ = compiled
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    started = []
+
+    def chunk(S, lo, hi):
+        started.append(lo)
+        if lo == 0:
+            raise KeyError('chunk 0')
+
+    with pytest.raises(KeyError, match='chunk 0'):
+        engine._split(chunk, 1000)
+    assert len(started) <= 3  # the other thread ran one or two chunks at most
+
+
+@pytest.mark.parametrize('shape', ['narrower', 'empty', 'flat'])
+def test_route_refuses_a_batch_of_samples_of_another_size(compiled, shape):
+    """``route``/``main_route`` do not validate (``predict`` does, once per
+    input), but a batch whose samples are not the network's size would make
+    the native code read past them: it gets ``validate_inputs``' error."""
+    net, engine, _ = compiled
+    c, h, w = net.input_shape
+    x = {'narrower': numpy.zeros((1, c, h, w - 1), numpy.float32),
+         'empty': numpy.zeros((0, c, h, w), numpy.float32),
+         'flat': numpy.zeros(c * h * w, numpy.float32)}[shape]
+    message = {'narrower': 'per-sample shape', 'empty': 'empty', 'flat': 'dimensions'}[shape]
+    with pytest.raises(InvalidValue, match=message):
+        engine.route(x, [0.5] * (net.numexits() - 1))
+    with pytest.raises(InvalidValue, match=message):
+        engine.main_route(x)
+
+
 def test_every_exit_reached_and_extremes(compiled):
     net, engine, x = compiled
     last = net.numexits() - 1
@@ -232,6 +302,25 @@ def test_damaged_cache_is_compiled_again_with_a_warning(tmp_path, monkeypatch):
             not glob.glob(str(tmp_path / '__pycache__' / '*.tmp.*'))
     finally:
         sys.modules.pop(name, None)
+
+
+def test_convolutions_reading_rows_longer_than_their_padding_read_a_narrowed_copy():
+    """A padded convolution reading a value another convolution pads wider,
+    and an unpadded one reading a wide convolution output (junk columns),
+    read a copy with their own margin (``Program._narrow``): the answers
+    stay those of ``predict``, call after call (the copy's margin stays zero)."""
+    numpy.random.seed(4)
+    net = BranchyNet([L.Convolution2D(1, 4, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
+                      Branch([L.Convolution2D(4, 6, 3, pad=1), FL(F.relu),
+                              L.Convolution2D(6, 6, 3), FL(F.relu), L.Linear(6 * 4 * 4, 5)]),
+                      L.Convolution2D(4, 8, 5, pad=3), FL(F.relu), FL(F.max_pooling_2d, 2, 2),
+                      Branch([L.Linear(8 * 4 * 4, 5)])], input_shape=(1, 12, 12))
+    engine = numbapath.NumbaBranchyNet(net, threads=2, kernels='loop')
+    narrowed = [op for op in engine.program.ops if op.params.get('narrow')]
+    assert [(op.inputs[0].c, op.output.c) for op in narrowed] == [(4, 6), (6, 6)]
+    x = numpy.random.RandomState(5).randn(40, 1, 12, 12).astype(numpy.float32)
+    assert_engine_matches_predict(engine, net, x)
+    assert_engine_matches_predict(engine, net, x[::-1].copy(), seed=3)
 
 
 def test_fast_path_chunks_big_batches_with_the_same_answers():

@@ -14,7 +14,7 @@ import math
 
 import numpy
 
-from branchynet.engines.numba.layout import MAX_TERMS, OBS, CHAINS
+from branchynet.engines.numba.layout import MAX_TERMS, OBS, CHAINS, Value
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.tile import gen_conv_tile
 
@@ -31,12 +31,38 @@ def _gen_conv(op):
     return _gen_conv_loop(op)
 
 
+def narrowed_input(op):
+    """The copy a ``narrow`` convolution reads (``Program._narrow``): its
+    input with a margin as wide as its padding, at ``col``, an area of the
+    slab of its own (only the copy writes there, so the margin stays zero)."""
+    (x,), p = op.inputs, op.params
+    n = Value(x.c, x.h, x.w)
+    n.margin, n.off = p['pad'], p.get('col')
+    return n
+
+
+def _narrow_lines(x, n):
+    """Copy ``x`` into ``n``, row by row."""
+    return ['for c in range({}):'.format(x.c),
+            '    for y in range({}):'.format(x.h),
+            '        xs = S[{0}:{0} + {1}]'.format(x.at('c', 'y', 0), x.w),
+            '        ns = S[{0}:{0} + {1}]'.format(n.at('c', 'y', 0), x.w),
+            '        for x in range({}):'.format(x.w),
+            '            ns[x] = xs[x]']
+
+
 def _gen_conv_loop(op):
     """Output planes over ``ob`` output channels at a time; per input channel,
     one loop over the output whose body sums every kernel tap (literal
     offsets) for those channels. Wide: the output rows run over the input's
-    padded width as one loop; otherwise (strided) row by row."""
+    padded width as one loop; otherwise (strided) row by row. ``narrow``:
+    from a copy of the input with a margin as wide as the padding
+    (``narrowed_input``), so wide rows are no longer than they need be."""
     (x,), y, p = op.inputs, op.output, op.params
+    head = []
+    if p.get('narrow'):
+        n = narrowed_input(op)
+        head, x = _narrow_lines(x, n), n
     kh, kw = p['k']
     sy, sx = p['stride']
     shift = x.margin - p['pad']  # where the padded window starts inside the margin
@@ -74,7 +100,8 @@ def _gen_conv_loop(op):
         for b in range(ob):
             inner += ['for p in range({}):'.format(count),
                       '    r{0}[p] = max(r{0}[p], numpy.float32(0))'.format(b)]
-    return ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + indent([rows] + indent(inner, 1), 1)
+    return head + ['for o0 in range(0, {}, {}):'.format(y.c, ob)] + \
+        indent([rows] + indent(inner, 1), 1)
 
 
 def gemm_size(op):
@@ -162,8 +189,8 @@ def _gen_copy(op):
 
 def _gen_pool(op):
     """Windows clipped to the input (``cover_all``, padding) in a general loop;
-    the windows of a max pooling that lie wholly inside the input, most of
-    them, as literal taps."""
+    the windows of an unpadded max pooling that lie wholly inside the input,
+    most of them, as literal taps of slices of the input rows."""
     (x,), y, p = op.inputs, op.output, op.params
     kh, kw = p['k']
     sy, sx = p['stride']
@@ -193,23 +220,33 @@ def _gen_pool(op):
     # windows wholly inside: rows 0..fy-1, columns 0..fx-1
     fy = min(y.h, max(0, (x.h - kh) // sy + 1))
     fx = min(y.w, max(0, (x.w - kw) // sx + 1))
-    if not mx or ph or pw or (fy, fx) == (y.h, y.w):
-        # (no window clipped: LLVM makes the general loop as fast, measured)
+    if not mx or ph or pw or not fy or not fx:
         return ['for c in range({}):'.format(y.c)] + indent(general((0, y.h), (0, y.w)), 1)
-    taps = ['S[{}]'.format(x.at('c', 'oy * {} + {}'.format(sy, ky), 'ox * {} + {}'.format(sx, kx)))
-            for ky in range(kh) for kx in range(kw)]
-    body = ['for oy in range({}):'.format(fy),
-            '    for ox in range({}):'.format(fx),
-            '        acc = numpy.float32(-numpy.inf)'] + [
-        '        acc = max(acc, {})'.format(t) for t in taps]
-    if p['relu']:
-        body.append('        acc = max(acc, numpy.float32(0))')
-    body.append('        S[{}] = acc'.format(y.at('c', 'oy', 'ox')))
+    # one output row at a time from slices of its window's input rows: LLVM
+    # vectorises the strided taps of slices (B-LeNet's 5x30x30 ReLU + 2x2
+    # pooling as a standalone loop: 0.55 against 1.02 µs for the general loop)
+    body = ['for oy in range({}):'.format(fy)] + indent(
+        ['r{0} = S[{1}:{1} + {2}]'.format(ky, x.at('c', 'oy * {} + {}'.format(sy, ky), 0), x.w)
+         for ky in range(kh)] +
+        ['out = S[{0}:{0} + {1}]'.format(y.at('c', 'oy', 0), fx),
+         'for ox in range({}):'.format(fx),
+         '    acc = {}'.format(_max_tree(['r{}[ox * {} + {}]'.format(ky, sx, kx)
+                                          for ky in range(kh) for kx in range(kw)]))] +
+        (['    acc = max(acc, numpy.float32(0))'] if p['relu'] else []) +
+        ['    out[ox] = acc'], 1)
     if fx < y.w:
         body += general((0, fy), (fx, y.w))
     if fy < y.h:
         body += general((fy, y.h), (0, y.w))
     return ['for c in range({}):'.format(y.c)] + indent(body, 1)
+
+
+def _max_tree(terms):
+    """``max`` of ``terms`` as a balanced tree of two-argument calls."""
+    while len(terms) > 1:
+        terms = ['max({}, {})'.format(*terms[i:i + 2]) if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def _gen_lrn(op):

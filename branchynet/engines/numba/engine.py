@@ -24,7 +24,7 @@ import numpy
 
 from branchynet.engines.base import InferenceEngine
 from branchynet.measures import confidence
-from branchynet.validation import InvalidValue, require_network
+from branchynet.validation import InvalidValue, require_network, validate_inputs
 from branchynet.engines.numba.layout import MEASURE_CODES, NotCompilable
 from branchynet.engines.numba.kernels import blas_limit
 from branchynet.engines.numba.program import Program
@@ -44,8 +44,8 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
-    #: chunks a batch is cut into per thread (``_split``)
-    CHUNKS_PER_THREAD = 4
+    #: each chunk a thread takes is this share of the samples left per thread (``_split``)
+    GUIDED_SHARE = 2
 
     def __init__(self, net, threads=None, kernels='auto'):
         import os
@@ -65,6 +65,10 @@ class NumbaBranchyNet(InferenceEngine):
         self._fast = FastBranchyNet(net)
         self.steps = self._fast.steps
         self._scratch = numpy.zeros((self.threads, self.program.slab), numpy.float32)
+        # fixed per engine, read on every call (the batch-1 path is a few µs)
+        self._slabs = list(self._scratch)  # one view per thread, made once
+        self._features = int(numpy.prod(self.input_shape))
+        self._uses_gemm = self.program.uses_gemm
         self._pool = None
         self._last_decision = None
         self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
@@ -73,37 +77,69 @@ class NumbaBranchyNet(InferenceEngine):
         #: seconds to generate and compile (or load from numba's cache) the code
         self.compile_seconds = time.perf_counter() - start
 
-    @staticmethod
-    def _rows(x):
+    def send(self, x):
+        """``x`` itself when it is a host array already (what the network's
+        device would send back, for a fraction of its cost), else sent."""
+        return x if type(x) is numpy.ndarray else self.net.send(x)
+
+    def _rows(self, x):
+        """``x`` as contiguous float32 rows, one flat sample each; a batch
+        whose samples are not ``input_shape``'s size (the native code would
+        read past them) gets ``validate_inputs``' error."""
         x = numpy.ascontiguousarray(x, dtype=numpy.float32)
-        return x.reshape(len(x), -1)
+        if not len(x) or x.size != len(x) * self._features:
+            validate_inputs(x, self.input_shape)
+            raise InvalidValue('x must be a batch of samples of shape {}, got shape {}'.format(
+                tuple(self.input_shape), x.shape))
+        return x.reshape(len(x), self._features)
 
     def _split(self, fn, n, *args):
         """``fn(*args, S, lo, hi)`` over ``range(n)`` on ``threads`` threads at
-        once, each taking the next chunk of samples as it finishes one (about
-        ``CHUNKS_PER_THREAD`` each): a thread that starts late (a wake-up) or
-        runs slower (a core shared with another process) takes fewer."""
+        once, each taking the next chunk of samples as it finishes one: a
+        thread that starts late (a wake-up) or runs slower (a core shared with
+        another process) takes fewer. Guided: a chunk is the samples left over
+        ``GUIDED_SHARE`` times the threads, so the chunks shrink towards the
+        end and the threads finish close together (equal chunks of an eighth
+        of the batch left one thread up to a chunk's time alone at the end).
+        Returns once every sample is done, without waiting for a worker that
+        has not woken up yet (on a busy machine that can take milliseconds):
+        it finds nothing left and returns. The first exception raised in
+        ``fn`` is raised here, after the chunks already started have ended."""
         parts = max(1, min(self.threads, n))
         if parts == 1:
-            fn(*args, self._scratch[0], 0, n)
+            fn(*args, self._slabs[0], 0, n)
             return
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads - 1)
-        import itertools
-        chunk = max(1, n // (parts * self.CHUNKS_PER_THREAD))
-        counter = itertools.count(0, chunk)  # next() is atomic under the GIL
+        import threading
+        lock, all_done, share = threading.Lock(), threading.Event(), parts * self.GUIDED_SHARE
+        taken, finished, errors = [0], [0], []
 
         def work(S):
-            for lo in counter:
+            while True:
+                with lock:
+                    lo = taken[0]
+                    taken[0] = hi = min(n, lo + max(1, (n - lo) // share))
                 if lo >= n:
                     return
-                fn(*args, S, lo, min(lo + chunk, n))
+                try:
+                    fn(*args, S, lo, hi)
+                except BaseException as e:
+                    errors.append(e)
+                with lock:
+                    if errors:  # nothing more is started; what is not taken counts as done
+                        hi, taken[0] = hi + n - taken[0], n
+                    finished[0] += hi - lo
+                    if finished[0] == n:
+                        all_done.set()
 
-        futures = [self._pool.submit(work, self._scratch[t]) for t in range(1, parts)]
-        work(self._scratch[0])
-        for f in futures:
-            f.result()
+        for t in range(1, parts):
+            self._pool.submit(work, self._slabs[t])
+        work(self._slabs[0])
+        all_done.wait()
+        if errors:
+            raise errors[0]
 
     def _decision(self, thresholds):
         """(measure code, float64 limits) for ``thresholds``, kept for the
@@ -124,7 +160,9 @@ class NumbaBranchyNet(InferenceEngine):
         n, p = len(rows), self.program
         labels = numpy.empty(n, numpy.int32)
         exits = numpy.empty(n, numpy.int32)
-        if p.uses_gemm:  # one BLAS thread per engine thread
+        if n == 1 and not self._uses_gemm:  # one native call, no hand-off to a thread
+            p.run(rows, p.weights, self._slabs[0], limits, code, main_only, labels, exits, 0, 1)
+        elif self._uses_gemm:  # one BLAS thread per engine thread
             with blas_limit(1):
                 self._call(rows, limits, code, main_only, labels, exits)
         else:
@@ -132,13 +170,9 @@ class NumbaBranchyNet(InferenceEngine):
         return labels, exits
 
     def _call(self, rows, limits, code, main_only, labels, exits):
-        n, p = len(rows), self.program
-        if n == 1:  # one native call, no hand-off to a thread
-            p.run(rows, p.weights, self._scratch[0], limits, code, main_only, labels, exits,
-                  0, 1)
-        else:
-            self._split(lambda S, lo, hi: p.run(rows, p.weights, S, limits, code, main_only,
-                                                labels, exits, lo, hi), n)
+        p = self.program
+        self._split(lambda S, lo, hi: p.run(rows, p.weights, S, limits, code, main_only,
+                                            labels, exits, lo, hi), len(rows))
 
     def explain(self, measure=False):
         """The layers' kernels and measured times as text, one line per layer

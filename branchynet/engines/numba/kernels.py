@@ -11,7 +11,7 @@ import numpy
 
 from branchynet.engines.numba.layout import VECTOR
 from branchynet.engines.numba.builder import Op
-from branchynet.engines.numba.codegen import gemm_size, symbolic, function_lines
+from branchynet.engines.numba.codegen import gemm_size, narrowed_input, symbolic, function_lines
 from branchynet.engines.numba.tile import slp_vectorize, tile_scratch, transposed_weights
 
 
@@ -31,8 +31,11 @@ def kernel_for(op, kernels):
 
 def scratch_size(op):
     """Floats of the slab's transient area ``op``'s kernel uses (the GEMM's
-    im2col matrix, a tile's sums)."""
+    im2col matrix, a tile's sums); for a narrowed convolution, the floats of
+    its input's copy (``Program`` gives that an area of its own)."""
     kernel = op.params.get('kernel')
+    if op.kind == 'conv' and op.params.get('narrow'):
+        return narrowed_input(op).size
     if op.kind == 'conv' and kernel == 'gemm':
         k, n = gemm_size(op)
         return k * n
@@ -46,6 +49,8 @@ def kernels_of(op):
     that took over the op after it (``tile.fuse_tiled``) only its tile."""
     if op.params.get('fused'):
         return ('tile',)
+    if op.params.get('narrow'):  # its output's rows fit the loop's copy of the input
+        return ('loop',)
     return KIND_KERNELS.get(op.kind, (None,))
 
 
