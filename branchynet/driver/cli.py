@@ -285,11 +285,7 @@ def main(argv=None):
             raise InvalidValue('--epochs-main 0 --epochs-joint 0 trains nothing, so it would '
                                'time and tabulate random weights: give --init FILE.npz (the '
                                'weights to time) or at least one epoch')
-        if args.shift is not None and args.shift < 0:
-            raise InvalidValue('--shift must be a whole number of pixels >= 0, got {}'.format(
-                args.shift))
-        if args.shift and args.augment:
-            raise InvalidValue('--shift and --augment are alternatives: choose one')
+        training.check_shift(args.shift, args.augment, names=('--shift', '--augment'))
         if args.mpi is not None:
             command = mpi_command(args, argv)
         args.exit_weights = parse_weights(args.exit_weights)

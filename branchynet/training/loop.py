@@ -103,8 +103,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     settings.update(apply_recipe(net, main, exit_weights, distill_weight,
                                  distill_temperature, adam_beta1, lr_schedule, shift))
     shift = settings.get('shift', 0)
-    if shift and augment:
-        raise InvalidValue('shift and augment are alternatives: choose one')
+    check_shift(shift, augment)
     if shift and numpy.ndim(x) != 4:
         raise InvalidValue('shift moves images: it needs inputs of shape (N, C, H, W), got '
                            '{}'.format(numpy.shape(x)))
@@ -237,10 +236,7 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
     if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
         raise InvalidValue('lr_schedule must be one of {}, got {!r}'.format(
             ', '.join(LR_SCHEDULES), lr_schedule))
-    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, numbers.Integral)
-                              or shift < 0):
-        raise InvalidValue('shift must be a whole number of pixels >= 0 (0: off), got '
-                           '{!r}'.format(shift))
+    check_shift(shift)
     recorded = {}
     if lr_schedule not in (None, 'constant'):
         recorded['lr_schedule'] = lr_schedule
@@ -256,6 +252,18 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
         if distill is not None:
             recorded['distill_temperature'], recorded['distill_weight'] = distill
     return recorded
+
+
+def check_shift(shift, augment=False, names=('shift', 'augment')):
+    """``shift`` is None or a whole number of pixels >= 0, and not combined
+    with ``augment`` (the two are alternatives); ``names`` name them in the
+    error (the driver passes its options' names)."""
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, numbers.Integral)
+                              or shift < 0):
+        raise InvalidValue('{} must be a whole number of pixels >= 0 (0: off), got '
+                           '{!r}'.format(names[0], shift))
+    if shift and augment:
+        raise InvalidValue('{} and {} are alternatives: choose one'.format(*names))
 
 
 def lr_factor(schedule, step, total):
