@@ -91,24 +91,33 @@ def test_batch1_calls_answer_as_predict_in_fresh_arrays(compiled):
                                                                [net.numexits() - 1])
 
 
-def test_batch1_path_takes_any_sample_layout_and_compiles_nothing_more(compiled):
-    """A batch-1 sample that is float64, strided or flat per sample (which
-    the native code, compiled for float32 C-contiguous (N, C, H, W) only,
-    refuses with a TypeError) is converted and answers as the float32
-    sample does; no call compiles another version of the native code."""
+def test_any_array_layout_is_converted_and_compiles_nothing_more(compiled):
+    """A batch-1 sample or a batch that is float64, strided, flat per
+    sample, read-only or unaligned (which the native code, compiled for
+    writeable aligned float32 C-contiguous (N, C, H, W) only, refuses with a
+    TypeError) is converted and answers as the float32 array does; no call
+    compiles another version of the native code."""
     net, engine, x = compiled
     ts = [0.5] * (net.numexits() - 1)
     run = engine.program.run
     compiled_before = list(run.signatures)
-    doubled = numpy.repeat(x[:1], 2, axis=3)  # every second column is the sample
-    layouts = [x[:1].astype(numpy.float64), doubled[:, :, :, ::2], x[:1].reshape(1, -1)]
-    assert not layouts[1].flags.c_contiguous
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        expected = engine.route(x[:1], ts), engine.main_route(x[:1])
-        for sample in layouts:
-            got = engine.route(sample, ts), engine.main_route(sample)
-            assert [a.tolist() for pair in got for a in pair] == \
-                [a.tolist() for pair in expected for a in pair]
+    for n in (1, 4):
+        doubled = numpy.repeat(x[:n], 2, axis=3)  # every second column is the sample
+        read_only = x[:n].copy()
+        read_only.flags.writeable = False
+        shifted = numpy.frombuffer(b'\0' + x[:n].tobytes(), numpy.uint8)[1:]
+        unaligned = shifted.view(numpy.float32).reshape(x[:n].shape)
+        layouts = [x[:n].astype(numpy.float64), doubled[:, :, :, ::2], x[:n].reshape(n, -1),
+                   read_only, unaligned]
+        assert not layouts[1].flags.c_contiguous and not unaligned.flags.aligned
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            expected = engine.route(x[:n], ts), engine.main_route(x[:n])
+            for sample in layouts:
+                got = engine.route(sample, ts), engine.main_route(sample)
+                assert [a.tolist() for pair in got for a in pair] == \
+                    [a.tolist() for pair in expected for a in pair]
+        assert [a.tolist() for a in engine.predict(read_only, ts)] == \
+            [a.tolist() for a in net.predict(x[:n], ts)]
     assert run.signatures == compiled_before
 
 

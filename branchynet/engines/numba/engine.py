@@ -84,10 +84,12 @@ class NumbaBranchyNet(InferenceEngine):
         return x if type(x) is numpy.ndarray else self.net.send(x)
 
     def _batch(self, x):
-        """``x`` as a float32 C-contiguous (N, C, H, W) batch; a batch whose
-        samples are not ``input_shape``'s size (the native code would read
-        past them) gets ``validate_inputs``' error."""
-        x = numpy.ascontiguousarray(x, dtype=numpy.float32)
+        """``x`` as a float32 (N, C, H, W) batch of the one array type the
+        native code is compiled for (C-contiguous, aligned, writeable: numba
+        types a read-only array apart); a batch whose samples are not
+        ``input_shape``'s size (the native code would read past them) gets
+        ``validate_inputs``' error."""
+        x = numpy.require(x, numpy.float32, ['C', 'A', 'W'])
         if x.ndim == 0 or not len(x) or x.size != len(x) * self._features:
             validate_inputs(x, self.input_shape)
             raise InvalidValue('x must be a batch of samples of shape {}, got shape {}'.format(
