@@ -37,8 +37,8 @@ import os
 import sys
 import time
 
-from common import (blas_threads, engines, lenet, load, mnist, parser, peak_gmacs,
-                    summary, test_subset)
+from common import (OPENBLAS_THREAD_TIMEOUT, blas_threads, engines, lenet, load, mnist, parser,
+                    peak_gmacs, summary, test_subset)
 
 import chainer  # noqa: E402  (after common: the compatibility shims come first)
 
@@ -223,6 +223,8 @@ def main():
             ', '.join(bad)))
     model, vector = processor()
     print('processor: {}; vector extensions: {}'.format(model, ' '.join(vector) or 'none found'))
+    print('OpenBLAS idle threads spin 2**{} cycles (OPENBLAS_THREAD_TIMEOUT, common.py)'.format(
+        OPENBLAS_THREAD_TIMEOUT))
     digits = mnist()
     loads = [load()]
     with blas_threads(args.threads):

@@ -85,11 +85,12 @@ class InferenceEngine:
         without backprop; returns each output concatenated on the host."""
         validate_inputs(x, self.net.input_shape)
         batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
-        parts = []
+        to_cpu = chainer.backends.cuda.to_cpu
         with chainer.using_config('train', False), chainer.no_backprop_mode():
-            for i in range(0, len(x), batchsize):
-                parts.append([chainer.backends.cuda.to_cpu(a)
-                              for a in run(self.send(x[i:i + batchsize]))])
+            if len(x) <= batchsize:  # one batch: its outputs as they are
+                return [to_cpu(a) for a in run(self.send(x))]
+            parts = [[to_cpu(a) for a in run(self.send(x[i:i + batchsize]))]
+                     for i in range(0, len(x), batchsize)]
         return [numpy.concatenate(column) for column in zip(*parts)]
 
     def predict(self, x, thresholds=None, batchsize=None):

@@ -25,8 +25,9 @@ class NonFiniteLogits(InvalidValue):
 def check_finite(exits):
     """Raise ``NonFiniteLogits`` naming the samples that routing marked
     ``NOT_FINITE`` (indices into ``exits``); return ``exits`` otherwise."""
-    bad = numpy.flatnonzero(chainer.backends.cuda.to_cpu(exits) == NOT_FINITE)
-    if len(bad):
+    bad = chainer.backends.cuda.to_cpu(exits) == NOT_FINITE
+    if bad.any():
+        bad = numpy.flatnonzero(bad)
         shown = ', '.join(map(str, bad[:10].tolist())) + (', ...' if len(bad) > 10 else '')
         raise NonFiniteLogits(
             'the logits of {} of {} samples are not finite (NaN or infinite), so no exit can '

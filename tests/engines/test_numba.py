@@ -91,38 +91,125 @@ def test_batch1_calls_answer_as_predict_in_fresh_arrays(compiled):
                                                                [net.numexits() - 1])
 
 
+def test_any_array_layout_is_converted_and_compiles_nothing_more(compiled):
+    """A batch-1 sample or a batch that is float64, strided, flat per
+    sample, read-only or unaligned (which the native code, compiled for
+    writeable aligned float32 C-contiguous (N, C, H, W) only, refuses with a
+    TypeError) is converted and answers as the float32 array does; no call
+    compiles another version of the native code."""
+    net, engine, x = compiled
+    ts = [0.5] * (net.numexits() - 1)
+    run = engine.program.run
+    compiled_before = list(run.signatures)
+    for n in (1, 4):
+        doubled = numpy.repeat(x[:n], 2, axis=3)  # every second column is the sample
+        read_only = x[:n].copy()
+        read_only.flags.writeable = False
+        shifted = numpy.frombuffer(b'\0' + x[:n].tobytes(), numpy.uint8)[1:]
+        unaligned = shifted.view(numpy.float32).reshape(x[:n].shape)
+        layouts = [x[:n].astype(numpy.float64), doubled[:, :, :, ::2], x[:n].reshape(n, -1),
+                   read_only, unaligned]
+        assert not layouts[1].flags.c_contiguous and not unaligned.flags.aligned
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            expected = engine.route(x[:n], ts), engine.main_route(x[:n])
+            for sample in layouts:
+                got = engine.route(sample, ts), engine.main_route(sample)
+                assert [a.tolist() for pair in got for a in pair] == \
+                    [a.tolist() for pair in expected for a in pair]
+        assert [a.tolist() for a in engine.predict(read_only, ts)] == \
+            [a.tolist() for a in net.predict(x[:n], ts)]
+    assert run.signatures == compiled_before
+
+
+def _taking(log, delay=0.0):
+    """A stand-in for the native ``run`` in ``_split``: takes samples from
+    ``taken`` one at a time (under a lock, as the native code does with one
+    atomic add) and logs (tag, slab, sample) after ``delay`` seconds each."""
+    import threading
+    import time
+    lock = threading.Lock()
+
+    def fn(tag, S, taken, n):
+        while True:
+            with lock:
+                i = int(taken[0])
+                taken[0] = i + 1
+            if i >= n:
+                return
+            time.sleep(delay)
+            log.append((tag, id(S), i))
+    return fn
+
+
 @pytest.mark.parametrize('threads', [2, 3])
 @pytest.mark.parametrize('n', [1, 2, 5, 64, 513])
-def test_threads_take_every_sample_once_in_shrinking_chunks(compiled, threads, n):
-    """``_split`` hands every sample of the batch to exactly one chunk, each
-    run in one thread's own slab, the chunks shrinking towards the end."""
+def test_threads_take_every_sample_once_in_their_own_slabs(compiled, threads, n):
+    """``_split`` gives every thread the batch's one counter, so every
+    sample is taken exactly once, each in one thread's own slab."""
     net, _, _ = compiled
     engine = numbapath.NumbaBranchyNet(net, threads=threads)
-    chunks = []
-    engine._split(lambda tag, S, lo, hi: chunks.append((tag, id(S), lo, hi)), n, 'tag')
-    assert sorted(i for _, _, lo, hi in chunks for i in range(lo, hi)) == list(range(n))
-    assert all(hi > lo for _, _, lo, hi in chunks) and {t for t, *_ in chunks} == {'tag'}
-    assert {s for _, s, _, _ in chunks} <= {id(s) for s in engine._slabs}
-    sizes = [hi - lo for *_, lo, hi in sorted(chunks, key=lambda c: c[2])]
-    assert sizes == sorted(sizes, reverse=True)
+    log = []
+    engine._split(_taking(log), n, 'tag')
+    assert sorted(i for _, _, i in log) == list(range(n))
+    assert {t for t, _, _ in log} == {'tag'}
+    assert {s for _, s, _ in log} <= {id(s) for s in engine._slabs}
 
 
-def test_a_failing_chunk_is_raised_and_no_chunk_starts_after_it(compiled):
-    """An exception in one chunk reaches ``_split``'s caller (it does not
-    wait forever for samples nobody will run) and stops the chunks not yet
-    started."""
+def test_split_returns_after_every_sample_taken_is_done(compiled):
+    """A sample a worker has taken is done (logged) before ``_split``
+    returns, however long it takes."""
+    net, _, _ = compiled
+    engine = numbapath.NumbaBranchyNet(net, threads=3)
+    for _ in range(5):
+        log = []
+        engine._split(_taking(log, delay=0.002), 12, 'tag')
+        assert sorted(i for _, _, i in log) == list(range(12))
+
+
+def test_the_native_counter_shares_a_batch_between_threads(compiled):
+    """The compiled code's own counter: with three threads on one batch,
+    every sample is answered as ``predict`` answers it, and the counter
+    ends past the batch (each thread took one sample too many to stop)."""
+    net, _, x = compiled
+    engine = numbapath.NumbaBranchyNet(net, threads=3)
+    ts = [0.5] * (net.numexits() - 1)
+    xs = numpy.concatenate([x] * 8)
+    counters = []
+    p = engine.program
+    code, limits = engine._decision(ts)
+    labels, exits = numpy.empty(len(xs), numpy.int32), numpy.empty(len(xs), numpy.int32)
+
+    def run(S, taken, n):
+        p.run(xs, p.weights, S, limits, code, False, labels, exits, taken, n)
+        counters.append(taken)
+    engine._split(run, len(xs))
+    exp_labels, exp_exits = net.predict(xs, ts)
+    assert labels.tolist() == exp_labels.tolist() and exits.tolist() == exp_exits.tolist()
+    assert len({id(t) for t in counters}) == 1
+    assert len(xs) < int(counters[0][0]) <= len(xs) + 3
+
+
+def test_a_failing_thread_is_raised_after_the_others_end(compiled):
+    """An exception in one thread reaches ``_split``'s caller once the other
+    threads have ended (it does not wait forever for samples nobody will
+    run): the worker took every sample, or (not started in time) none."""
     net, _, _ = compiled
     engine = numbapath.NumbaBranchyNet(net, threads=2)
-    started = []
+    log = []
+    take = _taking(log, delay=0.0005)
 
-    def chunk(S, lo, hi):
-        started.append(lo)
-        if lo == 0:
-            raise KeyError('chunk 0')
+    def fn(S, taken, n):
+        if S is engine._slabs[0]:
+            raise KeyError('caller thread')
+        take('worker', S, taken, n)
 
-    with pytest.raises(KeyError, match='chunk 0'):
-        engine._split(chunk, 1000)
-    assert len(started) <= 3  # the other thread ran one or two chunks at most
+    with pytest.raises(KeyError, match='caller thread'):
+        engine._split(fn, 100)
+    done = len(log)
+    assert sorted(i for _, _, i in log) in ([], list(range(100)))
+    import time
+    time.sleep(0.01)
+    assert len(log) == done  # nothing ran after _split returned
 
 
 @pytest.mark.parametrize('shape', ['narrower', 'empty', 'flat'])

@@ -462,14 +462,30 @@ def _score(z, code):
     return 1.0 - (p1 / s - p2 / s)
 
 
+#: ``take(taken)``: ``taken[0] += 1`` as one atomic instruction (x86 ``lock
+#: xadd``), returning the value before: the threads of one batch each take
+#: their next sample with it inside the native code (``Program``'s ``run``)
+TAKE = [
+    '@numba.extending.intrinsic',
+    'def take(typingctx, taken):',
+    '    """The next sample of ``taken[0]`` (int64), counted up atomically."""',
+    '    def codegen(context, builder, signature, args):',
+    '        array = context.make_array(signature.args[0])(context, builder, args[0])',
+    '        one = context.get_constant(numba.core.types.int64, 1)',
+    "        return builder.atomic_rmw('add', array.data, one, 'seq_cst')",
+    '    return numba.core.types.int64(taken), codegen']
+
+
 def module_header():
-    """The generated module's first lines: its imports and the native
-    ``score`` and ``finite`` of one row of logits (``_score``, ``_finite``)."""
+    """The generated module's first lines: its imports, ``take`` (``TAKE``)
+    and the native ``score`` and ``finite`` of one row of logits
+    (``_score``, ``_finite``)."""
     import inspect
     score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
     finite = inspect.getsource(_finite).replace('def _finite(', 'def finite(', 1)
     out = ['# compiled with the SLP vectoriser on (tile.slp_vectorize)',
-           'import math', 'import numba', 'import numpy', '', '',
+           'import math', 'import numba', 'import numba.core.types', 'import numba.extending',
+           'import numpy', '', ''] + TAKE + ['', '',
            '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + score.splitlines()
     return out + ['', '', '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + \
         finite.splitlines()

@@ -3,11 +3,12 @@
 The array-level fast path (``engines.fast``) and ONNX Runtime pay a
 per-layer, per-call price that a network as small as B-LeNet never earns
 back. This path generates one numba function per layer shape from the link
-tree (``builder``, ``codegen``, ``program``). A batch is split into one
-contiguous part per thread (the functions release the GIL), each run sample
-by sample in the thread's own scratch slab by one native call, so the working
-set of a sample (its activations) stays in the core's caches whatever the
-batch size; batch size 1 is one native call.
+tree (``builder``, ``codegen``, ``program``). The threads of a batch each
+make one native call (the functions release the GIL) that takes the batch's
+samples one at a time from a counter they share and runs each in the
+thread's own scratch slab, so the working set of a sample (its activations)
+stays in the core's caches whatever the batch size; batch size 1 is one
+native call on the caller's thread.
 
 ``NumbaBranchyNet(net).predict(x, thresholds)`` gives the labels and exits
 of ``net.predict`` (up to float rounding in the last bits of the logits).
@@ -18,6 +19,7 @@ to ``engines.fast.FastBranchyNet``. CPU (numpy) networks only. The weights
 are snapshotted: compile again after training further. The generated code
 and numba's machine code are cached on disk (``cache``).
 """
+import threading
 import time
 
 import numpy
@@ -44,9 +46,6 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
-    #: each chunk a thread takes is this share of the samples left per thread (``_split``)
-    GUIDED_SHARE = 2
-
     def __init__(self, net, threads=None, kernels='auto'):
         import os
         from branchynet.engines.fast import FastBranchyNet
@@ -69,8 +68,10 @@ class NumbaBranchyNet(InferenceEngine):
         self._slabs = list(self._scratch)  # one view per thread, made once
         self._features = int(numpy.prod(self.input_shape))
         self._uses_gemm = self.program.uses_gemm
+        self._one_call = not self._uses_gemm  # batch 1 is one native call on the caller's thread
+        self._taken = numpy.zeros(1, numpy.int64)  # its sample counter, set to 0 per call
         self._pool = None
-        self._last_decision = None
+        self._decision_key = self._decided = None
         self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
         # starts the worker threads now, not inside the first timed batch
         self.main_route(numpy.zeros((self.threads,) + tuple(self.input_shape), numpy.float32))
@@ -82,62 +83,67 @@ class NumbaBranchyNet(InferenceEngine):
         device would send back, for a fraction of its cost), else sent."""
         return x if type(x) is numpy.ndarray else self.net.send(x)
 
-    def _rows(self, x):
-        """``x`` as contiguous float32 rows, one flat sample each; a batch
-        whose samples are not ``input_shape``'s size (the native code would
-        read past them) gets ``validate_inputs``' error."""
-        x = numpy.ascontiguousarray(x, dtype=numpy.float32)
-        if not len(x) or x.size != len(x) * self._features:
+    def _batch(self, x):
+        """``x`` as a float32 (N, C, H, W) batch of the one array type the
+        native code is compiled for (C-contiguous, aligned, writeable: numba
+        types a read-only array apart); a batch whose samples are not
+        ``input_shape``'s size (the native code would read past them) gets
+        ``validate_inputs``' error."""
+        x = numpy.require(x, numpy.float32, ['C', 'A', 'W'])
+        if x.ndim == 0 or not len(x) or x.size != len(x) * self._features:
             validate_inputs(x, self.input_shape)
             raise InvalidValue('x must be a batch of samples of shape {}, got shape {}'.format(
                 tuple(self.input_shape), x.shape))
-        return x.reshape(len(x), self._features)
+        return x.reshape((len(x),) + tuple(self.input_shape))
 
     def _split(self, fn, n, *args):
-        """``fn(*args, S, lo, hi)`` over ``range(n)`` on ``threads`` threads at
-        once, each taking the next chunk of samples as it finishes one: a
-        thread that starts late (a wake-up) or runs slower (a core shared with
-        another process) takes fewer. Guided: a chunk is the samples left over
-        ``GUIDED_SHARE`` times the threads, so the chunks shrink towards the
-        end and the threads finish close together (equal chunks of an eighth
-        of the batch left one thread up to a chunk's time alone at the end).
-        Returns once every sample is done, without waiting for a worker that
-        has not woken up yet (on a busy machine that can take milliseconds):
-        it finds nothing left and returns. The first exception raised in
-        ``fn`` is raised here, after the chunks already started have ended."""
+        """``fn(*args, S, taken, n)`` on up to ``threads`` threads at once,
+        each with its own slab ``S`` and one shared counter ``taken`` (int64,
+        from 0), from which the native code takes one sample at a time
+        (``Program``): a thread that starts late (a wake-up) or runs slower
+        (a core shared with another process) takes fewer samples, and each
+        thread makes one call per batch (every return to Python waits for
+        the interpreter lock, which another thread may hold). Returns once
+        every sample taken is done; a worker that starts after that runs
+        nothing. The first exception raised in ``fn`` is raised here, after
+        every thread that started has ended."""
+        taken = numpy.zeros(1, numpy.int64)
         parts = max(1, min(self.threads, n))
         if parts == 1:
-            fn(*args, self._slabs[0], 0, n)
+            fn(*args, self._slabs[0], taken, n)
             return
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads - 1)
-        import threading
-        lock, all_done, share = threading.Lock(), threading.Event(), parts * self.GUIDED_SHARE
-        taken, finished, errors = [0], [0], []
+        lock, all_done, errors = threading.Lock(), threading.Lock(), []
+        all_done.acquire()  # released by the last worker to end after the caller
+        running, over = [0], [False]  # workers inside fn; whether the caller has finished
 
         def work(S):
-            while True:
-                with lock:
-                    lo = taken[0]
-                    taken[0] = hi = min(n, lo + max(1, (n - lo) // share))
-                if lo >= n:
+            with lock:
+                if over[0]:
                     return
-                try:
-                    fn(*args, S, lo, hi)
-                except BaseException as e:
-                    errors.append(e)
-                with lock:
-                    if errors:  # nothing more is started; what is not taken counts as done
-                        hi, taken[0] = hi + n - taken[0], n
-                    finished[0] += hi - lo
-                    if finished[0] == n:
-                        all_done.set()
+                running[0] += 1
+            try:
+                fn(*args, S, taken, n)
+            except BaseException as e:
+                errors.append(e)
+            with lock:
+                running[0] -= 1
+                if over[0] and not running[0]:
+                    all_done.release()
 
         for t in range(1, parts):
             self._pool.submit(work, self._slabs[t])
-        work(self._slabs[0])
-        all_done.wait()
+        try:
+            fn(*args, self._slabs[0], taken, n)
+        except BaseException as e:
+            errors.append(e)
+        with lock:
+            over[0] = True
+            wait = running[0] > 0
+        if wait:
+            all_done.acquire()
         if errors:
             raise errors[0]
 
@@ -146,33 +152,44 @@ class NumbaBranchyNet(InferenceEngine):
         last settings seen (this sits on the batch-1 hot path); code None
         for a measure decided in Python."""
         key = (self.net.confidence, tuple(thresholds))
-        if self._last_decision is None or self._last_decision[0] != key:
+        if key != self._decision_key:
             measure = confidence.get_measure(self.net.confidence)
             code = MEASURE_CODES.get(measure.name)
             if confidence.MEASURES.get(measure.name) is not measure:
                 code = None
             limits = numpy.array([measure.limit(t) for t in thresholds] + [0.], numpy.float64)
-            self._last_decision = (key, code, limits)
-        return self._last_decision[1:]
+            self._decision_key, self._decided = key, (code, limits)
+        return self._decided
 
     def _run(self, x, limits, code, main_only):
-        rows = self._rows(x)
-        n, p = len(rows), self.program
+        p = self.program
+        if self._one_call and type(x) is numpy.ndarray and x.ndim == 4 and len(x) == 1:
+            # batch 1, the latency path: one native call on x as it is; the
+            # compiled code takes only float32 C-contiguous arrays (else
+            # TypeError) and checks the sample shape (else 1)
+            labels, exits = numpy.empty(1, numpy.int32), numpy.empty(1, numpy.int32)
+            self._taken[0] = 0
+            try:
+                if p.run(x, p.weights, self._slabs[0], limits, code, main_only,
+                         labels, exits, self._taken, 1) == 0:
+                    return labels, exits
+            except TypeError:
+                pass  # converted (or refused) below
+        x = self._batch(x)
+        n = len(x)
         labels = numpy.empty(n, numpy.int32)
         exits = numpy.empty(n, numpy.int32)
-        if n == 1 and not self._uses_gemm:  # one native call, no hand-off to a thread
-            p.run(rows, p.weights, self._slabs[0], limits, code, main_only, labels, exits, 0, 1)
-        elif self._uses_gemm:  # one BLAS thread per engine thread
+        if self._uses_gemm:  # one BLAS thread per engine thread
             with blas_limit(1):
-                self._call(rows, limits, code, main_only, labels, exits)
+                self._call(x, limits, code, main_only, labels, exits)
         else:
-            self._call(rows, limits, code, main_only, labels, exits)
+            self._call(x, limits, code, main_only, labels, exits)
         return labels, exits
 
-    def _call(self, rows, limits, code, main_only, labels, exits):
+    def _call(self, x, limits, code, main_only, labels, exits):
         p = self.program
-        self._split(lambda S, lo, hi: p.run(rows, p.weights, S, limits, code, main_only,
-                                            labels, exits, lo, hi), len(rows))
+        self._split(lambda S, taken, n: p.run(x, p.weights, S, limits, code, main_only,
+                                              labels, exits, taken, n), len(x))
 
     def explain(self, measure=False):
         """The layers' kernels and measured times as text, one line per layer

@@ -54,11 +54,18 @@ def _allocate(ops, inputs, keep):
 
 class Program:
     """The compiled code of one network: ``run(X, W, S, limits, code,
-    main_only, labels, exits, lo, hi)`` writes the label and exit of rows
-    ``lo:hi`` of ``X`` (flat float32 samples) into ``labels`` and ``exits``
-    (int32); ``W`` the weight vector, ``S`` one scratch slab of ``slab``
-    float32 zeros, ``limits`` the float64 exit limits of the measure ``code``
+    main_only, labels, exits, taken, hi)`` takes sample ``taken[0]`` of ``X``
+    (float32, C-contiguous, (N, C, H, W)), counting ``taken[0]`` up
+    atomically, writes its label and exit into ``labels`` and ``exits``
+    (int32), and goes on until ``taken[0]`` reaches ``hi``, then returns 0:
+    threads calling it at once on one batch with one ``taken`` share the
+    samples without a lock. It returns 1 without reading ``X`` when ``X``'s
+    samples are not the network's shape or ``hi`` is past its end.
+    ``W`` the weight vector, ``S`` one scratch slab of ``slab`` float32
+    zeros, ``limits`` the float64 exit limits of the measure ``code``
     (``MEASURE_CODES``); ``main_only`` runs the main network (no early head).
+    After the warm-up ``run`` compiles nothing more: other argument types
+    raise ``TypeError`` (numba's "no matching definition").
     One entry point: numba compiles every layer function into each function
     that calls it, so each further entry point would cost as much again.
 
@@ -227,11 +234,10 @@ class Program:
             return call_lines(calls[start:end], tables, typed=self._tiled)
 
         x = self.x
-        sample = ['xin = X[i]',
-                  'for c in range({}):'.format(x.c),
+        sample = ['for c in range({}):'.format(x.c),
                   '    for y in range({}):'.format(x.h),
                   '        for x in range({}):'.format(x.w),
-                  '            S[{}] = xin[(c * {} + y) * {} + x]'.format(x.at(), x.h, x.w)]
+                  '            S[{}] = X[i, c, y, x]'.format(x.at())]
         last = len(self.segments) - 1
         for n, (seg, head) in enumerate(zip(self.segments, self.heads)):
             sample += run(seg[0], seg[1])
@@ -253,8 +259,14 @@ class Program:
         out += ['', ''] + ['T{} = numpy.array({!r}, numpy.int64)'.format(i, t.tolist())
                            for i, t in enumerate(tables)]
         out += ['', '', '@numba.njit(boundscheck=False, nogil=True, cache=True)',
-                'def run(X, W, S, limits, code, main_only, labels, exits, lo, hi):',
-                '    for i in range(lo, hi):'] + indent(sample, 2) + ['']
+                'def run(X, W, S, limits, code, main_only, labels, exits, taken, hi):',
+                '    if X.shape[1] != {} or X.shape[2] != {} or X.shape[3] != {} or '
+                'hi > X.shape[0]:'.format(x.c, x.h, x.w),
+                '        return 1',
+                '    for _ in range(hi):',  # at most hi samples; a 'continue' takes the next
+                '        i = take(taken)',
+                '        if i >= hi:',
+                '            break'] + indent(sample, 2) + ['    return 0', '']
         return '\n'.join(out)
 
     @property
@@ -331,8 +343,7 @@ class Program:
     def _warm_up(self):
         """Compile (or load) every entry point for the argument types the
         engine passes: numba compiles on the first call."""
-        n = int(numpy.prod(self.x.shape()))
-        X = numpy.zeros((2, n), numpy.float32)
+        X = numpy.zeros((2,) + self.x.shape(), numpy.float32)
         S = numpy.zeros((1, self.slab), numpy.float32)[0]
         limits = numpy.zeros(len(self.heads), numpy.float64)
         labels, exits = numpy.zeros(2, numpy.int32), numpy.zeros(2, numpy.int32)
@@ -342,4 +353,6 @@ class Program:
             for name, n in self._tiled.items():
                 getattr(self.module, name).compile((array, array) + (numba.int64,) * n)
         # ... then ``run`` with them inside, without the SLP vectoriser's time on the rest
-        self.run(X, self.weights, S, limits, 0, False, labels, exits, 0, 2)
+        self.run(X, self.weights, S, limits, 0, False, labels, exits,
+                 numpy.zeros(1, numpy.int64), 2)
+        self.run.disable_compile()  # the engine's batch-1 path relies on the TypeError
