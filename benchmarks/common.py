@@ -12,13 +12,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-#: Spin of OpenBLAS's idle threads (numpy's BLAS), read when numpy loads: 2**4
-#: cycles, against its default 2**28 (about 0.1 s). With the default, a thread
-#: left spinning after one path's matrix product held a core while the next
-#: path ran: interleaved with the fast path, the two-thread numba path ran at
-#: one thread's speed (B-LeNet, batch 64: 30 against 16 µs per sample).
-OPENBLAS_THREAD_TIMEOUT = os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
-
 import branchynet  # noqa: E402,F401  (compatibility shims before chainer)
 import numpy  # noqa: E402
 

@@ -37,7 +37,8 @@ import os
 import sys
 import time
 
-from common import (OPENBLAS_THREAD_TIMEOUT, blas_threads, engines, lenet, load, mnist, parser,
+from quiet_blas import OPENBLAS_THREAD_TIMEOUT  # first: before numpy loads
+from common import (blas_threads, engines, lenet, load, mnist, parser,
                     peak_gmacs, summary, test_subset)
 
 import chainer  # noqa: E402  (after common: the compatibility shims come first)
@@ -223,7 +224,7 @@ def main():
             ', '.join(bad)))
     model, vector = processor()
     print('processor: {}; vector extensions: {}'.format(model, ' '.join(vector) or 'none found'))
-    print('OpenBLAS idle threads spin 2**{} cycles (OPENBLAS_THREAD_TIMEOUT, common.py)'.format(
+    print('OpenBLAS idle threads spin 2**{} cycles (OPENBLAS_THREAD_TIMEOUT)'.format(
         OPENBLAS_THREAD_TIMEOUT))
     digits = mnist()
     loads = [load()]

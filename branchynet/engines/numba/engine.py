@@ -35,9 +35,11 @@ from branchynet.engines.numba.program import Program
 class NumbaBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet, compiled with numba.
 
-    Same answers as ``net.predict``/``net.predict_main``. A batch is split
-    into ``threads`` contiguous parts run at once (the generated functions
-    release the GIL); default: one per core. ``kernels``: each convolution and
+    Same answers as ``net.predict``/``net.predict_main``. A batch runs on
+    ``threads`` threads at once (default: one per core), which take its
+    samples one at a time (``_split``). Scratch slabs belong to the engine, so
+    one engine must not be called from several threads at once. ``kernels``:
+    each convolution and
     linear layer runs the generated loop ('loop'), an im2col and BLAS product
     ('gemm'), or ('auto') whichever was measured faster for its shape on this
     machine at compile time (``explain()`` shows the choice and times). The
@@ -46,6 +48,7 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
+
     def __init__(self, net, threads=None, kernels='auto'):
         import os
         from branchynet.engines.fast import FastBranchyNet
@@ -86,15 +89,14 @@ class NumbaBranchyNet(InferenceEngine):
     def _batch(self, x):
         """``x`` as a float32 (N, C, H, W) batch of the one array type the
         native code is compiled for (C-contiguous, aligned, writeable: numba
-        types a read-only array apart); a batch whose samples are not
-        ``input_shape``'s size (the native code would read past them) gets
-        ``validate_inputs``' error."""
+        types a read-only array apart); any other shape (also one of the same
+        size, such as channels last) gets ``validate_inputs``' error."""
         x = numpy.require(x, numpy.float32, ['C', 'A', 'W'])
-        if x.ndim == 0 or not len(x) or x.size != len(x) * self._features:
+        if x.ndim != 4 or not len(x) or x.shape[1:] != tuple(self.input_shape):
             validate_inputs(x, self.input_shape)
             raise InvalidValue('x must be a batch of samples of shape {}, got shape {}'.format(
                 tuple(self.input_shape), x.shape))
-        return x.reshape((len(x),) + tuple(self.input_shape))
+        return x
 
     def _split(self, fn, n, *args):
         """``fn(*args, S, taken, n)`` on up to ``threads`` threads at once,
@@ -188,8 +190,12 @@ class NumbaBranchyNet(InferenceEngine):
 
     def _call(self, x, limits, code, main_only, labels, exits):
         p = self.program
-        self._split(lambda S, taken, n: p.run(x, p.weights, S, limits, code, main_only,
-                                              labels, exits, taken, n), len(x))
+
+        def run(S, taken, n):
+            if p.run(x, p.weights, S, limits, code, main_only, labels, exits, taken, n):
+                raise InvalidValue('the native code refused a batch of shape {} ({} samples '
+                                   'of shape {} expected)'.format(x.shape, n, self.input_shape))
+        self._split(run, len(x))
 
     def explain(self, measure=False):
         """The layers' kernels and measured times as text, one line per layer
