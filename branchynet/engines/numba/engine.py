@@ -39,10 +39,10 @@ class NumbaBranchyNet(InferenceEngine):
     ``threads`` threads at once (default: one per core), which take its
     samples one at a time (``_split``). Scratch slabs belong to the engine, so
     one engine must not be called from several threads at once. ``kernels``:
-    each convolution and
-    linear layer runs the generated loop ('loop'), an im2col and BLAS product
-    ('gemm'), or ('auto') whichever was measured faster for its shape on this
-    machine at compile time (``explain()`` shows the choice and times). The
+    each convolution and linear layer runs the generated loop ('loop'), an
+    im2col and BLAS product ('gemm'), or ('auto') whichever was measured
+    faster for its shape on this machine at compile time (``explain()``
+    shows the choice and times). The
     exit decision is native for the measures of ``MEASURE_CODES``; any other
     ``net.confidence`` routes through the fast path's per-exit steps.
     """
@@ -69,7 +69,6 @@ class NumbaBranchyNet(InferenceEngine):
         self._scratch = numpy.zeros((self.threads, self.program.slab), numpy.float32)
         # fixed per engine, read on every call (the batch-1 path is a few µs)
         self._slabs = list(self._scratch)  # one view per thread, made once
-        self._features = int(numpy.prod(self.input_shape))
         self._uses_gemm = self.program.uses_gemm
         self._one_call = not self._uses_gemm  # batch 1 is one native call on the caller's thread
         self._taken = numpy.zeros(1, numpy.int64)  # its sample counter, set to 0 per call
@@ -167,7 +166,7 @@ class NumbaBranchyNet(InferenceEngine):
         p = self.program
         if self._one_call and type(x) is numpy.ndarray and x.ndim == 4 and len(x) == 1:
             # batch 1, the latency path: one native call on x as it is; the
-            # compiled code takes only float32 C-contiguous arrays (else
+            # compiled code takes only the array type _batch makes (else
             # TypeError) and checks the sample shape (else 1)
             labels, exits = numpy.empty(1, numpy.int32), numpy.empty(1, numpy.int32)
             self._taken[0] = 0
