@@ -70,8 +70,8 @@ class NumbaBranchyNet(InferenceEngine):
         # fixed per engine, read on every call (the batch-1 path is a few µs)
         self._slabs = list(self._scratch)  # one view per thread, made once
         self._uses_gemm = self.program.uses_gemm
-        self._one_call = not self._uses_gemm  # batch 1 is one native call on the caller's thread
-        self._taken = numpy.zeros(1, numpy.int64)  # its sample counter, set to 0 per call
+        # batch 1 (one native call on the caller's thread): its sample counter, 0 per call
+        self._taken = numpy.zeros(1, numpy.int64)
         self._pool = None
         self._decision_key = self._decided = None
         self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
@@ -164,7 +164,7 @@ class NumbaBranchyNet(InferenceEngine):
 
     def _run(self, x, limits, code, main_only):
         p = self.program
-        if self._one_call and type(x) is numpy.ndarray and x.ndim == 4 and len(x) == 1:
+        if not self._uses_gemm and type(x) is numpy.ndarray and x.ndim == 4 and len(x) == 1:
             # batch 1, the latency path: one native call on x as it is; the
             # compiled code takes only the array type _batch makes (else
             # TypeError) and checks the sample shape (else 1)
