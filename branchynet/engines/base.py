@@ -39,6 +39,12 @@ class InferenceEngine:
 
     #: whether the per-stage timer can time the trunk segments alone
     stage_timing = True
+    #: whether ``route`` and ``main_route`` run Chainer links, so that
+    #: ``batched`` enters test mode without backprop around them (an engine
+    #: that runs its own code does not need them: they cost a few µs a
+    #: batch, much of a small batch's routing on the numba path)
+    routes_through_chainer = True
+    _threshold_key = _thresholds = None  # the last thresholds checked and their result
 
     def numexits(self):
         return len(self.steps)
@@ -79,29 +85,51 @@ class InferenceEngine:
         return out
 
     # --------------------------------------------------------- whole inputs
-    def batched(self, x, batchsize, run):
+    def batched(self, x, batchsize, run, routing=False):
         """``run(device_batch)`` (a sequence of device arrays) over ``x`` in
         batches of ``batchsize`` (default ``DEFAULT_BATCHSIZE``), in test mode
-        without backprop; returns each output concatenated on the host."""
+        without backprop; returns each output concatenated on the host.
+        ``routing``: ``run`` calls ``route`` or ``main_route``; an engine
+        whose routing runs no Chainer link (``routes_through_chainer``
+        False) goes without the contexts then."""
         validate_inputs(x, self.net.input_shape)
         batchsize = DEFAULT_BATCHSIZE if batchsize is None else validate_batchsize(batchsize)
-        to_cpu = chainer.backends.cuda.to_cpu
+        if routing and not self.routes_through_chainer:
+            return self._batches(x, batchsize, run)
         with chainer.using_config('train', False), chainer.no_backprop_mode():
-            if len(x) <= batchsize:  # one batch: its outputs as they are
-                return [to_cpu(a) for a in run(self.send(x))]
-            parts = [[to_cpu(a) for a in run(self.send(x[i:i + batchsize]))]
-                     for i in range(0, len(x), batchsize)]
+            return self._batches(x, batchsize, run)
+
+    def _batches(self, x, batchsize, run):
+        to_cpu = chainer.backends.cuda.to_cpu
+        if len(x) <= batchsize:  # one batch: its outputs as they are
+            return [to_cpu(a) for a in run(self.send(x))]
+        parts = [[to_cpu(a) for a in run(self.send(x[i:i + batchsize]))]
+                 for i in range(0, len(x), batchsize)]
         return [numpy.concatenate(column) for column in zip(*parts)]
+
+    def resolve_thresholds(self, thresholds):
+        """``net.resolve_thresholds(thresholds)``, kept for the last list or
+        tuple of plain numbers seen (checking them costs a few µs a call,
+        much of a small batch's routing on the numba path)."""
+        key = None
+        if type(thresholds) in (list, tuple) and all(type(t) in (float, int) for t in thresholds):
+            key = (self.net.confidence, tuple(thresholds))
+            if key == self._threshold_key:
+                return self._thresholds
+        ts = self.net.resolve_thresholds(thresholds)
+        if key is not None:
+            self._threshold_key, self._thresholds = key, ts
+        return ts
 
     def predict(self, x, thresholds=None, batchsize=None):
         """As ``BranchyNet.predict``: ``(labels, exits)`` numpy int32 arrays."""
-        ts = self.net.resolve_thresholds(thresholds)
-        labels, exits = self.batched(x, batchsize, lambda xb: self.route(xb, ts))
+        ts = self.resolve_thresholds(thresholds)
+        labels, exits = self.batched(x, batchsize, lambda xb: self.route(xb, ts), routing=True)
         return labels, check_finite(exits)
 
     def predict_main(self, x, batchsize=None):
         """As ``BranchyNet.predict_main``: labels of the baseline network."""
-        labels, exits = self.batched(x, batchsize, self.main_route)
+        labels, exits = self.batched(x, batchsize, self.main_route, routing=True)
         check_finite(exits)
         return labels
 

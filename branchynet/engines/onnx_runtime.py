@@ -223,6 +223,8 @@ class OnnxBranchyNet(InferenceEngine):
     ``threads``: ONNX Runtime's intra-op threads (1 suits batch size 1).
     """
 
+    routes_through_chainer = False  # ONNX Runtime runs the whole graph
+
     #: the per-stage (trunk-only) timer cannot split a fused exit graph
     stage_timing = False
 

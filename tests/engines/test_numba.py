@@ -295,6 +295,28 @@ def test_other_measures_decided_natively_as_predict(measure):
                                              net.predict(x, [float(t)], batchsize=bs)[1])
 
 
+def test_measure_of_ones_own_decided_through_the_fast_path_as_predict(monkeypatch):
+    """A measure registered in ``confidence.MEASURES`` that is not one of
+    ``MEASURE_CODES`` routes through the fast path's steps, in test mode
+    whatever the caller's mode."""
+    net = _trained(lenet_mnist, (1, 28, 28), steps=2)
+    e = confidence.MEASURES['entropy']
+    monkeypatch.setitem(confidence.MEASURES, 'my_entropy', confidence.Measure(
+        'my_entropy', 'entropy < T', None, e.scores, e.row_score, e.limit, e.stay_all,
+        e.leave_all))
+    net.confidence = 'my_entropy'
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    assert engine._decision([0.5])[0] is None
+    x = numpy.random.RandomState(4).rand(40, 1, 28, 28).astype(numpy.float32)
+    ents = entropy(net.get_SM(x)[0])
+    for t in numpy.quantile(ents, [0.2, 0.5, 0.8]):
+        for bs in (1, None):
+            with chainer.using_config('train', True):
+                got = engine.predict(x, [float(t)], batchsize=bs)
+            for a, b in zip(got, net.predict(x, [float(t)], batchsize=bs)):
+                numpy.testing.assert_array_equal(a, b)
+
+
 def test_resnet110_generates_the_code_tested_on_the_shallower_resnet():
     """B-ResNet-110's generated code (generated only: compiling and running it
     in Chainer beside it would take minutes here) has the very layer functions

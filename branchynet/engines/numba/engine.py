@@ -48,6 +48,7 @@ class NumbaBranchyNet(InferenceEngine):
     """
 
     stage_timing = False  # segment, head and decision are one native call
+    routes_through_chainer = False  # native code (the fast path's fallback enters test mode)
 
     def __init__(self, net, threads=None, kernels='auto'):
         import os
@@ -221,8 +222,10 @@ class NumbaBranchyNet(InferenceEngine):
 
     def route(self, x, thresholds, timer=None):
         code, limits = self._decision(thresholds)
-        if code is None:
-            return self._fast.route(x, thresholds)
+        if code is None:  # a measure decided in Python: the fast path's steps, in test mode
+            import chainer
+            with chainer.using_config('train', False), chainer.no_backprop_mode():
+                return self._fast.route(x, thresholds)
         return self._run(x, limits, code, False)
 
     def main_route(self, x, timer=None):
