@@ -44,7 +44,7 @@ class InferenceEngine:
     #: that runs its own code does not need them: they cost a few µs a
     #: batch, much of a small batch's routing on the numba path)
     routes_through_chainer = True
-    _threshold_key = _thresholds = None  # the last thresholds checked and their result
+    _checked = (None, None)  # the last thresholds checked (a key) and their result
 
     def numexits(self):
         return len(self.steps)
@@ -114,11 +114,12 @@ class InferenceEngine:
         key = None
         if type(thresholds) in (list, tuple) and all(type(t) in (float, int) for t in thresholds):
             key = (self.net.confidence, tuple(thresholds))
-            if key == self._threshold_key:
-                return self._thresholds
+            checked = self._checked  # one tuple: a thread never sees a key with another result
+            if key == checked[0]:
+                return checked[1]
         ts = self.net.resolve_thresholds(thresholds)
         if key is not None:
-            self._threshold_key, self._thresholds = key, ts
+            self._checked = (key, ts)
         return ts
 
     def predict(self, x, thresholds=None, batchsize=None):
