@@ -108,16 +108,17 @@ class InferenceEngine:
         return [numpy.concatenate(column) for column in zip(*parts)]
 
     def resolve_thresholds(self, thresholds):
-        """``net.resolve_thresholds(thresholds)``, kept for the last list or
-        tuple of plain numbers seen (checking them costs a few µs a call,
-        much of a small batch's routing on the numba path)."""
+        """``net.resolve_thresholds(thresholds)`` as a tuple, kept for the
+        last list or tuple of plain numbers seen with the same measure object
+        (checking them costs a few µs a call, much of a small batch's
+        routing on the numba path)."""
         key = None
         if type(thresholds) in (list, tuple) and all(type(t) in (float, int) for t in thresholds):
-            key = (self.net.confidence, tuple(thresholds))
+            key = (confidence.MEASURES.get(self.net.confidence), tuple(thresholds))
             checked = self._checked  # one tuple: a thread never sees a key with another result
             if key == checked[0]:
                 return checked[1]
-        ts = self.net.resolve_thresholds(thresholds)
+        ts = tuple(self.net.resolve_thresholds(thresholds))
         if key is not None:
             self._checked = (key, ts)
         return ts

@@ -8,6 +8,7 @@ import pytest
 
 from branchynet import FL, Branch, BranchyNet
 from branchynet.engines.fast import FastBranchyNet
+from branchynet.measures import confidence
 from branchynet.validation import InvalidValue
 from tests import netgen
 
@@ -58,7 +59,7 @@ def test_thresholds_checked_once_while_they_stay_the_same(monkeypatch):
     assert len(calls) == 5
 
 
-def test_thresholds_checked_again_for_another_confidence_measure():
+def test_thresholds_checked_again_for_another_confidence_measure(monkeypatch):
     net = _net()
     engine = FastBranchyNet(net)
     x = _x()
@@ -66,6 +67,18 @@ def test_thresholds_checked_again_for_another_confidence_measure():
     net.confidence = 'maxprob'  # probabilities are at most 1
     with pytest.raises(InvalidValue, match=r'\[0, 1\]'):
         engine.predict(x, [2.0])
+    net.confidence = 'entropy'
+    engine.predict(x, [2.0])
+    # another measure object under the same name
+    monkeypatch.setitem(confidence.MEASURES, 'entropy', confidence.MEASURES['maxprob'])
+    with pytest.raises(InvalidValue, match=r'\[0, 1\]'):
+        engine.predict(x, [2.0])
+
+
+def test_thresholds_returned_as_a_tuple_no_caller_can_change():
+    engine = FastBranchyNet(_net())
+    ts = engine.resolve_thresholds([0.5])
+    assert ts == (0.5,) and engine.resolve_thresholds([0.5]) is ts
 
 
 @pytest.mark.parametrize('thresholds', [numpy.array([0.5]), 0.5, [numpy.float32(0.5)]],
@@ -102,16 +115,20 @@ def test_predict_enters_test_mode_only_for_engines_that_route_through_chainer(mo
     x = _x()
     with chainer.using_config('train', False):
         expected = net.predict(x, [0.5])
+    with chainer.using_config('train', False):
+        expected_main = net.predict_main(x)
     for name, engine, contexts in _engines(net):
         seen = []
-        route = engine.route
-
-        def recording(xb, ts, *args, _route=route, _seen=seen):
-            _seen.append((chainer.config.train, chainer.config.enable_backprop))
-            return _route(xb, ts, *args)
-        monkeypatch.setattr(engine, 'route', recording)
+        for method in ('route', 'main_route'):
+            def recording(*args, _run=getattr(engine, method), _method=method):
+                seen.append((_method, chainer.config.train, chainer.config.enable_backprop))
+                return _run(*args)
+            monkeypatch.setattr(engine, method, recording)
         with chainer.using_config('train', True):
             got = engine.predict(x, [0.5])
-        assert seen == ([(False, False)] if contexts else [(True, True)]), name
+            got_main = engine.predict_main(x)
+        mode = (False, False) if contexts else (True, True)
+        assert seen == [('route',) + mode, ('main_route',) + mode], name
         for a, b in zip(got, expected):
             numpy.testing.assert_array_equal(a, b, err_msg=name)
+        numpy.testing.assert_array_equal(got_main, expected_main, err_msg=name)

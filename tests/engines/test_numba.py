@@ -307,6 +307,12 @@ def test_measure_of_ones_own_decided_through_the_fast_path_as_predict(monkeypatc
     net.confidence = 'my_entropy'
     engine = numbapath.NumbaBranchyNet(net, threads=2)
     assert engine._decision([0.5])[0] is None
+    modes, fast_route = [], engine._fast.route
+
+    def recording(*args):
+        modes.append((chainer.config.train, chainer.config.enable_backprop))
+        return fast_route(*args)
+    monkeypatch.setattr(engine._fast, 'route', recording)
     x = numpy.random.RandomState(4).rand(40, 1, 28, 28).astype(numpy.float32)
     ents = entropy(net.get_SM(x)[0])
     for t in numpy.quantile(ents, [0.2, 0.5, 0.8]):
@@ -315,6 +321,29 @@ def test_measure_of_ones_own_decided_through_the_fast_path_as_predict(monkeypatc
                 got = engine.predict(x, [float(t)], batchsize=bs)
             for a, b in zip(got, net.predict(x, [float(t)], batchsize=bs)):
                 numpy.testing.assert_array_equal(a, b)
+    assert modes and set(modes) == {(False, False)}
+
+
+def test_measure_replaced_under_a_native_name_decided_as_predict(monkeypatch):
+    """The native decision follows the measure object, not its name: a
+    measure of one's own registered as 'entropy' (here: maxprob's rule) is
+    decided as ``predict`` decides it, also for thresholds already decided
+    with the real entropy. Before: the native entropy code ran with the new
+    measure's limits (and for the same thresholds, the old limits)."""
+    net = _trained(lenet_mnist, (1, 28, 28), steps=2)
+    engine = numbapath.NumbaBranchyNet(net, threads=2)
+    x = numpy.random.RandomState(5).rand(40, 1, 28, 28).astype(numpy.float32)
+    m = confidence.MEASURES['maxprob']
+    scores = m.scores(net.get_logits(x)[0])
+    ts = [float(t) for t in numpy.quantile(1.0 - scores, [0.2, 0.5, 0.8])]
+    for t in ts:  # decided (and kept) for the real entropy first
+        engine.predict(x, [t])
+    monkeypatch.setitem(confidence.MEASURES, 'entropy', confidence.Measure(
+        'entropy', 'maxprob under another name', m.upper, m.scores, m.row_score, m.limit,
+        m.stay_all, m.leave_all))
+    for t in reversed(ts):
+        for a, b in zip(engine.predict(x, [t]), net.predict(x, [t])):
+            numpy.testing.assert_array_equal(a, b)
 
 
 def test_resnet110_generates_the_code_tested_on_the_shallower_resnet():

@@ -32,6 +32,10 @@ from branchynet.engines.numba.kernels import blas_limit
 from branchynet.engines.numba.program import Program
 
 
+#: The native code of each measure it decides: the library's own measure objects.
+_NATIVE = {confidence.MEASURES[name]: code for name, code in MEASURE_CODES.items()}
+
+
 class NumbaBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet, compiled with numba.
 
@@ -153,12 +157,10 @@ class NumbaBranchyNet(InferenceEngine):
         """(measure code, float64 limits) for ``thresholds``, kept for the
         last settings seen (this sits on the batch-1 hot path); code None
         for a measure decided in Python."""
-        key = (self.net.confidence, tuple(thresholds))
+        key = (confidence.MEASURES.get(self.net.confidence), tuple(thresholds))
         if key != self._decision_key:
             measure = confidence.get_measure(self.net.confidence)
-            code = MEASURE_CODES.get(measure.name)
-            if confidence.MEASURES.get(measure.name) is not measure:
-                code = None
+            code = _NATIVE.get(measure)  # None for any other measure object, whatever its name
             limits = numpy.array([measure.limit(t) for t in thresholds] + [0.], numpy.float64)
             self._decision_key, self._decided = key, (code, limits)
         return self._decided
