@@ -22,6 +22,7 @@ and numba's machine code are cached on disk (``cache``).
 import threading
 import time
 
+import chainer
 import numpy
 
 from branchynet.engines.base import InferenceEngine
@@ -225,7 +226,6 @@ class NumbaBranchyNet(InferenceEngine):
     def route(self, x, thresholds, timer=None):
         code, limits = self._decision(thresholds)
         if code is None:  # a measure decided in Python: the fast path's steps, in test mode
-            import chainer
             with chainer.using_config('train', False), chainer.no_backprop_mode():
                 return self._fast.route(x, thresholds)
         return self._run(x, limits, code, False)
