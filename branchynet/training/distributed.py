@@ -38,8 +38,12 @@ rank ends the whole job through ``MPI_Abort`` (``abort_on_error``) instead of
 leaving the others blocked in a collective.
 """
 import contextlib
+import fcntl
 import os
+import stat
+import struct
 import sys
+import termios
 import time
 import traceback
 
@@ -421,7 +425,39 @@ class Distributed:
         """Print ``message`` and end every rank of the job (MPI_Abort)."""
         sys.stderr.write('rank {}/{}: {}\n'.format(self.rank, self.size, message))
         sys.stderr.flush()
+        wait_until_read(sys.stderr)
         self.comm.mpi_comm.Abort(code)
+
+
+def unread_bytes(stream):
+    """Bytes written to ``stream`` that its reader has not taken yet, when
+    ``stream`` is a pipe; None for a file, terminal or socket."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return None
+        return struct.unpack('i', fcntl.ioctl(fd, termios.FIONREAD, b'\0' * 4))[0]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def wait_until_read(stream, timeout=2.0, poll=0.005):
+    """Wait, at most ``timeout`` seconds, until the reader of ``stream``'s
+    pipe has taken everything written to it (no wait when ``stream`` is no
+    pipe). Return False only when the time ran out with bytes still unread.
+
+    MPICH's launcher kills every rank when one calls ``MPI_Abort``, and lines
+    still in the aborting rank's stderr pipe at that moment can be lost: the
+    job then ends with no message at all.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = unread_bytes(stream)
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 @contextlib.contextmanager

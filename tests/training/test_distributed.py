@@ -4,11 +4,14 @@ Each test starts ``mpiexec -n 2`` on tests/training/mpi/worker.py (B-LeNet on a 
 hundred random images) and compares rank 0's result with the same work done
 by this single process.
 """
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import numpy
 import pytest
@@ -58,6 +61,36 @@ def single_process_training(n, batch, epochs, main, opt, seed=0, **recipe):
 
 
 # ------------------------------------------------------------ without MPI
+def test_unread_bytes_counts_what_the_reader_of_a_pipe_has_not_taken(tmp_path):
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, 'rb', buffering=0) as r, os.fdopen(write_end, 'wb') as w:
+        assert distributed.unread_bytes(w) == 0
+        w.write(b'x' * 100)
+        w.flush()
+        assert distributed.unread_bytes(w) == 100
+        r.read(40)
+        assert distributed.unread_bytes(w) == 60
+    with open(tmp_path / 'f', 'w') as f:  # a file has no reader to wait for
+        assert distributed.unread_bytes(f) is None
+        assert distributed.wait_until_read(f, timeout=0)
+    assert distributed.unread_bytes(io.StringIO()) is None
+
+
+def test_waiting_before_an_abort_ends_when_the_pipe_is_read_or_time_runs_out():
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, 'rb', buffering=0) as r, os.fdopen(write_end, 'wb') as w:
+        w.write(b'last words\n')
+        w.flush()
+        start = time.monotonic()
+        assert not distributed.wait_until_read(w, timeout=0.2)  # nobody reads
+        assert time.monotonic() - start >= 0.2
+        reader = threading.Timer(0.1, r.read, args=(11,))
+        reader.start()
+        assert distributed.wait_until_read(w, timeout=30)
+        reader.join()
+        assert distributed.unread_bytes(w) == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 300), st.integers(1, 8))
 def test_split_and_shards_cover_every_index_once(n, size):
