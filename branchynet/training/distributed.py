@@ -446,9 +446,10 @@ def wait_until_read(stream, timeout=2.0, poll=0.005):
     pipe has taken everything written to it (no wait when ``stream`` is no
     pipe). Return False only when the time ran out with bytes still unread.
 
-    MPICH's launcher kills every rank when one calls ``MPI_Abort``, and lines
-    still in the aborting rank's stderr pipe at that moment can be lost: the
-    job then ends with no message at all.
+    MPICH's launcher kills every rank when one calls ``MPI_Abort``; one
+    aborted test job ended with exit status 1 and nothing on stderr, not even
+    MPICH's own abort line, which is what losing the lines still in the
+    aborting rank's stderr pipe would give.
     """
     deadline = time.monotonic() + timeout
     while True:
