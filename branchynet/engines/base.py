@@ -107,6 +107,12 @@ class InferenceEngine:
                  for i in range(0, len(x), batchsize)]
         return [numpy.concatenate(column) for column in zip(*parts)]
 
+    def decision_key(self, thresholds):
+        """What an exit decision depends on: the registered measure object
+        of ``net.confidence`` (not its name: a measure registered again under
+        the same name decides otherwise) and the thresholds as a tuple."""
+        return confidence.MEASURES.get(self.net.confidence), tuple(thresholds)
+
     def resolve_thresholds(self, thresholds):
         """``net.resolve_thresholds(thresholds)`` as a tuple, kept for the
         last list or tuple of plain numbers seen with the same measure object
@@ -114,7 +120,7 @@ class InferenceEngine:
         routing on the numba path)."""
         key = None
         if type(thresholds) in (list, tuple) and all(type(t) in (float, int) for t in thresholds):
-            key = (confidence.MEASURES.get(self.net.confidence), tuple(thresholds))
+            key = self.decision_key(thresholds)
             checked = self._checked  # one tuple: a thread never sees a key with another result
             if key == checked[0]:
                 return checked[1]

@@ -158,7 +158,7 @@ class NumbaBranchyNet(InferenceEngine):
         """(measure code, float64 limits) for ``thresholds``, kept for the
         last settings seen (this sits on the batch-1 hot path); code None
         for a measure decided in Python."""
-        key = (confidence.MEASURES.get(self.net.confidence), tuple(thresholds))
+        key = self.decision_key(thresholds)
         if key != self._decision_key:
             measure = confidence.get_measure(self.net.confidence)
             code = _NATIVE.get(measure)  # None for any other measure object, whatever its name
