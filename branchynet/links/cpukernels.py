@@ -24,6 +24,8 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
+from branchynet.links import directconv
+
 
 def _out_size(size, k, s, p, cover_all):
     if cover_all:
@@ -146,9 +148,13 @@ def _pair(v):
 
 
 def convolution_2d(x, W, b=None, stride=1, pad=0):
-    """``F.convolution_2d`` on CPU arrays through ``Convolution2DCPU``."""
+    """``F.convolution_2d`` on CPU arrays: stride 1 with channels in multiples
+    of 8 on the direct kernels (``directconv``), else ``Convolution2DCPU``."""
     args = (x, W) if b is None else (x, W, b)
-    return Convolution2DCPU(_pair(stride), _pair(pad))(*args)
+    stride, pad = _pair(stride), _pair(pad)
+    if directconv.usable(x.shape, W.shape, stride, pad):
+        return directconv.DirectConvolution2D(pad).apply(args)[0]
+    return Convolution2DCPU(stride, pad)(*args)
 
 
 def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):
