@@ -345,45 +345,60 @@ def cache_path(path, cache_dir=None):
     return os.path.join(cache_dir or data_dir('imagefolder'), '{}-{}.npz'.format(name, key))
 
 
-def _read_cache(cache, sha256, classes):
-    """The cached ``Decoded`` when it matches, else None with the reason."""
+Description = collections.namedtuple('Description', 'classes counts formats sha256')
+Description.__doc__ = """An image folder's classes (in label order), images
+per split (``{'train': n, 'test': n}``), image formats (e.g. ``('JPEG',)``)
+and the sha256 of its bytes (None unless asked for)."""
+
+
+def _cache_entries(f, cache, sha256, classes):
+    """``(Description, None)`` of an open cache made from the source bytes
+    ``sha256`` with ``classes`` (None: sorted names), else ``(None, why)``.
+    Reads the small entries and the headers of the others."""
+    meta = {k: safenpz.read_array(f, k, cache, max_bytes=1 << 20)
+            for k in ('version', 'sha256', 'seed', 'classes', 'formats')}
+    if int(meta['version']) != CACHE_VERSION or int(meta['seed']) != SEED:
+        return None, 'written by another version'
+    if str(meta['sha256']) != sha256:
+        return None, 'the source changed (sha256 {}..., now {}...)'.format(
+            str(meta['sha256'])[:12], sha256[:12])
+    stored = [str(c) for c in meta['classes']]
+    if stored != (sorted(stored) if classes is None else list(classes)):
+        return None, 'it has other classes'
+    counts = {}
+    for split in SPLITS:
+        (n, *image), dtype = safenpz.entry_header(f, split + '_x', cache)
+        if dtype != numpy.uint8 or len(image) != 3:
+            return None, 'its {}_x is {} {}'.format(split, dtype, (n, *image))
+        counts[split] = n
+    return Description(tuple(stored), counts, tuple(str(v) for v in meta['formats']),
+                       sha256), None
+
+
+def _read_cache(cache, sha256, classes, arrays=True):
+    """``(Decoded, None)`` from a cache that matches (``_cache_entries``) or,
+    without ``arrays``, ``(Description, None)``; else ``(None, why)``."""
     if not os.path.exists(cache):
         return None, None
     try:
         with safenpz.open_npz(cache, 'an image-folder cache') as f:
-            meta = {k: safenpz.read_array(f, k, cache, max_bytes=1 << 20)
-                    for k in ('version', 'sha256', 'seed', 'classes', 'formats')}
-            if int(meta['version']) != CACHE_VERSION or int(meta['seed']) != SEED:
-                return None, 'written by another version'
-            if str(meta['sha256']) != sha256:
-                return None, 'the source changed (sha256 {}..., now {}...)'.format(
-                    str(meta['sha256'])[:12], sha256[:12])
-            if classes is not None and [str(c) for c in meta['classes']] != list(classes):
-                return None, 'it has other classes'
-            arrays = {}
+            description, why = _cache_entries(f, cache, sha256, classes)
+            if description is None or not arrays:
+                return description, why
+            read = {}
             for split in SPLITS:
-                shape, dtype = safenpz.entry_header(f, split + '_x', cache)
-                if dtype != numpy.uint8 or len(shape) != 4:
-                    return None, 'its {}_x is {} {}'.format(split, dtype, shape)
-                arrays[split + '_x'] = safenpz.read_array(f, split + '_x', cache)
-                arrays[split + '_y'] = safenpz.read_array(
-                    f, split + '_y', cache, shape=shape[:1], max_bytes=4 * shape[0])
-                y = arrays[split + '_y']
-                if y.dtype != numpy.int32 or (len(y) and (y.min() < 0 or
-                                                         y.max() >= len(meta['classes']))):
+                n = description.counts[split]
+                read[split + '_x'] = safenpz.read_array(f, split + '_x', cache)
+                y = read[split + '_y'] = safenpz.read_array(
+                    f, split + '_y', cache, shape=(n,), max_bytes=4 * n)
+                if y.dtype != numpy.int32 or (n and (y.min() < 0 or
+                                                     y.max() >= len(description.classes))):
                     return None, 'its {}_y labels are not 0..{}'.format(
-                        split, len(meta['classes']) - 1)
+                        split, len(description.classes) - 1)
     except safenpz.ModelFileError as e:
         return None, 'it is unreadable ({})'.format(e)
-    return Decoded(arrays['train_x'], arrays['train_y'], arrays['test_x'], arrays['test_y'],
-                   tuple(str(c) for c in meta['classes']), sha256,
-                   tuple(str(v) for v in meta['formats']), cache), None
-
-
-Description = collections.namedtuple('Description', 'classes counts formats sha256')
-Description.__doc__ = """An image folder's classes (in label order), images
-per split (``{'train': n, 'test': n}``), formats by file extension (e.g.
-``('JPEG',)``) and the sha256 of its bytes (None unless asked for)."""
+    return Decoded(read['train_x'], read['train_y'], read['test_x'], read['test_y'],
+                   description.classes, sha256, description.formats, cache), None
 
 
 def _scan(path, classes, checksum=True):
@@ -397,19 +412,34 @@ def _scan(path, classes, checksum=True):
                                         source.sha256(names) if checksum else None)
 
 
-def describe(path, classes=None, checksum=True):
+def describe(path, classes=None, checksum=True, cache_dir=None):
     """``path``'s layout checked and summed up (``Description``) without
-    decoding an image; ``checksum`` reads every byte for the sha256."""
-    return _scan(os.fspath(path), classes, checksum)[2]
+    decoding an image; ``checksum`` reads every byte for the sha256. An
+    archive whose decoded cache matches its sha256 is described from the
+    cache, without listing its members again."""
+    path = os.fspath(path)
+    source = _source(path)
+    if checksum and isinstance(source, _Archive):
+        description, _ = _read_cache(cache_path(path, cache_dir), source.sha256(), classes,
+                                     arrays=False)
+        if description is not None:
+            return description
+    return _scan(path, classes, checksum)[2]
 
 
 def load(path, classes=None, cache_dir=None):
     """The image folder or archive ``path`` decoded (``Decoded``), from its
-    cache when that was made from the same source bytes and classes."""
+    cache when that was made from the same source bytes and classes (an
+    archive's bytes are its file's: its members are then not listed again)."""
     path = os.fspath(path)
+    cache = cache_path(path, cache_dir)
+    source = _source(path)
+    if isinstance(source, _Archive):
+        cached, _ = _read_cache(cache, source.sha256(), classes)
+        if cached is not None:
+            return cached
     source, entries, description = _scan(path, classes)
     classes, sha256 = list(description.classes), description.sha256
-    cache = cache_path(path, cache_dir)
     cached, why = _read_cache(cache, sha256, classes)
     if cached is not None:
         return cached

@@ -145,6 +145,24 @@ def test_the_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, cache
         assert str(f['sha256']) == changed.sha256
 
 
+def test_a_cached_archive_is_neither_listed_nor_decoded_again(tmp_path, cache, monkeypatch):
+    archive = pack(write_image_folder(tmp_path / 'pics'), tmp_path / 'pics.tar.gz')
+    first = imagefolder.load(archive, classes=['dog', 'cat', 'emu'])
+
+    def refused(*args):
+        raise AssertionError('listed again')
+    with monkeypatch.context() as m:
+        m.setattr(imagefolder._Archive, 'listing', refused)
+        again = imagefolder.load(archive, classes=['dog', 'cat', 'emu'])
+        described = imagefolder.describe(archive, classes=['dog', 'cat', 'emu'])
+    numpy.testing.assert_array_equal(again.x_test, first.x_test)
+    assert described == imagefolder.describe(archive, classes=['dog', 'cat', 'emu'],
+                                             cache_dir=str(tmp_path / 'elsewhere'))
+    assert described.counts == {'train': 12, 'test': 6} and described.formats == ('PNG',)
+    # another class order is another labelling: decoded again, with the sorted names
+    assert imagefolder.load(archive).classes == ('cat', 'dog', 'emu')
+
+
 def test_a_damaged_cache_is_rebuilt(tmp_path, cache):
     root = write_image_folder(tmp_path / 'pics')
     first = imagefolder.load(root)
