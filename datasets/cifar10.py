@@ -156,8 +156,10 @@ def locate(path=None, download_missing=True, cache=None):
     except OSError as e:
         raise DataUnavailableError(
             'CIFAR-10 could not be downloaded ({}). Download {} elsewhere (md5 {}) and '
-            'put it in {}, or point BRANCHYNET_CIFAR10 at it or at its extracted {} '
-            'folder.'.format(e, TARBALL, MD5, cache, FOLDER)) from e
+            'put it in {}, or point BRANCHYNET_CIFAR10 (the driver: --cifar10 PATH) at it, '
+            'at its extracted {} folder, or at an image-folder copy (a folder or '
+            '.tar.gz with train/<class>/*.jpg, test/<class>/*.jpg).'.format(
+                e, TARBALL, MD5, cache, FOLDER)) from e
     return dest
 
 

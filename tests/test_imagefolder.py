@@ -228,9 +228,7 @@ def test_bad_archives_are_refused_without_extracting_anything(tmp_path, cache, m
         with pytest.raises(ValueError, match=match):
             imagefolder.get_data(archive)
         os.unlink(archive)
-    assert sorted(os.listdir(tmp_path)) == ['data', 'pics'] or \
-        sorted(os.listdir(tmp_path)) == ['pics']
-    assert not os.path.exists('/tmp/evil.png') or os.path.getsize('/tmp/evil.png') != 1
+    assert sorted(os.listdir(tmp_path)) == ['pics']  # nothing extracted, no cache written
 
 
 def test_an_archive_of_something_else_is_refused(tmp_path, cache):
