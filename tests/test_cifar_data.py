@@ -294,6 +294,7 @@ def test_the_driver_labels_results_on_a_copy(tmp_path, monkeypatch):
     assert os.environ['BRANCHYNET_CIFAR10'] == archive
     results = json.loads((out / '_results' / 'small_results.json').read_text())
     assert results['data']['source'] == 'CIFAR-10 (JPEG copy)'
+    assert results['data']['source_sha256'] == cifar10.data_source(archive)['sha256']
     assert results['title'] == 'small on CIFAR-10 (JPEG copy)'
     table = (out / '_results' / 'small_cpu_table.md').read_text()
     assert '| CPU | small on CIFAR-10 (JPEG copy) |' in table

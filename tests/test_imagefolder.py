@@ -269,7 +269,7 @@ def test_the_driver_takes_a_folder_or_an_archive_as_dataset(tmp_path, cache):
         x_train, y_train, x_test, y_test = run.load_dataset(config)
         assert x_train.shape == (7, 3, 8, 8) and x_test.shape == (9, 3, 8, 8)
         assert x_train.dtype == numpy.float32 and y_test.dtype == numpy.int32
-        assert run.data_label(config) is None
+        assert run.data_copy(config) is None
     with pytest.raises(ValueError, match=r'pics has 3 classes; this network has 2 outputs'):
         run.load_dataset(dict(config, dataset_path=root, num_classes=2))
     with pytest.raises(ValueError, match=r"unknown dataset 'nothing'; expected a .npz file, "

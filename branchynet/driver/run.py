@@ -127,16 +127,16 @@ def load_dataset(config, dataset_module=None):
     return x_train, y_train, x_test, y_test
 
 
-def data_label(config, dataset_module=None):
-    """What the run's data is called when it is not what its name says (e.g.
-    ``'CIFAR-10 (JPEG copy)'`` for CIFAR-10 read from an image-folder copy,
-    from the dataset module's ``data_source()``), else None."""
+def data_copy(config, dataset_module=None):
+    """The dataset module's ``data_source()`` (``label``, ``sha256``, ...) when
+    the run's data is a copy, not the official files (e.g. ``'CIFAR-10 (JPEG
+    copy)'``: CIFAR-10 from an image-folder copy), else None."""
     module = _dataset_module(config, dataset_module)
     source = getattr(module, 'data_source', None)
     if source is None:
         return None
     source = source()
-    return None if source['official'] else source['label']
+    return None if source['official'] else source
 
 
 #: Counts of the configuration and the least each accepts.
@@ -253,13 +253,13 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                                            config.get('dataset_path') or config['dataset']))
     with _agreed(dist):  # every rank loads the data itself; all skip, or none
         x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
-        copy = data_label(config, dataset_module)
+        copy = data_copy(config, dataset_module)
         if root:
             create_out(out)
     if copy:  # tables, figures and results name a copy of the data (e.g. a JPEG copy)
-        title = title if copy in title else '{} on {}'.format(title, copy)
-        log('data: {}, not the official files; results are labelled "{}"'.format(
-            copy, title))
+        title = title if copy['label'] in title else '{} on {}'.format(title, copy['label'])
+        log('data: {} (sha256 {}), not the official files; results are labelled "{}"'.format(
+            copy['label'], copy['sha256'], title))
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
@@ -287,7 +287,7 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                 'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
     if copy:  # a snapshot of a run on other data is not resumed
-        settings['data_source'] = copy
+        settings['data_source'] = '{} sha256 {}'.format(copy['label'], copy['sha256'])
     recipe = {k: config.get(k) for k in training.RECIPE_OPTIONS}
     if any(v is not None for v in recipe.values()):
         log('training recipe beyond the original: {}'.format(', '.join(
@@ -341,7 +341,9 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
 
     results = {'network': network, 'title': title, 'config': config,
                'environment': runrecord.environment(config, dev), 'seed': seed, 'init': init,
-               'data': {'source': copy, 'n_train': len(x_train), 'n_test': len(x_test),
+               'data': {'source': copy['label'] if copy else None,
+                        'source_sha256': copy['sha256'] if copy else None,
+                        'n_train': len(x_train), 'n_test': len(x_test),
                         'n_val': len(val_idx), 'val_indices': val_idx,
                         'n_timing': min(config.get('n_timing') or len(x_test), len(x_test))},
                'training': {'main_loss': main_losses, 'main_acc': main_accs,
