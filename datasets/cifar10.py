@@ -1,15 +1,22 @@
-"""CIFAR-10 from the official python tarball: (N,3,32,32) float32 in [0,1], int32 labels.
+"""CIFAR-10: (N,3,32,32) float32 in [0,1], int32 labels.
 
 Where the data comes from, in this order:
 
-1. ``path`` (argument) or ``$BRANCHYNET_CIFAR10``: the tarball
-   ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py`` folder;
-2. the cache folder ``datasets/data/cifar10`` (same two forms);
+1. ``path`` (argument) or ``$BRANCHYNET_CIFAR10`` (the driver's
+   ``--cifar10 PATH`` sets it): the official tarball
+   ``cifar-10-python.tar.gz``, its extracted ``cifar-10-batches-py`` folder,
+   or an image-folder copy (a folder or ``.tar``/``.tar.gz`` holding
+   ``train/<class>/*.jpg|png`` and ``test/<class>/*``, read by
+   ``datasets.imagefolder`` with the class folders named as ``CLASSES``);
+2. the cache folder ``datasets/data/cifar10`` (the official tarball or folder);
 3. the official tarball from the University of Toronto, md5-checked and
    written atomically into the cache folder.
 
 The batches are Python pickles; they are read with an unpickler that only
 admits the plain types the official files contain (no code runs).
+``data_source()`` says which source a run reads: results measured on an
+image-folder copy are labelled ``CIFAR-10 (JPEG copy)`` (or ``CIFAR-10
+(image-folder copy)`` for PNG files), never plain ``CIFAR-10``.
 """
 import io
 import os
@@ -21,7 +28,7 @@ import zlib
 import numpy
 import scipy.linalg
 
-from . import DataUnavailableError, data_dir
+from . import DataUnavailableError, data_dir, imagefolder
 from ._fetch import download, file_digest
 from branchynet.validation import InvalidValue
 
@@ -31,6 +38,10 @@ FOLDER = 'cifar-10-batches-py'
 MD5 = 'c58f30108f718f92721af3b95e74349a'
 TRAIN_BATCHES = ['data_batch_{}'.format(i) for i in range(1, 6)]
 TEST_BATCHES = ['test_batch']
+#: The class names in label order (0..9), as the official batches.meta has them.
+CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+           'truck')
+OFFICIAL_LABEL = 'CIFAR-10'
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -122,8 +133,9 @@ def locate(path=None, download_missing=True, cache=None):
     path = path or os.environ.get('BRANCHYNET_CIFAR10')
     if path:
         if not os.path.exists(path):
-            raise FileNotFoundError('CIFAR-10 path {} does not exist (expected {} or a {} '
-                                    'folder)'.format(path, TARBALL, FOLDER))
+            raise FileNotFoundError('CIFAR-10 path {} does not exist (expected {}, a {} '
+                                    'folder, or an image-folder copy: {})'.format(
+                                        path, TARBALL, FOLDER, imagefolder.LAYOUT))
         return path
     cache = cache or data_dir('cifar10')
     if os.path.exists(os.path.join(cache, FOLDER)):
@@ -144,8 +156,10 @@ def locate(path=None, download_missing=True, cache=None):
     except OSError as e:
         raise DataUnavailableError(
             'CIFAR-10 could not be downloaded ({}). Download {} elsewhere (md5 {}) and '
-            'put it in {}, or point BRANCHYNET_CIFAR10 at it or at its extracted {} '
-            'folder.'.format(e, TARBALL, MD5, cache, FOLDER)) from e
+            'put it in {}, or point BRANCHYNET_CIFAR10 (the driver: --cifar10 PATH) at it, '
+            'at its extracted {} folder, or at an image-folder copy (a folder or '
+            '.tar.gz with train/<class>/*.jpg, test/<class>/*.jpg).'.format(
+                e, TARBALL, MD5, cache, FOLDER)) from e
     return dest
 
 
@@ -162,10 +176,45 @@ def verify_tarball(path):
             path, actual, MD5, TARBALL))
 
 
+def data_source(path=None):
+    """Which CIFAR-10 ``get_raw_data(path)`` reads, without reading any image:
+    ``{'label', 'official', 'path', 'sha256'}``. The official batches give
+    ``'CIFAR-10'`` (sha256 None); an image-folder copy ``'CIFAR-10 (JPEG
+    copy)'`` (``'CIFAR-10 (image-folder copy)'`` when it holds no JPEG file)
+    and the sha256 of its bytes. Nothing is downloaded."""
+    path = path or os.environ.get('BRANCHYNET_CIFAR10')
+    if path and os.path.exists(path) and imagefolder.is_image_folder(path):
+        description = imagefolder.describe(path, classes=CLASSES)
+        return {'label': 'CIFAR-10 ({} copy)'.format(
+                    'JPEG' if 'JPEG' in description.formats else 'image-folder'),
+                'official': False, 'path': os.path.abspath(path),
+                'sha256': description.sha256}
+    return {'label': OFFICIAL_LABEL, 'official': True, 'path': path, 'sha256': None}
+
+
+def source_label(path=None):
+    """``'CIFAR-10'``, or what an image-folder copy is called (``data_source``)."""
+    return data_source(path)['label']
+
+
+def _read_image_folder(path):
+    d = imagefolder.load(path, classes=CLASSES)
+    if d.x_train.shape[1:] != (3, 32, 32):
+        raise InvalidValue('{}: CIFAR-10 images are 3x32x32 (colour), this copy\'s are '
+                           '{}x{}x{}'.format(path, *d.x_train.shape[1:]))
+    return (imagefolder.to_float(d.x_train), d.y_train, imagefolder.to_float(d.x_test),
+            d.y_test)
+
+
 def get_raw_data(path=None):
     """``x_train (50000,3,32,32) float32 in [0,1], y_train int32, x_test, y_test``
-    (pixels / 255, nothing else)."""
-    batches = _read(locate(path))
+    (pixels / 255, nothing else). From an image-folder copy the samples of
+    each split come in ``imagefolder``'s fixed seeded order, not the
+    official one."""
+    source = locate(path)
+    if imagefolder.is_image_folder(source):
+        return _read_image_folder(source)
+    batches = _read(source)
 
     def stack(names):
         x = numpy.concatenate([batches[n][0] for n in names])

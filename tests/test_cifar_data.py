@@ -164,3 +164,148 @@ def test_augmentation_variants_and_normalisation():
     batches = list(augment.AugmentedBatches(x, y, 4, seed=0, workers=1).epoch())
     assert [len(b[1]) for b in batches] == [4, 2]
     assert sorted(numpy.concatenate([b[1] for b in batches]).tolist()) == y.tolist()
+
+
+def _cifar_copy(tmp_path, ext='.jpg', classes=cifar10.CLASSES, size=32, n_train=3, n_test=2):
+    """A tiny image-folder copy of CIFAR-10: class ``k``'s images are solid grey
+    ``25 k + i`` (``i`` the file), which survives JPEG to within a few levels."""
+    from tests.test_imagefolder import pack, write_image_folder
+    root = write_image_folder(tmp_path / 'copy', classes, n_train, n_test, size, ext,
+                              value=lambda label, i: 25 * label + i)
+    return pack(root, tmp_path / 'cifar10-jpeg.tar.gz')
+
+
+def test_an_image_folder_copy_is_read_in_cifar_class_order(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
+    archive = _cifar_copy(tmp_path)
+    x_train, y_train, x_test, y_test = cifar10.get_raw_data(archive)
+    assert x_train.shape == (30, 3, 32, 32) and x_test.shape == (20, 3, 32, 32)
+    assert x_train.dtype == numpy.float32 and y_train.dtype == numpy.int32
+    # airplane = 0 ... truck = 9, whatever the folder order: grey level 25 k + i
+    grey = x_train.mean(axis=(1, 2, 3)) * 255
+    assert numpy.abs(grey - 25 * y_train - numpy.round(grey - 25 * y_train)).max() < 3
+    assert (numpy.abs(grey - 25 * y_train) < 6).all()
+    assert sorted(numpy.bincount(y_test).tolist()) == [2] * 10
+    source = cifar10.data_source(archive)
+    assert source['label'] == 'CIFAR-10 (JPEG copy)' and not source['official']
+    assert len(source['sha256']) == 64
+    monkeypatch.setenv('BRANCHYNET_CIFAR10', archive)  # the setting takes the copy too
+    assert cifar10.source_label() == 'CIFAR-10 (JPEG copy)'
+    numpy.testing.assert_array_equal(cifar10.get_raw_data()[1], y_train)
+
+
+def test_data_source_of_the_official_tarball_and_of_a_png_copy(tmp_path, monkeypatch):
+    monkeypatch.delenv('BRANCHYNET_CIFAR10', raising=False)
+    tarball = tmp_path / cifar10.TARBALL
+    write_official_tarball(tarball)
+    assert cifar10.data_source(str(tarball)) == {'label': 'CIFAR-10', 'official': True,
+                                                 'path': str(tarball), 'sha256': None}
+    assert cifar10.source_label() == 'CIFAR-10'  # nothing named: the official files
+    png = _cifar_copy(tmp_path, ext='.png')
+    assert cifar10.source_label(png) == 'CIFAR-10 (image-folder copy)'
+
+
+def test_a_copy_with_other_class_names_or_sizes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
+    names = list(cifar10.CLASSES[:9]) + ['lorry']
+    (tmp_path / 'a').mkdir()
+    with pytest.raises(ValueError, match=r'differ from the expected classes \(airplane, '
+                       r'automobile, .*truck\); missing: truck; unexpected: lorry'):
+        cifar10.get_raw_data(_cifar_copy(tmp_path / 'a', classes=names))
+    (tmp_path / 'b').mkdir()
+    with pytest.raises(ValueError, match=r"CIFAR-10 images are 3x32x32 \(colour\), this "
+                       r"copy's are 3x8x8"):
+        cifar10.get_raw_data(_cifar_copy(tmp_path / 'b', size=8))
+
+
+def test_pcifar10_from_a_copy_records_it_and_is_never_taken_for_another(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
+    (tmp_path / 'one').mkdir()
+    archive = _cifar_copy(tmp_path / 'one')
+    monkeypatch.setenv('BRANCHYNET_CIFAR10', archive)
+    x_train, y_train, x_test, y_test = pcifar10.get_data()
+    source = cifar10.data_source()
+    built = pcifar10.path(source)
+    assert os.path.basename(built) == 'data-{}.npz'.format(source['sha256'][:16])
+    assert pcifar10.recorded_source(built) == ('CIFAR-10 (JPEG copy)', source['sha256'])
+    expected = pcifar10.preprocess(*cifar10.get_raw_data()[::2])
+    numpy.testing.assert_allclose(x_train, expected[0], rtol=1e-6)
+    assert not os.path.exists(pcifar10.path())  # the official data.npz is left alone
+    # another copy (other bytes) gets its own file, built from it
+    (tmp_path / 'two').mkdir()
+    other = _cifar_copy(tmp_path / 'two', n_train=4)
+    monkeypatch.setenv('BRANCHYNET_CIFAR10', other)
+    assert len(pcifar10.get_data()[0]) == 40
+    # a file whose record names another source is rebuilt, not reused
+    monkeypatch.setenv('BRANCHYNET_CIFAR10', archive)
+    os.replace(pcifar10.path(cifar10.data_source(other)), built)
+    assert len(pcifar10.get_data()[0]) == 30
+    assert pcifar10.recorded_source(built)[1] == source['sha256']
+
+
+def test_pcifar10_of_the_official_files_is_not_taken_from_a_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
+    tarball = tmp_path / cifar10.TARBALL
+    write_official_tarball(tarball)
+    official = pcifar10.path()
+    x = numpy.zeros((5, 3, 32, 32), numpy.float32)
+    y = numpy.zeros(5, numpy.int32)
+    npz.save(official, x, y, x, y)  # a data.npz without a record: the original's
+    monkeypatch.setenv('BRANCHYNET_CIFAR10', str(tarball))
+    assert len(pcifar10.get_data()[0]) == 5  # reused as the official files' data
+    numpy.savez(official, source=numpy.array('CIFAR-10 (JPEG copy)'),
+                source_sha256=numpy.array('ab' * 32), train_x=x, train_y=y, test_x=x,
+                test_y=y)
+    assert len(pcifar10.get_data()[0]) == 30  # recorded another source: rebuilt
+    assert pcifar10.recorded_source(official) == ('CIFAR-10', '')
+
+
+SMALL_NET = """
+import chainer.functions as F
+import chainer.links as L
+from branchynet import FL, Branch, BranchyNet
+
+
+def small():
+    return BranchyNet([
+        L.Convolution2D(3, 4, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 4, 4),
+        Branch([L.Linear(4 * 8 * 8, 10)]),
+        L.Linear(4 * 8 * 8, 16), FL(F.relu), Branch([L.Linear(16, 10)]),
+    ], input_shape=(3, 32, 32))
+"""
+
+
+def test_the_driver_labels_results_on_a_copy(tmp_path, monkeypatch):
+    """A small network on pcifar10 built from a JPEG copy named by --cifar10:
+    tables, results and reports say "CIFAR-10 (JPEG copy)"."""
+    import json
+    from branchynet.driver import cli
+    monkeypatch.setenv('BRANCHYNET_DATA_DIR', str(tmp_path / 'data'))
+    monkeypatch.delenv('BRANCHYNET_CIFAR10', raising=False)
+    archive = _cifar_copy(tmp_path, n_train=5, n_test=2)
+    (tmp_path / 'mynet.py').write_text(SMALL_NET)
+    out = tmp_path / 'out'
+    status = cli.main(['--network', str(tmp_path / 'mynet.py') + ':small', '--dataset',
+                       'pcifar10', '--cifar10', archive, '--n-val', '10', '--epochs-main', '1',
+                       '--epochs-joint', '1', '--timing-repeats', '2', '--out', str(out),
+                       '--time-devices', 'cpu', '--quiet'])
+    assert status == 0
+    assert os.environ['BRANCHYNET_CIFAR10'] == archive
+    results = json.loads((out / '_results' / 'small_results.json').read_text())
+    assert results['data']['source'] == 'CIFAR-10 (JPEG copy)'
+    assert results['data']['source_sha256'] == cifar10.data_source(archive)['sha256']
+    assert results['title'] == 'small on CIFAR-10 (JPEG copy)'
+    table = (out / '_results' / 'small_cpu_table.md').read_text()
+    assert '| CPU | small on CIFAR-10 (JPEG copy) |' in table
+    assert '| CPU | B-small on CIFAR-10 (JPEG copy) (calibrated) |' in table
+    assert 'B-small on CIFAR-10 (JPEG copy)' in (out / '_results' /
+                                                  'small_cpu_calibration.md').read_text()
+
+
+def test_the_cifar10_option_must_name_something(tmp_path, capsys):
+    from branchynet.driver import cli
+    assert cli.main(['--network', 'alex_cifar10', '--cifar10', str(tmp_path / 'none'),
+                     '--out', str(tmp_path)]) == 2
+    assert 'error: --cifar10 {}: no such file or folder'.format(tmp_path / 'none') in \
+        capsys.readouterr().err

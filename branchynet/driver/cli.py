@@ -80,9 +80,16 @@ def build_parser():
                              'the median and the range (default: {})'.format(', '.join(
                                  '{} with --preset {}'.format(r, p)
                                  for p, r in stages.TIMING_REPEATS.items())))
-    parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|NAME',
+    parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|FOLDER|NAME',
                         help="replace the network's dataset: an npz file (train_x, train_y, "
-                             'test_x, test_y) or one of: ' + ', '.join(experiment.DATASETS))
+                             'test_x, test_y), an image folder or .tar/.tar.gz archive '
+                             '(train/<class>/*.jpg|png, test/<class>/*; decoded once into '
+                             'a cache) or one of: ' + ', '.join(experiment.DATASETS))
+    parser.add_argument('--cifar10', metavar='PATH',
+                        help='where CIFAR-10 is for this run (sets $BRANCHYNET_CIFAR10): the '
+                             'official cifar-10-python.tar.gz or its folder, or an '
+                             'image-folder copy (folder or .tar/.tar.gz with train/<class>/, '
+                             'test/<class>/; results then say "CIFAR-10 (JPEG copy)")')
     parser.add_argument('--screen', choices=('cached', 'original'),
                         help='cached (default): grid from exit outputs computed once; '
                              'original: one batch-1 pass per grid point')
@@ -279,6 +286,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         names = network_list(args)
+        if args.cifar10 is not None:  # the ranks of --mpi inherit it
+            if not os.path.exists(args.cifar10):
+                raise InvalidValue('--cifar10 {}: no such file or folder; expected '
+                                   'cifar-10-python.tar.gz, its folder or an image-folder '
+                                   'copy'.format(args.cifar10))
+            os.environ['BRANCHYNET_CIFAR10'] = os.path.abspath(args.cifar10)
         if args.hostfile is not None and args.mpi is None:
             raise InvalidValue('--hostfile needs --mpi N')
         if args.epochs_main == 0 and args.epochs_joint == 0 and not args.init:

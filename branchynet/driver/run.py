@@ -83,31 +83,60 @@ def default_threshold_grid(net, x, values_per_exit=16):
     return sorted(set(values))
 
 
+def _dataset_module(config, dataset_module=None):
+    """The ``datasets`` module of the configured dataset name, or None for a file."""
+    import importlib
+    source = config.get('dataset_path')
+    if dataset_module is not None or (source and source not in DATASETS and (
+            source.endswith('.npz') or os.path.exists(source))):
+        return dataset_module
+    name = source or config['dataset']
+    if name not in DATASETS:
+        raise InvalidValue('unknown dataset {!r}; expected a .npz file, an image folder or '
+                           '.tar/.tar.gz archive (train/<class>/*.jpg|png, test/<class>/*), '
+                           'or one of: {}'.format(name, ', '.join(DATASETS)))
+    return importlib.import_module('branchynet.datasets.' + name)
+
+
 def load_dataset(config, dataset_module=None):
     """Load the configured dataset and cut the subsets the preset asks for.
 
     ``config['dataset_path']`` (``--dataset``) replaces the network's default
     dataset: an npz file in the ``train_x, train_y, test_x, test_y`` layout,
-    or the name of a module in ``datasets/`` (e.g. ``mnist32``).
+    an image folder or archive (``datasets.imagefolder``), or the name of a
+    module in ``datasets/`` (e.g. ``mnist32``).
     """
-    import importlib
     source = config.get('dataset_path')
-    if source and source.endswith('.npz'):
+    dataset_module = _dataset_module(config, dataset_module)
+    if dataset_module is not None:
+        x_train, y_train, x_test, y_test = dataset_module.get_data()
+    elif source.endswith('.npz'):
         from branchynet.datasets import npz
         x_train, y_train, x_test, y_test = npz.load(source, num_classes=config['num_classes'])
     else:
-        name = source or config['dataset']
-        if dataset_module is None:
-            if name not in DATASETS:
-                raise InvalidValue('unknown dataset {!r}; expected a .npz file or one of: {}'
-                                 .format(name, ', '.join(DATASETS)))
-            dataset_module = importlib.import_module('branchynet.datasets.' + name)
-        x_train, y_train, x_test, y_test = dataset_module.get_data()
+        from branchynet.datasets import imagefolder
+        x_train, y_train, x_test, y_test = imagefolder.get_data(source)
+        classes = int(max(y_train.max(), y_test.max())) + 1
+        if classes > config['num_classes']:
+            raise InvalidValue('{} has {} classes; this network has {} outputs'.format(
+                source, classes, config['num_classes']))
     if config.get('n_train'):
         x_train, y_train = x_train[:config['n_train']], y_train[:config['n_train']]
     if config.get('n_test'):
         x_test, y_test = x_test[:config['n_test']], y_test[:config['n_test']]
     return x_train, y_train, x_test, y_test
+
+
+def data_copy(config, dataset_module=None):
+    """The dataset module's ``data_source()`` (``label``, ``sha256``, ...) when
+    the run's data is a copy, not the official files (e.g. ``'CIFAR-10 (JPEG
+    copy)'``: CIFAR-10 from an image-folder copy), else None."""
+    module = _dataset_module(config, dataset_module)
+    source = getattr(module, 'data_source', None)
+    if source is None:
+        return None
+    source = source()
+    return None if source['official'] else source
 
 
 #: Counts of the configuration and the least each accepts.
@@ -224,8 +253,13 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                                            config.get('dataset_path') or config['dataset']))
     with _agreed(dist):  # every rank loads the data itself; all skip, or none
         x_train, y_train, x_test, y_test = load_dataset(config, dataset_module)
+        copy = data_copy(config, dataset_module)
         if root:
             create_out(out)
+    if copy:  # tables, figures and results name a copy of the data (e.g. a JPEG copy)
+        title = title if copy['label'] in title else '{} on {}'.format(title, copy['label'])
+        log('data: {} (sha256 {}), not the official files; results are labelled "{}"'.format(
+            copy['label'], copy['sha256'], title))
     x_train, y_train, x_val, y_val, val_idx = split_validation(
         x_train, y_train, config['n_val'], seed)
     log('train {} samples, validation {}, test {}'.format(
@@ -252,6 +286,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     settings = {'network': network, 'dataset': config.get('dataset_path') or config['dataset'],
                 'n_train': len(x_train), 'n_val': len(val_idx), 'run_seed': seed,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
+    if copy:  # a snapshot of a run on other data is not resumed
+        settings['data_source'] = '{} sha256 {}'.format(copy['label'], copy['sha256'])
     recipe = {k: config.get(k) for k in training.RECIPE_OPTIONS}
     if any(v is not None for v in recipe.values()):
         log('training recipe beyond the original: {}'.format(', '.join(
@@ -305,7 +341,9 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
 
     results = {'network': network, 'title': title, 'config': config,
                'environment': runrecord.environment(config, dev), 'seed': seed, 'init': init,
-               'data': {'n_train': len(x_train), 'n_test': len(x_test),
+               'data': {'source': copy['label'] if copy else None,
+                        'source_sha256': copy['sha256'] if copy else None,
+                        'n_train': len(x_train), 'n_test': len(x_test),
                         'n_val': len(val_idx), 'val_indices': val_idx,
                         'n_timing': min(config.get('n_timing') or len(x_test), len(x_test))},
                'training': {'main_loss': main_losses, 'main_acc': main_accs,
