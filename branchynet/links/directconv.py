@@ -73,14 +73,12 @@ def _split(n, parts):
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _run(kernel, n, *arrays):
-    """``kernel(*arrays, start, stop)`` over the samples ``0..n``, split between threads."""
+def run_split(kernel, n, *args):
+    """``kernel(*args, start, stop)`` over ``0..n`` (samples or channels), the
+    range split between ``threads()`` threads."""
     ranges = _split(n, threads())
-    if len(ranges) == 1:
-        kernel(*arrays, 0, n)
-        return
-    futures = [_executor().submit(kernel, *arrays, a, b) for a, b in ranges[1:]]
-    kernel(*arrays, *ranges[0])
+    futures = [_executor().submit(kernel, *args, a, b) for a, b in ranges[1:]]
+    kernel(*args, *ranges[0])
     for f in futures:
         f.result()
 
@@ -244,7 +242,7 @@ def forward(xpad, W, b):
     wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0))
     bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
     y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
-    _run(kernel('forward', c, o, hp, wp, kh, kw), n, xpad.reshape(-1), wt.reshape(-1),
+    run_split(kernel('forward', c, o, hp, wp, kh, kw), n, xpad.reshape(-1), wt.reshape(-1),
          bias, y.reshape(-1))
     return y
 
