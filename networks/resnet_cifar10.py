@@ -17,6 +17,7 @@ import chainer.links as L
 import numpy
 
 from branchynet import FL, Branch, BranchyNet
+from branchynet.links.cpukernels import batch_norm, run_layer
 
 INPUT_SHAPE = (3, 32, 32)
 BLOCKS_PER_STAGE = 18
@@ -93,8 +94,9 @@ class ResBlock(chainer.Chain):
         return self.out_channels
 
     def forward(self, x):
-        h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
+        # the CPU training kernels where they apply (links.cpukernels)
+        h = batch_norm(self.bn1, run_layer(self.conv1, x), relu=True)
+        h = run_layer(self.conv2, h)
         shortcut = x
         if self.stride != 1:
             shortcut = F.average_pooling_2d(shortcut, 1, self.stride)
@@ -102,7 +104,7 @@ class ResBlock(chainer.Chain):
             n, c, hh, ww = shortcut.shape
             pad = self.xp.zeros((n, self.out_channels - c, hh, ww), dtype=shortcut.dtype)
             shortcut = F.concat((shortcut, pad), axis=1)
-        return F.relu(h + shortcut)
+        return batch_norm(self.bn2, h, relu=True, shortcut=shortcut)
 
     def to_fast(self, compiler):
         """This block as plain array operations (see branchynet.engines.fast)."""

@@ -18,27 +18,15 @@ pooling called through ``FL``) and to the layer itself otherwise.
 Double backpropagation is not supported by these kernels.
 """
 import contextlib
+import os
 
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
-
-def _out_size(size, k, s, p, cover_all):
-    if cover_all:
-        return (size + 2 * p - k + s - 1) // s + 1
-    return (size + 2 * p - k) // s + 1
-
-
-def _pad(x, ph, pw, extra_h, extra_w, value):
-    """``x`` (N, C, H, W) padded by ``ph``/``pw`` each side plus ``extra`` at the end."""
-    if not (ph or pw or extra_h or extra_w):
-        return x
-    n, c, h, w = x.shape
-    out = numpy.full((n, c, h + 2 * ph + extra_h, w + 2 * pw + extra_w), value, dtype=x.dtype)
-    out[:, :, ph:ph + h, pw:pw + w] = x
-    return out
+from branchynet.links import batchnorm, directconv
+from branchynet.links.maxpool import MaxPooling2DCPU, out_size
 
 
 class Convolution2DCPU(chainer.Function):
@@ -59,8 +47,8 @@ class Convolution2DCPU(chainer.Function):
         b = inputs[2] if len(inputs) == 3 else None
         n, c, h, w = x.shape
         out_c, _, kh, kw = W.shape
-        oh = _out_size(h, kh, self.sy, self.ph, False)
-        ow = _out_size(w, kw, self.sx, self.pw, False)
+        oh = out_size(h, kh, self.sy, self.ph, False)
+        ow = out_size(w, kw, self.sx, self.pw, False)
         padded = numpy.zeros((c, n, h + 2 * self.ph, w + 2 * self.pw), dtype=x.dtype)
         padded[:, :, self.ph:self.ph + h, self.pw:self.pw + w] = x.transpose(1, 0, 2, 3)
         col = numpy.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
@@ -74,6 +62,18 @@ class Convolution2DCPU(chainer.Function):
         self.shape = (n, c, h, w, oh, ow)
         return numpy.ascontiguousarray(y.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)),
 
+    def _input_gradient(self, W, gy_t):
+        """The input's gradient (skipped for an input that needs none, e.g. the images)."""
+        n, c, h, w, oh, ow = self.shape
+        out_c, _, kh, kw = W.shape
+        gcol = (W.reshape(out_c, -1).T @ gy_t).reshape(c, kh, kw, n, oh, ow)
+        gx = numpy.zeros((c, n, h + 2 * self.ph, w + 2 * self.pw), dtype=W.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                gx[self._slices(i, j, oh, ow)] += gcol[:, i, j]
+        return numpy.ascontiguousarray(
+            gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w].transpose(1, 0, 2, 3))
+
     def backward(self, inputs, grad_outputs):
         x, W = inputs[:2]
         gy, = grad_outputs
@@ -82,63 +82,10 @@ class Convolution2DCPU(chainer.Function):
         gy_t = numpy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(out_c, -1)
         gW = (gy_t @ self.col.T).reshape(W.shape)
         self.col = None
-        gcol = (W.reshape(out_c, -1).T @ gy_t).reshape(c, kh, kw, n, oh, ow)
-        gx = numpy.zeros((c, n, h + 2 * self.ph, w + 2 * self.pw), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                gx[self._slices(i, j, oh, ow)] += gcol[:, i, j]
-        gx = numpy.ascontiguousarray(
-            gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w].transpose(1, 0, 2, 3))
+        gx = self._input_gradient(W, gy_t) if self.inputs[0].requires_grad else None
         if len(inputs) == 3:
             return gx, gW, gy_t.sum(axis=1)
         return gx, gW
-
-
-class MaxPooling2DCPU(chainer.Function):
-    """``F.max_pooling_2d`` by comparing the ``kh * kw`` shifted slices."""
-
-    def __init__(self, ksize, stride, pad, cover_all):
-        self.kh, self.kw = ksize
-        self.sy, self.sx = stride
-        self.ph, self.pw = pad
-        self.cover_all = cover_all
-
-    def _windows(self, padded, oh, ow):
-        """The ``kh * kw`` shifted slices of ``padded``, in row-major window order."""
-        return [padded[:, :, i:i + self.sy * oh:self.sy, j:j + self.sx * ow:self.sx]
-                for i in range(self.kh) for j in range(self.kw)]
-
-    def forward(self, inputs):
-        x, = inputs
-        n, c, h, w = x.shape
-        oh = _out_size(h, self.kh, self.sy, self.ph, self.cover_all)
-        ow = _out_size(w, self.kw, self.sx, self.pw, self.cover_all)
-        # Pad so that every window is inside the array (-inf never wins).
-        extra_h = max(0, (oh - 1) * self.sy + self.kh - h - 2 * self.ph)
-        extra_w = max(0, (ow - 1) * self.sx + self.kw - w - 2 * self.pw)
-        self.padded = _pad(x, self.ph, self.pw, extra_h, extra_w, -numpy.inf)
-        windows = self._windows(self.padded, oh, ow)
-        y = windows[0].copy()
-        for window in windows[1:]:
-            numpy.maximum(y, window, out=y)
-        self.y = y
-        return y,
-
-    def backward(self, inputs, grad_outputs):
-        gy, = grad_outputs
-        n, c, h, w = inputs[0].shape
-        oh, ow = gy.shape[2:]
-        gx = numpy.zeros(self.padded.shape, dtype=gy.dtype)
-        taken = numpy.zeros(gy.shape, dtype=bool)
-        for window, g_window in zip(self._windows(self.padded, oh, ow),
-                                    self._windows(gx, oh, ow)):
-            # The gradient goes to the first maximum of each window only.
-            first = window == self.y
-            first &= ~taken
-            taken |= first
-            g_window += numpy.where(first, gy, 0)
-        self.padded = self.y = None
-        return numpy.ascontiguousarray(gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]),
 
 
 def _pair(v):
@@ -146,9 +93,13 @@ def _pair(v):
 
 
 def convolution_2d(x, W, b=None, stride=1, pad=0):
-    """``F.convolution_2d`` on CPU arrays through ``Convolution2DCPU``."""
+    """``F.convolution_2d`` on CPU arrays: stride 1 with channels in multiples
+    of 8 on the direct kernels (``directconv``), else ``Convolution2DCPU``."""
     args = (x, W) if b is None else (x, W, b)
-    return Convolution2DCPU(_pair(stride), _pair(pad))(*args)
+    stride, pad = _pair(stride), _pair(pad)
+    if directconv.usable(x.shape, W.shape, stride, pad):
+        return directconv.DirectConvolution2D(pad).apply(args)[0]
+    return Convolution2DCPU(stride, pad)(*args)
 
 
 def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):
@@ -173,7 +124,8 @@ def _pool_arguments(layer):
             given.get('cover_all', True))
 
 
-_enabled = True
+#: ``BRANCHYNET_CPU_KERNELS=0`` starts a process with Chainer's own functions.
+_enabled = os.environ.get('BRANCHYNET_CPU_KERNELS', '1') not in ('0', 'off', 'false')
 
 
 @contextlib.contextmanager
@@ -191,6 +143,8 @@ def applies(layer, x):
     """Whether ``run_layer`` has a faster kernel for ``layer`` on input ``x``."""
     if not _enabled:
         return False
+    if type(layer) is L.BatchNormalization:
+        return batchnorm.usable(layer, x)
     array = x.array if isinstance(x, chainer.Variable) else x
     if not isinstance(array, numpy.ndarray) or array.ndim != 4 or array.dtype != numpy.float32:
         return False
@@ -208,5 +162,18 @@ def run_layer(layer, x):
         return layer(x)
     if type(layer) is L.Convolution2D:
         return convolution_2d(x, layer.W, layer.b, layer.stride, layer.pad)
+    if type(layer) is L.BatchNormalization:
+        return batchnorm.batch_normalization(layer, x)
     ksize, stride, pad, cover_all = _pool_arguments(layer)
     return max_pooling_2d(x, ksize, stride, pad, cover_all)
+
+
+def batch_norm(link, x, relu=False, shortcut=None):
+    """``link(x)``, plus ``shortcut`` if given, then ReLU if ``relu``: in one
+    fused kernel in training mode where it applies, else Chainer's functions."""
+    if chainer.config.train and applies(link, x):
+        return batchnorm.batch_normalization(link, x, relu, shortcut)
+    h = link(x)
+    if shortcut is not None:
+        h = h + shortcut
+    return F.relu(h) if relu else h

@@ -1,0 +1,318 @@
+"""Direct (register-tiled) stride-1 convolution for CPU training, generated with numba.
+
+Three kernels per layer shape, each generated as Python source with every size
+a literal and compiled once per shape:
+
+* forward: ``y = conv(x_padded, W) + b``. A tile is ``R`` neighbouring output
+  pixels of one row times ``ob`` output channels, each of its ``R * ob`` sums a
+  scalar of the generated code; per input channel and tap it reads ``R`` input
+  values and ``ob`` weights (stored ``[c][ky][kx][o]``, so a tap's weights for
+  consecutive output channels are consecutive). LLVM's SLP vectoriser packs
+  the ``ob`` sums of a pixel into vector registers, where they stay across all
+  input channels and taps.
+* backward-data: the same kernel on the output gradient padded by
+  ``k - 1 - pad``, with the weights flipped and their channel axes swapped
+  (the gradient of a stride-1 convolution is a convolution).
+* backward-weight: per input channel and block of ``ob`` output channels, the
+  ``kh * kw * ob`` sums of ``gW`` are scalars, accumulated over every pixel of
+  a sample from the output gradient stored pixel-major ``(N, OH, OW, O)``.
+
+Samples are split between threads (``threads()``, one per core the process
+may use); each thread of the backward-weight kernel sums into its own ``gW``.
+The forward and backward-data kernels compute every output with the same
+order of multiply-adds as a sum over channels and taps; Chainer's im2col and
+GEMM path sums in another order, so results agree to float32 rounding.
+"""
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import chainer
+import numpy
+
+#: Most output channels per tile (two AVX-512 vectors of float32).
+MAX_OB = 32
+#: Vector registers (of 16 floats) of sums a forward tile aims at.
+SUMS = 16
+#: Most pixels per forward tile.
+MAX_R = 12
+#: Most scalar sums of one backward-weight body (taps x output channels).
+MAX_WSUMS = 256
+
+_lock = threading.Lock()
+_kernels = {}
+_pool = None
+
+
+def threads():
+    """Threads the kernels split a batch over: ``$BRANCHYNET_TRAIN_THREADS``,
+    else the cores this process may run on."""
+    value = os.environ.get('BRANCHYNET_TRAIN_THREADS')
+    if value:
+        return max(1, int(value))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _executor():
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=threads(),
+                                       thread_name_prefix='branchynet-conv')
+        return _pool
+
+
+def _split(n, parts):
+    """``parts`` contiguous ``(start, stop)`` ranges covering ``range(n)``."""
+    parts = max(1, min(parts, n))
+    edges = numpy.linspace(0, n, parts + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def run_split(kernel, n, *args):
+    """``kernel(*args, start, stop)`` over ``0..n`` (samples or channels), the
+    range split between ``threads()`` threads."""
+    ranges = _split(n, threads())
+    futures = [_executor().submit(kernel, *args, a, b) for a, b in ranges[1:]]
+    kernel(*args, *ranges[0])
+    for f in futures:
+        f.result()
+
+
+def _block(channels, limit):
+    """The largest of 32, 16, ..., 1 that divides ``channels`` and is at most ``limit``."""
+    return next(b for b in (32, 16, 8, 4, 2, 1) if b <= limit and channels % b == 0)
+
+
+def tile_shape(out_channels, out_width):
+    """(pixels R, output channels ob) of a forward tile."""
+    ob = _block(out_channels, MAX_OB)
+    most = max(1, min(out_width, MAX_R, SUMS * 16 // max(16, ob)))
+    r = next(r for r in range(most, 0, -1) if out_width % r == 0)
+    return (r if 2 * r >= most else most), ob
+
+
+def _forward_tile(r, ob, first, geo):
+    """Lines of one forward tile: ``r`` pixels from output column ``first``
+    (an expression) of row ``oy``, output channels ``o0 .. o0 + ob``."""
+    c_in, o_all, hp, wp, oh, ow, kh, kw = geo
+    lines = ['a{}_{} = b[o0 + {}]'.format(i, j, j) for i in range(r) for j in range(ob)]
+    lines += ['for c in range({}):'.format(c_in),
+              '    xc = xn[c * {} + oy * {} + {}:]'.format(hp * wp, wp, first),
+              '    wc = w[c * {} + o0:]'.format(kh * kw * o_all),
+              '    for ky in range({}):'.format(kh),
+              '        for kx in range({}):'.format(kw)]
+    body = ['x{} = xc[ky * {} + kx + {}]'.format(i, wp, i) for i in range(r)]
+    body += ['w{} = wc[(ky * {} + kx) * {} + {}]'.format(j, kw, o_all, j) for j in range(ob)]
+    body += ['a{0}_{1} += w{1} * x{0}'.format(i, j) for i in range(r) for j in range(ob)]
+    lines += ['            ' + line for line in body]
+    # consecutive stores of each pixel's sums: what the vectoriser starts from
+    lines += ['sums[{}] = a{}_{}'.format(i * ob + j, i, j) for i in range(r) for j in range(ob)]
+    lines += ['out = yn[o0 * {} + oy * {} + {}:]'.format(oh * ow, ow, first),
+              'for j in range({}):'.format(ob),
+              '    for i in range({}):'.format(r),
+              '        out[j * {} + i] = sums[i * {} + j]'.format(oh * ow, ob)]
+    return lines
+
+
+def forward_source(c_in, o_all, hp, wp, kh, kw):
+    """Source of ``kernel(x, w, b, y, start, stop)``: ``y[n] = conv(x[n], w) + b``
+    for the samples ``start..stop``; ``x`` the padded input ``(N, c_in, hp, wp)``,
+    ``w`` the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat."""
+    oh, ow = hp - kh + 1, wp - kw + 1
+    geo = (c_in, o_all, hp, wp, oh, ow, kh, kw)
+    r, ob = tile_shape(o_all, ow)
+    full, rest = divmod(ow, r)
+    rows = ['for ox0 in range(0, {}, {}):'.format(full * r, r)] + \
+        ['    ' + line for line in _forward_tile(r, ob, 'ox0', geo)]
+    if rest:
+        rows += _forward_tile(rest, ob, str(full * r), geo)
+    lines = ['def kernel(x, w, b, y, start, stop):',
+             '    sums = numpy.empty({}, numpy.float32)'.format(r * ob),
+             '    for n in range(start, stop):',
+             '        xn = x[n * {}:]'.format(c_in * hp * wp),
+             '        yn = y[n * {}:]'.format(o_all * oh * ow),
+             '        for o0 in range(0, {}, {}):'.format(o_all, ob),
+             '            for oy in range({}):'.format(oh)]
+    return '\n'.join(lines + ['                ' + line for line in rows])
+
+
+def weight_block(o_all, taps):
+    """Output channels summed together by the backward-weight kernel."""
+    return _block(o_all, max(1, min(MAX_OB, MAX_WSUMS // taps)))
+
+
+def weight_source(c_in, o_all, hp, wp, kh, kw):
+    """Source of ``kernel(x, g, gw, start, stop)``: adds to ``gw`` (``[c][ky][kx][o]``)
+    the weight gradient of the samples ``start..stop``; ``x`` the padded input,
+    ``g`` the output gradient pixel-major ``(N, oh, ow, o_all)``, all flat."""
+    oh, ow = hp - kh + 1, wp - kw + 1
+    taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
+    ob = weight_block(o_all, len(taps))
+    body = ['g{} = gr[ox * {} + {}]'.format(j, o_all, j) for j in range(ob)]
+    body += ['x{} = xr[{} + ox]'.format(t, ky * wp + kx) for t, (ky, kx) in enumerate(taps)]
+    body += ['a{0}_{1} += g{1} * x{0}'.format(t, j) for t in range(len(taps))
+             for j in range(ob)]
+    lines = ['def kernel(x, g, gw, start, stop):',
+             '    for n in range(start, stop):',
+             '        xn = x[n * {}:]'.format(c_in * hp * wp),
+             '        gn = g[n * {}:]'.format(oh * ow * o_all),
+             '        for c in range({}):'.format(c_in),
+             '            for o0 in range(0, {}, {}):'.format(o_all, ob)]
+    inner = ['a{}_{} = numpy.float32(0)'.format(t, j) for t in range(len(taps))
+             for j in range(ob)]
+    inner += ['for oy in range({}):'.format(oh),
+              '    xr = xn[c * {} + oy * {}:]'.format(hp * wp, wp),
+              '    gr = gn[oy * {} + o0:]'.format(ow * o_all),
+              '    for ox in range({}):'.format(ow)] + ['        ' + line for line in body]
+    inner.append('out = gw[c * {} + o0:]'.format(len(taps) * o_all))
+    inner += ['out[{}] += a{}_{}'.format(t * o_all + j, t, j) for t in range(len(taps))
+              for j in range(ob)]
+    return '\n'.join(lines + ['                ' + line for line in inner])
+
+
+@contextlib.contextmanager
+def slp_vectorize():
+    """numba's SLP vectoriser on while the body compiles (numba reads the
+    setting each time it builds LLVM's passes; off by default)."""
+    from numba.core import config
+    saved = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = saved
+
+
+#: multiply-adds contracted to FMAs; no reassociation (the sums keep their order)
+_FASTMATH = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
+
+
+def _compile(source):
+    import numba
+    namespace = {'numpy': numpy}
+    exec(compile(source, '<branchynet training kernel>', 'exec'), namespace)
+    jit = numba.njit(fastmath=_FASTMATH, boundscheck=False, nogil=True, error_model='numpy')
+    with slp_vectorize():
+        fn = jit(namespace['kernel'])
+        a = numpy.zeros(1, numpy.float32)
+        signature = source.split('(', 1)[1].split(')', 1)[0].split(', ')
+        arrays = sum(1 for name in signature if name not in ('start', 'stop'))
+        fn.compile(tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp]))
+        del a
+    return fn
+
+
+def kernel(kind, *shape):
+    """The compiled ``kind`` ('forward' or 'weight') kernel for ``shape``
+    ``(c_in, o_all, hp, wp, kh, kw)``, compiled on first use."""
+    key = (kind,) + shape
+    fn = _kernels.get(key)
+    if fn is None:
+        source = (forward_source if kind == 'forward' else weight_source)(*shape)
+        fn = _compile(source)
+        with _lock:
+            fn = _kernels.setdefault(key, fn)
+    return fn
+
+
+def pad(x, ph, pw):
+    """``x`` (N, C, H, W) float32 zero-padded by ``ph``/``pw`` on each side, C-contiguous."""
+    n, c, h, w = x.shape
+    out = numpy.empty((n, c, h + 2 * ph, w + 2 * pw), numpy.float32)
+    if ph:
+        out[:, :, :ph] = 0
+        out[:, :, h + ph:] = 0
+    if pw:
+        out[:, :, :, :pw] = 0
+        out[:, :, :, w + pw:] = 0
+    out[:, :, ph:h + ph, pw:w + pw] = x
+    return out
+
+
+def forward(xpad, W, b):
+    """``y`` (N, O, OH, OW): ``xpad`` (already padded) convolved with ``W``
+    (O, C, kh, kw), stride 1, plus ``b`` (or no bias)."""
+    n, c, hp, wp = xpad.shape
+    o, _, kh, kw = W.shape
+    wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0))
+    bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
+    y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
+    run_split(kernel('forward', c, o, hp, wp, kh, kw), n, xpad.reshape(-1), wt.reshape(-1),
+         bias, y.reshape(-1))
+    return y
+
+
+def backward_data(gy, W, ph, pw):
+    """The input gradient (N, C, H, W) of a stride-1 convolution with padding
+    ``ph``/``pw`` (each at most the kernel size - 1) from its output gradient."""
+    o, c, kh, kw = W.shape
+    flipped = numpy.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return forward(pad(gy, kh - 1 - ph, kw - 1 - pw), flipped, None)
+
+
+def backward_weight(xpad, gy, kh, kw):
+    """The weight gradient (O, C, kh, kw) from the padded input and the output gradient."""
+    n, c, hp, wp = xpad.shape
+    o = gy.shape[1]
+    g = numpy.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    fn = kernel('weight', c, o, hp, wp, kh, kw)
+    ranges = _split(n, threads())
+    partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
+    x, g = xpad.reshape(-1), g.reshape(-1)
+    futures = [_executor().submit(fn, x, g, partial[i], a, b)
+               for i, (a, b) in enumerate(ranges) if i]
+    fn(x, g, partial[0], *ranges[0])
+    for f in futures:
+        f.result()
+    return numpy.ascontiguousarray(
+        partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
+
+
+def usable(x_shape, W_shape, stride, pad_hw):
+    """Whether a convolution of these shapes runs on the direct kernels: stride 1,
+    padding at most the kernel size - 1, and input and output channels in
+    multiples of 8 (a vector's worth of sums per pixel; narrower layers, such
+    as a first layer on 1 or 3 image channels, are faster as a GEMM)."""
+    o, c, kh, kw = W_shape
+    return (tuple(stride) == (1, 1) and pad_hw[0] <= kh - 1 and pad_hw[1] <= kw - 1
+            and c % 8 == 0 and o % 8 == 0 and x_shape[1] == c)
+
+
+class DirectConvolution2D(chainer.FunctionNode):
+    """``F.convolution_2d`` with stride 1 on the direct kernels (see ``usable``).
+
+    Keeps the padded input for the weight gradient (the GEMM path keeps an
+    im2col matrix ``kh * kw`` times as large). Its gradients are computed
+    directly, not as differentiable functions: no double backpropagation."""
+
+    def __init__(self, pad_hw):
+        self.ph, self.pw = pad_hw
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        b = inputs[2] if len(inputs) == 3 else None
+        self.retain_inputs((1,))
+        self.xpad = pad(x, self.ph, self.pw)
+        return forward(self.xpad, W, b),
+
+    def backward(self, indexes, grad_outputs):
+        W, = self.get_retained_inputs()
+        W = W.array
+        gy = numpy.ascontiguousarray(grad_outputs[0].array)
+        kh, kw = W.shape[2:]
+        out = []
+        for i in indexes:
+            if i == 0:
+                g = backward_data(gy, W, self.ph, self.pw)
+            elif i == 1:
+                g = backward_weight(self.xpad, gy, kh, kw)
+            else:
+                g = gy.sum(axis=(0, 2, 3))
+            out.append(chainer.Variable(g))
+        self.xpad = None
+        return tuple(out)

@@ -1,0 +1,65 @@
+"""The fused batch normalisation kernel computes what Chainer's functions compute."""
+import contextlib
+
+import numpy
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import branchynet  # noqa: F401
+import chainer
+import chainer.links as L
+
+from branchynet.links import batchnorm, cpukernels
+
+
+def _run(use_kernels, x, shortcut, gy, gamma, relu):
+    bn = L.BatchNormalization(x.shape[1])
+    bn.gamma.array[:] = gamma
+    bn.cleargrads()
+    xv, sv = chainer.Variable(x.copy()), chainer.Variable(shortcut.copy())
+    with chainer.using_config('train', True), \
+            (contextlib.nullcontext() if use_kernels else cpukernels.disabled()):
+        y = cpukernels.batch_norm(bn, xv, relu=relu, shortcut=sv)
+    assert isinstance(y.creator, batchnorm.BatchNormalizationCPU) == use_kernels
+    y.grad = gy
+    y.backward()
+    return [y.array, xv.grad, bn.gamma.grad, bn.beta.grad, sv.grad, bn.avg_mean, bn.avg_var]
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from([(4, 16, 7, 7), (2, 3, 5, 1), (8, 5), (1, 8, 3, 3), (3, 2, 1, 1)]),
+       relu=st.booleans(), scale=st.sampled_from([1e-3, 1., 50.]), seed=st.integers(0, 99))
+def test_forward_gradients_and_running_statistics_match_chainer(shape, relu, scale, seed):
+    rng = numpy.random.RandomState(seed)
+    x = (rng.randn(*shape) * scale + rng.randn()).astype(numpy.float32)
+    shortcut = rng.randn(*shape).astype(numpy.float32)
+    gy = rng.randn(*shape).astype(numpy.float32)
+    gamma = (rng.rand(shape[1]) + .5).astype(numpy.float32)
+    ours = _run(True, x, shortcut, gy, gamma, relu)
+    theirs = _run(False, x, shortcut, gy, gamma, relu)
+    # Both compute in float32 (our sums in float64, Chainer's pairwise in float32):
+    # x - mean loses digits in proportion to |mean| / std, and so may either result
+    condition = 1 + abs(x.mean()) / x.std()
+    for a, b in zip(ours, theirs):
+        numpy.testing.assert_allclose(a, b, rtol=1e-4,
+                                      atol=1e-4 * condition * max(1., abs(b).max()))
+
+
+def test_layers_it_cannot_run_go_to_chainer():
+    bn = L.BatchNormalization(4, use_gamma=False)
+    x = numpy.ones((2, 4, 3, 3), numpy.float32)
+    assert not batchnorm.usable(bn, x)
+    assert not batchnorm.usable(L.BatchNormalization(4), x.astype(numpy.float64))
+    with chainer.using_config('train', True):
+        y = cpukernels.batch_norm(bn, x, relu=True)
+    assert not isinstance(y.creator, batchnorm.BatchNormalizationCPU)
+
+
+@pytest.mark.parametrize('relu', [False, True])
+def test_test_mode_uses_the_running_statistics(relu):
+    bn = L.BatchNormalization(3)
+    bn.avg_mean[:] = 5
+    x = numpy.full((2, 3, 2, 2), 5, numpy.float32)
+    with chainer.using_config('train', False):
+        y = cpukernels.batch_norm(bn, x, relu=relu)
+    numpy.testing.assert_allclose(y.array, 0, atol=1e-3)

@@ -1,0 +1,86 @@
+"""The direct convolution kernels compute what Chainer's convolution computes."""
+import numpy
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import branchynet  # noqa: F401
+import chainer
+import chainer.functions as F
+
+from branchynet.links import cpukernels, directconv
+
+
+def _forward_backward(fn, arrays, **kwargs):
+    variables = [chainer.Variable(a.copy()) for a in arrays]
+    y = fn(*variables, **kwargs)
+    y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
+    y.backward()
+    return [y.array] + [v.grad for v in variables]
+
+
+def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0):
+    rng = numpy.random.RandomState(seed)
+    arrays = [rng.randn(n, c, h, w).astype(numpy.float32),
+              rng.randn(o, c, kh, kw).astype(numpy.float32)]
+    if bias:
+        arrays.append(rng.randn(o).astype(numpy.float32))
+    assert directconv.usable(arrays[0].shape, arrays[1].shape, (1, 1), (ph, pw))
+    ours = _forward_backward(cpukernels.convolution_2d, arrays, pad=(ph, pw))
+    theirs = _forward_backward(F.convolution_2d, arrays, pad=(ph, pw))
+    assert [a.shape for a in ours] == [a.shape for a in theirs]
+    # float32, summation order differs: relative to the largest value of each result
+    for a, b in zip(ours, theirs):
+        numpy.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1., abs(b).max()))
+
+
+@pytest.mark.parametrize('shape', [
+    (2, 16, 16, 30, 30, 3, 3, 1, 1, False),   # B-ResNet-110's first stage
+    (3, 8, 24, 7, 9, 3, 3, 1, 1, True),       # a remainder tile on each row
+    (2, 16, 8, 6, 5, 5, 3, 2, 0, True),       # unequal kernel sides and padding
+    (1, 8, 8, 4, 4, 1, 1, 0, 0, True),        # 1x1
+])
+def test_direct_convolution_matches_chainer(shape):
+    _compare(*shape)
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), c=st.sampled_from([8, 16, 24]), o=st.sampled_from([8, 16, 32, 48]),
+       h=st.integers(1, 11), w=st.integers(1, 13), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       bias=st.booleans(), data=st.data())
+def test_generated_shapes_match_chainer(n, c, o, h, w, kh, kw, bias, data):
+    ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    _compare(n, c, o, h, w, kh, kw, ph, pw, bias)
+
+
+def test_the_first_input_gradient_is_skipped_when_not_needed():
+    rng = numpy.random.RandomState(0)
+    x = rng.randn(2, 8, 5, 5).astype(numpy.float32)  # a plain array: no gradient wanted
+    W = chainer.Variable(rng.randn(8, 8, 3, 3).astype(numpy.float32))
+    y = cpukernels.convolution_2d(x, W, pad=1)
+    assert isinstance(y.creator, directconv.DirectConvolution2D)
+    F.sum(y).backward()
+    assert W.grad is not None and W.grad.shape == W.shape
+
+
+def test_narrow_or_strided_convolutions_take_the_gemm_kernel():
+    x = numpy.zeros((1, 3, 8, 8), numpy.float32)
+    assert not directconv.usable(x.shape, (16, 3, 3, 3), (1, 1), (1, 1))   # 3 channels in
+    assert not directconv.usable((1, 16, 8, 8), (16, 16, 3, 3), (2, 2), (1, 1))
+    assert not directconv.usable((1, 16, 8, 8), (16, 16, 3, 3), (1, 1), (3, 3))
+    y = cpukernels.convolution_2d(x, numpy.zeros((16, 3, 3, 3), numpy.float32), pad=1)
+    assert isinstance(y.creator, cpukernels.Convolution2DCPU)
+
+
+def test_batches_split_between_threads_give_the_same_result(monkeypatch):
+    rng = numpy.random.RandomState(3)
+    arrays = [rng.randn(5, 8, 6, 6).astype(numpy.float32),
+              rng.randn(16, 8, 3, 3).astype(numpy.float32)]
+    results = []
+    for threads in ('1', '3'):
+        monkeypatch.setenv('BRANCHYNET_TRAIN_THREADS', threads)
+        results.append(_forward_backward(cpukernels.convolution_2d, arrays, pad=1))
+    for a, b in zip(*results):
+        numpy.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1., abs(b).max()))

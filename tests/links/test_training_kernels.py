@@ -1,0 +1,76 @@
+"""Training with the CPU kernels ends where training with Chainer's functions ends."""
+import contextlib
+
+import numpy
+import pytest
+
+import branchynet  # noqa: F401
+import chainer.functions as F
+import chainer.links as L
+
+from branchynet import FL, Branch, BranchyNet
+from branchynet.links import batchnorm, cpukernels, directconv
+from networks import resnet_cifar10
+
+
+#: Plain momentum SGD: a weight's difference then follows its gradient's. Adam's
+#: first steps move every weight by about its step size whatever the gradient's
+#: size, so a gradient that is rounding noise on both paths (e.g. a bias before
+#: batch normalisation) would differ by a whole step.
+SGD = {'opt': 'MomentumSGD', 'lr': 0.01}
+
+
+def _small_alexnet_like():
+    return BranchyNet([
+        L.Convolution2D(3, 8, 3, pad=1), FL(F.relu), FL(F.max_pooling_2d, 3, 2),
+        # no bias before batch normalisation: its true gradient is 0, and Adam turns
+        # the rounding noise of either path into full-size steps
+        L.Convolution2D(8, 16, 3, pad=1, nobias=True), L.BatchNormalization(16), FL(F.relu),
+        Branch([L.Convolution2D(16, 8, 3, pad=1), FL(F.relu), L.Linear(None, 10)]),
+        L.Convolution2D(16, 16, 5, pad=2), FL(F.relu), FL(F.max_pooling_2d, 2),
+        Branch([L.Linear(None, 10)]),
+    ], input_shape=(3, 12, 12), **SGD)
+
+
+def _train(make, use_kernels, steps=3, batch=6):
+    numpy.random.seed(0)
+    net = make()
+    shape = net.input_shape
+    rng = numpy.random.RandomState(1)
+    x = rng.rand(batch, *shape).astype(numpy.float32)
+    t = rng.randint(0, 10, batch).astype(numpy.int32)
+    net.training()
+    with contextlib.nullcontext() if use_kernels else cpukernels.disabled():
+        for main in [True] * steps + [False] * steps:
+            (net.train_main if main else net.train)(x, t)
+    return {name: p.array.copy() for name, p in net.namedparams()}
+
+
+@pytest.mark.parametrize('make,atol', [
+    (_small_alexnet_like, 1e-4),
+    (lambda: resnet_cifar10.get_network(blocks_per_stage=1, **SGD), 1e-3),
+], ids=['alexnet_like', 'resnet_1_block'])
+def test_a_short_training_run_ends_with_the_same_weights(make, atol):
+    ours, theirs = _train(make, True), _train(make, False)
+    assert ours.keys() == theirs.keys()
+    # 6 steps from the same start; float32 summation order differs. Some of the
+    # 1-block B-ResNet's gradients are sums with heavy cancellation: its first
+    # block's bn1/beta gradient moves by 0.7 % between Chainer's functions and
+    # the earlier GEMM convolution alone (which only sums in another order), and
+    # weights of about 0.05 end up to 3.5e-4 apart after the 6 steps.
+    for name in ours:
+        numpy.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=atol,
+                                      err_msg=name)
+
+
+def test_the_kernels_run_in_a_residual_network(monkeypatch):
+    seen = []
+    for cls in (directconv.DirectConvolution2D, batchnorm.BatchNormalizationCPU):
+        original = cls.forward
+
+        def spy(self, inputs, original=original):
+            seen.append(type(self))
+            return original(self, inputs)
+        monkeypatch.setattr(cls, 'forward', spy)
+    _train(lambda: resnet_cifar10.get_network(blocks_per_stage=1), True, steps=1, batch=2)
+    assert directconv.DirectConvolution2D in seen and batchnorm.BatchNormalizationCPU in seen
