@@ -196,6 +196,25 @@ def nonfinite_params(link):
     return [name for name, a in params if not bool(xp.isfinite(a).all())]
 
 
+def nonfinite_optimizer_state(optimizer):
+    """Names (``<parameter>/<entry>``, e.g. ``/trunk/0/W/v``) of ``optimizer``'s
+    per-parameter state arrays holding NaN or infinite values (Adam's
+    moments overflow on huge gradients while the weights stay finite)."""
+    if optimizer is None or getattr(optimizer, 'target', None) is None:
+        return []
+    states = [('{}/{}'.format(name, key), a)
+              for name, p in optimizer.target.namedparams()
+              for key, a in (getattr(getattr(p, 'update_rule', None), 'state', None)
+                             or {}).items()
+              if hasattr(a, 'dtype') and a.dtype.kind == 'f']
+    if not states:
+        return []
+    xp = _xp(states[0][1])
+    if bool(xp.stack([xp.isfinite(a).all() for _, a in states]).all()):
+        return []
+    return [name for name, a in states if not bool(xp.isfinite(a).all())]
+
+
 def require_finite_params(link, what):
     """Refuse (``InvalidValue``) to ``what`` a model with non-finite weights."""
     bad = nonfinite_params(link)

@@ -297,7 +297,11 @@ def _exit_rule(npz, path, net):
     if EXIT_RULE_KEYS[0] not in npz.files:
         raise safenpz.ModelFileError('{} has thresholds but no confidence measure ({})'.format(
             path, EXIT_RULE_KEYS[0]))
-    measure = safenpz.read_array(npz, EXIT_RULE_KEYS[0], path)
+    # both bounded before they are read: a measure name is a short string,
+    # and there is one threshold per early exit
+    longest = max(len(name) for name in confidence.MEASURES)
+    measure = safenpz.read_array(npz, EXIT_RULE_KEYS[0], path,
+                                 max_bytes=numpy.dtype('U{}'.format(longest)).itemsize)
     if measure.dtype.kind != 'U' or measure.shape != () or \
             str(measure) not in confidence.MEASURES:
         raise safenpz.ModelFileError('{}: entry {!r} must name a confidence measure ({}), '
@@ -306,6 +310,11 @@ def _exit_rule(npz, path, net):
                                                        measure.tolist()))
     if EXIT_RULE_KEYS[1] not in npz.files:
         return str(measure), None
+    shape, _ = safenpz.entry_header(npz, EXIT_RULE_KEYS[1], path)
+    if shape != (net.numexits() - 1,):
+        raise safenpz.ModelFileError('{}: its thresholds do not fit this network: entry {!r} '
+                                     'has shape {}; expected ({},), one per early exit'.format(
+                                         path, EXIT_RULE_KEYS[1], shape, net.numexits() - 1))
     thresholds = safenpz.read_array(npz, EXIT_RULE_KEYS[1], path)
     if thresholds.dtype.kind != 'f' or thresholds.ndim != 1:
         raise safenpz.ModelFileError('{}: entry {!r} must be a list of numbers, got {} {}'

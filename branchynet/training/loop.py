@@ -18,7 +18,8 @@ from branchynet.augment import epoch_shifts, shift_batch
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
 from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
-                                   nonfinite_params, validate_inputs, validate_labels)
+                                   nonfinite_optimizer_state, nonfinite_params,
+                                   validate_inputs, validate_labels)
 
 #: Adam's beta1 of the original code (Chainer's default); the paper states 0.99.
 ORIGINAL_ADAM_BETA1 = 0.9
@@ -176,6 +177,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                             raise checkpoint.TrainingInterrupted(
                                 snapshot, ' at the start of epoch {} (an augmented epoch '
                                 'restarts from its beginning)'.format(epoch + 1))
+                        last_good.check(epoch, b, moments=True)
                         sums = (sums_loss, sums_acc, weights)
                         if dist is not None:  # the epoch's sums so far over all ranks
                             sums = dist.reduce_sums(*sums)
@@ -186,6 +188,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             if dist is not None:
                 sums_loss, sums_acc, weights = dist.reduce_sums(sums_loss, sums_acc, weights)
                 dist.epoch_end(net)
+            last_good.check(epoch, n_batches - 1, moments=True)  # before the snapshot
             losses.append((sums_loss / max(weights, 1)).tolist())
             accs.append((sums_acc / max(weights, 1)).tolist())
             order, next_batch = None, 0
@@ -328,8 +331,11 @@ def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None,
 class _LastGood:
     """Host copies of the model's and optimizer's state at an epoch start (the
     last snapshot's state), put back when an update with a finite loss made
-    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), so
-    neither the model in memory nor any file written from it is damaged."""
+    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), or, at
+    an epoch end or before an interrupted epoch's snapshot, made the
+    optimizer's state (Adam's moments) NaN or infinite while the weights
+    stayed finite, so neither the model in memory nor any file written from
+    it is damaged."""
 
     def __init__(self, net):
         self.net, self.state = net, None
@@ -341,21 +347,39 @@ class _LastGood:
             serializer['optimizer'].save(self.net.optimizer)
         self.state = {k: numpy.array(v, copy=True) for k, v in serializer.target.items()}
 
-    def check(self, epoch, batch):
+    def check(self, epoch, batch, moments=False):
+        """Raise ``NonFiniteWeights`` with the state put back when a weight
+        (or with ``moments``, an optimizer state array) is NaN or infinite."""
         bad = nonfinite_params(self.net)
-        if not bad:
+        state = nonfinite_optimizer_state(self.net.optimizer) if moments and not bad else []
+        if not bad and not state:
             return
-        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
-        if self.net.optimizer is not None:
-            chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
-                                                strict=False).load(self.net.optimizer)
+        self._restore()
+        what = '{} weight array(s) NaN or infinite ({}{}) although the loss was finite'.format(
+            len(bad), ', '.join(bad[:3]), ', ...' if len(bad) > 3 else '') if bad else \
+            '{} optimizer state array(s) NaN or infinite ({}{}) although the loss and the ' \
+            'weights were finite'.format(len(state), ', '.join(state[:3]),
+                                         ', ...' if len(state) > 3 else '')
         raise NonFiniteWeights(
-            'the update of epoch {} batch {} made {} weight array(s) NaN or infinite ({}{}) '
-            'although the loss was finite, so training stopped; the weights were put back '
-            'to the start of that epoch (the last snapshot, if any, is intact): check the '
-            'data for huge values and the learning rate (alpha)'.format(
-                epoch + 1, batch + 1, len(bad), ', '.join(bad[:3]),
-                ', ...' if len(bad) > 3 else ''))
+            'the update{} of epoch {} {}batch {} made {}, so training stopped; the weights '
+            'were put back to the start of that epoch (the last snapshot, if any, is intact): '
+            'check the data for huge values and the learning rate (alpha)'.format(
+                's' if state else '', epoch + 1, 'up to ' if state else '', batch + 1, what))
+
+    def _restore(self):
+        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
+        optimizer = self.net.optimizer
+        if optimizer is None:
+            return
+        chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
+                                            strict=False).load(optimizer)
+        # state made during the epoch (a parameter's first update) starts
+        # again as new, from zeros
+        for name, param in self.net.namedparams():
+            rule = getattr(param, 'update_rule', None)
+            for key, array in ((rule.state or {}).items() if rule is not None else ()):
+                if 'optimizer{}/{}'.format(name, key) not in self.state:
+                    array[...] = 0
 
 
 class _no_stop_requests:
