@@ -139,9 +139,25 @@ def _mismatch(stored, settings):
     stored = dict({k: v for k, v in SETTING_DEFAULTS.items() if k in settings}, **stored)
     keys = sorted(set(stored) | set(settings))
     return ['{}: the snapshot has {}, this run {}{}'.format(
-        k, json.dumps(stored.get(k)), json.dumps(settings.get(k)),
+        k, _shown(stored.get(k)), _shown(settings.get(k)),
         _ranks_hint(stored[k]) if k == 'mpi_ranks' and k in stored else '')
-        for k in keys if stored.get(k) != settings.get(k)]
+        for k in keys if _key(stored.get(k)) != _key(settings.get(k))]
+
+
+def _is_source(value):
+    """A source file record (``{'file': ..., 'sha256': ...}``, the driver's
+    ``network_source``): the same code wherever the file lies."""
+    return isinstance(value, dict) and set(value) == {'file', 'sha256'}
+
+
+def _key(value):
+    return value['sha256'] if _is_source(value) else value
+
+
+def _shown(value):
+    if _is_source(value):
+        return '{} (sha256 {})'.format(value['file'], value['sha256'][:16])
+    return json.dumps(value)
 
 
 def _ranks_hint(ranks):
