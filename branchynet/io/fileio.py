@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import socket
+import stat
 import tempfile
 import time
 
@@ -95,6 +96,42 @@ def fsync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+#: The largest small JSON record ``read_json`` reads (the caches' records of
+#: kernel and step times are a few kB).
+MAX_RECORD_BYTES = 4 * 2 ** 20
+
+
+def read_regular(path, max_bytes):
+    """The bytes of ``path`` when it is a regular file (symbolic links
+    followed) of at most ``max_bytes``. A FIFO or a device (``/dev/zero``
+    through a link too) is refused with ``ValueError`` before anything is read,
+    and opening never blocks; a larger file is refused unread. ``OSError``
+    as ``open`` raises it (``FileNotFoundError`` when there is none)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    with os.fdopen(fd, 'rb') as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError('not a regular file')
+        if info.st_size > max_bytes:
+            raise ValueError('{:,} bytes, more than the {:,} it may have'.format(
+                info.st_size, max_bytes))
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew meanwhile
+        raise ValueError('more than the {:,} bytes it may have'.format(max_bytes))
+    return data
+
+
+def read_json(path, max_bytes=MAX_RECORD_BYTES):
+    """The JSON value in ``path``, read with ``read_regular``: a file that is
+    not regular, too large, not UTF-8 JSON or nested too deeply for Python's
+    parser gives ``ValueError`` saying which; ``OSError`` as ``open``."""
+    data = read_regular(path, max_bytes)
+    try:
+        return json.loads(data.decode('utf-8'))
+    except RecursionError:
+        raise ValueError('JSON nested too deeply') from None
 
 
 def is_temporary(name):
