@@ -73,7 +73,7 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
         budget: maximum expected cost per sample; if given, accuracy is
             maximised under it instead.
         measure: the confidence measure the scores belong to.
-        candidates: quantiles tried per early exit.
+        candidates: quantiles tried per early exit (1..``MAX_CANDIDATES``).
         progress: a bar over the threshold vectors evaluated (None: on a
             terminal only).
 
@@ -181,8 +181,8 @@ MAX_CANDIDATES = 1024
 def _check_candidates(candidates):
     if isinstance(candidates, bool) or not isinstance(candidates, (int, numpy.integer)) or \
             not 1 <= candidates <= MAX_CANDIDATES:
-        raise InvalidValue('candidates must be an integer in 1..{} (quantiles tried per early '
-                           'exit), got {!r}'.format(MAX_CANDIDATES, candidates))
+        raise InvalidValue('candidates must be a positive integer of at most {} (quantiles '
+                           'tried per early exit), got {!r}'.format(MAX_CANDIDATES, candidates))
 
 
 def _measure(measure):

@@ -107,8 +107,8 @@ def test_bad_goals_are_refused_and_leave_the_model_alone(trained, kwargs, messag
                                r"maxprob, margin\), got a list: \['entropy'\]"),
     ({'cost_samples': 0}, 'cost_samples must be a positive integer, got 0'),
     ({'cost_samples': 2.5}, 'cost_samples must be a positive integer, got 2.5'),
-    ({'candidates': 10 ** 12}, r'candidates must be an integer in 1..1024 \(quantiles tried '
-                                r'per early exit\), got 1000000000000'),
+    ({'candidates': 10 ** 12}, r'candidates must be a positive integer of at most 1024 '
+                                r'\(quantiles tried per early exit\), got 1000000000000'),
     ({'engine': 'numba'}, r"engine must be None \(the model's own Chainer path\) or an "
                           r"inference engine .*numba.compile_engine\(net\); got the str "
                           r"'numba'"),
