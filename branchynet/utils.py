@@ -23,7 +23,7 @@ from branchynet.reporting.tables import TABLE_COLUMNS, branchy_table_rows, forma
 from branchynet.evaluation.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
                                  inc_point_indices, select_knee)
 from branchynet.training.loop import train_exits
-from branchynet.validation import InvalidValue, is_real_number
+from branchynet.validation import InvalidValue, brief, is_real_number
 
 
 # ------------------------------------------------------------------ training
@@ -243,18 +243,18 @@ def compute_network_times(exits, branch_times):
     if branch is None or branch.ndim != 1 or not len(branch) or \
             not numpy.isfinite(branch).all() or (branch < 0).any():
         raise InvalidValue('branch_times must be a list of seconds per sample, one finite '
-                           'number >= 0 per exit, got {!r}'.format(branch_times))
+                           'number >= 0 per exit, got {}'.format(brief(branch_times)))
     expected = ('exits must be a list of exit-count vectors (counts >= 0, one per exit: {} '
                 'here, with a positive sum), e.g. [[10, 5]]'.format(len(branch)))
     try:
         vectors = [numpy.asarray(counts, dtype=float) for counts in exits]
     except (TypeError, ValueError):
-        raise InvalidValue('{}; got {!r}'.format(expected, exits)) from None
+        raise InvalidValue('{}; got {}'.format(expected, brief(exits))) from None
     times = []
     for counts in vectors:
         if counts.shape != branch.shape or not numpy.isfinite(counts).all() or \
                 (counts < 0).any() or counts.sum() <= 0:
-            raise InvalidValue('{}; got {!r}'.format(expected, exits))
+            raise InvalidValue('{}; got {}'.format(expected, brief(exits)))
         times.append(1000. * float(numpy.dot(counts, branch)) / counts.sum())
     return times
 

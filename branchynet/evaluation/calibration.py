@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from branchynet.evaluation import screening
 from branchynet.measures import confidence
 from branchynet.progress import Progress
-from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
+from branchynet.validation import (InvalidType, InvalidValue, brief, is_real_number,
                                    validate_batchsize, validate_inputs, validate_labels,
                                    validate_weights)
 
@@ -189,8 +189,8 @@ def _measure(measure):
     """The ``confidence.Measure`` named ``measure`` (a name or a Measure)."""
     if not isinstance(measure, (str, confidence.Measure)):
         raise InvalidType('measure must be the name of a confidence measure ({}), got a {}: '
-                          '{!r}'.format(', '.join(confidence.MEASURES), type(measure).__name__,
-                                        measure))
+                          '{}'.format(', '.join(confidence.MEASURES), type(measure).__name__,
+                                      brief(measure)))
     return confidence.get_measure(measure)
 
 
@@ -201,8 +201,8 @@ def _check_engine(engine, net):
         raise InvalidType("engine must be None (the model's own Chainer path) or an inference "
                           'engine built from the model, e.g. engines.fast.FastBranchyNet(net), '
                           'engines.onnx_runtime.OnnxBranchyNet(net) or '
-                          'engines.numba.compile_engine(net); got the {} {!r}'.format(
-                              type(engine).__name__, engine))
+                          'engines.numba.compile_engine(net); got the {} {}'.format(
+                              type(engine).__name__, brief(engine)))
 
 
 def _check_goal(target_acc, budget):
