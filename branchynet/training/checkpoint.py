@@ -296,8 +296,9 @@ def _check_optimizer_state(npz, path, net):
     counters (``.../t``) one number, checked from the ``.npy`` headers before
     any is read: a 1 GiB moment never loads, and a moment of another shape is
     refused here, not by a broadcast error at the first update. Step counters
-    and Adam's second moments (``.../v``) must be >= 0: others give NaN
-    weights at the first update."""
+    and Adam's second moments (``.../v``; with MomentumSGD, ``v`` is the
+    signed momentum) must be >= 0: others give NaN weights at the first
+    update."""
     params = dict(net.namedparams())
     for key in npz.files:
         if not key.startswith('optimizer/'):
@@ -313,8 +314,8 @@ def _check_optimizer_state(npz, path, net):
                     '{}: {!r} is {} {}, but parameter {} is {} {}: optimizer state '
                     'of another network?'.format(path, key, stored, declared, param.lstrip('/'),
                                                  dtype, shape))
-            if leaf != 'v':
-                continue
+            if leaf != 'v' or getattr(net, 'opt', 'Adam') != 'Adam':
+                continue  # only Adam's v is a second moment (SGD's is a signed momentum)
             expected = dict(shape=shape)
         else:
             continue  # no parameter of this network: never read
