@@ -23,7 +23,7 @@ from branchynet.reporting.tables import TABLE_COLUMNS, branchy_table_rows, forma
 from branchynet.evaluation.tradeoff import (NO_GAIN, choose_knee, get_inc_points,  # noqa: F401
                                  inc_point_indices, select_knee)
 from branchynet.training.loop import train_exits
-from branchynet.validation import InvalidValue, is_real_number
+from branchynet.validation import InvalidValue, brief, is_real_number
 
 
 # ------------------------------------------------------------------ training
@@ -236,13 +236,26 @@ def compute_network_times(exits, branch_times):
     """Predicted milliseconds per sample of each exit-count vector in ``exits``,
     given ``branch_times[i]``, the seconds per sample of a sample leaving at
     exit ``i`` (``compute_branch_times``)."""
+    try:
+        branch = numpy.asarray(branch_times, dtype=float)
+    except (TypeError, ValueError):
+        branch = None
+    if branch is None or branch.ndim != 1 or not len(branch) or \
+            not numpy.isfinite(branch).all() or (branch < 0).any():
+        raise InvalidValue('branch_times must be a list of seconds per sample, one finite '
+                           'number >= 0 per exit, got {}'.format(brief(branch_times)))
+    expected = ('exits must be a list of exit-count vectors (counts >= 0, one per exit: {} '
+                'here, with a positive sum), e.g. [[10, 5]]'.format(len(branch)))
+    try:
+        vectors = [numpy.asarray(counts, dtype=float) for counts in exits]
+    except (TypeError, ValueError):
+        raise InvalidValue('{}; got {}'.format(expected, brief(exits))) from None
     times = []
-    for counts in exits:
-        counts = numpy.asarray(counts, dtype=float)
-        if len(counts) != len(branch_times) or counts.sum() <= 0:
-            raise ValueError('each exit-count vector needs {} counts with a positive '
-                             'sum, got {!r}'.format(len(branch_times), counts.tolist()))
-        times.append(1000. * float(numpy.dot(counts, branch_times)) / counts.sum())
+    for counts in vectors:
+        if counts.shape != branch.shape or not numpy.isfinite(counts).all() or \
+                (counts < 0).any() or counts.sum() <= 0:
+            raise InvalidValue('{}; got {}'.format(expected, brief(exits)))
+        times.append(1000. * float(numpy.dot(counts, branch)) / counts.sum())
     return times
 
 

@@ -6,6 +6,7 @@ traceback.
 """
 import collections.abc
 import numbers
+import reprlib
 
 import numpy
 
@@ -33,6 +34,17 @@ def _is_real_number(value):
         (isinstance(value, numpy.generic) and numpy.issubdtype(type(value), numpy.floating))
 
 
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlist = _BRIEF.maxtuple = 10
+_BRIEF.maxother = _BRIEF.maxstring = 200
+
+
+def brief(value):
+    """``repr(value)`` cut short (at most 10 items of a list, 200 characters
+    otherwise), so a message about a huge input stays one short line."""
+    return _BRIEF.repr(value)
+
+
 def validate_thresholds(value, num_early_exits, name='thresholdExits', upper=None):
     """Return ``value`` as a list with one float per early exit.
 
@@ -56,8 +68,8 @@ def validate_thresholds(value, num_early_exits, name='thresholdExits', upper=Non
                 name, expected, type(value).__name__, value))
         values = list(value)
         if len(values) != num_early_exits:
-            raise InvalidValue('{} must be {}, got {} value(s): {!r}'.format(
-                name, expected, len(values), value))
+            raise InvalidValue('{} must be {}, got {} value(s): {}'.format(
+                name, expected, len(values), brief(value)))
     result = []
     for i, v in enumerate(values):
         if isinstance(v, numpy.ndarray) and v.ndim == 0:
@@ -165,8 +177,8 @@ def validate_weights(value, count, name='exit_weights'):
         raise InvalidValue('{} must be {}, got {!r}'.format(name, expected, value))
     value = list(value)
     if len(value) != count:
-        raise InvalidValue('{} must be {}, got {} value(s): {!r}'.format(
-            name, expected, len(value), value))
+        raise InvalidValue('{} must be {}, got {} value(s): {}'.format(
+            name, expected, len(value), brief(value)))
     for i, w in enumerate(value):
         if not is_real_number(w) or not numpy.isfinite(float(w)) or w < 0:
             raise InvalidValue('{}[{}] is {!r}; {} must be {}'.format(
@@ -194,6 +206,25 @@ def nonfinite_params(link):
     if bool(xp.stack([xp.isfinite(a).all() for _, a in params]).all()):
         return []
     return [name for name, a in params if not bool(xp.isfinite(a).all())]
+
+
+def nonfinite_optimizer_state(optimizer):
+    """Names (``<parameter>/<entry>``, e.g. ``/trunk/0/W/v``) of ``optimizer``'s
+    per-parameter state arrays holding NaN or infinite values (Adam's
+    moments overflow on huge gradients while the weights stay finite)."""
+    if optimizer is None or getattr(optimizer, 'target', None) is None:
+        return []
+    states = [('{}/{}'.format(name, key), a)
+              for name, p in optimizer.target.namedparams()
+              for key, a in (getattr(getattr(p, 'update_rule', None), 'state', None)
+                             or {}).items()
+              if hasattr(a, 'dtype') and a.dtype.kind == 'f']
+    if not states:
+        return []
+    xp = _xp(states[0][1])
+    if bool(xp.stack([xp.isfinite(a).all() for _, a in states]).all()):
+        return []
+    return [name for name, a in states if not bool(xp.isfinite(a).all())]
 
 
 def require_finite_params(link, what):

@@ -20,10 +20,12 @@ def validate(arrays, num_classes=None, source='dataset'):
     check_headers({k: (arrays[k].shape, arrays[k].dtype) for k in KEYS}, source)
     for split in ('train', 'test'):
         x, y = arrays[split + '_x'], arrays[split + '_y']
-        if len(y) and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
-            expected = '0..{}'.format(num_classes - 1) if num_classes else '>= 0'
-            raise InvalidValue('{}: {}_y labels must be {}, got values from {} to {}'.format(
-                source, split, expected, y.min(), y.max()))
+        # without a class count, labels must still fit the int32 they become
+        # (2 ** 32 + 3 must not turn into 3)
+        top = numpy.iinfo(numpy.int32).max if num_classes is None else num_classes - 1
+        if len(y) and (y.min() < 0 or y.max() > top):
+            raise InvalidValue('{}: {}_y labels must be 0..{}{}, got values from {} to {}'.format(
+                source, split, top, ' (int32)' if num_classes is None else '', y.min(), y.max()))
         if not numpy.isfinite(x).all():
             raise InvalidValue('{}: {}_x contains NaN or infinite values'.format(source, split))
 

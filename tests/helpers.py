@@ -89,3 +89,38 @@ def results_record(network, title, acc):
             'training': {'epoch_seconds_main': 1.0, 'epoch_seconds_joint': 1.0},
             'test': {'exit_accs_after_joint': [0.5]}, 'environment': {'python': '3'},
             'tables': {'CPU': [row, dict(row, Network='B-' + title)]}}
+
+
+def untrusted_record(path, kind):
+    """A file at ``path`` that no reader of a small JSON record may trust:
+    'deep' (a list nested 100,000 deep), 'fifo' (a named pipe nobody writes
+    to: a blocking open waits forever) or 'zero' (a symbolic link to
+    /dev/zero: reading it never ends)."""
+    path = str(path)
+    if kind == 'deep':
+        with open(path, 'w') as f:
+            f.write('[' * 100000 + ']' * 100000)
+    elif kind == 'fifo':
+        os.mkfifo(path)
+    else:
+        os.symlink('/dev/zero', path)
+
+
+def limit_memory(extra=2 ** 30):
+    """Let this process's address space grow by at most ``extra`` bytes more,
+    so an unbounded read fails with MemoryError instead of exhausting the
+    machine (for a subprocess checking that a reader is bounded)."""
+    import resource
+    with open('/proc/self/status') as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize:'))
+    resource.setrlimit(resource.RLIMIT_AS,
+                       (size + extra, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def run_python(script, env=None, timeout=120):
+    """``python -c script`` from the repository root (with its folder first on
+    ``sys.path``); the finished process."""
+    import subprocess
+    return subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, {!r})\n'
+                           .format(ROOT) + script], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=timeout)

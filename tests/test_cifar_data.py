@@ -147,6 +147,22 @@ def test_npz_loader_rejects_bad_files_with_clear_messages(tmp_path, change, erro
         npz.load(tmp_path / 'bad.npz', num_classes=10)
 
 
+@pytest.mark.parametrize('labels, match', [
+    ([0, 1, 2 ** 32 + 3], r'test_y labels must be 0..2147483647 \(int32\), got values from 0 '
+                          r'to 4294967299'),
+    ([0, -1, 2], r'test_y labels must be 0..2147483647 \(int32\), got values from -1 to 2'),
+])
+def test_npz_labels_that_do_not_fit_int32_are_refused_without_a_class_count(tmp_path, labels,
+                                                                           match):
+    """With no class count (``--network FILE.py:F --dataset FILE.npz``), the
+    int64 label 2 ** 32 + 3 must not load as 3."""
+    arrays = _good_arrays()
+    arrays['test_y'] = numpy.array(labels, numpy.int64)
+    numpy.savez(tmp_path / 'bad.npz', **arrays)
+    with pytest.raises(ValueError, match=match):
+        npz.load(tmp_path / 'bad.npz')
+
+
 def test_augmentation_variants_and_normalisation():
     from branchynet import augment
     rng = numpy.random.RandomState(0)

@@ -2,8 +2,10 @@
 --quiet), and the before/after lines of a long opaque step."""
 import io
 import sys
+import textwrap
 
 import numpy
+import pytest
 
 from branchynet import progress, utils
 from branchynet.evaluation import screening
@@ -86,6 +88,27 @@ def test_timed_step_says_how_long_it_took_last_time(tmp_path, monkeypatch):
     assert lines[0] == 'compiling X (no earlier time recorded)'
     assert lines[1].startswith('compiled X in ') and lines[1].endswith(' s')
     assert lines[2].startswith('compiling X (took ') and 'the last time' in lines[2]
+
+
+@pytest.mark.parametrize('kind', ['deep', 'fifo', 'zero'])
+def test_a_step_times_file_that_is_no_record_counts_as_none(tmp_path, kind):
+    """A 100,000-deep JSON, a FIFO and a link to /dev/zero as step_seconds.json:
+    a warning, no earlier time, and the file written again; not a
+    RecursionError, a hang, or memory exhausted (capped here at 1 GiB more)."""
+    from tests.helpers import run_python, untrusted_record
+    path = tmp_path / 'times.json'
+    untrusted_record(path, kind)
+    done = run_python(textwrap.dedent('''
+        from branchynet import progress
+        from tests.helpers import limit_memory
+        limit_memory()
+        with progress.timed_step('compiling X', 'compile X', 'compiled X'):
+            pass
+    '''), env={'BRANCHYNET_STEP_TIMES': str(path)}, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith('compiling X (no earlier time recorded)')
+    assert 'times.json is not a record of step times' in done.stderr
+    assert path.is_file() and not path.is_symlink() and 'compile X' in path.read_text()
 
 
 def test_numba_compile_is_announced_with_the_time_it_took(tmp_path, monkeypatch):

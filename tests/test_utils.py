@@ -3,6 +3,7 @@ import numpy
 import pytest
 
 from branchynet import utils
+from branchynet.validation import InvalidValue
 from tests.helpers import make_three_exit_net
 
 
@@ -153,6 +154,23 @@ def test_network_times_from_branch_times():
         pytest.approx([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match='counts'):
         utils.compute_network_times([[0, 0]], [0.001, 0.003])
+
+
+@pytest.mark.parametrize('exits, branch_times, match', [
+    # one vector instead of a list of them (and one branch time for two exits)
+    ([10, 5], [1.0], r'exits must be a list of exit-count vectors \(counts >= 0, one per exit: '
+                     r'1 here'),
+    ([-10, 5], [1, 2], r'exits must be a list of exit-count vectors \(counts >= 0, one per '
+                       r'exit: 2 here, with a positive sum\), e.g. \[\[10, 5\]\]; got '
+                       r'\[-10, 5\]'),
+    ([[-10, 15]], [1, 2], r'exits must be .*got \[\[-10, 15\]\]'),
+    ([[10, 5]], 1.0, 'branch_times must be a list of seconds per sample'),
+    ([[10, 5]], [1.0, float('nan')], 'branch_times must be'),
+])
+def test_network_times_refuse_what_they_cannot_price_in_one_line(exits, branch_times, match):
+    with pytest.raises(InvalidValue, match=match) as info:
+        utils.compute_network_times(exits, branch_times)
+    assert '\n' not in str(info.value)
 
 
 def test_branch_times_route_every_sample_to_one_exit(monkeypatch):

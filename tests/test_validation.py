@@ -96,3 +96,12 @@ def test_predict_contract_on_random_valid_input(n, batchsize, thresholds, seed, 
     one = [PROPERTY_NET.predict(x[i:i + 1], thresholds) for i in range(n)]
     numpy.testing.assert_array_equal(labels, [o[0][0] for o in one])
     numpy.testing.assert_array_equal(exits, [o[1][0] for o in one])
+
+
+def test_a_message_about_a_huge_input_stays_short():
+    """A million thresholds named in full made a 5 MB error line."""
+    from branchynet.validation import InputError, validate_thresholds
+    with pytest.raises(InputError, match=r'got 1000000 value\(s\): \[0.0, 0.0, .*, \.\.\.\]$') \
+            as info:
+        validate_thresholds([0.0] * 10 ** 6, 2)
+    assert len(str(info.value)) < 300

@@ -111,8 +111,9 @@ def build_parser():
                         help='self-distillation: each early exit also learns the last '
                              "exit's softened output, with this weight (default off)")
     parser.add_argument('--distill-temperature', type=float, metavar='T',
-                        help='softening temperature of --distill-weight (default {})'.format(
-                            training.DEFAULT_DISTILL_TEMPERATURE))
+                        help='softening temperature of --distill-weight, {:g} to {:g} '
+                             '(default {})'.format(*training.DISTILL_TEMPERATURES,
+                                                   training.DEFAULT_DISTILL_TEMPERATURE))
     parser.add_argument('--adam-beta1', type=float, metavar='B',
                         help="Adam's beta1 (default {}, the original code's; the paper states "
                              '0.99)'.format(training.ORIGINAL_ADAM_BETA1))
@@ -121,8 +122,8 @@ def build_parser():
                              "original's) or cosine (falls from alpha to 0 along a half cosine)")
     parser.add_argument('--shift', type=int, metavar='N',
                         help='train on images moved by a random offset in [-N, N] pixels '
-                             'along each axis, drawn per epoch (default 0: off; works with '
-                             '--mpi)')
+                             'along each axis, drawn per epoch (default 0: off; at most half '
+                             'the images\' smaller side; works with --mpi)')
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
@@ -299,6 +300,8 @@ def main(argv=None):
                                'time and tabulate random weights: give --init FILE.npz (the '
                                'weights to time) or at least one epoch')
         training.check_shift(args.shift, args.augment, names=('--shift', '--augment'))
+        training.check_distillation(args.distill_weight, args.distill_temperature,
+                                    names=('--distill-weight', '--distill-temperature'))
         if args.mpi is not None:
             command = mpi_command(args, argv)
         args.exit_weights = parse_weights(args.exit_weights)

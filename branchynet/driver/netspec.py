@@ -10,6 +10,7 @@ then made from the exits' confidence on the evaluation set
 (``experiment.default_threshold_grid``); an ``EXPERIMENT`` dict in the
 module, if there is one, overrides these defaults.
 """
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -79,6 +80,10 @@ def _import(target, spec):
     except ModuleNotFoundError as e:
         raise InvalidValue('--network {}: cannot import {} ({}); expected PATH.py:FUNCTION or '
                            'package.module:FUNCTION'.format(spec, target, e)) from e
+    except SystemExit as e:  # else the driver would end here, at the user's exit status
+        raise InvalidValue('--network {}: importing {} called sys.exit({!r}); a network file '
+                           'must define a function, not end the program'.format(
+                               spec, target, e.code)) from None
     except Exception as e:  # the user's code failed while being imported
         raise InvalidValue('--network {}: importing {} failed: {}: {}'.format(
             spec, target, type(e).__name__, _one_line(e))) from e
@@ -93,16 +98,57 @@ class FunctionNetwork(types.SimpleNamespace):
     """A user's function as the driver sees a network module."""
 
     def get_network(self):
-        return self.function()
+        return build(self.function, self.SPEC)
+
+
+def build(function, spec):
+    """``function()``, checked: it must return a BranchyNet with an
+    ``input_shape`` (the driver's costs, ONNX and numba paths need one);
+    an exception or a ``sys.exit`` in it becomes one ``InvalidValue`` line."""
+    fname = spec.rpartition(':')[2]
+    try:
+        net = function()
+    except SystemExit as e:
+        raise InvalidValue('--network {}: calling {}() called sys.exit({!r}); it must return '
+                           'a BranchyNet'.format(spec, fname, e.code)) from None
+    except Exception as e:
+        raise InvalidValue('--network {}: calling {}() failed: {}: {}'.format(
+            spec, fname, type(e).__name__, _one_line(e))) from e
+    if not isinstance(net, BranchyNet):
+        raise InvalidValue('--network {}: {}() returned a {}, expected a BranchyNet'.format(
+            spec, fname, type(net).__name__))
+    if net.input_shape is None:
+        raise InvalidValue('--network {}: {}() returned a BranchyNet without input_shape; pass '
+                           'input_shape=(C, H, W), one sample\'s shape, to BranchyNet(...)'
+                           .format(spec, fname))
+    return net
+
+
+def source_record(module):
+    """``{'file': path, 'sha256': digest}`` of the file ``module`` was loaded
+    from (None when it has none): snapshots record it, so ``--resume`` with
+    other code is refused."""
+    path = getattr(module, '__file__', None)
+    if not path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return {'file': os.path.abspath(path), 'sha256': digest.hexdigest()}
 
 
 def load_function(spec):
     """``spec`` = ``PATH.py:FUNCTION`` or ``package.module:FUNCTION``, imported,
-    called once and checked to return a BranchyNet."""
+    called once and checked to return a BranchyNet with an input shape.
+    FUNCTION must be a plain Python name: it names the run's files."""
     target, _, fname = spec.rpartition(':')
     if not target or not fname:
         raise InvalidValue('--network {!r}: expected PATH.py:FUNCTION or '
                            'package.module:FUNCTION'.format(spec))
+    if not fname.isidentifier():
+        raise InvalidValue('--network {!r}: FUNCTION must be a Python name (letters, digits '
+                           'and _; it names the files in --out), got {!r}'.format(spec, fname))
     module = _import(target, spec)
     function = getattr(module, fname, None)
     if function is None:
@@ -114,14 +160,7 @@ def load_function(spec):
     if not callable(function):
         raise InvalidValue('--network {}: {} in {} is a {}, not a function'.format(
             spec, fname, target, type(function).__name__))
-    try:
-        net = function()
-    except Exception as e:
-        raise InvalidValue('--network {}: calling {}() failed: {}: {}'.format(
-            spec, fname, type(e).__name__, _one_line(e))) from e
-    if not isinstance(net, BranchyNet):
-        raise InvalidValue('--network {}: {}() returned a {}, expected a BranchyNet'.format(
-            spec, fname, type(net).__name__))
+    build(function, spec)
     experiment = default_experiment(fname)
     custom = getattr(module, 'EXPERIMENT', None)
     if isinstance(custom, dict):
@@ -131,7 +170,7 @@ def load_function(spec):
         experiment.update(custom)
         experiment['presets'] = presets
     return FunctionNetwork(NAME=fname, EXPERIMENT=experiment, function=function,
-                           SPEC=spec)
+                           SPEC=spec, SOURCE=source_record(module))
 
 
 def load(spec):

@@ -59,6 +59,11 @@ def resolve_config(network, preset, overrides=None):
             config[key] = value
     if netspec.is_function_spec(network):
         config.update(network=netspec.short_name(network), network_spec=network)
+    if not (isinstance(config['network'], str) and config['network'].isidentifier()):
+        raise InvalidValue('--network {}: its name {!r} names the files in --out, so it must be '
+                           'a Python name (letters, digits and _)'.format(network,
+                                                                          config['network']))
+    if netspec.is_function_spec(network):
         if not (config.get('dataset_path') or config.get('dataset')):
             raise InvalidValue('--network {} needs --dataset: an npz file (train_x, train_y, '
                                'test_x, test_y) or one of: {}'.format(
@@ -288,6 +293,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                 'epochs_main': config['epochs_main'], 'epochs_joint': config['epochs_joint']}
     if copy:  # a snapshot of a run on other data is not resumed
         settings['data_source'] = '{} sha256 {}'.format(copy['label'], copy['sha256'])
+    if getattr(module, 'SOURCE', None):  # a function's file: --resume with other code is refused
+        settings['network_source'] = module.SOURCE
     recipe = {k: config.get(k) for k in training.RECIPE_OPTIONS}
     if any(v is not None for v in recipe.values()):
         log('training recipe beyond the original: {}'.format(', '.join(

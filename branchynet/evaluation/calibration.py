@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from branchynet.evaluation import screening
 from branchynet.measures import confidence
 from branchynet.progress import Progress
-from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
+from branchynet.validation import (InvalidType, InvalidValue, brief, is_real_number,
                                    validate_batchsize, validate_inputs, validate_labels,
                                    validate_weights)
 
@@ -73,7 +73,7 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
         budget: maximum expected cost per sample; if given, accuracy is
             maximised under it instead.
         measure: the confidence measure the scores belong to.
-        candidates: quantiles tried per early exit.
+        candidates: quantiles tried per early exit (1..``MAX_CANDIDATES``).
         progress: a bar over the threshold vectors evaluated (None: on a
             terminal only).
 
@@ -83,11 +83,11 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
     """
     if target_acc is not None and budget is not None:
         raise InvalidValue('give target_acc or budget, not both')
-    measure = confidence.get_measure(measure)
+    measure = _measure(measure)
     scores, predictions, y = check_outputs(scores, predictions, y, min_exits=2)
     early = scores.shape[1] - 1
     path_costs = validate_weights(path_costs, early + 1, 'path_costs')
-    validate_batchsize(candidates, 'candidates')
+    _check_candidates(candidates)
     validate_batchsize(max_rounds, 'max_rounds')
     for name, value, upper in (('target_acc', target_acc, 1.0), ('budget', budget, None)):
         if value is not None and (not is_real_number(value) or not numpy.isfinite(value) or
@@ -173,6 +173,38 @@ def exit_aurocs(scores, predictions, y):
     return [exit_roc(scores, predictions, y, n)[2] for n in range(scores.shape[1] - 1)]
 
 
+#: The most quantiles per early exit ``calibrate_thresholds`` tries (with two
+#: early exits every pair is evaluated: about a million at this bound).
+MAX_CANDIDATES = 1024
+
+
+def _check_candidates(candidates):
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, numpy.integer)) or \
+            not 1 <= candidates <= MAX_CANDIDATES:
+        raise InvalidValue('candidates must be a positive integer of at most {} (quantiles '
+                           'tried per early exit), got {!r}'.format(MAX_CANDIDATES, candidates))
+
+
+def _measure(measure):
+    """The ``confidence.Measure`` named ``measure`` (a name or a Measure)."""
+    if not isinstance(measure, (str, confidence.Measure)):
+        raise InvalidType('measure must be the name of a confidence measure ({}), got a {}: '
+                          '{}'.format(', '.join(confidence.MEASURES), type(measure).__name__,
+                                      brief(measure)))
+    return confidence.get_measure(measure)
+
+
+def _check_engine(engine, net):
+    """None, the model itself, or an engine: an object with ``route()``."""
+    if engine is not None and engine is not net and \
+            not callable(getattr(engine, 'route', None)):
+        raise InvalidType("engine must be None (the model's own Chainer path) or an inference "
+                          'engine built from the model, e.g. engines.fast.FastBranchyNet(net), '
+                          'engines.onnx_runtime.OnnxBranchyNet(net) or '
+                          'engines.numba.compile_engine(net); got the {} {}'.format(
+                              type(engine).__name__, brief(engine)))
+
+
 def _check_goal(target_acc, budget):
     if target_acc is not None and budget is not None:
         raise InvalidValue('give target_acc or budget, not both')
@@ -202,7 +234,10 @@ def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy'
     ``cost`` in ms, ``exit_counts``, ``met``, ...) plus ``path_ms``.
     """
     _check_goal(target_acc, budget)
-    measure = confidence.get_measure(measure).name
+    measure = _measure(measure).name
+    _check_engine(engine, net)
+    validate_batchsize(cost_samples, 'cost_samples')
+    _check_candidates(candidates)
     validate_inputs(x_val, net.input_shape, name='x_val')
     validate_labels(y_val, len(x_val), net.num_classes(x_val), name='y_val')
     previous = (net.confidence, net.thresholdExits)

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import socket
+import stat
 import tempfile
 import time
 
@@ -95,6 +96,42 @@ def fsync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+#: The largest small JSON record ``read_json`` reads (the caches' records of
+#: kernel and step times are a few kB).
+MAX_RECORD_BYTES = 4 * 2 ** 20
+
+
+def read_regular(path, max_bytes):
+    """The bytes of ``path`` when it is a regular file (symbolic links
+    followed) of at most ``max_bytes``. A FIFO or a device (``/dev/zero``
+    through a link too) is refused with ``ValueError`` before anything is read,
+    and opening never blocks; a larger file is refused unread. ``OSError``
+    as ``open`` raises it (``FileNotFoundError`` when there is none)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    with os.fdopen(fd, 'rb') as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError('not a regular file')
+        if info.st_size > max_bytes:
+            raise ValueError('{:,} bytes, more than the {:,} it may have'.format(
+                info.st_size, max_bytes))
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew meanwhile
+        raise ValueError('more than the {:,} bytes it may have'.format(max_bytes))
+    return data
+
+
+def read_json(path, max_bytes=MAX_RECORD_BYTES):
+    """The JSON value in ``path``, read with ``read_regular``: a file that is
+    not regular, too large, not UTF-8 JSON or nested too deeply for Python's
+    parser gives ``ValueError`` saying which; ``OSError`` as ``open``."""
+    data = read_regular(path, max_bytes)
+    try:
+        return json.loads(data.decode('utf-8'))
+    except RecursionError:
+        raise ValueError('JSON nested too deeply') from None
 
 
 def is_temporary(name):
@@ -297,7 +334,11 @@ def _exit_rule(npz, path, net):
     if EXIT_RULE_KEYS[0] not in npz.files:
         raise safenpz.ModelFileError('{} has thresholds but no confidence measure ({})'.format(
             path, EXIT_RULE_KEYS[0]))
-    measure = safenpz.read_array(npz, EXIT_RULE_KEYS[0], path)
+    # both bounded before they are read: a measure name is a short string,
+    # and there is one threshold per early exit
+    longest = max(len(name) for name in confidence.MEASURES)
+    measure = safenpz.read_array(npz, EXIT_RULE_KEYS[0], path,
+                                 max_bytes=numpy.dtype('U{}'.format(longest)).itemsize)
     if measure.dtype.kind != 'U' or measure.shape != () or \
             str(measure) not in confidence.MEASURES:
         raise safenpz.ModelFileError('{}: entry {!r} must name a confidence measure ({}), '
@@ -306,6 +347,11 @@ def _exit_rule(npz, path, net):
                                                        measure.tolist()))
     if EXIT_RULE_KEYS[1] not in npz.files:
         return str(measure), None
+    shape, _ = safenpz.entry_header(npz, EXIT_RULE_KEYS[1], path)
+    if shape != (net.numexits() - 1,):
+        raise safenpz.ModelFileError('{}: its thresholds do not fit this network: entry {!r} '
+                                     'has shape {}; expected ({},), one per early exit'.format(
+                                         path, EXIT_RULE_KEYS[1], shape, net.numexits() - 1))
     thresholds = safenpz.read_array(npz, EXIT_RULE_KEYS[1], path)
     if thresholds.dtype.kind != 'f' or thresholds.ndim != 1:
         raise safenpz.ModelFileError('{}: entry {!r} must be a list of numbers, got {} {}'

@@ -18,7 +18,8 @@ import numpy
 
 from branchynet.io import safenpz
 from branchynet.io.fileio import write_npz
-from branchynet.validation import InvalidValue, require_finite_params
+from branchynet.validation import (InvalidValue, nonfinite_optimizer_state,
+                                   require_finite_params)
 
 
 class TrainingInterrupted(Exception):
@@ -90,6 +91,11 @@ def save(path, net, rng, epoch, losses, accs, order=None, next_batch=0, sums=Non
     batches; ``settings`` (a dict of plain values) identifies the run.
     """
     require_finite_params(net, 'write the snapshot {}'.format(path))
+    bad = nonfinite_optimizer_state(net.optimizer)
+    if bad:  # resuming would refuse them: such a snapshot could never be used
+        raise InvalidValue('refusing to write the snapshot {}: optimizer state {}{} holds NaN '
+                           'or infinite values (training diverged?)'.format(
+                               path, ', '.join(bad[:3]), ', ...' if len(bad) > 3 else ''))
     serializer = chainer.serializers.DictionarySerializer()
     serializer['model'].save(net)
     if net.optimizer is not None:
@@ -133,9 +139,25 @@ def _mismatch(stored, settings):
     stored = dict({k: v for k, v in SETTING_DEFAULTS.items() if k in settings}, **stored)
     keys = sorted(set(stored) | set(settings))
     return ['{}: the snapshot has {}, this run {}{}'.format(
-        k, json.dumps(stored.get(k)), json.dumps(settings.get(k)),
+        k, _shown(stored.get(k)), _shown(settings.get(k)),
         _ranks_hint(stored[k]) if k == 'mpi_ranks' and k in stored else '')
-        for k in keys if stored.get(k) != settings.get(k)]
+        for k in keys if _key(stored.get(k)) != _key(settings.get(k))]
+
+
+def _is_source(value):
+    """A source file record (``{'file': ..., 'sha256': ...}``, the driver's
+    ``network_source``): the same code wherever the file lies."""
+    return isinstance(value, dict) and set(value) == {'file', 'sha256'}
+
+
+def _key(value):
+    return value['sha256'] if _is_source(value) else value
+
+
+def _shown(value):
+    if _is_source(value):
+        return '{} (sha256 {})'.format(value['file'], value['sha256'][:16])
+    return json.dumps(value)
 
 
 def _ranks_hint(ranks):
@@ -189,18 +211,19 @@ def load(path, net, rng, settings=None, num_epoch=None, n_samples=None, batchsiz
                     "same settings, or remove it (or use another --out) to start afresh"
                     .format(path, '; '.join(differ)))
         epoch, next_batch = scalar('epoch'), scalar('next_batch')
+        if epoch < 0 or (num_epoch is not None and epoch > num_epoch):
+            raise safenpz.ModelFileError('{} does not fit this training run: it is at epoch '
+                                         '{} of a {}-epoch run'.format(path, epoch, num_epoch))
         # every entry's declared size is checked against what this run can need
-        # before it is read
-        order = safenpz.read_array(npz, 'order', path, max_bytes=None if n_samples is None
-                                   else 8 * n_samples)
-        curve_bytes = 8 * max(epoch, 1) * (width or MAX_EXITS)
+        # (the curves: one row per epoch done) before it is read
+        order = safenpz.read_array(npz, 'order', path, max_bytes=safenpz.MAX_UNSHAPED_BYTES
+                                   if n_samples is None else 8 * n_samples)
+        curve_bytes = min(8 * max(epoch, 1) * (width or MAX_EXITS), safenpz.MAX_UNSHAPED_BYTES)
         losses = safenpz.read_array(npz, 'losses', path, max_bytes=curve_bytes)
         accs = safenpz.read_array(npz, 'accs', path, max_bytes=curve_bytes)
         n_batches = None if n_samples is None or not batchsize else \
             (n_samples + batchsize - 1) // batchsize
         problems = []
-        if epoch < 0 or (num_epoch is not None and epoch > num_epoch):
-            problems.append('it is at epoch {} of a {}-epoch run'.format(epoch, num_epoch))
         if losses.ndim != 2 or len(losses) != epoch or accs.shape != losses.shape:
             problems.append('its curves have {} and {} rows for {} epochs'.format(
                 losses.shape, accs.shape, epoch))
@@ -268,9 +291,14 @@ def _sums_problems(sums, width, n_samples):
 
 
 def _check_optimizer_state(npz, path, net):
-    """Adam's step counters (``.../t``) must be >= 0 and its second moments
-    (``.../v``) >= 0: others give NaN weights at the first update. Each is
-    read only when its declared shape is its parameter's."""
+    """Every optimizer entry of a parameter (Adam's ``m`` and ``v``, SGD's
+    momentum ``v``) must have that parameter's shape and dtype, and the step
+    counters (``.../t``) one number, checked from the ``.npy`` headers before
+    any is read: a 1 GiB moment never loads, and a moment of another shape is
+    refused here, not by a broadcast error at the first update. Step counters
+    and Adam's second moments (``.../v``; with MomentumSGD, ``v`` is the
+    signed momentum) must be >= 0: others give NaN weights at the first
+    update."""
     params = dict(net.namedparams())
     for key in npz.files:
         if not key.startswith('optimizer/'):
@@ -278,16 +306,38 @@ def _check_optimizer_state(npz, path, net):
         param, leaf = key[len('optimizer'):].rsplit('/', 1)
         if leaf in ('t', 'epoch'):
             expected = dict(shape=())
-        elif leaf == 'v' and param in params:
-            array = params[param].array
-            expected = dict(max_bytes=safenpz.MAX_UNSHAPED_BYTES) if array is None \
-                else dict(shape=array.shape)
+        elif param in params:
+            shape, dtype = _param_header(npz, path, param, params[param])
+            declared, stored = safenpz.entry_header(npz, key, path)
+            if declared != shape or stored != dtype:
+                raise safenpz.ModelFileError(
+                    '{}: {!r} is {} {}, but parameter {} is {} {}: optimizer state '
+                    'of another network?'.format(path, key, stored, declared, param.lstrip('/'),
+                                                 dtype, shape))
+            if leaf != 'v' or getattr(net, 'opt', 'Adam') != 'Adam':
+                continue  # only Adam's v is a second moment (SGD's is a signed momentum)
+            expected = dict(shape=shape)
         else:
-            continue
+            continue  # no parameter of this network: never read
         value = safenpz.read_array(npz, key, path, **expected)
         if value.dtype.kind in 'biuf' and value.size and not (value >= 0).all():
             raise safenpz.ModelFileError('{}: {!r} holds negative values; expected a step '
                                          'count or second moment >= 0'.format(path, key))
+
+
+def _param_header(npz, path, name, param):
+    """``(shape, dtype)`` of parameter ``name``: its own, or where it is not
+    initialised yet (a layer of input size None), its ``model/`` entry's
+    header, at most ``safenpz.MAX_UNSHAPED_BYTES``."""
+    if param.array is not None:
+        return tuple(param.array.shape), param.array.dtype
+    key = 'model' + name
+    shape, dtype = safenpz.entry_header(npz, key, path)
+    if safenpz.declared_bytes(shape, dtype) > safenpz.MAX_UNSHAPED_BYTES:
+        raise safenpz.ModelFileError('{}: entry {!r} declares {} {}, more than the {:,} bytes '
+                                     'a layer may have'.format(path, key, dtype, shape,
+                                                               safenpz.MAX_UNSHAPED_BYTES))
+    return shape, dtype
 
 
 @contextlib.contextmanager

@@ -18,12 +18,16 @@ from branchynet.augment import epoch_shifts, shift_batch
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
 from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
-                                   nonfinite_params, validate_inputs, validate_labels)
+                                   nonfinite_optimizer_state, nonfinite_params,
+                                   validate_inputs, validate_labels)
 
 #: Adam's beta1 of the original code (Chainer's default); the paper states 0.99.
 ORIGINAL_ADAM_BETA1 = 0.9
 #: Softening temperature of self-distillation when only its weight is given.
 DEFAULT_DISTILL_TEMPERATURE = 3.0
+#: The temperatures self-distillation accepts (the literature uses 1 to 20;
+#: T ** 2 scales the loss, so 1e308 would overflow).
+DISTILL_TEMPERATURES = (0.1, 100.0)
 #: Learning-rate schedules of ``train_exits``: 'constant' is the original's.
 LR_SCHEDULES = ('constant', 'cosine')
 #: ``train_exits``' options beyond the original's recipe (the driver's config keys).
@@ -71,14 +75,16 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     ``distill_weight`` and ``distill_temperature`` (self-distillation of the
     early exits from the last one's softened output, ``net.distillation_loss``;
     weight 0 turns it off, the temperature defaults to
-    ``DEFAULT_DISTILL_TEMPERATURE``); ``adam_beta1`` (Adam's beta1, 0.9 in
-    the original code, 0.99 in the paper); ``lr_schedule`` ('constant', the
-    original's, or 'cosine': the step size, Adam's alpha or SGD's lr, falls
-    from the network's value to 0 along a half cosine over this call's
-    batches, see ``lr_factor``); ``shift`` (n > 0: every training image moves
-    by a random offset in [-n, n] pixels along each axis, drawn per epoch from
-    the seed (0 when ``seed`` is None), ``branchynet.augment.epoch_shifts``;
-    works with ``distributed`` and resumes exactly). See ``apply_recipe``; the settings that differ
+    ``DEFAULT_DISTILL_TEMPERATURE`` and lies in ``DISTILL_TEMPERATURES``);
+    ``adam_beta1`` (Adam's beta1, 0.9 in the original code, 0.99 in the
+    paper); ``lr_schedule`` ('constant', the original's, or 'cosine': the
+    step size, Adam's alpha or SGD's lr, falls from the network's value to 0
+    along a half cosine over this call's batches, see ``lr_factor``);
+    ``shift`` (n > 0: every training image moves by a random offset in
+    [-n, n] pixels along each axis, n at most half the images' smaller side
+    (``max_shift``), drawn per epoch from the seed (0 when ``seed`` is None),
+    ``branchynet.augment.epoch_shifts``; works with ``distributed`` and
+    resumes exactly). See ``apply_recipe``; the settings that differ
     from the original's are recorded in the snapshot.
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
@@ -107,6 +113,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     if shift and numpy.ndim(x) != 4:
         raise InvalidValue('shift moves images: it needs inputs of shape (N, C, H, W), got '
                            '{}'.format(numpy.shape(x)))
+    check_shift(shift, image_shape=numpy.shape(x)[1:])
     rate = _StepSize(net, settings.get('lr_schedule', 'constant'), num_epoch * n_batches)
     rng = numpy.random.RandomState(seed)
     if dist is not None:
@@ -176,6 +183,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                             raise checkpoint.TrainingInterrupted(
                                 snapshot, ' at the start of epoch {} (an augmented epoch '
                                 'restarts from its beginning)'.format(epoch + 1))
+                        last_good.check(epoch, b, moments=True)
                         sums = (sums_loss, sums_acc, weights)
                         if dist is not None:  # the epoch's sums so far over all ranks
                             sums = dist.reduce_sums(*sums)
@@ -186,6 +194,7 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
             if dist is not None:
                 sums_loss, sums_acc, weights = dist.reduce_sums(sums_loss, sums_acc, weights)
                 dist.epoch_end(net)
+            last_good.check(epoch, n_batches - 1, moments=True)  # before the snapshot
             losses.append((sums_loss / max(weights, 1)).tolist())
             accs.append((sums_acc / max(weights, 1)).tolist())
             order, next_batch = None, 0
@@ -207,18 +216,8 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
     """
     if exit_weights is not None:
         net.exit_weights = exit_weights
-    if distill_weight is None and distill_temperature is not None:
-        raise InvalidValue('distill_temperature needs distill_weight (a weight > 0 turns '
-                           'self-distillation on)')
+    temperature = check_distillation(distill_weight, distill_temperature)
     if distill_weight is not None:
-        temperature = DEFAULT_DISTILL_TEMPERATURE if distill_temperature is None \
-            else distill_temperature
-        if not (is_real_number(distill_weight) and 0 <= distill_weight < float('inf')):
-            raise InvalidValue('distill_weight must be a finite number >= 0 (0: off), '
-                               'got {!r}'.format(distill_weight))
-        if not (is_real_number(temperature) and 0 < temperature < float('inf')):
-            raise InvalidValue('distill_temperature must be a finite number > 0, got '
-                               '{!r}'.format(temperature))
         keeps = net.percentTrainKeeps
         if distill_weight > 0 and any(k < 1 for k in numpy.atleast_1d(keeps)):
             raise InvalidValue('self-distillation needs every exit to see every sample, '
@@ -254,9 +253,41 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
     return recorded
 
 
-def check_shift(shift, augment=False, names=('shift', 'augment')):
-    """``shift`` is None or a whole number of pixels >= 0, and not combined
-    with ``augment`` (the two are alternatives); ``names`` name them in the
+def check_distillation(weight, temperature, names=('distill_weight', 'distill_temperature')):
+    """The temperature self-distillation with ``weight`` uses (None when
+    ``weight`` is None), after checking both: the weight a finite number
+    >= 0, the temperature (default ``DEFAULT_DISTILL_TEMPERATURE``) a
+    number in ``DISTILL_TEMPERATURES``; ``names`` name them in the error (the
+    driver passes its options' names)."""
+    if weight is None:
+        if temperature is not None:
+            raise InvalidValue('{} needs {} (a weight > 0 turns self-distillation on)'.format(
+                names[1], names[0]))
+        return None
+    if not (is_real_number(weight) and 0 <= weight < float('inf')):
+        raise InvalidValue('{} must be a finite number >= 0 (0: off), got {!r}'.format(
+            names[0], weight))
+    temperature = DEFAULT_DISTILL_TEMPERATURE if temperature is None else temperature
+    low, high = DISTILL_TEMPERATURES
+    if not (is_real_number(temperature) and low <= temperature <= high):
+        raise InvalidValue('{} must be a number in [{:g}, {:g}] (a softening temperature; '
+                           'default {:g}), got {!r}'.format(names[1], low, high,
+                                                            DEFAULT_DISTILL_TEMPERATURE,
+                                                            temperature))
+    return temperature
+
+
+def max_shift(image_shape):
+    """The largest ``shift`` for images of ``image_shape`` ``(C, H, W)``: half
+    the smaller side, so every shifted image keeps at least half its rows and
+    columns (at H pixels or more, an image moves wholly out of view)."""
+    return min(image_shape[-2:]) // 2
+
+
+def check_shift(shift, augment=False, names=('shift', 'augment'), image_shape=None):
+    """``shift`` is None or a whole number of pixels >= 0, not combined with
+    ``augment`` (the two are alternatives) and, with ``image_shape`` (one
+    sample's ``(C, H, W)``), at most ``max_shift``; ``names`` name them in the
     error (the driver passes its options' names)."""
     if shift is not None and (isinstance(shift, bool) or not isinstance(shift, numbers.Integral)
                               or shift < 0):
@@ -264,6 +295,11 @@ def check_shift(shift, augment=False, names=('shift', 'augment')):
                            '{!r}'.format(names[0], shift))
     if shift and augment:
         raise InvalidValue('{} and {} are alternatives: choose one'.format(*names))
+    if shift and image_shape is not None and shift > max_shift(image_shape):
+        raise InvalidValue('{} must be at most {} pixels for {}x{} images (half the smaller '
+                           'side: a larger shift moves most of an image out of view), got '
+                           '{}'.format(names[0], max_shift(image_shape), image_shape[-2],
+                                       image_shape[-1], shift))
 
 
 def lr_factor(schedule, step, total):
@@ -328,8 +364,11 @@ def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None,
 class _LastGood:
     """Host copies of the model's and optimizer's state at an epoch start (the
     last snapshot's state), put back when an update with a finite loss made
-    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), so
-    neither the model in memory nor any file written from it is damaged."""
+    weights NaN or infinite (e.g. Adam overflowing on data of 1e30), or, at
+    an epoch end or before an interrupted epoch's snapshot, made the
+    optimizer's state (Adam's moments) NaN or infinite while the weights
+    stayed finite, so neither the model in memory nor any file written from
+    it is damaged."""
 
     def __init__(self, net):
         self.net, self.state = net, None
@@ -341,21 +380,39 @@ class _LastGood:
             serializer['optimizer'].save(self.net.optimizer)
         self.state = {k: numpy.array(v, copy=True) for k, v in serializer.target.items()}
 
-    def check(self, epoch, batch):
+    def check(self, epoch, batch, moments=False):
+        """Raise ``NonFiniteWeights`` with the state put back when a weight
+        (or with ``moments``, an optimizer state array) is NaN or infinite."""
         bad = nonfinite_params(self.net)
-        if not bad:
+        state = nonfinite_optimizer_state(self.net.optimizer) if moments and not bad else []
+        if not bad and not state:
             return
-        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
-        if self.net.optimizer is not None:
-            chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
-                                                strict=False).load(self.net.optimizer)
+        self._restore()
+        what = '{} weight array(s) NaN or infinite ({}{}) although the loss was finite'.format(
+            len(bad), ', '.join(bad[:3]), ', ...' if len(bad) > 3 else '') if bad else \
+            '{} optimizer state array(s) NaN or infinite ({}{}) although the loss and the ' \
+            'weights were finite'.format(len(state), ', '.join(state[:3]),
+                                         ', ...' if len(state) > 3 else '')
         raise NonFiniteWeights(
-            'the update of epoch {} batch {} made {} weight array(s) NaN or infinite ({}{}) '
-            'although the loss was finite, so training stopped; the weights were put back '
-            'to the start of that epoch (the last snapshot, if any, is intact): check the '
-            'data for huge values and the learning rate (alpha)'.format(
-                epoch + 1, batch + 1, len(bad), ', '.join(bad[:3]),
-                ', ...' if len(bad) > 3 else ''))
+            'the update{} of epoch {} {}batch {} made {}, so training stopped; the weights '
+            'were put back to the start of that epoch (the last snapshot, if any, is intact): '
+            'check the data for huge values and the learning rate (alpha)'.format(
+                's' if state else '', epoch + 1, 'up to ' if state else '', batch + 1, what))
+
+    def _restore(self):
+        chainer.serializers.NpzDeserializer(self.state, path='model/').load(self.net)
+        optimizer = self.net.optimizer
+        if optimizer is None:
+            return
+        chainer.serializers.NpzDeserializer(self.state, path='optimizer/',
+                                            strict=False).load(optimizer)
+        # state made during the epoch (a parameter's first update) starts
+        # again as new, from zeros
+        for name, param in self.net.namedparams():
+            rule = getattr(param, 'update_rule', None)
+            for key, array in ((rule.state or {}).items() if rule is not None else ()):
+                if 'optimizer{}/{}'.format(name, key) not in self.state:
+                    array[...] = 0
 
 
 class _no_stop_requests:

@@ -42,6 +42,23 @@ USER_NET = textwrap.dedent('''
 ''')
 
 
+HOSTILE_NET = USER_NET + textwrap.dedent('''
+    import sys
+
+
+    def exits():
+        sys.exit(0)
+
+
+    def no_shape():
+        return BranchyNet([L.Linear(None, 3), Branch([L.Linear(3, 3)]),
+                           L.Linear(3, 3), Branch([L.Linear(3, 3)])])
+
+
+    globals()['../../escaped_name'] = small_net
+''')
+
+
 def _user_data(path, seed=0):
     rng = numpy.random.RandomState(seed)
 
@@ -59,6 +76,8 @@ def _user_data(path, seed=0):
 def user_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp('user')
     (folder / 'mynet.py').write_text(USER_NET)
+    (folder / 'hostile.py').write_text(HOSTILE_NET)
+    (folder / 'exitmod.py').write_text('import sys\nsys.exit(0)\n')
     (folder / 'userpkg').mkdir()
     (folder / 'userpkg' / '__init__.py').write_text('')
     (folder / 'userpkg' / 'nets.py').write_text(USER_NET)
@@ -114,12 +133,43 @@ def test_driver_runs_a_users_function_on_a_users_npz(user_dir):
     ('mynet.py:broken', 'calling broken() failed: RuntimeError: cannot build'),
     ('mynet.py', 'mynet.py:FUNCTION'),
     ('nosuchpkg.mod:fn', "cannot import nosuchpkg.mod (No module named 'nosuchpkg')"),
+    # user code ending the program: not the driver's exit at status 0, silently
+    ('hostile.py:exits', 'calling exits() called sys.exit(0); it must return a BranchyNet'),
+    ('exitmod.py:f', 'importing exitmod.py called sys.exit(0)'),
+    # no input_shape: refused before training, not a traceback after it
+    ('hostile.py:no_shape', 'without input_shape; pass input_shape=(C, H, W)'),
+    # a name that would put files outside --out
+    ('hostile.py:../../escaped_name', "FUNCTION must be a Python name (letters, digits and _; "
+                                      "it names the files in --out), got '../../escaped_name'"),
 ])
 def test_bad_network_specs_are_one_line_and_exit_2(user_dir, spec, message):
     run = driver(user_dir, '--network', spec, '--out', 'bad')
     assert run.returncode == 2
     assert run.stderr.count('\n') == 1 and message in run.stderr, run.stderr
     assert not (user_dir / 'bad').exists()
+
+
+def test_nothing_is_written_outside_out_for_an_escaping_name(user_dir):
+    run = driver(user_dir, '--network', 'hostile.py:../../escaped_name', '--out', 'o/a/b')
+    assert run.returncode == 2
+    assert not list(user_dir.glob('o/**/escaped_name*')) and not (user_dir / 'o').exists()
+
+
+def test_snapshots_record_the_networks_source_file_and_hash(user_dir, monkeypatch, tmp_path):
+    import hashlib
+    monkeypatch.chdir(user_dir)
+    seen = {}
+
+    def train_exits(net, x, y, settings=None, **kwargs):
+        seen.update(settings)
+        raise KeyboardInterrupt  # stop the run here
+    monkeypatch.setattr(experiment.training, 'train_exits', train_exits)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run('mynet.py:small_net', 'tiny', out_dir=str(tmp_path / 'out'),
+                       overrides={'dataset_path': 'mydata.npz'}, time_devices=['cpu'])
+    source = user_dir / 'mynet.py'
+    assert seen['network_source'] == {'file': str(source),
+                                      'sha256': hashlib.sha256(source.read_bytes()).hexdigest()}
 
 
 def test_a_users_function_needs_a_dataset(user_dir, monkeypatch):

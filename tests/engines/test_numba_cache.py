@@ -117,3 +117,28 @@ def test_a_symlinked_cache_folder_is_refused(compiled_cache, tmp_path):
 def test_a_private_cache_is_trusted(compiled_cache):
     name = [p.name for p in compiled_cache.glob('branchynet_numba_*.py')][0][:-3]
     assert numbapath.untrusted_cache(str(compiled_cache), name) is None
+
+
+@pytest.mark.parametrize('kind', ['deep', 'fifo', 'zero'])
+def test_a_kernel_choices_file_that_is_no_record_is_one_warning(tmp_path, kind):
+    """A 100,000-deep JSON, a FIFO and a link to /dev/zero as
+    kernel_choices.json: a warning and an empty record, not a RecursionError,
+    a hang, or memory exhausted (capped here at 1 GiB more)."""
+    from tests.helpers import run_python, untrusted_record
+    folder = tmp_path / 'cache'
+    folder.mkdir(mode=0o700)
+    untrusted_record(folder / 'kernel_choices.json', kind)
+    done = run_python(textwrap.dedent('''
+        import warnings
+        from branchynet.engines.numba import cache
+        from tests.helpers import limit_memory
+        cache.require_numba(), cache.processor()
+        limit_memory()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            entries = cache.ChoiceCache().entries
+        print(entries, [str(w.message) for w in caught])
+    '''), env={'BRANCHYNET_NUMBA_CACHE': str(folder)}, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("{} ['numba cache: ") and \
+        'kernel_choices.json is not a record of kernel times' in done.stdout

@@ -7,7 +7,7 @@ import pytest
 from branchynet.evaluation import calibration, screening
 from branchynet.io import fileio
 from branchynet.io.safenpz import ModelFileError
-from branchynet.validation import InvalidValue
+from branchynet.validation import InputError, InvalidValue
 from tests.helpers import make_three_exit_net
 
 
@@ -99,6 +99,27 @@ def test_bad_goals_are_refused_and_leave_the_model_alone(trained, kwargs, messag
     x, y = _data(30)
     with pytest.raises(InvalidValue, match=message):
         net.calibrate(x, y, **kwargs)
+    assert net.thresholdExits == [0.1, 0.2] and net.confidence == 'entropy'
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'measure': ['entropy']}, r"measure must be the name of a confidence measure \(entropy, "
+                               r"maxprob, margin\), got a list: \['entropy'\]"),
+    ({'cost_samples': 0}, 'cost_samples must be a positive integer, got 0'),
+    ({'cost_samples': 2.5}, 'cost_samples must be a positive integer, got 2.5'),
+    ({'candidates': 10 ** 12}, r'candidates must be a positive integer of at most 1024 '
+                                r'\(quantiles tried per early exit\), got 1000000000000'),
+    ({'engine': 'numba'}, r"engine must be None \(the model's own Chainer path\) or an "
+                          r"inference engine .*numba.compile_engine\(net\); got the str "
+                          r"'numba'"),
+])
+def test_bad_options_are_one_line_naming_the_argument(trained, kwargs, message):
+    net = trained.copy(mode='copy')
+    net.thresholdExits = [0.1, 0.2]
+    x, y = _data(30)
+    with pytest.raises(InputError, match=message) as info:
+        net.calibrate(x, y, **kwargs)
+    assert '\n' not in str(info.value)
     assert net.thresholdExits == [0.1, 0.2] and net.confidence == 'entropy'
 
 

@@ -102,6 +102,8 @@ def _snapshot(path):
     ('order', (2 ** 24,), numpy.int64),
     ('losses', (1, 2 ** 22), numpy.float64),
     ('optimizer/trunk/0/W/v', (2 ** 24,), numpy.float32),
+    ('optimizer/trunk/0/W/m', (2 ** 24,), numpy.float32),
+    ('optimizer/branches/0/1/W/m', (5, 256, 2 ** 12), numpy.float32),
     ('settings', (), numpy.dtype('U300000')),
 ])
 def test_a_snapshot_entry_larger_than_the_run_needs_is_never_read(tmp_path, reads, key, shape,
@@ -113,6 +115,38 @@ def test_a_snapshot_entry_larger_than_the_run_needs_is_never_read(tmp_path, read
     with pytest.raises(InputError, match=repr(key)):
         utils.train_exits(make_three_exit_net(), x, y, batchsize=8, num_epoch=2, progress=False,
                           snapshot=str(snap), resume=True, settings={})
+    assert key not in reads
+
+
+def test_snapshot_curves_are_bounded_by_the_runs_epochs_before_they_are_read(tmp_path, reads):
+    """A forged epoch count must not raise the curves' bound: 2 ** 40 epochs
+    would allow terabytes."""
+    snap = tmp_path / 's.npz'
+    x, y = _snapshot(snap)
+    rows = 2 ** 20
+    _rewrite(snap, {'epoch': _npy_header((), numpy.int64) + numpy.int64(2 ** 40).tobytes(),
+                    'losses': _npy_header((rows, 3), numpy.float64) + bytes(24 * rows),
+                    'accs': _npy_header((rows, 3), numpy.float64) + bytes(24 * rows)})
+    with pytest.raises(InputError, match='at epoch 1099511627776 of a 2-epoch run'):
+        utils.train_exits(make_three_exit_net(), x, y, batchsize=8, num_epoch=2, progress=False,
+                          snapshot=str(snap), resume=True, settings={})
+    assert 'losses' not in reads and 'accs' not in reads
+
+
+@pytest.mark.parametrize('key, member', [
+    # a measure name is a short string: 10 ** 6 characters are never read
+    ('_exit_rule/measure', _npy_header((), numpy.dtype('U1000000')) + bytes(4 * 10 ** 6)),
+    # thresholds: one per early exit (2 here), not 10 ** 6
+    ('_exit_rule/thresholds', _npy_header((10 ** 6,), numpy.float64) + bytes(8 * 10 ** 6)),
+], ids=['measure', 'thresholds'])
+def test_a_weights_files_exit_rule_is_bounded_before_it_is_read(tmp_path, reads, key, member):
+    path = tmp_path / 'w.npz'
+    net = make_three_exit_net()
+    net.thresholdExits = [0.1, 0.2]
+    fileio.save_npz(str(path), net)
+    _rewrite(path, {key: member})
+    with pytest.raises(ModelFileError, match=repr(key)):
+        fileio.load_npz(str(path), make_three_exit_net())
     assert key not in reads
 
 

@@ -87,3 +87,23 @@ def test_atomic_write_keeps_the_old_file_when_rename_fails(tmp_path, monkeypatch
         fileio.save_npz(target, lenet_mnist.get_network())
     assert target.read_bytes() == b'old model'
     assert os.listdir(tmp_path) == ['model.npz']
+
+
+@pytest.mark.parametrize('kind, reason', [
+    ('deep', 'JSON nested too deeply'),
+    ('fifo', 'not a regular file'),
+    ('zero', 'not a regular file'),
+])
+def test_read_json_refuses_what_is_no_small_record(tmp_path, kind, reason):
+    from tests.helpers import untrusted_record
+    untrusted_record(tmp_path / 'r.json', kind)
+    with pytest.raises(ValueError, match=reason):
+        fileio.read_json(str(tmp_path / 'r.json'))
+
+
+def test_read_json_refuses_a_large_file_unread(tmp_path):
+    path = tmp_path / 'r.json'
+    path.write_text('[' + '0,' * 100 + '0]')
+    assert fileio.read_json(str(path)) == [0] * 101
+    with pytest.raises(ValueError, match='more than the 100 it may have'):
+        fileio.read_json(str(path), max_bytes=100)

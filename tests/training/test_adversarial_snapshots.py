@@ -86,6 +86,14 @@ def test_an_intact_forged_position_still_resumes(tmp_path):
     ({'losses': numpy.array([[numpy.inf, 1., 1.]])}, 'curves'),
     ({'accs': numpy.array([[2., 1., 1.]])}, 'curves'),
     ({'losses': numpy.ones((1, 2)), 'accs': numpy.ones((1, 2))}, 'curves'),
+    # Adam's moments of another shape or dtype: refused naming the parameter, not a
+    # broadcast error at the first update
+    ({'optimizer__trunk__0__W__m': numpy.zeros(3, numpy.float32)},
+     r"'optimizer/trunk/0/W/m' is float32 \(3,\), but parameter trunk/0/W is float32 "
+     r"\(4, 1, 3, 3\)"),
+    ({'optimizer__trunk__0__W__v': numpy.zeros((4, 1, 3, 3))},
+     r"'optimizer/trunk/0/W/v' is float64 .* parameter trunk/0/W is float32"),
+    ({'epoch': numpy.array(2 ** 40)}, 'at epoch 1099511627776 of a 2-epoch run'),
 ])
 def test_a_forged_snapshot_field_is_refused_naming_it(tmp_path, changes, match):
     snap = tmp_path / 's.npz'
@@ -198,4 +206,45 @@ def test_a_snapshot_of_non_finite_weights_is_not_written(tmp_path):
     with pytest.raises(InputError, match='NaN or infinite'):
         checkpoint.save(str(tmp_path / 's.npz'), _diverged_net(),
                         numpy.random.RandomState(0), 0, [], [])
+    assert not (tmp_path / 's.npz').exists()
+
+
+def _moments_nonfinite(path):
+    with numpy.load(str(path)) as z:
+        return [k for k in z.files if k.startswith('optimizer/') and z[k].dtype.kind == 'f'
+                and not numpy.isfinite(z[k]).all()]
+
+
+@pytest.mark.parametrize('main', [True, False])
+def test_a_snapshot_never_keeps_non_finite_adam_moments(tmp_path, main):
+    """One batch per epoch of pixels 1e20: the first update squares gradients
+    past float32 (Adam's v becomes infinite) while the weights stay finite;
+    the epoch's end then stops training with the state put back, instead of
+    writing a snapshot that --resume would refuse."""
+    from branchynet.net import NonFiniteLoss
+    x, y = _data(8)
+    x *= 1e20
+    net = make_three_exit_net(seed=5)
+    before = _weights(net)
+    snap = tmp_path / 's.npz'
+    with pytest.raises(NonFiniteLoss, match='optimizer state array.* NaN or infinite .*loss '
+                                            'and the weights were finite'):
+        utils.train_exits(net, x, y, main=main, batchsize=8, num_epoch=2, seed=3,
+                          progress=False, snapshot=str(snap))
+    assert not snap.exists() or not _moments_nonfinite(snap)
+    after = _weights(net)
+    assert all((before[k] == after[k]).all() for k in before)
+    from branchynet.validation import nonfinite_optimizer_state
+    assert not nonfinite_optimizer_state(net.optimizer)
+
+
+def test_a_snapshot_of_non_finite_optimizer_state_is_not_written(tmp_path):
+    from branchynet.validation import InputError
+    net = make_three_exit_net()
+    x, y = _data(8)
+    net.train(x, y)
+    net.optimizer.target.trunk[0].W.update_rule.state['v'][0] = numpy.inf
+    with pytest.raises(InputError, match=r'optimizer state /trunk/0/W/v holds NaN or infinite'):
+        checkpoint.save(str(tmp_path / 's.npz'), net, numpy.random.RandomState(0), 1,
+                        [[1., 1., 1.]], [[0., 0., 0.]])
     assert not (tmp_path / 's.npz').exists()

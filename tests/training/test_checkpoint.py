@@ -77,6 +77,23 @@ def test_resume_from_an_epoch_end_snapshot(tmp_path):
     assert losses == ref_losses
 
 
+def test_a_momentum_sgd_run_resumes_like_an_uninterrupted_one(tmp_path):
+    """SGD's momentum ``v`` is signed: it was refused as a negative Adam
+    second moment, so no MomentumSGD snapshot could be resumed."""
+    x, y = _data()
+    reference = make_three_exit_net(seed=5, opt='MomentumSGD')
+    ref_losses, _, _ = utils.train(reference, x, y, batchsize=16, num_epoch=2, seed=3,
+                                   progress=False)
+    snap = str(tmp_path / 's.npz')
+    utils.train(make_three_exit_net(seed=5, opt='MomentumSGD'), x, y, batchsize=16,
+                num_epoch=1, seed=3, progress=False, snapshot=snap)
+    resumed = make_three_exit_net(seed=99, opt='MomentumSGD')
+    losses, _, _ = utils.train(resumed, x, y, batchsize=16, num_epoch=2, seed=3,
+                               progress=False, snapshot=snap, resume=True)
+    _assert_same(_weights(resumed), _weights(reference))
+    assert losses == ref_losses
+
+
 def test_a_failed_snapshot_write_keeps_the_previous_one(tmp_path, monkeypatch):
     x, y = _data()
     snap = tmp_path / 's.npz'

@@ -102,6 +102,19 @@ def test_distillation_refused_with_handed_off_samples():
     ({'exit_weights': [1.0, 0.3]}, 'exit_weights'),
     ({'lr_schedule': 'linear'}, 'lr_schedule'),
     ({'shift': -1}, 'shift'),
+    # 8x8 images: a shift of 5 or more moves most of an image out of view; 10 ** 9
+    # failed in numpy.pad, 10 ** 23 in the offsets' draw
+    ({'shift': 5}, r'shift must be at most 4 pixels for 8x8 images \(half the smaller side'),
+    ({'shift': 8}, 'shift must be at most 4 pixels'),
+    ({'shift': 100}, 'shift must be at most 4 pixels'),
+    ({'shift': 10 ** 9}, 'shift must be at most 4 pixels'),
+    ({'shift': 10 ** 23}, 'shift must be at most 4 pixels'),
+    # T ** 2 scales the loss: 1e308 overflowed at the first joint step
+    ({'distill_weight': 1.0, 'distill_temperature': 1e308},
+     r'distill_temperature must be a number in \[0.1, 100\] \(a softening temperature; '
+     r'default 3\), got 1e\+308'),
+    ({'distill_weight': 1.0, 'distill_temperature': float('inf')}, r'\[0.1, 100\]'),
+    ({'distill_weight': 1.0, 'distill_temperature': 1e-300}, r'\[0.1, 100\]'),
 ])
 def test_bad_recipe_options_are_refused_before_training(options, match):
     x, y = _data()
@@ -289,6 +302,23 @@ def test_driver_refuses_bad_shift_in_one_line(capsys, argv, words):
     assert cli.main(['--preset', 'tiny'] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
+
+
+def test_driver_refuses_an_absurd_distillation_temperature_in_one_line(tmp_path, capsys):
+    code = cli.main(['--preset', 'tiny', '--out', str(tmp_path / 'out'), '--distill-weight',
+                     '1', '--distill-temperature', '1e308'])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--distill-temperature must be a number in [0.1, 100]' in err[0]
+    assert not (tmp_path / 'out').exists()
+
+
+def test_joint_training_refuses_a_shift_as_large_as_the_images(tmp_path):
+    x, y = _data()
+    net = make_three_exit_net()
+    with pytest.raises(InvalidValue, match='shift must be at most 4 pixels for 8x8 images'):
+        utils.train(net, x, y, batchsize=16, num_epoch=1, progress=False, shift=8)
+    utils.train(net, x, y, batchsize=16, num_epoch=1, progress=False, shift=4)
 
 
 def test_driver_recipe_reaches_training(tmp_path, monkeypatch):

@@ -97,6 +97,25 @@ def test_a_snapshot_of_another_run_is_refused_naming_the_setting(tmp_path, chang
     assert all((before[k] == after[k]).all() for k in before)
 
 
+def test_a_snapshot_of_other_network_code_is_refused_naming_both_files(tmp_path):
+    """The driver records a function network's source file and its hash: the
+    same code at another path resumes, other code is refused naming both."""
+    snap = str(tmp_path / 's.npz')
+    mine = {'file': '/home/me/mynet.py', 'sha256': 'ab' * 32}
+    _train(make_three_exit_net(seed=5), snap, epochs=1,
+           settings={'network': 'small_net', 'network_source': mine})
+    moved = dict(mine, file='/elsewhere/mynet.py')
+    losses, _, _ = _train(make_three_exit_net(seed=5), snap, resume=True, epochs=1,
+                          settings={'network': 'small_net', 'network_source': moved})
+    assert len(losses) == 1
+    other = {'file': '/home/me/other.py', 'sha256': 'cd' * 32}
+    with pytest.raises(InputError, match=r'network_source: the snapshot has /home/me/mynet.py '
+                                         r'\(sha256 abababababababab\), this run '
+                                         r'/home/me/other.py \(sha256 cdcdcdcdcdcdcdcd\)'):
+        _train(make_three_exit_net(seed=5), snap, resume=True, epochs=2,
+               settings={'network': 'small_net', 'network_source': other})
+
+
 def test_batch_size_is_part_of_the_settings(tmp_path):
     snap = str(tmp_path / 's.npz')
     x, y = _data()

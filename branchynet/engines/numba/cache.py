@@ -27,7 +27,6 @@ class ChoiceCache:
     NAME = 'kernel_choices'
 
     def __init__(self):
-        import json
         import os
         self.folder = cache_dir()
         self.path = os.path.join(self.folder, self.NAME + '.json')
@@ -37,13 +36,25 @@ class ChoiceCache:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
         self.usable = untrusted_cache(self.folder, self.NAME) is None
         if self.usable:
-            try:
-                with open(self.path) as f:
-                    self.entries = json.load(f)
-            except (OSError, ValueError):
-                self.entries = {}
-            if not isinstance(self.entries, dict):
-                self.entries = {}
+            self.entries = self._read()
+
+    def _read(self):
+        """The recorded times, or ``{}`` when there are none; a file that is no
+        such record (damaged, not a regular file, over ``fileio.MAX_RECORD_BYTES``,
+        nested too deeply) gets a warning and is replaced at the next ``save``."""
+        import warnings
+        from branchynet.io import fileio
+        try:
+            entries = fileio.read_json(self.path)
+            if not isinstance(entries, dict):
+                raise ValueError('not a JSON object')
+            return entries
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            warnings.warn('numba cache: {} is not a record of kernel times ({}); measuring '
+                          'again'.format(self.path, e), RuntimeWarning)
+            return {}
 
     def _digest(self, key):
         import hashlib
