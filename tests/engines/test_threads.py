@@ -119,3 +119,33 @@ def test_bundle(lenet, tmp_path):
     from branchynet.engines import deploy
     deploy.save_bundle(lenet[0], tmp_path / 'bundle')
     assert_threads_answer_as_predict(deploy.load_bundle(tmp_path / 'bundle').predict, lenet)
+
+
+def test_overlapping_calls_restore_the_blas_thread_count(monkeypatch):
+    """The numba path runs the BLAS on one thread while a call is inside
+    (``blas_limit(1)``, process-wide, saving and restoring the count). Calls
+    overlapping on threads: the first in sets it and the last out restores
+    it. Before, each call saved and restored on its own, so call A out while
+    B ran gave B a multithreaded BLAS, and B out left it at one thread."""
+    numba_engine = pytest.importorskip('branchynet.engines.numba.engine')
+    blas = {'threads': 8}
+
+    class Limit:  # threadpoolctl's limit: saves the count on entry, restores it on exit
+        def __init__(self, threads):
+            self.threads = threads
+
+        def __enter__(self):
+            self.saved, blas['threads'] = blas['threads'], self.threads
+
+        def __exit__(self, *exc):
+            blas['threads'] = self.saved
+
+    monkeypatch.setattr(numba_engine, 'blas_limit', Limit)
+    a, b = numba_engine._one_blas_thread(), numba_engine._one_blas_thread()
+    a.__enter__()
+    b.__enter__()
+    assert blas['threads'] == 1
+    a.__exit__(None, None, None)
+    assert blas['threads'] == 1  # b still inside
+    b.__exit__(None, None, None)
+    assert blas['threads'] == 8
