@@ -14,9 +14,10 @@
 and onnxruntime: the bundle runs where Chainer and this project are absent,
 deciding exits exactly as ``BranchyNet.predict``. ``load_bundle(DIR)``
 returns the same runtime here (the package's copy of it: loading a bundle
-runs no code from the folder). Folders written by ``OnnxBranchyNet.save``
-before exits were numbered from 1 (``exit0.onnx``, no manifest) load with a
-warning.
+runs no code from the folder), refusing what it cannot answer with a
+``bundle_predict.BundleError`` of one line (see ``bundle_predict``). Folders
+written by ``OnnxBranchyNet.save`` before exits were numbered from 1
+(``exit0.onnx``, no manifest) load with a warning.
 """
 import json
 import math
@@ -31,8 +32,8 @@ from branchynet.io.fileio import atomic_write
 from branchynet.engines.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, OnnxBranchyNet, exit_file_stem
 from branchynet.validation import InvalidValue
 
-FORMAT = 'branchynet-bundle'
-FORMAT_VERSION = 1
+FORMAT = bundle_predict.FORMAT
+FORMAT_VERSION = bundle_predict.FORMAT_VERSION
 
 
 def manifest(net, engine, files):
@@ -69,6 +70,10 @@ def save_bundle(net, directory, engine=None):
     if net.input_shape is None:
         raise InvalidValue('the network has no input_shape: build the BranchyNet with '
                            'input_shape=(C, H, W) to export it')
+    if net.confidence not in bundle_predict.MEASURES:
+        raise InvalidValue('a bundle decides exits by {} only; the network\'s measure is {!r} '
+                           '(set net.confidence to one of them)'.format(
+                               ', '.join(bundle_predict.MEASURES), net.confidence))
     engine = engine or OnnxBranchyNet(net)
     files = engine.save(directory)
     source = bundle_predict.__file__
@@ -84,7 +89,7 @@ def save_bundle(net, directory, engine=None):
 def _legacy_manifest(directory):
     """A manifest for a folder of ``exit0.onnx, exit1.onnx, ...`` (no manifest)."""
     numbers = sorted(int(m.group(1)) for m in
-                     (re.fullmatch(r'exit(\d+)\.onnx', name) for name in os.listdir(directory))
+                     (re.fullmatch(r'exit(\d{1,6})\.onnx', name) for name in os.listdir(directory))
                      if m)
     if numbers != list(range(len(numbers))):
         raise InvalidValue('{}: exit files {} are not numbered 0, 1, ...'.format(
@@ -100,20 +105,15 @@ def _legacy_manifest(directory):
 
 def load_bundle(directory, threads=1):
     """The bundle in ``directory`` as a ``bundle_predict.Bundle``: ``.predict(x,
-    thresholds=None) -> (labels, exits)``, ``.exit_logits(x)``, ``.manifest``."""
+    thresholds=None) -> (labels, exits)``, ``.exit_logits(x)``, ``.manifest``.
+    What it cannot load or answer raises ``bundle_predict.BundleError`` (a
+    ``ValueError``) with one line."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise InvalidValue('{} is not a folder; expected a bundle written by '
                            'deploy.save_bundle'.format(directory))
-    path = os.path.join(directory, bundle_predict.MANIFEST)
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                content = json.load(f)
-        except ValueError as e:
-            raise InvalidValue('{} is not valid JSON: {}'.format(path, e)) from e
-        if not isinstance(content, dict) or content.get('format') != FORMAT:
-            raise InvalidValue('{} is not a BranchyNet bundle manifest'.format(path))
+    if os.path.lexists(os.path.join(directory, bundle_predict.MANIFEST)):
+        content = bundle_predict.read_manifest(directory)  # checked by Bundle
     elif os.path.exists(os.path.join(directory, 'exit0.onnx')):
         content = _legacy_manifest(directory)
     else:

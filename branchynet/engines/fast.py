@@ -18,16 +18,18 @@ on the CPU, cupy on a GPU):
 * links it does not know run through Chainer (correct, just not faster);
   a Chain may provide ``to_fast(compiler)`` to compile itself (ResBlock does).
 
-Buffers are kept per input shape (a few shapes per layer, small ones only),
-so an array a compiled function returns is overwritten by that function's
-next call: consume it first (``route_batch`` does). One FastBranchyNet is
-therefore not safe to call from several threads at once.
+Buffers are kept per input shape (a few shapes per layer, small ones only)
+and per thread, so an array a compiled function returns is overwritten by
+that function's next call on the same thread: consume it first
+(``route_batch`` does). One FastBranchyNet may be called from several
+threads at once; each thread that calls it keeps buffers of its own.
 
 ``FastBranchyNet(net).predict(x, thresholds)`` gives the same labels and
 exits as ``net.predict`` (up to float rounding in the last bits).
 The compiled path snapshots the weights: recompile after training further.
 """
 import collections
+import threading
 
 import chainer
 import chainer.functions as F
@@ -63,31 +65,37 @@ def folded_conv_weights(conv, bn=None, xp=numpy):
 
 
 class _Plans:
-    """Per-input-shape plans of one compiled layer: a small LRU cache.
+    """Per-input-shape plans of one compiled layer: a small LRU cache per thread.
 
     ``get(shape)`` returns ``build(shape)``'s plan, built once while it is
-    among the ``CACHE_SHAPES`` most recent shapes and no larger than
-    ``CACHE_BYTES`` (``build`` returns ``(plan, nbytes)``); larger plans are
-    built for every call, so batch inference does not pin big buffers.
+    among the calling thread's ``CACHE_SHAPES`` most recent shapes and no
+    larger than ``CACHE_BYTES`` (``build`` returns ``(plan, nbytes)``);
+    larger plans are built for every call, so batch inference does not pin
+    big buffers. A plan's buffers are written by every call, so threads
+    never share one: each thread has its own cache (``threading.local``).
     """
 
     def __init__(self, build, record=None):
         self.build = build
         self.record = record
-        self.plans = collections.OrderedDict()
+        self.local = threading.local()
 
     def get(self, shape):
-        plan = self.plans.get(shape)
+        try:
+            plans = self.local.plans
+        except AttributeError:  # this thread's first call
+            plans = self.local.plans = collections.OrderedDict()
+        plan = plans.get(shape)
         if plan is not None:
-            self.plans.move_to_end(shape)
+            plans.move_to_end(shape)
             return plan
         plan, nbytes = self.build(shape)
         if self.record is not None:
             self.record(nbytes / max(1, shape[0]))
         if nbytes <= CACHE_BYTES:
-            self.plans[shape] = plan
-            if len(self.plans) > CACHE_SHAPES:
-                self.plans.popitem(last=False)
+            plans[shape] = plan
+            if len(plans) > CACHE_SHAPES:
+                plans.popitem(last=False)
         return plan
 
 

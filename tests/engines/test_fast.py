@@ -152,11 +152,11 @@ def test_plan_cache_keeps_few_small_shapes(monkeypatch):
     for n in (1, 2, 3, 4, 5, 1):
         plans.get((n,))
     assert built == [(1,), (2,), (3,), (4,), (5,), (1,)]  # (1,) was evicted by (5,)
-    assert list(plans.plans) == [(3,), (4,), (5,), (1,)]
+    assert list(plans.local.plans) == [(3,), (4,), (5,), (1,)]
     monkeypatch.setattr(fastpath, 'CACHE_BYTES', 2)
     plans.get((7,))
     plans.get((7,))
-    assert built[-2:] == [(7,), (7,)] and (7,) not in plans.plans
+    assert built[-2:] == [(7,), (7,)] and (7,) not in plans.local.plans
 
 
 def test_grouped_convolution_runs_through_chainer_with_bn_and_relu():

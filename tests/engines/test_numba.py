@@ -149,10 +149,11 @@ def test_threads_take_every_sample_once_in_their_own_slabs(compiled, threads, n)
     net, _, _ = compiled
     engine = numbapath.NumbaBranchyNet(net, threads=threads)
     log = []
+    slabs = engine._scratch[-1].slabs  # the set the next call takes
     engine._split(_taking(log, delay=0.0002), n, 'tag')
     assert sorted(i for _, _, i, _ in log) == list(range(n))
     assert {t for t, *_ in log} == {'tag'}
-    assert {s for _, s, _, _ in log} <= {id(s) for s in engine._slabs}
+    assert {s for _, s, _, _ in log} <= {id(s) for s in slabs}
     slabs = {}
     for _, s, _, thread in log:
         slabs.setdefault(thread, set()).add(s)
@@ -203,9 +204,10 @@ def test_a_failing_thread_is_raised_after_the_others_end(compiled):
     engine = numbapath.NumbaBranchyNet(net, threads=2)
     log = []
     take = _taking(log, delay=0.0005)
+    caller = engine._scratch[-1].slabs[0]  # the set the next call takes: the caller's slab
 
     def fn(S, taken, n):
-        if S is engine._slabs[0]:
+        if S is caller:
             raise KeyError('caller thread')
         take('worker', S, taken, n)
 
@@ -228,9 +230,10 @@ def test_a_failing_worker_is_raised_after_the_caller_ends_the_batch(compiled):
         log = []
         take = _taking(log, delay=0.0005)
         failed = []
+        caller = engine._scratch[-1].slabs[0]
 
-        def fn(S, taken, n):
-            if S is not engine._slabs[0]:
+        def fn(S, taken, n, caller=caller):
+            if S is not caller:
                 failed.append(True)
                 raise KeyError('worker')
             take('caller', S, taken, n)

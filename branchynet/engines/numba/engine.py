@@ -8,7 +8,9 @@ make one native call (the functions release the GIL) that takes the batch's
 samples one at a time from a counter they share and runs each in the
 thread's own scratch slab, so the working set of a sample (its activations)
 stays in the core's caches whatever the batch size; batch size 1 is one
-native call on the caller's thread.
+native call on the caller's thread. Each call takes a set of slabs and a
+counter no other call is using (``_Scratch``), so one engine may be called
+from several threads at once.
 
 ``NumbaBranchyNet(net).predict(x, thresholds)`` gives the labels and exits
 of ``net.predict`` (up to float rounding in the last bits of the logits).
@@ -37,13 +39,54 @@ from branchynet.engines.numba.program import Program
 _NATIVE = {confidence.MEASURES[name]: code for name, code in MEASURE_CODES.items()}
 
 
+class _Scratch:
+    """What one call of the native code writes besides its outputs: a
+    scratch slab per engine thread (float32 zeros, ``Program.slab`` long;
+    the code keeps the margins zero) and the batch-1 call's sample counter."""
+
+    __slots__ = ('slabs', 'taken')
+
+    def __init__(self, threads, size):
+        self.slabs = list(numpy.zeros((threads, size), numpy.float32))  # one view each
+        self.taken = numpy.zeros(1, numpy.int64)
+
+
+#: Calls running the BLAS on one thread, process-wide (``_one_blas_thread``).
+_BLAS_USERS = [0, None]  # calls inside, the limit entered by the first of them
+_BLAS_LOCK = threading.Lock()
+
+
+class _one_blas_thread:
+    """``blas_limit(1)`` for as long as any call of any engine is inside
+    (the BLAS thread count is process-wide: the first call in sets it, the
+    last one out restores it, so calls overlapping on threads neither run a
+    multithreaded BLAS nor leave it at one thread)."""
+
+    def __enter__(self):
+        with _BLAS_LOCK:
+            if not _BLAS_USERS[0]:
+                limit = blas_limit(1)
+                limit.__enter__()
+                _BLAS_USERS[1] = limit
+            _BLAS_USERS[0] += 1
+
+    def __exit__(self, *exc):
+        with _BLAS_LOCK:
+            _BLAS_USERS[0] -= 1
+            if not _BLAS_USERS[0]:
+                limit, _BLAS_USERS[1] = _BLAS_USERS[1], None
+                limit.__exit__(None, None, None)
+
+
 class NumbaBranchyNet(InferenceEngine):
     """Early-exit inference of a trained BranchyNet, compiled with numba.
 
     Same answers as ``net.predict``/``net.predict_main``. A batch runs on
     ``threads`` threads at once (default: one per core), which take its
-    samples one at a time (``_split``). Scratch slabs belong to the engine, so
-    one engine must not be called from several threads at once. ``kernels``:
+    samples one at a time (``_split``). Each call runs in scratch slabs of
+    its own (``_Scratch``: a free one kept from an earlier call, else a new
+    one), so one engine may be called from several threads at once; the
+    engine keeps as many sets of slabs as calls have run at once. ``kernels``:
     each convolution and linear layer runs the generated loop ('loop'), an
     im2col and BLAS product ('gemm'), or ('auto') whichever was measured
     faster for its shape on this machine at compile time (``explain()``
@@ -72,14 +115,14 @@ class NumbaBranchyNet(InferenceEngine):
         self.input_shape = net.input_shape
         self._fast = FastBranchyNet(net)
         self.steps = self._fast.steps
-        self._scratch = numpy.zeros((self.threads, self.program.slab), numpy.float32)
+        # the scratch of calls not running now: a call pops one (or makes one) and
+        # appends it when done (list.pop and list.append are atomic in CPython)
+        self._scratch = [_Scratch(self.threads, self.program.slab)]
         # fixed per engine, read on every call (the batch-1 path is a few µs)
-        self._slabs = list(self._scratch)  # one view per thread, made once
         self._uses_gemm = self.program.uses_gemm
-        # batch 1 (one native call on the caller's thread): its sample counter, 0 per call
-        self._taken = numpy.zeros(1, numpy.int64)
         self._pool = None
-        self._decision_key = self._decided = None
+        self._pool_lock = threading.Lock()
+        self._decided = (None, None)  # (key, (code, limits)) of the last thresholds: one tuple
         self._main_limits = numpy.zeros(self.numexits(), numpy.float64)  # not read
         # starts the worker threads now, not inside the first timed batch
         self.main_route(numpy.zeros((self.threads,) + tuple(self.input_shape), numpy.float32))
@@ -103,10 +146,19 @@ class NumbaBranchyNet(InferenceEngine):
                 tuple(self.input_shape), x.shape))
         return x
 
+    def _take_scratch(self):
+        """A ``_Scratch`` no running call uses: give it back with
+        ``self._scratch.append`` once no thread of the call can write it."""
+        try:
+            return self._scratch.pop()
+        except IndexError:  # every kept one is in use: another thread's call
+            return _Scratch(self.threads, self.program.slab)
+
     def _split(self, fn, n, *args):
         """``fn(*args, S, taken, n)`` on up to ``threads`` threads at once,
-        each with its own slab ``S`` and one shared counter ``taken`` (int64,
-        from 0), from which the native code takes one sample at a time
+        each with its own slab ``S`` (of one ``_Scratch`` this call alone
+        uses) and one counter ``taken`` (int64, from 0, this call's own),
+        from which the native code takes one sample at a time
         (``Program``): a thread that starts late (a wake-up) or runs slower
         (a core shared with another process) takes fewer samples, and each
         thread makes one call per batch (every return to Python waits for
@@ -116,12 +168,19 @@ class NumbaBranchyNet(InferenceEngine):
         every thread that started has ended."""
         taken = numpy.zeros(1, numpy.int64)
         parts = max(1, min(self.threads, n))
+        scratch = self._take_scratch()
+        slabs = scratch.slabs
         if parts == 1:
-            fn(*args, self._slabs[0], taken, n)
+            try:
+                fn(*args, slabs[0], taken, n)
+            finally:
+                self._scratch.append(scratch)
             return
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            self._pool = ThreadPoolExecutor(self.threads - 1)
+            with self._pool_lock:  # one pool, however many threads call first at once
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+                    self._pool = ThreadPoolExecutor(self.threads - 1)
         lock, all_done, errors = threading.Lock(), threading.Lock(), []
         all_done.acquire()  # released by the last worker to end after the caller
         running, over = [0], [False]  # workers inside fn; whether the caller has finished
@@ -141,9 +200,9 @@ class NumbaBranchyNet(InferenceEngine):
                     all_done.release()
 
         for t in range(1, parts):
-            self._pool.submit(work, self._slabs[t])
+            self._pool.submit(work, slabs[t])
         try:
-            fn(*args, self._slabs[0], taken, n)
+            fn(*args, slabs[0], taken, n)
         except BaseException as e:
             errors.append(e)
         with lock:
@@ -151,6 +210,7 @@ class NumbaBranchyNet(InferenceEngine):
             wait = running[0] > 0
         if wait:
             all_done.acquire()
+        self._scratch.append(scratch)  # every thread that wrote it has ended
         if errors:
             raise errors[0]
 
@@ -159,12 +219,13 @@ class NumbaBranchyNet(InferenceEngine):
         last settings seen (this sits on the batch-1 hot path); code None
         for a measure decided in Python."""
         key = self.decision_key(thresholds)
-        if key != self._decision_key:
+        decided = self._decided  # one tuple: a thread never sees a key with another's limits
+        if key != decided[0]:
             measure = confidence.get_measure(self.net.confidence)
             code = _NATIVE.get(measure)  # None for any other measure object, whatever its name
             limits = numpy.array([measure.limit(t) for t in thresholds] + [0.], numpy.float64)
-            self._decision_key, self._decided = key, (code, limits)
-        return self._decided
+            decided = self._decided = key, (code, limits)
+        return decided[1]
 
     def _run(self, x, limits, code, main_only):
         p = self.program
@@ -173,19 +234,22 @@ class NumbaBranchyNet(InferenceEngine):
             # compiled code takes only the array type _batch makes (else
             # TypeError) and checks the sample shape (else 1)
             labels, exits = numpy.empty(1, numpy.int32), numpy.empty(1, numpy.int32)
-            self._taken[0] = 0
+            scratch = self._take_scratch()
+            scratch.taken[0] = 0
             try:
-                if p.run(x, p.weights, self._slabs[0], limits, code, main_only,
-                         labels, exits, self._taken, 1) == 0:
-                    return labels, exits
+                done = p.run(x, p.weights, scratch.slabs[0], limits, code, main_only,
+                             labels, exits, scratch.taken, 1) == 0
             except TypeError:
-                pass  # converted (or refused) below
+                done = False  # converted (or refused) below
+            self._scratch.append(scratch)
+            if done:
+                return labels, exits
         x = self._batch(x)
         n = len(x)
         labels = numpy.empty(n, numpy.int32)
         exits = numpy.empty(n, numpy.int32)
         if self._uses_gemm:  # one BLAS thread per engine thread
-            with blas_limit(1):
+            with _one_blas_thread():
                 self._call(x, limits, code, main_only, labels, exits)
         else:
             self._call(x, limits, code, main_only, labels, exits)
