@@ -217,9 +217,9 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
 
+    started = runrecord.start()  # the commit the run starts from is the one it records
     log('code: commit {}, chainer {}, numpy {}, python {}'.format(
-        runrecord.source_commit(), chainer.__version__, numpy.__version__,
-        platform.python_version()))
+        started['commit'], chainer.__version__, numpy.__version__, platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
     with _agreed(dist):  # every rank loads the data itself; all skip, or none
@@ -304,7 +304,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     log('saved {0}/{1}.bn (dill) and {0}/{1}.npz (weights)'.format(out['models'], network))
 
     results = {'network': network, 'title': title, 'config': config,
-               'environment': runrecord.environment(config, dev), 'seed': seed, 'init': init,
+               'environment': runrecord.environment(config, dev, started), 'seed': seed,
+               'init': init,
                'data': {'n_train': len(x_train), 'n_test': len(x_test),
                         'n_val': len(val_idx), 'val_indices': val_idx,
                         'n_timing': min(config.get('n_timing') or len(x_test), len(x_test))},

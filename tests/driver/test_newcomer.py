@@ -94,3 +94,18 @@ def test_a_row_has_one_verdict_beside_its_gain_columns():
                                         'verdict': 'slower'}}
     assert stages.knee_verdict({'index': 0, 'gain': True, 'note': ''}, slower, 'chainer')[
         'note'].endswith('its gain of 0.80x (0.70-0.90) is a loss')
+
+
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    import json
+    from branchynet.io import runrecord
+    commits = iter(['a' * 40, 'b' * 40 + '+dirty'] + ['c' * 40] * 10)
+    monkeypatch.setattr(runrecord, 'source_commit', lambda: next(commits))
+    out = tmp_path / 'out'
+    assert cli.main(['--network', 'lenet_mnist', '--preset', 'tiny', '--quiet',
+                     '--dataset', _npz(tmp_path / 'd.npz', 200), '--n-val', '40',
+                     '--n-timing', '10', '--engines', 'chainer', '--out', str(out),
+                     '--time-devices', 'cpu']) == 0
+    env = json.loads((out / '_results' / 'lenet_mnist_results.json').read_text())['environment']
+    assert env['commit'] == 'a' * 40 and env['commit_at_end'] == 'b' * 40 + '+dirty'
+    assert env['started'] <= env['recorded']
