@@ -34,8 +34,8 @@ from branchynet.training import checkpoint, loop as training
 from branchynet.devices import device_label, gpu_usable, resolve_device
 from branchynet.io.fileio import save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count, validate_seed
-from branchynet.driver.stages import (calibrate_and_compare, exit_accuracies, log,
-                                       split_validation, time_and_screen)
+from branchynet.driver.stages import (calibrate_and_compare, exit_accuracies, held_out_halves,
+                                       log, split_validation, time_and_screen)
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
@@ -340,9 +340,13 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                                                  label, out, results['costs'], row_note=note)
             rows.append(row)
             results.setdefault('calibration', {})[label] = summary
-            print(tables.format_table(rows), flush=True)
-            tables.write_table(os.path.join(out['results'], '{}_{}_table'.format(
-                network, label.lower())), rows)
+        else:  # every training image trained: the held-out row splits the test samples
+            row, summary = held_out_halves(net, title, timing, label, results['costs'])
+            rows += [row] if row else []
+            results.setdefault('held_out', {})[label] = summary
+        print(tables.format_table(rows), flush=True)
+        tables.write_table(os.path.join(out['results'], '{}_{}_table'.format(
+            network, label.lower())), rows)
         results['tables'][label] = rows
     net.to_device(dev)
     if dist is not None:

@@ -398,3 +398,84 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     with atomic_write(os.path.join(out['results'], tag + '_calibration.md'), 'w') as f:
         f.write(tables.calibration_report(title, label, summary, len(y_val), len(ys)))
     return row, summary
+
+
+#: The held-out row of a run without a validation split (``held_out_halves``).
+HALVES_LABEL = 'held out: T chosen on one test half, measured on the other, both ways, averaged'
+
+
+def test_halves(n):
+    """The two fixed halves of ``n`` test samples: the even and the odd
+    positions (interleaved, so a test set ordered by source or difficulty,
+    as MNIST's is, splits evenly)."""
+    index = numpy.arange(n)
+    return index[0::2], index[1::2]
+
+
+def pooled(parts):
+    """One measurement of ``parts`` (``time_settings`` results on disjoint
+    samples, each a ``(result, samples)`` pair) as if over all their samples:
+    accuracy and exit counts over the union, and each timed pass the
+    per-sample time over the union (pass i of every part together); no
+    thresholds (each part had its own)."""
+    n = sum(k for _, k in parts)
+    out = {'acc': sum(r['acc'] * k for r, k in parts) / n,
+           'exit_counts': [int(sum(c)) for c in zip(*(r['exit_counts'] for r, _ in parts))],
+           'repeats': min(r['repeats'] for r, _ in parts)}
+    for key in ('ms', 'trunk_ms'):
+        if all(key + '_repeats' in r for r, _ in parts):
+            values = [sum(r[key + '_repeats'][i] * k for r, k in parts) / n
+                      for i in range(out['repeats'])]
+            out.update({key: float(numpy.median(values)),
+                        key + '_range': [min(values), max(values)], key + '_repeats': values})
+    return out
+
+
+def held_out_halves(net, title, timing, label, costs_):
+    """The held-out row where no training image was held out (the paper
+    preset trains on every one): thresholds chosen on one fixed half of the
+    test samples (``test_halves``; the cheapest reaching that half's
+    last-exit accuracy, from the knee path's per-exit costs, as
+    ``calibrate_and_compare`` chooses on a validation split) and measured
+    on the other, both ways; the row pools the two measurements
+    (``pooled``), so every test sample is classified with thresholds chosen
+    without it. Returns ``(row, summary)`` (no row for fewer than 2 samples)."""
+    xs, ys, path_ms = timing['xs'], timing['ys'], timing['path_ms']
+    if len(xs) < 2:
+        log('{}: no held-out row: one test sample cannot be halved'.format(label))
+        return None, {'skipped': 'fewer than 2 test samples'}
+    halves = test_halves(len(xs))
+    logits = net.get_logits(xs)
+    chosen, timed = [], []
+    for choose, measure in (halves, halves[::-1]):
+        scores, preds = screening.outputs_from_logits([z[choose] for z in logits],
+                                                      net.confidence)
+        cal = calibration.calibrate_thresholds(scores, preds, ys[choose], path_ms,
+                                               measure=net.confidence)
+        chosen.append(cal)
+        log('{}: held-out row: T={} chosen on {} test samples, timed on the other {}'.format(
+            label, cal['thresholds'], len(choose), len(measure)))
+        timed.append(time_against_baseline(net, xs[measure], ys[measure], cal['thresholds'],
+                                           timing['engines'], timing['repeats']))
+    sizes = [len(halves[1]), len(halves[0])]  # the samples each measurement ran on
+    together = {path: tuple(pooled([(t[path][i], k) for t, k in zip(timed, sizes)])
+                            for i in (0, 1)) for path in timed[0]}
+    row = _table_rows(title, label, together, costs_, timing['notes'])[1]
+    row['Network'] = 'B-{} ({})'.format(title, HALVES_LABEL)
+    row['Thrshld. T'] = None
+    row['Notes'] = ['{} on {}: T {} chosen on the even test samples (measured on the odd), '
+                    '{} on the odd (measured on the even), each the cheapest reaching its '
+                    'half\'s last-exit accuracy; times and gains pool both measurements, each '
+                    'against the baseline timed in its own rounds'.format(
+                        row['Network'], label, *(', '.join('{:.4g}'.format(t)
+                                                           for t in c['thresholds'])
+                                                 for c in chosen))]
+    summary = {'rule': HALVES_LABEL, 'halves': 'even and odd test sample positions',
+               'chosen': [{'on': half, 'thresholds': c['thresholds'], 'acc_on_choosing_half':
+                           c['acc'], 'target_acc': c['target_acc'], 'met': c['met']}
+                          for half, c in zip(('even', 'odd'), chosen)],
+               'acc': together['chainer'][1]['acc'],
+               'exit_counts': together['chainer'][1]['exit_counts'],
+               'timed': {path: {'baseline': b, 'held_out': h}
+                         for path, (b, h) in together.items()}}
+    return row, summary

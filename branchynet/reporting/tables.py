@@ -90,7 +90,7 @@ def branchy_table_rows(network, baseline, branchy, device='CPU', printout=True,
          'Numba (ms)': time_cell(branchy_numba),
          'Numba gain': gain_cell(baseline_numba, branchy_numba),
          'MAC limit': mac_limit,
-         'Thrshld. T': list(branchy['thresholds']),
+         'Thrshld. T': None if branchy.get('thresholds') is None else list(branchy['thresholds']),
          'Exit (%)': [100. * c / total for c in branchy['exit_counts']]},
     ]
     if notes:

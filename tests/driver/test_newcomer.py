@@ -109,3 +109,37 @@ def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
     env = json.loads((out / '_results' / 'lenet_mnist_results.json').read_text())['environment']
     assert env['commit'] == 'a' * 40 and env['commit_at_end'] == 'b' * 40 + '+dirty'
     assert env['started'] <= env['recorded']
+
+
+def test_without_a_validation_split_the_held_out_row_uses_test_halves(tmp_path):
+    import json
+    out = tmp_path / 'out'
+    assert cli.main(['--network', 'lenet_mnist', '--preset', 'tiny', '--quiet',
+                     '--dataset', _npz(tmp_path / 'd.npz', 200, n_test=60), '--n-val', '0',
+                     '--n-timing', '40', '--engines', 'chainer,fast', '--out', str(out),
+                     '--time-devices', 'cpu']) == 0
+    results = json.loads((out / '_results' / 'lenet_mnist_results.json').read_text())
+    rows = results['tables']['CPU']
+    assert len(rows) == 3 and 'calibration' not in results
+    held = rows[2]
+    assert held['Network'] == ('B-LeNet (held out: T chosen on one test half, measured on the '
+                               'other, both ways, averaged)')
+    assert sum(held['Exit (%)']) == pytest.approx(100) and held['Thrshld. T'] is None
+    summary = results['held_out']['CPU']
+    assert [c['on'] for c in summary['chosen']] == ['even', 'odd']
+    assert sum(summary['exit_counts']) == 40
+    # every sample classified with the thresholds chosen on the other half
+    net = experiment.netspec.load('lenet_mnist').get_network()
+    from branchynet.io import fileio
+    fileio.load_npz(str(out / '_models' / 'lenet_mnist.npz'), net)
+    data = numpy.load(tmp_path / 'd.npz')
+    x, y = data['test_x'][:40], data['test_y'][:40]
+    right, exits = 0, numpy.zeros(net.numexits(), int)
+    for measure, chosen in ((slice(1, None, 2), 0), (slice(0, None, 2), 1)):
+        labels, ex = net.predict(x[measure], summary['chosen'][chosen]['thresholds'])
+        right += int((labels == y[measure]).sum())
+        exits += numpy.bincount(ex, minlength=net.numexits())
+    assert summary['acc'] == pytest.approx(right / 40)
+    assert summary['exit_counts'] == exits.tolist()
+    table = (out / '_results' / 'lenet_mnist_cpu_table.md').read_text()
+    assert 'chosen on the even test samples (measured on the odd)' in table
