@@ -283,18 +283,39 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
                   'ys': ys, 'engines': engines, 'notes': notes, 'repeats': repeats}
 
 
+#: Seconds between the lines saying a numba compile is still going on.
+COMPILE_HEARTBEAT = 15.0
+
+
 def compile_numba_engine(net, name, label='CPU'):
     """``engines.numba.NumbaBranchyNet(net)`` with a line before it (what is being
-    compiled, how long it took the last time) and one after (how long it took):
-    the first compile of a network is tens of seconds with nothing to show.
+    compiled, how long it took the last time), one every ``COMPILE_HEARTBEAT``
+    seconds while it goes on, and one after (how long it took): the first
+    compile of a network is tens of seconds with nothing else to show (a
+    terminal also gets a bar per layer whose kernels are measured).
     Raises ``ImportError`` or ``engines.numba.NotCompilable`` as the engine does."""
+    import threading
     from branchynet import progress
     from branchynet.engines import numba as numbapath
+    done, start = threading.Event(), time.perf_counter()
+
+    def heartbeat():
+        while not done.wait(COMPILE_HEARTBEAT):
+            if not progress.QUIET:
+                log('{}: still compiling the numba engine of {} ({:.0f} s; measuring each '
+                    'layer\'s kernels, then compiling the network; only the first time)'
+                    .format(label, name, time.perf_counter() - start))
+    beat = threading.Thread(target=heartbeat, daemon=True)
     with progress.timed_step(
             '{}: compiling the numba engine of {} (cached machine code makes it quick)'
             .format(label, name), 'numba compile: {}'.format(name),
             '{}: numba engine of {} ready'.format(label, name), log=log):
-        return numbapath.NumbaBranchyNet(net)
+        beat.start()
+        try:
+            return numbapath.NumbaBranchyNet(net)
+        finally:
+            done.set()
+            beat.join()
 
 
 def split_validation(x_train, y_train, n_val, seed):

@@ -143,3 +143,18 @@ def test_without_a_validation_split_the_held_out_row_uses_test_halves(tmp_path):
     assert summary['exit_counts'] == exits.tolist()
     table = (out / '_results' / 'lenet_mnist_cpu_table.md').read_text()
     assert 'chosen on the even test samples (measured on the odd)' in table
+
+
+def test_a_long_numba_compile_says_it_is_still_going(monkeypatch, capsys):
+    import time
+    from branchynet.driver import stages
+    from branchynet.engines import numba as numbapath
+    monkeypatch.setattr(stages, 'COMPILE_HEARTBEAT', 0.05)
+    monkeypatch.setattr(numbapath, 'NumbaBranchyNet', lambda net: time.sleep(0.3) or 'engine')
+    monkeypatch.setenv('BRANCHYNET_STEP_TIMES', '/nonexistent/step_seconds.json')
+    assert stages.compile_numba_engine(None, 'mine') == 'engine'
+    out = capsys.readouterr().out
+    assert 'CPU: compiling the numba engine of mine' in out
+    assert 'CPU: still compiling the numba engine of mine (' in out
+    assert 's; measuring each layer\'s kernels, then compiling the network' in out
+    assert 'CPU: numba engine of mine ready in ' in out
