@@ -149,6 +149,8 @@ def test_a_long_numba_compile_says_it_is_still_going(monkeypatch, capsys):
     import time
     from branchynet.driver import stages
     from branchynet.engines import numba as numbapath
+    from branchynet import progress
+    monkeypatch.setattr(progress, 'QUIET', False)  # a --quiet run before may have set it
     monkeypatch.setattr(stages, 'COMPILE_HEARTBEAT', 0.05)
     monkeypatch.setattr(numbapath, 'NumbaBranchyNet', lambda net: time.sleep(0.3) or 'engine')
     monkeypatch.setenv('BRANCHYNET_STEP_TIMES', '/nonexistent/step_seconds.json')
