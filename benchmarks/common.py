@@ -70,23 +70,34 @@ def test_subset(args, data, quick_n, full_n):
     return data[2][:n], data[3][:n]
 
 
+def path_threads(threads=None):
+    """The threads every path gets: ``threads``, or by default one per core
+    (``os.cpu_count()``), the same for each, so that no path is compared with
+    more cores than another."""
+    return threads or os.cpu_count() or 1
+
+
 def engines(net, chainer=True, threads=None):
     """``[(name, engine)]``: Chainer (unless ``chainer=False``), the fast path
-    and, when installed, the ONNX Runtime path (requirements/onnx.txt) and the
-    numba path (requirements/numba.txt). ``threads``: ONNX Runtime's and the
-    numba path's threads (default: ONNX Runtime 1, numba one per core); the
-    BLAS threads of Chainer and the fast path are set with ``blas_threads``."""
+    and, when installed, the ONNX Runtime path and the numba path. Every path
+    gets ``path_threads(threads)`` threads: ONNX Runtime's intra-op threads,
+    the numba path's workers, and (set with ``blas_threads``, same default)
+    the BLAS threads of Chainer and the fast path; printed."""
     from branchynet.engines.fast import FastBranchyNet
+    n = path_threads(threads)
+    print('threads: {} on every path (Chainer and fast: numpy\'s BLAS; ONNX Runtime: '
+          'intra-op threads; numba: its worker threads){}'.format(
+              n, '' if threads else ', one per core (--threads to change)'))
     found = [('chainer', net)] if chainer else []
     found.append(('fast', FastBranchyNet(net)))
     try:
         from branchynet.engines.onnx_runtime import OnnxBranchyNet
-        found.append(('onnx', OnnxBranchyNet(net, threads=threads or 1)))
+        found.append(('onnx', OnnxBranchyNet(net, threads=n)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
     try:
         from branchynet.engines.numba import NumbaBranchyNet
-        engine = NumbaBranchyNet(net, threads=threads)
+        engine = NumbaBranchyNet(net, threads=n)
         print('numba path: compiled (or loaded from its cache) in {:.1f} s'.format(
             engine.compile_seconds))
         found.append(('numba', engine))
@@ -95,13 +106,11 @@ def engines(net, chainer=True, threads=None):
     return found
 
 
-def blas_threads(threads):
-    """A context limiting numpy's BLAS to ``threads`` (None: no limit)."""
-    import contextlib
-    if threads is None:
-        return contextlib.nullcontext()
+def blas_threads(threads=None):
+    """A context holding numpy's BLAS to ``path_threads(threads)`` threads
+    (by default one per core, as every other path)."""
     from threadpoolctl import threadpool_limits
-    return threadpool_limits(threads)
+    return threadpool_limits(path_threads(threads))
 
 
 def peak_gmacs(n=2048, rounds=5):

@@ -200,8 +200,8 @@ def main():
     p.add_argument('--explain', action='store_true',
                    help='print the numba path\'s layers: kernel chosen, µs per call')
     p.add_argument('--threads', type=int, default=None,
-                   help='threads of every path (BLAS, ONNX Runtime, numba); default: '
-                        'ONNX Runtime 1 (its engine\'s default), the others one per core')
+                   help='threads of every path (BLAS, ONNX Runtime, numba); default: one '
+                        'per core on every path (benchmarks/common.py path_threads)')
     args = p.parse_args()
     names = [n.strip() for n in args.networks.split(',') if n.strip()]
     unknown = [n for n in names if n not in NETWORKS]

@@ -126,7 +126,7 @@ class BranchyNet(chainer.Chain):
         super().__init__()
         trunk_layers, heads, branch_points = self._parse(network)
         with self.init_scope():
-            self.trunk = Net(trunk_layers)
+            self.trunk = Net(trunk_layers).named('the trunk (Branch entries not counted)')
             self.branches = chainer.ChainList(*heads)
         self.branch_points = branch_points
         self.percentTestExits = percentTestExits
@@ -157,7 +157,7 @@ class BranchyNet(chainer.Chain):
         trunk_layers, heads, branch_points = [], [], []
         for layer in network:
             if isinstance(layer, Branch):
-                heads.append(layer)
+                heads.append(layer.named("exit {}'s head".format(len(heads) + 1)))
                 branch_points.append(len(trunk_layers))
             elif isinstance(layer, chainer.Link):
                 trunk_layers.append(layer)

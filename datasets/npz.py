@@ -2,9 +2,12 @@
 
 This is the layout of the original's preprocessed CIFAR-10 (``data.npz``);
 any channel count and image size is accepted, so every network can run on a
-user's own data (``--dataset path/to/file.npz``).
+user's own data (``--dataset path/to/file.npz``). The common other spelling,
+``x_train, y_train, x_test, y_test``, is read too. Images are float32, or
+uint8 (0..255), which ``load`` scales to float32 in [0, 1] and says so.
 """
 import os
+import sys
 
 import numpy
 
@@ -12,6 +15,10 @@ from branchynet.io.fileio import atomic_write
 from branchynet.validation import InvalidType, InvalidValue
 
 KEYS = ('train_x', 'train_y', 'test_x', 'test_y')
+#: The other spelling ``load`` reads, key for key with ``KEYS``.
+OTHER_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+#: Image dtypes accepted: float32 as it is, uint8 scaled to [0, 1] by ``load``.
+IMAGE_DTYPES = (numpy.float32, numpy.uint8)
 
 
 def validate(arrays, num_classes=None, source='dataset'):
@@ -37,14 +44,28 @@ def _check_keys(names, source):
             source, ', '.join(missing), ', '.join(KEYS)))
 
 
+def stored_keys(names, source):
+    """``{key of KEYS: the name it is stored under}`` for a file holding the
+    entries ``names``, in either spelling (``KEYS`` or ``OTHER_KEYS``); else an
+    error listing the keys the file has."""
+    for spelling in (KEYS, OTHER_KEYS):
+        if all(k in names for k in spelling):
+            return dict(zip(KEYS, spelling))
+    closest = max((KEYS, OTHER_KEYS), key=lambda spelling: sum(k in names for k in spelling))
+    raise InvalidValue('{} lacks key(s) {}: expected {} (or {}); the file has: {}'.format(
+        source, ', '.join(k for k in closest if k not in names), ', '.join(KEYS),
+        ', '.join(OTHER_KEYS), ', '.join(sorted(names)) or 'no entries'))
+
+
 def check_headers(headers, source='dataset'):
     """The shapes and dtypes of the four entries (``{key: (shape, dtype)}``),
     checked; ``load`` calls it on the npz headers before reading any entry,
     so a forged shape costs nothing."""
     for split in ('train', 'test'):
         (x_shape, x_dtype), (y_shape, y_dtype) = headers[split + '_x'], headers[split + '_y']
-        if x_dtype != numpy.float32:
-            raise InvalidType('{}: {}_x must be float32, got {}'.format(source, split, x_dtype))
+        if x_dtype not in IMAGE_DTYPES:
+            raise InvalidType('{}: {}_x must be float32, got {} (uint8 images are read '
+                              'too, scaled to [0, 1])'.format(source, split, x_dtype))
         if len(x_shape) != 4:
             raise InvalidValue('{}: {}_x must have shape (N, channels, height, width), got {}'
                                .format(source, split, tuple(x_shape)))
@@ -60,19 +81,30 @@ def check_headers(headers, source='dataset'):
             source, tuple(headers['train_x'][0][1:]), tuple(headers['test_x'][0][1:])))
 
 
-def load(path, num_classes=None):
+def load(path, num_classes=None, note=None):
     """``(x_train, y_train, x_test, y_test)`` from an npz file, validated.
 
-    Only the four entries are read, and only after their headers (shapes
-    and dtypes) passed ``check_headers``: memory is what the data declares,
-    whatever else the file holds."""
+    The keys may be spelled either way (``KEYS``, ``OTHER_KEYS``). Only the
+    four entries are read, and only after their headers (shapes and dtypes)
+    passed ``check_headers``: memory is what the data declares, whatever else
+    the file holds. uint8 images become float32 in [0, 1] (divided by 255),
+    said in one line to ``note`` (default: printed to stderr)."""
     if not os.path.exists(path):
         raise FileNotFoundError('dataset file {} does not exist'.format(path))
     from branchynet.io import safenpz
     with safenpz.open_npz(path, 'a dataset npz file (keys {})'.format(', '.join(KEYS))) as f:
-        _check_keys(f.files, path)
-        check_headers({k: safenpz.entry_header(f, k, path) for k in KEYS}, source=str(path))
-        arrays = {k: safenpz.read_array(f, k, path) for k in KEYS}
+        names = stored_keys(f.files, path)
+        check_headers({k: safenpz.entry_header(f, names[k], path) for k in KEYS},
+                      source=str(path))
+        arrays = {k: safenpz.read_array(f, names[k], path) for k in KEYS}
+    scaled = [names[k] for k in ('train_x', 'test_x') if arrays[k].dtype == numpy.uint8]
+    for k in ('train_x', 'test_x'):
+        if arrays[k].dtype == numpy.uint8:
+            arrays[k] = arrays[k].astype(numpy.float32) / numpy.float32(255)
+    if scaled:
+        (note or (lambda line: print(line, file=sys.stderr)))(
+            '{}: {} held uint8 images; scaled to float32 in [0, 1] (divided by 255)'.format(
+                path, ' and '.join(scaled)))
     validate(arrays, num_classes, source=str(path))
     return (arrays['train_x'], arrays['train_y'].astype(numpy.int32),
             arrays['test_x'], arrays['test_y'].astype(numpy.int32))

@@ -354,7 +354,9 @@ def specs(draw, empty_segments=None, max_exits=3, max_layers=8, batch=(1, 70),
                 head=_head(draw, shapes[-1], classes, []),
                 measure=draw(st.sampled_from(measures)),
                 seed=draw(st.integers(0, 2 ** 16)),
-                batch=draw(st.integers(*batch)),
+                # a few samples per exit: every exit can get some
+                batch=draw(st.integers(max(batch[0], 3 * (exits + 1)),
+                                       max(batch[1], 3 * (exits + 1)))),
                 batchsize=draw(st.sampled_from([None, None, None, 1, 4])),
                 quantiles=tuple(draw(st.floats(0.15, 0.85)) for _ in range(exits)))
 
@@ -389,30 +391,56 @@ def _computes(segment):
 # ---------------------------------------------------------------- thresholds
 def thresholds_for(net, logits, quantiles):
     """Per early exit, a threshold between two of the actual scores there, so
-    about ``quantiles[i]`` of the samples that reach exit i leave there (every
-    exit gets samples when the batch is large enough)."""
+    that about ``quantiles[i]`` of the samples reaching exit i leave there, but
+    at least one, and at least one stays for each later exit. Among the cuts
+    near that share, one is taken where the samples leaving include one whose
+    label is no tie, and the cut lies in a gap wider than the scores' rounding
+    tolerance on both sides, so the samples there are compared, not dropped
+    as ties (``unstable_samples``). Where no gap is that wide (scores that
+    differ less than their tolerance), nobody leaves there, so the later
+    exits still get samples. Returns ``(thresholds, unsplit)``: the early exits
+    where nobody leaves for that reason."""
     measure = confidence.get_measure(net.confidence)
     reach = numpy.ones(len(logits[0]), bool)
-    ts = []
-    for z, q in zip(logits[:-1], quantiles):
-        scores = numpy.sort(measure.scores(z[reach]))
-        if len(scores) == 0:
-            limit = 0.0
+    early = len(logits) - 1
+    ts, unsplit = [], []
+    for i, (z, q) in enumerate(zip(logits[:-1], quantiles)):
+        order = numpy.argsort(measure.scores(z[reach]), kind='stable')
+        scores = measure.scores(z[reach])[order]
+        tol = score_tolerance(z)[reach][order]
+        labelled = ~tie_mask(z)[reach][order]  # a label that can be compared
+        m, later = len(scores), early - i  # later: exits after this one, the last included
+        if m <= later:  # too few samples to share: nobody leaves here
+            limit = scores[0] - 1.0 if m else 0.0
         else:
-            i = min(len(scores) - 1, int(q * len(scores)))
-            lo = scores[i - 1] if i > 0 else scores[0] - 1.0
-            limit = 0.5 * (lo + scores[i])  # strictly between two scores
+            want = min(max(int(round(q * m)), 1), m - later)
+            cuts = sorted(range(1, m - later + 1), key=lambda k: abs(k - want))
+            clear = [k for k in cuts if scores[k] - scores[k - 1] > tol[k] + tol[k - 1]]
+            good = [k for k in clear if labelled[:k].any()]
+            if good or clear:
+                k = (good or clear)[0]  # k samples leave: those with the k lowest scores
+                limit = 0.5 * (scores[k - 1] + scores[k])
+            else:
+                limit = scores[0] - 2 * tol[0] - 1e-6
+                unsplit.append(i)
         t = limit if measure.upper is None else 1.0 - limit
         t = min(max(t, 0.0), measure.upper if measure.upper is not None else math.inf)
         ts.append(float(t))
         reach &= ~(measure.scores(z) < measure.limit(ts[-1]))
-    return ts
+    return ts, tuple(unsplit)
 
 
 # ---------------------------------------------------------------- the check
 def logit_tolerance(z):
     """Per-sample absolute tolerance of logits ``z`` (see ``RTOL``)."""
     return RTOL * numpy.abs(z).max(axis=1) + ATOL_SCALE * numpy.abs(z).max()
+
+
+def score_tolerance(z):
+    """Per sample, how far its confidence score may move when its logits
+    ``z`` move within ``logit_tolerance``: at most (2 + 2 log K) times the
+    largest logit change."""
+    return 2 * (1 + math.log(z.shape[1])) * 2 * logit_tolerance(z)
 
 
 def unstable_samples(net, logits, ts):
@@ -432,8 +460,7 @@ def unstable_samples(net, logits, ts):
         if i == last:
             unstable |= reach & tie
             break
-        # a score moves by at most (2 + 2 log K) times the largest logit change
-        score_tol = 2 * (1 + math.log(z.shape[1])) * 2 * tol
+        score_tol = score_tolerance(z)
         scores = measure.scores(z)
         limit = measure.limit(ts[i])
         unstable |= reach & (numpy.abs(scores - limit) <= score_tol)
@@ -459,7 +486,9 @@ class Outcome:
     refused: str = ''      # the refusal message, when the engine refused
     samples: int = 0       # samples compared
     unstable: int = 0      # samples left out as ties (unstable_samples)
-    exits: tuple = ()      # samples per exit (net.predict)
+    exits: tuple = ()      # compared samples per exit (net.predict's exits)
+    unsplit: tuple = ()    # early exits nobody leaves: their scores differ by less than
+    #                        the rounding tolerance (``thresholds_for``)
 
 
 def check_engine(make_engine, refusals, net, x, quantiles=None, ts=None, batchsize=None,
@@ -473,8 +502,9 @@ def check_engine(make_engine, refusals, net, x, quantiles=None, ts=None, batchsi
     """
     with chainer.using_config('train', False):
         logits = net.get_logits(x)  # also initialises lazy Linear layers
+    unsplit = ()
     if ts is None:
-        ts = thresholds_for(net, logits, quantiles)
+        ts, unsplit = thresholds_for(net, logits, quantiles)
     try:
         engine = make_engine(net)
     except refusals as e:
@@ -501,7 +531,8 @@ def check_engine(make_engine, refusals, net, x, quantiles=None, ts=None, batchsi
             assert (err <= 0).all(), 'exit {} logits differ by up to {:.3g} beyond the ' \
                 'tolerance (largest |logit| {:.3g})'.format(i, err.max(), numpy.abs(z).max())
     return Outcome(samples=int(ok.sum()), unstable=int(unstable.sum()),
-                   exits=tuple(int((exp_exits == i).sum()) for i in range(len(logits))))
+                   exits=tuple(int((exp_exits[ok] == i).sum()) for i in range(len(logits))),
+                   unsplit=unsplit)
 
 
 def tie_mask(z):

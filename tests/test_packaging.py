@@ -1,13 +1,16 @@
-"""What ``pip install .`` puts into site-packages, and the checkout's two names
-for the bundled data and network code."""
+"""What ``pip install .`` puts into site-packages, the checkout's two names
+for the bundled data and network code, and the README's install command on a
+clean machine."""
 import ast
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import time
 
 import pytest
 
@@ -66,9 +69,10 @@ def test_installed_code_never_imports_the_top_level_names():
     assert not bad, 'use branchynet.datasets/.networks or a relative import:\n' + '\n'.join(bad)
 
 
-def _copy_sources(dest):
+def _copy_sources(dest, fake_data=True):
     """The checkout's sources without data, caches or build output, so that
-    building writes nothing into the checkout."""
+    building writes nothing into the checkout (with ``fake_data``, a data file
+    that must not be installed)."""
     ignore = shutil.ignore_patterns('__pycache__', '*.egg-info', 'build', 'data')
     for name in SOURCES:
         src = os.path.join(ROOT, name)
@@ -78,6 +82,8 @@ def _copy_sources(dest):
             shutil.copytree(src, os.path.join(dest, name), ignore=ignore)
         else:
             shutil.copy2(src, os.path.join(dest, name))
+    if not fake_data:
+        return
     # data that a checkout may hold must not be installed
     os.makedirs(os.path.join(dest, 'datasets', 'data', 'mnist'))
     with open(os.path.join(dest, 'datasets', 'data', 'mnist', 'train-images-idx3-ubyte.gz'),
@@ -135,3 +141,56 @@ def test_pip_install_puts_only_branchynet_into_site_packages(tmp_path):
     out = subprocess.run([python, '-c', check, site], cwd=str(tmp_path), env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stdout + out.stderr
+
+
+INSTALL_SECTION = '## Installing as a package'
+
+
+def install_command():
+    """The first command of the README's install instructions."""
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    start = text.index(INSTALL_SECTION)
+    block = re.search(r'^```sh\n(.*?)^```', text[start:], re.M | re.S).group(1)
+    lines = [line.split('#')[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line][0]
+
+
+def _index_reachable(python, env, folder):
+    """Whether pip reaches its package index (one small download)."""
+    probe = subprocess.run([python, '-m', 'pip', 'download', '-q', '--no-deps', '-d', folder,
+                            'setuptools==73.0.1'], env=env, capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_readme_install_command_works_on_a_clean_machine(tmp_path):
+    """The README's install command, verbatim, in a fresh virtual environment
+    (the interpreter's own pip) with pip's cache off, so every package comes
+    from the index and chainer 7.8.1 is built from source as on a clean
+    machine; then the README's quick start runs in that environment."""
+    from tests.test_readme import run_quick_start
+    src, venv, work = tmp_path / 'src', tmp_path / 'venv', tmp_path / 'work'
+    src.mkdir()
+    work.mkdir()
+    _copy_sources(str(src), fake_data=False)
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    bin_dir = str(venv / 'bin')
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PIP_CONSTRAINT',
+                                                             'PIP_BUILD_CONSTRAINT')}
+    env.update(PATH=bin_dir + os.pathsep + env.get('PATH', ''), VIRTUAL_ENV=str(venv),
+               PIP_NO_CACHE_DIR='1',
+               # MNIST from the checkout's folder: the download is not what is tested here
+               BRANCHYNET_DATA_DIR=os.path.join(ROOT, 'datasets', 'data'))
+    if not _index_reachable(os.path.join(bin_dir, 'python'), env, str(tmp_path / 'probe')):
+        pytest.skip('the package index is not reachable from here')
+    command = install_command()
+    start = time.perf_counter()
+    run = subprocess.run(command, shell=True, cwd=str(src), env=env, capture_output=True,
+                         text=True)
+    install_s = time.perf_counter() - start
+    assert run.returncode == 0, '{} failed:\n{}'.format(command, run.stdout[-2000:] +
+                                                        run.stderr[-3000:])
+    seconds = run_quick_start(bin_dir, work, env)
+    print('install: {:.0f} s ({}); quick start: {:.0f} s'.format(install_s, command, seconds))

@@ -82,21 +82,31 @@ def build_parser():
                                  for p, r in stages.TIMING_REPEATS.items())))
     parser.add_argument('--dataset', dest='dataset_path', metavar='FILE.npz|FOLDER|NAME',
                         help="replace the network's dataset: an npz file (train_x, train_y, "
-                             'test_x, test_y), an image folder or .tar/.tar.gz archive '
-                             '(train/<class>/*.jpg|png, test/<class>/*; decoded once into '
-                             'a cache) or one of: ' + ', '.join(experiment.DATASETS))
+                             'test_x, test_y or x_train, ...), an image folder or '
+                             '.tar/.tar.gz archive (train/<class>/*.jpg|png, test/<class>/*; '
+                             'decoded once into a cache) or one of: '
+                             + ', '.join(experiment.DATASETS))
     parser.add_argument('--cifar10', metavar='PATH',
                         help='where CIFAR-10 is for this run (sets $BRANCHYNET_CIFAR10): the '
                              'official cifar-10-python.tar.gz or its folder, or an '
                              'image-folder copy (folder or .tar/.tar.gz with train/<class>/, '
                              'test/<class>/; results then say "CIFAR-10 (JPEG copy)")')
+    parser.add_argument('--engines', metavar='LIST',
+                        help='the inference paths to time, comma-separated, of {} (default '
+                             'all; chainer, the reference of the accuracy, Time and Gain '
+                             'columns, is always timed): e.g. --engines chainer,fast leaves '
+                             'out the numba path and its compile'.format(
+                                 ', '.join(stages.TIMED_PATHS)))
     parser.add_argument('--screen', choices=('cached', 'original'),
                         help='cached (default): grid from exit outputs computed once; '
                              'original: one batch-1 pass per grid point')
     parser.add_argument('--n-val', type=int,
-                        help='training samples held out to calibrate thresholds (default '
-                             '5000, but 0 with the paper preset, which trains on every '
-                             'training image; 0: paper-faithful test-set sweep only)')
+                        help='training samples held out to choose the calibrated row\'s '
+                             'thresholds; default by preset: {}. Refused when it would leave '
+                             'fewer training samples than it holds out. With 0 (the paper '
+                             'preset, which trains on every training image) the held-out row '
+                             'chooses on one half of the test set and measures on the '
+                             'other'.format(n_val_defaults()))
     parser.add_argument('--resume', action='store_true',
                         help='continue from the training snapshots in _models/')
     parser.add_argument('--init', metavar='FILE.npz',
@@ -138,6 +148,22 @@ def build_parser():
     parser.add_argument('--hostfile', metavar='FILE',
                         help='with --mpi: the MPI hostfile listing the nodes (several machines)')
     return parser
+
+
+def n_val_defaults():
+    """``--n-val``'s default of every preset, as the networks set it:
+    ``'fast 5000 (lenet_mnist), 1000 (alex_cifar10, your own); ...'``."""
+    presets = {}
+    for name in networks.NETWORKS:
+        for preset in networks.load(name).EXPERIMENT['presets']:
+            presets.setdefault(preset, {}).setdefault(
+                experiment.resolve_config(name, preset)[1]['n_val'], []).append(name)
+    for preset, settings in netspec.default_experiment('')['presets'].items():
+        presets.setdefault(preset, {}).setdefault(settings['n_val'], []).append('your own')
+    return '; '.join('{} {}'.format(preset, ', '.join(
+        str(n) if len(values) == 1 else '{} ({})'.format(n, ', '.join(names))
+        for n, names in sorted(values.items(), reverse=True)))
+        for preset, values in presets.items())
 
 
 def _seed(text):
@@ -305,6 +331,7 @@ def main(argv=None):
         if args.mpi is not None:
             command = mpi_command(args, argv)
         args.exit_weights = parse_weights(args.exit_weights)
+        args.engines = stages.parse_engines(args.engines)
     except InputError as e:
         print('error: {}'.format(e), file=sys.stderr)
         return 2
@@ -316,7 +343,8 @@ def main(argv=None):
         progress.set_quiet()
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
-                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val', 'title') +
+                  'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val', 'title',
+                  'engines') +
                  training.RECIPE_OPTIONS}
     if args.time_devices:
         time_devices = args.time_devices.split(',')

@@ -34,8 +34,8 @@ from branchynet.training import checkpoint, loop as training
 from branchynet.devices import device_label, gpu_usable, resolve_device
 from branchynet.io.fileio import save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count, validate_seed
-from branchynet.driver.stages import (calibrate_and_compare, exit_accuracies, log,
-                                       split_validation, time_and_screen)
+from branchynet.driver.stages import (calibrate_and_compare, exit_accuracies, held_out_halves,
+                                       log, split_validation, time_and_screen)
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
@@ -251,9 +251,9 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     if dev.xp is not numpy:
         dev.xp.random.seed(seed)
 
+    started = runrecord.start()  # the commit the run starts from is the one it records
     log('code: commit {}, chainer {}, numpy {}, python {}'.format(
-        runrecord.source_commit(), chainer.__version__, numpy.__version__,
-        platform.python_version()))
+        started['commit'], chainer.__version__, numpy.__version__, platform.python_version()))
     log('{} ({} preset): loading {}'.format(network, preset,
                                            config.get('dataset_path') or config['dataset']))
     with _agreed(dist):  # every rank loads the data itself; all skip, or none
@@ -347,7 +347,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     log('saved {0}/{1}.bn (dill) and {0}/{1}.npz (weights)'.format(out['models'], network))
 
     results = {'network': network, 'title': title, 'config': config,
-               'environment': runrecord.environment(config, dev), 'seed': seed, 'init': init,
+               'environment': runrecord.environment(config, dev, started), 'seed': seed,
+               'init': init,
                'data': {'source': copy['label'] if copy else None,
                         'source_sha256': copy['sha256'] if copy else None,
                         'n_train': len(x_train), 'n_test': len(x_test),
@@ -384,9 +385,13 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                                                  label, out, results['costs'], row_note=note)
             rows.append(row)
             results.setdefault('calibration', {})[label] = summary
-            print(tables.format_table(rows), flush=True)
-            tables.write_table(os.path.join(out['results'], '{}_{}_table'.format(
-                network, label.lower())), rows)
+        else:  # every training image trained: the held-out row splits the test samples
+            row, summary = held_out_halves(net, title, timing, label, results['costs'])
+            rows += [row] if row else []
+            results.setdefault('held_out', {})[label] = summary
+        print(tables.format_table(rows), flush=True)
+        tables.write_table(os.path.join(out['results'], '{}_{}_table'.format(
+            network, label.lower())), rows)
         results['tables'][label] = rows
     net.to_device(dev)
     if dist is not None:

@@ -59,16 +59,44 @@ def timing_repeats(config):
     return config.get('timing_repeats') or TIMING_REPEATS.get(config['preset'], 5)
 
 
-def timing_engines(net, label, name='the network'):
+#: The inference paths Table I can time, in its column order; Chainer is the
+#: reference (the accuracy, Time and Gain columns) and always timed.
+TIMED_PATHS = ('chainer', 'fast', 'numba')
+
+
+def parse_engines(text):
+    """``--engines chainer,fast,numba`` as a tuple of ``TIMED_PATHS`` (None: all of
+    them); Chainer is added where the list leaves it out."""
+    if text is None:
+        return TIMED_PATHS
+    names = [n.strip() for n in text.split(',') if n.strip()]
+    unknown = [n for n in names if n not in TIMED_PATHS]
+    if unknown or not names:
+        raise InvalidValue('--engines {!r}: expected a comma-separated list of {} (chainer, '
+                           'the reference, is always timed)'.format(text, ', '.join(TIMED_PATHS)))
+    return tuple(p for p in TIMED_PATHS if p in names or p == 'chainer')
+
+
+def timing_engines(net, label, name='the network', paths=TIMED_PATHS):
     """The inference paths Table I times: ``({path: engine}, notes)``.
 
-    Always Chainer (``net``) and the fast path; the numba path too when numba
-    is installed and compiles the network (on the CPU only). Otherwise
-    ``notes`` says why its columns are empty, and the log says it too.
+    Always Chainer (``net``); of ``paths`` (``--engines``) the fast path, and
+    the numba path when numba is installed and compiles the network (on the
+    CPU only). ``notes`` say why a path's columns are empty (left out, or
+    why numba could not run), and the log says it too.
     """
-    engines = {'chainer': net, 'fast': FastBranchyNet(net)}
+    engines, notes = {'chainer': net}, []
+    left_out = [p for p in TIMED_PATHS if p not in paths]
+    if left_out:
+        notes.append('{} columns empty on {}: left out by --engines'.format(
+            ' and '.join(p.capitalize() for p in left_out), label))
+        log('{}: not timed (--engines): {}'.format(label, ', '.join(left_out)))
+    if 'fast' in paths:
+        engines['fast'] = FastBranchyNet(net)
     reason = None
-    if net.xp is not numpy:
+    if 'numba' not in paths:
+        pass
+    elif net.xp is not numpy:
         reason = 'the numba path runs on the CPU only'
     else:
         try:
@@ -80,7 +108,6 @@ def timing_engines(net, label, name='the network'):
                 engines['numba'] = compile_numba_engine(net, name, label)
             except (ImportError, numbapath.NotCompilable) as e:
                 reason = str(e)
-    notes = []
     if reason is not None:
         notes.append('Numba columns empty on {}: {}'.format(label, reason))
         log('{}: no numba column: {}'.format(label, reason))
@@ -119,6 +146,33 @@ def _table_rows(title, label, timed, costs_, notes):
 GAIN_COLUMNS = {'chainer': 'Gain', 'fast': 'Fast gain', 'numba': 'Numba gain'}
 
 
+#: How the note of a point chosen as the knee begins when its measured gain on
+#: the knee's path is not beyond noise (``knee_verdict``).
+NOT_A_KNEE = 'not a knee'
+
+
+def knee_verdict(choice, row, path):
+    """``tradeoff.choose_knee``'s choice after the BranchyNet ``row`` was
+    timed: one verdict for the row's label and the trade-off figure's title.
+
+    A knee whose measured gain on ``path`` (where it was chosen) is not beyond
+    the noise of its repeats is no knee; the note says that of that path
+    alone, with its measured gain, since the other paths' gain columns keep
+    their own verdicts (a plain "no gain" beside a Gain column reading 1.96x
+    would contradict it). A choice that was no knee already keeps its note
+    (``tradeoff.NO_GAIN``: no point at the baseline's accuracy is faster)."""
+    cell = row[GAIN_COLUMNS[path]]
+    if not choice['gain'] or tables.is_gain(cell):
+        return choice
+    slower = (cell.get('verdict') == 'slower') if isinstance(cell, dict) else \
+        cell is not None and cell < 1
+    gain = tables.format_cell('Gain', cell)
+    gain = gain[:-len(tables.WITHIN_NOISE) - 1] if gain.endswith(tables.WITHIN_NOISE) else gain
+    return dict(choice, gain=False, note='{}: on the {} path, where it was chosen, its gain '
+                'of {} is {}'.format(NOT_A_KNEE, path, gain,
+                                     'a loss' if slower else tables.WITHIN_NOISE))
+
+
 def fastest_path(net, engines, xs, ys, repeats=3):
     """The path a user would deploy: ``(path, {path: baseline ms})``.
 
@@ -154,7 +208,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     n_timing = config.get('n_timing') or len(x_test)
     xs, ys = x_test[:n_timing], y_test[:n_timing]
     repeats = timing_repeats(config)
-    engines, notes = timing_engines(net, label, name)
+    engines, notes = timing_engines(net, label, name, config.get('engines') or TIMED_PATHS)
     screen_engines = {'chainer': net} if config['screen'] == 'original' else engines
     t0 = time.perf_counter()
     log('{}: screening {} threshold values over {} early exit(s) ({})'.format(
@@ -180,9 +234,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     timed = time_against_baseline(net, xs, ys, ts, engines, repeats)
     baseline, branchy = timed['chainer']
     rows = _table_rows(title, label, timed, costs_, notes)
-    if choice['gain'] and not tables.is_gain(rows[1][GAIN_COLUMNS[path]]):
-        choice = {'index': knee, 'gain': False, 'note': '{}; measured {} on the {} path'.format(
-            tradeoff.NO_GAIN, tables.format_cell('Gain', rows[1][GAIN_COLUMNS[path]]), path)}
+    choice = knee_verdict(choice, rows[1], path)
     if not choice['gain']:
         rows[1]['Network'] += ' ({})'.format(choice['note'])
         log('{}: {}'.format(label, choice['note']))
@@ -202,7 +254,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
         'timing': {'repeats': repeats, 'warmup_samples': measurement.WARMUP_SAMPLES,
                    'paths': list(engines), 'notes': notes,
                    'order': 'per round: baseline then knee, on each path in turn'},
-        'baseline': baseline, 'baseline_fast': timed['fast'][0],
+        'baseline': baseline, 'baseline_fast': timed.get('fast', (None,))[0],
         'baseline_numba': timed.get('numba', (None,))[0], 'knee_index': knee,
         'knee_path': path, 'knee_path_baseline_ms': path_base_ms,
         'knee_rule': 'fastest point (predicted time on the knee path, the path with the '
@@ -210,7 +262,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
                      'baseline time / 1.05; a gain when its slowest repeat on that path '
                      'beats the baseline\'s fastest',
         'knee_is_gain': choice['gain'], 'knee_note': choice['note'],
-        'knee': branchy, 'knee_fast': timed['fast'][1],
+        'knee': branchy, 'knee_fast': timed.get('fast', (None, None))[1],
         'knee_numba': timed.get('numba', (None, None))[1], 'knee_check': knee_check,
         'mac_limit_gain': rows[1]['MAC limit'], 'points': records})
     star = knee if choice['gain'] else None  # no star for a point that is no knee
@@ -221,7 +273,7 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     visualize.plot_tradeoff_curve(
         accs, ms, timed[path][0]['acc'], timed[path][0]['ms'], star,
         title='{} on {}: accuracy vs runtime{}'.format(
-            'B-' + title, label, '' if choice['gain'] else '\n' + tradeoff.NO_GAIN),
+            'B-' + title, label, '' if choice['gain'] else '\n' + choice['note']),
         path=os.path.join(out['figs'], tag + '_tradeoff'), extra_series=extra,
         series_label='{} path (knee)'.format(path))
     path_ms = info.get('path_ms', {}).get(path)
@@ -231,18 +283,39 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
                   'ys': ys, 'engines': engines, 'notes': notes, 'repeats': repeats}
 
 
+#: Seconds between the lines saying a numba compile is still going on.
+COMPILE_HEARTBEAT = 15.0
+
+
 def compile_numba_engine(net, name, label='CPU'):
     """``engines.numba.NumbaBranchyNet(net)`` with a line before it (what is being
-    compiled, how long it took the last time) and one after (how long it took):
-    the first compile of a network is tens of seconds with nothing to show.
+    compiled, how long it took the last time), one every ``COMPILE_HEARTBEAT``
+    seconds while it goes on, and one after (how long it took): the first
+    compile of a network is tens of seconds with nothing else to show (a
+    terminal also gets a bar per layer whose kernels are measured).
     Raises ``ImportError`` or ``engines.numba.NotCompilable`` as the engine does."""
+    import threading
     from branchynet import progress
     from branchynet.engines import numba as numbapath
+    done, start = threading.Event(), time.perf_counter()
+
+    def heartbeat():
+        while not done.wait(COMPILE_HEARTBEAT):
+            if not progress.QUIET:
+                log('{}: still compiling the numba engine of {} ({:.0f} s; measuring each '
+                    'layer\'s kernels, then compiling the network; only the first time)'
+                    .format(label, name, time.perf_counter() - start))
+    beat = threading.Thread(target=heartbeat, daemon=True)
     with progress.timed_step(
             '{}: compiling the numba engine of {} (cached machine code makes it quick)'
             .format(label, name), 'numba compile: {}'.format(name),
             '{}: numba engine of {} ready'.format(label, name), log=log):
-        return numbapath.NumbaBranchyNet(net)
+        beat.start()
+        try:
+            return numbapath.NumbaBranchyNet(net)
+        finally:
+            done.set()
+            beat.join()
 
 
 def split_validation(x_train, y_train, n_val, seed):
@@ -250,12 +323,19 @@ def split_validation(x_train, y_train, n_val, seed):
     stratified by class (scikit-learn's ``train_test_split``), so the held-out
     class mix is the training set's. Where stratifying is impossible (fewer
     held-out samples than classes, or a class with one sample) the split is
-    a plain seeded random choice."""
+    a plain seeded random choice.
+
+    A hold-out larger than what is left to train on is refused, naming
+    ``--n-val`` (its preset default may be meant for a larger dataset): a
+    network trained on the smaller part would be measured, not the one asked for."""
     if not n_val:
         return x_train, y_train, None, None, []
-    if n_val >= len(x_train):
-        raise InvalidValue('n_val ({}) must be smaller than the training set ({})'.format(
-            n_val, len(x_train)))
+    if n_val > len(x_train) - n_val:
+        raise InvalidValue(
+            '--n-val {0}: holding out {0} of the {1} training samples to calibrate '
+            'thresholds would train on {2}, fewer than it holds out; give --n-val {3} or '
+            'less (at most half the training set), or --n-val 0 (no calibrated row)'.format(
+                n_val, len(x_train), max(len(x_train) - n_val, 0), len(x_train) // 2))
     index = numpy.arange(len(x_train))
     counts = numpy.bincount(y_train)
     counts = counts[counts > 0]
@@ -328,7 +408,7 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
     summary = {'calibrated': {'thresholds': chosen['thresholds'], 'val_acc': chosen['acc'],
                               'val_ms_predicted': chosen['cost'],
                               'test_acc': measured['acc'], 'test_ms': measured['ms'],
-                              'test_ms_fast': timed['fast'][1]['ms'],
+                              'test_ms_fast': timed.get('fast', (None, {}))[1].get('ms'),
                               'test_ms_numba': timed.get('numba', (None, {}))[1].get('ms'),
                               'test_exit_counts': measured['exit_counts'],
                               'cost_path': timing['path'],
@@ -338,4 +418,85 @@ def calibrate_and_compare(net, name, title, x_val, y_val, timing, label, out, co
                'measures': comparison}
     with atomic_write(os.path.join(out['results'], tag + '_calibration.md'), 'w') as f:
         f.write(tables.calibration_report(title, label, summary, len(y_val), len(ys)))
+    return row, summary
+
+
+#: The held-out row of a run without a validation split (``held_out_halves``).
+HALVES_LABEL = 'held out: T chosen on one test half, measured on the other, both ways, averaged'
+
+
+def test_halves(n):
+    """The two fixed halves of ``n`` test samples: the even and the odd
+    positions (interleaved, so a test set ordered by source or difficulty,
+    as MNIST's is, splits evenly)."""
+    index = numpy.arange(n)
+    return index[0::2], index[1::2]
+
+
+def pooled(parts):
+    """One measurement of ``parts`` (``time_settings`` results on disjoint
+    samples, each a ``(result, samples)`` pair) as if over all their samples:
+    accuracy and exit counts over the union, and each timed pass the
+    per-sample time over the union (pass i of every part together); no
+    thresholds (each part had its own)."""
+    n = sum(k for _, k in parts)
+    out = {'acc': sum(r['acc'] * k for r, k in parts) / n,
+           'exit_counts': [int(sum(c)) for c in zip(*(r['exit_counts'] for r, _ in parts))],
+           'repeats': min(r['repeats'] for r, _ in parts)}
+    for key in ('ms', 'trunk_ms'):
+        if all(key + '_repeats' in r for r, _ in parts):
+            values = [sum(r[key + '_repeats'][i] * k for r, k in parts) / n
+                      for i in range(out['repeats'])]
+            out.update({key: float(numpy.median(values)),
+                        key + '_range': [min(values), max(values)], key + '_repeats': values})
+    return out
+
+
+def held_out_halves(net, title, timing, label, costs_):
+    """The held-out row where no training image was held out (the paper
+    preset trains on every one): thresholds chosen on one fixed half of the
+    test samples (``test_halves``; the cheapest reaching that half's
+    last-exit accuracy, from the knee path's per-exit costs, as
+    ``calibrate_and_compare`` chooses on a validation split) and measured
+    on the other, both ways; the row pools the two measurements
+    (``pooled``), so every test sample is classified with thresholds chosen
+    without it. Returns ``(row, summary)`` (no row for fewer than 2 samples)."""
+    xs, ys, path_ms = timing['xs'], timing['ys'], timing['path_ms']
+    if len(xs) < 2:
+        log('{}: no held-out row: one test sample cannot be halved'.format(label))
+        return None, {'skipped': 'fewer than 2 test samples'}
+    halves = test_halves(len(xs))
+    logits = net.get_logits(xs)
+    chosen, timed = [], []
+    for choose, measure in (halves, halves[::-1]):
+        scores, preds = screening.outputs_from_logits([z[choose] for z in logits],
+                                                      net.confidence)
+        cal = calibration.calibrate_thresholds(scores, preds, ys[choose], path_ms,
+                                               measure=net.confidence)
+        chosen.append(cal)
+        log('{}: held-out row: T={} chosen on {} test samples, timed on the other {}'.format(
+            label, cal['thresholds'], len(choose), len(measure)))
+        timed.append(time_against_baseline(net, xs[measure], ys[measure], cal['thresholds'],
+                                           timing['engines'], timing['repeats']))
+    sizes = [len(halves[1]), len(halves[0])]  # the samples each measurement ran on
+    together = {path: tuple(pooled([(t[path][i], k) for t, k in zip(timed, sizes)])
+                            for i in (0, 1)) for path in timed[0]}
+    row = _table_rows(title, label, together, costs_, timing['notes'])[1]
+    row['Network'] = 'B-{} ({})'.format(title, HALVES_LABEL)
+    row['Thrshld. T'] = None
+    row['Notes'] = ['{} on {}: T {} chosen on the even test samples (measured on the odd), '
+                    '{} on the odd (measured on the even), each the cheapest reaching its '
+                    'half\'s last-exit accuracy; times and gains pool both measurements, each '
+                    'against the baseline timed in its own rounds'.format(
+                        row['Network'], label, *(', '.join('{:.4g}'.format(t)
+                                                           for t in c['thresholds'])
+                                                 for c in chosen))]
+    summary = {'rule': HALVES_LABEL, 'halves': 'even and odd test sample positions',
+               'chosen': [{'on': half, 'thresholds': c['thresholds'], 'acc_on_choosing_half':
+                           c['acc'], 'target_acc': c['target_acc'], 'met': c['met']}
+                          for half, c in zip(('even', 'odd'), chosen)],
+               'acc': together['chainer'][1]['acc'],
+               'exit_counts': together['chainer'][1]['exit_counts'],
+               'timed': {path: {'baseline': b, 'held_out': h}
+                         for path, (b, h) in together.items()}}
     return row, summary

@@ -22,6 +22,7 @@ whole job in one call: exit outputs, batch-1 path costs on an engine, the
 choice, and sets the thresholds and measure on the model.
 """
 import itertools
+import warnings
 
 import numpy
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -255,7 +256,26 @@ def calibrate(net, x_val, y_val, target_acc=None, budget=None, measure='entropy'
         net.confidence, net.thresholdExits = previous
         raise
     result['path_ms'] = list(path_ms)
+    if not result['met']:
+        warnings.warn(unmet_goal(result, len(x_val)), UnmetGoalWarning, stacklevel=3)
     return result
+
+
+class UnmetGoalWarning(UserWarning):
+    """``calibrate`` could not reach its accuracy target or budget."""
+
+
+def unmet_goal(result, n):
+    """One line on a goal ``calibrate_thresholds`` could not meet (``met`` False)."""
+    if result.get('budget') is not None:
+        return ('calibrate: no thresholds cost at most the budget of {:.4g} ms per sample on '
+                'these {} samples; the cheapest set costs {:.4g} ms (accuracy {:.2%}); '
+                'result["met"] is False'.format(result['budget'], n, result['cost'],
+                                                 result['acc']))
+    return ('calibrate: no thresholds reach target_acc={:.4g} on these {} validation samples; '
+            'the most accurate reach {:.2%} (set, with result["met"] False): lower the target '
+            'or leave it out (default: the last exit\'s accuracy)'.format(
+                result['target_acc'], n, result['acc']))
 
 
 def check_outputs(scores, predictions, y, min_exits=1):

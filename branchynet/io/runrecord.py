@@ -25,8 +25,19 @@ def source_commit():
     return commit + ('+dirty' if dirty.strip() else '')
 
 
-def environment(config, device):
-    """What the numbers were measured on, recorded with the results."""
+def start():
+    """What a run records at its start: ``{'commit', 'started'}`` (the commit
+    the code ran from then; a checkout changed while the run goes on does not
+    change it). Give it to ``environment``."""
+    return {'commit': source_commit(), 'started': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+
+
+def environment(config, device, started=None):
+    """What the numbers were measured on, recorded with the results.
+
+    ``started`` (``start()``'s record, taken when the run began) gives the
+    commit and start time; the commit when the results are written is added
+    as ``commit_at_end`` where it differs. Without it, the commit now."""
     cpu = platform.processor()
     try:
         with open('/proc/cpuinfo') as f:
@@ -38,6 +49,10 @@ def environment(config, device):
            'numpy': numpy.__version__, 'cpu': cpu, 'cores': os.cpu_count(),
            'platform': platform.platform(), 'training_device': str(device),
            'commit': source_commit(), 'recorded': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+    if started is not None:
+        if started['commit'] != env['commit']:
+            env['commit_at_end'] = env['commit']
+        env.update(commit=started['commit'], started=started['started'])
     if device.xp is not numpy:
         import cupy
         env['cupy'] = cupy.__version__

@@ -16,8 +16,12 @@ dropout and batch normalisation switch with ``chainer.using_config``.
 import inspect
 
 import chainer
+import chainer.links as L
+import numpy
+from chainer.utils.type_check import InvalidType as ChainerInvalidType
 
 from branchynet.links.cpukernels import run_layer
+from branchynet.validation import InvalidValue
 
 
 class FL(chainer.Link):
@@ -131,9 +135,17 @@ class Net(chainer.ChainList):
                     'in FL), got {!r}'.format(layer))
             self.add_link(layer)
 
+    def named(self, where):
+        """This chain, called ``where`` in errors about its layers' input sizes."""
+        self.where = where
+        return self
+
     def forward(self, x, starti=0, endi=None):
-        for layer in self[starti:endi]:
-            x = run_layer(layer, x)
+        for i in range(len(self))[starti:endi]:
+            try:
+                x = run_layer(self[i], x)
+            except ChainerInvalidType as e:  # Chainer's names neither layer nor fitting size
+                raise InvalidValue(input_size_error(self, i, x)) from e
         return x
 
     def train(self, x, starti=0, endi=None):
@@ -145,6 +157,30 @@ class Net(chainer.ChainList):
         """Run the slice in test mode, without building a graph (original API)."""
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             return self(x, starti, endi)
+
+
+def input_size_error(net, i, x):
+    """One line on layer ``i`` of ``net`` refusing its input ``x``: where the
+    layer is (``net.where``: which exit's head, or the trunk, as BranchyNet
+    names them), what it got, and for a ``Linear`` or ``Convolution2D`` the
+    size that would fit and the ``None`` that sizes it from its input."""
+    layer, shape = net[i], tuple(x.shape[1:])
+    where = '{}, layer {}'.format(getattr(net, 'where', 'the network'), i + 1)
+    dims = ' x '.join(map(str, shape))
+    if isinstance(layer, L.Linear) and layer.W.array is not None:
+        out, need = layer.W.shape
+        got = int(numpy.prod(shape))
+        return ('{}: L.Linear({}, {}) gets {} input features per sample ({}): write '
+                'L.Linear({}, {}), or L.Linear(None, {}), which takes the size from its first '
+                'input'.format(where, need, out, got, dims, got, out, out))
+    if isinstance(layer, L.Convolution2D) and layer.W.array is not None and len(shape) == 3:
+        out, need = layer.W.shape[:2]
+        return ('{}: L.Convolution2D({}, {}, ...) gets {} input channels per sample ({}): '
+                'write L.Convolution2D({}, {}, ...), or L.Convolution2D(None, {}, ...), which '
+                'takes the channels from its first input'.format(
+                    where, need, out, shape[0], dims, shape[0], out, out))
+    return '{}: {} cannot take inputs of shape ({}) per sample'.format(
+        where, type(layer).__name__, dims)
 
 
 class Branch(Net):

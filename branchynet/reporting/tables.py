@@ -90,7 +90,7 @@ def branchy_table_rows(network, baseline, branchy, device='CPU', printout=True,
          'Numba (ms)': time_cell(branchy_numba),
          'Numba gain': gain_cell(baseline_numba, branchy_numba),
          'MAC limit': mac_limit,
-         'Thrshld. T': list(branchy['thresholds']),
+         'Thrshld. T': None if branchy.get('thresholds') is None else list(branchy['thresholds']),
          'Exit (%)': [100. * c / total for c in branchy['exit_counts']]},
     ]
     if notes:
@@ -180,11 +180,11 @@ def calibration_report(title, label, summary, n_val, n_test):
         'the {} test samples (median of {} repeats, interleaved with the baseline).'.format(
             n_val, c.get('cost_path', 'chainer'), n_test, c.get('repeats', 1)), '',
         '- calibrated T = {}: validation accuracy {:.2f} %, predicted {:.3f} ms; test '
-        'accuracy {:.2f} %, measured {:.3f} ms (fast path {:.3f} ms, numba path {})'.format(
+        'accuracy {:.2f} %, measured {:.3f} ms (fast path {}, numba path {})'.format(
             ', '.join('{:.4g}'.format(t) for t in c['thresholds']), 100 * c['val_acc'],
-            c['val_ms_predicted'], 100 * c['test_acc'], c['test_ms'], c['test_ms_fast'],
-            'not measured' if c.get('test_ms_numba') is None
-            else '{:.3f} ms'.format(c['test_ms_numba'])), '',
+            c['val_ms_predicted'], 100 * c['test_acc'], c['test_ms'],
+            *('not measured' if c.get(k) is None else '{:.3f} ms'.format(c[k])
+              for k in ('test_ms_fast', 'test_ms_numba'))), '',
         '## Confidence measures (each calibrated on validation, evaluated on test)', '',
         '| measure | T | val acc (%) | val ms (pred.) | test acc (%) | test ms (pred.) | '
         'test MACs | exit (%) | AUROC |', '|---|---|---|---|---|---|---|---|---|']

@@ -9,6 +9,7 @@ import time
 
 import numpy
 
+from branchynet.progress import Progress
 from branchynet.engines.numba.layout import VECTOR
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.codegen import gemm_size, narrowed_input, symbolic, function_lines
@@ -94,11 +95,16 @@ def time_kernels(op, weights, kernels, rounds=5, seconds=2e-3):
     S = numpy.random.RandomState(0).rand(end + scratch + VECTOR).astype(numpy.float32)
     fns = [(module['k{}'.format(i)], calls[i]) for i in range(len(kernels))]
     best = [math.inf] * len(fns)
-    with blas_limit(1):
+    # compiling the candidates is most of a network's first compile: a bar on a terminal
+    bar = Progress.auto(len(fns), 'numba: compiling the {} kernels of a {} layer ({} -> {})'
+                        .format(len(fns), op.kind, values[0].shape(), op.output.shape()),
+                        'kernel')
+    with blas_limit(1), bar:
         reps = []
-        for fn, args in fns:  # compile, then a first time for the repetitions
+        for kernel, (fn, args) in zip(kernels, fns):  # compile, then a first time for the reps
             with slp_vectorize():
                 fn(weights, S, *args)
+            bar.update(1, compiled=kernel or op.kind)
             start = time.perf_counter()
             fn(weights, S, *args)
             reps.append(max(1, int(seconds / max(time.perf_counter() - start, 1e-7))))
