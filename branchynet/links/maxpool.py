@@ -1,5 +1,5 @@
-"""Max pooling for CPU training in numba: the forward pass records where each
-window's maximum was, the backward pass adds each output gradient there.
+"""Max pooling for CPU training in numba: the forward pass records which tap of
+each window held its maximum, the backward pass adds each output gradient there.
 
 Same results as ``F.max_pooling_2d`` (output sizes, ``cover_all``, padding
 that never wins, the gradient to the first maximum of a window in row-major
@@ -21,48 +21,41 @@ def _compiled():
     jit = numba.njit(boundscheck=False, nogil=True, cache=True)
 
     @jit
-    def forward(x, kh, kw, sy, sx, ph, pw, y, where, n0, n1):
+    def forward(x, kh, kw, sy, sx, ph, pw, y, tap, n0, n1):
         _, c, h, w = x.shape
         oh, ow = y.shape[2], y.shape[3]
         for n in range(n0, n1):
             for ch in range(c):
                 for oy in range(oh):
-                    y0 = max(oy * sy - ph, 0)
-                    y1 = min(oy * sy - ph + kh, h)
                     for ox in range(ow):
-                        x0 = max(ox * sx - pw, 0)
-                        x1 = min(ox * sx - pw + kw, w)
-                        best, at = -numpy.inf, y0 * w + x0
-                        for iy in range(y0, y1):
-                            for ix in range(x0, x1):
-                                v = x[n, ch, iy, ix]
-                                if v > best:
-                                    best, at = v, iy * w + ix
-                        y[n, ch, oy, ox] = best
-                        where[n, ch, oy, ox] = at
-
-    @jit
-    def backward(gy, where, kh, kw, sy, sx, ph, pw, gx, n0, n1):
-        # gathered per input pixel over the taps in row-major order: the order
-        # in which Chainer's col2im adds them, so the sums are equal bit for bit
-        _, c, oh, ow = gy.shape
-        h, w = gx.shape[2], gx.shape[3]
-        for n in range(n0, n1):
-            for ch in range(c):
-                for iy in range(h):
-                    for ix in range(w):
-                        total = numpy.float32(0)
+                        best, at = -numpy.inf, -1
                         for ky in range(kh):
-                            ty = iy + ph - ky
-                            if ty < 0 or ty % sy != 0 or ty // sy >= oh:
+                            iy = oy * sy - ph + ky
+                            if iy < 0 or iy >= h:
                                 continue
                             for kx in range(kw):
-                                tx = ix + pw - kx
-                                if tx < 0 or tx % sx != 0 or tx // sx >= ow:
-                                    continue
-                                if where[n, ch, ty // sy, tx // sx] == iy * w + ix:
-                                    total += gy[n, ch, ty // sy, tx // sx]
-                        gx[n, ch, iy, ix] = total
+                                ix = ox * sx - pw + kx
+                                if ix >= 0 and ix < w and (at < 0 or x[n, ch, iy, ix] > best):
+                                    best, at = x[n, ch, iy, ix], ky * kw + kx
+                        y[n, ch, oy, ox] = best
+                        tap[n, ch, oy, ox] = at
+
+    @jit
+    def backward(gy, tap, kh, kw, sy, sx, ph, pw, gx, n0, n1):
+        # tap by tap in row-major order, as Chainer's col2im adds them: every
+        # pixel's sum is made in the same order, so the results are equal bit for bit
+        _, c, oh, ow = gy.shape
+        for n in range(n0, n1):
+            for ch in range(c):
+                gx[n, ch] = 0
+                for ky in range(kh):
+                    for kx in range(kw):
+                        t = ky * kw + kx
+                        for oy in range(oh):
+                            for ox in range(ow):
+                                if tap[n, ch, oy, ox] == t:
+                                    gx[n, ch, oy * sy - ph + ky, ox * sx - pw + kx] += \
+                                        gy[n, ch, oy, ox]
 
     _kernels.update(forward=forward, backward=backward)
     return forward, backward
@@ -90,18 +83,18 @@ class MaxPooling2DCPU(chainer.Function):
         oh = out_size(h, self.kh, self.sy, self.ph, self.cover_all)
         ow = out_size(w, self.kw, self.sx, self.pw, self.cover_all)
         y = numpy.empty((n, c, oh, ow), x.dtype)
-        self.where = numpy.empty((n, c, oh, ow), numpy.int32)
+        self.tap = numpy.empty((n, c, oh, ow), numpy.int32)
         self.in_shape = x.shape
         forward, _ = _compiled()
         directconv.run_split(forward, n, x, self.kh, self.kw, self.sy, self.sx, self.ph,
-                             self.pw, y, self.where)
+                             self.pw, y, self.tap)
         return y,
 
     def backward(self, inputs, grad_outputs):
         gy = numpy.ascontiguousarray(grad_outputs[0])
         gx = numpy.empty(self.in_shape, gy.dtype)
         _, backward = _compiled()
-        directconv.run_split(backward, gy.shape[0], gy, self.where, self.kh, self.kw, self.sy,
+        directconv.run_split(backward, gy.shape[0], gy, self.tap, self.kh, self.kw, self.sy,
                              self.sx, self.ph, self.pw, gx)
-        self.where = None
+        self.tap = None
         return gx,
