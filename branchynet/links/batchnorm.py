@@ -18,7 +18,7 @@ backpropagation.
 import chainer
 import numpy
 
-from branchynet.links import directconv
+from branchynet.links.directconv import run_split
 
 _kernels = {}
 
@@ -103,7 +103,7 @@ class BatchNormalizationCPU(chainer.FunctionNode):
         mean, variance = numpy.empty(c, numpy.float64), numpy.empty(c, numpy.float64)
         inv_std = numpy.empty(c, numpy.float32)
         forward, _ = _compiled()
-        directconv.run_split(forward, c, x3, gamma, beta, self.eps, self.relu, shortcut,
+        run_split(forward, c, x3, gamma, beta, self.eps, self.relu, shortcut,
                        len(inputs) == 4, y, mean, variance, inv_std)
         if self.running is not None:
             avg_mean, avg_var = self.running
@@ -123,7 +123,7 @@ class BatchNormalizationCPU(chainer.FunctionNode):
         gx, gpass = numpy.empty_like(gy), numpy.empty_like(gy)
         ggamma, gbeta = numpy.empty(c, numpy.float32), numpy.empty(c, numpy.float32)
         _, backward = _compiled()
-        directconv.run_split(backward, c, self.x3, self.y, gy, gamma.array, self.mean,
+        run_split(backward, c, self.x3, self.y, gy, gamma.array, self.mean,
                        self.inv_std, self.relu, gx, ggamma, gbeta, gpass)
         shape = grad_outputs[0].shape
         grads = {0: gx.reshape(shape), 1: ggamma, 2: gbeta, 3: gpass.reshape(shape)}

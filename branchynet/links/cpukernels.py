@@ -25,7 +25,9 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet.links import batchnorm, directconv
+from branchynet.links.batchnorm import (batch_normalization as _fused_batch_normalization,
+                                       usable as _bn_usable)
+from branchynet.links.directconv import DirectConvolution2D, usable as _direct_usable
 from branchynet.links.maxpool import MaxPooling2DCPU, out_size
 
 
@@ -97,8 +99,8 @@ def convolution_2d(x, W, b=None, stride=1, pad=0):
     of 8 on the direct kernels (``directconv``), else ``Convolution2DCPU``."""
     args = (x, W) if b is None else (x, W, b)
     stride, pad = _pair(stride), _pair(pad)
-    if directconv.usable(x.shape, W.shape, stride, pad):
-        return directconv.DirectConvolution2D(pad).apply(args)[0]
+    if _direct_usable(x.shape, W.shape, stride, pad):
+        return DirectConvolution2D(pad).apply(args)[0]
     return Convolution2DCPU(stride, pad)(*args)
 
 
@@ -144,7 +146,7 @@ def applies(layer, x):
     if not _enabled:
         return False
     if type(layer) is L.BatchNormalization:
-        return batchnorm.usable(layer, x)
+        return _bn_usable(layer, x)
     array = x.array if isinstance(x, chainer.Variable) else x
     if not isinstance(array, numpy.ndarray) or array.ndim != 4 or array.dtype != numpy.float32:
         return False
@@ -163,7 +165,7 @@ def run_layer(layer, x):
     if type(layer) is L.Convolution2D:
         return convolution_2d(x, layer.W, layer.b, layer.stride, layer.pad)
     if type(layer) is L.BatchNormalization:
-        return batchnorm.batch_normalization(layer, x)
+        return _fused_batch_normalization(layer, x)
     ksize, stride, pad, cover_all = _pool_arguments(layer)
     return max_pooling_2d(x, ksize, stride, pad, cover_all)
 
@@ -172,7 +174,7 @@ def batch_norm(link, x, relu=False, shortcut=None):
     """``link(x)``, plus ``shortcut`` if given, then ReLU if ``relu``: in one
     fused kernel in training mode where it applies, else Chainer's functions."""
     if chainer.config.train and applies(link, x):
-        return batchnorm.batch_normalization(link, x, relu, shortcut)
+        return _fused_batch_normalization(link, x, relu, shortcut)
     h = link(x)
     if shortcut is not None:
         h = h + shortcut

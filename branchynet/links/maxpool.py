@@ -9,7 +9,7 @@ of padded, so no padded copy is made. Samples are split between the training ker
 import chainer
 import numpy
 
-from branchynet.links import directconv
+from branchynet.links.directconv import run_split
 
 _kernels = {}
 
@@ -86,7 +86,7 @@ class MaxPooling2DCPU(chainer.Function):
         self.tap = numpy.empty((n, c, oh, ow), numpy.int32)
         self.in_shape = x.shape
         forward, _ = _compiled()
-        directconv.run_split(forward, n, x, self.kh, self.kw, self.sy, self.sx, self.ph,
+        run_split(forward, n, x, self.kh, self.kw, self.sy, self.sx, self.ph,
                              self.pw, y, self.tap)
         return y,
 
@@ -94,7 +94,7 @@ class MaxPooling2DCPU(chainer.Function):
         gy = numpy.ascontiguousarray(grad_outputs[0])
         gx = numpy.empty(self.in_shape, gy.dtype)
         _, backward = _compiled()
-        directconv.run_split(backward, gy.shape[0], gy, self.tap, self.kh, self.kw, self.sy,
+        run_split(backward, gy.shape[0], gy, self.tap, self.kh, self.kw, self.sy,
                              self.sx, self.ph, self.pw, gx)
         self.tap = None
         return gx,
