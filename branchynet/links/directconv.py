@@ -192,18 +192,65 @@ def slp_vectorize():
 _FASTMATH = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
 
 
-def _compile(source):
+def cache_root():
+    """Where generated numba modules and numba's cache of them live (the
+    inference engine's too): ``$BRANCHYNET_NUMBA_CACHE``, else
+    ``~/.cache/branchynet/numba``."""
+    return os.environ.get('BRANCHYNET_NUMBA_CACHE') or os.path.join(
+        os.path.expanduser('~'), '.cache', 'branchynet', 'numba')
+
+
+def _module_file(source):
+    """The generated kernel's module file under ``cache_root()/training``,
+    written (atomically) unless it already holds exactly this source, so only
+    code generated here is ever imported from it."""
+    import hashlib
     import numba
-    namespace = {'numpy': numpy}
-    exec(compile(source, '<branchynet training kernel>', 'exec'), namespace)
-    jit = numba.njit(fastmath=_FASTMATH, boundscheck=False, nogil=True, error_model='numpy')
+    text = ('import numba\nimport numpy\n\n\n'
+            '@numba.njit(fastmath={}, boundscheck=False, nogil=True, error_model="numpy", '
+            'cache=True)\n{}\n').format('{' + ', '.join(map(repr, sorted(_FASTMATH))) + '}', source)
+    key = hashlib.sha256((numba.__version__ + text).encode()).hexdigest()[:20]
+    folder = os.path.join(cache_root(), 'training')
+    path = os.path.join(folder, 'k{}.py'.format(key))
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path, key
+    except OSError:
+        pass
+    os.makedirs(folder, exist_ok=True)
+    tmp = '{}.{}.tmp'.format(path, os.getpid())
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path, key
+
+
+def _compile(source):
+    """The kernel of ``source`` compiled for 1-d float32 arrays; numba's cache
+    beside its module file makes later processes load it instead."""
+    import importlib.util
+    import sys
+    import numba
+    try:
+        path, key = _module_file(source)
+        name = 'branchynet_training_' + key
+        module = sys.modules.get(name)
+        if module is None:  # registered: numba's cache finds its module by name
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        fn = module.kernel
+    except OSError:  # no writable cache folder: compiled in memory
+        namespace = {'numpy': numpy}
+        exec(compile(source, '<branchynet training kernel>', 'exec'), namespace)
+        fn = numba.njit(fastmath=_FASTMATH, boundscheck=False, nogil=True,
+                        error_model='numpy')(namespace['kernel'])
+    names = source.split('(', 1)[1].split(')', 1)[0].split(', ')
+    arrays = sum(1 for name in names if name not in ('start', 'stop'))
     with slp_vectorize():
-        fn = jit(namespace['kernel'])
-        a = numpy.zeros(1, numpy.float32)
-        signature = source.split('(', 1)[1].split(')', 1)[0].split(', ')
-        arrays = sum(1 for name in signature if name not in ('start', 'stop'))
         fn.compile(tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp]))
-        del a
     return fn
 
 

@@ -17,6 +17,7 @@ in ``kernel_choices.json`` (``ChoiceCache``).
 
 from branchynet.engines.numba.layout import require_numba
 from branchynet.engines.numba.kernels import processor
+from branchynet.links.directconv import cache_root
 
 
 class ChoiceCache:
@@ -176,6 +177,4 @@ def untrusted_cache(folder, module_name):
 def cache_dir():
     """Where generated modules and numba's cache of them live:
     ``$BRANCHYNET_NUMBA_CACHE``, else ``~/.cache/branchynet/numba``."""
-    import os
-    return os.environ.get('BRANCHYNET_NUMBA_CACHE') or os.path.join(
-        os.path.expanduser('~'), '.cache', 'branchynet', 'numba')
+    return cache_root()
