@@ -212,8 +212,13 @@ def network_facts(module_name):
 
 
 def start(setting, module_name, batch, threads, spec, torch_python):
+    # the same threads, allocator setting (what runtime.tune_allocator does) and
+    # idle-thread policy for every setting; the kernels explicitly on or off
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), BRANCHYNET_TRAIN_THREADS=str(threads))
+               MKL_NUM_THREADS=str(threads), BRANCHYNET_TRAIN_THREADS=str(threads),
+               MALLOC_MMAP_THRESHOLD_=str(2 ** 30), MALLOC_TRIM_THRESHOLD_=str(2 ** 30),
+               OMP_WAIT_POLICY='PASSIVE', OPENBLAS_THREAD_TIMEOUT='4',
+               BRANCHYNET_CPU_KERNELS='1' if setting == 'kernels' else '0')
     if setting in ('kernels', 'chainer'):
         code = CHAINER_CHILD.format(root=ROOT, module=module_name, batch=batch,
                                     kernels=setting == 'kernels')

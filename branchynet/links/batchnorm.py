@@ -127,7 +127,6 @@ class BatchNormalizationCPU(chainer.FunctionNode):
                        self.inv_std, self.relu, gx, ggamma, gbeta, gpass)
         shape = grad_outputs[0].shape
         grads = {0: gx.reshape(shape), 1: ggamma, 2: gbeta, 3: gpass.reshape(shape)}
-        self.x3 = self.y = None
         return tuple(chainer.Variable(grads[i]) for i in indexes)
 
 
@@ -139,6 +138,7 @@ def usable(link, x):
     return (isinstance(array, numpy.ndarray) and array.dtype == numpy.float32
             and array.ndim >= 2 and link.axis is None and link.gamma is not None
             and link.beta is not None and link.gamma.array is not None
+            and link.gamma.ndim == 1 and link.beta.dtype == numpy.float32
             and link.gamma.dtype == numpy.float32 and link.avg_mean is not None
             and not chainer.config.in_recomputing and array.shape[1] == link.gamma.shape[0])
 

@@ -41,6 +41,7 @@ MAX_R = 12
 MAX_WSUMS = 256
 
 _lock = threading.Lock()
+_slp_lock = threading.RLock()
 _kernels = {}
 _pool = None
 
@@ -73,14 +74,20 @@ def _split(n, parts):
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def run_split(kernel, n, *args):
+def run_split(kernel, n, *args, parts=None):
     """``kernel(*args, start, stop)`` over ``0..n`` (samples or channels), the
-    range split between ``threads()`` threads."""
-    ranges = _split(n, threads())
+    range split between ``threads()`` threads (or the given ``parts`` ranges);
+    returns once every range is done, raising the first error."""
+    ranges = parts or _split(n, threads())
     futures = [_executor().submit(kernel, *args, a, b) for a, b in ranges[1:]]
-    kernel(*args, *ranges[0])
-    for f in futures:
-        f.result()
+    try:
+        if ranges:
+            kernel(*args, *ranges[0])
+    finally:
+        errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
 
 
 def _block(channels, limit):
@@ -180,12 +187,13 @@ def slp_vectorize():
     """numba's SLP vectoriser on while the body compiles (numba reads the
     setting each time it builds LLVM's passes; off by default)."""
     from numba.core import config
-    saved = config.SLP_VECTORIZE
-    config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        config.SLP_VECTORIZE = saved
+    with _slp_lock:  # a process-wide setting: one compile at a time changes it
+        saved = config.SLP_VECTORIZE
+        config.SLP_VECTORIZE = 1
+        try:
+            yield
+        finally:
+            config.SLP_VECTORIZE = saved
 
 
 #: multiply-adds contracted to FMAs; no reassociation (the sums keep their order)
@@ -194,64 +202,94 @@ _FASTMATH = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
 
 def cache_root():
     """Where generated numba modules and numba's cache of them live (the
-    inference engine's too): ``$BRANCHYNET_NUMBA_CACHE``, else
-    ``~/.cache/branchynet/numba``."""
+    inference engine's ``engines.numba.cache.cache_dir`` is the same folder):
+    ``$BRANCHYNET_NUMBA_CACHE``, else ``~/.cache/branchynet/numba``."""
     return os.environ.get('BRANCHYNET_NUMBA_CACHE') or os.path.join(
         os.path.expanduser('~'), '.cache', 'branchynet', 'numba')
 
 
-def _module_file(source):
-    """The generated kernel's module file under ``cache_root()/training``,
-    written (atomically) unless it already holds exactly this source, so only
-    code generated here is ever imported from it."""
-    import hashlib
-    import numba
-    text = ('import numba\nimport numpy\n\n\n'
+def _private_folder(path):
+    """``path`` made (mode 0700) if missing; OSError unless it is a real folder
+    owned by this user that nobody else can write (the code in it is run)."""
+    import stat
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or \
+            st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError('{} is not a private folder of this user'.format(path))
+
+
+def _module_text(source):
+    return ('import numba\nimport numpy\n\n\n'
             '@numba.njit(fastmath={}, boundscheck=False, nogil=True, error_model="numpy", '
-            'cache=True)\n{}\n').format('{' + ', '.join(map(repr, sorted(_FASTMATH))) + '}', source)
-    key = hashlib.sha256((numba.__version__ + text).encode()).hexdigest()[:20]
+            'cache=True)\n{}\n').format('{' + ', '.join(map(repr, sorted(_FASTMATH))) + '}',
+                                         source)
+
+
+def _module_file(text, key):
+    """The generated kernel's module file under ``cache_root()/training``,
+    written atomically unless it already holds exactly ``text``."""
+    import tempfile
     folder = os.path.join(cache_root(), 'training')
+    _private_folder(os.path.dirname(folder))
+    _private_folder(folder)
     path = os.path.join(folder, 'k{}.py'.format(key))
+    data = text.encode()
     try:
-        with open(path) as f:
-            if f.read() == text:
-                return path, key
+        with open(path, 'rb') as f:
+            if f.read(len(data) + 1) == data:
+                return path
     except OSError:
         pass
-    os.makedirs(folder, exist_ok=True)
-    tmp = '{}.{}.tmp'.format(path, os.getpid())
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path, key
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
 
 
 def _compile(source):
-    """The kernel of ``source`` compiled for 1-d float32 arrays; numba's cache
-    beside its module file makes later processes load it instead."""
-    import importlib.util
+    """The kernel of ``source`` compiled for 1-d float32 arrays. Its module is
+    run from the text generated here (never from a .pyc) and registered by
+    name, so numba's cache beside the file serves later processes; without a
+    usable cache folder it is compiled in memory."""
+    import hashlib
     import sys
+    import types
+    import warnings
     import numba
+    text = _module_text(source)
+    key = hashlib.sha256((numba.__version__ + text).encode()).hexdigest()[:20]
+    name = 'branchynet_training_' + key
+    names = source.split('(', 1)[1].split(')', 1)[0].split(', ')
+    arrays = sum(1 for n in names if n not in ('start', 'stop'))
+    signature = tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp])
     try:
-        path, key = _module_file(source)
-        name = 'branchynet_training_' + key
         module = sys.modules.get(name)
-        if module is None:  # registered: numba's cache finds its module by name
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        fn = module.kernel
-    except OSError:  # no writable cache folder: compiled in memory
+        if module is None:
+            path = _module_file(text, key)
+            module = types.ModuleType(name)
+            module.__file__ = path
+            exec(compile(text, path, 'exec'), module.__dict__)
+            sys.modules[name] = module  # numba's cache finds the module by name
+        with slp_vectorize():
+            module.kernel.compile(signature)
+        return module.kernel
+    except Exception as e:  # no usable cache: the same code, compiled in memory
+        sys.modules.pop(name, None)
+        warnings.warn('training kernel compiled without a disk cache ({}: {})'.format(
+            type(e).__name__, e))
         namespace = {'numpy': numpy}
         exec(compile(source, '<branchynet training kernel>', 'exec'), namespace)
         fn = numba.njit(fastmath=_FASTMATH, boundscheck=False, nogil=True,
                         error_model='numpy')(namespace['kernel'])
-    names = source.split('(', 1)[1].split(')', 1)[0].split(', ')
-    arrays = sum(1 for name in names if name not in ('start', 'stop'))
-    with slp_vectorize():
-        fn.compile(tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp]))
-    return fn
+        with slp_vectorize():
+            fn.compile(signature)
+        return fn
 
 
 def kernel(kind, *shape):
@@ -311,11 +349,10 @@ def backward_weight(xpad, gy, kh, kw):
     ranges = _split(n, threads())
     partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
     x, g = xpad.reshape(-1), g.reshape(-1)
-    futures = [_executor().submit(fn, x, g, partial[i], a, b)
-               for i, (a, b) in enumerate(ranges) if i]
-    fn(x, g, partial[0], *ranges[0])
-    for f in futures:
-        f.result()
+
+    def part(start, stop):  # each range sums into its own row
+        fn(x, g, partial[ranges.index((start, stop))], start, stop)
+    run_split(part, n, parts=ranges)
     return numpy.ascontiguousarray(
         partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
 
@@ -361,5 +398,4 @@ class DirectConvolution2D(chainer.FunctionNode):
             else:
                 g = gy.sum(axis=(0, 2, 3))
             out.append(chainer.Variable(g))
-        self.xpad = None
         return tuple(out)

@@ -35,8 +35,12 @@ def _compiled():
                                 continue
                             for kx in range(kw):
                                 ix = ox * sx - pw + kx
-                                if ix >= 0 and ix < w and (at < 0 or x[n, ch, iy, ix] > best):
-                                    best, at = x[n, ch, iy, ix], ky * kw + kx
+                                if ix < 0 or ix >= w:
+                                    continue
+                                v = x[n, ch, iy, ix]
+                                # the first maximum; a NaN wins, as in Chainer
+                                if at < 0 or v > best or (v != v and best == best):
+                                    best, at = v, ky * kw + kx
                         y[n, ch, oy, ox] = best
                         tap[n, ch, oy, ox] = at
 
@@ -78,6 +82,7 @@ class MaxPooling2DCPU(chainer.Function):
         self.cover_all = cover_all
 
     def forward(self, inputs):
+        self.retain_inputs(())  # the backward pass needs only the taps
         x = numpy.ascontiguousarray(inputs[0])
         n, c, h, w = x.shape
         oh = out_size(h, self.kh, self.sy, self.ph, self.cover_all)
@@ -96,5 +101,4 @@ class MaxPooling2DCPU(chainer.Function):
         _, backward = _compiled()
         run_split(backward, gy.shape[0], gy, self.tap, self.kh, self.kw, self.sy,
                              self.sx, self.ph, self.pw, gx)
-        self.tap = None
         return gx,

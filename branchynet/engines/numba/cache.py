@@ -17,7 +17,6 @@ in ``kernel_choices.json`` (``ChoiceCache``).
 
 from branchynet.engines.numba.layout import require_numba
 from branchynet.engines.numba.kernels import processor
-from branchynet.links.directconv import cache_root
 
 
 class ChoiceCache:
@@ -176,5 +175,7 @@ def untrusted_cache(folder, module_name):
 
 def cache_dir():
     """Where generated modules and numba's cache of them live:
-    ``$BRANCHYNET_NUMBA_CACHE``, else ``~/.cache/branchynet/numba``."""
+    ``$BRANCHYNET_NUMBA_CACHE``, else ``~/.cache/branchynet/numba`` (the
+    training kernels' ``links.directconv.cache_root``)."""
+    from branchynet.links.directconv import cache_root
     return cache_root()

@@ -13,7 +13,8 @@ from branchynet.progress import Progress
 from branchynet.engines.numba.layout import VECTOR
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.codegen import gemm_size, narrowed_input, symbolic, function_lines
-from branchynet.engines.numba.tile import slp_vectorize, tile_scratch, transposed_weights
+from branchynet.engines.numba.tile import tile_scratch, transposed_weights
+from branchynet.links.directconv import slp_vectorize
 
 
 #: Kernel settings of ``NumbaBranchyNet(kernels=...)``: measured choice, or forced.

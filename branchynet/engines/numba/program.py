@@ -17,7 +17,8 @@ from branchynet.engines.numba.codegen import (call_lines, function_lines, indent
                                               module_header, narrowed_input, symbolic)
 from branchynet.engines.numba.kernels import (KERNELS, KIND_KERNELS, kernel_for, kernels_of,
                                               layer_key, scratch_size, time_kernels)
-from branchynet.engines.numba.tile import fuse_tiled, slp_vectorize, transposed_weights
+from branchynet.engines.numba.tile import fuse_tiled, transposed_weights
+from branchynet.links.directconv import slp_vectorize
 from branchynet.engines.numba.cache import (ChoiceCache, suppress_os_error, write_source,
                                             cached_files, untrusted_cache, cache_dir)
 

@@ -13,11 +13,9 @@ small planes (B-ResNet-110's 8x8) several times faster. The sums leave
 through a small scratch area (consecutive stores, what the vectoriser
 starts from) into the output planes.
 
-numba turns the SLP vectoriser off by default; ``slp_vectorize()`` turns it
+numba turns the SLP vectoriser off by default; ``links.directconv.slp_vectorize()`` turns it
 on while the generated code compiles.
 """
-import contextlib
-
 import numpy
 
 from branchynet.engines.numba.layout import VECTOR
@@ -157,16 +155,3 @@ def fuse_tiled(ops, keep):
             continue
         gone.add(id(after))
     return gone
-
-
-@contextlib.contextmanager
-def slp_vectorize():
-    """numba's SLP vectoriser on while the body compiles (numba reads the
-    setting each time it builds LLVM's passes; off by default)."""
-    from numba.core import config
-    saved = config.SLP_VECTORIZE
-    config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        config.SLP_VECTORIZE = saved
