@@ -1,21 +1,23 @@
-"""Faster CPU training kernels for 2-D convolution and max pooling.
+"""CPU training kernels: which layer runs on which, and the GEMM convolution.
 
-Chainer's CPU convolution builds an ``(N, C, kh, kw, oh, ow)`` column array
-and hands it to ``numpy.tensordot``, which copies it again into a matrix
-before the product, and copies the result back into ``(N, C, H, W)``; its
-max pooling builds a column array of the window too. For small networks
-(B-LeNet's kernels have 1-20 channels) these copies, not the products, are
-most of a training step. The kernels here make one copy per input
-(a strided view of the padded input gathered straight into GEMM layout)
-and pool by comparing ``kh * kw`` shifted slices.
+``run_layer`` (the layer list's links) and ``batch_norm`` (a batch
+normalisation, optionally fused with a shortcut and ReLU, as in ``ResBlock``)
+route a layer in training mode to:
 
-They compute the same functions as ``F.convolution_2d`` and
-``F.max_pooling_2d`` (same output sizes, ``cover_all``, tie-breaking at
-the first maximum of the window in row-major order); results differ from
-Chainer's only in floating-point summation order. ``run_layer`` routes a
-layer to them when it applies (numpy arrays, plain convolutions, max
-pooling called through ``FL``) and to the layer itself otherwise.
-Double backpropagation is not supported by these kernels.
+* ``directconv``: stride-1 convolutions with channels in multiples of 8;
+* ``Convolution2DCPU`` (here) for the other plain convolutions. Chainer's CPU
+  convolution builds an ``(N, C, kh, kw, oh, ow)`` column array and hands it
+  to ``numpy.tensordot``, which copies it again into a matrix before the
+  product and the result back into ``(N, C, H, W)``; this one gathers the
+  padded input straight into GEMM layout (one copy) and skips the input
+  gradient where nothing needs it;
+* ``batchnorm``: batch normalisation with one gamma per channel;
+* ``maxpool``: max pooling called through ``FL``;
+
+and to the layer itself otherwise, and always in test mode. They compute the
+same functions as Chainer's (output sizes, ``cover_all``, tie-breaking at the
+first maximum of a window in row-major order); results differ only in
+floating-point summation order. No double backpropagation.
 """
 import contextlib
 import os
