@@ -115,19 +115,8 @@ def _step_times():
     """The recorded step durations; a file that is no such record (damaged, not
     a regular file, over ``fileio.MAX_RECORD_BYTES``, nested too deeply) gets a
     warning, counts as none and is replaced by ``timed_step``."""
-    import warnings
-    from branchynet.io.fileio import read_json
-    try:
-        times = read_json(step_times_path())
-        if not isinstance(times, dict):
-            raise ValueError('not a JSON object')
-        return times
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        warnings.warn('{} is not a record of step times ({}); it will be written '
-                      'again'.format(step_times_path(), e), RuntimeWarning)
-        return {}
+    from branchynet.io.fileio import read_record
+    return read_record(step_times_path(), 'step times', 'it will be written again')
 
 
 @contextlib.contextmanager

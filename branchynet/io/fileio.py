@@ -134,6 +134,25 @@ def read_json(path, max_bytes=MAX_RECORD_BYTES):
         raise ValueError('JSON nested too deeply') from None
 
 
+def read_record(path, what, then, prefix=''):
+    """The JSON object in ``path`` (a cache's record), ``{}`` when there is no
+    file; a file that is no such object (damaged, not a regular file, over
+    ``MAX_RECORD_BYTES``, nested too deeply) also gives ``{}``, with a
+    RuntimeWarning "``prefix path`` is not a record of ``what`` (why); ``then``"."""
+    import warnings
+    try:
+        record = read_json(path)
+        if not isinstance(record, dict):
+            raise ValueError('not a JSON object')
+        return record
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        warnings.warn('{}{} is not a record of {} ({}); {}'.format(prefix, path, what, e, then),
+                      RuntimeWarning)
+        return {}
+
+
 def is_temporary(name):
     """Whether ``name`` is a temporary of ``atomic_write``/``atomic_path``."""
     return _TEMPORARY.match(name) is not None

@@ -42,19 +42,9 @@ class ChoiceCache:
         """The recorded times, or ``{}`` when there are none; a file that is no
         such record (damaged, not a regular file, over ``fileio.MAX_RECORD_BYTES``,
         nested too deeply) gets a warning and is replaced at the next ``save``."""
-        import warnings
         from branchynet.io import fileio
-        try:
-            entries = fileio.read_json(self.path)
-            if not isinstance(entries, dict):
-                raise ValueError('not a JSON object')
-            return entries
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            warnings.warn('numba cache: {} is not a record of kernel times ({}); measuring '
-                          'again'.format(self.path, e), RuntimeWarning)
-            return {}
+        return fileio.read_record(self.path, 'kernel times', 'measuring again',
+                                  prefix='numba cache: ')
 
     def _digest(self, key):
         import hashlib
