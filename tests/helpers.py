@@ -124,3 +124,14 @@ def run_python(script, env=None, timeout=120):
     return subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, {!r})\n'
                            .format(ROOT) + script], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})), timeout=timeout)
+
+
+def forward_backward(fn, arrays, **kwargs):
+    """``[y, grad of each input]`` of ``fn(*arrays, **kwargs)`` with a fixed
+    output gradient (cosines), for comparing kernels with Chainer's functions."""
+    import chainer
+    variables = [chainer.Variable(a.copy()) for a in arrays]
+    y = fn(*variables, **kwargs)
+    y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
+    y.backward()
+    return [y.array] + [v.grad for v in variables]

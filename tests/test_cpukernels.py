@@ -10,17 +10,11 @@ import chainer.functions as F
 import chainer.links as L
 
 from branchynet import FL, utils
+from tests.helpers import forward_backward
 from branchynet.links import cpukernels
 from branchynet.training import runtime
 from branchynet.links import Net
 
-
-def _forward_backward(fn, arrays, **kwargs):
-    variables = [chainer.Variable(a.copy()) for a in arrays]
-    y = fn(*variables, **kwargs)
-    y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
-    y.backward()
-    return [y.array] + [v.grad for v in variables]
 
 
 @pytest.mark.parametrize('x_shape,w_shape,stride,pad,bias', [
@@ -35,8 +29,8 @@ def test_convolution_matches_chainer(x_shape, w_shape, stride, pad, bias):
     arrays = [rng.randn(*x_shape).astype(numpy.float32), rng.randn(*w_shape).astype(numpy.float32)]
     if bias:
         arrays.append(rng.randn(w_shape[0]).astype(numpy.float32))
-    ours = _forward_backward(cpukernels.convolution_2d, arrays, stride=stride, pad=pad)
-    theirs = _forward_backward(F.convolution_2d, arrays, stride=stride, pad=pad)
+    ours = forward_backward(cpukernels.convolution_2d, arrays, stride=stride, pad=pad)
+    theirs = forward_backward(F.convolution_2d, arrays, stride=stride, pad=pad)
     assert [a.shape for a in ours] == [a.shape for a in theirs]
     for a, b in zip(ours, theirs):  # summation order differs: float32 rounding only
         numpy.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -54,9 +48,9 @@ def test_max_pooling_matches_chainer_exactly(shape, ksize, stride, pad, cover_al
     rng = numpy.random.RandomState(1)
     x = rng.randn(*shape).astype(numpy.float32)
     x[:, :, :4, :4] = 0.5  # ties: the gradient goes to the window's first maximum
-    ours = _forward_backward(cpukernels.max_pooling_2d, [x], ksize=ksize, stride=stride,
+    ours = forward_backward(cpukernels.max_pooling_2d, [x], ksize=ksize, stride=stride,
                              pad=pad, cover_all=cover_all)
-    theirs = _forward_backward(F.max_pooling_2d, [x], ksize=ksize, stride=stride, pad=pad,
+    theirs = forward_backward(F.max_pooling_2d, [x], ksize=ksize, stride=stride, pad=pad,
                                cover_all=cover_all)
     for a, b in zip(ours, theirs):
         numpy.testing.assert_array_equal(a, b)

@@ -7,15 +7,9 @@ import branchynet  # noqa: F401
 import chainer
 import chainer.functions as F
 
+from tests.helpers import forward_backward
 from branchynet.links import cpukernels, directconv
 
-
-def _forward_backward(fn, arrays, **kwargs):
-    variables = [chainer.Variable(a.copy()) for a in arrays]
-    y = fn(*variables, **kwargs)
-    y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
-    y.backward()
-    return [y.array] + [v.grad for v in variables]
 
 
 def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0):
@@ -25,8 +19,8 @@ def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0):
     if bias:
         arrays.append(rng.randn(o).astype(numpy.float32))
     assert directconv.usable(arrays[0].shape, arrays[1].shape, (1, 1), (ph, pw))
-    ours = _forward_backward(cpukernels.convolution_2d, arrays, pad=(ph, pw))
-    theirs = _forward_backward(F.convolution_2d, arrays, pad=(ph, pw))
+    ours = forward_backward(cpukernels.convolution_2d, arrays, pad=(ph, pw))
+    theirs = forward_backward(F.convolution_2d, arrays, pad=(ph, pw))
     assert [a.shape for a in ours] == [a.shape for a in theirs]
     # float32, summation order differs: relative to the largest value of each result
     for a, b in zip(ours, theirs):
@@ -81,6 +75,6 @@ def test_batches_split_between_threads_give_the_same_result(monkeypatch):
     results = []
     for threads in ('1', '3'):
         monkeypatch.setenv('BRANCHYNET_TRAIN_THREADS', threads)
-        results.append(_forward_backward(cpukernels.convolution_2d, arrays, pad=1))
+        results.append(forward_backward(cpukernels.convolution_2d, arrays, pad=1))
     for a, b in zip(*results):
         numpy.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1., abs(b).max()))
