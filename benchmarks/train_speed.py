@@ -4,6 +4,7 @@ and PyTorch eager and ``torch.compile`` on the same layers, in one run.
 
     python benchmarks/train_speed.py [--networks lenet,alexnet,resnet] [--rounds R]
         [--threads T] [--torch-python PYTHON] [--settings kernels,chainer,torch,compile]
+        (also: kernels-256bit, the kernels held to 256-bit vectors)
 
 Each setting runs in a process of its own, started once and warmed up (kernels
 compiled, ``torch.compile`` traced); the parent then asks each process in turn
@@ -35,7 +36,10 @@ from common import blas_threads, load, parser, path_threads, peak_gmacs, summary
 
 NETWORKS = {'lenet': ('lenet_mnist', 512, 60000), 'alexnet': ('alex_cifar10', 512, 50000),
             'resnet': ('resnet_cifar10', 64, 50000)}
-SETTINGS = ('kernels', 'chainer', 'torch', 'compile')
+SETTINGS = ('kernels', 'chainer', 'torch', 'compile', 'kernels-256bit')
+#: settings run by default ('kernels-256bit': the kernels held to 256-bit
+#: vectors, as on a processor without AVX-512 or as before the 512-bit forms)
+DEFAULT_SETTINGS = SETTINGS[:4]
 
 CHAINER_CHILD = r'''
 import contextlib, json, sys, time
@@ -218,10 +222,12 @@ def start(setting, module_name, batch, threads, spec, torch_python):
                MKL_NUM_THREADS=str(threads), BRANCHYNET_TRAIN_THREADS=str(threads),
                MALLOC_MMAP_THRESHOLD_=str(2 ** 30), MALLOC_TRIM_THRESHOLD_=str(2 ** 30),
                OMP_WAIT_POLICY='PASSIVE', OPENBLAS_THREAD_TIMEOUT='4',
-               BRANCHYNET_CPU_KERNELS='1' if setting == 'kernels' else '0')
-    if setting in ('kernels', 'chainer'):
+               BRANCHYNET_CPU_KERNELS='1' if setting.startswith('kernels') else '0')
+    if setting == 'kernels-256bit':
+        env['BRANCHYNET_VECTOR_BITS'] = '256'
+    if setting in ('kernels', 'chainer', 'kernels-256bit'):
         code = CHAINER_CHILD.format(root=ROOT, module=module_name, batch=batch,
-                                    kernels=setting == 'kernels')
+                                    kernels=setting != 'chainer')
         python = sys.executable
     else:
         code = TORCH_CHILD.format(threads=threads, spec=json.dumps(spec), batch=batch,
@@ -258,7 +264,8 @@ def main():
                    '(default: one per core)')
     p.add_argument('--torch-python', default=sys.executable,
                    help='an interpreter with torch (default: this one)')
-    p.add_argument('--settings', default=','.join(SETTINGS))
+    p.add_argument('--settings', default=','.join(DEFAULT_SETTINGS),
+                   help='any of ' + ', '.join(SETTINGS))
     args = p.parse_args()
     names = [n for n in args.networks.split(',') if n]
     settings = [s for s in args.settings.split(',') if s]

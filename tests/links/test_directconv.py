@@ -78,3 +78,33 @@ def test_batches_split_between_threads_give_the_same_result(monkeypatch):
         results.append(forward_backward(cpukernels.convolution_2d, arrays, pad=1))
     for a, b in zip(*results):
         numpy.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1., abs(b).max()))
+
+
+@pytest.mark.parametrize('bits', [256, 512])
+@pytest.mark.parametrize('layout', ['channels', 'pixels'])
+@pytest.mark.parametrize('shape', [
+    (2, 16, 16, 32, 32, 3, 3, 1, 1, True),    # rows of two 512-bit vectors
+    (2, 8, 24, 7, 9, 3, 3, 1, 1, True),       # remainder tiles
+    (1, 32, 32, 16, 16, 3, 3, 1, 1, False),   # 32 output channels: 512-bit gradient sums
+])
+def test_every_vector_width_and_tile_form_matches_chainer(monkeypatch, bits, layout, shape):
+    monkeypatch.setenv('BRANCHYNET_VECTOR_BITS', str(bits))
+    monkeypatch.setattr(directconv, 'forward_layout', lambda width, bits: layout)
+    monkeypatch.setattr(directconv, '_kernels', {})
+    _compare(*shape)
+
+
+def test_a_wrong_vector_width_setting_is_named(monkeypatch):
+    monkeypatch.setenv('BRANCHYNET_VECTOR_BITS', '384')
+    with pytest.raises(ValueError, match='BRANCHYNET_VECTOR_BITS is .384.; expected 128, 256 or 512'):
+        directconv.vector_bits()
+
+
+def test_512_bit_kernels_use_512_bit_registers(monkeypatch):
+    monkeypatch.delenv('BRANCHYNET_VECTOR_BITS', raising=False)
+    if directconv.vector_bits() < 512:
+        pytest.skip('this processor has no 512-bit vectors (AVX-512F)')
+    fn = directconv._compile(directconv.forward_source(16, 32, 18, 18, 3, 3), 512)
+    assert 'zmm' in ''.join(fn.inspect_asm().values())
+    fn = directconv._compile(directconv.forward_source(16, 32, 18, 18, 3, 3), 256)
+    assert 'zmm' not in ''.join(fn.inspect_asm().values())
