@@ -9,3 +9,5 @@ and automatic exit placement (docs/placement.md).
 """
 from branchynet.placement.attach import attach_exits  # noqa: F401
 from branchynet.placement.trunk import Trunk  # noqa: F401
+from branchynet.placement.place import place_exits  # noqa: F401
+from branchynet.placement.search import SDN_FRACTIONS, fixed_fraction_points  # noqa: F401
