@@ -25,7 +25,7 @@ FLOORS = {
     'evaluation': 5,
     'net': 6, 'reporting': 6,
     'training': 7,
-    'utils': 8, 'visualize': 8,
+    'utils': 8, 'visualize': 8, 'placement': 8,
     'driver': 9,
     'experiment': 10, 'report': 10,
 }

@@ -107,6 +107,10 @@ def build_parser():
                              'preset, which trains on every training image) the held-out row '
                              'chooses on one half of the test set and measures on the '
                              'other'.format(n_val_defaults()))
+    parser.add_argument('--place-exits', type=int, metavar='K',
+                        help='after the main network\'s training, choose at most K early exits '
+                             'on its trunk automatically and report them beside the hand '
+                             'placement (docs/placement.md); the run then goes on as without it')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the training snapshots in _models/')
     parser.add_argument('--init', metavar='FILE.npz',
@@ -330,6 +334,12 @@ def main(argv=None):
                                     names=('--distill-weight', '--distill-temperature'))
         if args.mpi is not None:
             command = mpi_command(args, argv)
+        if args.place_exits is not None and args.place_exits < 1:
+            raise InvalidValue('--place-exits must be the most exits to place, 1 or more, got '
+                               '{}'.format(args.place_exits))
+        if args.place_exits is not None and (args.mpi is not None or args.distributed):
+            raise InvalidValue('--place-exits runs on one process: leave out --mpi and '
+                               '--distributed')
         args.exit_weights = parse_weights(args.exit_weights)
         args.engines = stages.parse_engines(args.engines)
     except InputError as e:
@@ -344,7 +354,7 @@ def main(argv=None):
     overrides = {k: getattr(args, k) for k in
                  ('epochs_main', 'epochs_joint', 'batchsize', 'n_train', 'n_test', 'n_timing',
                   'timing_repeats', 'dataset_path', 'augment', 'screen', 'n_val', 'title',
-                  'engines') +
+                  'engines', 'place_exits') +
                  training.RECIPE_OPTIONS}
     if args.time_devices:
         time_devices = args.time_devices.split(',')

@@ -309,6 +309,12 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     else:
         base_test_acc = float((dist.predict_main(net, x_test) == y_test).mean())
     log('main network: test accuracy {:.2%} ({:.1f} s)'.format(base_test_acc, main_s))
+    placement = None
+    if config.get('place_exits') and root:
+        from branchynet.driver.placing import place_after_main
+        placement = place_after_main(net, network, config['place_exits'], x_train, y_train,
+                                     x_val, y_val, x_test, y_test, out, config.get('engines'),
+                                     seed, config.get('n_timing'))
 
     log('joint training of all {} exits: {} epochs'.format(
         net.numexits(), config['epochs_joint']))
@@ -361,6 +367,8 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
                             'epoch_seconds_joint': joint_s / max(1, config['epochs_joint'])},
                'test': {'baseline_acc': base_test_acc, 'exit_accs_after_joint': exit_accs},
                'tables': {}, 'costs': costs.exit_costs(net)}
+    if placement is not None:
+        results['placement'] = placement
     if config.get('thresholds') is None:  # a network of one's own without a grid
         config['thresholds'] = default_threshold_grid(
             net, x_test[:config.get('n_timing') or len(x_test)])

@@ -1,0 +1,225 @@
+"""Automatic exit placement in one call: ``place_exits``.
+
+1. Candidates: every layer boundary between ``min_share`` and ``max_share``
+   of the main network's multiply-adds (``search.candidate_points``).
+2. A head per candidate from the family (``heads``), sized by
+   ``head_budget`` times the MACs its exit saves, trained as a *probe* on the
+   frozen trunk's activations of at most ``n_probe`` training samples, all
+   candidates at once, their activations cached in memory: the subset is cut
+   further until they fit in ``cache_bytes`` (said in the log).
+3. Every probe's and the final exit's outputs on the held-out set (one
+   trunk pass per batch, nothing cached).
+4. The cost model (``timing``): each candidate's prefix and head time on the
+   engine named, at the batch size asked.
+5. The choice (``search.choose``): at most ``k`` exits and their thresholds,
+   the least expected time at ``target_acc`` (default: the final exit's
+   held-out accuracy) or the best accuracy within ``budget`` ms.
+6. The network: the trunk with the chosen probe heads (trained further on
+   all of ``x_train`` for ``head_epochs``, if > 0), thresholds calibrated
+   on the held-out set on that engine (``BranchyNet.calibrate``), then
+   measured end to end on ``x_test`` (else on the held-out set, said so);
+   the cost model's sum checked against real networks (``check_additivity``).
+"""
+import numpy
+
+import branchynet.placement.heads as heads_mod
+from branchynet.measures import confidence
+import branchynet.placement.search as search
+import branchynet.placement.timing as timing
+from branchynet.placement.attach import make_heads
+from branchynet.placement.report import PlacementReport
+from branchynet.placement.trunk import Trunk
+from branchynet.validation import InvalidValue, as_labels, validate_inputs
+
+
+def _outputs(logits, measure):
+    m = confidence.get_measure(measure)
+    return m.scores(logits), logits.argmax(axis=1).astype(numpy.int32)
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidValue('{} must be a whole number >= {}, got {!r}'.format(
+            name, minimum, value))
+
+
+def _measure_net(net, engine_name, x, y, batchsize, repeats):
+    """Accuracy and median ms per sample of ``net`` with its thresholds, on the engine."""
+    eng = timing.make_engine(net, engine_name)
+    ts = list(net.thresholdExits)
+    ms = timing.time_settings(eng, {'b': lambda xb: eng.route(xb, ts)}, x, batchsize,
+                              repeats)['b']
+    labels, exits = eng.predict(x, ts)
+    counts = numpy.bincount(exits, minlength=net.numexits())
+    return float((labels == y).mean()), ms, counts.tolist()
+
+
+def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, budget=None,
+                engine='numba', batchsize=1, heads='auto', head_budget=heads_mod.HEAD_BUDGET,
+                min_share=0.02, max_share=0.9, n_probe=4096, probe_epochs=3,
+                head_epochs=0, cache_bytes=heads_mod.CACHE_BYTES, timing_samples=200,
+                timing_repeats=3, x_test=None, y_test=None, compare=None, measure='entropy',
+                candidates=32, check_configs=3, seed=0, input_shape=None, final_layers=1,
+                drop_early_exits=False, progress=None, log=print):
+    """Exits placed where they pay on a trained ``network``; see the module.
+
+    ``network`` and ``input_shape``, ``final_layers``, ``drop_early_exits``:
+    as ``attach_exits``. ``compare``: ``{name: boundaries}`` of exit sets to
+    report beside the choice (e.g. the hand placement); the fixed-fraction
+    (SDN) set is always there. ``log``: where the step lines go (None:
+    nowhere). Returns ``(net, report)``: a ``BranchyNet`` with the chosen
+    exits and calibrated thresholds, and a ``report.PlacementReport``.
+    """
+    say = log or (lambda *a: None)
+    trunk = Trunk.of(network, input_shape, final_layers, drop_early_exits)
+    for name, x in (('x_train', x_train), ('x_val', x_val)):
+        validate_inputs(x, trunk.input_shape, name=name)
+    y_train = as_labels(y_train, len(x_train), name='y_train')
+    y_val = as_labels(y_val, len(x_val), name='y_val')
+    if (x_test is None) != (y_test is None):
+        raise InvalidValue('give x_test and y_test together, or neither')
+    if x_test is not None:
+        validate_inputs(x_test, trunk.input_shape, name='x_test')
+        y_test = as_labels(y_test, len(x_test), name='y_test')
+    timing.check_engine_name(engine)
+    for name, value, minimum in (('k', k, 0), ('batchsize', batchsize, 1), ('n_probe', n_probe, 1),
+                                 ('probe_epochs', probe_epochs, 1),
+                                 ('head_epochs', head_epochs, 0),
+                                 ('timing_samples', timing_samples, 1),
+                                 ('timing_repeats', timing_repeats, 1),
+                                 ('check_configs', check_configs, 0)):
+        _check_count(name, value, minimum)
+    if target_acc is not None and budget is not None:
+        raise InvalidValue('give target_acc or budget, not both')
+    confidence.get_measure(measure)
+    heads_mod.check_kind(heads)
+    compare = dict(compare or {})
+    for name, pts in compare.items():
+        compare[name] = trunk.check_points(pts)
+
+    d = trunk.describe()
+    cands = search.candidate_points(trunk, min_share, max_share)
+    if not cands:
+        raise InvalidValue('no layer boundary lies between {:.0%} and {:.0%} of the network\'s '
+                           'multiply-adds: widen min_share/max_share'.format(min_share, max_share))
+    sdn = search.fixed_fraction_points(trunk, among=cands)
+    probed = sorted(set(cands) | set(sdn) | {p for v in compare.values() for p in v})
+    say('placement: {} candidate boundaries between {:.0%} and {:.0%} of {:,} MACs: {}'.format(
+        len(cands), min_share, max_share, d['main_macs'], ', '.join(
+            '{} ({:.0%})'.format(b, trunk.share(b)) for b in cands)))
+
+    kinds, links, hmacs = make_heads(trunk, probed, heads, head_budget)
+    n_fit = heads_mod.cached_sample_count(trunk, probed, min(n_probe, len(x_train)), cache_bytes)
+    if n_fit < 1:
+        raise InvalidValue('one sample\'s activations at {} boundaries do not fit in '
+                           'cache_bytes={}: raise it'.format(len(probed), cache_bytes))
+    rng = numpy.random.RandomState(seed)
+    idx = numpy.sort(rng.permutation(len(x_train))[:n_fit])
+    say('placement: training {} probe heads ({}) on {} cached training samples{} for {} '
+        'epochs'.format(len(probed), ', '.join(sorted(set(kinds))), n_fit,
+                        ' (cut from {} to fit cache_bytes)'.format(min(n_probe, len(x_train)))
+                        if n_fit < min(n_probe, len(x_train)) else '', probe_epochs))
+    heads_mod.train_heads(trunk, probed, links, x_train[idx], y_train[idx], epochs=probe_epochs,
+                          seed=seed, cache_bytes=float('inf'), progress=progress,
+                          desc='probe heads')
+    say('placement: probe and final outputs on {} held-out samples'.format(len(x_val)))
+    logits, final_logits = heads_mod.head_logits(trunk, probed, links, x_val)
+    outputs = {p: _outputs(z, measure) for p, z in zip(probed, logits)}
+    final = _outputs(final_logits, measure)
+    head_of = dict(zip(probed, links))
+
+    xs = x_val[:timing_samples]
+    say('placement: timing {} networks on the {} engine at batch size {} ({} samples, {} '
+        'rounds)'.format(len(probed), engine, batchsize, len(xs), timing_repeats))
+    model = timing.measure_cost_model(trunk, probed, links, xs, engine, batchsize,
+                                      timing_repeats, progress)
+
+    say('placement: pricing every set of at most {} exits ({})'.format(
+        k, 'exhaustive' if k <= 2 else 'greedy'))
+    best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k, target_acc,
+                                    budget, measure, candidates, progress)
+    target = evaluated[0]['target_acc']
+    singles = {tuple(r['points']): r for r in evaluated if len(r['points']) == 1}
+    rows = []
+    for p, kind, m in zip(probed, kinds, hmacs):
+        if p not in cands:
+            continue
+        single = singles.get((p,)) or search.evaluate_set(
+            [p], outputs, final, y_val, model.path_ms([p]), target, budget, measure, candidates)
+        rows.append({'point': p, 'layer': type(trunk.layers[p - 1]).__name__ if not hasattr(
+            trunk.layers[p - 1], 'fn') else 'FL({})'.format(trunk.layers[p - 1].fn.__name__),
+            'mac_share': trunk.share(p), 'head': kind, 'head_macs': int(m),
+            'probe_acc': float((outputs[p][1] == y_val).mean()),
+            'exit_share': single['exit_counts'][0] / len(y_val), 'acc': single['acc'],
+            'predicted_ms': single['ms'], 'prefix_ms': model.prefix_ms[p],
+            'head_ms': model.head_ms[p]})
+    baselines = {'main network': search.evaluate_set([], outputs, final, y_val,
+                                                     [model.main_ms], target, budget)}
+    baselines['fixed fractions (SDN)'] = search.evaluate_set(
+        sdn, outputs, final, y_val, model.path_ms(sdn), target, budget, measure, candidates)
+    for name, pts in compare.items():
+        baselines[name] = search.evaluate_set(pts, outputs, final, y_val, model.path_ms(pts),
+                                              target, budget, measure, candidates)
+    say('placement: chose {} (predicted {:.2%} at {:.4g} ms; main network {:.2%} at {:.4g} '
+        'ms)'.format(best['points'] or 'no early exit', best['acc'], best['ms'],
+                     baselines['main network']['acc'], model.main_ms))
+
+    chosen = best['points']
+    chosen_links = [head_of[p] for p in chosen]
+    if head_epochs and chosen:
+        say('placement: training the {} chosen heads on {} samples for {} epochs'.format(
+            len(chosen), len(x_train), head_epochs))
+        heads_mod.train_heads(trunk, chosen, chosen_links, x_train, y_train, epochs=head_epochs,
+                              seed=seed + 1, cache_bytes=cache_bytes, progress=progress,
+                              desc='chosen heads')
+    net = trunk.build(chosen, chosen_links)
+    result = dict(best)
+    if chosen:
+        eng = timing.make_engine(net, engine)
+        cal = net.calibrate(x_val, y_val, target_acc=None if budget else target, budget=budget,
+                            measure=measure, engine=eng, cost_samples=min(len(x_val), 200),
+                            candidates=candidates, progress=progress)
+        result['search_thresholds'] = result['thresholds']
+        result['thresholds'], result['calibrated_acc'] = cal['thresholds'], cal['acc']
+        result['calibrated_ms'] = cal['cost']
+    x_eval, y_eval = (x_test, y_test) if x_test is not None else (x_val, y_val)
+    result['measured_on'] = '{} {} samples, end to end on the {} engine at batch size {}'.format(
+        len(x_eval), 'test' if x_test is not None else 'held-out (the set chosen on, so '
+        'optimistic)', engine, batchsize)
+    if chosen:
+        acc, ms, counts = _measure_net(net, engine, x_eval, y_eval, batchsize, timing_repeats)
+        result['measured_exit_counts'] = counts
+        path = model.path_ms(chosen)
+        result['predicted_ms_measured_shares'] = float(numpy.dot(path, counts) / len(y_eval))
+    else:
+        eng = timing.make_engine(net, engine)
+        ms = timing.time_settings(eng, {'m': eng.main_route}, x_eval, batchsize,
+                                  timing_repeats)['m']
+        acc = float((eng.predict_main(x_eval) == y_eval).mean())
+    result['measured_acc'], result['measured_ms'] = acc, ms
+    say('placement: measured {:.2%} at {:.4g} ms per sample on {}'.format(
+        acc, ms, result['measured_on']))
+
+    configs = [chosen] if chosen else []
+    for r in sorted(evaluated, key=lambda r: r['ms']):
+        if len(configs) >= check_configs:
+            break
+        if r['points'] and r['points'] not in configs:
+            configs.append(r['points'])
+    additivity = timing.check_additivity(trunk, model, configs[:check_configs], head_of, xs,
+                                         timing_repeats, progress) if configs else []
+    if additivity:
+        say('placement: segment sums against real networks: max relative error {:.1%}'.format(
+            max(a['max_rel_error'] for a in additivity)))
+    report = PlacementReport(
+        candidates=rows, chosen=result, baselines=baselines, additivity=additivity,
+        cost_model=model.as_dict(), sets_evaluated=len(evaluated),
+        settings={'engine': engine, 'batchsize': batchsize, 'k': k, 'target_acc': target,
+                  'budget': budget, 'measure': measure, 'n_probe': n_fit,
+                  'probe_epochs': probe_epochs, 'head_epochs': head_epochs,
+                  'n_val': len(x_val), 'min_share': min_share, 'max_share': max_share,
+                  'head_budget': head_budget, 'probe_features': 'cached subset',
+                  'timing_samples': len(xs), 'timing_repeats': timing_repeats,
+                  'sdn_points': sdn, 'main_macs': d['main_macs']})
+    net.placement_report = report
+    return net, report

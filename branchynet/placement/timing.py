@@ -1,0 +1,158 @@
+"""What each trunk segment and exit head costs on an inference engine.
+
+The engines that matter (numba, the compiled numpy path, ONNX Runtime) run a
+segment, its head and the exit decision as one call, so a segment cannot be
+timed alone inside a real network. The cost model is therefore read off
+whole networks, one per candidate boundary ``b``: the trunk with the
+candidate's head at ``b`` and the final exit. On its engine, at the batch
+size asked, in interleaved rounds (median of ``repeats``):
+
+* ``E0``: every sample forced out at the head (thresholds: everybody leaves);
+* ``E1``: every sample forced on to the final exit (nobody leaves early);
+* ``M``: the main network alone (``main_route``).
+
+Then ``head[b] = E1 - M`` (the head and its exit decision) and
+``prefix[b] = E0 - head[b]`` (the trunk up to ``b``; made non-decreasing
+over the boundaries, as timing noise can make a later prefix look cheaper;
+negative values are cut to 0); a segment between two
+boundaries costs the difference of their prefixes. A network with exits at
+``p_1 < ... < p_k`` is predicted to cost ``prefix[p_i] + head[p_1] + ... +
+head[p_i]`` for a sample leaving at exit ``i`` and ``M + sum(head)`` for one
+reaching the end. ``check_additivity`` builds a few such networks for real
+and compares every exit's forced time with this sum.
+"""
+import time
+
+import chainer
+import numpy
+
+from branchynet.measures import confidence
+from branchynet.progress import Progress
+from branchynet.validation import InvalidValue
+
+ENGINES = ('numba', 'fast', 'onnx', 'chainer')
+
+
+def check_engine_name(name):
+    if name not in ENGINES:
+        raise InvalidValue('engine must be one of {}, got {!r}'.format(', '.join(ENGINES), name))
+    return name
+
+
+def make_engine(net, name):
+    """``net`` compiled for the engine called ``name`` (``ENGINES``); numba
+    falls back to the fast path where it cannot compile (said on stdout)."""
+    check_engine_name(name)
+    if name == 'numba':
+        from branchynet.engines.numba import compile_engine
+        return compile_engine(net)
+    if name == 'fast':
+        from branchynet.engines.fast import FastBranchyNet
+        return FastBranchyNet(net)
+    if name == 'onnx':
+        from branchynet.engines.onnx_runtime import OnnxBranchyNet
+        return OnnxBranchyNet(net)
+    return net.chainer_engine()
+
+
+def forced(net, n):
+    """Thresholds that send every sample out at exit ``n``."""
+    m = confidence.get_measure(net.confidence)
+    early = net.numexits() - 1
+    return [m.stay_all] * n + [m.leave_all] * (early - n)
+
+
+def _one_pass(engine, run, x, batchsize):
+    """ms per sample of ``run(device batch)`` over ``x`` in batches."""
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        start = time.perf_counter()
+        for i in range(0, len(x), batchsize):
+            run(engine.send(x[i:i + batchsize]))
+        return 1000. * (time.perf_counter() - start) / len(x)
+
+
+def time_settings(engine, runs, x, batchsize=1, repeats=3, warmup=10):
+    """``{name: median ms per sample}`` of the ``runs`` (``{name: run}``),
+    after ``warmup`` samples each, in ``repeats`` interleaved rounds."""
+    for run in runs.values():
+        _one_pass(engine, run, x[:warmup], batchsize)
+    passes = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            passes[name].append(_one_pass(engine, run, x, batchsize))
+    return {name: float(numpy.median(v)) for name, v in passes.items()}
+
+
+def time_exits(engine, net, x, batchsize=1, repeats=3):
+    """``(forced ms per exit, main ms)`` of ``net`` on ``engine``: each exit's
+    cost with every sample forced out there, and the main network's."""
+    runs = {n: (lambda xb, ts=forced(net, n): engine.route(xb, ts))
+            for n in range(net.numexits())}
+    runs['main'] = engine.main_route
+    t = time_settings(engine, runs, x, batchsize, repeats)
+    return [t[n] for n in range(net.numexits())], t['main']
+
+
+class CostModel:
+    """Per-boundary prefix and head times (ms per sample) and the main
+    network's, on one engine at one batch size."""
+
+    def __init__(self, prefix_ms, head_ms, main_ms, engine='', batchsize=1):
+        self.prefix_ms = {int(k): float(v) for k, v in prefix_ms.items()}
+        self.head_ms = {int(k): float(v) for k, v in head_ms.items()}
+        self.main_ms = float(main_ms)
+        self.engine, self.batchsize = engine, batchsize
+
+    def path_ms(self, points):
+        """Predicted ms of a sample leaving at each exit of a network with
+        exits at ``points`` (sorted), the final one last."""
+        out, heads = [], 0.
+        for p in points:
+            heads += self.head_ms[p]
+            out.append(self.prefix_ms[p] + heads)
+        return out + [self.main_ms + heads]
+
+    def as_dict(self):
+        return {'prefix_ms': self.prefix_ms, 'head_ms': self.head_ms, 'main_ms': self.main_ms,
+                'engine': self.engine, 'batchsize': self.batchsize}
+
+
+def measure_cost_model(trunk, points, heads, x, engine='numba', batchsize=1, repeats=3,
+                       progress=None):
+    """A ``CostModel`` for ``points`` (``heads[i]``: the links of the head at
+    ``points[i]``), measured on ``x`` (a few hundred samples)."""
+    check_engine_name(engine)
+    prefix, head, mains = {}, {}, []
+    with Progress.auto(len(points), 'time segments ({})'.format(engine), 'net',
+                       progress) as bar:
+        for p, links in zip(points, heads):
+            net = trunk.build([p], [links])
+            eng = make_engine(net, engine)
+            (e0, e1), m = time_exits(eng, net, x, batchsize, repeats)
+            head[p] = max(0., e1 - m)
+            prefix[p] = max(0., e0 - head[p])
+            mains.append(m)
+            bar.update(1)
+    running = 0.  # the trunk up to a later boundary costs no less: timing noise evened out
+    for p in sorted(prefix):
+        running = prefix[p] = max(running, prefix[p])
+    return CostModel(prefix, head, float(numpy.median(mains)), engine, batchsize)
+
+
+def check_additivity(trunk, model, configs, heads, x, repeats=3, progress=None):
+    """Per configuration (a sorted list of boundaries; ``heads[b]`` the links
+    at ``b``): the network built for real and every exit's forced time
+    measured beside the cost model's sum. Returns a list of dicts with
+    ``points``, ``predicted_ms``, ``measured_ms`` and ``max_rel_error``."""
+    rows = []
+    with Progress.auto(len(configs), 'check additivity', 'net', progress) as bar:
+        for pts in configs:
+            net = trunk.build(list(pts), [heads[p] for p in pts])
+            eng = make_engine(net, model.engine)
+            measured, _ = time_exits(eng, net, x, model.batchsize, repeats)
+            predicted = model.path_ms(list(pts))
+            err = max(abs(p - m) / m for p, m in zip(predicted, measured) if m > 0)
+            rows.append({'points': list(pts), 'predicted_ms': predicted,
+                         'measured_ms': measured, 'max_rel_error': float(err)})
+            bar.update(1)
+    return rows

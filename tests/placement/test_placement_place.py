@@ -1,0 +1,84 @@
+"""Automatic placement on a tiny network: a valid BranchyNet, engines that agree, a report."""
+import json
+import os
+
+import numpy
+import pytest
+
+from branchynet.engines.fast import FastBranchyNet
+from branchynet.placement import attach_exits, place_exits
+from branchynet.validation import InputError
+from tests.helpers import assert_engine_matches_predict
+from tests.placement.placement_nets import data, one_exit_net
+
+
+def _trained():
+    """The tiny network with its final classifier trained a little (heads only: quick)."""
+    x, y = data(300)
+    net = one_exit_net()
+    return net, x, y
+
+
+def _place(**kwargs):
+    net, x, y = _trained()
+    kwargs = dict(dict(engine='fast', timing_samples=30, timing_repeats=1, probe_epochs=2,
+                       n_probe=200, check_configs=2, x_test=x[250:], y_test=y[250:],
+                       compare={'hand': [3, 8]}, log=None, progress=False), **kwargs)
+    return place_exits(net, x[:200], y[:200], x[200:250], y[200:250], **kwargs)
+
+
+def test_placement_returns_a_branchynet_and_a_report(tmp_path):
+    net, report = _place()
+    chosen = report['chosen']['points']
+    assert net.branch_points[:-1] == chosen and len(chosen) <= 2
+    assert net.numexits() == len(chosen) + 1
+    cands = [c['point'] for c in report['candidates']]
+    assert set(chosen) <= set(cands)
+    for c in report['candidates']:
+        assert 0.02 <= c['mac_share'] <= 0.9 and 0 <= c['probe_acc'] <= 1
+        assert c['predicted_ms'] > 0
+    assert {'main network', 'fixed fractions (SDN)', 'hand'} <= set(report['baselines'])
+    assert report['additivity'] and all(
+        len(a['predicted_ms']) == len(a['measured_ms']) for a in report['additivity'])
+    assert 0 <= report['chosen']['measured_acc'] <= 1 and report['chosen']['measured_ms'] > 0
+    paths = report.save(str(tmp_path), 'tiny')
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    assert json.load(open(paths[1]))['chosen']['points'] == chosen
+    assert '| boundary |' in report.markdown()
+
+
+def test_placed_network_runs_the_same_on_every_engine():
+    net, x, y = _trained()
+    placed = attach_exits(net, [3, 8], x, y, epochs=1)  # a fixed set: two early exits for sure
+    assert_engine_matches_predict(FastBranchyNet(placed), placed, x[:24])
+    from branchynet.engines.onnx_runtime import OnnxBranchyNet
+    assert_engine_matches_predict(OnnxBranchyNet(placed), placed, x[:24])
+    chosen, _ = _place(k=1)
+    if chosen.numexits() > 1:
+        assert_engine_matches_predict(FastBranchyNet(chosen), chosen, x[:24])
+
+
+@pytest.mark.slow
+def test_placement_on_the_numba_engine_agrees_with_predict():
+    from branchynet.engines.numba import compile_engine
+    net, report = _place(engine='numba')
+    x, _ = data(24, seed=5)
+    if net.numexits() > 1:
+        assert_engine_matches_predict(compile_engine(net), net, x)
+    assert report['settings']['engine'] == 'numba'
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    ({'engine': 'tensorrt'}, 'engine must be one of'),
+    ({'k': -1}, 'k must be a whole number'),
+    ({'batchsize': 0}, 'batchsize must be'),
+    ({'min_share': 0.95, 'max_share': 0.99}, 'no layer boundary'),
+    ({'target_acc': 0.9, 'budget': 1.0}, 'not both'),
+    ({'compare': {'hand': [99]}}, 'boundaries'),
+    ({'x_test': numpy.zeros((3, 1, 8, 8), numpy.float32), 'y_test': None}, 'together'),
+    ({'x_test': numpy.zeros((3, 1, 8, 8), numpy.float32)}, 'y_test'),
+])
+def test_bad_input_gets_one_clear_line(kwargs, words):
+    with pytest.raises(InputError) as e:
+        _place(**kwargs)
+    assert words in str(e.value) and '\n' not in str(e.value)
