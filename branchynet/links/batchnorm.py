@@ -10,7 +10,8 @@ the scaled copy, the addition, ReLU, each again in the backward pass). The
 link's running statistics are updated as Chainer's function updates them
 (``decay``, the unbiased variance ``m / (m - 1)``).
 
-Channel sums are accumulated in float64 (Chainer sums float32 pairwise), so
+Channel sums are accumulated in float64, reassociated so that they vectorise
+(Chainer sums float32 pairwise), so
 results agree with Chainer's to float32 rounding. The backward pass computes
 the input, ``gamma``, ``beta`` (and shortcut) gradients directly: no double
 backpropagation.
@@ -28,7 +29,9 @@ def _compiled():
     if _kernels:
         return _kernels['forward'], _kernels['backward']
     import numba
-    jit = numba.njit(boundscheck=False, nogil=True, cache=True, error_model='numpy')
+    # reassociated sums: vectorised channel sums (in float64, as before)
+    jit = numba.njit(boundscheck=False, nogil=True, cache=True, error_model='numpy',
+                     fastmath={'reassoc', 'contract', 'nsz', 'arcp'})
 
     @jit
     def forward(x, gamma, beta, eps, relu, shortcut, use_shortcut, y, mean, variance,

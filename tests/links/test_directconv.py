@@ -108,3 +108,12 @@ def test_512_bit_kernels_use_512_bit_registers(monkeypatch):
     assert 'zmm' in ''.join(fn.inspect_asm().values())
     fn = directconv._compile(directconv.forward_source(16, 32, 18, 18, 3, 3), 256)
     assert 'zmm' not in ''.join(fn.inspect_asm().values())
+
+
+@pytest.mark.parametrize('ph,pw', [(0, 0), (1, 1), (2, 0), (0, 3)])
+def test_pad_equals_numpy_pad_on_any_strides(ph, pw):
+    x = numpy.random.RandomState(0).randn(3, 5, 7, 6).astype(numpy.float32)
+    for view in (x, x[:, ::2], x.transpose(0, 1, 3, 2)):
+        out = directconv.pad(view, ph, pw)
+        assert out.flags.c_contiguous
+        numpy.testing.assert_array_equal(out, numpy.pad(view, ((0, 0), (0, 0), (ph, ph), (pw, pw))))
