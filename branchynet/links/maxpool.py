@@ -22,44 +22,49 @@ def _compiled():
 
     @jit
     def forward(x, kh, kw, sy, sx, ph, pw, y, tap, n0, n1):
+        # tap by tap over a whole output row, so that the inner loop (over the
+        # row's outputs, the window clipped to the input) has no other branch
         _, c, h, w = x.shape
         oh, ow = y.shape[2], y.shape[3]
         for n in range(n0, n1):
             for ch in range(c):
                 for oy in range(oh):
-                    for ox in range(ow):
-                        best, at = -numpy.inf, -1
-                        for ky in range(kh):
-                            iy = oy * sy - ph + ky
-                            if iy < 0 or iy >= h:
-                                continue
-                            for kx in range(kw):
-                                ix = ox * sx - pw + kx
-                                if ix < 0 or ix >= w:
-                                    continue
-                                v = x[n, ch, iy, ix]
+                    best, at = y[n, ch, oy], tap[n, ch, oy]
+                    best[:] = -numpy.inf
+                    at[:] = -1
+                    for ky in range(kh):
+                        iy = oy * sy - ph + ky
+                        if iy < 0 or iy >= h:
+                            continue
+                        row = x[n, ch, iy]
+                        for kx in range(kw):
+                            t = ky * kw + kx
+                            lo = max(0, (pw - kx + sx - 1) // sx)
+                            hi = min(ow, (w - 1 + pw - kx) // sx + 1)
+                            for ox in range(lo, hi):
+                                v, b, a = row[ox * sx - pw + kx], best[ox], at[ox]
                                 # the first maximum; a NaN wins, as in Chainer
-                                if at < 0 or v > best or (v != v and best == best):
-                                    best, at = v, ky * kw + kx
-                        y[n, ch, oy, ox] = best
-                        tap[n, ch, oy, ox] = at
+                                # (no short-circuit: selects that vectorise)
+                                take = (a < 0) | (v > b) | ((v != v) & (b == b))
+                                best[ox] = v if take else b
+                                at[ox] = t if take else a
 
     @jit
     def backward(gy, tap, kh, kw, sy, sx, ph, pw, gx, n0, n1):
-        # tap by tap in row-major order, as Chainer's col2im adds them: every
-        # pixel's sum is made in the same order, so the results are equal bit for bit
+        # Chainer's col2im adds tap by tap in row-major order; the outputs taken
+        # in reverse row-major order reach every input pixel in that same order
+        # (a later tap of one pixel belongs to an earlier output), so one pass
+        # makes every pixel's sum in Chainer's order: equal bit for bit
         _, c, oh, ow = gy.shape
         for n in range(n0, n1):
             for ch in range(c):
-                gx[n, ch] = 0
-                for ky in range(kh):
-                    for kx in range(kw):
-                        t = ky * kw + kx
-                        for oy in range(oh):
-                            for ox in range(ow):
-                                if tap[n, ch, oy, ox] == t:
-                                    gx[n, ch, oy * sy - ph + ky, ox * sx - pw + kx] += \
-                                        gy[n, ch, oy, ox]
+                g = gx[n, ch]
+                g[:] = 0
+                for oy in range(oh - 1, -1, -1):
+                    for ox in range(ow - 1, -1, -1):
+                        t = tap[n, ch, oy, ox]
+                        if t >= 0:
+                            g[oy * sy - ph + t // kw, ox * sx - pw + t % kw] += gy[n, ch, oy, ox]
 
     _kernels.update(forward=forward, backward=backward)
     return forward, backward
