@@ -31,7 +31,8 @@ class ChoiceCache:
         self.folder = cache_dir()
         self.path = os.path.join(self.folder, self.NAME + '.json')
         self.entries, self.changed = {}, False
-        self.salt = '{}\n{}\n'.format(require_numba().__version__, processor())
+        from branchynet.links.directconv import vector_bits
+        self.salt = '{}\n{}\n{}\n'.format(require_numba().__version__, processor(), vector_bits())
         with suppress_os_error():
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
         self.usable = untrusted_cache(self.folder, self.NAME) is None

@@ -486,7 +486,9 @@ def module_header():
     import inspect
     score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
     finite = inspect.getsource(_finite).replace('def _finite(', 'def finite(', 1)
-    out = ['# compiled with the SLP vectoriser on (links.directconv.slp_vectorize)',
+    from branchynet.links.directconv import vector_bits
+    out = ['# compiled with the SLP vectoriser on (links.directconv.slp_vectorize), '
+           'LLVM vectors of {} bits preferred'.format(vector_bits()),
            'import math', 'import numba', 'import numba.core.types', 'import numba.extending',
            'import numpy', '', ''] + TAKE + ['', '',
            '@numba.njit(boundscheck=False, nogil=True, cache=True)'] + score.splitlines()

@@ -14,7 +14,7 @@ from branchynet.engines.numba.layout import VECTOR
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.codegen import gemm_size, narrowed_input, symbolic, function_lines
 from branchynet.engines.numba.tile import tile_scratch, transposed_weights
-from branchynet.links.directconv import slp_vectorize
+from branchynet.links.directconv import prefer_vector_bits, slp_vectorize, vector_bits
 
 
 #: Kernel settings of ``NumbaBranchyNet(kernels=...)``: measured choice, or forced.
@@ -103,7 +103,7 @@ def time_kernels(op, weights, kernels, rounds=5, seconds=2e-3):
     with blas_limit(1), bar:
         reps = []
         for kernel, (fn, args) in zip(kernels, fns):  # compile, then a first time for the reps
-            with slp_vectorize():
+            with slp_vectorize(), prefer_vector_bits(vector_bits()):
                 fn(weights, S, *args)
             bar.update(1, compiled=kernel or op.kind)
             start = time.perf_counter()
