@@ -1,0 +1,254 @@
+"""One ONNX graph that does a BranchyNet's whole early-exit inference.
+
+``early_exit_model(net, measure)`` builds a graph with inputs ``x`` (a batch,
+float32) and ``limits`` (float64, one per early exit: the measure's limit,
+``Measure.limit(T)`` of each threshold T) and outputs, in input order,
+``labels`` (int32), ``exits`` (int32, 0-based) and ``logits`` (float32, the
+logits of the exit each sample left at). One ``session.run`` answers a batch:
+
+    trunk segment 1 -> head 1 -> score (float64) -> leave = score < limit
+      -> labels, exits and logits of the leaving samples scattered into place
+      -> If any sample stays: Compress the activation and the indices of
+         the staying samples -> segment 2 -> head 2 -> ... -> final exit
+
+``If`` subgraphs nest, one per early exit, so no segment runs on an empty
+batch. ``batch1=True`` builds the latency form: one sample, no Compress or
+Scatter, each ``If`` on that sample's decision.
+
+The decision is ``routing.route_batch``'s: the score of the default entropy
+measure is computed from the logits in float64 as
+``confidence.entropy_from_logits`` does (``log S - sum(e d) / S``), maxprob
+and margin from float64 probabilities as ``confidence`` does; a sample
+leaves where its score is strictly below the limit; ties in the arg-max
+go to the first class; a sample whose logits at an exit it reaches are
+not finite gets label and exit ``NOT_FINITE`` (-1) there. Only the three
+built-in measures have a graph (``GRAPH_MEASURES``).
+"""
+import numpy
+
+from branchynet.measures import confidence
+
+#: the measure objects this module turns into graph nodes (a measure
+#: registered later under the same name is not one of them)
+GRAPH_MEASURES = {confidence.MEASURES[name]: name for name in ('entropy', 'maxprob', 'margin')}
+
+#: graph inputs and outputs
+INPUTS = ('x', 'limits')
+OUTPUTS = ('labels', 'exits', 'logits')
+
+NOT_FINITE = -1
+
+
+class _Builder:
+    """Graph construction on an ``onnx_runtime.Exporter``: nodes go to the
+    exporter's current node list (swapped for each ``If`` branch), weights
+    to its initializers (outer scope of every branch)."""
+
+    def __init__(self, exporter, net, measure, with_logits):
+        self.ex, self.net, self.measure = exporter, net, measure
+        self.onnx = exporter.onnx
+        self.last = net.numexits() - 1
+        self.with_logits = with_logits
+        tp = self.onnx.TensorProto
+        self._consts = {}
+        self.types = {'labels': tp.INT32, 'exits': tp.INT32, 'logits': tp.FLOAT}
+
+    def const(self, value, dtype):
+        """A constant initializer, one per value and type (made on first use)."""
+        key = (repr(value), numpy.dtype(dtype).str)
+        if key not in self._consts:
+            self._consts[key] = self.ex.const(numpy.array(value, dtype), 'c', dtype)
+        return self._consts[key]
+
+    @property
+    def axes1(self):
+        return self.const([1], numpy.int64)
+
+    @property
+    def minus1(self):
+        return self.const(NOT_FINITE, numpy.int32)
+
+    def node(self, op, inputs, **attrs):
+        return self.ex.node(op, inputs, **attrs)
+
+    def exit_logits(self, h, n):
+        """Segment ``n`` then head ``n``: ``(activation, logits)``."""
+        net = self.net
+        h = self.ex.sequence(net.trunk[slice(*net.segment_bounds(n))], h)
+        return h, self.ex.sequence(net.head_links(n), h)
+
+    def decide(self, z):
+        """``(label, bad, score)`` of logits ``z`` (N, K): the arg-max label
+        (int32, ``NOT_FINITE`` where the row is not finite), whether the row is
+        not finite, and the measure's float64 score."""
+        node, tp = self.node, self.onnx.TensorProto
+        z64 = node('Cast', [z], to=tp.DOUBLE)
+        # a row sum in float64 cannot overflow for finite float32 logits: it
+        # is finite exactly when every logit is; r - r is NaN where it is not
+        r = node('ReduceSum', [z64, self.axes1], keepdims=0)
+        bad = node('IsNaN', [node('Sub', [r, r])])
+        label = node('Where', [bad, self.minus1,
+                               node('Cast', [node('ArgMax', [z], axis=1, keepdims=0)],
+                                    to=tp.INT32)])
+        if self.measure is None:
+            return label, bad, None
+        d = node('Sub', [z64, node('ReduceMax', [z64], axes=[1], keepdims=1)])
+        e = node('Exp', [d])
+        if self.measure == 'entropy':  # log S - sum(e d) / S
+            s = node('ReduceSum', [e, self.axes1], keepdims=0)
+            ed = node('ReduceSum', [node('Mul', [e, d]), self.axes1], keepdims=0)
+            score = node('Sub', [node('Log', [s]), node('Div', [ed, s])])
+        else:
+            p = node('Div', [e, node('ReduceSum', [e, self.axes1], keepdims=1)])
+            if self.measure == 'maxprob':  # 1 - max p
+                score = node('Sub', [self.const(1.0, numpy.float64), node('ReduceMax', [p], axes=[1], keepdims=0)])
+            else:  # margin: 1 - (p1 - p2), the two largest
+                k = self.const([2], numpy.int64)
+                top = self.ex._name('top2')
+                self.ex.nodes.append(self.onnx.helper.make_node(
+                    'TopK', [p, k], [top, self.ex._name('top2_index')], axis=1))
+                p1, p2 = self.ex._name('p1'), self.ex._name('p2')
+                self.ex.nodes.append(self.onnx.helper.make_node('Split', [top], [p1, p2],
+                                                                axis=1))
+                diff = node('Squeeze', [node('Sub', [p1, p2]), self.axes1])
+                score = node('Sub', [self.const(1.0, numpy.float64), diff])
+        return label, bad, score
+
+    def branch(self, build, outputs):
+        """An ``If`` branch: the nodes ``build()`` appends, returning the
+        names of ``outputs`` (renamed by Identity nodes)."""
+        helper = self.onnx.helper
+        saved, self.ex.nodes = self.ex.nodes, []
+        try:
+            names = build()
+            out = []
+            for name, kind in zip(names, outputs):
+                out.append(self.node('Identity', [name]))
+            nodes = self.ex.nodes
+        finally:
+            self.ex.nodes = saved
+        return helper.make_graph(nodes, self.ex._name('branch'), [],
+                                 [helper.make_tensor_value_info(o, self.types[k], None)
+                                  for o, k in zip(out, outputs)])
+
+    def if_node(self, cond, then_build, else_build, outputs):
+        helper = self.onnx.helper
+        then_g = self.branch(then_build, outputs)
+        else_g = self.branch(else_build, outputs)
+        names = [self.ex._name('if_' + k) for k in outputs]
+        self.ex.nodes.append(helper.make_node('If', [cond], names, then_branch=then_g,
+                                              else_branch=else_g))
+        return names
+
+    # ------------------------------------------------------------ batch 1
+    def single(self, h, n):
+        """Exit ``n`` onwards for one sample: ``(label, exit, logits)``."""
+        outputs = self.outputs()
+        h, z = self.exit_logits(h, n)
+        label, bad, score = self.decide(z)
+        here = [label, self.const(n, numpy.int32), z][:len(outputs)]  # exit fixed at the end
+        if n == self.last:
+            return here
+        limit = self.node('Gather', ['limits', self.const([n], numpy.int64)])
+        leave = self.node('Or', [self.node('Less', [score, limit]), bad])
+        return self.if_node(leave, lambda: here, lambda: self.single(h, n + 1), outputs)
+
+    # ------------------------------------------------------------ batches
+    def batched(self, h, idx, state, n):
+        """Exit ``n`` onwards for the samples ``idx`` (int64 indices into the
+        batch) with activation ``h``; ``state``: the labels, exits (and
+        logits) of the whole batch so far. Returns them updated."""
+        node, outputs = self.node, self.outputs()
+        h, z = self.exit_logits(h, n)
+        label, bad, score = self.decide(z)
+        if n == self.last:
+            return self.scatter(state, idx, label, z, n)
+        limit = self.node('Gather', ['limits', self.const([n], numpy.int64)])
+        leave = node('Or', [node('Less', [score, limit]), bad])
+        state = self.scatter(state, node('Compress', [idx, leave], axis=0),
+                             node('Compress', [label, leave], axis=0),
+                             node('Compress', [z, leave], axis=0)
+                             if self.with_logits else None, n)
+        stay = node('Not', [leave])
+        rest = node('Compress', [idx, stay], axis=0)
+        anyone = node('Greater', [node('Size', [rest]), self.const(0, numpy.int64)])
+
+        def go_on():
+            return self.batched(node('Compress', [h, stay], axis=0), rest, state, n + 1)
+        return self.if_node(anyone, go_on, lambda: state, outputs)
+
+    def scatter(self, state, idx, label, z, n):
+        """``state`` with ``label``, exit ``n`` and ``z`` written at ``idx``
+        (the exit is fixed to ``NOT_FINITE`` where the label is, at the end)."""
+        node = self.node
+        labels = node('ScatterElements', [state[0], idx, label], axis=0)
+        exit_ids = node('ConstantOfShape', [node('Shape', [idx])],
+                        value=self.onnx.helper.make_tensor('v', self.onnx.TensorProto.INT32,
+                                                           [1], [n]))
+        exits = node('ScatterElements', [state[1], idx, exit_ids], axis=0)
+        if not self.with_logits:
+            return [labels, exits]
+        logits = node('ScatterND', [state[2], node('Unsqueeze', [idx, self.axes1]), z])
+        return [labels, exits, logits]
+
+    def outputs(self):
+        return OUTPUTS if self.with_logits else OUTPUTS[:2]
+
+
+def _value_info(onnx, name, elem, shape):
+    return onnx.helper.make_tensor_value_info(name, elem, shape)
+
+
+def early_exit_model(net, measure='entropy', batch1=False, shapes=None, opset=17):
+    """The early-exit graph of ``net`` (an ONNX ModelProto; see module doc).
+
+    ``measure``: 'entropy', 'maxprob' or 'margin'. ``batch1``: the
+    one-sample form. ``shapes``: ``(segment input shapes, logit shapes)``
+    per exit, one sample each (``onnx_runtime.exit_shapes``). The logits
+    output is left out where the exits' logit shapes differ.
+    """
+    from branchynet.engines.onnx_runtime import Exporter, exit_shapes
+    if measure not in GRAPH_MEASURES.values():
+        raise ValueError('no graph for the measure {!r}'.format(measure))
+    inputs, logits = shapes if shapes is not None else exit_shapes(net)
+    with_logits = len(set(tuple(s) for s in logits)) == 1 and len(logits[0]) == 1
+    ex = Exporter()
+    b = _Builder(ex, net, measure, with_logits)
+    onnx = ex.onnx
+    tp = onnx.TensorProto
+    if batch1:
+        outs = b.single('x', 0)
+        batch = [1]
+    else:
+        node = b.node
+        n = node('Shape', ['x'], start=0, end=1)
+        count = node('Squeeze', [n, b.const([0], numpy.int64)])
+        idx = node('Range', [b.const(0, numpy.int64), count, b.const(1, numpy.int64)])
+        zeros = onnx.helper.make_tensor('v', tp.INT32, [1], [0])
+        state = [node('ConstantOfShape', [n], value=zeros),
+                 node('ConstantOfShape', [n], value=zeros)]
+        if with_logits:
+            shape = node('Concat', [n, b.const(list(logits[0]), numpy.int64)], axis=0)
+            state.append(node('ConstantOfShape', [shape], value=onnx.helper.make_tensor(
+                'v', tp.FLOAT, [1], [0.0])))
+        outs = b.batched('x', idx, state, 0)
+        batch = ['N']
+    # exits: NOT_FINITE where the label is (a sample whose logits are not finite)
+    outs = list(outs)
+    outs[1] = b.node('Where', [b.node('Less', [outs[0], b.const(0, numpy.int32)]), b.minus1, outs[1]])
+    names = b.outputs()
+    for tensor, name in zip(outs, names):
+        ex.nodes.append(onnx.helper.make_node('Identity', [tensor], [name]))
+    out_info = [_value_info(onnx, 'labels', tp.INT32, batch),
+                _value_info(onnx, 'exits', tp.INT32, batch)]
+    if with_logits:
+        out_info.append(_value_info(onnx, 'logits', tp.FLOAT, batch + list(logits[0])))
+    graph = onnx.helper.make_graph(
+        ex.nodes, 'branchynet_early_exit',
+        [_value_info(onnx, 'x', tp.FLOAT, batch + list(inputs[0])),
+         _value_info(onnx, 'limits', tp.DOUBLE, [len(logits) - 1])],
+        out_info, ex.weights)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
