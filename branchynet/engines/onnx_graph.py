@@ -50,15 +50,17 @@ class _Builder:
         self.last = net.numexits() - 1
         self.with_logits = with_logits
         tp = self.onnx.TensorProto
-        self._consts = {}
-        self.types = {'labels': tp.INT32, 'exits': tp.INT32, 'logits': tp.FLOAT}
+        self._consts = [{}]  # per scope (the graph, then each If branch entered)
+        self.types = {'labels': tp.INT64, 'exits': tp.INT32, 'logits': tp.FLOAT}
 
     def const(self, value, dtype):
         """A constant initializer, one per value and type (made on first use)."""
         key = (repr(value), numpy.dtype(dtype).str)
-        if key not in self._consts:
-            self._consts[key] = self.ex.const(numpy.array(value, dtype), 'c', dtype)
-        return self._consts[key]
+        for scope in self._consts:
+            if key in scope:
+                return scope[key]
+        name = self._consts[-1][key] = self.ex.const(numpy.array(value, dtype), 'c', dtype)
+        return name
 
     @property
     def axes1(self):
@@ -77,59 +79,78 @@ class _Builder:
         h = self.ex.sequence(net.trunk[slice(*net.segment_bounds(n))], h)
         return h, self.ex.sequence(net.head_links(n), h)
 
-    def decide(self, z):
-        """``(label, bad, score)`` of logits ``z`` (N, K): the arg-max label
-        (int32, ``NOT_FINITE`` where the row is not finite), whether the row is
-        not finite, and the measure's float64 score."""
+    def decide(self, z, n):
+        """``(label, exit, stay)`` of exit ``n``'s logits ``z`` (M, K): the
+        arg-max label (int64; the first of equal maxima), the exit (int32:
+        ``n``, or ``NOT_FINITE`` where the row is not finite) and, at an early
+        exit, whether the sample stays (bool: its score is not below the
+        limit and its row is finite)."""
         node, tp = self.node, self.onnx.TensorProto
+        label = node('ArgMax', [z], axis=1, keepdims=0)
         z64 = node('Cast', [z], to=tp.DOUBLE)
-        # a row sum in float64 cannot overflow for finite float32 logits: it
-        # is finite exactly when every logit is; r - r is NaN where it is not
-        r = node('ReduceSum', [z64, self.axes1], keepdims=0)
-        bad = node('IsNaN', [node('Sub', [r, r])])
-        label = node('Where', [bad, self.minus1,
-                               node('Cast', [node('ArgMax', [z], axis=1, keepdims=0)],
-                                    to=tp.INT32)])
-        if self.measure is None:
-            return label, bad, None
+        if n == self.last:
+            bad = self.not_finite(z64)
+            return label, self.exit_id(bad, n), None
         d = node('Sub', [z64, node('ReduceMax', [z64], axes=[1], keepdims=1)])
         e = node('Exp', [d])
-        if self.measure == 'entropy':  # log S - sum(e d) / S
+        limit = node('Gather', ['limits', self.const([n], numpy.int64)])
+        if self.measure == 'entropy':  # log S - sum(e d) / S, as entropy_from_logits
             s = node('ReduceSum', [e, self.axes1], keepdims=0)
             ed = node('ReduceSum', [node('Mul', [e, d]), self.axes1], keepdims=0)
             score = node('Sub', [node('Log', [s]), node('Div', [ed, s])])
-        else:
-            p = node('Div', [e, node('ReduceSum', [e, self.axes1], keepdims=1)])
-            if self.measure == 'maxprob':  # 1 - max p
-                score = node('Sub', [self.const(1.0, numpy.float64), node('ReduceMax', [p], axes=[1], keepdims=0)])
-            else:  # margin: 1 - (p1 - p2), the two largest
-                k = self.const([2], numpy.int64)
-                top = self.ex._name('top2')
-                self.ex.nodes.append(self.onnx.helper.make_node(
-                    'TopK', [p, k], [top, self.ex._name('top2_index')], axis=1))
-                p1, p2 = self.ex._name('p1'), self.ex._name('p2')
-                self.ex.nodes.append(self.onnx.helper.make_node('Split', [top], [p1, p2],
-                                                                axis=1))
-                diff = node('Squeeze', [node('Sub', [p1, p2]), self.axes1])
-                score = node('Sub', [self.const(1.0, numpy.float64), diff])
-        return label, bad, score
+            # NaN exactly where the row is not finite: z - max z is NaN or
+            # -inf there (e d = 0 * -inf: NaN); so the row stays where
+            # score >= limit, which is False for NaN
+            bad = node('IsNaN', [score])
+            stay = node('GreaterOrEqual', [score, limit])
+            return label, self.exit_id(bad, n), stay
+        p = node('Div', [e, node('ReduceSum', [e, self.axes1], keepdims=1)])
+        one = self.const(1.0, numpy.float64)
+        if self.measure == 'maxprob':  # 1 - max p
+            score = node('Sub', [one, node('ReduceMax', [p], axes=[1], keepdims=0)])
+        else:  # margin: 1 - (p1 - p2), the two largest
+            top, p1, p2 = (self.ex._name(base) for base in ('top2', 'p1', 'p2'))
+            helper = self.onnx.helper
+            self.ex.nodes.append(helper.make_node(
+                'TopK', [p, self.const([2], numpy.int64)], [top, self.ex._name('top2_index')],
+                axis=1))
+            self.ex.nodes.append(helper.make_node('Split', [top], [p1, p2], axis=1))
+            score = node('Sub', [one, node('Squeeze', [node('Sub', [p1, p2]), self.axes1])])
+        bad = self.not_finite(z64)
+        stay = node('Not', [node('Or', [node('Less', [score, limit]), bad])])
+        return label, self.exit_id(bad, n), stay
+
+    def not_finite(self, z64):
+        """Whether each row of ``z64`` (float64 logits) is not finite: its
+        sum cannot overflow for float32 logits, so it is finite exactly when
+        every logit is, and r - r is NaN where it is not."""
+        r = self.node('ReduceSum', [z64, self.axes1], keepdims=0)
+        return self.node('IsNaN', [self.node('Sub', [r, r])])
+
+    def exit_id(self, bad, n):
+        return self.node('Where', [bad, self.minus1, self.const(n, numpy.int32)])
 
     def branch(self, build, outputs):
         """An ``If`` branch: the nodes ``build()`` appends, returning the
         names of ``outputs`` (renamed by Identity nodes)."""
         helper = self.onnx.helper
-        saved, self.ex.nodes = self.ex.nodes, []
+        # the branch's weights are its own initializers: ONNX Runtime's layout
+        # optimisations (NCHWc convolutions) take constant weights from the
+        # graph that runs them only (measured: a branch reading the outer
+        # graph's weights ran B-LeNet's convolutions 2x slower)
+        saved = self.ex.nodes, self.ex.weights
+        self.ex.nodes, self.ex.weights = [], []
+        self._consts.append({})
         try:
             names = build()
-            out = []
-            for name, kind in zip(names, outputs):
-                out.append(self.node('Identity', [name]))
-            nodes = self.ex.nodes
+            out = [self.node('Identity', [name]) for name in names]
+            nodes, weights = self.ex.nodes, self.ex.weights
         finally:
-            self.ex.nodes = saved
+            self.ex.nodes, self.ex.weights = saved
+            self._consts.pop()
         return helper.make_graph(nodes, self.ex._name('branch'), [],
                                  [helper.make_tensor_value_info(o, self.types[k], None)
-                                  for o, k in zip(out, outputs)])
+                                  for o, k in zip(out, outputs)], weights)
 
     def if_node(self, cond, then_build, else_build, outputs):
         helper = self.onnx.helper
@@ -145,13 +166,11 @@ class _Builder:
         """Exit ``n`` onwards for one sample: ``(label, exit, logits)``."""
         outputs = self.outputs()
         h, z = self.exit_logits(h, n)
-        label, bad, score = self.decide(z)
-        here = [label, self.const(n, numpy.int32), z][:len(outputs)]  # exit fixed at the end
+        label, exit_id, stay = self.decide(z, n)
+        here = [label, exit_id, z][:len(outputs)]
         if n == self.last:
             return here
-        limit = self.node('Gather', ['limits', self.const([n], numpy.int64)])
-        leave = self.node('Or', [self.node('Less', [score, limit]), bad])
-        return self.if_node(leave, lambda: here, lambda: self.single(h, n + 1), outputs)
+        return self.if_node(stay, lambda: self.single(h, n + 1), lambda: here, outputs)
 
     # ------------------------------------------------------------ batches
     def batched(self, h, idx, state, n):
@@ -160,16 +179,12 @@ class _Builder:
         logits) of the whole batch so far. Returns them updated."""
         node, outputs = self.node, self.outputs()
         h, z = self.exit_logits(h, n)
-        label, bad, score = self.decide(z)
+        label, exit_id, stay = self.decide(z, n)
         if n == self.last:
-            return self.scatter(state, idx, label, z, n)
-        limit = self.node('Gather', ['limits', self.const([n], numpy.int64)])
-        leave = node('Or', [node('Less', [score, limit]), bad])
-        state = self.scatter(state, node('Compress', [idx, leave], axis=0),
-                             node('Compress', [label, leave], axis=0),
-                             node('Compress', [z, leave], axis=0)
-                             if self.with_logits else None, n)
-        stay = node('Not', [leave])
+            return self.scatter(state, idx, label, exit_id, z)
+        leave = node('Not', [stay])
+        state = self.scatter(state, *(node('Compress', [v, leave], axis=0)
+                                      for v in (idx, label, exit_id, z)))
         rest = node('Compress', [idx, stay], axis=0)
         anyone = node('Greater', [node('Size', [rest]), self.const(0, numpy.int64)])
 
@@ -177,19 +192,14 @@ class _Builder:
             return self.batched(node('Compress', [h, stay], axis=0), rest, state, n + 1)
         return self.if_node(anyone, go_on, lambda: state, outputs)
 
-    def scatter(self, state, idx, label, z, n):
-        """``state`` with ``label``, exit ``n`` and ``z`` written at ``idx``
-        (the exit is fixed to ``NOT_FINITE`` where the label is, at the end)."""
+    def scatter(self, state, idx, label, exit_id, z):
+        """``state`` with ``label``, ``exit_id`` and ``z`` written at ``idx``."""
         node = self.node
-        labels = node('ScatterElements', [state[0], idx, label], axis=0)
-        exit_ids = node('ConstantOfShape', [node('Shape', [idx])],
-                        value=self.onnx.helper.make_tensor('v', self.onnx.TensorProto.INT32,
-                                                           [1], [n]))
-        exits = node('ScatterElements', [state[1], idx, exit_ids], axis=0)
-        if not self.with_logits:
-            return [labels, exits]
-        logits = node('ScatterND', [state[2], node('Unsqueeze', [idx, self.axes1]), z])
-        return [labels, exits, logits]
+        out = [node('ScatterElements', [state[0], idx, label], axis=0),
+               node('ScatterElements', [state[1], idx, exit_id], axis=0)]
+        if self.with_logits:
+            out.append(node('ScatterND', [state[2], node('Unsqueeze', [idx, self.axes1]), z]))
+        return out
 
     def outputs(self):
         return OUTPUTS if self.with_logits else OUTPUTS[:2]
@@ -199,7 +209,8 @@ def _value_info(onnx, name, elem, shape):
     return onnx.helper.make_tensor_value_info(name, elem, shape)
 
 
-def early_exit_model(net, measure='entropy', batch1=False, shapes=None, opset=17):
+def early_exit_model(net, measure='entropy', batch1=False, shapes=None, logits=True,
+                     opset=17):
     """The early-exit graph of ``net`` (an ONNX ModelProto; see module doc).
 
     ``measure``: 'entropy', 'maxprob' or 'margin'. ``batch1``: the
@@ -210,8 +221,10 @@ def early_exit_model(net, measure='entropy', batch1=False, shapes=None, opset=17
     from branchynet.engines.onnx_runtime import Exporter, exit_shapes
     if measure not in GRAPH_MEASURES.values():
         raise ValueError('no graph for the measure {!r}'.format(measure))
+    want_logits = logits
     inputs, logits = shapes if shapes is not None else exit_shapes(net)
-    with_logits = len(set(tuple(s) for s in logits)) == 1 and len(logits[0]) == 1
+    with_logits = want_logits and len(set(tuple(s) for s in logits)) == 1 and \
+        len(logits[0]) == 1
     ex = Exporter()
     b = _Builder(ex, net, measure, with_logits)
     onnx = ex.onnx
@@ -224,18 +237,21 @@ def early_exit_model(net, measure='entropy', batch1=False, shapes=None, opset=17
         n = node('Shape', ['x'], start=0, end=1)
         count = node('Squeeze', [n, b.const([0], numpy.int64)])
         idx = node('Range', [b.const(0, numpy.int64), count, b.const(1, numpy.int64)])
-        zeros = onnx.helper.make_tensor('v', tp.INT32, [1], [0])
-        state = [node('ConstantOfShape', [n], value=zeros),
-                 node('ConstantOfShape', [n], value=zeros)]
+        state = [node('ConstantOfShape', [n], value=onnx.helper.make_tensor(
+                     'v', tp.INT64, [1], [0])),
+                 node('ConstantOfShape', [n], value=onnx.helper.make_tensor(
+                     'v', tp.INT32, [1], [0]))]
         if with_logits:
             shape = node('Concat', [n, b.const(list(logits[0]), numpy.int64)], axis=0)
             state.append(node('ConstantOfShape', [shape], value=onnx.helper.make_tensor(
                 'v', tp.FLOAT, [1], [0.0])))
         outs = b.batched('x', idx, state, 0)
         batch = ['N']
-    # exits: NOT_FINITE where the label is (a sample whose logits are not finite)
+    # labels: int32, NOT_FINITE where the exit is (a sample whose logits are not finite)
     outs = list(outs)
-    outs[1] = b.node('Where', [b.node('Less', [outs[0], b.const(0, numpy.int32)]), b.minus1, outs[1]])
+    outs[0] = b.node('Cast', [b.node('Where', [
+        b.node('Less', [outs[1], b.const(0, numpy.int32)]), b.const(NOT_FINITE, numpy.int64),
+        outs[0]])], to=tp.INT32)
     names = b.outputs()
     for tensor, name in zip(outs, names):
         ex.nodes.append(onnx.helper.make_node('Identity', [tensor], [name]))

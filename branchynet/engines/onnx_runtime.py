@@ -29,6 +29,7 @@ from branchynet.io.fileio import atomic_write
 from branchynet.links import FL, SL, Net, pair
 from branchynet.engines.base import InferenceEngine
 from branchynet.engines.onnx_graph import GRAPH_MEASURES, early_exit_model
+from branchynet.engines.routing import check_finite
 from branchynet.measures import confidence
 from branchynet.measures.timing import NULL_TIMER
 from branchynet.validation import InvalidValue, require_network, validate_batchsize
@@ -292,23 +293,26 @@ class OnnxBranchyNet(InferenceEngine):
         self.main_session = session(self.models[0])
         self.exit_sessions = [session(m) for m in self.models[1]]
         self.steps = [self._step(s) for s in self.exit_sessions]
-        #: measure name -> (batch session, batch-1 session) of the early-exit graph
+        #: (measure name, with logits) -> (batch session, batch-1 session) of
+        #: the early-exit graph, built on first use
         self.graph_sessions = {}
         if form == 'graph':
             self._graph_sessions(confidence.get_measure(net.confidence))
 
-    def _graph_sessions(self, measure):
+    def _graph_sessions(self, measure, logits=False):
         """The early-exit graph's sessions for ``measure`` (built on first use),
-        or None for a measure without a graph."""
+        or None for a measure without a graph. ``logits``: the graph with the
+        logits output (``route`` takes the one without: its Compress and
+        ScatterND per exit cost a few per cent on B-LeNet)."""
         name = GRAPH_MEASURES.get(measure)
         if name is None:
             return None
-        found = self.graph_sessions.get(name)
+        found = self.graph_sessions.get((name, logits))
         if found is None:
             found = tuple(self._session(early_exit_model(self.net, name, batch1=one,
-                                                         shapes=self.shapes))
+                                                         shapes=self.shapes, logits=logits))
                           for one in (False, True))
-            self.graph_sessions[name] = found
+            self.graph_sessions[name, logits] = found
         return found
 
     def _decision(self, thresholds):
@@ -334,6 +338,22 @@ class OnnxBranchyNet(InferenceEngine):
                     return sessions[len(x) == 1].run(
                         ROUTE_OUTPUTS, {INPUT_NAME: x, 'limits': limits})
         return InferenceEngine.route(self, x, thresholds, timer)
+
+    def predict_logits(self, x, thresholds=None, batchsize=None):
+        """``(labels, exits, logits)``: ``predict``'s answer and the logits of
+        the exit each sample left at, from the early-exit graph with its
+        logits output (either form; a measure without a graph is refused)."""
+        ts = self.resolve_thresholds(thresholds)
+        sessions = self._graph_sessions(confidence.get_measure(self.net.confidence), True)
+        if sessions is None:
+            raise InvalidValue('the early-exit graph decides by {}; the network\'s measure '
+                               'is {!r}'.format(', '.join(GRAPH_MEASURES.values()),
+                                                self.net.confidence))
+        limits = numpy.array([confidence.get_measure(self.net.confidence).limit(t)
+                              for t in ts], numpy.float64)
+        labels, exits, logits = self.batched(x, batchsize, lambda xb: sessions[
+            len(xb) == 1].run(None, {INPUT_NAME: xb, 'limits': limits}), routing=True)
+        return labels, check_finite(exits), logits
 
     def save_graph(self, path, measure=None, batch1=False):
         """Write the early-exit graph (``onnx_graph.early_exit_model``: inputs
