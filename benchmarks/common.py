@@ -77,12 +77,18 @@ def path_threads(threads=None):
     return threads or os.cpu_count() or 1
 
 
-def engines(net, chainer=True, threads=None):
+#: path name of each ``OnnxBranchyNet`` form
+ONNX_PATHS = {'graph': 'onnx', 'sessions': 'onnx-sessions'}
+
+
+def engines(net, chainer=True, threads=None, onnx_forms=('graph',)):
     """``[(name, engine)]``: Chainer (unless ``chainer=False``), the fast path
     and, when installed, the ONNX Runtime path and the numba path. Every path
     gets ``path_threads(threads)`` threads: ONNX Runtime's intra-op threads,
     the numba path's workers, and (set with ``blas_threads``, same default)
-    the BLAS threads of Chainer and the fast path; printed."""
+    the BLAS threads of Chainer and the fast path; printed. ``onnx_forms``:
+    the ``OnnxBranchyNet`` forms timed, each a path (``ONNX_PATHS``: 'onnx'
+    is the early-exit graph, 'onnx-sessions' one session per exit)."""
     from branchynet.engines.fast import FastBranchyNet
     n = path_threads(threads)
     print('threads: {} on every path (Chainer and fast: numpy\'s BLAS; ONNX Runtime: '
@@ -92,7 +98,8 @@ def engines(net, chainer=True, threads=None):
     found.append(('fast', FastBranchyNet(net)))
     try:
         from branchynet.engines.onnx_runtime import OnnxBranchyNet
-        found.append(('onnx', OnnxBranchyNet(net, threads=n)))
+        for form in onnx_forms:
+            found.append((ONNX_PATHS[form], OnnxBranchyNet(net, threads=n, form=form)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
     try:
