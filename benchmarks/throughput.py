@@ -124,14 +124,18 @@ def call(engine, xb, ts, bs):
 def rates(paths, x, ts, bs, repeats):
     """samples/s per (path, 'main'|'early'): every batch of ``x`` is timed
     ``repeats`` times on every path in turn and counts with its fastest time,
-    so a time slice lost to another process does not count."""
+    so a time slice lost to another process does not count. The order of
+    the paths turns by one each repeat and batch, so that no path always
+    runs right after the same other one (the one after the fast path finds
+    the caches full of its buffers: a few µs at batch 1)."""
     total = collections.defaultdict(float)
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         for i in range(0, len(x) - bs + 1, bs):
             xb = x[i:i + bs]
             best = collections.defaultdict(lambda: math.inf)
-            for _ in range(repeats):
-                for name, engine in paths:
+            for r in range(repeats):
+                turn = (i // bs + r) % len(paths)
+                for name, engine in paths[turn:] + paths[:turn]:
                     for kind, t in (('main', None), ('early', ts)):
                         best[name, kind] = min(best[name, kind], call(engine, xb, t, bs))
             for key, v in best.items():
