@@ -77,18 +77,19 @@ def path_threads(threads=None):
     return threads or os.cpu_count() or 1
 
 
-#: path name of each ``OnnxBranchyNet`` form
-ONNX_PATHS = {'graph': 'onnx', 'sessions': 'onnx-sessions'}
+#: path name of each ``OnnxBranchyNet`` form where ``engines`` is asked for forms
+ONNX_PATHS = {'sessions': 'onnx-sessions', 'graph': 'onnx-graph'}
 
 
-def engines(net, chainer=True, threads=None, onnx_forms=('graph',)):
+def engines(net, chainer=True, threads=None, onnx_forms=None):
     """``[(name, engine)]``: Chainer (unless ``chainer=False``), the fast path
     and, when installed, the ONNX Runtime path and the numba path. Every path
     gets ``path_threads(threads)`` threads: ONNX Runtime's intra-op threads,
     the numba path's workers, and (set with ``blas_threads``, same default)
     the BLAS threads of Chainer and the fast path; printed. ``onnx_forms``:
-    the ``OnnxBranchyNet`` forms timed, each a path (``ONNX_PATHS``: 'onnx'
-    is the early-exit graph, 'onnx-sessions' one session per exit)."""
+    the ``OnnxBranchyNet`` forms timed, each a path named by ``ONNX_PATHS``
+    ('onnx-sessions': one session per exit, 'onnx-graph': the early-exit
+    graph); None: one path 'onnx', the engine's default form."""
     from branchynet.engines.fast import FastBranchyNet
     n = path_threads(threads)
     print('threads: {} on every path (Chainer and fast: numpy\'s BLAS; ONNX Runtime: '
@@ -98,7 +99,9 @@ def engines(net, chainer=True, threads=None, onnx_forms=('graph',)):
     found.append(('fast', FastBranchyNet(net)))
     try:
         from branchynet.engines.onnx_runtime import OnnxBranchyNet
-        for form in onnx_forms:
+        if onnx_forms is None:
+            found.append(('onnx', OnnxBranchyNet(net, threads=n)))
+        for form in onnx_forms or ():
             found.append((ONNX_PATHS[form], OnnxBranchyNet(net, threads=n, form=form)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))

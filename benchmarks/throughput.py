@@ -8,17 +8,17 @@ peak (a large float32 matrix product), all from one run.
         [--model FILE.npz] [--alexnet-model FILE.npz] [--resnet-model FILE.npz]
         [--samples N] [--T 0.5 | --leave 0.9] [--batches 1,64,512] [--repeats 5]
         [--threads N] [--chainer] [--numba-kernels loop,gemm,tile] [--explain]
-        [--onnx-forms graph,sessions] [--clock wall|cpu]
+        [--onnx-forms sessions,graph] [--clock wall|cpu]
 
 Batch 1 is timed per sample end to end as ``measurement.measure_main`` and
 ``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
 of the samples; larger batches through ``predict_main``/``predict`` on a
 quarter (at least two batches; a batch larger than the samples is left out).
-ONNX Runtime runs in two forms, each a path: ``onnx``, one early-exit graph
-per network (one ``session.run`` a batch, decisions inside the graph;
-``OnnxBranchyNet(form='graph')``, the default) and ``onnx-sessions``, one
-session per exit with the decisions in Python between them
-(``form='sessions'``); ``--onnx-forms`` picks them. The output ends with
+ONNX Runtime runs in two forms, each a path: ``onnx-sessions``, one session
+per exit with the decisions in Python between them
+(``OnnxBranchyNet(form='sessions')``, the default), and ``onnx-graph``, one
+early-exit graph per network (one ``session.run`` a batch, decisions inside
+the graph; ``form='graph'``); ``--onnx-forms`` picks them. The output ends with
 numba's samples/s over each ONNX Runtime form's, per network, batch and
 main/early (also in the summary line). ``--clock cpu`` (with ``--threads
 1`` only: every path then runs in the calling thread) times the calling
@@ -223,9 +223,9 @@ def main():
     p.add_argument('--threads', type=int, default=None,
                    help='threads of every path (BLAS, ONNX Runtime, numba); default: one '
                         'per core on every path (benchmarks/common.py path_threads)')
-    p.add_argument('--onnx-forms', default='graph,sessions',
-                   help='OnnxBranchyNet forms timed, comma-separated, of: graph (path onnx), '
-                        'sessions (path onnx-sessions)')
+    p.add_argument('--onnx-forms', default='sessions,graph',
+                   help='OnnxBranchyNet forms timed, comma-separated, of: sessions (path '
+                        'onnx-sessions), graph (path onnx-graph)')
     p.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                    help='wall clock, or the calling thread\'s CPU time (needs --threads 1)')
     args = p.parse_args()
@@ -236,7 +236,7 @@ def main():
         CLOCK = time.thread_time
     args.onnx_forms = [f.strip() for f in args.onnx_forms.split(',') if f.strip()]
     if not args.onnx_forms or any(f not in ONNX_PATHS for f in args.onnx_forms):
-        p.error('--onnx-forms: some of graph, sessions, got {!r}'.format(
+        p.error('--onnx-forms: some of sessions, graph, got {!r}'.format(
             ','.join(args.onnx_forms)))
     names = [n.strip() for n in args.networks.split(',') if n.strip()]
     unknown = [n for n in names if n not in NETWORKS]
@@ -312,11 +312,12 @@ def main():
                 out[key + '_gain'] = gain
                 out[key + '_gmacs_main'] = gm
                 out[key + '_gmacs_early'] = ge
-        for path in paths:
-            if path != 'onnx' and ('onnx', 1, 'early') in found and (path, 1, 'early') in found:
-                out['{}_{}_vs_onnx_latency'.format(name, path)] = \
-                    found['onnx', 1, 'early'] / found[path, 1, 'early']
         for onnx in (p for p in paths if p in ONNX_PATHS.values()):
+            for path in paths:
+                if path != onnx and (onnx, 1, 'early') in found and \
+                        (path, 1, 'early') in found:
+                    out['{}_{}_vs_{}_latency'.format(name, path, onnx)] = \
+                        found[onnx, 1, 'early'] / found[path, 1, 'early']
             for bs in batches:
                 for kind in ('main', 'early'):
                     if ('numba', bs, kind) in found and (onnx, bs, kind) in found:

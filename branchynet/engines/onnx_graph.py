@@ -51,7 +51,7 @@ class _Builder:
         self.with_logits = with_logits
         tp = self.onnx.TensorProto
         self._consts = [{}]  # per scope (the graph, then each If branch entered)
-        self.types = {'labels': tp.INT64, 'exits': tp.INT32, 'logits': tp.FLOAT}
+        self.types = {'labels': tp.INT32, 'exits': tp.INT32, 'logits': tp.FLOAT}
 
     def const(self, value, dtype):
         """A constant initializer, one per value and type (made on first use)."""
@@ -80,45 +80,54 @@ class _Builder:
         return h, self.ex.sequence(net.head_links(n), h)
 
     def decide(self, z, n):
-        """``(label, exit, stay)`` of exit ``n``'s logits ``z`` (M, K): the
-        arg-max label (int64; the first of equal maxima), the exit (int32:
-        ``n``, or ``NOT_FINITE`` where the row is not finite) and, at an early
-        exit, whether the sample stays (bool: its score is not below the
-        limit and its row is finite)."""
+        """Exit ``n``'s decision on logits ``z`` (M, K): ``(stay, finish)``.
+        ``stay`` (bool, None at the last exit): the row's score is not below
+        the limit and the row is finite. ``finish()`` appends the nodes of
+        the leaving rows' answer and returns ``(label, exit)`` (int32: the
+        arg-max, the first of equal maxima, and ``n``; both ``NOT_FINITE``
+        where the row is not finite); the batch-1 graph calls it inside the
+        ``If`` branch of a leaving sample only."""
         node, tp = self.node, self.onnx.TensorProto
-        label = node('ArgMax', [z], axis=1, keepdims=0)
         z64 = node('Cast', [z], to=tp.DOUBLE)
+        bad = None
         if n == self.last:
-            bad = self.not_finite(z64)
-            return label, self.exit_id(bad, n), None
-        d = node('Sub', [z64, node('ReduceMax', [z64], axes=[1], keepdims=1)])
-        e = node('Exp', [d])
-        limit = node('Gather', ['limits', self.const([n], numpy.int64)])
-        if self.measure == 'entropy':  # log S - sum(e d) / S, as entropy_from_logits
-            s = node('ReduceSum', [e, self.axes1], keepdims=0)
-            ed = node('ReduceSum', [node('Mul', [e, d]), self.axes1], keepdims=0)
-            score = node('Sub', [node('Log', [s]), node('Div', [ed, s])])
-            # NaN exactly where the row is not finite: z - max z is NaN or
-            # -inf there (e d = 0 * -inf: NaN); so the row stays where
-            # score >= limit, which is False for NaN
-            bad = node('IsNaN', [score])
-            stay = node('GreaterOrEqual', [score, limit])
-            return label, self.exit_id(bad, n), stay
-        p = node('Div', [e, node('ReduceSum', [e, self.axes1], keepdims=1)])
-        one = self.const(1.0, numpy.float64)
-        if self.measure == 'maxprob':  # 1 - max p
-            score = node('Sub', [one, node('ReduceMax', [p], axes=[1], keepdims=0)])
-        else:  # margin: 1 - (p1 - p2), the two largest
-            top, p1, p2 = (self.ex._name(base) for base in ('top2', 'p1', 'p2'))
-            helper = self.onnx.helper
-            self.ex.nodes.append(helper.make_node(
-                'TopK', [p, self.const([2], numpy.int64)], [top, self.ex._name('top2_index')],
-                axis=1))
-            self.ex.nodes.append(helper.make_node('Split', [top], [p1, p2], axis=1))
-            score = node('Sub', [one, node('Squeeze', [node('Sub', [p1, p2]), self.axes1])])
-        bad = self.not_finite(z64)
-        stay = node('Not', [node('Or', [node('Less', [score, limit]), bad])])
-        return label, self.exit_id(bad, n), stay
+            stay = None
+        else:
+            limit = node('Gather', ['limits', self.const([n], numpy.int64)])
+            if self.measure == 'entropy':
+                # -H = sum p log p with log p = LogSoftmax(z): NaN exactly where
+                # the row is not finite (z - max z is NaN or -inf there, and
+                # p log p = 0 * -inf); -H <= -limit is False for NaN
+                logp = node('LogSoftmax', [z64], axis=1)
+                neg_h = node('ReduceSum', [node('Mul', [node('Exp', [logp]), logp]),
+                                           self.axes1], keepdims=0)
+                stay = node('LessOrEqual', [neg_h, node('Neg', [limit])])
+                bad = lambda: node('IsNaN', [neg_h])  # noqa: E731 (made where needed)
+            else:
+                p = node('Softmax', [z64], axis=1)
+                one = self.const(1.0, numpy.float64)
+                if self.measure == 'maxprob':  # 1 - max p
+                    score = node('Sub', [one, node('ReduceMax', [p], axes=[1], keepdims=0)])
+                else:  # margin: 1 - (p1 - p2), the two largest
+                    top, p1, p2 = (self.ex._name(base) for base in ('top2', 'p1', 'p2'))
+                    helper = self.onnx.helper
+                    self.ex.nodes.append(helper.make_node(
+                        'TopK', [p, self.const([2], numpy.int64)],
+                        [top, self.ex._name('top2_index')], axis=1))
+                    self.ex.nodes.append(helper.make_node('Split', [top], [p1, p2], axis=1))
+                    score = node('Sub', [one, node('Squeeze', [node('Sub', [p1, p2]),
+                                                               self.axes1])])
+                # a -inf logit leaves these scores finite: the row is checked
+                not_finite = self.not_finite(z64)
+                stay = node('Not', [node('Or', [node('Less', [score, limit]), not_finite])])
+                bad = lambda: not_finite  # noqa: E731
+
+        def finish():
+            flag = self.not_finite(z64) if bad is None else bad()
+            label = node('Cast', [node('ArgMax', [z], axis=1, keepdims=0)], to=tp.INT32)
+            return (node('Where', [flag, self.minus1, label]),
+                    node('Where', [flag, self.minus1, self.const(n, numpy.int32)]))
+        return stay, finish
 
     def not_finite(self, z64):
         """Whether each row of ``z64`` (float64 logits) is not finite: its
@@ -127,12 +136,9 @@ class _Builder:
         r = self.node('ReduceSum', [z64, self.axes1], keepdims=0)
         return self.node('IsNaN', [self.node('Sub', [r, r])])
 
-    def exit_id(self, bad, n):
-        return self.node('Where', [bad, self.minus1, self.const(n, numpy.int32)])
-
     def branch(self, build, outputs):
-        """An ``If`` branch: the nodes ``build()`` appends, returning the
-        names of ``outputs`` (renamed by Identity nodes)."""
+        """An ``If`` branch: the nodes ``build()`` appends; its outputs are
+        the tensors ``build()`` returns (``outputs``: their kinds)."""
         helper = self.onnx.helper
         # the branch's weights are its own initializers: ONNX Runtime's layout
         # optimisations (NCHWc convolutions) take constant weights from the
@@ -143,7 +149,11 @@ class _Builder:
         self._consts.append({})
         try:
             names = build()
-            out = [self.node('Identity', [name]) for name in names]
+            # a branch output must be made in the branch
+            made = {o for nd in self.ex.nodes for o in nd.output}
+            out = [name if name in made else self.node('Identity', [name]) for name in names]
+            if len(set(out)) < len(out):
+                out = [self.node('Identity', [name]) for name in out]
             nodes, weights = self.ex.nodes, self.ex.weights
         finally:
             self.ex.nodes, self.ex.weights = saved
@@ -152,25 +162,28 @@ class _Builder:
                                  [helper.make_tensor_value_info(o, self.types[k], None)
                                   for o, k in zip(out, outputs)], weights)
 
-    def if_node(self, cond, then_build, else_build, outputs):
+    def if_node(self, cond, then_build, else_build, outputs, names=None):
         helper = self.onnx.helper
         then_g = self.branch(then_build, outputs)
         else_g = self.branch(else_build, outputs)
-        names = [self.ex._name('if_' + k) for k in outputs]
+        names = names or [self.ex._name('if_' + k) for k in outputs]
         self.ex.nodes.append(helper.make_node('If', [cond], names, then_branch=then_g,
                                               else_branch=else_g))
         return names
 
     # ------------------------------------------------------------ batch 1
-    def single(self, h, n):
-        """Exit ``n`` onwards for one sample: ``(label, exit, logits)``."""
+    def single(self, h, n, names=None):
+        """Exit ``n`` onwards for one sample: ``(label, exit, logits)``
+        (``names``: those of the ``If`` outputs, the graph's at exit 1)."""
         outputs = self.outputs()
         h, z = self.exit_logits(h, n)
-        label, exit_id, stay = self.decide(z, n)
-        here = [label, exit_id, z][:len(outputs)]
+        stay, finish = self.decide(z, n)
+
+        def here():
+            return list(finish()) + [z][:len(outputs) - 2]
         if n == self.last:
-            return here
-        return self.if_node(stay, lambda: self.single(h, n + 1), lambda: here, outputs)
+            return here()
+        return self.if_node(stay, lambda: self.single(h, n + 1), here, outputs, names)
 
     # ------------------------------------------------------------ batches
     def batched(self, h, idx, state, n):
@@ -179,7 +192,8 @@ class _Builder:
         logits) of the whole batch so far. Returns them updated."""
         node, outputs = self.node, self.outputs()
         h, z = self.exit_logits(h, n)
-        label, exit_id, stay = self.decide(z, n)
+        stay, finish = self.decide(z, n)
+        label, exit_id = finish()
         if n == self.last:
             return self.scatter(state, idx, label, exit_id, z)
         leave = node('Not', [stay])
@@ -229,32 +243,27 @@ def early_exit_model(net, measure='entropy', batch1=False, shapes=None, logits=T
     b = _Builder(ex, net, measure, with_logits)
     onnx = ex.onnx
     tp = onnx.TensorProto
+    names = b.outputs()
     if batch1:
-        outs = b.single('x', 0)
+        outs = b.single('x', 0, names)
         batch = [1]
     else:
         node = b.node
         n = node('Shape', ['x'], start=0, end=1)
         count = node('Squeeze', [n, b.const([0], numpy.int64)])
         idx = node('Range', [b.const(0, numpy.int64), count, b.const(1, numpy.int64)])
-        state = [node('ConstantOfShape', [n], value=onnx.helper.make_tensor(
-                     'v', tp.INT64, [1], [0])),
-                 node('ConstantOfShape', [n], value=onnx.helper.make_tensor(
-                     'v', tp.INT32, [1], [0]))]
+        zeros = onnx.helper.make_tensor('v', tp.INT32, [1], [0])
+        state = [node('ConstantOfShape', [n], value=zeros),
+                 node('ConstantOfShape', [n], value=zeros)]
         if with_logits:
             shape = node('Concat', [n, b.const(list(logits[0]), numpy.int64)], axis=0)
             state.append(node('ConstantOfShape', [shape], value=onnx.helper.make_tensor(
                 'v', tp.FLOAT, [1], [0.0])))
         outs = b.batched('x', idx, state, 0)
         batch = ['N']
-    # labels: int32, NOT_FINITE where the exit is (a sample whose logits are not finite)
-    outs = list(outs)
-    outs[0] = b.node('Cast', [b.node('Where', [
-        b.node('Less', [outs[1], b.const(0, numpy.int32)]), b.const(NOT_FINITE, numpy.int64),
-        outs[0]])], to=tp.INT32)
-    names = b.outputs()
     for tensor, name in zip(outs, names):
-        ex.nodes.append(onnx.helper.make_node('Identity', [tensor], [name]))
+        if tensor != name:
+            ex.nodes.append(onnx.helper.make_node('Identity', [tensor], [name]))
     out_info = [_value_info(onnx, 'labels', tp.INT32, batch),
                 _value_info(onnx, 'exits', tp.INT32, batch)]
     if with_logits:

@@ -227,8 +227,8 @@ def exit_file_stem(index):
     return 'exit{}'.format(index + 1)
 
 
-#: the engine's forms: one early-exit graph per network, or one graph per exit
-FORMS = ('graph', 'sessions')
+#: the engine's forms: one graph per exit (the default), or one early-exit graph per network
+FORMS = ('sessions', 'graph')
 
 
 class OnnxBranchyNet(InferenceEngine):
@@ -243,7 +243,10 @@ class OnnxBranchyNet(InferenceEngine):
 
     ``form``: how ``predict`` and ``route`` run early exit.
 
-    * ``'graph'`` (default): one ``session.run`` per batch of one ONNX graph
+    * ``'sessions'`` (the default): one session per exit (trunk segment and
+      head), the decisions made in Python between them
+      (``routing.route_batch``), one ``session.run`` per exit reached.
+    * ``'graph'``: one ``session.run`` per batch of one ONNX graph
       that does the whole early-exit inference, exit decisions included
       (``onnx_graph.early_exit_model``; a second graph without Compress and
       Scatter answers batches of one sample). The thresholds are an input of
@@ -251,9 +254,12 @@ class OnnxBranchyNet(InferenceEngine):
       ``thresholds`` argument) rebuilds nothing. A measure without a graph
       (one registered beside entropy, maxprob and margin) is routed as
       ``'sessions'`` does.
-    * ``'sessions'``: one session per exit (trunk segment and head), the
-      decisions made in Python between them (``routing.route_batch``), one
-      ``session.run`` per exit reached.
+
+    Measured on a 2-core Xeon (docs/benchmarks.md), the graph was about 5 %
+    slower at batch size 1 where nearly every sample leaves at exit 1 of
+    B-LeNet (its decision nodes cost more than Python's decision on one
+    row), a few per cent faster where half the samples go on, and level at
+    batch sizes 64 and 512: so the sessions stay the default.
 
     Both forms use the per-exit sessions for ``exit_logits``, ``get_SM`` and
     ``predict_percent``, and the main graph for ``predict_main``.
@@ -266,7 +272,7 @@ class OnnxBranchyNet(InferenceEngine):
 
     _decided = (None, None)  # the last decision key and its (sessions, limits)
 
-    def __init__(self, net, threads=1, form='graph'):
+    def __init__(self, net, threads=1, form='sessions'):
         require_network(net)
         threads = validate_batchsize(threads, 'threads')
         if form not in FORMS:
@@ -330,7 +336,7 @@ class OnnxBranchyNet(InferenceEngine):
     def route(self, x, thresholds, timer=NULL_TIMER):
         """Labels and exits of one batch: one run of the early-exit graph
         (``form='graph'``), else ``routing.route_batch`` over the exits'
-        sessions."""
+        sessions (``form='sessions'``, or a measure without a graph)."""
         if self.form == 'graph':
             sessions, limits = self._decision(thresholds)
             if sessions is not None:

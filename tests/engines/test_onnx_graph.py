@@ -1,10 +1,10 @@
-"""The ONNX Runtime engine's early-exit graph (``form='graph'``, the default)
-answers as ``net.predict``: labels and exits equal, logits within the
+"""The ONNX Runtime engine's early-exit graph (``form='graph'``) answers as
+``net.predict``: labels and exits equal, logits within the
 tolerance of ``tests.netgen``, at batch 1 and 64, with exits nobody leaves
 at, everybody leaving at the first exit, and thresholds at their extremes,
 for every confidence measure; the per-exit sessions (``form='sessions'``)
-likewise. Generated networks: ``test_engine_fuzz.py`` (engines ``onnx`` and
-``onnx-sessions``)."""
+(the default) likewise. Generated networks: ``test_engine_fuzz.py``
+(engines ``onnx``, the default form, and ``onnx-graph``)."""
 import math
 
 import chainer
@@ -85,9 +85,10 @@ def test_extreme_thresholds(net, x, measure, form):
         assert (exits == expected).all(), (ts, exits)
 
 
-def test_graph_is_the_default_and_forms_are_checked(net):
-    assert onnxpath.OnnxBranchyNet(net).form == 'graph'
-    with pytest.raises(InvalidValue, match="form must be one of 'graph', 'sessions'"):
+def test_sessions_are_the_default_and_forms_are_checked(net):
+    engine = onnxpath.OnnxBranchyNet(net)
+    assert engine.form == 'sessions' and engine.graph_sessions == {}
+    with pytest.raises(InvalidValue, match="form must be one of 'sessions', 'graph'"):
         onnxpath.OnnxBranchyNet(net, form='graphs')
 
 
@@ -95,7 +96,7 @@ def test_graph_is_the_default_and_forms_are_checked(net):
 def test_logits_of_the_exit_taken(net, x, bs):
     """``predict_logits``: the single graph's logits output holds, in input
     order, the logits of the exit each sample left at."""
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     ts = split_thresholds(net, x, (0.4, 0.5))
     labels, exits, logits = engine.predict_logits(x, ts, batchsize=bs)
     expected = net.predict(x, ts, batchsize=bs)
@@ -110,7 +111,7 @@ def test_logits_of_the_exit_taken(net, x, bs):
 
 def test_thresholds_are_an_input_calibrate_and_changes_need_no_rebuild(net, x):
     net = net.copy(mode='copy')
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     built = dict(engine.graph_sessions)
     for quantiles in [(0.2, 0.5), (0.7, 0.3)]:
         net.thresholdExits = split_thresholds(net, x, quantiles)
@@ -129,7 +130,7 @@ def test_thresholds_are_an_input_calibrate_and_changes_need_no_rebuild(net, x):
 
 def test_measure_changed_after_building(net, x):
     net = net.copy(mode='copy')
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     net.confidence = 'margin'
     assert_as_predict(engine, net, x, split_thresholds(net, x, (0.3, 0.5)))
     assert ('margin', False) in engine.graph_sessions
@@ -142,7 +143,7 @@ def test_measure_without_a_graph_routes_through_the_sessions(net, x, monkeypatch
         e.leave_all))
     net = net.copy(mode='copy')
     net.confidence = 'my_entropy'
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     assert engine._decision((0.5, 0.5))[0] is None
     assert_as_predict(engine, net, x, split_thresholds(net, x, (0.3, 0.5)))
     with pytest.raises(InvalidValue, match='decides by entropy, maxprob, margin'):
@@ -155,7 +156,7 @@ def test_measure_replaced_under_a_graph_name_decided_as_predict(net, x, monkeypa
     monkeypatch.setitem(confidence.MEASURES, 'entropy', confidence.MEASURES['maxprob'])
     net = net.copy(mode='copy')
     net.confidence = 'entropy'
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     ts = split_thresholds(net, x, (0.3, 0.5))
     assert_as_predict(engine, net, x, ts)
     assert ('maxprob', False) in engine.graph_sessions
@@ -167,14 +168,14 @@ def test_one_exit_network():
     numpy.random.seed(0)
     net = BranchyNet([L.Linear(6, 5), Branch([L.Linear(5, 3)])], input_shape=(6,))
     x = numpy.random.RandomState(0).randn(9, 6).astype(numpy.float32)
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     assert_as_predict(engine, net, x, [])
 
 
 def test_non_finite_logits_marked_in_the_graph(net):
     x = numpy.random.RandomState(0).rand(6, 1, 8, 8).astype(numpy.float32)
     x[2] = 3e38
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     limits = numpy.array([0.5, 0.5])
     for sessions in (engine.graph_sessions['entropy', False],
                      engine._graph_sessions(confidence.MEASURES['maxprob'])):
@@ -187,7 +188,7 @@ def test_non_finite_logits_marked_in_the_graph(net):
 def test_saved_graph_runs_alone(net, x, tmp_path):
     import onnx
     import onnxruntime
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     path = engine.save_graph(str(tmp_path / 'early_exit.onnx'))
     model = onnx.load(path)
     onnx.checker.check_model(model)
@@ -204,7 +205,7 @@ def test_saved_graph_runs_alone(net, x, tmp_path):
 def test_timing_through_the_graph(net, x):
     from branchynet import utils
     y = net.predict_main(x)
-    engine = onnxpath.OnnxBranchyNet(net)
+    engine = onnxpath.OnnxBranchyNet(net, form='graph')
     ts = split_thresholds(net, x, (0.3, 0.5))
     r = utils.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
     assert r['exit_counts'] == numpy.bincount(net.predict(x, ts)[1], minlength=3).tolist()
