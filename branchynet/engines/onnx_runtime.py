@@ -255,7 +255,7 @@ class OnnxBranchyNet(InferenceEngine):
       (one registered beside entropy, maxprob and margin) is routed as
       ``'sessions'`` does.
 
-    Measured on a 2-core Xeon (docs/benchmarks.md), the graph was about 5 %
+    Measured on a 2-core Xeon (docs/benchmarks.md), the graph was 6-8 %
     slower at batch size 1 where nearly every sample leaves at exit 1 of
     B-LeNet (its decision nodes cost more than Python's decision on one
     row), a few per cent faster where half the samples go on, and level at
