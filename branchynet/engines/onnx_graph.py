@@ -15,14 +15,16 @@ logits of the exit each sample left at). One ``session.run`` answers a batch:
 batch. ``batch1=True`` builds the latency form: one sample, no Compress or
 Scatter, each ``If`` on that sample's decision.
 
-The decision is ``routing.route_batch``'s: the score of the default entropy
-measure is computed from the logits in float64 as
-``confidence.entropy_from_logits`` does (``log S - sum(e d) / S``), maxprob
-and margin from float64 probabilities as ``confidence`` does; a sample
-leaves where its score is strictly below the limit; ties in the arg-max
-go to the first class; a sample whose logits at an exit it reaches are
-not finite gets label and exit ``NOT_FINITE`` (-1) there. Only the three
-built-in measures have a graph (``GRAPH_MEASURES``).
+The decision is ``routing.route_batch``'s: the scores are computed from the
+logits in float64 (the entropy as ``-sum p log p`` with ``log p`` from
+``LogSoftmax``, the same quantity as ``confidence.entropy_from_logits``'s
+``log S - sum(e d) / S`` up to the last bits; maxprob and margin from a
+float64 ``Softmax``); a sample leaves where its score is strictly below the
+limit; ties in the arg-max go to the first class; a sample whose logits at
+an exit it reaches are not finite gets label and exit ``NOT_FINITE`` (-1)
+there. Only the three built-in measures have a graph (``GRAPH_MEASURES``).
+Measured (docs/benchmarks.md), this form is not faster than one session
+per exit: ``OnnxBranchyNet`` keeps that as its default.
 """
 import numpy
 
