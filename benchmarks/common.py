@@ -77,12 +77,19 @@ def path_threads(threads=None):
     return threads or os.cpu_count() or 1
 
 
-def engines(net, chainer=True, threads=None):
+#: path name of each ``OnnxBranchyNet`` form where ``engines`` is asked for forms
+ONNX_PATHS = {'sessions': 'onnx-sessions', 'graph': 'onnx-graph'}
+
+
+def engines(net, chainer=True, threads=None, onnx_forms=None):
     """``[(name, engine)]``: Chainer (unless ``chainer=False``), the fast path
     and, when installed, the ONNX Runtime path and the numba path. Every path
     gets ``path_threads(threads)`` threads: ONNX Runtime's intra-op threads,
     the numba path's workers, and (set with ``blas_threads``, same default)
-    the BLAS threads of Chainer and the fast path; printed."""
+    the BLAS threads of Chainer and the fast path; printed. ``onnx_forms``:
+    the ``OnnxBranchyNet`` forms timed, each a path named by ``ONNX_PATHS``
+    ('onnx-sessions': one session per exit, 'onnx-graph': the early-exit
+    graph); None: one path 'onnx', the engine's default form."""
     from branchynet.engines.fast import FastBranchyNet
     n = path_threads(threads)
     print('threads: {} on every path (Chainer and fast: numpy\'s BLAS; ONNX Runtime: '
@@ -92,7 +99,10 @@ def engines(net, chainer=True, threads=None):
     found.append(('fast', FastBranchyNet(net)))
     try:
         from branchynet.engines.onnx_runtime import OnnxBranchyNet
-        found.append(('onnx', OnnxBranchyNet(net, threads=n)))
+        if onnx_forms is None:
+            found.append(('onnx', OnnxBranchyNet(net, threads=n)))
+        for form in onnx_forms or ():
+            found.append((ONNX_PATHS[form], OnnxBranchyNet(net, threads=n, form=form)))
     except ImportError as e:
         print('onnx path skipped: {}'.format(e))
     try:

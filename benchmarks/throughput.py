@@ -8,11 +8,23 @@ peak (a large float32 matrix product), all from one run.
         [--model FILE.npz] [--alexnet-model FILE.npz] [--resnet-model FILE.npz]
         [--samples N] [--T 0.5 | --leave 0.9] [--batches 1,64,512] [--repeats 5]
         [--threads N] [--chainer] [--numba-kernels loop,gemm,tile] [--explain]
+        [--onnx-forms sessions,graph] [--clock wall|cpu]
 
 Batch 1 is timed per sample end to end as ``measurement.measure_main`` and
 ``measure_branchy`` do (transfer, trunk, heads, decision, answer) on a tenth
 of the samples; larger batches through ``predict_main``/``predict`` on a
 quarter (at least two batches; a batch larger than the samples is left out).
+ONNX Runtime runs in two forms, each a path: ``onnx-sessions``, one session
+per exit with the decisions in Python between them
+(``OnnxBranchyNet(form='sessions')``, the default), and ``onnx-graph``, one
+early-exit graph per network (one ``session.run`` a batch, decisions inside
+the graph; ``form='graph'``); ``--onnx-forms`` picks them. The output ends with
+numba's samples/s over each ONNX Runtime form's, per network, batch and
+main/early (also in the summary line). ``--clock cpu`` (with ``--threads
+1`` only: every path then runs in the calling thread) times the calling
+thread's CPU time instead of the wall clock, so that time slices lost to
+other processes on a loaded machine do not count (caches shared with them
+still do).
 Every sample (batch 1) or batch runs ``--repeats`` times on every path in
 turn and counts with its fastest time. B-AlexNet and B-ResNet-110 run on
 MNIST resized to 3x32x32 (``datasets.mnist32``) with the weights of
@@ -38,7 +50,7 @@ import sys
 import time
 
 from quiet_blas import OPENBLAS_THREAD_TIMEOUT  # first: before numpy loads
-from common import (blas_threads, engines, lenet, load, mnist, parser,
+from common import (ONNX_PATHS, blas_threads, engines, lenet, load, mnist, parser,
                     peak_gmacs, summary, test_subset)
 
 import chainer  # noqa: E402  (after common: the compatibility shims come first)
@@ -89,12 +101,16 @@ def thresholds(name, args, net, x):
     return ts
 
 
+#: the clock ``call`` reads: the wall clock, or (``--clock cpu``) the calling thread's CPU time
+CLOCK = time.perf_counter
+
+
 def call(engine, xb, ts, bs):
     """One timed call: the main network (``ts`` None) or early exit on ``xb``.
     Batch 1 as ``measurement.per_sample_loop`` times one sample: ``route``
     on the sent sample, in the test-mode context ``rates`` entered once (as
     that loop does, not per sample); larger batches through ``predict``."""
-    start = time.perf_counter()
+    start = CLOCK()
     if bs == 1:
         xb = engine.send(xb)
         engine.main_route(xb) if ts is None else engine.route(xb, ts)
@@ -102,20 +118,24 @@ def call(engine, xb, ts, bs):
         engine.predict_main(xb, batchsize=bs)
     else:
         engine.predict(xb, ts, batchsize=bs)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def rates(paths, x, ts, bs, repeats):
     """samples/s per (path, 'main'|'early'): every batch of ``x`` is timed
     ``repeats`` times on every path in turn and counts with its fastest time,
-    so a time slice lost to another process does not count."""
+    so a time slice lost to another process does not count. The order of
+    the paths turns by one each repeat and batch, so that no path always
+    runs right after the same other one (the one after the fast path finds
+    the caches full of its buffers: a few µs at batch 1)."""
     total = collections.defaultdict(float)
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         for i in range(0, len(x) - bs + 1, bs):
             xb = x[i:i + bs]
             best = collections.defaultdict(lambda: math.inf)
-            for _ in range(repeats):
-                for name, engine in paths:
+            for r in range(repeats):
+                turn = (i // bs + r) % len(paths)
+                for name, engine in paths[turn:] + paths[:turn]:
                     for kind, t in (('main', None), ('early', ts)):
                         best[name, kind] = min(best[name, kind], call(engine, xb, t, bs))
             for key, v in best.items():
@@ -151,7 +171,8 @@ def measure(name, args, data, batches):
               name, [round(t, 4) for t in ts], counts.tolist(),
               100. * counts[0] / counts.sum(), c['main_macs'], expected_macs, limit))
     paths = [(path, as_engine(net, engine))  # Chainer's: the model's own engine
-             for path, engine in engines(net, chainer=args.chainer, threads=args.threads)]
+             for path, engine in engines(net, chainer=args.chainer, threads=args.threads,
+                                         onnx_forms=args.onnx_forms)]
     paths += forced_numba(net, args)
     if args.explain:
         for path, engine in paths:
@@ -202,7 +223,21 @@ def main():
     p.add_argument('--threads', type=int, default=None,
                    help='threads of every path (BLAS, ONNX Runtime, numba); default: one '
                         'per core on every path (benchmarks/common.py path_threads)')
+    p.add_argument('--onnx-forms', default='sessions,graph',
+                   help='OnnxBranchyNet forms timed, comma-separated, of: sessions (path '
+                        'onnx-sessions), graph (path onnx-graph)')
+    p.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                   help='wall clock, or the calling thread\'s CPU time (needs --threads 1)')
     args = p.parse_args()
+    if args.clock == 'cpu':
+        if args.threads != 1:
+            p.error('--clock cpu times the calling thread only: it needs --threads 1')
+        global CLOCK
+        CLOCK = time.thread_time
+    args.onnx_forms = [f.strip() for f in args.onnx_forms.split(',') if f.strip()]
+    if not args.onnx_forms or any(f not in ONNX_PATHS for f in args.onnx_forms):
+        p.error('--onnx-forms: some of sessions, graph, got {!r}'.format(
+            ','.join(args.onnx_forms)))
     names = [n.strip() for n in args.networks.split(',') if n.strip()]
     unknown = [n for n in names if n not in NETWORKS]
     if unknown or not names:
@@ -245,14 +280,16 @@ def main():
     peak = max(peak)
     print()
     print('CPU peak {:.1f} G multiply-adds/s (float32 matmul, {} threads); load average '
-          '{:.1f} -> {:.1f}; every batch the best of {} interleaved repeats'.format(
-              peak, args.threads or 'all', loads[0], loads[1], args.repeats))
-    row = '{:>8s} {:>7s} {:>6s} {:>11s} {:>11s} {:>7s} {:>7s} {:>8s} {:>9s} {:>9s} {:>7s} ' \
+          '{:.1f} -> {:.1f}; every batch the best of {} interleaved repeats; clock: {}'.format(
+              peak, args.threads or 'all', loads[0], loads[1], args.repeats,
+              'the calling thread\'s CPU time' if args.clock == 'cpu' else 'wall'))
+    row = '{:>8s} {:>13s} {:>6s} {:>11s} {:>11s} {:>7s} {:>7s} {:>8s} {:>9s} {:>9s} {:>7s} ' \
         '{:>7s} {:>9s}'
     print(row.format('network', 'path', 'batch', 'main /s', 'early /s', 'gain', 'limit',
                      '% limit', 'GMAC/s m', 'GMAC/s e', '%peak m', '%peak e', 'ms/sample'))
     print('processor: {}; vector extensions: {}'.format(model, ' '.join(vector) or 'none found'))
     out = {'peak_gmacs': peak}
+    ratios = []
     for name in names:
         paths, found, limit, (main_macs, early_macs), exit1 = results[name]
         out['{}_limit'.format(name)] = limit
@@ -264,7 +301,7 @@ def main():
                 m, e = found[path, bs, 'main'], found[path, bs, 'early']
                 gain = e / m
                 gm, ge = m * main_macs / 1e9, e * early_macs / 1e9
-                print('{:>8s} {:>7s} {:6d} {:11.0f} {:11.0f} {:6.2f}x {:6.2f}x {:7.0f}% '
+                print('{:>8s} {:>13s} {:6d} {:11.0f} {:11.0f} {:6.2f}x {:6.2f}x {:7.0f}% '
                       '{:9.2f} {:9.2f} {:6.1f}% {:6.1f}% {:>9s}'.format(
                           name, path, bs, m, e, gain, limit, 100. * gain / limit, gm, ge,
                           100. * gm / peak, 100. * ge / peak,
@@ -275,10 +312,22 @@ def main():
                 out[key + '_gain'] = gain
                 out[key + '_gmacs_main'] = gm
                 out[key + '_gmacs_early'] = ge
-        for path in paths:
-            if path != 'onnx' and ('onnx', 1, 'early') in found and (path, 1, 'early') in found:
-                out['{}_{}_vs_onnx_latency'.format(name, path)] = \
-                    found['onnx', 1, 'early'] / found[path, 1, 'early']
+        for onnx in (p for p in paths if p in ONNX_PATHS.values()):
+            for path in paths:
+                if path != onnx and (onnx, 1, 'early') in found and \
+                        (path, 1, 'early') in found:
+                    out['{}_{}_vs_{}_latency'.format(name, path, onnx)] = \
+                        found[onnx, 1, 'early'] / found[path, 1, 'early']
+            for bs in batches:
+                for kind in ('main', 'early'):
+                    if ('numba', bs, kind) in found and (onnx, bs, kind) in found:
+                        ratio = found['numba', bs, kind] / found[onnx, bs, kind]
+                        ratios.append((name, onnx, bs, kind, ratio))
+                        out['{}_numba_vs_{}_bs{}_{}'.format(name, onnx, bs, kind)] = ratio
+    if ratios:
+        print('numba samples/s over ONNX Runtime\'s (the same threads on both):')
+        for name, onnx, bs, kind, ratio in ratios:
+            print('{:>8s} {:>13s} {:6d} {:>5s} {:6.2f}x'.format(name, onnx, bs, kind, ratio))
     out['processor'] = '"{}"'.format(model)
     out['vector_extensions'] = ','.join(vector) or 'none'
     summary(**{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)

@@ -41,14 +41,15 @@ def test_every_exit_head_matches_chainer(net_and_data):
 
 
 def _engine(kind, net):
-    if kind == 'onnx':
+    if kind.startswith('onnx'):
         onnxpath = pytest.importorskip('branchynet.engines.onnx_runtime')
         pytest.importorskip('onnxruntime')
-        return onnxpath.OnnxBranchyNet(net)
+        return onnxpath.OnnxBranchyNet(net, form='graph' if kind == 'onnx-graph'
+                                       else 'sessions')
     return FastBranchyNet(net)
 
 
-@pytest.mark.parametrize('kind', ['fast', 'onnx'])
+@pytest.mark.parametrize('kind', ['fast', 'onnx', 'onnx-graph'])
 def test_predictions_and_exits_identical_to_predict(net_and_data, kind):
     net, x = net_and_data
     assert_engine_matches_predict(_engine(kind, net), net, x)

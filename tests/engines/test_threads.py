@@ -109,9 +109,11 @@ def test_numba_through_the_fast_path(lenet, monkeypatch):
     assert_threads_answer_as_predict(engine.predict, lenet)
 
 
-def test_onnx_runtime(lenet):
+@pytest.mark.parametrize('form', ['graph', 'sessions'])
+def test_onnx_runtime(lenet, form):
     onnxpath = pytest.importorskip('branchynet.engines.onnx_runtime')
-    assert_threads_answer_as_predict(onnxpath.OnnxBranchyNet(lenet[0]).predict, lenet)
+    assert_threads_answer_as_predict(onnxpath.OnnxBranchyNet(lenet[0], form=form).predict,
+                                     lenet)
 
 
 def test_bundle(lenet, tmp_path):
