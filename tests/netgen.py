@@ -4,7 +4,9 @@ A network is described by a ``Spec`` (plain tuples, so hypothesis shrinks it
 and ``to_code`` prints it as the Python that builds it); ``build`` turns it
 into a ``BranchyNet`` with non-trivial weights: random biases and
 BatchNormalization statistics, so a folding or bias bug changes the answers.
-``specs()`` is the hypothesis strategy; shapes are tracked while drawing, so
+``specs()`` is the hypothesis strategy and ``spec_for(index)`` the fixed
+network number ``index`` (drawn by the same code from
+``numpy.random.RandomState(index)``); shapes are tracked while drawing, so
 every spatial size stays >= 1 and every ``Linear`` gets the right input size.
 
 ``check_engine`` is the differential check: the engine either refuses the
@@ -237,6 +239,65 @@ def to_code(spec):
 
 
 # ---------------------------------------------------------------- strategy
+class _HypothesisDraws:
+    """The drawing primitives of ``_draw_spec`` on hypothesis (``specs``)."""
+
+    def __init__(self, draw):
+        self._draw = draw
+
+    def integer(self, lo, hi):
+        return self._draw(st.integers(lo, hi))
+
+    def choice(self, options):
+        return self._draw(st.sampled_from(options))
+
+    def boolean(self):
+        return self._draw(st.booleans())
+
+    def real(self, lo, hi):
+        return self._draw(st.floats(lo, hi))
+
+    def integers(self, lo, hi, size, unique=False):
+        return self._draw(st.lists(st.integers(lo, hi), min_size=size, max_size=size,
+                                   unique=unique))
+
+    def require(self, condition):
+        assume(condition)
+
+
+class _Rejected(Exception):
+    """A draw ``_draw_spec`` rejects (``require``): ``spec_for`` draws again."""
+
+
+class _NumpyDraws:
+    """The same primitives on a ``numpy.random.RandomState`` (``spec_for``)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def integer(self, lo, hi):
+        return int(self.rng.randint(lo, hi + 1))
+
+    def choice(self, options):
+        return options[self.rng.randint(len(options))]
+
+    def boolean(self):
+        return bool(self.rng.randint(2))
+
+    def real(self, lo, hi):
+        return float(self.rng.uniform(lo, hi))
+
+    def integers(self, lo, hi, size, unique=False):
+        if unique:
+            return [int(v) for v in self.rng.choice(numpy.arange(lo, hi + 1), size,
+                                                    replace=False)]
+        return [int(v) for v in self.rng.randint(lo, hi + 1, size)]
+
+    def require(self, condition):
+        if not condition:
+            raise _Rejected
+
+
 def _spatial_layer(draw, shape, trunk):
     """One layer for a (C, H, W) activation, valid for its size."""
     c, h, w = shape
@@ -244,31 +305,30 @@ def _spatial_layer(draw, shape, trunk):
              'linear']
     if trunk:
         kinds += ['lrn', 'sl', 'res', 'tanh', 'sigmoid', 'bottleneck']
-    kind = draw(st.sampled_from(kinds))
+    kind = draw.choice(kinds)
     if kind == 'conv':
-        pad = draw(st.integers(0, 3))
+        pad = draw.integer(0, 3)
         kmax = min(5, h + 2 * pad, w + 2 * pad)
-        k = draw(st.integers(1, kmax))
-        return ('conv', draw(st.integers(1, 6)), k, draw(st.integers(1, 2)), pad,
-                draw(st.booleans()))
+        k = draw.integer(1, kmax)
+        return ('conv', draw.integer(1, 6), k, draw.integer(1, 2), pad, draw.boolean())
     if kind in ('max', 'avg'):
-        k = draw(st.integers(1, min(3, h, w)))
-        pad = draw(st.integers(0, k // 2))
-        stride = draw(st.sampled_from([None, 1, 2, 3]))
-        cover = kind == 'max' and draw(st.booleans())
+        k = draw.integer(1, min(3, h, w))
+        pad = draw.integer(0, k // 2)
+        stride = draw.choice([None, 1, 2, 3])
+        cover = kind == 'max' and draw.boolean()
         if not all(_windows_inside(n, k, stride or k, pad, cover) for n in (h, w)):
             pad, cover = 0, False
         return ('max', k, stride, pad, cover) if kind == 'max' else ('avg', k, stride, pad)
     if kind == 'lrn':
-        return ('lrn', draw(st.sampled_from([3, 5, 4])))
+        return ('lrn', draw.choice([3, 5, 4]))
     if kind == 'sl':
-        return ('sl', draw(st.sampled_from([None, 'fn', 'link'])))
+        return ('sl', draw.choice([None, 'fn', 'link']))
     if kind == 'res':
-        return ('res', draw(st.integers(c, c + 3)), draw(st.integers(1, 2)))
+        return ('res', draw.integer(c, c + 3), draw.integer(1, 2))
     if kind == 'bottleneck':
-        return ('bottleneck', draw(st.integers(1, 4)))
+        return ('bottleneck', draw.integer(1, 4))
     if kind == 'linear':
-        return ('linear', draw(st.integers(2, 12)), draw(st.booleans()), draw(st.booleans()))
+        return ('linear', draw.integer(2, 12), draw.boolean(), draw.boolean())
     return (kind,)
 
 
@@ -281,10 +341,10 @@ def _windows_inside(size, k, s, p, cover_all):
 
 def _flat_layer(draw, trunk):
     bn = [] if 'bn-after-linear' in KNOWN_BUGS else ['bn']
-    kind = draw(st.sampled_from(['linear', 'linear', 'relu', 'dropout'] + bn +
-                                (['tanh'] if trunk else [])))
+    kind = draw.choice(['linear', 'linear', 'relu', 'dropout'] + bn +
+                       (['tanh'] if trunk else []))
     if kind == 'linear':
-        return ('linear', draw(st.integers(2, 12)), draw(st.booleans()), draw(st.booleans()))
+        return ('linear', draw.integer(2, 12), draw.boolean(), draw.boolean())
     return (kind,)
 
 
@@ -300,33 +360,32 @@ def _head(draw, shape, classes, following):
     next layers (``following``) when those are shareable functions."""
     layers = []
     for layer in following[:2]:
-        if layer[0] in SHAREABLE and draw(st.integers(0, 2)) == 0:
+        if layer[0] in SHAREABLE and draw.integer(0, 2) == 0:
             layers.append(layer)
         else:
             break
-    extra = draw(st.integers(0, 2 - len(layers)))
+    extra = draw.integer(0, 2 - len(layers))
     for layer in layers:
         shape = next_shape(layer, shape)
     for _ in range(extra):
         layer = _layer(draw, shape, trunk=False)
         layers.append(layer)
         shape = next_shape(layer, shape)
-    layers.append(('linear', classes, draw(st.booleans()), draw(st.booleans())))
+    layers.append(('linear', classes, draw.boolean(), draw.boolean()))
     return tuple(layers)
 
 
-@st.composite
-def specs(draw, empty_segments=None, max_exits=3, max_layers=8, batch=(1, 70),
-          measures=MEASURES):
-    """A random valid ``Spec``: 1-3 early exits anywhere in a trunk of up to
-    ``max_layers`` layers, inputs of 1-3 channels and 6-32 pixels."""
+def _draw_spec(draw, empty_segments=None, max_exits=3, max_layers=8, batch=(1, 70),
+               measures=MEASURES):
+    """A random valid ``Spec`` from the primitives of ``draw``
+    (``_HypothesisDraws`` or ``_NumpyDraws``)."""
     empty = 'empty-segment' not in KNOWN_BUGS if empty_segments is None else empty_segments
-    c = draw(st.integers(1, 3))
-    h = draw(st.integers(6, 32))
-    w = draw(st.one_of(st.just(h), st.integers(6, 32)))
-    classes = draw(st.integers(2, 6))
-    exits = draw(st.integers(1, max_exits))
-    depth = draw(st.integers(1 if empty else exits + 1, max_layers))
+    c = draw.integer(1, 3)
+    h = draw.integer(6, 32)
+    w = h if draw.boolean() else draw.integer(6, 32)
+    classes = draw.integer(2, 6)
+    exits = draw.integer(1, max_exits)
+    depth = draw.integer(1 if empty else exits + 1, max_layers)
     trunk, shape = [], (c, h, w)
     shapes = [shape]
     for _ in range(depth):
@@ -335,10 +394,9 @@ def specs(draw, empty_segments=None, max_exits=3, max_layers=8, batch=(1, 70),
         shape = next_shape(layer, shape)
         shapes.append(shape)
     if empty:
-        points = sorted(draw(st.lists(st.integers(0, depth), min_size=exits, max_size=exits)))
+        points = sorted(draw.integers(0, depth, exits))
     else:
-        points = sorted(draw(st.lists(st.integers(1, depth - 1), min_size=exits,
-                                      max_size=exits, unique=True)))
+        points = sorted(draw.integers(1, depth - 1, exits, unique=True))
     items = []
     for i in range(depth + 1):
         for _ in range(points.count(i)):
@@ -349,16 +407,38 @@ def specs(draw, empty_segments=None, max_exits=3, max_layers=8, batch=(1, 70),
         if i < depth:
             items.append(trunk[i])
     if not empty:
-        assume(all(_computes(seg) for seg in segments(items)))
+        draw.require(all(_computes(seg) for seg in segments(items)))
     return Spec(input_shape=(c, h, w), classes=classes, items=tuple(items),
                 head=_head(draw, shapes[-1], classes, []),
-                measure=draw(st.sampled_from(measures)),
-                seed=draw(st.integers(0, 2 ** 16)),
+                measure=draw.choice(measures),
+                seed=draw.integer(0, 2 ** 16),
                 # a few samples per exit: every exit can get some
-                batch=draw(st.integers(max(batch[0], 3 * (exits + 1)),
-                                       max(batch[1], 3 * (exits + 1)))),
-                batchsize=draw(st.sampled_from([None, None, None, 1, 4])),
-                quantiles=tuple(draw(st.floats(0.15, 0.85)) for _ in range(exits)))
+                batch=draw.integer(max(batch[0], 3 * (exits + 1)),
+                                   max(batch[1], 3 * (exits + 1))),
+                batchsize=draw.choice([None, None, None, 1, 4]),
+                quantiles=tuple(draw.real(0.15, 0.85) for _ in range(exits)))
+
+
+@st.composite
+def specs(draw, **options):
+    """The hypothesis strategy of random valid ``Spec``s: 1-3 early exits
+    anywhere in a trunk of up to ``max_layers`` layers, inputs of 1-3
+    channels and 6-32 pixels (options: ``_draw_spec``'s)."""
+    return _draw_spec(_HypothesisDraws(draw), **options)
+
+
+def spec_for(index, **options):
+    """The ``index``-th fixed network: ``_draw_spec`` on
+    ``numpy.random.RandomState(index)`` (a rejected draw is drawn again from
+    the same generator), so it depends on ``index`` alone, never on the test
+    that uses it (hypothesis seeds its draws from the test function)."""
+    rng = numpy.random.RandomState(index)
+    for _ in range(1000):
+        try:
+            return _draw_spec(_NumpyDraws(rng), **options)
+        except _Rejected:
+            continue
+    raise RuntimeError('no valid network drawn for index {}'.format(index))
 
 
 def segments(items):
@@ -447,8 +527,12 @@ def unstable_samples(net, logits, ts):
     """Samples whose exit or label a rounding within the tolerance could
     change: at an exit they reach, the score is within ``score_tol`` of the
     limit, or at the exit they leave, the two largest logits are within the
-    tolerance of each other. Returns a boolean mask."""
+    tolerance of each other. A limit at or below the measure's floor (its
+    "nobody leaves" limit: no score, entropy or 1 - probability, is ever
+    below it) makes no score near it unstable: nobody can leave there.
+    Returns a boolean mask."""
     measure = confidence.get_measure(net.confidence)
+    floor = measure.limit(measure.stay_all)
     n = len(logits[0])
     unstable = numpy.zeros(n, bool)
     reach = numpy.ones(n, bool)
@@ -463,7 +547,8 @@ def unstable_samples(net, logits, ts):
         score_tol = score_tolerance(z)
         scores = measure.scores(z)
         limit = measure.limit(ts[i])
-        unstable |= reach & (numpy.abs(scores - limit) <= score_tol)
+        if limit > floor:
+            unstable |= reach & (numpy.abs(scores - limit) <= score_tol)
         leave = reach & (scores < limit)
         unstable |= leave & tie
         reach &= ~leave
@@ -489,6 +574,10 @@ class Outcome:
     exits: tuple = ()      # compared samples per exit (net.predict's exits)
     unsplit: tuple = ()    # early exits nobody leaves: their scores differ by less than
     #                        the rounding tolerance (``thresholds_for``)
+    exact_ties: int = 0    # of ``unstable``: samples whose two largest logits at the exit
+    #                        net.predict gives them are equal (no label to ask for: a
+    #                        property of the weights drawn, e.g. a dead ReLU layer)
+    tied_exits: tuple = ()  # exits every sample net.predict sends to is such a tie
 
 
 def check_engine(make_engine, refusals, net, x, quantiles=None, ts=None, batchsize=None,
@@ -530,9 +619,13 @@ def check_engine(make_engine, refusals, net, x, quantiles=None, ts=None, batchsi
             err = numpy.abs(ze - z) - logit_tolerance(z)[:, None]
             assert (err <= 0).all(), 'exit {} logits differ by up to {:.3g} beyond the ' \
                 'tolerance (largest |logit| {:.3g})'.format(i, err.max(), numpy.abs(z).max())
+    top2 = numpy.sort(numpy.stack(logits)[exp_exits, numpy.arange(len(x))], axis=1)[:, -2:]
+    exact = top2[:, 0] == top2[:, 1]
     return Outcome(samples=int(ok.sum()), unstable=int(unstable.sum()),
                    exits=tuple(int((exp_exits[ok] == i).sum()) for i in range(len(logits))),
-                   unsplit=unsplit)
+                   unsplit=unsplit, exact_ties=int((unstable & exact).sum()),
+                   tied_exits=tuple(i for i in range(len(logits)) if (exp_exits == i).any()
+                                    and exact[exp_exits == i].all()))
 
 
 def tie_mask(z):

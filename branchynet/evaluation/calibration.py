@@ -15,7 +15,10 @@ scores (so any threshold the data distinguishes can be found, not only a
 fixed grid), plus "nobody leaves" and "everybody leaves". With up to two
 early exits every combination is evaluated exactly in array operations;
 with more, coordinate descent starts from "nobody leaves" and improves one
-exit at a time until nothing changes.
+exit at a time until nothing changes. The thresholds returned never sit on
+a validation score: each is moved to the middle of the gap between the
+scores either side of it (``_with_margin``), so a sample's exit does not
+depend on the last bits of its logits (which differ between batch sizes).
 
 ``calibrate(net, x_val, y_val, ...)`` (``BranchyNet.calibrate``) does the
 whole job in one call: exit outputs, batch-1 path costs on an engine, the
@@ -81,6 +84,18 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
     Returns a dict: ``thresholds`` (in the measure's own units), ``acc``,
     ``cost``, ``exit_counts`` on the validation data, ``met`` (whether the
     goal was reachable) and the goal itself.
+
+    Margin: every threshold returned lies strictly between two distinct
+    validation scores of its exit, at the midpoint (float64) of the largest
+    score that leaves there and the smallest that does not, so every
+    validation sample keeps a margin of half that gap at every early exit and
+    the decisions (and ``acc``, ``cost``, ``exit_counts``) are those of the
+    candidate chosen. Where nobody leaves, the threshold is the measure's
+    "nobody leaves" value (entropy 0, maxprob/margin 1: no score can pass
+    it); where everybody leaves, the candidate chosen (infinite entropy,
+    probability 0). Two scores too close to put a value strictly between
+    them in the threshold's units (a few units in the last place apart)
+    keep the candidate itself.
     """
     if target_acc is not None and budget is not None:
         raise InvalidValue('give target_acc or budget, not both')
@@ -118,7 +133,37 @@ def calibrate_thresholds(scores, predictions, y, path_costs, target_acc=None, bu
         return ts, r
 
     with bar:
-        return _search(cands, evaluate, early, target_acc, budget, max_rounds, measure)
+        result = _search(cands, evaluate, early, target_acc, budget, max_rounds, measure)
+    result['thresholds'] = _with_margin(scores, result['thresholds'], measure)
+    return result
+
+
+def _with_margin(scores, thresholds, measure):
+    """``thresholds`` (user units, one per early exit) moved off the scores:
+    each to the float64 midpoint between the largest score of its exit that
+    leaves (score < limit) and the smallest that stays, so the same samples
+    leave at every exit with a margin of half the gap. Nobody leaving: the
+    measure's ``stay_all`` (when every score is above its limit); everybody
+    leaving: unchanged. A midpoint that does not survive the conversion to
+    the user's units strictly inside the gap keeps the threshold given."""
+    floor = measure.limit(measure.stay_all)
+    moved = []
+    for n, t in enumerate(thresholds):
+        s = numpy.asarray(scores[:, n], dtype=numpy.float64)
+        limit = measure.limit(t)
+        below, above = s[s < limit], s[s >= limit]
+        if not len(above):  # everybody leaves: above every score already
+            moved.append(float(t))
+            continue
+        hi = float(above.min())
+        if not len(below):  # nobody leaves
+            moved.append(float(measure.stay_all) if floor < hi else float(t))
+            continue
+        lo = float(below.max())
+        mid = lo + (hi - lo) / 2 if numpy.isfinite(hi - lo) else lo / 2 + hi / 2
+        new = float(measure.limit(mid))  # limit is an involution: back to user units
+        moved.append(new if lo < measure.limit(new) < hi else float(t))
+    return moved
 
 
 def _search(cands, evaluate, early, target_acc, budget, max_rounds, measure):

@@ -104,6 +104,30 @@ def test_other_measures_are_set_on_the_model(trained):
     _predict_agrees(net, x, y, r)
 
 
+@pytest.mark.parametrize('n, seed, candidates', [(2, 4, 2), (64, 6, 64)])
+def test_calibrated_thresholds_keep_every_sample_clear_of_them(trained, n, seed, candidates):
+    """The cases found where the thresholds chosen were validation scores: a
+    sample scoring exactly the threshold stayed at batch 64 and left at
+    batch 1 (its logits differ in the last bits between batch sizes), so
+    predict depended on the batch size. Two samples with candidates the two
+    scores is the smallest; 64 samples with the default 64 candidates makes
+    every candidate a score. Now every threshold lies strictly between two
+    scores and both batch sizes give the same answers."""
+    net = trained.copy(mode='copy')
+    x, y = _data(n, seed=seed)
+    r = net.calibrate(x, y, cost_samples=2, candidates=candidates, progress=False)
+    scores, _ = screening.exit_outputs(net, x, 'entropy')
+    for k, t in enumerate(r['thresholds']):
+        below, above = scores[scores[:, k] < t, k], scores[scores[:, k] >= t, k]
+        assert not (scores[:, k] == t).any()
+        if len(below) and len(above):
+            assert below.max() < t < above.min()
+    one, many = net.predict(x, batchsize=1), net.predict(x, batchsize=64)
+    numpy.testing.assert_array_equal(one[0], many[0])
+    numpy.testing.assert_array_equal(one[1], many[1])
+    _predict_agrees(net, x, y, r)
+
+
 @pytest.mark.parametrize('kwargs, message', [
     ({'target_acc': 0.9, 'budget': 1.0}, 'not both'),
     ({'target_acc': 1.5}, 'target_acc must be'),

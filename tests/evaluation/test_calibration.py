@@ -110,3 +110,65 @@ def test_exit_roc_matches_the_rank_statistic():
     tied = (right[:, None] == wrong[None, :]).mean()
     pairs = below + 0.5 * tied
     assert exit_roc(s, preds, y)[2] == pytest.approx(pairs)
+
+
+def _gap(scores, t, measure='entropy'):
+    """The largest score below the threshold's limit and the smallest at or above it."""
+    from branchynet.measures import confidence
+    limit = confidence.get_measure(measure).limit(t)
+    return scores[scores < limit].max(), scores[scores >= limit].min()
+
+
+@pytest.mark.parametrize('measure', ['entropy', 'maxprob'])
+def test_thresholds_lie_midway_between_two_scores_not_on_one(measure):
+    """The smallest case where the candidates alone put the threshold on a
+    sample's score: two samples, candidates = the two scores (quantiles 0 and
+    1). Exit 1 is right only for the more confident one, so the cheapest
+    perfect setting lets exactly it leave; the candidate doing that is the
+    other sample's score (a tie: that sample's exit was up to the last bits
+    of its logits). The threshold returned is the midpoint of the two scores,
+    with the same decisions, accuracy and cost."""
+    scores = numpy.array([[0.2, 2.0], [0.6, 2.0]])
+    preds = numpy.array([[0, 0], [1, 0]], numpy.int32)
+    y = numpy.zeros(2, numpy.int32)
+    r = calibrate_thresholds(scores, preds, y, [1.0, 3.0], target_acc=1.0, candidates=2,
+                             measure=measure)
+    assert r['acc'] == 1.0 and r['exit_counts'] == [1, 1] and r['cost'] == 2.0
+    (t,) = r['thresholds']
+    lo, hi = _gap(scores[:, 0], t, measure)
+    assert (lo, hi) == (0.2, 0.6)
+    # strictly between, at the midpoint (in the measure's units: 1 - limit for maxprob)
+    assert t == pytest.approx(0.4 if measure == 'entropy' else 0.6)
+    from branchynet.measures import confidence
+    assert lo < confidence.get_measure(measure).limit(t) < hi
+
+
+def test_no_threshold_of_any_search_sits_on_a_score():
+    """Every candidate a score (candidates = samples), two and three early
+    exits (exhaustive and coordinate descent), every measure: the thresholds
+    chosen keep the decisions of the candidate found (the same accuracy, cost
+    and exit counts as the candidate itself, which ``screening.evaluate``
+    gives) and every score stays at least half its gap away from them."""
+    from branchynet.evaluation import screening
+    from branchynet.measures import confidence
+    rng = numpy.random.RandomState(7)
+    for early, measure, goal in [(1, 'entropy', {}), (2, 'maxprob', {'target_acc': 0.9}),
+                                 (2, 'margin', {'budget': 2.0}), (3, 'entropy', {})]:
+        n = 40
+        s = rng.uniform(0.05, 0.95, (n, early + 1))
+        y = numpy.zeros(n, numpy.int32)
+        preds = (rng.rand(n, early + 1) < s).astype(numpy.int32)
+        preds[:, -1] = 0
+        costs = list(range(1, early + 2))
+        r = calibrate_thresholds(s, preds, y, costs, measure=measure, candidates=n, **goal)
+        m = confidence.get_measure(measure)
+        back = screening.evaluate(s, preds, y, [r['thresholds']], path_ms=costs,
+                                  measure=measure)
+        assert back['acc'][0] == r['acc'] and back['ms'][0] == pytest.approx(r['cost'])
+        assert back['exit_counts'][0].tolist() == r['exit_counts']
+        for k, t in enumerate(r['thresholds']):
+            limit = m.limit(t)
+            assert not (s[:, k] == limit).any(), (early, measure, k, t)
+            below, above = s[s[:, k] < limit, k], s[s[:, k] >= limit, k]
+            if len(below) and len(above):
+                assert limit == pytest.approx((below.max() + above.min()) / 2, abs=1e-15)
