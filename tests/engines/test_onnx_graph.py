@@ -118,12 +118,12 @@ def test_thresholds_are_an_input_calibrate_and_changes_need_no_rebuild(net, x):
         assert_as_predict(engine, net, x, None)
     y = net.predict_main(x)
     net.calibrate(x, y, target_acc=0.9, progress=False)
-    # calibrate's thresholds are scores of the samples it saw: a sample whose
-    # score is the threshold is a tie any rounding decides (Chainer's own
-    # scores at batch 1 and 64 differ in the last bits), so only samples
-    # clear of the tolerance are compared
+    # calibrate's thresholds lie midway between two samples' scores, but the
+    # gap may be narrower than the rounding tolerance (Chainer's own scores at
+    # batch 1 and 64 differ in the last bits, and calibrate's timed costs pick
+    # other thresholds from run to run): only samples clear of it are compared
     stable = ~netgen.unstable_samples(net, exit_logits(net, x), net.thresholdExits)
-    assert stable.sum() >= len(x) - 2
+    assert stable.sum() >= 0.9 * len(x)
     assert_as_predict(engine, net, x, None, stable=stable)
     assert engine.graph_sessions == built
 
