@@ -42,7 +42,7 @@ NOT_FINITE = -1
 
 
 class _Builder:
-    """Graph construction on an ``onnx_runtime.Exporter``: nodes go to the
+    """Graph construction on an ``onnx_export.Exporter``: nodes go to the
     exporter's current node list (swapped for each ``If`` branch), weights
     to its initializers (outer scope of every branch)."""
 
@@ -234,7 +234,7 @@ def early_exit_model(net, measure='entropy', batch1=False, shapes=None, logits=T
     per exit, one sample each (``onnx_runtime.exit_shapes``). The logits
     output is left out where the exits' logit shapes differ.
     """
-    from branchynet.engines.onnx_runtime import Exporter, exit_shapes
+    from branchynet.engines.onnx_export import Exporter, exit_shapes
     if measure not in GRAPH_MEASURES.values():
         raise ValueError('no graph for the measure {!r}'.format(measure))
     want_logits = logits

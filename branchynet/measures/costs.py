@@ -27,7 +27,9 @@ class _MacCounter(chainer.LinkHook):
             self.macs += int(out.size // len(out)) * int(link.W.shape[1])
 
 
-def _count(fn, x):
+def count_macs(fn, x):
+    """``(multiply-adds per sample, output)`` of ``fn(x)`` run in test mode:
+    the convolutions' and linear layers' multiply-adds, the rule of every cost here."""
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         with _MacCounter() as counter:
             out = fn(x)
@@ -51,10 +53,10 @@ def exit_costs(net, sample=None):
     seg_macs, head_macs, seg_params, head_params = [], [], [], []
     for n in range(net.numexits()):
         start, end = net.segment_bounds(n)
-        macs, h = _count(lambda v: net.trunk(v, start, end), h)
+        macs, h = count_macs(lambda v: net.trunk(v, start, end), h)
         seg_macs.append(macs)
         seg_params.append(sum(link.count_params() for link in net.trunk[start:end]))
-        macs, _ = _count(lambda v, n=n: net.head(v, n), h)
+        macs, _ = count_macs(lambda v, n=n: net.head(v, n), h)
         head_macs.append(macs)
         head_params.append(net.branches[n].count_params())
     path = [sum(seg_macs[:n + 1]) + sum(head_macs[:n + 1]) for n in range(len(seg_macs))]

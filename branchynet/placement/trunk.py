@@ -17,37 +17,21 @@ trunk up to it, counted as ``branchynet.measures.costs`` counts them
 import copy
 
 import chainer
-import chainer.links as L
 import numpy
 
 from branchynet.links import FL, Branch
+from branchynet.measures import costs
 from branchynet.net import BranchyNet
 from branchynet.validation import InvalidType, InvalidValue, brief
 
 
-class _MacCounter(chainer.LinkHook):
-    """Multiply-adds of the convolutions and linear layers run inside it, per
-    sample (the rule of ``measures.costs``)."""
-    name = 'PlacementMacCounter'
-
-    def __init__(self):
-        self.macs = 0
-
-    def forward_postprocess(self, args):
-        link, out = args.link, args.out
-        if isinstance(link, L.Convolution2D):
-            self.macs += int(out.size // len(out)) * int(numpy.prod(link.W.shape[1:]))
-        elif isinstance(link, L.Linear):
-            self.macs += int(out.size // len(out)) * int(link.W.shape[1])
-
-
 def count_macs(links, x):
     """``(macs per sample, output)`` of running ``links`` in turn on ``x`` (test mode)."""
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        with _MacCounter() as counter:
-            for link in links:
-                x = link(x)
-    return counter.macs, x
+    def run(h):
+        for link in links:
+            h = link(h)
+        return h
+    return costs.count_macs(run, x)
 
 
 def _as_layers(network):
