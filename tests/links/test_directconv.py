@@ -96,7 +96,8 @@ def test_every_vector_width_and_tile_form_matches_chainer(monkeypatch, bits, lay
 
 def test_a_wrong_vector_width_setting_is_named(monkeypatch):
     monkeypatch.setenv('BRANCHYNET_VECTOR_BITS', '384')
-    with pytest.raises(ValueError, match='BRANCHYNET_VECTOR_BITS is .384.; expected 128, 256 or 512'):
+    with pytest.raises(ValueError,
+                       match='BRANCHYNET_VECTOR_BITS is .384.; expected 128, 256 or 512'):
         directconv.vector_bits()
 
 
