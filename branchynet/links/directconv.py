@@ -9,7 +9,9 @@ a literal and compiled once per shape:
   values and ``ob`` weights (stored ``[c][ky][kx][o]``, so a tap's weights for
   consecutive output channels are consecutive). LLVM's SLP vectoriser packs
   the ``ob`` sums of a pixel into vector registers, where they stay across all
-  input channels and taps.
+  input channels and taps. Where a row holds two whole 512-bit vectors
+  (``forward_layout``), a tile is 32 pixels of a row times 8 channels and the
+  vectors run along the row instead (stored straight into the output).
 * backward-data: the same kernel on the output gradient padded by
   ``k - 1 - pad``, with the weights flipped and their channel axes swapped
   (the gradient of a stride-1 convolution is a convolution).
@@ -243,18 +245,28 @@ def prefer_vector_bits(bits):
     processors with AVX-512 prefers 256-bit vectors; a kernel whose sums fill
     32 registers of 512 bits runs about twice as fast with them (see
     docs/training.md). numba has no per-function setting for it: the attribute
-    is added to the LLVM IR of each function defined while the body runs."""
+    is added to the LLVM IR of each function defined while the body runs.
+    numba's compiler lock is held throughout, so no other thread's compile
+    sees the replaced method."""
     import numba.core.codegen as codegen
-    with _slp_lock:
+    from numba.core.compiler_lock import global_compiler_lock
+    with global_compiler_lock, _slp_lock:
         original = codegen.CPUCodeLibrary.add_ir_module
         attribute = ' "prefer-vector-width"="{}"'.format(int(bits))
+
+        def mark(match):
+            # function attributes go before a section and metadata (!dbg)
+            line = match.group(0)
+            cut = min([i for i in (line.find(' section "'), line.find(' !')) if i >= 0],
+                      default=len(line))
+            return line[:cut] + attribute + line[cut:]
 
         def add_ir_module(library, ir_module):  # numba's own, plus the attribute
             import llvmlite.binding as ll
             from numba.core import cgutils
             library._raise_if_finalized()
             text = cgutils.normalize_ir_text(str(ir_module))
-            text = re.sub(r'^(define .*)$', r'\1' + attribute, text, flags=re.M)
+            text = re.sub(r'^define .*$', mark, text, flags=re.M)
             module = ll.parse_assembly(text)
             module.name = ir_module.name
             module.verify()
@@ -271,7 +283,9 @@ def slp_vectorize():
     """numba's SLP vectoriser on while the body compiles (numba reads the
     setting each time it builds LLVM's passes; off by default)."""
     from numba.core import config
-    with _slp_lock:  # a process-wide setting: one compile at a time changes it
+    from numba.core.compiler_lock import global_compiler_lock
+    # a process-wide setting: no other compile runs while it is changed
+    with global_compiler_lock, _slp_lock:
         saved = config.SLP_VECTORIZE
         config.SLP_VECTORIZE = 1
         try:
@@ -380,10 +394,10 @@ def _compile(source, bits):
 def kernel(kind, *shape):
     """The compiled ``kind`` ('forward' or 'weight') kernel for ``shape``
     ``(c_in, o_all, hp, wp, kh, kw)``, compiled on first use."""
-    key = (kind,) + shape
+    bits = vector_bits()
+    key = (kind, bits) + shape
     fn = _kernels.get(key)
     if fn is None:
-        bits = vector_bits()
         c_in, o_all, hp, wp, kh, kw = shape
         if kind == 'forward':
             source = forward_source(*shape, layout=forward_layout(wp - kw + 1, bits))

@@ -101,14 +101,16 @@ def test_a_wrong_vector_width_setting_is_named(monkeypatch):
         directconv.vector_bits()
 
 
-def test_512_bit_kernels_use_512_bit_registers(monkeypatch):
+def test_512_bit_kernels_use_512_bit_registers(monkeypatch, tmp_path):
     monkeypatch.delenv('BRANCHYNET_VECTOR_BITS', raising=False)
     if directconv.vector_bits() < 512:
         pytest.skip('this processor has no 512-bit vectors (AVX-512F)')
-    fn = directconv._compile(directconv.forward_source(16, 32, 18, 18, 3, 3), 512)
-    assert 'zmm' in ''.join(fn.inspect_asm().values())
-    fn = directconv._compile(directconv.forward_source(16, 32, 18, 18, 3, 3), 256)
-    assert 'zmm' not in ''.join(fn.inspect_asm().values())
+    # an empty cache folder and a shape no other test uses: compiled here, so
+    # numba has its assembly (machine code loaded from a cache has none)
+    monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
+    source = directconv.forward_source(16, 32, 17, 19, 3, 3)
+    assert 'zmm' in ''.join(directconv._compile(source, 512).inspect_asm().values())
+    assert 'zmm' not in ''.join(directconv._compile(source, 256).inspect_asm().values())
 
 
 @pytest.mark.parametrize('ph,pw', [(0, 0), (1, 1), (2, 0), (0, 3)])
@@ -118,3 +120,13 @@ def test_pad_equals_numpy_pad_on_any_strides(ph, pw):
         out = directconv.pad(view, ph, pw)
         assert out.flags.c_contiguous
         numpy.testing.assert_array_equal(out, numpy.pad(view, ((0, 0), (0, 0), (ph, ph), (pw, pw))))
+
+
+def test_wider_vectors_compile_functions_with_debug_info():
+    import numba
+
+    def add(a):
+        return a + 1.0
+    with directconv.prefer_vector_bits(512):  # the attribute goes before !dbg
+        fn = numba.njit(debug=True)(add)
+        assert fn(1.0) == 2.0
