@@ -31,7 +31,20 @@ def placement_engine(engines):
 def place_after_main(net, network, k, x_train, y_train, x_val, y_val, x_test, y_test, out,
                      engines=None, seed=0, n_timing=None):
     """Run the placement on ``net``'s trunk and final exit; returns the
-    report's summary for the run's results."""
+    report's summary for the run's results. numpy's global generator (which
+    Chainer's initialisers and dropout draw from) is left as it was, so the
+    run goes on as it would without the placement."""
+    import numpy
+    state = numpy.random.get_state()
+    try:
+        return _place(net, network, k, x_train, y_train, x_val, y_val, x_test, y_test, out,
+                      engines, seed, n_timing)
+    finally:
+        numpy.random.set_state(state)
+
+
+def _place(net, network, k, x_train, y_train, x_val, y_val, x_test, y_test, out, engines,
+           seed, n_timing):
     if x_val is None:  # every training image trained on: half the test set is held out
         half = len(x_test) // 2
         x_val, y_val, x_test, y_test = x_test[:half], y_test[:half], x_test[half:], y_test[half:]
