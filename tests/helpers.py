@@ -135,3 +135,14 @@ def forward_backward(fn, arrays, **kwargs):
     y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
     y.backward()
     return [y.array] + [v.grad for v in variables]
+
+
+def random_dataset_npz(path, n_train, n_test=40, shape=(1, 28, 28), seed=0):
+    """A dataset file for ``--dataset``/``dataset_path`` (keys ``train_x``,
+    ``train_y``, ``test_x``, ``test_y``): uniform images and labels 0..9."""
+    rng = numpy.random.RandomState(seed)
+    numpy.savez(path, train_x=rng.rand(n_train, *shape).astype(numpy.float32),
+                train_y=rng.randint(0, 10, n_train).astype(numpy.int32),
+                test_x=rng.rand(n_test, *shape).astype(numpy.float32),
+                test_y=rng.randint(0, 10, n_test).astype(numpy.int32))
+    return str(path)

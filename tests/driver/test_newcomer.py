@@ -6,15 +6,7 @@ import pytest
 
 from branchynet.driver import cli, run as experiment
 from branchynet.validation import InvalidValue
-
-
-def _npz(path, n_train, n_test=40, seed=0):
-    rng = numpy.random.RandomState(seed)
-    numpy.savez(path, train_x=rng.rand(n_train, 1, 28, 28).astype(numpy.float32),
-                train_y=rng.randint(0, 10, n_train).astype(numpy.int32),
-                test_x=rng.rand(n_test, 1, 28, 28).astype(numpy.float32),
-                test_y=rng.randint(0, 10, n_test).astype(numpy.int32))
-    return str(path)
+from tests.helpers import random_dataset_npz as _npz
 
 
 def test_help_gives_every_presets_real_n_val_default():

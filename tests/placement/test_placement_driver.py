@@ -1,21 +1,14 @@
 """The driver's --place-exits: a placement report beside the hand placement."""
 import json
 
-import numpy
 import pytest
 
 from branchynet.driver import cli, run as experiment
+from tests.helpers import random_dataset_npz
 
 
 def _npz(tmp_path):
-    from datasets import npz
-    rng = numpy.random.RandomState(0)
-    path = str(tmp_path / 'digits.npz')
-    npz.save(path, rng.rand(96, 1, 28, 28).astype(numpy.float32),
-             rng.randint(0, 10, 96).astype(numpy.int32),
-             rng.rand(30, 1, 28, 28).astype(numpy.float32),
-             rng.randint(0, 10, 30).astype(numpy.int32))
-    return path
+    return random_dataset_npz(tmp_path / 'digits.npz', 96, n_test=30)
 
 
 @pytest.mark.slow
