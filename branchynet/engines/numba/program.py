@@ -16,9 +16,9 @@ from branchynet.engines.numba.builder import Builder
 from branchynet.engines.numba.codegen import (call_lines, function_lines, indent,
                                               module_header, narrowed_input, symbolic)
 from branchynet.engines.numba.kernels import (KERNELS, KIND_KERNELS, kernel_for, kernels_of,
-                                              layer_key, scratch_size, time_kernels)
+                                              layer_key, scratch_size, tile_compile_settings,
+                                              time_kernels)
 from branchynet.engines.numba.tile import fuse_tiled, transposed_weights
-from branchynet.links.directconv import prefer_vector_bits, slp_vectorize, vector_bits
 from branchynet.engines.numba.cache import (ChoiceCache, suppress_os_error, write_source,
                                             cached_files, untrusted_cache, cache_dir)
 
@@ -351,7 +351,7 @@ class Program:
         numba = self.numba or require_numba()
         array = numba.float32[::1]
         # the tiled convolutions first, vectorised with the widest vectors (``tile``) ...
-        with slp_vectorize(), prefer_vector_bits(vector_bits()):
+        with tile_compile_settings():
             for name, n in self._tiled.items():
                 getattr(self.module, name).compile((array, array) + (numba.int64,) * n)
         # ... then ``run`` with them inside, without the SLP vectoriser's time on the rest
