@@ -26,6 +26,7 @@ order of multiply-adds as a sum over channels and taps; Chainer's im2col and
 GEMM path sums in another order, so results agree to float32 rounding.
 """
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -229,6 +230,13 @@ def vector_bits():
             raise ValueError('BRANCHYNET_VECTOR_BITS is {!r}; expected 128, 256 or 512'.format(
                 forced))
         return int(forced)
+    return _target_vector_bits()
+
+
+@functools.lru_cache(maxsize=None)
+def _target_vector_bits():
+    """``vector_bits`` from the processor numba compiles for, asked once per
+    process (the query takes about 0.3 ms, and ``kernel`` runs per layer call)."""
     from numba.core import config
     features = config.CPU_FEATURES
     if not features:
