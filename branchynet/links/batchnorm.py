@@ -11,8 +11,8 @@ link's running statistics are updated as Chainer's function updates them
 (``decay``, the unbiased variance ``m / (m - 1)``).
 
 Channel sums are accumulated in float64, reassociated so that they vectorise
-(Chainer sums float32 pairwise), so
-results agree with Chainer's to float32 rounding. The backward pass computes
+(Chainer sums float32 pairwise), so results agree with Chainer's to float32
+rounding. The backward pass computes
 the input, ``gamma``, ``beta`` (and shortcut) gradients directly: no double
 backpropagation.
 """
