@@ -1,6 +1,8 @@
 """The CPU training kernels compute what Chainer's functions compute."""
 import contextlib
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy
 import pytest
 
@@ -122,3 +124,25 @@ def test_tune_allocator_applies_on_glibc():
     import platform
     applied = runtime.tune_allocator()
     assert applied == (platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc')
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(data=st.data())
+def test_max_pooling_matches_chainer_on_generated_windows(data):
+    """Any window, stride and padding, on values drawn from a few (ties) with NaN among them."""
+    k = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    s = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    p = tuple(data.draw(st.integers(0, (ki - 1) // 2)) for ki in k)
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)),
+             data.draw(st.integers(k[0], 11)), data.draw(st.integers(k[1], 11)))
+    values = numpy.array([-1.0, 0.0, 0.5, 1.0, 2.0, numpy.nan], numpy.float32)
+    weights = [1, 1, 1, 1, 1, data.draw(st.sampled_from([0, 0.05]))]
+    rng = numpy.random.RandomState(data.draw(st.integers(0, 2 ** 16)))
+    x = rng.choice(values, size=shape, p=numpy.array(weights) / sum(weights))
+    cover_all = data.draw(st.booleans())
+    ours = forward_backward(cpukernels.max_pooling_2d, [x], ksize=k, stride=s, pad=p,
+                            cover_all=cover_all)
+    theirs = forward_backward(F.max_pooling_2d, [x], ksize=k, stride=s, pad=p,
+                              cover_all=cover_all)
+    for a, b in zip(ours, theirs):
+        numpy.testing.assert_array_equal(a, b)

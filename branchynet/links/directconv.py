@@ -73,8 +73,8 @@ def _executor():
 def _split(n, parts):
     """``parts`` contiguous ``(start, stop)`` ranges covering ``range(n)``."""
     parts = max(1, min(parts, n))
-    edges = numpy.linspace(0, n, parts + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def run_split(kernel, n, *args, parts=None):
@@ -325,12 +325,12 @@ def _private_folder(path):
         raise OSError('{} is not a private folder of this user'.format(path))
 
 
-def _module_text(source, bits):
+def _module_text(source, bits, fastmath):
+    flags = '{' + ', '.join(map(repr, sorted(fastmath))) + '}' if fastmath else 'False'
     return ('# compiled with LLVM vectors of {} bits preferred\n'.format(bits) +
             'import numba\nimport numpy\n\n\n'
             '@numba.njit(fastmath={}, boundscheck=False, nogil=True, error_model="numpy", '
-            'cache=True)\n{}\n').format('{' + ', '.join(map(repr, sorted(_FASTMATH))) + '}',
-                                         source)
+            'cache=True)\n{}\n').format(flags, source)
 
 
 def _module_file(text, key):
@@ -359,9 +359,11 @@ def _module_file(text, key):
     return path
 
 
-def _compile(source, bits):
-    """The kernel of ``source`` compiled for 1-d float32 arrays. Its module is
-    run from the text generated here (never from a .pyc) and registered by
+def compile_source(source, bits, signature=None, fastmath=_FASTMATH):
+    """The function ``kernel`` of generated ``source`` compiled for
+    ``signature`` (default: every argument a 1-d float32 array but the
+    trailing ``start, stop``) with ``bits``-wide vectors preferred. Its module
+    is run from the text generated here (never from a .pyc) and registered by
     name, so numba's cache beside the file serves later processes; without a
     usable cache folder it is compiled in memory."""
     import hashlib
@@ -369,12 +371,13 @@ def _compile(source, bits):
     import types
     import warnings
     import numba
-    text = _module_text(source, bits)
+    text = _module_text(source, bits, fastmath)
     key = hashlib.sha256((numba.__version__ + text).encode()).hexdigest()[:20]
     name = 'branchynet_training_' + key
-    names = source.split('(', 1)[1].split(')', 1)[0].split(', ')
-    arrays = sum(1 for n in names if n not in ('start', 'stop'))
-    signature = tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp])
+    if signature is None:
+        names = source.split('(', 1)[1].split(')', 1)[0].split(', ')
+        arrays = sum(1 for n in names if n not in ('start', 'stop'))
+        signature = tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp])
     try:
         module = sys.modules.get(name)
         if module is None:
@@ -392,7 +395,7 @@ def _compile(source, bits):
             type(e).__name__, e))
         namespace = {'numpy': numpy}
         exec(compile(source, '<branchynet training kernel>', 'exec'), namespace)
-        fn = numba.njit(fastmath=_FASTMATH, boundscheck=False, nogil=True,
+        fn = numba.njit(fastmath=fastmath or False, boundscheck=False, nogil=True,
                         error_model='numpy')(namespace['kernel'])
         with slp_vectorize(), prefer_vector_bits(bits):
             fn.compile(signature)
@@ -412,7 +415,7 @@ def kernel(kind, *shape):
         else:
             bits = weight_bits(o_all, kh * kw, bits)
             source = weight_source(*shape, bits=bits)
-        fn = _compile(source, bits)
+        fn = compile_source(source, bits)
         with _lock:
             fn = _kernels.setdefault(key, fn)
     return fn

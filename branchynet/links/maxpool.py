@@ -9,45 +9,77 @@ of padded, so no padded copy is made. Samples are split between the training ker
 import chainer
 import numpy
 
-from branchynet.links.directconv import run_split
+from branchynet.links.directconv import compile_source, run_split, vector_bits
 
 _kernels = {}
 
 
-def _compiled():
-    if _kernels:
-        return _kernels['forward'], _kernels['backward']
+def forward_source(kh, kw, sy, sx, ph, pw):
+    """Source of ``kernel(x, y, tap, start, stop)``: max pooling of the samples
+    ``start..stop`` with the window sizes, strides and paddings as literals.
+
+    Separable: each input row's best of every horizontal window (its maximum
+    and the first ``kx`` holding it), then per output row the first ``ky`` whose
+    row maximum wins, so ``tap = ky * kw + kx`` is the window's first maximum in
+    row-major order, as in Chainer. A NaN wins over numbers, the first NaN over
+    later ones; the window is clipped to the input (padding never wins)."""
+    return '''def kernel(x, y, tap, start, stop):
+    kh, kw, sy, sx, ph, pw = {}, {}, {}, {}, {}, {}
+    _, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    rbest = numpy.empty((h, ow), numpy.float32)
+    rtap = numpy.empty((h, ow), numpy.int32)
+    for n in range(start, stop):
+        for ch in range(c):
+            xc = x[n, ch]
+            for iy in range(h):
+                row, best, at = xc[iy], rbest[iy], rtap[iy]
+                for ox in range(ow):
+                    b, a = -numpy.inf, -1
+                    for kx in range(kw):
+                        ix = ox * sx - pw + kx
+                        if ix >= 0 and ix < w:
+                            v = row[ix]
+                            take = (a < 0) | (v > b) | ((v != v) & (b == b))
+                            b = v if take else b
+                            a = kx if take else a
+                    best[ox], at[ox] = b, a
+            for oy in range(oh):
+                yr, tr = y[n, ch, oy], tap[n, ch, oy]
+                yr[:] = -numpy.inf
+                tr[:] = -1
+                for ky in range(kh):
+                    iy = oy * sy - ph + ky
+                    if iy < 0 or iy >= h:
+                        continue
+                    best, at = rbest[iy], rtap[iy]
+                    for ox in range(ow):
+                        v, b, a, kx = best[ox], yr[ox], tr[ox], at[ox]
+                        take = (kx >= 0) & ((a < 0) | (v > b) | ((v != v) & (b == b)))
+                        yr[ox] = v if take else b
+                        tr[ox] = ky * kw + kx if take else a
+'''.format(kh, kw, sy, sx, ph, pw)
+
+
+def forward_kernel(kh, kw, sy, sx, ph, pw):
+    """The compiled forward kernel of one window geometry (each its own code:
+    with the sizes known, LLVM unrolls and vectorises the taps; 2-3x faster)."""
+    key = ('forward', kh, kw, sy, sx, ph, pw)
+    fn = _kernels.get(key)
+    if fn is None:
+        import numba
+        a4 = numba.float32[:, :, :, ::1]
+        signature = (a4, a4, numba.int32[:, :, :, ::1], numba.intp, numba.intp)
+        fn = _kernels[key] = compile_source(forward_source(*key[1:]), vector_bits(),
+                                            signature, fastmath=None)
+    return fn
+
+
+def _backward_kernel():
+    if 'backward' in _kernels:
+        return _kernels['backward']
     import numba
     jit = numba.njit(boundscheck=False, nogil=True, cache=True)
-
-    @jit
-    def forward(x, kh, kw, sy, sx, ph, pw, y, tap, n0, n1):
-        # tap by tap over a whole output row, so that the inner loop (over the
-        # row's outputs, the window clipped to the input) has no other branch
-        _, c, h, w = x.shape
-        oh, ow = y.shape[2], y.shape[3]
-        for n in range(n0, n1):
-            for ch in range(c):
-                for oy in range(oh):
-                    best, at = y[n, ch, oy], tap[n, ch, oy]
-                    best[:] = -numpy.inf
-                    at[:] = -1
-                    for ky in range(kh):
-                        iy = oy * sy - ph + ky
-                        if iy < 0 or iy >= h:
-                            continue
-                        row = x[n, ch, iy]
-                        for kx in range(kw):
-                            t = ky * kw + kx
-                            lo = max(0, (pw - kx + sx - 1) // sx)
-                            hi = min(ow, (w - 1 + pw - kx) // sx + 1)
-                            for ox in range(lo, hi):
-                                v, b, a = row[ox * sx - pw + kx], best[ox], at[ox]
-                                # the first maximum; a NaN wins, as in Chainer
-                                # (no short-circuit: selects that vectorise)
-                                take = (a < 0) | (v > b) | ((v != v) & (b == b))
-                                best[ox] = v if take else b
-                                at[ox] = t if take else a
 
     @jit
     def backward(gy, tap, kh, kw, sy, sx, ph, pw, gx, n0, n1):
@@ -66,8 +98,8 @@ def _compiled():
                         if t >= 0:
                             g[oy * sy - ph + t // kw, ox * sx - pw + t % kw] += gy[n, ch, oy, ox]
 
-    _kernels.update(forward=forward, backward=backward)
-    return forward, backward
+    _kernels['backward'] = backward
+    return backward
 
 
 def out_size(size, k, s, p, cover_all):
@@ -95,15 +127,14 @@ class MaxPooling2DCPU(chainer.Function):
         y = numpy.empty((n, c, oh, ow), x.dtype)
         self.tap = numpy.empty((n, c, oh, ow), numpy.int32)
         self.in_shape = x.shape
-        forward, _ = _compiled()
-        run_split(forward, n, x, self.kh, self.kw, self.sy, self.sx, self.ph,
-                             self.pw, y, self.tap)
+        forward = forward_kernel(self.kh, self.kw, self.sy, self.sx, self.ph, self.pw)
+        run_split(forward, n, x, y, self.tap)
         return y,
 
     def backward(self, inputs, grad_outputs):
         gy = numpy.ascontiguousarray(grad_outputs[0])
         gx = numpy.empty(self.in_shape, gy.dtype)
-        _, backward = _compiled()
+        backward = _backward_kernel()
         run_split(backward, gy.shape[0], gy, self.tap, self.kh, self.kw, self.sy,
                              self.sx, self.ph, self.pw, gx)
         return gx,

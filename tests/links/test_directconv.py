@@ -109,8 +109,8 @@ def test_512_bit_kernels_use_512_bit_registers(monkeypatch, tmp_path):
     # numba has its assembly (machine code loaded from a cache has none)
     monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
     source = directconv.forward_source(16, 32, 17, 19, 3, 3)
-    assert 'zmm' in ''.join(directconv._compile(source, 512).inspect_asm().values())
-    assert 'zmm' not in ''.join(directconv._compile(source, 256).inspect_asm().values())
+    assert 'zmm' in ''.join(directconv.compile_source(source, 512).inspect_asm().values())
+    assert 'zmm' not in ''.join(directconv.compile_source(source, 256).inspect_asm().values())
 
 
 @pytest.mark.parametrize('ph,pw', [(0, 0), (1, 1), (2, 0), (0, 3)])
