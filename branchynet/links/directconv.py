@@ -3,7 +3,8 @@
 Three kernels per layer shape, each generated as Python source with every size
 a literal and compiled once per shape:
 
-* forward: ``y = conv(x_padded, W) + b``. A tile is ``R`` neighbouring output
+* forward: ``y = conv(x, W) + b``, each sample zero-padded into a buffer
+  of the kernel's own (in cache) before its tiles. A tile is ``R`` neighbouring output
   pixels of one row times ``ob`` output channels, each of its ``R * ob`` sums a
   scalar of the generated code; per input channel and tap it reads ``R`` input
   values and ``ob`` weights (stored ``[c][ky][kx][o]``, so a tap's weights for
@@ -151,10 +152,32 @@ def _forward_tile(r, ob, first, geo, layout):
     return lines
 
 
-def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels'):
+def _sample_lines(name, c_in, hp, wp, ph, pw):
+    """Lines making ``name`` the sample ``n`` of ``x`` zero-padded by ``ph``/``pw``:
+    a slice of ``x`` where there is no padding, else a copy into ``xs`` (one
+    sample, its border zeroed once per call; in cache, where a padded copy of
+    the whole batch would go through memory twice more)."""
+    h, w = hp - 2 * ph, wp - 2 * pw
+    if not ph and not pw:
+        return ['{} = x[n * {}:]'.format(name, c_in * h * w)]
+    return ['for c in range({}):'.format(c_in),
+            '    for iy in range({}):'.format(h),
+            '        src = n * {} + c * {} + iy * {}'.format(c_in * h * w, h * w, w),
+            '        dst = c * {} + (iy + {}) * {} + {}'.format(hp * wp, ph, wp, pw),
+            '        for ix in range({}):'.format(w),
+            '            xs[dst + ix] = x[src + ix]',
+            '{} = xs'.format(name)]
+
+
+def _scratch_line(c_in, hp, wp, ph, pw):
+    return ['    xs = numpy.zeros({}, numpy.float32)'.format(c_in * hp * wp)] if ph or pw else []
+
+
+def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels', ph=0, pw=0):
     """Source of ``kernel(x, w, b, y, start, stop)``: ``y[n] = conv(x[n], w) + b``
-    for the samples ``start..stop``; ``x`` the padded input ``(N, c_in, hp, wp)``,
-    ``w`` the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat."""
+    for the samples ``start..stop``; ``x`` the input ``(N, c_in, hp - 2 ph,
+    wp - 2 pw)``, zero-padded here to ``(hp, wp)`` a sample at a time, ``w``
+    the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat."""
     oh, ow = hp - kh + 1, wp - kw + 1
     geo = (c_in, o_all, hp, wp, oh, ow, kh, kw)
     r, ob = (tile_shape if layout == 'channels' else pixel_tile_shape)(o_all, ow)
@@ -164,10 +187,11 @@ def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels'):
     if rest:
         rows += _forward_tile(rest, ob, str(full * r), geo, layout)
     lines = ['def kernel(x, w, b, y, start, stop):',
-             '    sums = numpy.empty({}, numpy.float32)'.format(r * ob),
-             '    for n in range(start, stop):',
-             '        xn = x[n * {}:]'.format(c_in * hp * wp),
-             '        yn = y[n * {}:]'.format(o_all * oh * ow),
+             '    sums = numpy.empty({}, numpy.float32)'.format(r * ob)]
+    lines += _scratch_line(c_in, hp, wp, ph, pw)
+    lines += ['    for n in range(start, stop):']
+    lines += ['        ' + line for line in _sample_lines('xn', c_in, hp, wp, ph, pw)]
+    lines += ['        yn = y[n * {}:]'.format(o_all * oh * ow),
              '        for o0 in range(0, {}, {}):'.format(o_all, ob),
              '            for oy in range({}):'.format(oh)]
     return '\n'.join(lines + ['                ' + line for line in rows])
@@ -190,10 +214,11 @@ def weight_bits(o_all, taps, bits):
     return bits
 
 
-def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256):
+def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256, ph=0, pw=0):
     """Source of ``kernel(x, g, gw, start, stop)``: adds to ``gw`` (``[c][ky][kx][o]``)
-    the weight gradient of the samples ``start..stop``; ``x`` the padded input,
-    ``g`` the output gradient pixel-major ``(N, oh, ow, o_all)``, all flat."""
+    the weight gradient of the samples ``start..stop``; ``x`` the input, padded
+    here as in ``forward_source``, ``g`` the output gradient pixel-major
+    ``(N, oh, ow, o_all)``, all flat."""
     oh, ow = hp - kh + 1, wp - kw + 1
     taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
     ob = weight_block(o_all, len(taps), bits)
@@ -201,10 +226,10 @@ def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256):
     body += ['x{} = xr[{} + ox]'.format(t, ky * wp + kx) for t, (ky, kx) in enumerate(taps)]
     body += ['a{0}_{1} += g{1} * x{0}'.format(t, j) for t in range(len(taps))
              for j in range(ob)]
-    lines = ['def kernel(x, g, gw, start, stop):',
-             '    for n in range(start, stop):',
-             '        xn = x[n * {}:]'.format(c_in * hp * wp),
-             '        gn = g[n * {}:]'.format(oh * ow * o_all),
+    lines = ['def kernel(x, g, gw, start, stop):'] + _scratch_line(c_in, hp, wp, ph, pw)
+    lines += ['    for n in range(start, stop):']
+    lines += ['        ' + line for line in _sample_lines('xn', c_in, hp, wp, ph, pw)]
+    lines += ['        gn = g[n * {}:]'.format(oh * ow * o_all),
              '        for c in range({}):'.format(c_in),
              '            for o0 in range(0, {}, {}):'.format(o_all, ob)]
     inner = ['a{}_{} = numpy.float32(0)'.format(t, j) for t in range(len(taps))
@@ -402,49 +427,38 @@ def compile_source(source, bits, signature=None, fastmath=_FASTMATH):
         return fn
 
 
-def kernel(kind, *shape):
-    """The compiled ``kind`` ('forward' or 'weight') kernel for ``shape``
-    ``(c_in, o_all, hp, wp, kh, kw)``, compiled on first use."""
+def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
+    """The compiled ``kind`` ('forward' or 'weight') kernel for an input of
+    ``c_in`` channels padded by ``ph``/``pw`` to ``hp x wp``, ``o_all`` output
+    channels and ``kh x kw`` taps, compiled on first use."""
     bits = vector_bits()
-    key = (kind, bits) + shape
+    shape = (c_in, o_all, hp, wp, kh, kw)
+    key = (kind, bits) + shape + (ph, pw)
     fn = _kernels.get(key)
     if fn is None:
-        c_in, o_all, hp, wp, kh, kw = shape
         if kind == 'forward':
-            source = forward_source(*shape, layout=forward_layout(wp - kw + 1, bits))
+            source = forward_source(*shape, layout=forward_layout(wp - kw + 1, bits),
+                                    ph=ph, pw=pw)
         else:
             bits = weight_bits(o_all, kh * kw, bits)
-            source = weight_source(*shape, bits=bits)
+            source = weight_source(*shape, bits=bits, ph=ph, pw=pw)
         fn = compile_source(source, bits)
         with _lock:
             fn = _kernels.setdefault(key, fn)
     return fn
 
 
-def pad(x, ph, pw):
-    """``x`` (N, C, H, W) float32 zero-padded by ``ph``/``pw`` on each side, C-contiguous."""
+def forward(x, W, b, ph=0, pw=0):
+    """``y`` (N, O, OH, OW): ``x`` zero-padded by ``ph``/``pw`` (in the kernel)
+    convolved with ``W`` (O, C, kh, kw), stride 1, plus ``b`` (or no bias)."""
     n, c, h, w = x.shape
-    out = numpy.empty((n, c, h + 2 * ph, w + 2 * pw), numpy.float32)
-    if ph:
-        out[:, :, :ph] = 0
-        out[:, :, h + ph:] = 0
-    if pw:
-        out[:, :, :, :pw] = 0
-        out[:, :, :, w + pw:] = 0
-    out[:, :, ph:h + ph, pw:w + pw] = x
-    return out
-
-
-def forward(xpad, W, b):
-    """``y`` (N, O, OH, OW): ``xpad`` (already padded) convolved with ``W``
-    (O, C, kh, kw), stride 1, plus ``b`` (or no bias)."""
-    n, c, hp, wp = xpad.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
     o, _, kh, kw = W.shape
     wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0))
     bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
     y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
-    run_split(kernel('forward', c, o, hp, wp, kh, kw), n, xpad.reshape(-1), wt.reshape(-1),
-         bias, y.reshape(-1))
+    run_split(kernel('forward', c, o, hp, wp, kh, kw, ph, pw), n,
+              numpy.ascontiguousarray(x).reshape(-1), wt.reshape(-1), bias, y.reshape(-1))
     return y
 
 
@@ -453,18 +467,19 @@ def backward_data(gy, W, ph, pw):
     ``ph``/``pw`` (each at most the kernel size - 1) from its output gradient."""
     o, c, kh, kw = W.shape
     flipped = numpy.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return forward(pad(gy, kh - 1 - ph, kw - 1 - pw), flipped, None)
+    return forward(gy, flipped, None, kh - 1 - ph, kw - 1 - pw)
 
 
-def backward_weight(xpad, gy, kh, kw):
-    """The weight gradient (O, C, kh, kw) from the padded input and the output gradient."""
-    n, c, hp, wp = xpad.shape
+def backward_weight(x, gy, kh, kw, ph=0, pw=0):
+    """The weight gradient (O, C, kh, kw) from the input (padded by ``ph``/``pw``
+    in the kernel) and the output gradient."""
+    n, c, h, w = x.shape
     o = gy.shape[1]
     g = numpy.ascontiguousarray(gy.transpose(0, 2, 3, 1))
-    fn = kernel('weight', c, o, hp, wp, kh, kw)
+    fn = kernel('weight', c, o, h + 2 * ph, w + 2 * pw, kh, kw, ph, pw)
     ranges = _split(n, threads())
     partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
-    x, g = xpad.reshape(-1), g.reshape(-1)
+    x, g = numpy.ascontiguousarray(x).reshape(-1), g.reshape(-1)
 
     def part(start, stop):  # each range sums into its own row
         fn(x, g, partial[ranges.index((start, stop))], start, stop)
@@ -486,9 +501,10 @@ def usable(x_shape, W_shape, stride, pad_hw):
 class DirectConvolution2D(chainer.FunctionNode):
     """``F.convolution_2d`` with stride 1 on the direct kernels (see ``usable``).
 
-    Keeps the padded input for the weight gradient (the GEMM path keeps an
-    im2col matrix ``kh * kw`` times as large). Its gradients are computed
-    directly, not as differentiable functions: no double backpropagation."""
+    Keeps its input for the weight gradient (the GEMM path keeps an im2col
+    matrix ``kh * kw`` times as large); the kernels pad a sample at a time.
+    Its gradients are computed directly, not as differentiable functions: no
+    double backpropagation."""
 
     def __init__(self, pad_hw):
         self.ph, self.pw = pad_hw
@@ -496,13 +512,12 @@ class DirectConvolution2D(chainer.FunctionNode):
     def forward(self, inputs):
         x, W = inputs[:2]
         b = inputs[2] if len(inputs) == 3 else None
-        self.retain_inputs((1,))
-        self.xpad = pad(x, self.ph, self.pw)
-        return forward(self.xpad, W, b),
+        self.retain_inputs((0, 1))
+        return forward(x, W, b, self.ph, self.pw),
 
     def backward(self, indexes, grad_outputs):
-        W, = self.get_retained_inputs()
-        W = W.array
+        x, W = self.get_retained_inputs()
+        x, W = x.array, W.array
         gy = numpy.ascontiguousarray(grad_outputs[0].array)
         kh, kw = W.shape[2:]
         out = []
@@ -510,7 +525,7 @@ class DirectConvolution2D(chainer.FunctionNode):
             if i == 0:
                 g = backward_data(gy, W, self.ph, self.pw)
             elif i == 1:
-                g = backward_weight(self.xpad, gy, kh, kw)
+                g = backward_weight(x, gy, kh, kw, self.ph, self.pw)
             else:
                 g = gy.sum(axis=(0, 2, 3))
             out.append(chainer.Variable(g))
