@@ -43,7 +43,8 @@ KINDS = {
     'linear': ('LinearFunction', 'LinearGradData', 'LinearGradWeight'),
     'shortcut channels (concat, split)': ('Concat', 'SplitAxis'),
     'addition': ('_ + _', 'Add', 'AddConstant'),
-    'loss (softmax cross entropy)': ('SoftmaxCrossEntropy', '_SoftmaxCrossEntropyGrad_NoDoubleBackprop'),
+    'loss (softmax cross entropy)': ('SoftmaxCrossEntropy',
+                                     '_SoftmaxCrossEntropyGrad_NoDoubleBackprop'),
     'dropout': ('Dropout',),
 }
 _KIND_OF = {label: kind for kind, labels in KINDS.items() for label in labels}
