@@ -171,6 +171,19 @@ class _nothing:
 _patched_timer = [None]
 
 
+class Forwarding:
+    """What the patched input gradients report to: the timer of the step
+    being profiled, if any."""
+
+    def enter(self, key):
+        if _patched_timer[0] is not None:
+            _patched_timer[0].enter(key)
+
+    def leave(self):
+        if _patched_timer[0] is not None:
+            _patched_timer[0].leave()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--networks', default='resnet,alexnet,lenet')
@@ -197,14 +210,6 @@ def main():
     runtime.tune_allocator()
     now = clock(args.clock)
 
-    class Forwarding:  # the patched input gradients report to the current timer
-        def enter(self, key):
-            if _patched_timer[0] is not None:
-                _patched_timer[0].enter(key)
-
-        def leave(self):
-            if _patched_timer[0] is not None:
-                _patched_timer[0].leave()
     time_convolution_parts(Forwarding())
     model, vector = processor()
     print('processor: {}; vector extensions: {}; OPENBLAS_CORETYPE={}'.format(
