@@ -17,7 +17,7 @@ PACKAGE = os.path.join(ROOT, 'branchynet')
 
 #: unit -> floor; the same floor: units that must not import each other
 FLOORS = {
-    'compat': 0, 'bundled': 0, 'validation': 0, 'augment': 0,
+    'compat': 0, 'bundled': 0, 'validation': 0, 'augment': 0, 'jit': 0,
     'measures': 1, 'devices': 1, 'links': 1,
     'io': 2, 'functions': 2,
     'progress': 3,

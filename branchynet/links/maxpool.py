@@ -9,7 +9,8 @@ of padded, so no padded copy is made. Samples are split between the training ker
 import chainer
 import numpy
 
-from branchynet.links.directconv import compile_source, run_split, vector_bits
+from branchynet.jit import vector_bits
+from branchynet.links.directconv import compile_source, run_split
 
 _kernels = {}
 

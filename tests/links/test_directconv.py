@@ -8,6 +8,7 @@ import chainer
 import chainer.functions as F
 
 from tests.helpers import forward_backward
+from branchynet import jit
 from branchynet.links import cpukernels, directconv
 
 
@@ -94,16 +95,9 @@ def test_every_vector_width_and_tile_form_matches_chainer(monkeypatch, bits, lay
     _compare(*shape)
 
 
-def test_a_wrong_vector_width_setting_is_named(monkeypatch):
-    monkeypatch.setenv('BRANCHYNET_VECTOR_BITS', '384')
-    with pytest.raises(ValueError,
-                       match='BRANCHYNET_VECTOR_BITS is .384.; expected 128, 256 or 512'):
-        directconv.vector_bits()
-
-
 def test_512_bit_kernels_use_512_bit_registers(monkeypatch, tmp_path):
     monkeypatch.delenv('BRANCHYNET_VECTOR_BITS', raising=False)
-    if directconv.vector_bits() < 512:
+    if jit.vector_bits() < 512:
         pytest.skip('this processor has no 512-bit vectors (AVX-512F)')
     # an empty cache folder and a shape no other test uses: compiled here, so
     # numba has its assembly (machine code loaded from a cache has none)
@@ -128,13 +122,3 @@ def test_padding_in_the_kernels_equals_a_padded_input(ph, pw):
         gy = rng.randn(*y.shape).astype(numpy.float32)
         numpy.testing.assert_array_equal(directconv.backward_weight(view, gy, 3, 3, ph, pw),
                                          directconv.backward_weight(padded, gy, 3, 3))
-
-
-def test_wider_vectors_compile_functions_with_debug_info():
-    import numba
-
-    def add(a):
-        return a + 1.0
-    with directconv.prefer_vector_bits(512):  # the attribute goes before !dbg
-        fn = numba.njit(debug=True)(add)
-        assert fn(1.0) == 2.0

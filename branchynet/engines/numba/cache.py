@@ -31,7 +31,7 @@ class ChoiceCache:
         self.folder = cache_dir()
         self.path = os.path.join(self.folder, self.NAME + '.json')
         self.entries, self.changed = {}, False
-        from branchynet.links.directconv import vector_bits
+        from branchynet.jit import vector_bits
         self.salt = '{}\n{}\n{}\n'.format(require_numba().__version__, processor(), vector_bits())
         with suppress_os_error():
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
@@ -167,6 +167,6 @@ def untrusted_cache(folder, module_name):
 def cache_dir():
     """Where generated modules and numba's cache of them live:
     ``$BRANCHYNET_NUMBA_CACHE``, else ``~/.cache/branchynet/numba`` (the
-    training kernels' ``links.directconv.cache_root``)."""
-    from branchynet.links.directconv import cache_root
+    training kernels' ``jit.cache_root``)."""
+    from branchynet.jit import cache_root
     return cache_root()

@@ -486,8 +486,8 @@ def module_header():
     import inspect
     score = inspect.getsource(_score).replace('def _score(', 'def score(', 1)
     finite = inspect.getsource(_finite).replace('def _finite(', 'def finite(', 1)
-    from branchynet.links.directconv import vector_bits
-    out = ['# compiled with the SLP vectoriser on (links.directconv.slp_vectorize), '
+    from branchynet.jit import vector_bits
+    out = ['# compiled with the SLP vectoriser on (jit.slp_vectorize), '
            'LLVM vectors of {} bits preferred'.format(vector_bits()),
            'import math', 'import numba', 'import numba.core.types', 'import numba.extending',
            'import numpy', '', ''] + TAKE + ['', '',

@@ -15,7 +15,7 @@ from branchynet.engines.numba.layout import VECTOR
 from branchynet.engines.numba.builder import Op
 from branchynet.engines.numba.codegen import gemm_size, narrowed_input, symbolic, function_lines
 from branchynet.engines.numba.tile import tile_scratch, transposed_weights
-from branchynet.links.directconv import prefer_vector_bits, slp_vectorize, vector_bits
+from branchynet.jit import prefer_vector_bits, slp_vectorize, vector_bits
 
 
 #: Kernel settings of ``NumbaBranchyNet(kernels=...)``: measured choice, or forced.

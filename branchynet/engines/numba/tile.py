@@ -13,7 +13,7 @@ small planes (B-ResNet-110's 8x8) several times faster. The sums leave
 through a small scratch area (consecutive stores, what the vectoriser
 starts from) into the output planes.
 
-numba turns the SLP vectoriser off by default; ``links.directconv.slp_vectorize()`` turns it
+numba turns the SLP vectoriser off by default; ``jit.slp_vectorize()`` turns it
 on while the generated code compiles.
 """
 import numpy
