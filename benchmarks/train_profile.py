@@ -36,7 +36,7 @@ KINDS = {
     'batch normalisation': ('BatchNormalizationCPU', 'BatchNormalization',
                             'BatchNormalizationGrad', 'FixedBatchNormalization'),
     'max pooling': ('MaxPooling2DCPU', 'MaxPooling2D', 'MaxPooling2DGrad',
-                    'MaxPooling2DWithIndexes'),
+                    'MaxPooling2DWithIndexes', 'MaxPoolingND', 'MaxPoolingNDGrad'),
     'average pooling (shortcut)': ('AveragePooling2D', 'AveragePooling2DGrad'),
     'relu': ('ReLU', 'ReLUGrad2', 'ReLUGrad3'),
     'LRN': ('LocalResponseNormalization', 'LocalResponseNormalizationGrad'),
@@ -47,6 +47,9 @@ KINDS = {
                                      '_SoftmaxCrossEntropyGrad_NoDoubleBackprop'),
     'dropout': ('Dropout',),
 }
+#: the nodes of Chainer's convolution backward, by pass
+CONVOLUTION_GRADIENTS = {'Deconvolution2DFunction': 'backward-data',
+                         'Convolution2DGradW': 'backward-weight'}
 _KIND_OF = {label: kind for kind, labels in KINDS.items() for label in labels}
 
 
@@ -93,9 +96,13 @@ def hook_class():
             self.timer = timer
 
         def forward_preprocess(self, function, in_data):
-            # a node applied inside a backward pass (ReLUGrad2, ...) is that backward's
-            self.timer.enter(self.timer.inside_backward() or (kind_of(function.label),
-                                                               'forward'))
+            # a node applied inside a backward pass (ReLUGrad2, ...) is that
+            # backward's; Chainer's convolution backward runs its two gradients
+            # as nodes of their own
+            outer = self.timer.inside_backward()
+            if outer and outer[0] == 'convolution' and function.label in CONVOLUTION_GRADIENTS:
+                outer = ('convolution', CONVOLUTION_GRADIENTS[function.label])
+            self.timer.enter(outer or (kind_of(function.label), 'forward'))
 
         def forward_postprocess(self, function, in_data):
             self.timer.leave()

@@ -129,14 +129,16 @@ def test_tune_allocator_applies_on_glibc():
 @hypothesis.settings(max_examples=25, deadline=None)
 @hypothesis.given(data=st.data())
 def test_max_pooling_matches_chainer_on_generated_windows(data):
-    """Any window, stride and padding, on values drawn from a few (ties) with NaN among them."""
+    """Any window, stride and padding; values drawn from a few (ties), -inf and NaN among them."""
     k = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
     s = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
     p = tuple(data.draw(st.integers(0, (ki - 1) // 2)) for ki in k)
     shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)),
              data.draw(st.integers(k[0], 11)), data.draw(st.integers(k[1], 11)))
-    values = numpy.array([-1.0, 0.0, 0.5, 1.0, 2.0, numpy.nan], numpy.float32)
-    weights = [1, 1, 1, 1, 1, data.draw(st.sampled_from([0, 0.05]))]
+    # -inf ties with the padding, which Chainer's argmax may pick (gradient dropped)
+    values = numpy.array([-1.0, 0.0, 0.5, 1.0, 2.0, -numpy.inf, numpy.nan], numpy.float32)
+    weights = [1, 1, 1, 1, 1, data.draw(st.sampled_from([0, 1, 5])),
+               data.draw(st.sampled_from([0, 0.05]))]
     rng = numpy.random.RandomState(data.draw(st.integers(0, 2 ** 16)))
     x = rng.choice(values, size=shape, p=numpy.array(weights) / sum(weights))
     cover_all = data.draw(st.booleans())
@@ -146,3 +148,24 @@ def test_max_pooling_matches_chainer_on_generated_windows(data):
                               cover_all=cover_all)
     for a, b in zip(ours, theirs):
         numpy.testing.assert_array_equal(a, b)
+
+
+def test_max_pooling_regressions_against_chainer():
+    """Found by review: -inf beside the padding (Chainer's padding tap wins the
+    tie, the gradient is dropped); float64 kept exact; no output is an error."""
+    cases = [(numpy.array([[[[-numpy.inf]]]], numpy.float32), dict(ksize=2, stride=1, pad=1)),
+             (numpy.array([[[[1.0, 1.0 + 1e-12]]]]), dict(ksize=(1, 2), stride=1, pad=0))]
+    def run(fn, x, **kw):
+        v = chainer.Variable(x.copy())
+        y = fn(v, **kw)
+        y.grad = numpy.ones_like(y.array)
+        y.backward()
+        return y.array, v.grad
+    for x, kw in cases:
+        for a, b in zip(run(cpukernels.max_pooling_2d, x, **kw), run(F.max_pooling_2d, x, **kw)):
+            assert a.dtype == b.dtype
+            numpy.testing.assert_array_equal(a, b)
+    with pytest.raises(AssertionError, match='Output sizes should be positive'):
+        cpukernels.max_pooling_2d(numpy.zeros((1, 1, 3, 2), numpy.float32), 3, 1, 0,
+                                  cover_all=False)
+

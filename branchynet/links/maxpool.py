@@ -2,9 +2,11 @@
 each window held its maximum, the backward pass adds each output gradient there.
 
 Same results as ``F.max_pooling_2d`` (output sizes, ``cover_all``, padding
-that never wins, the gradient to the first maximum of a window in row-major
-order, summed in Chainer's order); a window is clipped to the input instead
-of padded, so no padded copy is made. Samples are split between the training kernels' threads.
+as ``-inf``, the gradient to the first maximum of a window in row-major
+order, summed in Chainer's order; only the sign of a zero output may differ
+where a window holds both ``0.0`` and ``-0.0``); a window is clipped to the
+input instead of padded, so no padded copy is made. Samples are split between
+the training kernels' threads.
 """
 import chainer
 import numpy
@@ -22,13 +24,16 @@ def forward_source(kh, kw, sy, sx, ph, pw):
     Separable: each input row's best of every horizontal window (its maximum
     and the first ``kx`` holding it), then per output row the first ``ky`` whose
     row maximum wins, so ``tap = ky * kw + kx`` is the window's first maximum in
-    row-major order, as in Chainer. A NaN wins over numbers, the first NaN over
-    later ones; the window is clipped to the input (padding never wins)."""
+    row-major order, as Chainer's argmax. As in Chainer, padding is ``-inf``
+    and takes part: it wins only a window whose inputs are all ``-inf`` and
+    that starts with it (``tap = -1``: the gradient is dropped); a NaN wins
+    over numbers, the first NaN over later ones."""
     return '''def kernel(x, y, tap, start, stop):
     kh, kw, sy, sx, ph, pw = {}, {}, {}, {}, {}, {}
     _, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    rbest = numpy.empty((h, ow), numpy.float32)
+    low = -numpy.inf
+    rbest = numpy.empty((h, ow), x.dtype)
     rtap = numpy.empty((h, ow), numpy.int32)
     for n in range(start, stop):
         for ch in range(c):
@@ -36,29 +41,39 @@ def forward_source(kh, kw, sy, sx, ph, pw):
             for iy in range(h):
                 row, best, at = xc[iy], rbest[iy], rtap[iy]
                 for ox in range(ow):
-                    b, a = -numpy.inf, -1
-                    for kx in range(kw):
+                    ix = ox * sx - pw
+                    inside = ix >= 0 and ix < w
+                    b = row[ix] if inside else low
+                    a = 0 if inside else -1
+                    for kx in range(1, kw):
                         ix = ox * sx - pw + kx
-                        if ix >= 0 and ix < w:
-                            v = row[ix]
-                            take = (a < 0) | (v > b) | ((v != v) & (b == b))
-                            b = v if take else b
-                            a = kx if take else a
+                        inside = ix >= 0 and ix < w
+                        v = row[ix] if inside else low
+                        t = kx if inside else -1
+                        take = (v > b) | ((v != v) & (b == b))
+                        b = v if take else b
+                        a = t if take else a
                     best[ox], at[ox] = b, a
             for oy in range(oh):
                 yr, tr = y[n, ch, oy], tap[n, ch, oy]
-                yr[:] = -numpy.inf
-                tr[:] = -1
                 for ky in range(kh):
                     iy = oy * sy - ph + ky
-                    if iy < 0 or iy >= h:
+                    if iy < 0 or iy >= h:  # a row of padding
+                        if ky == 0:
+                            yr[:] = low
+                            tr[:] = -1
                         continue
                     best, at = rbest[iy], rtap[iy]
+                    if ky == 0:
+                        for ox in range(ow):
+                            yr[ox] = best[ox]
+                            tr[ox] = at[ox]
+                        continue
                     for ox in range(ow):
                         v, b, a, kx = best[ox], yr[ox], tr[ox], at[ox]
-                        take = (kx >= 0) & ((a < 0) | (v > b) | ((v != v) & (b == b)))
+                        take = (v > b) | ((v != v) & (b == b))
                         yr[ox] = v if take else b
-                        tr[ox] = ky * kw + kx if take else a
+                        tr[ox] = (ky * kw + kx if kx >= 0 else -1) if take else a
 '''.format(kh, kw, sy, sx, ph, pw)
 
 
@@ -125,6 +140,7 @@ class MaxPooling2DCPU(chainer.Function):
         n, c, h, w = x.shape
         oh = out_size(h, self.kh, self.sy, self.ph, self.cover_all)
         ow = out_size(w, self.kw, self.sx, self.pw, self.cover_all)
+        assert oh > 0 and ow > 0, 'Output sizes should be positive.'  # Chainer's check
         y = numpy.empty((n, c, oh, ow), x.dtype)
         self.tap = numpy.empty((n, c, oh, ow), numpy.int32)
         self.in_shape = x.shape
