@@ -1,20 +1,17 @@
 """benchmarks/recorded_rows.py: a recorded run's settings read back as the run wrote them."""
-import importlib.util
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, benchmark_module
+
 RUN = os.path.join(ROOT, 'results', 'paper', 'alex_cifar10_jpeg_cpu_shift_12x12')
 
 
 @pytest.fixture(scope='module')
 def recorded_rows():
-    spec = importlib.util.spec_from_file_location(
-        'recorded_rows', os.path.join(ROOT, 'benchmarks', 'recorded_rows.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_module('recorded_rows') as module:
+        yield module
 
 
 def test_the_knee_and_calibrated_thresholds_are_the_runs(recorded_rows):

@@ -1,20 +1,15 @@
 """benchmarks/train_profile.py: exclusive times per layer kind and pass."""
-import importlib.util
-import os
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import benchmark_module
 
 
 @pytest.fixture(scope='module')
 def train_profile():
-    spec = importlib.util.spec_from_file_location(
-        'train_profile', os.path.join(ROOT, 'benchmarks', 'train_profile.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_module('train_profile') as module:
+        yield module
 
 
 def test_nested_time_counts_once_where_it_was_spent(train_profile):
