@@ -18,7 +18,8 @@ a literal and compiled once per shape:
   (the gradient of a stride-1 convolution is a convolution).
 * backward-weight: per input channel and block of ``ob`` output channels, the
   ``kh * kw * ob`` sums of ``gW`` are scalars, accumulated over every pixel of
-  a sample from the output gradient stored pixel-major ``(N, OH, OW, O)``.
+  a sample from the output gradient copied pixel-major ``(OH, OW, O)`` a
+  sample at a time, the bias gradient summed during that copy.
 
 Samples are split between threads (``threads()``, one per core the process
 may use); each thread of the backward-weight kernel sums into its own ``gW``.
@@ -214,10 +215,14 @@ def weight_bits(o_all, taps, bits):
 
 
 def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256, ph=0, pw=0):
-    """Source of ``kernel(x, g, gw, start, stop)``: adds to ``gw`` (``[c][ky][kx][o]``)
-    the weight gradient of the samples ``start..stop``; ``x`` the input, padded
-    here as in ``forward_source``, ``g`` the output gradient pixel-major
-    ``(N, oh, ow, o_all)``, all flat."""
+    """Source of ``kernel(x, g, gw, gb, start, stop)``: adds to ``gw``
+    (``[c][ky][kx][o]``) the weight gradient and to ``gb`` (``[o]``) the bias
+    gradient of the samples ``start..stop``; ``x`` the input, padded here as
+    in ``forward_source``, ``g`` the output gradient ``(N, o_all, oh, ow)``,
+    all flat. Each sample's gradient is first copied pixel-major into a
+    buffer of the kernel's own (in cache), its channel sums (the bias
+    gradient, per sample, then added up over the samples) taken on the way:
+    no transposed copy of the whole batch."""
     oh, ow = hp - kh + 1, wp - kw + 1
     taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
     ob = weight_block(o_all, len(taps), bits)
@@ -225,12 +230,23 @@ def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256, ph=0, pw=0):
     body += ['x{} = xr[{} + ox]'.format(t, ky * wp + kx) for t, (ky, kx) in enumerate(taps)]
     body += ['a{0}_{1} += g{1} * x{0}'.format(t, j) for t in range(len(taps))
              for j in range(ob)]
-    lines = ['def kernel(x, g, gw, start, stop):'] + _scratch_line(c_in, hp, wp, ph, pw)
-    lines += ['    for n in range(start, stop):']
+    lines = ['def kernel(x, g, gw, gb, start, stop):'] + _scratch_line(c_in, hp, wp, ph, pw)
+    lines += ['    gn = numpy.empty({}, numpy.float32)'.format(oh * ow * o_all),
+              '    bs = numpy.empty({}, numpy.float32)'.format(o_all),
+              '    for n in range(start, stop):']
     lines += ['        ' + line for line in _sample_lines('xn', c_in, hp, wp, ph, pw)]
-    lines += ['        gn = g[n * {}:]'.format(oh * ow * o_all),
-             '        for c in range({}):'.format(c_in),
-             '            for o0 in range(0, {}, {}):'.format(o_all, ob)]
+    # pixel-major copy; the channel sums (independent chains, one per channel)
+    lines += ['        src = n * {}'.format(o_all * oh * ow),
+              '        bs[:] = 0',
+              '        for p in range({}):'.format(oh * ow),
+              '            for o in range({}):'.format(o_all),
+              '                v = g[src + o * {} + p]'.format(oh * ow),
+              '                bs[o] += v',
+              '                gn[p * {} + o] = v'.format(o_all),
+              '        for o in range({}):'.format(o_all),
+              '            gb[o] += bs[o]',
+              '        for c in range({}):'.format(c_in),
+              '            for o0 in range(0, {}, {}):'.format(o_all, ob)]
     inner = ['a{}_{} = numpy.float32(0)'.format(t, j) for t in range(len(taps))
              for j in range(ob)]
     inner += ['for oy in range({}):'.format(oh),
@@ -367,22 +383,24 @@ def backward_data(gy, W, ph, pw):
     return forward(gy, flipped, None, kh - 1 - ph, kw - 1 - pw)
 
 
-def backward_weight(x, gy, kh, kw, ph=0, pw=0):
+def backward_weight(x, gy, kh, kw, ph=0, pw=0, with_bias=False):
     """The weight gradient (O, C, kh, kw) from the input (padded by ``ph``/``pw``
-    in the kernel) and the output gradient."""
+    in the kernel) and the output gradient; with ``with_bias`` the pair
+    (weight gradient, bias gradient (O,)), the latter summed in the same pass."""
     n, c, h, w = x.shape
     o = gy.shape[1]
-    g = numpy.ascontiguousarray(gy.transpose(0, 2, 3, 1))
     fn = kernel('weight', c, o, h + 2 * ph, w + 2 * pw, kh, kw, ph, pw)
     ranges = _split(n, threads())
     partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
-    x, g = numpy.ascontiguousarray(x).reshape(-1), g.reshape(-1)
+    bias = numpy.zeros((len(ranges), o), numpy.float32)
+    x, g = numpy.ascontiguousarray(x).reshape(-1), numpy.ascontiguousarray(gy).reshape(-1)
 
-    def part(start, stop):  # each range sums into its own row
-        fn(x, g, partial[ranges.index((start, stop))], start, stop)
+    def part(start, stop):  # each range sums into its own rows
+        i = ranges.index((start, stop))
+        fn(x, g, partial[i], bias[i], start, stop)
     run_split(part, n, parts=ranges)
-    return numpy.ascontiguousarray(
-        partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
+    gw = numpy.ascontiguousarray(partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
+    return (gw, bias.sum(axis=0)) if with_bias else gw
 
 
 def usable(x_shape, W_shape, stride, pad_hw):
@@ -417,13 +435,10 @@ class DirectConvolution2D(chainer.FunctionNode):
         x, W = x.array, W.array
         gy = numpy.ascontiguousarray(grad_outputs[0].array)
         kh, kw = W.shape[2:]
-        out = []
-        for i in indexes:
-            if i == 0:
-                g = backward_data(gy, W, self.ph, self.pw)
-            elif i == 1:
-                g = backward_weight(x, gy, kh, kw, self.ph, self.pw)
-            else:
-                g = gy.sum(axis=(0, 2, 3))
-            out.append(chainer.Variable(g))
-        return tuple(out)
+        grads = {}
+        if 0 in indexes:
+            grads[0] = backward_data(gy, W, self.ph, self.pw)
+        if 1 in indexes or 2 in indexes:
+            grads[1], grads[2] = backward_weight(x, gy, kh, kw, self.ph, self.pw,
+                                                 with_bias=True)
+        return tuple(chainer.Variable(grads[i]) for i in indexes)
