@@ -70,8 +70,11 @@ def build_parser():
     parser.add_argument('--epochs-main', type=int, help='override the preset')
     parser.add_argument('--epochs-joint', type=int, help='override the preset')
     parser.add_argument('--batchsize', type=int, help='override the preset')
-    parser.add_argument('--n-train', type=int, help='use the first N training samples')
-    parser.add_argument('--n-test', type=int, help='use the first N test samples')
+    parser.add_argument('--n-train', type=int,
+                        help='use N training samples, class-balanced: the first samples of '
+                        'each class in turn')
+    parser.add_argument('--n-test', type=int,
+                        help='use N test samples, class-balanced as --n-train')
     parser.add_argument('--n-timing', type=int,
                         help='time and screen on the first N test samples (default all)')
     parser.add_argument('--timing-repeats', type=int, metavar='R',

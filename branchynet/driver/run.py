@@ -34,8 +34,8 @@ from branchynet.training import checkpoint, loop as training
 from branchynet.devices import device_label, gpu_usable, resolve_device
 from branchynet.io.fileio import save_dill, save_npz
 from branchynet.validation import InputError, InvalidValue, validate_count, validate_seed
-from branchynet.driver.stages import (calibrate_and_compare, exit_accuracies, held_out_halves,
-                                       log, split_validation, time_and_screen)
+from branchynet.driver.stages import (balanced_head, calibrate_and_compare, exit_accuracies,
+                                       held_out_halves, log, split_validation, time_and_screen)
 
 DATASETS = ('mnist', 'cifar10', 'pcifar10', 'mnist32')
 
@@ -125,10 +125,12 @@ def load_dataset(config, dataset_module=None):
         if classes > config['num_classes']:
             raise InvalidValue('{} has {} classes; this network has {} outputs'.format(
                 source, classes, config['num_classes']))
-    if config.get('n_train'):
-        x_train, y_train = x_train[:config['n_train']], y_train[:config['n_train']]
+    if config.get('n_train'):  # class-balanced, from the front of each class
+        keep = balanced_head(y_train, config['n_train'])
+        x_train, y_train = x_train[keep], y_train[keep]
     if config.get('n_test'):
-        x_test, y_test = x_test[:config['n_test']], y_test[:config['n_test']]
+        keep = balanced_head(y_test, config['n_test'])
+        x_test, y_test = x_test[keep], y_test[keep]
     return x_train, y_train, x_test, y_test
 
 

@@ -318,6 +318,27 @@ def compile_numba_engine(net, name, label='CPU'):
             beat.join()
 
 
+def balanced_head(y, n):
+    """Indices (ascending) of ``n`` samples taken from the front of each class
+    in turn: ``n // k`` of each of the ``k`` classes (one more of the
+    first ``n % k`` classes by label), a class with too few samples leaving
+    its share to the others. The presets' subsets (``--n-train``, ``--n-test``)
+    are these, so they are class-balanced even where a dataset's first
+    samples are not; with ``n >= len(y)`` every sample, in order."""
+    y = numpy.asarray(y)
+    if n >= len(y):
+        return numpy.arange(len(y))
+    classes = numpy.unique(y)
+    members = [numpy.flatnonzero(y == c) for c in classes]
+    rank = numpy.empty(len(y), numpy.int64)  # a sample's place within its class
+    for idx in members:
+        rank[idx] = numpy.arange(len(idx))
+    label_order = numpy.searchsorted(classes, y)
+    # round r takes the r-th sample of every class that has one, by label
+    order = numpy.lexsort((label_order, rank))
+    return numpy.sort(order[:n])
+
+
 def split_validation(x_train, y_train, n_val, seed):
     """Hold out ``n_val`` training samples for calibration: a seeded split
     stratified by class (scikit-learn's ``train_test_split``), so the held-out

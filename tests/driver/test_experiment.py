@@ -154,3 +154,27 @@ def test_validation_split_keeps_the_class_mix_and_is_seeded():
     assert split_validation(x, y, 200, seed=4)[4] == val != split_validation(x, y, 200, seed=5)[4]
     # fewer held-out samples than classes: still a seeded split of the asked size
     assert len(split_validation(x, y, 5, seed=0)[4]) == 5
+
+
+def test_presets_subsets_are_class_balanced_and_keep_the_data_order():
+    balanced_head = stages.balanced_head
+    y = numpy.array([0, 0, 0, 0, 1, 2, 2, 2, 1, 0])
+    assert balanced_head(y, 5).tolist() == [0, 1, 4, 5, 8]      # 2, 2, 1: class 1 has 2
+    assert balanced_head(y, 7).tolist() == [0, 1, 2, 4, 5, 6, 8]  # class 1's share passes on
+    assert balanced_head(y, 99).tolist() == list(range(10))
+    grouped = numpy.repeat(numpy.arange(10), 100)   # sorted by class, as an image folder
+    counts = numpy.bincount(grouped[balanced_head(grouped, 95)], minlength=10)
+    assert counts.tolist() == [10] * 5 + [9] * 5
+
+
+def test_the_n_train_subset_of_a_dataset_holds_every_class(tmp_path):
+    rng = numpy.random.RandomState(0)
+    y = numpy.sort(rng.randint(0, 4, 200)).astype(numpy.int32)  # grouped by class
+    x = rng.rand(200, 1, 4, 4).astype(numpy.float32)
+    path = str(tmp_path / 'grouped.npz')
+    numpy.savez(path, train_x=x, train_y=y, test_x=x[:40], test_y=y[:40])
+    config = {'dataset_path': path, 'num_classes': 4, 'n_train': 40, 'n_test': 20,
+              'network': None}
+    x_train, y_train, x_test, y_test = experiment.load_dataset(config)
+    assert numpy.bincount(y_train).tolist() == [10, 10, 10, 10]
+    assert len(y_test) == 20
