@@ -3,7 +3,7 @@ ONNX Runtime's two forms included: the run's weights, its knee and
 calibrated thresholds, its timed test images.
 
     python benchmarks/recorded_rows.py results/paper/RUN [--repeats R]
-        [--samples N] [--threads T] [--no-chainer]
+        [--samples N] [--threads T] [--no-chainer] [--target-accuracy PCT]
 
 Reads ``RUN/<network>_results.json`` and ``RUN/<network>.npz`` as the run
 wrote them and loads the run's data the way it did (CIFAR-10 networks: the
@@ -18,6 +18,12 @@ checked against ``net.predict`` on the timed images. Printed per path and
 setting: the median ms per sample with the fastest and slowest round, the
 gain (baseline median / setting median, with the range from the baseline's
 fastest over the setting's slowest to the reverse), accuracy and exit shares.
+
+``--target-accuracy PCT`` adds a setting the run did not record: entropy
+thresholds calibrated on the run's held-out training images (its
+``val_indices``) to the cheapest setting, in multiply-adds, whose accuracy
+there is at least PCT % (e.g. the paper's), as the driver's calibrated row
+is chosen for the baseline's accuracy.
 """
 import argparse
 import glob
@@ -76,6 +82,30 @@ def timed_images(results):
     return x_test[:n], y_test[:n]
 
 
+def held_out_images(results):
+    """The run's held-out training images and labels (its calibration split)."""
+    from branchynet.driver import run
+    x_train, y_train, _, _ = run.load_dataset(dict(results['config']))
+    index = numpy.asarray(results['data'].get('val_indices') or [], dtype=numpy.int64)
+    if not len(index):
+        raise SystemExit('recorded_rows: the run held out no training images (--n-val 0); '
+                         '--target-accuracy needs them')
+    return x_train[index], y_train[index]
+
+
+def thresholds_at(net, x_val, y_val, path_macs, target_pct):
+    """Entropy thresholds reaching ``target_pct`` % on ``(x_val, y_val)`` at the
+    least expected multiply-adds, and the validation accuracy they give."""
+    from branchynet.evaluation import calibration, screening
+    scores, preds = screening.outputs_from_logits(net.get_logits(x_val), 'entropy')
+    cal = calibration.calibrate_thresholds(scores, preds, y_val, path_macs,
+                                           target_acc=target_pct / 100.)
+    if not cal['met']:
+        raise SystemExit('recorded_rows: no thresholds reach {} % on the held-out images '
+                         '(at most {:.2f} %)'.format(target_pct, 100 * cal['acc']))
+    return [float(t) for t in cal['thresholds']], float(cal['acc'])
+
+
 def check_engines(net, paths, x, settings):
     """Every engine's labels and exits equal ``net.predict``'s on ``x``."""
     for label, ts in settings.items():
@@ -120,9 +150,15 @@ def main():
                    help='time on the first N of the run\'s timed images')
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--no-chainer', action='store_true', help='leave the Chainer path out')
+    p.add_argument('--target-accuracy', type=float, metavar='PCT', default=None,
+                   help='also time thresholds calibrated on the run\'s held-out images to '
+                   'reach PCT %% there (e.g. the paper\'s accuracy)')
     args = p.parse_args()
     if args.repeats < 1:
         p.error('--repeats must be >= 1')
+    if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
+        p.error('--target-accuracy is a percentage in (0, 100], got {}'.format(
+            args.target_accuracy))
     import branchynet  # noqa: F401
     from branchynet.engines.numba import processor
     from branchynet.io import fileio
@@ -133,6 +169,14 @@ def main():
     fileio.load_npz(weights, net)
     net.testing()
     settings = settings_of(results)
+    if args.target_accuracy is not None:
+        x_val, y_val = held_out_images(results)
+        ts, val_acc = thresholds_at(net, x_val, y_val, results['costs']['path_macs'],
+                                    args.target_accuracy)
+        label = 'at {:g}%'.format(args.target_accuracy)
+        settings[label] = ts
+        print('{}: T={} from {} held-out images (their accuracy {:.2f} %)'.format(
+            label, ts, len(y_val), 100 * val_acc))
     x, y = timed_images(results)
     if args.samples:
         x, y = x[:args.samples], y[:args.samples]

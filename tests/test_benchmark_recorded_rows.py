@@ -27,3 +27,24 @@ def test_the_knee_and_calibrated_thresholds_are_the_runs(recorded_rows):
 def test_a_folder_without_a_run_is_named(recorded_rows, tmp_path):
     with pytest.raises(SystemExit, match='holds 0 \\*_results.json files'):
         recorded_rows.read_run(str(tmp_path))
+
+
+
+def test_thresholds_at_a_target_accuracy_reach_it_on_the_held_out_images(recorded_rows):
+    import numpy
+    from tests.helpers import make_three_exit_net
+    net = make_three_exit_net()
+    net.testing()
+    rng = numpy.random.RandomState(0)
+    x = rng.rand(200, 1, 8, 8).astype(numpy.float32)
+    y = net.predict(x, [0., 0.])[0].copy()  # labels the last exit gets right ...
+    y[::4] = (y[::4] + 1) % 5                # ... but for a quarter of the samples
+    macs = [1., 4., 10.]
+    ts, acc = recorded_rows.thresholds_at(net, x, y, macs, 75.)
+    assert acc >= 0.75
+    labels, exits = net.predict(x, ts)
+    assert numpy.isclose((labels == y).mean(), acc)
+    ts_low, _ = recorded_rows.thresholds_at(net, x, y, macs, 1.)
+    assert (net.predict(x, ts_low)[1] < 2).all()  # a low target: nobody needs the last exit
+    with pytest.raises(SystemExit, match='no thresholds reach 99.0 %'):
+        recorded_rows.thresholds_at(net, x, y, macs, 99.)
