@@ -61,7 +61,8 @@ def settings_of(results, device='CPU'):
     for row in results['tables'].get(device, []):
         if row.get('Thrshld. T'):
             label = 'calibrated' if row['Network'].endswith('(calibrated)') else 'knee'
-            out[label] = [float(t) for t in row['Thrshld. T']]
+            # the record writes an infinite threshold (everyone leaves) as null
+            out[label] = [float('inf') if t is None else float(t) for t in row['Thrshld. T']]
     return out
 
 

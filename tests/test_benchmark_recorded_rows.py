@@ -48,3 +48,11 @@ def test_thresholds_at_a_target_accuracy_reach_it_on_the_held_out_images(recorde
     assert (net.predict(x, ts_low)[1] < 2).all()  # a low target: nobody needs the last exit
     with pytest.raises(SystemExit, match='no thresholds reach 99.0 %'):
         recorded_rows.thresholds_at(net, x, y, macs, 99.)
+
+
+def test_an_infinite_threshold_recorded_as_null_reads_back_as_infinity(recorded_rows):
+    results = {'tables': {'CPU': [
+        {'Network': 'AlexNet', 'Thrshld. T': None},
+        {'Network': 'B-AlexNet (calibrated)', 'Thrshld. T': [0.93, None]}]}}
+    assert recorded_rows.settings_of(results) == {'baseline': None,
+                                                  'calibrated': [0.93, float('inf')]}
