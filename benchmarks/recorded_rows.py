@@ -212,7 +212,8 @@ def main():
                   '{:>8.2f} {:>20s} {:>8.2f}x'.format(
                       name_, label, numpy.median(t), t.min(), t.max(), gain,
                       base.min() / t.max(), base.max() / t.min(), 100 * m['acc'], shares, limit))
-            out['{}_{}_ms'.format(name_, label)] = round(float(numpy.median(t)), 4)
+            key = label.replace(' ', '_').replace('%', 'pct')  # 'at 79.19%' -> at_79.19pct
+            out['{}_{}_ms'.format(name_, key)] = round(float(numpy.median(t)), 4)
     print('load average at the end {:.1f}'.format(load()))
     summary(**out)
 
