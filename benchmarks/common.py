@@ -164,6 +164,16 @@ def summary(**values):
                    for k, v in values.items()))
 
 
+def same_as_predict(net, engine, x, thresholds, want=None):
+    """Whether ``engine``, asked one sample at a time (batch size 1), gives
+    exactly ``net.predict``'s labels and exits on ``x`` at ``thresholds``.
+    ``want``: ``net.predict(x, thresholds)`` where already computed."""
+    labels, exits = net.predict(x, thresholds) if want is None else want
+    got = [engine.predict(x[i:i + 1], thresholds) for i in range(len(x))]
+    return (numpy.array_equal(numpy.concatenate([g[0] for g in got]), labels) and
+            numpy.array_equal(numpy.concatenate([g[1] for g in got]), exits))
+
+
 def best_latencies(net, x, y, paths, settings, rounds):
     """Batch-1 ms per sample, end to end, of every path (``(name, engine)``) under
     every setting (``name -> thresholds``, None for the main network): the

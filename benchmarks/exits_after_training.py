@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import load, path_threads, summary  # noqa: E402
+from common import load, path_threads, same_as_predict, summary  # noqa: E402
 
 import numpy  # noqa: E402
 
@@ -152,10 +152,7 @@ def main():
         100 * acc, 100 * main_test, ' / '.join('{:.1f}'.format(100 * s) for s in shares)))
 
     x, y = x_test[:n_timing], y_test[:n_timing]
-    want = placed.predict(x, ts)
-    got = [engine.predict(x[i:i + 1], ts) for i in range(len(x))]
-    same = (numpy.array_equal(numpy.concatenate([g[0] for g in got]), want[0]) and
-            numpy.array_equal(numpy.concatenate([g[1] for g in got]), want[1]))
+    same = same_as_predict(placed, engine, x, ts)
     print('numba labels and exits {} net.predict\'s on the timed images'.format(
         'equal' if same else 'DIFFER FROM'))
     if not same:

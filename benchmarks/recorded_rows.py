@@ -34,7 +34,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import blas_threads, engines, load, path_threads, summary  # noqa: E402
+from common import (blas_threads, engines, load, path_threads, same_as_predict,  # noqa: E402
+                    summary)
 
 import numpy  # noqa: E402
 
@@ -112,13 +113,11 @@ def check_engines(net, paths, x, settings):
     for label, ts in settings.items():
         if ts is None:
             continue
-        labels, exits = net.predict(x, ts)
+        want = net.predict(x, ts)
         for name, engine in paths:
             if name == 'chainer':
                 continue
-            got = [engine.predict(x[i:i + 1], ts) for i in range(len(x))]
-            same = (numpy.array_equal(numpy.concatenate([g[0] for g in got]), labels) and
-                    numpy.array_equal(numpy.concatenate([g[1] for g in got]), exits))
+            same = same_as_predict(net, engine, x, ts, want)
             print('  {} at {}: labels and exits {} net.predict\'s'.format(
                 name, label, 'equal' if same else 'DIFFER FROM'))
             if not same:
