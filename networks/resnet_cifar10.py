@@ -17,7 +17,7 @@ import chainer.links as L
 import numpy
 
 from branchynet import FL, Branch, BranchyNet
-from branchynet.links.cpukernels import batch_norm, run_layer
+from branchynet.links.cpukernels import batch_norm, residual_shortcut, run_layer
 
 INPUT_SHAPE = (3, 32, 32)
 BLOCKS_PER_STAGE = 18
@@ -97,13 +97,7 @@ class ResBlock(chainer.Chain):
         # the CPU training kernels where they apply (links.cpukernels)
         h = batch_norm(self.bn1, run_layer(self.conv1, x), relu=True)
         h = run_layer(self.conv2, h)
-        shortcut = x
-        if self.stride != 1:
-            shortcut = F.average_pooling_2d(shortcut, 1, self.stride)
-        if self.out_channels != self.in_channels:
-            n, c, hh, ww = shortcut.shape
-            pad = self.xp.zeros((n, self.out_channels - c, hh, ww), dtype=shortcut.dtype)
-            shortcut = F.concat((shortcut, pad), axis=1)
+        shortcut = residual_shortcut(x, self.stride, self.out_channels)
         return batch_norm(self.bn2, h, relu=True, shortcut=shortcut)
 
     def to_fast(self, compiler):

@@ -13,6 +13,8 @@ route a layer in training mode to:
   gradient where nothing needs it;
 * ``batchnorm``: batch normalisation with one gamma per channel;
 * ``maxpool``: max pooling called through ``FL``;
+* ``shortcut``: the residual shortcut that subsamples and zero-pads
+  (``residual_shortcut``, as in ``ResBlock``);
 
 and to the layer itself otherwise, and always in test mode. They compute the
 same functions as Chainer's (output sizes, ``cover_all``, tie-breaking at the
@@ -31,6 +33,7 @@ from branchynet.links.batchnorm import (batch_normalization as _fused_batch_norm
                                        usable as _bn_usable)
 from branchynet.links.directconv import DirectConvolution2D, usable as _direct_usable
 from branchynet.links.maxpool import MaxPooling2DCPU, out_size
+from branchynet.links.shortcut import shortcut as _shortcut, usable as _shortcut_usable
 
 
 class Convolution2DCPU(chainer.Function):
@@ -181,3 +184,22 @@ def batch_norm(link, x, relu=False, shortcut=None):
     if shortcut is not None:
         h = h + shortcut
     return F.relu(h) if relu else h
+
+
+def residual_shortcut(x, stride, channels):
+    """A residual block's shortcut: ``x`` average-pooled with a window of 1 and
+    ``stride`` (every ``stride``-th pixel) and zero-padded to ``channels``
+    channels; ``x`` itself where neither changes anything. One strided copy
+    each way in training mode where it applies, else Chainer's functions."""
+    n, c = x.shape[:2]
+    if stride == 1 and channels == c:
+        return x
+    if chainer.config.train and _enabled and _shortcut_usable(x, stride, channels):
+        return _shortcut(x, stride, channels)
+    if stride != 1:
+        x = F.average_pooling_2d(x, 1, stride)
+    if channels != c:
+        xp = chainer.backend.get_array_module(x)
+        pad = xp.zeros((n, channels - c) + x.shape[2:], dtype=x.dtype)
+        x = F.concat((x, pad), axis=1)
+    return x
