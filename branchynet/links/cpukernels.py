@@ -12,7 +12,7 @@ route a layer in training mode to:
   padded input straight into GEMM layout (one copy) and skips the input
   gradient where nothing needs it;
 * ``batchnorm``: batch normalisation with one gamma per channel;
-* ``maxpool``: max pooling called through ``FL``;
+* ``maxpool`` and ``avgpool``: max and average pooling called through ``FL``;
 * ``shortcut``: the residual shortcut that subsamples and zero-pads
   (``residual_shortcut``, as in ``ResBlock``);
 
@@ -29,6 +29,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
+from branchynet.links.avgpool import average_pooling_2d as _average_pooling_2d
 from branchynet.links.batchnorm import (batch_normalization as _fused_batch_normalization,
                                        usable as _bn_usable)
 from branchynet.links.directconv import DirectConvolution2D, usable as _direct_usable
@@ -115,20 +116,28 @@ def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):
     return MaxPooling2DCPU(_pair(ksize), _pair(stride), _pair(pad), cover_all)(x)
 
 
+#: the arguments of each pooling function ``run_layer`` takes, in order
+_POOL_ARGUMENTS = {F.max_pooling_2d: ('ksize', 'stride', 'pad', 'cover_all'),
+                   F.average_pooling_2d: ('ksize', 'stride', 'pad')}
+
+
 def _pool_arguments(layer):
-    """``(ksize, stride, pad, cover_all)`` of an ``FL(F.max_pooling_2d, ...)``, else None."""
-    if getattr(layer, 'fn', None) is not F.max_pooling_2d:
+    """``(function, ksize, stride, pad, cover_all)`` of an ``FL(F.max_pooling_2d,
+    ...)`` or ``FL(F.average_pooling_2d, ...)`` (``cover_all`` None for the
+    latter), else None."""
+    fn = getattr(layer, 'fn', None)
+    names = _POOL_ARGUMENTS.get(fn) if callable(fn) else None
+    if names is None:
         return None
-    names = ('ksize', 'stride', 'pad', 'cover_all')
     given = dict(zip(names, layer.args))
     if len(layer.args) > len(names) or set(given) & set(layer.kwargs) or \
-            not set(layer.kwargs) <= set(names) or 'return_indices' in layer.kwargs:
+            not set(layer.kwargs) <= set(names):
         return None
     given.update(layer.kwargs)
     if 'ksize' not in given:
         return None
-    return (given['ksize'], given.get('stride'), given.get('pad', 0),
-            given.get('cover_all', True))
+    cover_all = given.get('cover_all', True) if fn is F.max_pooling_2d else None
+    return fn, given['ksize'], given.get('stride'), given.get('pad', 0), cover_all
 
 
 #: ``BRANCHYNET_CPU_KERNELS=0`` starts a process with Chainer's own functions.
@@ -171,7 +180,10 @@ def run_layer(layer, x):
         return convolution_2d(x, layer.W, layer.b, layer.stride, layer.pad)
     if type(layer) is L.BatchNormalization:
         return _fused_batch_normalization(layer, x)
-    ksize, stride, pad, cover_all = _pool_arguments(layer)
+    fn, ksize, stride, pad, cover_all = _pool_arguments(layer)
+    if fn is F.average_pooling_2d:
+        stride = ksize if stride is None else stride
+        return _average_pooling_2d(x, _pair(ksize), _pair(stride), _pair(pad))
     return max_pooling_2d(x, ksize, stride, pad, cover_all)
 
 
