@@ -25,6 +25,7 @@ from branchynet.measures import confidence
 from branchynet.engines.base import DEFAULT_BATCHSIZE, ChainerEngine
 from branchynet.links import FL, Branch, Net
 from branchynet.measures.timing import synchronize
+from branchynet.training.adam import Adam
 from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
                                    validate_inputs, validate_labels,
                                    validate_thresholds, validate_weights)
@@ -296,7 +297,7 @@ class BranchyNet(chainer.Chain):
     def ensure_optimizer(self):
         if self.optimizer is None:
             if self.opt == 'Adam':
-                optimizer = chainer.optimizers.Adam(alpha=self.alpha)
+                optimizer = Adam(alpha=self.alpha)
                 optimizer.setup(self)
             else:
                 optimizer = chainer.optimizers.MomentumSGD(lr=self.lr, momentum=self.momentum)

@@ -144,6 +144,11 @@ def _pool_arguments(layer):
 _enabled = os.environ.get('BRANCHYNET_CPU_KERNELS', '1') not in ('0', 'off', 'false')
 
 
+def enabled():
+    """Whether the kernels are on (``BRANCHYNET_CPU_KERNELS``, ``disabled()``)."""
+    return _enabled
+
+
 @contextlib.contextmanager
 def disabled():
     """Run Chainer's own functions everywhere inside the block (for comparisons)."""

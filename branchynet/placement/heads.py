@@ -34,6 +34,7 @@ import numpy
 from branchynet.links import FL
 from branchynet.placement.trunk import count_macs
 from branchynet.progress import Progress
+from branchynet.training.adam import Adam
 from branchynet.validation import InvalidValue, as_labels, validate_inputs
 
 KINDS = ('auto', 'pool-linear', 'linear', 'conv-pool-linear', 'mlp')
@@ -141,7 +142,7 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
                            '{}'.format(classes - 1, classes, int(y.min()), int(y.max())))
     chains = [chainer.Sequential(*links) for links in heads]
     model = chainer.ChainList(*chains)
-    optimizer = chainer.optimizers.Adam(alpha=alpha)
+    optimizer = Adam(alpha=alpha)
     optimizer.setup(model)
     cached = len(x) * _feature_bytes(trunk, points) <= cache_bytes
     feats = None

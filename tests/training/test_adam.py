@@ -1,0 +1,75 @@
+"""The one-pass Adam update gives Chainer's Adam's results to the last bit."""
+import numpy
+from hypothesis import given, settings, strategies as st
+
+import branchynet  # noqa: F401
+import chainer
+import chainer.links as L
+
+from branchynet.training import adam
+
+
+def _steps(optimizer_class, shapes, hyper, grads):
+    link = chainer.ChainList(*[L.Linear(2, 2) for _ in shapes])  # parameters replaced below
+    params = []
+    for child, shape in zip(link, shapes):
+        child.W = chainer.Parameter(numpy.linspace(-1, 1, int(numpy.prod(shape)),
+                                                  dtype=numpy.float32).reshape(shape))
+        params.append(child.W)
+    optimizer = optimizer_class(**hyper)
+    optimizer.setup(link)
+    for step in grads:
+        link.cleargrads()
+        for p, g in zip(params, step):
+            p.grad = g.copy()
+        optimizer.update()
+    rules = [p.update_rule for p in params]
+    return [p.array for p in params] + [r.state[k] for r in rules for k in ('m', 'v')], optimizer
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(1, 7), st.integers(1, 9)), min_size=1, max_size=3),
+       alpha=st.sampled_from([1e-3, 0.1]), beta1=st.sampled_from([0.9, 0.5]),
+       beta2=st.sampled_from([0.999, 0.9]), eps=st.sampled_from([1e-8, 1e-3]),
+       eta=st.sampled_from([1.0, 0.5]), weight_decay_rate=st.sampled_from([0.0, 1e-2]),
+       steps=st.integers(1, 4), scale=st.sampled_from([1e-6, 1.0, 1e4]), seed=st.integers(0, 99))
+def test_updates_equal_chainers_bit_for_bit(shapes, alpha, beta1, beta2, eps, eta,
+                                            weight_decay_rate, steps, scale, seed):
+    rng = numpy.random.RandomState(seed)
+    grads = [[(rng.randn(*s) * scale).astype(numpy.float32) for s in shapes]
+             for _ in range(steps)]
+    hyper = dict(alpha=alpha, beta1=beta1, beta2=beta2, eps=eps, eta=eta,
+                 weight_decay_rate=weight_decay_rate)
+    ours, optimizer = _steps(adam.Adam, shapes, hyper, grads)
+    theirs, _ = _steps(chainer.optimizers.Adam, shapes, hyper, grads)
+    assert all(isinstance(p.update_rule, adam.AdamRule) for p in optimizer.target.params())
+    assert adam._kernel  # the one-pass update ran
+    for a, b in zip(ours, theirs):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_amsgrad_goes_to_chainers_update():
+    grads = [[numpy.full((2, 3), .5, numpy.float32)]] * 2
+    ours, _ = _steps(adam.Adam, [(2, 3)], dict(amsgrad=True), grads)
+    theirs, _ = _steps(chainer.optimizers.Adam, [(2, 3)], dict(amsgrad=True), grads)
+    for a, b in zip(ours, theirs):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_snapshot_keys_are_chainers():
+    grads = [[numpy.ones((2, 2), numpy.float32)]]
+    _, ours = _steps(adam.Adam, [(2, 2)], {}, grads)
+    _, theirs = _steps(chainer.optimizers.Adam, [(2, 2)], {}, grads)
+    mine, chainers = {}, {}
+    chainer.serializers.DictionarySerializer(mine).save(ours)
+    chainer.serializers.DictionarySerializer(chainers).save(theirs)
+    assert sorted(mine) == sorted(chainers)
+
+
+def test_kernels_off_is_chainers_update(monkeypatch):
+    from branchynet.links import cpukernels
+    calls = []
+    monkeypatch.setattr(adam, '_compiled', lambda: calls.append(1))
+    with cpukernels.disabled():
+        _steps(adam.Adam, [(2, 2)], {}, [[numpy.ones((2, 2), numpy.float32)]])
+    assert not calls
