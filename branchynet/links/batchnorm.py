@@ -10,11 +10,13 @@ the scaled copy, the addition, ReLU, each again in the backward pass). The
 link's running statistics are updated as Chainer's function updates them
 (``decay``, the unbiased variance ``m / (m - 1)``).
 
-Channel sums are accumulated in float64, reassociated so that they vectorise
-(Chainer sums float32 pairwise), so results agree with Chainer's to float32
-rounding. The backward pass computes
-the input, ``gamma``, ``beta`` (and shortcut) gradients directly: no double
-backpropagation.
+A channel's sums are float32 sums of each sample's row (vectorised,
+reassociated), added up in float64 (Chainer sums float32 pairwise), so
+results agree with Chainer's to float32 rounding. The forward pass keeps a
+byte per value saying where the output was positive: ReLU's gradient reads
+it instead of the four-byte output. The backward pass computes the input,
+``gamma``, ``beta`` (and, where a shortcut was added, its) gradients
+directly: no double backpropagation.
 """
 import chainer
 import numpy
@@ -34,57 +36,72 @@ def _compiled():
                      fastmath={'reassoc', 'contract', 'nsz', 'arcp'})
 
     @jit
-    def forward(x, gamma, beta, eps, relu, shortcut, use_shortcut, y, mean, variance,
+    def forward(x, gamma, beta, eps, relu, shortcut, use_shortcut, y, mask, mean, variance,
                 inv_std, c0, c1):
         n, _, p = x.shape
         m = n * p
         for c in range(c0, c1):
             s = 0.0
-            for i in range(n):
+            for i in range(n):  # float32 sums of a row, added up in float64
+                r = numpy.float32(0)
                 for j in range(p):
-                    s += x[i, c, j]
+                    r += x[i, c, j]
+                s += r
             mu = s / m
+            mu32 = numpy.float32(mu)
             v = 0.0
             for i in range(n):
+                r = numpy.float32(0)
                 for j in range(p):
-                    d = x[i, c, j] - mu
-                    v += d * d
+                    d = x[i, c, j] - mu32
+                    r += d * d
+                v += r
             var = numpy.float32(v / m)
             istd = numpy.float32(1.0) / numpy.sqrt(var + numpy.float32(eps))
             mean[c], variance[c], inv_std[c] = mu, v / m, istd
-            mu32 = numpy.float32(mu)
             g, b = gamma[c] * istd, beta[c]
             for i in range(n):
                 for j in range(p):
                     out = (x[i, c, j] - mu32) * g + b
                     if use_shortcut:
                         out += shortcut[i, c, j]
-                    if relu and out < 0:
-                        out = numpy.float32(0)
+                    if relu:
+                        positive = out > 0
+                        mask[i, c, j] = positive
+                        if not positive:
+                            out = numpy.float32(0)
                     y[i, c, j] = out
 
     @jit
-    def backward(x, y, gy, gamma, mean, inv_std, relu, gx, ggamma, gbeta, gpass, c0, c1):
+    def backward(x, mask, gy, gamma, mean, inv_std, relu, gx, ggamma, gbeta, gpass, keep_pass,
+                 c0, c1):
         n, _, p = x.shape
         m = n * p
         for c in range(c0, c1):
             mu, istd = numpy.float32(mean[c]), inv_std[c]
             sb, sg = 0.0, 0.0
             for i in range(n):
+                rb, rg = numpy.float32(0), numpy.float32(0)
                 for j in range(p):
                     g = gy[i, c, j]
-                    if relu and y[i, c, j] <= 0:
+                    if relu and not mask[i, c, j]:
                         g = numpy.float32(0)
-                    gpass[i, c, j] = g
-                    sb += g
-                    sg += g * ((x[i, c, j] - mu) * istd)
+                    if keep_pass:
+                        gpass[i, c, j] = g
+                    rb += g
+                    rg += g * ((x[i, c, j] - mu) * istd)
+                sb += rb
+                sg += rg
             gb, gg = numpy.float32(sb), numpy.float32(sg)
             gbeta[c], ggamma[c] = gb, gg
             scale = gamma[c] * istd
             for i in range(n):
                 for j in range(p):
+                    g = gy[i, c, j]
+                    if relu and not mask[i, c, j]:
+                        g = numpy.float32(0)
                     x_hat = (x[i, c, j] - mu) * istd
-                    gx[i, c, j] = scale * (gpass[i, c, j] - (x_hat * gg + gb) / m)
+                    gx[i, c, j] = scale * (g - (x_hat * gg + gb) / m)
 
     _kernels.update(forward=forward, backward=backward)
     return forward, backward
@@ -101,13 +118,16 @@ class BatchNormalizationCPU(chainer.FunctionNode):
         x, gamma, beta = inputs[:3]
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)
-        shortcut = numpy.ascontiguousarray(inputs[3]).reshape(n, c, -1) if len(inputs) == 4 else x3
+        has_shortcut = len(inputs) == 4
+        shortcut = numpy.ascontiguousarray(inputs[3]).reshape(n, c, -1) if has_shortcut else x3
         y = numpy.empty_like(x3)
+        # where the output is positive (one byte a value), for ReLU's gradient
+        mask = numpy.empty(x3.shape if self.relu else (0, 0, 0), numpy.bool_)
         mean, variance = numpy.empty(c, numpy.float64), numpy.empty(c, numpy.float64)
         inv_std = numpy.empty(c, numpy.float32)
         forward, _ = _compiled()
         run_split(forward, c, x3, gamma, beta, self.eps, self.relu, shortcut,
-                       len(inputs) == 4, y, mean, variance, inv_std)
+                  has_shortcut, y, mask, mean, variance, inv_std)
         if self.running is not None:
             avg_mean, avg_var = self.running
             m = x3.shape[0] * x3.shape[2]
@@ -115,7 +135,7 @@ class BatchNormalizationCPU(chainer.FunctionNode):
             avg_mean += (1 - self.decay) * mean.astype(numpy.float32)
             avg_var *= self.decay
             avg_var += (1 - self.decay) * (m / max(m - 1., 1.)) * variance.astype(numpy.float32)
-        self.x3, self.y, self.mean, self.inv_std = x3, y, mean, inv_std
+        self.x3, self.mask, self.mean, self.inv_std = x3, mask, mean, inv_std
         self.retain_inputs((1,))
         return y.reshape(x.shape),
 
@@ -123,13 +143,17 @@ class BatchNormalizationCPU(chainer.FunctionNode):
         gamma, = self.get_retained_inputs()
         gy = numpy.ascontiguousarray(grad_outputs[0].array).reshape(self.x3.shape)
         c = gy.shape[1]
-        gx, gpass = numpy.empty_like(gy), numpy.empty_like(gy)
+        keep_pass = 3 in indexes  # the shortcut's gradient: the one after ReLU
+        gx = numpy.empty_like(gy)
+        gpass = numpy.empty_like(gy) if keep_pass else numpy.empty((0, 0, 0), gy.dtype)
         ggamma, gbeta = numpy.empty(c, numpy.float32), numpy.empty(c, numpy.float32)
         _, backward = _compiled()
-        run_split(backward, c, self.x3, self.y, gy, gamma.array, self.mean,
-                       self.inv_std, self.relu, gx, ggamma, gbeta, gpass)
+        run_split(backward, c, self.x3, self.mask, gy, gamma.array, self.mean,
+                  self.inv_std, self.relu, gx, ggamma, gbeta, gpass, keep_pass)
         shape = grad_outputs[0].shape
-        grads = {0: gx.reshape(shape), 1: ggamma, 2: gbeta, 3: gpass.reshape(shape)}
+        grads = {0: gx.reshape(shape), 1: ggamma, 2: gbeta}
+        if keep_pass:
+            grads[3] = gpass.reshape(shape)
         return tuple(chainer.Variable(grads[i]) for i in indexes)
 
 
