@@ -12,7 +12,8 @@ route a layer in training mode to:
   padded input straight into GEMM layout (one copy) and skips the input
   gradient where nothing needs it;
 * ``batchnorm``: batch normalisation with one gamma per channel;
-* ``maxpool`` and ``avgpool``: max and average pooling called through ``FL``;
+* ``maxpool``, ``avgpool`` and ``lrn``: max and average pooling and local
+  response normalisation called through ``FL``;
 * ``shortcut``: the residual shortcut that subsamples and zero-pads
   (``residual_shortcut``, as in ``ResBlock``);
 
@@ -33,6 +34,7 @@ from branchynet.links.avgpool import average_pooling_2d as _average_pooling_2d
 from branchynet.links.batchnorm import (batch_normalization as _fused_batch_normalization,
                                        usable as _bn_usable)
 from branchynet.links.directconv import DirectConvolution2D, usable as _direct_usable
+from branchynet.links.lrn import local_response_normalization as _local_response_normalization
 from branchynet.links.maxpool import MaxPooling2DCPU, out_size
 from branchynet.links.shortcut import shortcut as _shortcut, usable as _shortcut_usable
 
@@ -116,28 +118,32 @@ def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):
     return MaxPooling2DCPU(_pair(ksize), _pair(stride), _pair(pad), cover_all)(x)
 
 
-#: the arguments of each pooling function ``run_layer`` takes, in order
-_POOL_ARGUMENTS = {F.max_pooling_2d: ('ksize', 'stride', 'pad', 'cover_all'),
-                   F.average_pooling_2d: ('ksize', 'stride', 'pad')}
+#: the functions of ``FL`` layers ``run_layer`` takes: their arguments, in
+#: order, and the defaults of those that have one
+_FUNCTIONS = {
+    F.max_pooling_2d: (('ksize', 'stride', 'pad', 'cover_all'),
+                       {'stride': None, 'pad': 0, 'cover_all': True}),
+    F.average_pooling_2d: (('ksize', 'stride', 'pad'), {'stride': None, 'pad': 0}),
+    F.local_response_normalization: (('n', 'k', 'alpha', 'beta'),
+                                     {'n': 5, 'k': 2, 'alpha': 1e-4, 'beta': .75}),
+}
 
 
-def _pool_arguments(layer):
-    """``(function, ksize, stride, pad, cover_all)`` of an ``FL(F.max_pooling_2d,
-    ...)`` or ``FL(F.average_pooling_2d, ...)`` (``cover_all`` None for the
-    latter), else None."""
+def _function_arguments(layer):
+    """``(function, {argument: value})`` of an ``FL`` layer of one of
+    ``_FUNCTIONS`` called with arguments it takes, else None."""
     fn = getattr(layer, 'fn', None)
-    names = _POOL_ARGUMENTS.get(fn) if callable(fn) else None
-    if names is None:
+    if not callable(fn) or fn not in _FUNCTIONS:
         return None
+    names, defaults = _FUNCTIONS[fn]
     given = dict(zip(names, layer.args))
     if len(layer.args) > len(names) or set(given) & set(layer.kwargs) or \
             not set(layer.kwargs) <= set(names):
         return None
     given.update(layer.kwargs)
-    if 'ksize' not in given:
+    if not set(names) <= set(given) | set(defaults):
         return None
-    cover_all = given.get('cover_all', True) if fn is F.max_pooling_2d else None
-    return fn, given['ksize'], given.get('stride'), given.get('pad', 0), cover_all
+    return fn, dict(defaults, **given)
 
 
 #: ``BRANCHYNET_CPU_KERNELS=0`` starts a process with Chainer's own functions.
@@ -172,7 +178,7 @@ def applies(layer, x):
     if type(layer) is L.Convolution2D:
         return (layer.W.array is not None and layer.dilate == (1, 1) and layer.groups == 1
                 and layer.W.dtype == numpy.float32)
-    return _pool_arguments(layer) is not None
+    return _function_arguments(layer) is not None
 
 
 def run_layer(layer, x):
@@ -185,11 +191,13 @@ def run_layer(layer, x):
         return convolution_2d(x, layer.W, layer.b, layer.stride, layer.pad)
     if type(layer) is L.BatchNormalization:
         return _fused_batch_normalization(layer, x)
-    fn, ksize, stride, pad, cover_all = _pool_arguments(layer)
+    fn, a = _function_arguments(layer)
+    if fn is F.local_response_normalization:
+        return _local_response_normalization(x, a['n'], a['k'], a['alpha'], a['beta'])
+    stride = a['ksize'] if a['stride'] is None else a['stride']
     if fn is F.average_pooling_2d:
-        stride = ksize if stride is None else stride
-        return _average_pooling_2d(x, _pair(ksize), _pair(stride), _pair(pad))
-    return max_pooling_2d(x, ksize, stride, pad, cover_all)
+        return _average_pooling_2d(x, _pair(a['ksize']), _pair(stride), _pair(a['pad']))
+    return max_pooling_2d(x, a['ksize'], stride, a['pad'], a['cover_all'])
 
 
 def batch_norm(link, x, relu=False, shortcut=None):
