@@ -173,6 +173,18 @@ def knee_verdict(choice, row, path):
                                      'a loss' if slower else tables.WITHIN_NOISE))
 
 
+def near_chance_note(accuracy, labels):
+    """A note when the baseline's ``accuracy`` on ``labels`` is under twice
+    chance (one over the classes present): so little training that the
+    exits' gains say nothing about the network. None otherwise."""
+    classes = max(2, len(numpy.unique(numpy.asarray(labels))))
+    if accuracy >= 2. / classes:
+        return None
+    return ('the baseline\'s accuracy on the timed samples, {:.2f} %, is under twice chance '
+            '({:.1f} % for {} classes): too little training for these gains to describe the '
+            'network'.format(100 * accuracy, 100. / classes, classes))
+
+
 def fastest_path(net, engines, xs, ys, repeats=3):
     """The path a user would deploy: ``(path, {path: baseline ms})``.
 
@@ -224,6 +236,10 @@ def time_and_screen(net, name, title, config, x_test, y_test, label, out, costs_
     accs = [r['acc'] for r in records]
     ms = [r['ms_' + path] for r in records]
     base_acc = float((net.predict_main(xs) == numpy.asarray(ys)).mean())
+    chance = near_chance_note(base_acc, ys)
+    if chance:
+        notes = notes + [chance]
+        log('{}: {}'.format(label, chance))
     choice = tradeoff.choose_knee(accs, ms, base_acc, path_base_ms[path])
     knee = choice['index']
     ts = records[knee]['thresholds']

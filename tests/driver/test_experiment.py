@@ -178,3 +178,12 @@ def test_the_n_train_subset_of_a_dataset_holds_every_class(tmp_path):
     x_train, y_train, x_test, y_test = experiment.load_dataset(config)
     assert numpy.bincount(y_train).tolist() == [10, 10, 10, 10]
     assert len(y_test) == 20
+
+
+def test_a_baseline_near_chance_is_said_under_the_table():
+    labels = numpy.arange(40) % 10
+    note = stages.near_chance_note(0.075, labels)
+    assert '7.50 %' in note and '10.0 % for 10 classes' in note and 'too little training' in note
+    assert stages.near_chance_note(0.20, labels) is None  # twice chance: no note
+    assert stages.near_chance_note(0.45, labels) is None
+    assert '50.0 % for 2 classes' in stages.near_chance_note(0.9, numpy.zeros(5, int))
