@@ -169,3 +169,31 @@ def test_max_pooling_regressions_against_chainer():
         cpukernels.max_pooling_2d(numpy.zeros((1, 1, 3, 2), numpy.float32), 3, 1, 0,
                                   cover_all=False)
 
+
+
+def test_a_convolution_and_the_relu_after_it_run_as_one_node_within_a_slice():
+    from branchynet.links import directconv
+    numpy.random.seed(0)
+    net = Net([L.Convolution2D(8, 8, 3, pad=1), FL(F.relu), L.Convolution2D(8, 8, 3, pad=1),
+               FL(F.relu), FL(F.max_pooling_2d, 2)])
+    x = numpy.random.RandomState(0).randn(2, 8, 6, 6).astype(numpy.float32)
+    with chainer.using_config('train', True):
+        y = net(x, 0, 2)
+        assert isinstance(y.creator, directconv.DirectConvolution2D) and y.creator.relu
+        h = net(x, 0, 1)                 # the slice ends between the two: not fused
+        assert not h.creator.relu and net(h, 1, 2).creator_node.label == 'ReLU'
+        ours = net(x)
+        net.cleargrads()  # a new link's gradients start as NaN
+        ours.grad = numpy.ones_like(ours.array)
+        ours.backward()
+        got = [ours.array] + [p.grad.copy() for p in net.params()]
+        net.cleargrads()
+        with cpukernels.disabled():
+            theirs = net(x)
+        theirs.grad = numpy.ones_like(theirs.array)
+        theirs.backward()
+        want = [theirs.array] + [p.grad for p in net.params()]
+    for a, b in zip(got, want):
+        numpy.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1., abs(b).max()))
+    with chainer.using_config('train', False):  # test mode: Chainer's functions
+        assert net(x, 0, 2).creator_node.label == 'ReLU'

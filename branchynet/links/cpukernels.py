@@ -42,11 +42,14 @@ from branchynet.links.shortcut import shortcut as _shortcut, usable as _shortcut
 class Convolution2DCPU(chainer.Function):
     """``F.convolution_2d`` (no dilation, one group) as ``kh * kw`` slice copies
     and one GEMM, with channels first: the column matrix is ``(C*kh*kw, N*oh*ow)``,
-    so every copy moves whole rows and the products need no transposed copies."""
+    so every copy moves whole rows and the products need no transposed copies.
+    With ``relu``, followed by ``F.relu``: applied in the copy of the product
+    back to ``(N, C, H, W)``, its gradient in the copy the other way."""
 
-    def __init__(self, stride, pad):
+    def __init__(self, stride, pad, relu=False):
         self.sy, self.sx = stride
         self.ph, self.pw = pad
+        self.relu = relu
 
     def _slices(self, i, j, oh, ow):
         return (slice(None), slice(None), slice(i, i + self.sy * oh, self.sy),
@@ -70,7 +73,12 @@ class Convolution2DCPU(chainer.Function):
         if b is not None:
             y += b[:, None]
         self.shape = (n, c, h, w, oh, ow)
-        return numpy.ascontiguousarray(y.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)),
+        y = y.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
+        if not self.relu:
+            return numpy.ascontiguousarray(y),
+        self.retain_outputs((0,))
+        out = numpy.empty(y.shape, y.dtype)
+        return numpy.maximum(y, 0, out=out, dtype=y.dtype),  # F.relu's expression
 
     def _input_gradient(self, W, gy_t):
         """The input's gradient (skipped for an input that needs none, e.g. the images)."""
@@ -89,7 +97,13 @@ class Convolution2DCPU(chainer.Function):
         gy, = grad_outputs
         n, c, h, w, oh, ow = self.shape
         out_c, _, kh, kw = W.shape
-        gy_t = numpy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(out_c, -1)
+        if self.relu:  # ReLU's gradient (Chainer's gy * (y > 0)) in the transposed copy
+            gy_t = numpy.empty((out_c, n, oh, ow), gy.dtype)
+            numpy.multiply(gy.transpose(1, 0, 2, 3),
+                           (self.output_data[0] > 0).transpose(1, 0, 2, 3), out=gy_t)
+            gy_t = gy_t.reshape(out_c, -1)
+        else:
+            gy_t = numpy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(out_c, -1)
         gW = (gy_t @ self.col.T).reshape(W.shape)
         self.col = None
         gx = self._input_gradient(W, gy_t) if self.inputs[0].requires_grad else None
@@ -102,14 +116,15 @@ def _pair(v):
     return (v, v) if numpy.isscalar(v) else tuple(v)
 
 
-def convolution_2d(x, W, b=None, stride=1, pad=0):
-    """``F.convolution_2d`` on CPU arrays: stride 1 with channels in multiples
-    of 8 on the direct kernels (``directconv``), else ``Convolution2DCPU``."""
+def convolution_2d(x, W, b=None, stride=1, pad=0, relu=False):
+    """``F.convolution_2d`` on CPU arrays (then ``F.relu`` with ``relu``):
+    stride 1 with channels in multiples of 8 on the direct kernels
+    (``directconv``), else ``Convolution2DCPU``."""
     args = (x, W) if b is None else (x, W, b)
     stride, pad = _pair(stride), _pair(pad)
     if _direct_usable(x.shape, W.shape, stride, pad):
-        return DirectConvolution2D(pad).apply(args)[0]
-    return Convolution2DCPU(stride, pad)(*args)
+        return DirectConvolution2D(pad, relu).apply(args)[0]
+    return Convolution2DCPU(stride, pad, relu)(*args)
 
 
 def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):
@@ -198,6 +213,21 @@ def run_layer(layer, x):
     if fn is F.average_pooling_2d:
         return _average_pooling_2d(x, _pair(a['ksize']), _pair(stride), _pair(a['pad']))
     return max_pooling_2d(x, a['ksize'], stride, a['pad'], a['cover_all'])
+
+
+def fuses_with_relu(layer, following, x):
+    """Whether ``layer`` and the ``following`` one run as one node
+    (``run_convolution_relu``): a convolution ``run_layer`` takes, then
+    ``FL(F.relu)``, in training mode."""
+    return (chainer.config.train and type(layer) is L.Convolution2D
+            and getattr(following, 'fn', None) is F.relu and not following.args
+            and not following.kwargs and applies(layer, x))
+
+
+def run_convolution_relu(layer, x):
+    """``F.relu(layer(x))`` for a convolution where ``fuses_with_relu`` holds:
+    one node, the ReLU applied as the convolution's outputs are stored."""
+    return convolution_2d(x, layer.W, layer.b, layer.stride, layer.pad, relu=True)
 
 
 def batch_norm(link, x, relu=False, shortcut=None):

@@ -144,9 +144,16 @@ def forward_layout(out_width, bits):
     return 'pixels' if bits >= 512 and out_width % (2 * bits // 32) == 0 else 'channels'
 
 
-def _forward_tile(r, ob, first, geo, layout):
+def _stored(name, relu):
+    """The expression stored for the sum ``name``: itself, or ReLU of it."""
+    return '{0} if not {0} <= 0 else numpy.float32(0)'.format(name) if relu else name
+
+
+def _forward_tile(r, ob, first, geo, layout, relu=False):
     """Lines of one forward tile: ``r`` pixels from output column ``first``
-    (an expression) of row ``oy``, output channels ``o0 .. o0 + ob``."""
+    (an expression) of row ``oy``, output channels ``o0 .. o0 + ob``; with
+    ``relu``, each sum ``a`` is stored as ``numpy.maximum(a, 0)`` would give
+    it (``a`` where ``a > 0`` or NaN, else ``+0.0``)."""
     c_in, o_all, hp, wp, oh, ow, kh, kw = geo
     lines = ['a{}_{} = b[o0 + {}]'.format(i, j, j) for i in range(r) for j in range(ob)]
     lines += ['for c in range({}):'.format(c_in),
@@ -161,14 +168,15 @@ def _forward_tile(r, ob, first, geo, layout):
     lines.append('out = yn[o0 * {} + oy * {} + {}:]'.format(oh * ow, ow, first))
     if layout == 'pixels':
         # consecutive stores of a channel's pixels: vectors along the row
-        lines += ['out[{}] = a{}_{}'.format(j * oh * ow + i, i, j) for j in range(ob)
-                  for i in range(r)]
+        lines += ['out[{}] = {}'.format(j * oh * ow + i, _stored('a{}_{}'.format(i, j), relu))
+                  for j in range(ob) for i in range(r)]
         return lines
     # consecutive stores of each pixel's sums: vectors across output channels
     lines += ['sums[{}] = a{}_{}'.format(i * ob + j, i, j) for i in range(r) for j in range(ob)]
     lines += ['for j in range({}):'.format(ob),
               '    for i in range({}):'.format(r),
-              '        out[j * {} + i] = sums[i * {} + j]'.format(oh * ow, ob)]
+              '        v = sums[i * {} + j]'.format(ob),
+              '        out[j * {} + i] = {}'.format(oh * ow, _stored('v', relu))]
     return lines
 
 
@@ -193,19 +201,20 @@ def _scratch_line(c_in, hp, wp, ph, pw):
     return ['    xs = numpy.zeros({}, numpy.float32)'.format(c_in * hp * wp)] if ph or pw else []
 
 
-def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels', ph=0, pw=0):
+def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels', ph=0, pw=0, relu=False):
     """Source of ``kernel(x, w, b, y, start, stop)``: ``y[n] = conv(x[n], w) + b``
     for the samples ``start..stop``; ``x`` the input ``(N, c_in, hp - 2 ph,
     wp - 2 pw)``, zero-padded here to ``(hp, wp)`` a sample at a time, ``w``
-    the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat."""
+    the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat;
+    with ``relu``, ``y`` is ReLU of that, as ``F.relu`` computes it."""
     oh, ow = hp - kh + 1, wp - kw + 1
     geo = (c_in, o_all, hp, wp, oh, ow, kh, kw)
     r, ob = (tile_shape if layout == 'channels' else pixel_tile_shape)(o_all, ow)
     full, rest = divmod(ow, r)
     rows = ['for ox0 in range(0, {}, {}):'.format(full * r, r)] + \
-        ['    ' + line for line in _forward_tile(r, ob, 'ox0', geo, layout)]
+        ['    ' + line for line in _forward_tile(r, ob, 'ox0', geo, layout, relu)]
     if rest:
-        rows += _forward_tile(rest, ob, str(full * r), geo, layout)
+        rows += _forward_tile(rest, ob, str(full * r), geo, layout, relu)
     lines = ['def kernel(x, w, b, y, start, stop):',
              '    sums = numpy.empty({}, numpy.float32)'.format(r * ob)]
     lines += _scratch_line(c_in, hp, wp, ph, pw)
@@ -361,7 +370,7 @@ def compile_source(source, bits, signature=None, fastmath=_FASTMATH):
 
 
 def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
-    """The compiled ``kind`` ('forward' or 'weight') kernel for an input of
+    """The compiled ``kind`` ('forward', 'forward-relu' or 'weight') kernel for an input of
     ``c_in`` channels padded by ``ph``/``pw`` to ``hp x wp``, ``o_all`` output
     channels and ``kh x kw`` taps, compiled on first use."""
     bits = vector_bits()
@@ -369,9 +378,9 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
     key = (kind, bits) + shape + (ph, pw)
     fn = _kernels.get(key)
     if fn is None:
-        if kind == 'forward':
+        if kind in ('forward', 'forward-relu'):
             source = forward_source(*shape, layout=forward_layout(wp - kw + 1, bits),
-                                    ph=ph, pw=pw)
+                                    ph=ph, pw=pw, relu=kind == 'forward-relu')
         else:
             bits = weight_bits(o_all, kh * kw, bits)
             source = weight_source(*shape, bits=bits, ph=ph, pw=pw)
@@ -381,16 +390,17 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
     return fn
 
 
-def forward(x, W, b, ph=0, pw=0):
+def forward(x, W, b, ph=0, pw=0, relu=False):
     """``y`` (N, O, OH, OW): ``x`` zero-padded by ``ph``/``pw`` (in the kernel)
-    convolved with ``W`` (O, C, kh, kw), stride 1, plus ``b`` (or no bias)."""
+    convolved with ``W`` (O, C, kh, kw), stride 1, plus ``b`` (or no bias);
+    with ``relu``, ReLU of that, applied as each output is stored."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     o, _, kh, kw = W.shape
     wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0))
     bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
     y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
-    run_split(kernel('forward', c, o, hp, wp, kh, kw, ph, pw), n,
+    run_split(kernel('forward-relu' if relu else 'forward', c, o, hp, wp, kh, kw, ph, pw), n,
               numpy.ascontiguousarray(x).reshape(-1), wt.reshape(-1), bias, y.reshape(-1))
     return y
 
@@ -436,26 +446,33 @@ def usable(x_shape, W_shape, stride, pad_hw):
 
 
 class DirectConvolution2D(chainer.FunctionNode):
-    """``F.convolution_2d`` with stride 1 on the direct kernels (see ``usable``).
+    """``F.convolution_2d`` with stride 1 on the direct kernels (see ``usable``),
+    with ``relu`` followed by ``F.relu`` (applied as the outputs are stored).
 
     Keeps its input for the weight gradient (the GEMM path keeps an im2col
     matrix ``kh * kw`` times as large); the kernels pad a sample at a time.
     Its gradients are computed directly, not as differentiable functions: no
     double backpropagation."""
 
-    def __init__(self, pad_hw):
+    def __init__(self, pad_hw, relu=False):
         self.ph, self.pw = pad_hw
+        self.relu = relu
 
     def forward(self, inputs):
         x, W = inputs[:2]
         b = inputs[2] if len(inputs) == 3 else None
         self.retain_inputs((0, 1))
-        return forward(x, W, b, self.ph, self.pw),
+        if self.relu:
+            self.retain_outputs((0,))
+        return forward(x, W, b, self.ph, self.pw, self.relu),
 
     def backward(self, indexes, grad_outputs):
         x, W = self.get_retained_inputs()
         x, W = x.array, W.array
-        gy = numpy.ascontiguousarray(grad_outputs[0].array)
+        gy = grad_outputs[0].array
+        if self.relu:  # ReLU's gradient as Chainer's ReLUGrad2 computes it
+            gy = gy * (self.get_retained_outputs()[0].array > 0)
+        gy = numpy.ascontiguousarray(gy)
         kh, kw = W.shape[2:]
         grads = {}
         if 0 in indexes:

@@ -20,7 +20,7 @@ import chainer.links as L
 import numpy
 from chainer.utils.type_check import InvalidType as ChainerInvalidType
 
-from branchynet.links.cpukernels import run_layer
+from branchynet.links.cpukernels import fuses_with_relu, run_convolution_relu, run_layer
 from branchynet.validation import InvalidValue
 
 
@@ -141,11 +141,20 @@ class Net(chainer.ChainList):
         return self
 
     def forward(self, x, starti=0, endi=None):
-        for i in range(len(self))[starti:endi]:
+        indices = range(len(self))[starti:endi]
+        k = 0
+        while k < len(indices):
+            i = indices[k]
             try:
+                # in training, a convolution and the ReLU after it in this slice: one node
+                if k + 1 < len(indices) and fuses_with_relu(self[i], self[indices[k + 1]], x):
+                    x = run_convolution_relu(self[i], x)
+                    k += 2
+                    continue
                 x = run_layer(self[i], x)
             except ChainerInvalidType as e:  # Chainer's names neither layer nor fitting size
                 raise InvalidValue(input_size_error(self, i, x)) from e
+            k += 1
         return x
 
     def train(self, x, starti=0, endi=None):

@@ -122,3 +122,31 @@ def test_padding_in_the_kernels_equals_a_padded_input(ph, pw):
         gy = rng.randn(*y.shape).astype(numpy.float32)
         numpy.testing.assert_array_equal(directconv.backward_weight(view, gy, 3, 3, ph, pw),
                                          directconv.backward_weight(padded, gy, 3, 3))
+
+
+@pytest.mark.parametrize('shape', [
+    (2, 8, 8, 2, 32, 3, 3, 1, 1, True),      # vectors along the row (512-bit hosts)
+    (3, 8, 16, 5, 7, 3, 3, 1, 1, False),     # vectors across channels
+    (2, 3, 4, 9, 9, 5, 5, 2, 2, True),       # 3 input channels: the GEMM path
+])
+def test_convolution_then_relu_in_one_node_matches_chainer(shape):
+    n, c, o, h, w, kh, kw, ph, pw, bias = shape
+    rng = numpy.random.RandomState(1)
+    arrays = [rng.randn(n, c, h, w).astype(numpy.float32),
+              rng.randn(o, c, kh, kw).astype(numpy.float32)]
+    if bias:
+        arrays.append(rng.randn(o).astype(numpy.float32))
+    arrays[0][0, 0, 0, :2] = [numpy.nan, -0.]  # NaN and -0.0 through ReLU as Chainer's
+
+    def ours(*v, pad):
+        y = cpukernels.convolution_2d(*v, pad=pad, relu=True)
+        direct = directconv.usable(v[0].shape, v[1].shape, (1, 1), pad)
+        assert isinstance(y.creator, directconv.DirectConvolution2D) == direct
+        return y
+    got = forward_backward(ours, arrays, pad=(ph, pw))
+    want = forward_backward(lambda *v, pad: F.relu(F.convolution_2d(*v, pad=pad)), arrays,
+                            pad=(ph, pw))
+    for a, b in zip(got, want):
+        assert numpy.array_equal(numpy.isnan(a), numpy.isnan(b))
+        a, b = numpy.nan_to_num(a), numpy.nan_to_num(b)
+        numpy.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1., abs(b).max()))
