@@ -25,7 +25,7 @@ from branchynet.measures import confidence
 from branchynet.engines.base import DEFAULT_BATCHSIZE, ChainerEngine
 from branchynet.links import FL, Branch, Net
 from branchynet.measures.timing import synchronize
-from branchynet.training.adam import Adam
+from branchynet.optimizers import Adam
 from branchynet.validation import (InvalidType, InvalidValue, as_labels, is_real_number,
                                    validate_inputs, validate_labels,
                                    validate_thresholds, validate_weights)

@@ -19,7 +19,7 @@ PACKAGE = os.path.join(ROOT, 'branchynet')
 FLOORS = {
     'compat': 0, 'bundled': 0, 'validation': 0, 'augment': 0, 'jit': 0,
     'measures': 1, 'devices': 1, 'links': 1,
-    'io': 2, 'functions': 2,
+    'io': 2, 'functions': 2, 'optimizers': 2,
     'progress': 3,
     'engines': 4,
     'evaluation': 5,

@@ -34,7 +34,7 @@ import numpy
 from branchynet.links import FL
 from branchynet.placement.trunk import count_macs
 from branchynet.progress import Progress
-from branchynet.training.adam import Adam
+from branchynet.optimizers import Adam
 from branchynet.validation import InvalidValue, as_labels, validate_inputs
 
 KINDS = ('auto', 'pool-linear', 'linear', 'conv-pool-linear', 'mlp')

@@ -1,4 +1,4 @@
-"""The one-pass Adam update gives Chainer's Adam's results to the last bit."""
+"""branchynet.optimizers: the one-pass Adam gives Chainer's Adam's results to the last bit."""
 import numpy
 from hypothesis import given, settings, strategies as st
 
@@ -6,7 +6,7 @@ import branchynet  # noqa: F401
 import chainer
 import chainer.links as L
 
-from branchynet.training import adam
+from branchynet import optimizers as adam
 
 
 def _steps(optimizer_class, shapes, hyper, grads):
