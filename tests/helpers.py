@@ -126,6 +126,18 @@ def run_python(script, env=None, timeout=120):
                           env=dict(os.environ, **(env or {})), timeout=timeout)
 
 
+def run_on_kernel(layer, x, node_class):
+    """``cpukernels.run_layer(layer, x)`` in training mode, checked to have
+    been taken by the kernels and to run as a ``node_class`` node."""
+    import chainer
+    from branchynet.links import cpukernels
+    with chainer.using_config('train', True):
+        assert cpukernels.applies(layer, x.array)
+        y = cpukernels.run_layer(layer, x)
+    assert isinstance(y.creator, node_class)
+    return y
+
+
 def forward_backward(fn, arrays, **kwargs):
     """``[y, grad of each input]`` of ``fn(*arrays, **kwargs)`` with a fixed
     output gradient (cosines), for comparing kernels with Chainer's functions."""

@@ -7,17 +7,13 @@ import chainer
 import chainer.functions as F
 
 from branchynet import FL
-from branchynet.links import avgpool, cpukernels
-from tests.helpers import forward_backward
+from branchynet.links import avgpool
+from tests.helpers import forward_backward, run_on_kernel
 
 
 def _ours(x, ksize, stride, pad):
-    layer = FL(F.average_pooling_2d, ksize, stride, pad)
-    with chainer.using_config('train', True):
-        assert cpukernels.applies(layer, x.array)
-        y = cpukernels.run_layer(layer, x)
-    assert isinstance(y.creator, avgpool.AveragePooling2DCPU)
-    return y
+    return run_on_kernel(FL(F.average_pooling_2d, ksize, stride, pad), x,
+                         avgpool.AveragePooling2DCPU)
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,16 +8,12 @@ import chainer.functions as F
 
 from branchynet import FL
 from branchynet.links import cpukernels, lrn
-from tests.helpers import forward_backward
+from tests.helpers import forward_backward, run_on_kernel
 
 
 def _ours(x, **kwargs):
-    layer = FL(F.local_response_normalization, **kwargs)
-    with chainer.using_config('train', True):
-        assert cpukernels.applies(layer, x.array)
-        y = cpukernels.run_layer(layer, x)
-    assert isinstance(y.creator, lrn.LocalResponseNormalizationCPU)
-    return y
+    return run_on_kernel(FL(F.local_response_normalization, **kwargs), x,
+                         lrn.LocalResponseNormalizationCPU)
 
 
 @settings(max_examples=40, deadline=None)
