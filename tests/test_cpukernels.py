@@ -197,3 +197,32 @@ def test_a_convolution_and_the_relu_after_it_run_as_one_node_within_a_slice():
         numpy.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1., abs(b).max()))
     with chainer.using_config('train', False):  # test mode: Chainer's functions
         assert net(x, 0, 2).creator_node.label == 'ReLU'
+
+
+def test_regressions_found_by_probing_the_kernels():
+    """Each the smallest case that once went wrong in training mode."""
+    from branchynet import SL
+    from branchynet.validation import InvalidValue
+    x = numpy.random.RandomState(0).randn(1, 3, 5, 5).astype(numpy.float32)
+    with chainer.using_config('train', True):
+        # SL(F.relu) after a convolution: not fused (it crashed), the same values
+        net = Net([L.Convolution2D(3, 4, 3), SL(F.relu)])
+        assert net(x).creator_node.label == 'ReLU'
+        # a convolution given the wrong channel count: the readable error, as in test mode
+        with pytest.raises(InvalidValue, match='input channels'):
+            Net([L.Convolution2D(4, 4, 3)])(x)
+        # a kernel larger than the padded input: refused, as Chainer refuses it
+        with pytest.raises(ValueError, match='does not fit'):
+            cpukernels.convolution_2d(x, numpy.ones((2, 3, 7, 7), numpy.float32))
+    # the GEMM convolution's backward pass twice over one graph (it freed its columns)
+    arrays = [x, numpy.random.RandomState(1).randn(2, 3, 3, 3).astype(numpy.float32)]
+
+    def twice(fn):
+        v = [chainer.Variable(a.copy()) for a in arrays]
+        with chainer.using_config('train', True):
+            y = F.sum(fn(*v, stride=2))
+        y.backward()
+        y.backward()
+        return [a.grad for a in v]
+    for a, b in zip(twice(cpukernels.convolution_2d), twice(F.convolution_2d)):
+        numpy.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1., abs(b).max()))

@@ -73,3 +73,20 @@ def test_kernels_off_is_chainers_update(monkeypatch):
     with cpukernels.disabled():
         _steps(adam.Adam, [(2, 2)], {}, [[numpy.ones((2, 2), numpy.float32)]])
     assert not calls
+
+
+def test_a_0d_parameter_updates_as_chainers():
+    def run(cls):
+        link = chainer.Link()
+        with link.init_scope():
+            link.s = chainer.Parameter(numpy.array(0.5, numpy.float32))
+        opt = cls()
+        opt.setup(link)
+        for g in (0.3, -0.7, 0.11):
+            link.cleargrads()
+            link.s.grad = numpy.array(g, numpy.float32)
+            opt.update()
+        rule = link.s.update_rule
+        return [link.s.array, rule.state['m'], rule.state['v']]
+    for a, b in zip(run(adam.Adam), run(chainer.optimizers.Adam)):
+        numpy.testing.assert_array_equal(a, b)

@@ -65,10 +65,9 @@ def _compiled():
                     out = (x[i, c, j] - mu32) * g + b
                     if use_shortcut:
                         out += shortcut[i, c, j]
-                    if relu:
-                        positive = out > 0
-                        mask[i, c, j] = positive
-                        if not positive:
+                    if relu:  # numpy.maximum(out, 0): NaN stays NaN
+                        mask[i, c, j] = out > 0
+                        if out <= 0:
                             out = numpy.float32(0)
                     y[i, c, j] = out
 
@@ -77,6 +76,7 @@ def _compiled():
                  c0, c1):
         n, _, p = x.shape
         m = n * p
+        one, zero = numpy.float32(1), numpy.float32(0)
         for c in range(c0, c1):
             mu, istd = numpy.float32(mean[c]), inv_std[c]
             sb, sg = 0.0, 0.0
@@ -84,8 +84,8 @@ def _compiled():
                 rb, rg = numpy.float32(0), numpy.float32(0)
                 for j in range(p):
                     g = gy[i, c, j]
-                    if relu and not mask[i, c, j]:
-                        g = numpy.float32(0)
+                    if relu:  # Chainer's gy * (y > 0): an infinite gy times 0 is NaN
+                        g = g * (one if mask[i, c, j] else zero)
                     if keep_pass:
                         gpass[i, c, j] = g
                     rb += g
@@ -98,8 +98,8 @@ def _compiled():
             for i in range(n):
                 for j in range(p):
                     g = gy[i, c, j]
-                    if relu and not mask[i, c, j]:
-                        g = numpy.float32(0)
+                    if relu:
+                        g = g * (one if mask[i, c, j] else zero)
                     x_hat = (x[i, c, j] - mu) * istd
                     gx[i, c, j] = scale * (g - (x_hat * gg + gb) / m)
 

@@ -55,6 +55,17 @@ class Convolution2DCPU(chainer.Function):
         return (slice(None), slice(None), slice(i, i + self.sy * oh, self.sy),
                 slice(j, j + self.sx * ow, self.sx))
 
+    def _columns(self, x, kh, kw, oh, ow):
+        """The column matrix ``(C*kh*kw, N*oh*ow)`` of ``x``."""
+        n, c, h, w = x.shape
+        padded = numpy.zeros((c, n, h + 2 * self.ph, w + 2 * self.pw), dtype=x.dtype)
+        padded[:, :, self.ph:self.ph + h, self.pw:self.pw + w] = x.transpose(1, 0, 2, 3)
+        col = numpy.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                col[:, i, j] = padded[self._slices(i, j, oh, ow)]
+        return col.reshape(c * kh * kw, n * oh * ow)
+
     def forward(self, inputs):
         x, W = inputs[:2]
         b = inputs[2] if len(inputs) == 3 else None
@@ -62,13 +73,10 @@ class Convolution2DCPU(chainer.Function):
         out_c, _, kh, kw = W.shape
         oh = out_size(h, kh, self.sy, self.ph, False)
         ow = out_size(w, kw, self.sx, self.pw, False)
-        padded = numpy.zeros((c, n, h + 2 * self.ph, w + 2 * self.pw), dtype=x.dtype)
-        padded[:, :, self.ph:self.ph + h, self.pw:self.pw + w] = x.transpose(1, 0, 2, 3)
-        col = numpy.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                col[:, i, j] = padded[self._slices(i, j, oh, ow)]
-        self.col = col.reshape(c * kh * kw, n * oh * ow)
+        if oh <= 0 or ow <= 0:  # Chainer's check, which it asserts
+            raise ValueError('convolution: a {}x{} kernel does not fit {}x{} padded by {}, '
+                             '{}'.format(kh, kw, h, w, self.ph, self.pw))
+        self.col = self._columns(x, kh, kw, oh, ow)
         y = W.reshape(out_c, -1) @ self.col
         if b is not None:
             y += b[:, None]
@@ -104,8 +112,10 @@ class Convolution2DCPU(chainer.Function):
             gy_t = gy_t.reshape(out_c, -1)
         else:
             gy_t = numpy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(out_c, -1)
+        if self.col is None:  # a second backward pass through the same graph
+            self.col = self._columns(x, kh, kw, oh, ow)
         gW = (gy_t @ self.col.T).reshape(W.shape)
-        self.col = None
+        self.col = None  # freed as soon as it is used: it is kh * kw times the input
         gx = self._input_gradient(W, gy_t) if self.inputs[0].requires_grad else None
         if len(inputs) == 3:
             return gx, gW, gy_t.sum(axis=1)
@@ -190,9 +200,9 @@ def applies(layer, x):
     array = x.array if isinstance(x, chainer.Variable) else x
     if not isinstance(array, numpy.ndarray) or array.ndim != 4 or array.dtype != numpy.float32:
         return False
-    if type(layer) is L.Convolution2D:
+    if type(layer) is L.Convolution2D:  # a wrong channel count: Chainer's error
         return (layer.W.array is not None and layer.dilate == (1, 1) and layer.groups == 1
-                and layer.W.dtype == numpy.float32)
+                and layer.W.dtype == numpy.float32 and array.shape[1] == layer.W.shape[1])
     return _function_arguments(layer) is not None
 
 
@@ -220,8 +230,10 @@ def fuses_with_relu(layer, following, x):
     (``run_convolution_relu``): a convolution ``run_layer`` takes, then
     ``FL(F.relu)``, in training mode."""
     return (chainer.config.train and type(layer) is L.Convolution2D
-            and getattr(following, 'fn', None) is F.relu and not following.args
-            and not following.kwargs and applies(layer, x))
+            and getattr(following, 'fn', None) is F.relu
+            # FL's arguments, none given (an SL(F.relu) has no such attribute: not fused)
+            and getattr(following, 'arguments', None) == ()
+            and getattr(following, 'keywords', None) == {} and applies(layer, x))
 
 
 def run_convolution_relu(layer, x):
@@ -230,10 +242,20 @@ def run_convolution_relu(layer, x):
     return convolution_2d(x, layer.W, layer.b, layer.stride, layer.pad, relu=True)
 
 
+def _same_array_kind(shortcut, x):
+    """Whether ``shortcut`` is absent or a numpy array of ``x``'s shape and
+    dtype (the fused kernel does not broadcast; Chainer's addition does)."""
+    if shortcut is None:
+        return True
+    a = shortcut.array if isinstance(shortcut, chainer.Variable) else shortcut
+    b = x.array if isinstance(x, chainer.Variable) else x
+    return isinstance(a, numpy.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+
+
 def batch_norm(link, x, relu=False, shortcut=None):
     """``link(x)``, plus ``shortcut`` if given, then ReLU if ``relu``: in one
     fused kernel in training mode where it applies, else Chainer's functions."""
-    if chainer.config.train and applies(link, x):
+    if chainer.config.train and applies(link, x) and _same_array_kind(shortcut, x):
         return _fused_batch_normalization(link, x, relu, shortcut)
     h = link(x)
     if shortcut is not None:

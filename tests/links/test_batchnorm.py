@@ -67,3 +67,21 @@ def test_test_mode_uses_the_running_statistics(relu):
     with chainer.using_config('train', False):
         y = cpukernels.batch_norm(bn, x, relu=relu)
     numpy.testing.assert_allclose(y.array, 0, atol=1e-3)
+
+
+def test_regressions_nan_through_relu_and_a_shortcut_to_broadcast():
+    # a NaN in the shortcut stays NaN after ReLU, as numpy.maximum keeps it
+    x = numpy.array([1., 2., 3., 4.], numpy.float32).reshape(2, 1, 1, 2)
+    s = numpy.array([0., numpy.nan, 0., 0.], numpy.float32).reshape(2, 1, 1, 2)
+    gy = numpy.array([1., 1., numpy.inf, 1.], numpy.float32).reshape(2, 1, 1, 2)
+    ours = _run(True, x, s, gy, numpy.ones(1, numpy.float32), True)
+    theirs = _run(False, x, s, gy, numpy.ones(1, numpy.float32), True)
+    for a, b in zip(ours, theirs):  # NaN where Chainer has NaN (gy inf times 0 included)
+        numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+    # a shortcut that only broadcasts to x: Chainer's addition, not the fused kernel
+    bn = L.BatchNormalization(1)
+    with chainer.using_config('train', True):
+        y = cpukernels.batch_norm(bn, numpy.zeros((1, 1, 4, 4), numpy.float32), relu=True,
+                                  shortcut=numpy.ones((1, 1, 1, 1), numpy.float32))
+    assert not isinstance(y.creator, batchnorm.BatchNormalizationCPU)
+    numpy.testing.assert_array_equal(y.array, numpy.ones((1, 1, 4, 4), numpy.float32))
