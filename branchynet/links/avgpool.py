@@ -17,11 +17,17 @@ import numpy
 from branchynet.links.maxpool import out_size
 
 
+def tap_slices(ky, kx, sy, sx, oh, ow):
+    """The index of an (N, C, H, W) array's values that window tap ``(ky, kx)``
+    meets in each of the ``oh x ow`` windows of strides ``sy``, ``sx``."""
+    return (slice(None), slice(None), slice(ky, ky + sy * oh, sy), slice(kx, kx + sx * ow, sx))
+
+
 def _views(a, kh, kw, sy, sx, oh, ow):
     """Each tap's view of ``a`` (row-major order): what it meets in every window."""
     for ky in range(kh):
         for kx in range(kw):
-            yield a[:, :, ky:ky + sy * (oh - 1) + 1:sy, kx:kx + sx * (ow - 1) + 1:sx]
+            yield a[tap_slices(ky, kx, sy, sx, oh, ow)]
 
 
 class AveragePooling2DCPU(chainer.FunctionNode):

@@ -30,7 +30,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet.links.avgpool import average_pooling_2d as _average_pooling_2d
+from branchynet.links.avgpool import average_pooling_2d as _average_pooling_2d, tap_slices
 from branchynet.links.batchnorm import (batch_normalization as _fused_batch_normalization,
                                        usable as _bn_usable)
 from branchynet.links.directconv import DirectConvolution2D, usable as _direct_usable
@@ -52,8 +52,7 @@ class Convolution2DCPU(chainer.Function):
         self.relu = relu
 
     def _slices(self, i, j, oh, ow):
-        return (slice(None), slice(None), slice(i, i + self.sy * oh, self.sy),
-                slice(j, j + self.sx * ow, self.sx))
+        return tap_slices(i, j, self.sy, self.sx, oh, ow)
 
     def _columns(self, x, kh, kw, oh, ow):
         """The column matrix ``(C*kh*kw, N*oh*ow)`` of ``x``."""
