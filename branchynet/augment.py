@@ -2,9 +2,11 @@
 
 Random shifts (``epoch_shifts``, ``shift_batch``): each training image moves,
 per epoch, by a random whole number of pixels in [-n, n] along each axis, the
-uncovered border repeating the image's edge. The offsets are a function of
-(seed, epoch, sample index) only, so every MPI rank and every resumed run
-draws the same ones.
+uncovered border repeating the image's edge. Random flips (``epoch_flips``,
+``flip_batch``): each training image is mirrored left to right, per epoch,
+with probability 1/2. Offsets and flips are functions of (seed, epoch,
+sample index) only, so every MPI rank and every resumed run draws the same
+ones.
 
 CIFAR-style variants (``augment_batch``): each training image is replaced,
 per epoch, by one random variant among:
@@ -26,6 +28,21 @@ def epoch_shifts(seed, epoch, n_samples, max_shift):
     int array of shape (n_samples, 2) in [-max_shift, max_shift]."""
     rng = numpy.random.RandomState([0 if seed is None else int(seed), int(epoch), 0x5f1f7])
     return rng.randint(-max_shift, max_shift + 1, size=(n_samples, 2))
+
+
+def epoch_flips(seed, epoch, n_samples):
+    """Whether each training sample is mirrored in ``epoch``: a bool array of
+    shape (n_samples,), each True with probability 1/2."""
+    rng = numpy.random.RandomState([0 if seed is None else int(seed), int(epoch), 0xf11b])
+    return rng.randint(0, 2, size=n_samples).astype(bool)
+
+
+def flip_batch(x, flips):
+    """A copy of the (N, C, H, W) batch ``x`` with the images where ``flips``
+    is True mirrored left to right (last axis reversed)."""
+    out = numpy.array(x, copy=True)
+    out[flips] = out[flips][..., ::-1]
+    return out
 
 
 def shift_batch(x, offsets, max_shift):

@@ -141,6 +141,10 @@ def build_parser():
                         help='train on images moved by a random offset in [-N, N] pixels '
                              'along each axis, drawn per epoch (default 0: off; at most half '
                              'the images\' smaller side; works with --mpi)')
+    parser.add_argument('--flip', action='store_true', default=None,
+                        help='train on images mirrored left to right at random (each with '
+                             'probability 1/2, drawn per epoch; combines with --shift; works '
+                             'with --mpi)')
     parser.add_argument('--distributed', action='store_true',
                         help='data-parallel over the MPI ranks this was started with '
                              '(mpiexec -n N python -m branchynet.experiment --distributed); '
@@ -333,6 +337,7 @@ def main(argv=None):
                                'time and tabulate random weights: give --init FILE.npz (the '
                                'weights to time) or at least one epoch')
         training.check_shift(args.shift, args.augment, names=('--shift', '--augment'))
+        training.check_flip(args.flip, args.augment, names=('--flip', '--augment'))
         training.check_distillation(args.distill_weight, args.distill_temperature,
                                     names=('--distill-weight', '--distill-temperature'))
         if args.mpi is not None:

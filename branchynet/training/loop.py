@@ -14,7 +14,7 @@ import time
 import chainer
 import numpy
 
-from branchynet.augment import epoch_shifts, shift_batch
+from branchynet.augment import epoch_flips, epoch_shifts, flip_batch, shift_batch
 from branchynet.net import NonFiniteLoss
 from branchynet.progress import Progress
 from branchynet.validation import (InvalidType, InvalidValue, is_real_number,
@@ -32,7 +32,7 @@ DISTILL_TEMPERATURES = (0.1, 100.0)
 LR_SCHEDULES = ('constant', 'cosine')
 #: ``train_exits``' options beyond the original's recipe (the driver's config keys).
 RECIPE_OPTIONS = ('exit_weights', 'distill_weight', 'distill_temperature', 'adam_beta1',
-                  'lr_schedule', 'shift')
+                  'lr_schedule', 'shift', 'flip')
 
 
 class NonFiniteWeights(NonFiniteLoss):
@@ -43,7 +43,8 @@ class NonFiniteWeights(NonFiniteLoss):
 def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, progress=True,
                 on_epoch_end=None, augment=False, snapshot=None, resume=False, settings=None,
                 distributed=None, exit_weights=None, distill_weight=None,
-                distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None):
+                distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None,
+                flip=None):
     """Train ``net`` for ``num_epoch`` epochs of shuffled mini-batches.
 
     ``main=True`` trains the main network only (``net.train_main``), otherwise
@@ -84,7 +85,10 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
     [-n, n] pixels along each axis, n at most half the images' smaller side
     (``max_shift``), drawn per epoch from the seed (0 when ``seed`` is None),
     ``branchynet.augment.epoch_shifts``; works with ``distributed`` and
-    resumes exactly). See ``apply_recipe``; the settings that differ
+    resumes exactly); ``flip`` (True: every training image is mirrored left
+    to right with probability 1/2, drawn per epoch from the seed,
+    ``branchynet.augment.epoch_flips``; combines with ``shift``, works with
+    ``distributed`` and resumes exactly). See ``apply_recipe``; the settings that differ
     from the original's are recorded in the snapshot.
 
     Returns ``(losses, accs, seconds)``: ``losses[epoch][exit]`` and
@@ -107,12 +111,15 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                     seed=seed, augment=bool(augment), mpi_ranks=1 if dist is None else dist.size,
                     data=checkpoint.data_digest(x, y))
     settings.update(apply_recipe(net, main, exit_weights, distill_weight,
-                                 distill_temperature, adam_beta1, lr_schedule, shift))
-    shift = settings.get('shift', 0)
+                                 distill_temperature, adam_beta1, lr_schedule, shift,
+                                 flip))
+    shift, flip = settings.get('shift', 0), settings.get('flip', False)
     check_shift(shift, augment)
-    if shift and numpy.ndim(x) != 4:
-        raise InvalidValue('shift moves images: it needs inputs of shape (N, C, H, W), got '
-                           '{}'.format(numpy.shape(x)))
+    check_flip(flip, augment)
+    for name, on in (('shift moves', shift), ('flip mirrors', flip)):
+        if on and numpy.ndim(x) != 4:
+            raise InvalidValue('{} images: it needs inputs of shape (N, C, H, W), got '
+                               '{}'.format(name, numpy.shape(x)))
     check_shift(shift, image_shape=numpy.shape(x)[1:])
     rate = _StepSize(net, settings.get('lr_schedule', 'constant'), num_epoch * n_batches)
     rng = numpy.random.RandomState(seed)
@@ -156,8 +163,9 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
                 if order is None:
                     order, next_batch = rng.permutation(len(x)), 0
                 offsets = epoch_shifts(seed, epoch, len(x), shift) if shift else None
+                flips = epoch_flips(seed, epoch, len(x)) if flip else None
                 batches = _index_batches(x, y, order, batchsize, next_batch, n_batches, dist,
-                                         offsets, shift)
+                                         offsets, shift, flips)
             else:
                 batches = ((b, xb, yb, len(yb)) for b, (xb, yb) in enumerate(augmenter.epoch()))
             sums_loss, sums_acc, weights = sums if sums is not None else (0., 0., 0)
@@ -206,7 +214,8 @@ def train_exits(net, x, y, main=False, batchsize=512, num_epoch=20, seed=None, p
 
 
 def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
-                 distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None):
+                 distill_temperature=None, adam_beta1=None, lr_schedule=None, shift=None,
+                 flip=None):
     """Set the training options of ``train_exits`` on ``net``, checked.
 
     Returns the options that differ from the original's recipe and matter
@@ -236,11 +245,14 @@ def apply_recipe(net, main=False, exit_weights=None, distill_weight=None,
         raise InvalidValue('lr_schedule must be one of {}, got {!r}'.format(
             ', '.join(LR_SCHEDULES), lr_schedule))
     check_shift(shift)
+    check_flip(flip)
     recorded = {}
     if lr_schedule not in (None, 'constant'):
         recorded['lr_schedule'] = lr_schedule
     if shift:
         recorded['shift'] = int(shift)
+    if flip:
+        recorded['flip'] = True
     beta1 = getattr(net.ensure_optimizer().hyperparam, 'beta1', None)
     if beta1 is not None and beta1 != ORIGINAL_ADAM_BETA1:
         recorded['adam_beta1'] = float(beta1)
@@ -282,6 +294,16 @@ def max_shift(image_shape):
     the smaller side, so every shifted image keeps at least half its rows and
     columns (at H pixels or more, an image moves wholly out of view)."""
     return min(image_shape[-2:]) // 2
+
+
+def check_flip(flip, augment=False, names=('flip', 'augment')):
+    """``flip`` is None or a bool, not combined with ``augment`` (whose
+    variants are already mirrored at random); ``names`` name them in the error."""
+    if flip is not None and not isinstance(flip, (bool, numpy.bool_)):
+        raise InvalidValue('{} must be True or False, got {!r}'.format(names[0], flip))
+    if flip and augment:
+        raise InvalidValue('{} and {} are alternatives: {} already mirrors images at '
+                           'random'.format(names[0], names[1], names[1]))
 
 
 def check_shift(shift, augment=False, names=('shift', 'augment'), image_shape=None):
@@ -348,16 +370,20 @@ def _check_snapshot_path(snapshot, resume):
         raise InvalidValue('resume=True needs snapshot=<file> to resume from')
 
 
-def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None, shift=0):
+def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None, shift=0,
+                   flips=None):
     """``(b, x_b, y_b, count)`` of the shuffled batches from ``first`` on; with
     ``dist``, this rank's part of every global batch (``count`` its weight);
-    with ``offsets``, every image moved by its sample's offset (``shift_batch``)."""
+    with ``offsets``, every image moved by its sample's offset (``shift_batch``);
+    with ``flips``, the images whose flag is set mirrored (``flip_batch``)."""
     for b in range(first, n_batches):
         idx = order[b * batchsize:(b + 1) * batchsize]
         count = len(idx)
         if dist is not None:
             idx, count = dist.local_part(idx)
         xb = x[idx] if offsets is None else shift_batch(x[idx], offsets[idx], shift)
+        if flips is not None:
+            xb = flip_batch(xb, flips[idx])
         yield b, xb, y[idx], count
 
 

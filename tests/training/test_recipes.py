@@ -217,10 +217,11 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
     assert not set(_recorded(original)) & set(training.RECIPE_OPTIONS)
     utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
                 snapshot=changed, exit_weights=[1, 0.3, 0.3], adam_beta1=0.99,
-                lr_schedule='cosine', shift=1, **DISTILL)
+                lr_schedule='cosine', shift=1, flip=True, **DISTILL)
     recorded = _recorded(changed)
     assert recorded['exit_weights'] == [1, 0.3, 0.3] and recorded['adam_beta1'] == 0.99
     assert recorded['lr_schedule'] == 'cosine' and recorded['shift'] == 1
+    assert recorded['flip'] is True
     assert (recorded['distill_weight'], recorded['distill_temperature']) == (1.0, 3.0)
     main = str(tmp_path / 'm.npz')  # the main network alone: only beta1 matters
     utils.train(make_three_exit_net(), x, y, main=True, batchsize=16, num_epoch=1,
@@ -240,6 +241,8 @@ def test_snapshot_records_only_what_differs_from_the_original(tmp_path):
     ({'lr_schedule': 'cosine'}, {}, 'lr_schedule'),
     ({}, {'lr_schedule': 'cosine'}, 'lr_schedule'),
     ({'shift': 1}, {'shift': 2}, 'shift'),
+    ({'flip': True}, {}, 'flip'),
+    ({}, {'flip': True}, 'flip'),
 ])
 def test_resume_refuses_another_recipe(tmp_path, first, then, name):
     x, y = _data()
@@ -254,7 +257,7 @@ def test_resume_refuses_another_recipe(tmp_path, first, then, name):
 def test_interrupted_recipe_run_resumes_to_the_uninterrupted_weights(tmp_path):
     x, y = _data()
     options = dict(DISTILL, adam_beta1=0.99, exit_weights=[1, 0.5, 0.3], lr_schedule='cosine',
-                   shift=1)
+                   shift=1, flip=True)
     reference = make_three_exit_net(seed=5)
     utils.train(reference, x, y, batchsize=16, num_epoch=2, seed=3, progress=False, **options)
     snap = str(tmp_path / 'run.npz')
@@ -282,10 +285,10 @@ def test_driver_passes_the_recipe_options_on(monkeypatch):
     monkeypatch.setattr(experiment, 'run', lambda *a, **k: seen.update(overrides=a[5]))
     assert cli.main(['--preset', 'tiny', '--exit-weights', '1,0.3', '--distill-weight', '2',
                      '--distill-temperature', '4', '--adam-beta1', '0.99',
-                     '--lr-schedule', 'cosine', '--shift', '2']) == 0
+                     '--lr-schedule', 'cosine', '--shift', '2', '--flip']) == 0
     assert {k: seen['overrides'][k] for k in training.RECIPE_OPTIONS} == {
         'exit_weights': [1.0, 0.3], 'distill_weight': 2.0, 'distill_temperature': 4.0,
-        'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 2}
+        'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 2, 'flip': True}
 
 
 def test_driver_refuses_unreadable_exit_weights(capsys):
@@ -297,6 +300,7 @@ def test_driver_refuses_unreadable_exit_weights(capsys):
 @pytest.mark.parametrize('argv, words', [
     (['--shift', '-1'], '--shift must be a whole number'),
     (['--shift', '2', '--augment'], '--shift and --augment'),
+    (['--flip', '--augment'], '--flip and --augment'),
 ])
 def test_driver_refuses_bad_shift_in_one_line(capsys, argv, words):
     assert cli.main(['--preset', 'tiny'] + argv) == 2
@@ -344,9 +348,10 @@ def test_driver_recipe_reaches_training(tmp_path, monkeypatch):
     with pytest.raises(JointReached):
         cli.main(['--preset', 'tiny', '--dataset', data, '--out', str(tmp_path / 'o'),
                   '--n-val', '50', '--adam-beta1', '0.99', '--distill-weight', '1',
-                  '--lr-schedule', 'cosine', '--shift', '1'])
+                  '--lr-schedule', 'cosine', '--shift', '1', '--flip'])
     assert calls == [{'exit_weights': None, 'distill_weight': 1.0, 'distill_temperature': None,
-                      'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 1}] * 2
+                      'adam_beta1': 0.99, 'lr_schedule': 'cosine', 'shift': 1,
+                      'flip': True}] * 2
 
 
 def test_shift_moves_each_image_by_its_offset_with_edge_fill():
@@ -401,3 +406,56 @@ def test_shift_is_refused_with_augment_and_when_not_a_whole_pixel_count():
     with pytest.raises(InvalidValue, match='shift and augment'):
         utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
                     shift=1, augment=True)
+
+
+def test_flip_mirrors_the_flagged_images_only():
+    from branchynet.augment import epoch_flips, flip_batch
+    x = numpy.arange(3 * 2 * 2 * 3, dtype=numpy.float32).reshape(3, 2, 2, 3)
+    out = flip_batch(x, numpy.array([True, False, True]))
+    numpy.testing.assert_array_equal(out[[0, 2]], x[[0, 2], :, :, ::-1])
+    numpy.testing.assert_array_equal(out[1], x[1])
+    assert not numpy.shares_memory(out, x)
+    flags = epoch_flips(7, 0, 10000)
+    assert 0.45 < flags.mean() < 0.55  # each image with probability 1/2
+    numpy.testing.assert_array_equal(flags, epoch_flips(7, 0, 10000))
+    assert not numpy.array_equal(flags, epoch_flips(7, 1, 10000))
+
+
+def test_flip_and_shift_train_on_the_moved_then_mirrored_images_of_each_epoch():
+    """Each step sees exactly its samples shifted by ``epoch_shifts`` and then
+    mirrored where ``epoch_flips`` says so, for (seed, epoch)."""
+    from branchynet.augment import epoch_flips, epoch_shifts, flip_batch, shift_batch
+    x, y = _data(32)
+    net = make_three_exit_net(seed=4)
+    seen, step = [], net.train
+
+    def spy(xb, yb):
+        seen.append(xb.copy())
+        return step(xb, yb)
+    net.train = spy
+    utils.train(net, x, y, batchsize=16, num_epoch=2, seed=2, progress=False, shift=1,
+                flip=True)
+    mirrored = 0
+    for epoch in range(2):
+        offsets, flags = epoch_shifts(2, epoch, len(x), 1), epoch_flips(2, epoch, len(x))
+        want = flip_batch(shift_batch(x, offsets, 1), flags)
+        got = numpy.concatenate(seen[2 * epoch:2 * epoch + 2])
+        for xi in got:  # every image seen is its own sample's, moved then mirrored
+            assert sum(numpy.array_equal(xi, w) for w in want) == 1
+        mirrored += flags.sum()
+    assert 0 < mirrored < 2 * len(x)
+
+
+def test_flip_is_refused_with_augment_on_flat_inputs_and_when_not_a_bool():
+    x, y = _data()
+    with pytest.raises(InvalidValue, match='flip must be True or False'):
+        utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                    flip='yes')
+    with pytest.raises(InvalidValue, match='flip and augment are alternatives'):
+        utils.train(make_three_exit_net(), x, y, batchsize=16, num_epoch=1, progress=False,
+                    flip=True, augment=True)
+    flat = BranchyNet([Branch([L.Linear(4, 3)]), L.Linear(4, 4), Branch([L.Linear(4, 3)])],
+                      input_shape=(4,))
+    with pytest.raises(InvalidValue, match=r'flip mirrors images.*\(N, C, H, W\)'):
+        utils.train(flat, x.reshape(len(x), -1)[:, :4], y % 3, batchsize=16, num_epoch=1,
+                    progress=False, flip=True)
