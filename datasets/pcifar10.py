@@ -63,9 +63,19 @@ def global_contrast_normalize(x, eps=1e-8):
 
 def preprocess(x_train, x_test):
     """The recipe on images already scaled to [0, 1]; float32 results."""
-    mean = x_train.astype(numpy.float64).mean(axis=0)
-    return (global_contrast_normalize(x_train - mean).astype(numpy.float32),
-            global_contrast_normalize(x_test - mean).astype(numpy.float32))
+    mean = pixel_mean(x_train)
+    return normalize(x_train, mean), normalize(x_test, mean)
+
+
+def pixel_mean(x_train):
+    """The per-pixel mean of the training images (float64)."""
+    return x_train.astype(numpy.float64).mean(axis=0)
+
+
+def normalize(x, mean):
+    """Images in [0, 1] with the training set's ``pixel_mean`` subtracted, then
+    globally contrast-normalised per image; float32."""
+    return global_contrast_normalize(x - mean).astype(numpy.float32)
 
 
 def get_data(redir=''):
