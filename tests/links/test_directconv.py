@@ -33,6 +33,8 @@ def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0):
     (3, 8, 24, 7, 9, 3, 3, 1, 1, True),       # a remainder tile on each row
     (2, 16, 8, 6, 5, 5, 3, 2, 0, True),       # unequal kernel sides and padding
     (1, 8, 8, 4, 4, 1, 1, 0, 0, True),        # 1x1
+    (3, 8, 16, 6, 6, 3, 3, 1, 1, True),       # 36 output pixels: copy blocks and bias lanes of 4
+    (2, 8, 8, 32, 32, 3, 3, 1, 1, True),      # 1,024 pixels: blocks and lanes of 16
 ])
 def test_direct_convolution_matches_chainer(shape):
     _compare(*shape)
