@@ -20,8 +20,14 @@ exit shares.
 
 This measures how much a further compression costs a network trained on
 the JPEG copy. It is not the cost of the copy's own compression (the
-official pixels are not available here); it bounds how sensitive the
-trained networks are to that kind of loss.
+official pixels are not available here). As a yardstick for the size of
+that compression, the script first compresses 32x32 thumbnails of
+scikit-image's sample photos (lossless originals; each photo whole and cut
+into 2x2 and 3x3 squares, box-downscaled) once at quality ``ORIGINAL_QUALITY``
+(the copy's, about 75) and prints the PSNR against the originals, beside
+the PSNR of compressing those compressed thumbnails again at each chosen
+quality (against the once-compressed ones, as the copy's images are
+measured).
 """
 import argparse
 import io
@@ -34,6 +40,46 @@ sys.path.insert(0, HERE)
 from recorded_rows import read_run, settings_of  # noqa: E402
 
 import numpy  # noqa: E402
+
+#: The JPEG quality the copy was written with (its README: about 75).
+ORIGINAL_QUALITY = 75
+#: scikit-image's colour sample photos shipped with the package.
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
+          'hubble_deep_field', 'retina')
+
+
+def thumbnails():
+    """uint8 ``(N, 3, 32, 32)`` thumbnails of ``PHOTOS``: each photo's largest
+    top-left square whole and cut into 2x2 and 3x3 squares, box-downscaled."""
+    import skimage.data
+    from PIL import Image
+    out = []
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(skimage.data, name)()[..., :3])
+        side = min(image.size)
+        for k in (1, 2, 3):
+            step = side // k
+            out += [numpy.asarray(image.crop((j * step, i * step, (j + 1) * step,
+                                              (i + 1) * step)).resize((32, 32), Image.BOX))
+                    for i in range(k) for j in range(k)]
+    return numpy.stack(out).transpose(0, 3, 1, 2)
+
+
+def yardstick(qualities):
+    """Lines: the mean PSNR of one compression at ``ORIGINAL_QUALITY`` of the
+    thumbnails, and of a second compression at each of ``qualities``."""
+    photos = thumbnails()
+    once = recompress(photos, ORIGINAL_QUALITY)
+    lines = ['yardstick: {} thumbnails (32x32) of scikit-image photos; mean PSNR of one JPEG '
+             'compression at Q{} against the originals: {:.2f} dB'.format(
+                 len(photos), ORIGINAL_QUALITY, _mean_psnr(photos, once))]
+    lines += ['  compressed again at Q{}, against the once-compressed: {:.2f} dB'.format(
+        q, _mean_psnr(once, recompress(once, q))) for q in qualities]
+    return lines
+
+
+def _mean_psnr(a, b):
+    return float(numpy.mean([psnr(x, y) for x, y in zip(a, b)]))
 
 
 def recompress(pixels, quality):
@@ -99,6 +145,7 @@ def main():
     model, vector = processor()
     print('processor: {}; vector extensions: {}; OPENBLAS_CORETYPE={}'.format(
         model, vector, os.environ.get('OPENBLAS_CORETYPE', 'unset')))
+    print('\n'.join(yardstick(qualities)))
     runs = [(folder,) + read_run(folder) for folder in args.runs]
     data = copy_pixels(runs[0][2], args.cifar10)
     test = data.x_test[:args.samples]

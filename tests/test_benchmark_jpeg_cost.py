@@ -48,3 +48,12 @@ def test_evaluate_gives_every_exit_and_the_routed_accuracy(jpeg_cost):
 def test_a_run_on_the_official_files_is_refused_in_one_line(jpeg_cost):
     with pytest.raises(SystemExit, match='trained on the official files'):
         jpeg_cost.copy_pixels({'data': {}}, 'unused.tar.gz')
+
+
+def test_the_yardstick_compresses_photo_thumbnails_once_then_again(jpeg_cost):
+    photos = jpeg_cost.thumbnails()
+    assert photos.shape == (14 * len(jpeg_cost.PHOTOS), 3, 32, 32) and photos.dtype == numpy.uint8
+    lines = jpeg_cost.yardstick([90, 30])
+    assert len(lines) == 3 and 'Q75 against the originals' in lines[0]
+    psnrs = [float(line.split(': ')[-1].split()[0]) for line in lines]
+    assert psnrs[1] > psnrs[2] > 15  # Q90 again loses less than Q30 again
