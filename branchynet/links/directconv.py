@@ -20,7 +20,7 @@ a literal and compiled once per shape:
   ``kh * kw * ob`` sums of ``gW`` are scalars, accumulated over every pixel of
   a sample from the output gradient copied pixel-major ``(OH, OW, O)`` a
   sample at a time; a layer with a bias sums its gradient per channel from
-  the same sample, in ``BIAS_LANES`` independent partial sums.
+  the same sample (``_bias_lines``).
 
 Samples are split into ranges that threads (``threads()``, one per core the
 process may use) take one at a time; each range of the backward-weight
@@ -250,32 +250,36 @@ BIAS_LANES = 16
 
 def _transpose_lines(o_all, pixels):
     """Lines copying sample ``n`` of ``g`` (channel-major) into ``gn`` pixel-major,
-    ``block`` pixels of a channel at a time: contiguous reads, which LLVM
-    loads as vectors, and strided stores. With it (and the bias sums apart,
-    left out where there is no bias) the backward-weight kernel of a
-    16-channel 3x3 layer on 32x32, batch 64, one thread, took 3.86 ms against
-    4.29 copying one pixel's channels at a time (best of 11, interleaved;
-    Intel Xeon AVX-512, machine shared)."""
-    block = next(b for b in (16, 8, 4, 2, 1) if pixels % b == 0)
+    16 pixels of a channel at a time (contiguous reads, which LLVM loads as
+    vectors, and strided stores), the pixels after the last whole 16 one by one."""
+    full = pixels - pixels % 16
     lines = ['src = n * {}'.format(o_all * pixels),
-             'for p0 in range(0, {}, {}):'.format(pixels, block),
+             'for p0 in range(0, {}, 16):'.format(full),
              '    for o in range({}):'.format(o_all),
              '        gs = g[src + o * {} + p0:]'.format(pixels)]
-    lines += ['        v{} = gs[{}]'.format(i, i) for i in range(block)]
-    lines += ['        gn[(p0 + {}) * {} + o] = v{}'.format(i, o_all, i) for i in range(block)]
+    lines += ['        v{} = gs[{}]'.format(i, i) for i in range(16)]
+    lines += ['        gn[(p0 + {}) * {} + o] = v{}'.format(i, o_all, i) for i in range(16)]
+    if full < pixels:
+        lines += ['for p in range({}, {}):'.format(full, pixels),
+                  '    for o in range({}):'.format(o_all),
+                  '        gn[p * {} + o] = g[src + o * {} + p]'.format(o_all, pixels)]
     return lines
 
 
 def _bias_lines(o_all, pixels):
-    """Lines adding sample ``n``'s channel sums of ``g`` to ``gb``: ``BIAS_LANES``
-    partial sums per channel (pixel ``p`` into lane ``p % BIAS_LANES``), then
-    added in lane order."""
-    lanes = next(b for b in (BIAS_LANES, 8, 4, 2, 1) if pixels % b == 0)
+    """Lines adding sample ``n``'s channel sums of ``g`` to ``gb``: per channel
+    ``BIAS_LANES`` partial sums (pixel ``p`` of the whole blocks into lane
+    ``p % BIAS_LANES``, the pixels after them into lane 0), added in lane order."""
+    lanes = BIAS_LANES
+    full = pixels - pixels % lanes
     lines = ['for o in range({}):'.format(o_all),
              '    gs = g[n * {} + o * {}:]'.format(o_all * pixels, pixels)]
     lines += ['    s{} = numpy.float32(0)'.format(i) for i in range(lanes)]
-    lines += ['    for p in range(0, {}, {}):'.format(pixels, lanes)]
+    lines += ['    for p in range(0, {}, {}):'.format(full, lanes)]
     lines += ['        s{0} += gs[p + {0}]'.format(i) for i in range(lanes)]
+    if full < pixels:
+        lines += ['    for p in range({}, {}):'.format(full, pixels),
+                  '        s0 += gs[p]']
     lines += ['    gb[o] += ' + ' + '.join('s{}'.format(i) for i in range(lanes))]
     return lines
 
@@ -445,7 +449,7 @@ def backward_data(gy, W, ph, pw):
 def backward_weight(x, gy, kh, kw, ph=0, pw=0, with_bias=False):
     """The weight gradient (O, C, kh, kw) from the input (padded by ``ph``/``pw``
     in the kernel) and the output gradient; with ``with_bias`` the pair
-    (weight gradient, bias gradient (O,)), the latter summed in the same pass."""
+    (weight gradient, bias gradient (O,)), the latter summed in the same kernel."""
     n, c, h, w = x.shape
     o = gy.shape[1]
     fn = kernel('weight-bias' if with_bias else 'weight', c, o, h + 2 * ph, w + 2 * pw, kh, kw,
