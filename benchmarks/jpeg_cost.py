@@ -13,21 +13,21 @@ checksum must be the run's. Each test image is taken as the copy holds it
 run's data (``datasets.pcifar10``: pixels / 255, the training images'
 per-pixel mean subtracted, global contrast normalisation). Printed per
 quality: the peak signal-to-noise ratio of the recompressed pixels against
-the copy's, the per-channel standard deviation of the recompressed test
-pixels (the copy's README compares these with the official set's), and
-the accuracy of every exit alone and of the run's calibrated row, with its
-exit shares.
+the copy's (per image, averaged over the images), the per-channel standard
+deviation of the recompressed test pixels (the copy's README compares
+these with the official set's), and the accuracy of every exit alone and
+of the run's calibrated row, with its exit shares.
 
 This measures how much a further compression costs a network trained on
 the JPEG copy. It is not the cost of the copy's own compression (the
 official pixels are not available here). As a yardstick for the size of
 that compression, the script first compresses 32x32 thumbnails of
-scikit-image's sample photos (lossless originals; each photo whole and cut
-into 2x2 and 3x3 squares, box-downscaled) once at quality ``ORIGINAL_QUALITY``
+scikit-image's PNG sample photos (``PHOTOS``; each photo whole and cut into
+2x2 and 3x3 squares, box-downscaled) once at quality ``ORIGINAL_QUALITY``
 (the copy's, about 75) and prints the PSNR against the originals, beside
 the PSNR of compressing those compressed thumbnails again at each chosen
 quality (against the once-compressed ones, as the copy's images are
-measured).
+measured; every PSNR here is per image, averaged).
 """
 import argparse
 import io
@@ -43,9 +43,9 @@ import numpy  # noqa: E402
 
 #: The JPEG quality the copy was written with (its README: about 75).
 ORIGINAL_QUALITY = 75
-#: scikit-image's colour sample photos shipped with the package.
-PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
-          'hubble_deep_field', 'retina')
+#: scikit-image's colour sample photos shipped as PNG files (lossless; its
+#: 'rocket', 'hubble_deep_field' and 'retina' are JPEG files, left out).
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'immunohistochemistry')
 
 
 def thumbnails():
@@ -95,14 +95,14 @@ def recompress(pixels, quality):
 
 
 def psnr(a, b):
-    """Peak signal-to-noise ratio in dB of two uint8 arrays (over all values)."""
+    """Peak signal-to-noise ratio in dB of two uint8 arrays (over all their values)."""
     mse = numpy.mean((a.astype(numpy.float64) - b.astype(numpy.float64)) ** 2)
     return float('inf') if mse == 0 else 10 * numpy.log10(255. ** 2 / mse)
 
 
 def copy_pixels(results, cifar10):
-    """uint8 train and test pixels of the run's image-folder copy, checked
-    against the run's recorded checksum."""
+    """The run's image-folder copy decoded (``imagefolder.Decoded``: uint8
+    pixels, labels, checksum), checked against the run's recorded checksum."""
     from datasets import imagefolder
     from datasets.cifar10 import CLASSES
     recorded = results['data'].get('source_sha256')
@@ -120,7 +120,7 @@ def copy_pixels(results, cifar10):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('runs', nargs='+', metavar='RUN', help='a recorded run\'s folder')
-    p.add_argument('--qualities', default='95,75,50,30',
+    p.add_argument('--qualities', default='90,50,30,20',
                    help='JPEG qualities to recompress at, comma-separated (1-95)')
     p.add_argument('--samples', type=int, default=None,
                    help='the first N test images (default: all)')
@@ -133,7 +133,10 @@ def main():
         p.error('--qualities takes whole numbers separated by commas, got {!r}'.format(
             args.qualities))
     if not all(1 <= q <= 95 for q in qualities):
-        p.error('--qualities must lie in 1-95 (Pillow\'s range), got {}'.format(qualities))
+        p.error('--qualities must lie in 1-95 (Pillow advises against more than 95), got '
+                '{}'.format(qualities))
+    if args.samples is not None and args.samples < 1:
+        p.error('--samples must be 1 or more, got {}'.format(args.samples))
     if not args.cifar10:
         p.error('name the image-folder copy the runs used: --cifar10 PATH or '
                 '$BRANCHYNET_CIFAR10')
@@ -141,7 +144,7 @@ def main():
     from branchynet.engines.fast import FastBranchyNet
     from branchynet.engines.numba import processor
     from branchynet.io import fileio
-    from datasets import pcifar10
+    from datasets import imagefolder, pcifar10
     model, vector = processor()
     print('processor: {}; vector extensions: {}; OPENBLAS_CORETYPE={}'.format(
         model, vector, os.environ.get('OPENBLAS_CORETYPE', 'unset')))
@@ -150,16 +153,16 @@ def main():
     data = copy_pixels(runs[0][2], args.cifar10)
     test = data.x_test[:args.samples]
     labels = data.y_test[:args.samples]
-    mean = pcifar10.pixel_mean(data.x_train.astype(numpy.float32) / 255.)
+    mean = pcifar10.pixel_mean(imagefolder.to_float(data.x_train))
     versions = [('as read', test)] + [('Q{}'.format(q), recompress(test, q)) for q in qualities]
     print('data: {} test images of {} (sha256 {})'.format(len(test), args.cifar10, data.sha256))
     print('{:>8} {:>9} {:>24}'.format('images', 'PSNR dB', 'std per channel'))
     inputs = {}
     for name, pixels in versions:
         std = (pixels.astype(numpy.float64) / 255.).std(axis=(0, 2, 3))
-        print('{:>8} {:>9.2f} {:>24}'.format(name, psnr(pixels, test),
+        print('{:>8} {:>9.2f} {:>24}'.format(name, _mean_psnr(test, pixels),
                                              ' / '.join('{:.4f}'.format(s) for s in std)))
-        inputs[name] = pcifar10.normalize(pixels.astype(numpy.float32) / 255., mean)
+        inputs[name] = pcifar10.normalize(imagefolder.to_float(pixels), mean)
     for folder, net_name, results, weights in runs:
         if results['data'].get('source_sha256') != data.sha256:
             raise SystemExit('jpeg_cost: {} used another copy of the data'.format(folder))

@@ -52,7 +52,7 @@ RECIPES = {
     'shift_weights': {'shift': 2, 'exit_weights': [1.0, 0.3]},
 }
 #: The options that also change the main-only phase (the rest are joint-only).
-MAIN_OPTIONS = ('adam_beta1', 'lr_schedule', 'shift')
+MAIN_OPTIONS = ('adam_beta1', 'lr_schedule', 'shift', 'flip')
 #: The paper's threshold for B-LeNet (Table I).
 PAPER_T = 0.025
 #: The share leaving at exit 1 that the project's target asks for (the paper: 94.3 %).

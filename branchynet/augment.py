@@ -38,11 +38,10 @@ def epoch_flips(seed, epoch, n_samples):
 
 
 def flip_batch(x, flips):
-    """A copy of the (N, C, H, W) batch ``x`` with the images where ``flips``
-    is True mirrored left to right (last axis reversed)."""
-    out = numpy.array(x, copy=True)
-    out[flips] = out[flips][..., ::-1]
-    return out
+    """The (N, C, H, W) batch ``x`` with the images where ``flips`` is True
+    mirrored left to right (last axis reversed), in place; returns ``x``."""
+    x[flips] = x[flips][..., ::-1]
+    return x
 
 
 def shift_batch(x, offsets, max_shift):

