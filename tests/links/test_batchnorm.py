@@ -44,9 +44,23 @@ def test_forward_gradients_and_running_statistics_match_chainer(shape, relu, wit
     # Both compute in float32 (our sums in float64, Chainer's pairwise in float32):
     # x - mean loses digits in proportion to |mean| / std, and so may either result
     condition = 1 + abs(x.mean()) / x.std()
+    kink = numpy.zeros(x.shape, bool)  # with ReLU: outputs within rounding of 0 may take
+    # either side of the kink
+    if relu:
+        z = _run(False, x, shortcut, gy, gamma, False)[0]
+        kink = abs(z) <= 1e-4 * condition * max(1., abs(z).max())
     for a, b in zip(ours, theirs):
+        if a.shape == x.shape:  # elementwise results: those at the kink are not comparable
+            a, b = a[~kink], b[~kink]
         numpy.testing.assert_allclose(a, b, rtol=1e-4,
                                       atol=1e-4 * condition * max(1., abs(b).max()))
+
+
+def test_regressions_an_output_at_the_relu_kink_is_not_compared():
+    """The smallest case CI found (seed 35, scale 1e-3, ReLU and a shortcut):
+    one output within rounding of 0 took the other side of ReLU's kink."""
+    test_forward_gradients_and_running_statistics_match_chainer.hypothesis.inner_test(
+        shape=(4, 16, 7, 7), relu=True, with_shortcut=True, scale=0.001, seed=35)
 
 
 def test_layers_it_cannot_run_go_to_chainer():
