@@ -8,8 +8,9 @@ MNIST, B-ResNet-110 64 on mnist32) in three configurations, run as separate
 processes in interleaved rounds (so drifting machine load hits all alike)
 and reports the best round of each:
 
-- ``1 proc x 1 thread``: one process, OpenBLAS/OpenMP limited to one thread;
-- ``1 proc x N threads``: one process with N BLAS threads;
+- ``1 proc x 1 thread``: one process, OpenBLAS/OpenMP and the training kernels
+  limited to one thread;
+- ``1 proc x N threads``: one process with N threads (BLAS and kernels);
 - ``N ranks x 1 thread``: ``mpiexec -n N`` with ``--distributed`` training
   (ChainerMN; the default packed communicator), one thread per rank.
 
@@ -35,7 +36,8 @@ NETWORKS = {  # name: (module, dataset, global batch, epoch size, default steps,
     'lenet': ('lenet_mnist', 'mnist', 512, 60000, 20, 6),
     'resnet110': ('resnet_cifar10', 'mnist32', 64, 50000, 4, 2),
 }
-THREAD_VARS = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
+THREAD_VARS = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
+               'BRANCHYNET_TRAIN_THREADS')
 
 
 # ------------------------------------------------------------------ worker

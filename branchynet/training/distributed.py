@@ -20,6 +20,11 @@ Every rank holds the whole model and the whole data set. Training:
   process), BatchNorm running statistics are averaged over ranks at every
   epoch end, and only rank 0 prints progress and writes snapshots.
 
+The CPU training kernels of each rank split its part of a batch over its
+share of the node's cores (``directconv.share_cores``: the cores over the
+ranks on the node), not over all of them, so N ranks on N cores run N
+threads rather than N x N.
+
 Hence k steps on N ranks with global batch B give the weights of k steps of
 one process with batch B, up to floating-point summation order (networks
 without BatchNorm or dropout; with BatchNorm, batch statistics are taken
@@ -50,6 +55,7 @@ import traceback
 import chainer
 import numpy
 
+from branchynet.links import directconv
 from branchynet.validation import InputError, InvalidValue
 
 
@@ -234,11 +240,15 @@ class Distributed:
                 ', '.join(CPU_COMMUNICATORS), name))
         if name == 'packed':
             from mpi4py import MPI
-            return cls(_packed_communicator_class()(MPI.COMM_WORLD))
-        try:
-            return cls(chainermn.create_communicator(name))
-        except ValueError as e:  # ChainerMN's message for an unknown name
-            raise InvalidValue('--communicator {!r}: {}'.format(name, e)) from e
+            comm = _packed_communicator_class()(MPI.COMM_WORLD)
+        else:
+            try:
+                comm = chainermn.create_communicator(name)
+            except ValueError as e:  # ChainerMN's message for an unknown name
+                raise InvalidValue('--communicator {!r}: {}'.format(name, e)) from e
+        if not gpu:  # the ranks on this node share its cores
+            directconv.share_cores(comm.intra_size)
+        return cls(comm)
 
     @property
     def communicator_name(self):

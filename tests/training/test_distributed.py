@@ -226,6 +226,15 @@ def test_ranks_train_on_every_sample_once_per_epoch(tmp_path):
     assert len(got['rank0']) == 97 and len(got['rank1']) == 96  # 32+32+32+1 and 32+32+32+0
 
 
+def test_ranks_on_one_machine_share_its_cores_between_their_kernels(tmp_path, monkeypatch):
+    monkeypatch.delenv('BRANCHYNET_TRAIN_THREADS', raising=False)
+    mpirun(['shards', '--n', '8', '--batch', '4'], tmp_path)
+    # per rank: kernel threads, ranks on this node, cores it may use, cores of the machine
+    for threads, ranks, usable, total in numpy.load(tmp_path / 'result.npz')['kernel_threads']:
+        assert ranks == 2
+        assert threads == (usable if usable < total else max(1, usable // 2))
+
+
 def test_gathered_exit_outputs_equal_single_process(tmp_path):
     mpirun(['outputs', '--n', '101'], tmp_path)
     got = numpy.load(tmp_path / 'result.npz')

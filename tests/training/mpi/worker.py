@@ -79,9 +79,13 @@ def main(argv=None):
                 part, count = dist.local_part(order[b:b + args.batch])
                 seen.extend(part[:count].tolist())
             every = dist.comm.mpi_comm.gather(seen)
+            from branchynet.links import directconv
+            threads = dist.comm.mpi_comm.gather(
+                (directconv.threads(), dist.comm.intra_size) + directconv._usable_cores())
             if dist.is_root:
                 result = {'rank{}'.format(r): numpy.array(s, dtype=numpy.int64)
                           for r, s in enumerate(every)}
+                result['kernel_threads'] = numpy.array(threads, dtype=numpy.int64)
         elif args.action == 'outputs':
             net = make_net(args.seed, args.opt)
             result['sm'] = numpy.stack(dist.get_SM(net, x, batchsize=16))
