@@ -28,7 +28,7 @@ from branchynet import visualize
 from branchynet.driver import netspec
 from branchynet.evaluation import screening
 from branchynet.io import fileio, runrecord
-from branchynet.links import cpukernels, directconv
+from branchynet.links import cpukernels, kernelthreads
 from branchynet.measures import confidence, costs
 from branchynet.reporting import tables
 from branchynet.training import checkpoint, loop as training
@@ -286,8 +286,11 @@ def _run_locked(module, config, network, preset, dev, out, seed, dataset_module,
     log('training the main network: {} epochs, batch {}'.format(
         config['epochs_main'], config['batchsize']))
     if dev.xp is numpy and cpukernels.enabled():
-        log('CPU training kernels on {} thread(s){}'.format(
-            directconv.threads(), '' if dist is None else ' in each MPI rank'))
+        if dist is None or not dist.kernel_threads:
+            log('CPU training kernels on {} thread(s)'.format(kernelthreads.threads()))
+        else:
+            log('CPU training kernels: threads of rank 0, 1, ...: {}'.format(
+                ', '.join(map(str, dist.kernel_threads))))
     main_snapshot = os.path.join(out['models'], network + '.main.snapshot.npz')
     joint_snapshot = os.path.join(out['models'], network + '.joint.snapshot.npz')
     if root and not (resume and checkpoint.exists(main_snapshot)) and \

@@ -21,7 +21,7 @@ directly: no double backpropagation.
 import chainer
 import numpy
 
-from branchynet.links.directconv import run_split
+from branchynet.links.kernelthreads import run_split
 
 _kernels = {}
 

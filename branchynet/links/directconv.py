@@ -22,22 +22,22 @@ a literal and compiled once per shape:
   sample at a time; a layer with a bias sums its gradient per channel from
   the same sample (``_bias_lines``).
 
-Samples are split into ranges that threads (``threads()``, one per core the
-process may use) take one at a time; each range of the backward-weight
-kernel sums into its own ``gW``, and those are added in order.
+Samples are split into ranges that the kernels' threads take one at a time
+(``kernelthreads.run_split``); each range of the backward-weight kernel sums
+into its own ``gW``, and those are added in order.
 The forward and backward-data kernels compute every output with the same
 order of multiply-adds as a sum over channels and taps; Chainer's im2col and
 GEMM path sums in another order, so results agree to float32 rounding.
 """
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import chainer
 import numpy
 
 from branchynet.jit import (cache_root, prefer_vector_bits, private_folder, slp_vectorize,
                             vector_bits)
+from branchynet.links.kernelthreads import pieces, run_split
 
 #: Most output channels per tile (two AVX-512 vectors of float32).
 MAX_OB = 32
@@ -49,99 +49,6 @@ MAX_R = 12
 PIXEL_SUMS = 256
 _lock = threading.Lock()
 _kernels = {}
-_pool = None
-
-
-#: processes sharing this machine's cores (MPI ranks on one node; see ``share_cores``)
-_sharers = 1
-
-
-def _usable_cores():
-    """(cores this process may run on, cores of the machine)."""
-    total = max(1, os.cpu_count() or 1)
-    try:
-        return max(1, len(os.sched_getaffinity(0))), total
-    except AttributeError:
-        return total, total
-
-
-def share_cores(processes):
-    """Say that ``processes`` processes (this one included) train on this
-    machine at once, as MPI ranks on one node do: ``threads()`` then gives
-    each its share of the cores instead of all of them. Measured on
-    B-ResNet-110, 2 ranks on 2 cores (Intel Xeon): with 2 kernel threads per
-    rank, 4 threads on 2 cores, 0.9 global batches of 64 per second; with 1,
-    1.1 (two runs one after the other on an otherwise idle machine)."""
-    global _sharers
-    if int(processes) < 1:
-        raise ValueError('processes must be >= 1, got {!r}'.format(processes))
-    _sharers = int(processes)
-
-
-def threads():
-    """Threads the kernels split a batch over: ``$BRANCHYNET_TRAIN_THREADS``,
-    else the cores this process may run on, divided among the processes of
-    ``share_cores`` (at least 1) unless the process is already held to
-    fewer than all the machine's cores (a launcher that binds each rank
-    has shared them out itself)."""
-    value = os.environ.get('BRANCHYNET_TRAIN_THREADS')
-    if value:
-        return max(1, int(value))
-    usable, total = _usable_cores()
-    if usable < total:
-        return usable
-    return max(1, usable // _sharers)
-
-
-def _executor():
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=threads(),
-                                       thread_name_prefix='branchynet-conv')
-        return _pool
-
-
-def _split(n, parts):
-    """``parts`` contiguous ``(start, stop)`` ranges covering ``range(n)``."""
-    parts = max(1, min(parts, n))
-    edges = [n * i // parts for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-#: ranges per thread that ``run_split`` hands out one at a time
-PIECES_PER_THREAD = 4
-
-
-def pieces(n):
-    """The ranges ``run_split`` splits ``range(n)`` into: ``PIECES_PER_THREAD``
-    per thread (fewer where ``n`` is smaller), in order."""
-    return _split(n, threads() * PIECES_PER_THREAD if threads() > 1 else 1)
-
-
-def run_split(kernel, n, *args, parts=None):
-    """``kernel(*args, start, stop)`` for each range of ``parts`` (default
-    ``pieces(n)``), on up to ``threads()`` threads; returns once every range
-    is done, raising the first error. Each thread takes the next range not yet
-    taken, so a thread that starts late or shares its core with another
-    process does fewer (measured on a B-ResNet-110 main step, 2 threads,
-    Intel Xeon: with one range per thread the caller waited 81 ms of a
-    1,230 ms step for the other thread)."""
-    ranges = list(parts or pieces(n))
-    queue = iter(ranges)  # next() on a list iterator is atomic under the interpreter lock
-
-    def work():
-        for start, stop in queue:
-            kernel(*args, start, stop)
-    helpers = min(threads(), len(ranges)) - 1
-    futures = [_executor().submit(work) for _ in range(helpers)]
-    try:
-        work()
-    finally:
-        errors = [f.exception() for f in futures]
-    for e in errors:
-        if e is not None:
-            raise e
 
 
 def _block(channels, limit):

@@ -24,7 +24,7 @@ on one thread. That form is within 2 float32 roundings of the power.
 import chainer
 import numpy
 
-from branchynet.links.directconv import run_split
+from branchynet.links.kernelthreads import run_split
 
 _kernels = {}
 

@@ -21,9 +21,11 @@ Every rank holds the whole model and the whole data set. Training:
   epoch end, and only rank 0 prints progress and writes snapshots.
 
 The CPU training kernels of each rank split its part of a batch over its
-share of the node's cores (``directconv.share_cores``: the cores over the
-ranks on the node), not over all of them, so N ranks on N cores run N
-threads rather than N x N.
+share of the cores it may use (``kernelthreads.share_cores``): those cores
+over the ranks on the same machine that may use any of them (all ranks
+where the launcher binds none), so N ranks on N cores run N kernel
+threads rather than N x N. ``$BRANCHYNET_TRAIN_THREADS`` overrides it;
+BLAS threads (the GEMM path's convolutions, Linear) are left as they are.
 
 Hence k steps on N ranks with global batch B give the weights of k steps of
 one process with batch B, up to floating-point summation order (networks
@@ -55,7 +57,7 @@ import traceback
 import chainer
 import numpy
 
-from branchynet.links import directconv
+from branchynet.links import kernelthreads
 from branchynet.validation import InputError, InvalidValue
 
 
@@ -211,6 +213,26 @@ def _identity(obj):
     return obj
 
 
+def _affinity():
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))
+
+
+def _ranks_sharing_cores(mpi_comm):
+    """How many ranks on this rank's machine, itself included, may run on
+    any of its cores: all of them where the launcher binds no rank, 1 where
+    it binds each to cores of its own, the ranks bound with it otherwise."""
+    from mpi4py import MPI
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        mine = _affinity()
+        return sum(1 for cores in node.allgather(mine) if cores & mine)
+    finally:
+        node.Free()
+
+
 class Distributed:
     """One MPI job's view for training and evaluation (see the module docs).
 
@@ -223,6 +245,8 @@ class Distributed:
         self.rank, self.size = comm.rank, comm.size
         self.is_root = self.rank == 0
         self._optimizer = None
+        #: every rank's CPU training kernel threads (set by ``create`` on CPU)
+        self.kernel_threads = None
 
     @classmethod
     def create(cls, communicator=None, gpu=False):
@@ -246,9 +270,11 @@ class Distributed:
                 comm = chainermn.create_communicator(name)
             except ValueError as e:  # ChainerMN's message for an unknown name
                 raise InvalidValue('--communicator {!r}: {}'.format(name, e)) from e
-        if not gpu:  # the ranks on this node share its cores
-            directconv.share_cores(comm.intra_size)
-        return cls(comm)
+        dist = cls(comm)
+        if not gpu:  # the ranks using the same cores share them
+            kernelthreads.share_cores(_ranks_sharing_cores(comm.mpi_comm))
+            dist.kernel_threads = comm.mpi_comm.allgather(kernelthreads.threads())
+        return dist
 
     @property
     def communicator_name(self):

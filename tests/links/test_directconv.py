@@ -83,32 +83,6 @@ def test_batches_split_between_threads_give_the_same_result(monkeypatch):
         numpy.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1., abs(b).max()))
 
 
-@pytest.mark.parametrize('usable, total, sharers, expected', [
-    (2, 2, 1, 2),     # one process: every core
-    (2, 2, 2, 1),     # two MPI ranks on two cores: one thread each, not four in all
-    (8, 8, 3, 2),     # shares rounded down
-    (2, 2, 4, 1),     # more ranks than cores: still one thread
-    (1, 8, 2, 1),     # a rank bound to one core by its launcher keeps it
-    (4, 8, 2, 4),     # bound to four: the launcher has shared the cores already
-])
-def test_processes_sharing_the_machine_split_its_cores(monkeypatch, usable, total, sharers,
-                                                       expected):
-    monkeypatch.delenv('BRANCHYNET_TRAIN_THREADS', raising=False)
-    monkeypatch.setattr(directconv, '_usable_cores', lambda: (usable, total))
-    monkeypatch.setattr(directconv, '_sharers', 1)
-    directconv.share_cores(sharers)
-    assert directconv.threads() == expected
-    monkeypatch.setenv('BRANCHYNET_TRAIN_THREADS', '3')  # the user's setting wins
-    assert directconv.threads() == 3
-
-
-def test_sharing_with_no_processes_is_refused(monkeypatch):
-    monkeypatch.setattr(directconv, '_sharers', 1)
-    with pytest.raises(ValueError, match='processes must be >= 1'):
-        directconv.share_cores(0)
-    assert directconv._sharers == 1
-
-
 @pytest.mark.parametrize('bits', [256, 512])
 @pytest.mark.parametrize('layout', ['channels', 'pixels'])
 @pytest.mark.parametrize('shape', [

@@ -229,10 +229,13 @@ def test_ranks_train_on_every_sample_once_per_epoch(tmp_path):
 def test_ranks_on_one_machine_share_its_cores_between_their_kernels(tmp_path, monkeypatch):
     monkeypatch.delenv('BRANCHYNET_TRAIN_THREADS', raising=False)
     mpirun(['shards', '--n', '8', '--batch', '4'], tmp_path)
-    # per rank: kernel threads, ranks on this node, cores it may use, cores of the machine
-    for threads, ranks, usable, total in numpy.load(tmp_path / 'result.npz')['kernel_threads']:
-        assert ranks == 2
-        assert threads == (usable if usable < total else max(1, usable // 2))
+    # per rank: kernel threads, ranks sharing its cores, cores it may use
+    ranks = numpy.load(tmp_path / 'result.npz')['kernel_threads']
+    if any(usable < 2 for _, _, usable in ranks):
+        pytest.skip('a rank may use only one core: nothing to share')
+    for threads, sharers, usable in ranks:
+        assert sharers == 2  # mpiexec here binds no rank: both may use every core
+        assert threads == usable // 2
 
 
 def test_gathered_exit_outputs_equal_single_process(tmp_path):

@@ -79,9 +79,9 @@ def main(argv=None):
                 part, count = dist.local_part(order[b:b + args.batch])
                 seen.extend(part[:count].tolist())
             every = dist.comm.mpi_comm.gather(seen)
-            from branchynet.links import directconv
+            from branchynet.links import kernelthreads
             threads = dist.comm.mpi_comm.gather(
-                (directconv.threads(), dist.comm.intra_size) + directconv._usable_cores())
+                (kernelthreads.threads(), kernelthreads._sharers, kernelthreads.usable_cores()))
             if dist.is_root:
                 result = {'rank{}'.format(r): numpy.array(s, dtype=numpy.int64)
                           for r, s in enumerate(every)}
