@@ -16,7 +16,10 @@ ms per sample (median of the rounds, with their range), minutes per training
 epoch (60,000 images for B-LeNet, 50,000 for the CIFAR networks), the G
 multiply-adds/s achieved (3 x the forward multiply-adds of the step's exits
 per sample, over the step time) and its share of the float32 matmul peak
-measured in the same run, and each time over PyTorch eager's.
+measured in the same run, each time over PyTorch eager's (ratio of the
+medians), and each setting's time over ``torch.compile``'s round by round
+(median, with the fastest and slowest round's ratio: on a host whose speed
+drifts, these ratios are steadier than the times).
 
 PyTorch: ``--torch-python`` names an interpreter with torch (requirements/bench.txt)
 and numpy; without one that imports torch, those settings are left out, said once.
@@ -242,6 +245,15 @@ def start(setting, module_name, batch, threads, spec, torch_python):
     return child
 
 
+def round_ratios(times, reference):
+    """Median, fastest and slowest of ``times[r] / reference[r]`` over the rounds
+    ``r``: each round's settings ran one after the other, so a host that
+    slows down for a while slows both sides of a ratio alike."""
+    import numpy
+    ratios = numpy.asarray(times, float) / numpy.asarray(reference, float)
+    return float(numpy.median(ratios)), float(ratios.min()), float(ratios.max())
+
+
 def ask(child, step, count):
     child.stdin.write('{} {}\n'.format(step, count))
     child.stdin.flush()
@@ -307,9 +319,9 @@ def main():
         finally:
             for child in children.values():
                 child.kill()
-        print('{:>8s} {:>6s} {:>9s} {:>22s} {:>9s} {:>8s} {:>7s} {:>9s}'.format(
+        print('{:>8s} {:>6s} {:>9s} {:>22s} {:>9s} {:>8s} {:>7s} {:>9s} {:>24s}'.format(
             'network', 'step', 'setting', 'ms/sample (range)', 'min/epoch', 'GMAC/s',
-            '% peak', '/ torch'))
+            '% peak', '/ torch', '/ compile, by round'))
         for step in ('main', 'joint'):
             for s in settings:
                 per = numpy.array(times[(s, step)]) / batch * 1e3
@@ -317,10 +329,13 @@ def main():
                 gmacs = 3 * macs[step] / (med / 1e3) / 1e9
                 base = times.get(('torch', step))
                 ratio = med / (numpy.median(base) / batch * 1e3) if base else float('nan')
+                compiled = times.get(('compile', step))
+                by_round = '{:>10.2f} ({:.2f}-{:.2f})'.format(
+                    *round_ratios(times[(s, step)], compiled)) if compiled else ''
                 print('{:>8s} {:>6s} {:>9s} {:>8.2f} ({:>5.2f}-{:>5.2f}) {:>9.1f} {:>8.1f} '
-                      '{:>6.1f}% {:>9.2f}'.format(name, step, s, med, per.min(), per.max(),
-                                                  med * epoch / 6e4, gmacs, 100 * gmacs / peak,
-                                                  ratio))
+                      '{:>6.1f}% {:>9.2f} {:>24s}'.format(
+                          name, step, s, med, per.min(), per.max(), med * epoch / 6e4, gmacs,
+                          100 * gmacs / peak, ratio, by_round))
                 out['{}_{}_{}_ms'.format(name, step, s)] = round(med, 3)
     print('load average at the end {:.1f}'.format(load()))
     summary(**out)
