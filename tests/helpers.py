@@ -138,11 +138,13 @@ def run_on_kernel(layer, x, node_class):
     return y
 
 
-def forward_backward(fn, arrays, **kwargs):
+def forward_backward(fn, arrays, no_grad=(), **kwargs):
     """``[y, grad of each input]`` of ``fn(*arrays, **kwargs)`` with a fixed
-    output gradient (cosines), for comparing kernels with Chainer's functions."""
+    output gradient (cosines), for comparing kernels with Chainer's functions;
+    the inputs at the positions ``no_grad`` want no gradient (their entry None)."""
     import chainer
-    variables = [chainer.Variable(a.copy()) for a in arrays]
+    variables = [chainer.Variable(a.copy(), requires_grad=i not in no_grad)
+                 for i, a in enumerate(arrays)]
     y = fn(*variables, **kwargs)
     y.grad = numpy.cos(numpy.arange(y.size, dtype=numpy.float32)).reshape(y.shape)
     y.backward()

@@ -4,7 +4,8 @@
 normalisation, optionally fused with a shortcut and ReLU, as in ``ResBlock``)
 route a layer in training mode to:
 
-* ``directconv``: stride-1 convolutions with channels in multiples of 8;
+* ``directconv``: stride-1 convolutions with channels in multiples of 8
+  (input channels any number where the input needs no gradient: a first layer);
 * ``Convolution2DCPU`` (here) for the other plain convolutions. Chainer's CPU
   convolution builds an ``(N, C, kh, kw, oh, ow)`` column array and hands it
   to ``numpy.tensordot``, which copies it again into a matrix before the
@@ -127,11 +128,13 @@ def _pair(v):
 
 def convolution_2d(x, W, b=None, stride=1, pad=0, relu=False):
     """``F.convolution_2d`` on CPU arrays (then ``F.relu`` with ``relu``):
-    stride 1 with channels in multiples of 8 on the direct kernels
-    (``directconv``), else ``Convolution2DCPU``."""
+    stride 1 with channels in multiples of 8 (input channels any number where
+    ``x`` wants no gradient) on the direct kernels (``directconv.usable``),
+    else ``Convolution2DCPU``."""
     args = (x, W) if b is None else (x, W, b)
     stride, pad = _pair(stride), _pair(pad)
-    if _direct_usable(x.shape, W.shape, stride, pad):
+    input_grad = isinstance(x, chainer.Variable) and x.requires_grad
+    if _direct_usable(x.shape, W.shape, stride, pad, input_grad):
         return DirectConvolution2D(pad, relu).apply(args)[0]
     return Convolution2DCPU(stride, pad, relu)(*args)
 

@@ -13,15 +13,19 @@ from branchynet.links import cpukernels, directconv
 
 
 
-def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0):
+def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0, input_grad=True):
     rng = numpy.random.RandomState(seed)
     arrays = [rng.randn(n, c, h, w).astype(numpy.float32),
               rng.randn(o, c, kh, kw).astype(numpy.float32)]
     if bias:
         arrays.append(rng.randn(o).astype(numpy.float32))
-    assert directconv.usable(arrays[0].shape, arrays[1].shape, (1, 1), (ph, pw))
-    ours = forward_backward(cpukernels.convolution_2d, arrays, pad=(ph, pw))
-    theirs = forward_backward(F.convolution_2d, arrays, pad=(ph, pw))
+    assert directconv.usable(arrays[0].shape, arrays[1].shape, (1, 1), (ph, pw), input_grad)
+    skip = () if input_grad else (0,)  # the images of a first layer: no gradient
+    ours = forward_backward(cpukernels.convolution_2d, arrays, pad=(ph, pw), no_grad=skip)
+    theirs = forward_backward(F.convolution_2d, arrays, pad=(ph, pw), no_grad=skip)
+    if skip:
+        assert ours[1] is None and theirs[1] is None
+        ours, theirs = ours[:1] + ours[2:], theirs[:1] + theirs[2:]
     assert [a.shape for a in ours] == [a.shape for a in theirs]
     # float32, summation order differs: relative to the largest value of each result
     for a, b in zip(ours, theirs):
@@ -52,6 +56,37 @@ def test_generated_shapes_match_chainer(n, c, o, h, w, kh, kw, bias, data):
     _compare(n, c, o, h, w, kh, kw, ph, pw, bias)
 
 
+@pytest.mark.parametrize('shape', [
+    (2, 3, 32, 8, 8, 5, 5, 2, 2, True),       # B-AlexNet's first layer, on a smaller image
+    (2, 3, 16, 10, 10, 3, 3, 0, 0, False),    # B-ResNet-110's stem
+    (3, 1, 8, 7, 9, 3, 3, 1, 1, True),        # one channel, remainder tiles
+    (1, 5, 16, 6, 6, 1, 1, 0, 0, True),       # 1x1
+])
+def test_a_first_layer_on_few_channels_matches_chainer(shape):
+    _compare(*shape, input_grad=False)
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), c=st.integers(1, 7), o=st.sampled_from([8, 16, 32]),
+       h=st.integers(1, 11), w=st.integers(1, 13), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       bias=st.booleans(), data=st.data())
+def test_generated_first_layers_match_chainer(n, c, o, h, w, kh, kw, bias, data):
+    ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    _compare(n, c, o, h, w, kh, kw, ph, pw, bias, input_grad=False)
+
+
+def test_few_input_channels_whose_gradient_is_wanted_take_the_gemm_kernel():
+    x = chainer.Variable(numpy.zeros((1, 3, 8, 8), numpy.float32))  # wants a gradient
+    W = numpy.zeros((16, 3, 3, 3), numpy.float32)
+    assert isinstance(cpukernels.convolution_2d(x, W, pad=1).creator,
+                      cpukernels.Convolution2DCPU)
+    y = cpukernels.convolution_2d(x.array, W, pad=1)  # a plain array: no gradient
+    assert isinstance(y.creator, directconv.DirectConvolution2D)
+
+
 def test_the_first_input_gradient_is_skipped_when_not_needed():
     rng = numpy.random.RandomState(0)
     x = rng.randn(2, 8, 5, 5).astype(numpy.float32)  # a plain array: no gradient wanted
@@ -65,9 +100,11 @@ def test_the_first_input_gradient_is_skipped_when_not_needed():
 def test_narrow_or_strided_convolutions_take_the_gemm_kernel():
     x = numpy.zeros((1, 3, 8, 8), numpy.float32)
     assert not directconv.usable(x.shape, (16, 3, 3, 3), (1, 1), (1, 1))   # 3 channels in
+    assert directconv.usable(x.shape, (16, 3, 3, 3), (1, 1), (1, 1), input_grad=False)
+    assert not directconv.usable(x.shape, (5, 3, 3, 3), (1, 1), (1, 1), input_grad=False)
     assert not directconv.usable((1, 16, 8, 8), (16, 16, 3, 3), (2, 2), (1, 1))
     assert not directconv.usable((1, 16, 8, 8), (16, 16, 3, 3), (1, 1), (3, 3))
-    y = cpukernels.convolution_2d(x, numpy.zeros((16, 3, 3, 3), numpy.float32), pad=1)
+    y = cpukernels.convolution_2d(x, numpy.zeros((16, 3, 3, 3), numpy.float32), stride=2, pad=1)
     assert isinstance(y.creator, cpukernels.Convolution2DCPU)
 
 
