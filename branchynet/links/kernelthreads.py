@@ -47,13 +47,19 @@ def _cgroup_quota():
         return None
 
 
-def usable_cores():
-    """The cores this process may run on: its CPU affinity, or every core,
-    capped by the cgroup CPU quota (a container's ``--cpus``) where there is one."""
+def affinity():
+    """The set of cores this process may run on (every core where the
+    platform does not say)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:
-        cores = os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores():
+    """The cores this process may run on: its CPU affinity, capped by the
+    cgroup CPU quota (a container's ``--cpus``) where there is one."""
+    cores = len(affinity())
     quota = _cgroup_quota()
     return max(1, min(cores, quota) if quota else cores)
 

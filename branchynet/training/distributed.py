@@ -213,13 +213,6 @@ def _identity(obj):
     return obj
 
 
-def _affinity():
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:
-        return set(range(os.cpu_count() or 1))
-
-
 def _ranks_sharing_cores(mpi_comm):
     """How many ranks on this rank's machine, itself included, may run on
     any of its cores: all of them where the launcher binds no rank, 1 where
@@ -227,7 +220,7 @@ def _ranks_sharing_cores(mpi_comm):
     from mpi4py import MPI
     node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        mine = _affinity()
+        mine = kernelthreads.affinity()
         return sum(1 for cores in node.allgather(mine) if cores & mine)
     finally:
         node.Free()
