@@ -50,10 +50,16 @@ def test_direct_convolution_matches_chainer(shape):
        h=st.integers(1, 11), w=st.integers(1, 13), kh=st.integers(1, 5), kw=st.integers(1, 5),
        bias=st.booleans(), data=st.data())
 def test_generated_shapes_match_chainer(n, c, o, h, w, kh, kw, bias, data):
+    _compare_with_drawn_padding(data, n, c, o, h, w, kh, kw, bias)
+
+
+def _compare_with_drawn_padding(data, n, c, o, h, w, kh, kw, bias, input_grad=True):
+    """``_compare`` with padding drawn up to the kernel size - 1 (where the
+    padded image still holds the kernel)."""
     ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
-    _compare(n, c, o, h, w, kh, kw, ph, pw, bias)
+    _compare(n, c, o, h, w, kh, kw, ph, pw, bias, input_grad=input_grad)
 
 
 @pytest.mark.parametrize('shape', [
@@ -72,10 +78,7 @@ def test_a_first_layer_on_few_channels_matches_chainer(shape):
        h=st.integers(1, 11), w=st.integers(1, 13), kh=st.integers(1, 5), kw=st.integers(1, 5),
        bias=st.booleans(), data=st.data())
 def test_generated_first_layers_match_chainer(n, c, o, h, w, kh, kw, bias, data):
-    ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
-    if h + 2 * ph < kh or w + 2 * pw < kw:
-        return
-    _compare(n, c, o, h, w, kh, kw, ph, pw, bias, input_grad=False)
+    _compare_with_drawn_padding(data, n, c, o, h, w, kh, kw, bias, input_grad=False)
 
 
 def test_few_input_channels_whose_gradient_is_wanted_take_the_gemm_kernel():
