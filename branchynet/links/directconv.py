@@ -15,7 +15,11 @@ a literal and compiled once per shape:
   vectors run along the row instead (stored straight into the output).
 * backward-data: the same kernel on the output gradient padded by
   ``k - 1 - pad``, with the weights flipped and their channel axes swapped
-  (the gradient of a stride-1 convolution is a convolution).
+  (the gradient of a stride-1 convolution is a convolution). Where the input
+  already has a gradient from another use (a residual block's input feeds its
+  first convolution and its shortcut), each stored value is added to it
+  (``forward_source(accumulate=True)``): Chainer would add the two in a
+  separate, single-threaded pass.
 * backward-weight: per input channel and block of ``ob`` output channels, the
   ``kh * kw * ob`` sums of ``gW`` are scalars, accumulated over every pixel of
   a sample from the output gradient copied pixel-major ``(OH, OW, O)`` a
@@ -81,16 +85,20 @@ def forward_layout(out_width, bits):
     return 'pixels' if bits >= 512 and out_width % (2 * bits // 32) == 0 else 'channels'
 
 
-def _stored(name, relu):
-    """The expression stored for the sum ``name``: itself, or ReLU of it."""
+def _stored(name, relu, accumulate=False, index=None):
+    """The expression stored for the sum ``name``: itself, ReLU of it, or
+    (``accumulate``) ``earlier[index]`` plus it."""
+    if accumulate:
+        return 'earlier[{}] + {}'.format(index, name)
     return '{0} if not {0} <= 0 else numpy.float32(0)'.format(name) if relu else name
 
 
-def _forward_tile(r, ob, first, geo, layout, relu=False):
+def _forward_tile(r, ob, first, geo, layout, relu=False, accumulate=False):
     """Lines of one forward tile: ``r`` pixels from output column ``first``
     (an expression) of row ``oy``, output channels ``o0 .. o0 + ob``; with
     ``relu``, each sum ``a`` is stored as ``numpy.maximum(a, 0)`` would give
-    it (``a`` where ``a > 0`` or NaN, else ``+0.0``)."""
+    it (``a`` where ``a > 0`` or NaN, else ``+0.0``); with ``accumulate``, as
+    ``earlier + a``, ``earlier`` the value at the same place of ``acc``."""
     c_in, o_all, hp, wp, oh, ow, kh, kw = geo
     lines = ['a{}_{} = b[o0 + {}]'.format(i, j, j) for i in range(r) for j in range(ob)]
     lines += ['for c in range({}):'.format(c_in),
@@ -103,17 +111,20 @@ def _forward_tile(r, ob, first, geo, layout, relu=False):
     body += ['a{0}_{1} += w{1} * x{0}'.format(i, j) for i in range(r) for j in range(ob)]
     lines += ['            ' + line for line in body]
     lines.append('out = yn[o0 * {} + oy * {} + {}:]'.format(oh * ow, ow, first))
+    if accumulate:
+        lines.append('earlier = accn[o0 * {} + oy * {} + {}:]'.format(oh * ow, ow, first))
     if layout == 'pixels':
         # consecutive stores of a channel's pixels: vectors along the row
-        lines += ['out[{}] = {}'.format(j * oh * ow + i, _stored('a{}_{}'.format(i, j), relu))
-                  for j in range(ob) for i in range(r)]
+        places = [(j * oh * ow + i, 'a{}_{}'.format(i, j)) for j in range(ob) for i in range(r)]
+        lines += ['out[{}] = {}'.format(k, _stored(a, relu, accumulate, k)) for k, a in places]
         return lines
     # consecutive stores of each pixel's sums: vectors across output channels
     lines += ['sums[{}] = a{}_{}'.format(i * ob + j, i, j) for i in range(r) for j in range(ob)]
     lines += ['for j in range({}):'.format(ob),
               '    for i in range({}):'.format(r),
               '        v = sums[i * {} + j]'.format(ob),
-              '        out[j * {} + i] = {}'.format(oh * ow, _stored('v', relu))]
+              '        out[j * {0} + i] = {1}'.format(
+                  oh * ow, _stored('v', relu, accumulate, 'j * {} + i'.format(oh * ow)))]
     return lines
 
 
@@ -138,26 +149,34 @@ def _scratch_line(c_in, hp, wp, ph, pw):
     return ['    xs = numpy.zeros({}, numpy.float32)'.format(c_in * hp * wp)] if ph or pw else []
 
 
-def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels', ph=0, pw=0, relu=False):
+def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels', ph=0, pw=0, relu=False,
+                   accumulate=False):
     """Source of ``kernel(x, w, b, y, start, stop)``: ``y[n] = conv(x[n], w) + b``
     for the samples ``start..stop``; ``x`` the input ``(N, c_in, hp - 2 ph,
     wp - 2 pw)``, zero-padded here to ``(hp, wp)`` a sample at a time, ``w``
     the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat;
-    with ``relu``, ``y`` is ReLU of that, as ``F.relu`` computes it."""
+    with ``relu``, ``y`` is ReLU of that, as ``F.relu`` computes it. With
+    ``accumulate``, ``kernel(x, w, b, acc, y, start, stop)`` stores
+    ``acc + conv(x, w) + b`` (``acc`` shaped as ``y``; the two may differ)."""
+    if relu and accumulate:
+        raise ValueError('forward_source: relu and accumulate do not combine')
     oh, ow = hp - kh + 1, wp - kw + 1
     geo = (c_in, o_all, hp, wp, oh, ow, kh, kw)
     r, ob = (tile_shape if layout == 'channels' else pixel_tile_shape)(o_all, ow)
     full, rest = divmod(ow, r)
     rows = ['for ox0 in range(0, {}, {}):'.format(full * r, r)] + \
-        ['    ' + line for line in _forward_tile(r, ob, 'ox0', geo, layout, relu)]
+        ['    ' + line for line in _forward_tile(r, ob, 'ox0', geo, layout, relu, accumulate)]
     if rest:
-        rows += _forward_tile(rest, ob, str(full * r), geo, layout, relu)
-    lines = ['def kernel(x, w, b, y, start, stop):',
+        rows += _forward_tile(rest, ob, str(full * r), geo, layout, relu, accumulate)
+    lines = ['def kernel(x, w, b, {}y, start, stop):'.format('acc, ' if accumulate else ''),
              '    sums = numpy.empty({}, numpy.float32)'.format(r * ob)]
     lines += _scratch_line(c_in, hp, wp, ph, pw)
     lines += ['    for n in range(start, stop):']
     lines += ['        ' + line for line in _sample_lines('xn', c_in, hp, wp, ph, pw)]
-    lines += ['        yn = y[n * {}:]'.format(o_all * oh * ow),
+    lines += ['        yn = y[n * {}:]'.format(o_all * oh * ow)]
+    if accumulate:
+        lines += ['        accn = acc[n * {}:]'.format(o_all * oh * ow)]
+    lines += [
              '        for o0 in range(0, {}, {}):'.format(o_all, ob),
              '            for oy in range({}):'.format(oh)]
     return '\n'.join(lines + ['                ' + line for line in rows])
@@ -338,7 +357,8 @@ def compile_source(source, bits, signature=None, fastmath=_FASTMATH):
 
 
 def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
-    """The compiled ``kind`` ('forward', 'forward-relu', 'weight' or 'weight-bias')
+    """The compiled ``kind`` ('forward', 'forward-relu', 'forward-accumulate',
+    'weight' or 'weight-bias')
     kernel for an input of ``c_in`` channels padded by ``ph``/``pw`` to ``hp x wp``,
     ``o_all`` output channels and ``kh x kw`` taps, compiled on first use."""
     bits = vector_bits()
@@ -346,9 +366,10 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
     key = (kind, bits) + shape + (ph, pw)
     fn = _kernels.get(key)
     if fn is None:
-        if kind in ('forward', 'forward-relu'):
+        if kind.startswith('forward'):
             source = forward_source(*shape, layout=forward_layout(wp - kw + 1, bits),
-                                    ph=ph, pw=pw, relu=kind == 'forward-relu')
+                                    ph=ph, pw=pw, relu=kind == 'forward-relu',
+                                    accumulate=kind == 'forward-accumulate')
         else:
             bits = weight_bits(o_all, kh * kw, bits)
             source = weight_source(*shape, bits=bits, ph=ph, pw=pw,
@@ -359,27 +380,38 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
     return fn
 
 
-def forward(x, W, b, ph=0, pw=0, relu=False):
+def forward(x, W, b, ph=0, pw=0, relu=False, earlier=None):
     """``y`` (N, O, OH, OW): ``x`` zero-padded by ``ph``/``pw`` (in the kernel)
     convolved with ``W`` (O, C, kh, kw), stride 1, plus ``b`` (or no bias);
-    with ``relu``, ReLU of that, applied as each output is stored."""
+    with ``relu``, ReLU of that, applied as each output is stored; with
+    ``earlier`` (float32, y's shape), ``earlier`` plus that, added as each
+    output is stored (``earlier`` is left as it was)."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     o, _, kh, kw = W.shape
     wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0))
     bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
     y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
+    x, w = numpy.ascontiguousarray(x).reshape(-1), wt.reshape(-1)
+    if earlier is not None:
+        if earlier.shape != y.shape or earlier.dtype != y.dtype:
+            raise ValueError('directconv.forward: earlier is {} {}; expected float32 {}'.format(
+                earlier.dtype, earlier.shape, y.shape))
+        run_split(kernel('forward-accumulate', c, o, hp, wp, kh, kw, ph, pw), n, x, w, bias,
+                  numpy.ascontiguousarray(earlier).reshape(-1), y.reshape(-1))
+        return y
     run_split(kernel('forward-relu' if relu else 'forward', c, o, hp, wp, kh, kw, ph, pw), n,
-              numpy.ascontiguousarray(x).reshape(-1), wt.reshape(-1), bias, y.reshape(-1))
+              x, w, bias, y.reshape(-1))
     return y
 
 
-def backward_data(gy, W, ph, pw):
+def backward_data(gy, W, ph, pw, earlier=None):
     """The input gradient (N, C, H, W) of a stride-1 convolution with padding
-    ``ph``/``pw`` (each at most the kernel size - 1) from its output gradient."""
+    ``ph``/``pw`` (each at most the kernel size - 1) from its output gradient;
+    with ``earlier`` (the input's gradient from its other uses), their sum."""
     o, c, kh, kw = W.shape
     flipped = numpy.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return forward(gy, flipped, None, kh - 1 - ph, kw - 1 - pw)
+    return forward(gy, flipped, None, kh - 1 - ph, kw - 1 - pw, earlier=earlier)
 
 
 def backward_weight(x, gy, kh, kw, ph=0, pw=0, with_bias=False):
@@ -441,6 +473,26 @@ class DirectConvolution2D(chainer.FunctionNode):
         return forward(x, W, b, self.ph, self.pw, self.relu),
 
     def backward(self, indexes, grad_outputs):
+        return self._gradients(indexes, grad_outputs, None)
+
+    def backward_accumulate(self, target_input_indexes, grad_outputs, grad_inputs):
+        """``backward`` plus the gradients the inputs already have from their
+        other uses (``grad_inputs``): the input's is added in the
+        backward-data kernel as it stores (Chainer's ``earlier + new``, the
+        same float32 sums), the others as Chainer adds them."""
+        earlier = dict(zip(target_input_indexes, grad_inputs))
+        into = earlier.get(0)
+        array = None if into is None else into.array
+        fused = (isinstance(array, numpy.ndarray) and array.dtype == numpy.float32
+                 and array.shape == self.inputs[0].shape)
+        grads = self._gradients(target_input_indexes, grad_outputs, array if fused else None)
+        out = []
+        for i, g in zip(target_input_indexes, grads):
+            e = earlier[i]
+            out.append(g if e is None or (i == 0 and fused) else e + g)
+        return tuple(out)
+
+    def _gradients(self, indexes, grad_outputs, earlier_x):
         x, W = self.get_retained_inputs()
         x, W = x.array, W.array
         gy = grad_outputs[0].array
@@ -450,7 +502,7 @@ class DirectConvolution2D(chainer.FunctionNode):
         kh, kw = W.shape[2:]
         grads = {}
         if 0 in indexes:
-            grads[0] = backward_data(gy, W, self.ph, self.pw)
+            grads[0] = backward_data(gy, W, self.ph, self.pw, earlier=earlier_x)
         if 1 in indexes or 2 in indexes:
             grads[1], grads[2] = backward_weight(x, gy, kh, kw, self.ph, self.pw,
                                                  with_bias=True)

@@ -192,3 +192,60 @@ def test_convolution_then_relu_in_one_node_matches_chainer(shape):
         assert numpy.array_equal(numpy.isnan(a), numpy.isnan(b))
         a, b = numpy.nan_to_num(a), numpy.nan_to_num(b)
         numpy.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1., abs(b).max()))
+
+
+def _input_used_twice(x, W, b, up, other, pad, chainer_adds):
+    """Gradients of a loss where ``x`` feeds a convolution and, deeper in the
+    graph, an addition (as a residual block's input feeds its first convolution
+    and its shortcut): the addition's gradient reaches ``x`` first. With
+    ``chainer_adds``, Chainer sums the two; else the backward-data kernel does."""
+    xv, Wv, bv = chainer.Variable(x), chainer.Variable(W), chainer.Variable(b)
+    node = directconv.DirectConvolution2D(pad)
+    if chainer_adds:
+        node.backward_accumulate = chainer.FunctionNode.backward_accumulate.__get__(node)
+    y = node.apply((xv, Wv, bv))[0]
+    block = xv + F.broadcast_to(F.sum(F.tanh(y)) * 1e-3, x.shape)
+    (F.sum(F.tanh(y) * up) + F.sum(block * other)).backward()
+    return xv.grad, Wv.grad, bv.grad
+
+
+@pytest.mark.parametrize('bits', [256, 512])
+@pytest.mark.parametrize('layout', ['channels', 'pixels'])
+@pytest.mark.parametrize('shape', [
+    (2, 16, 16, 32, 32, 3, 3, 1, 1),    # rows of two 512-bit vectors
+    (3, 8, 24, 7, 9, 3, 3, 1, 1),       # remainder tiles
+    (2, 8, 8, 6, 5, 5, 3, 2, 0),        # unequal kernel sides and padding
+])
+def test_an_input_gradient_added_in_the_kernel_equals_chainers_sum(monkeypatch, bits, layout,
+                                                                    shape):
+    """The input's earlier gradient added as the backward-data kernel stores:
+    Chainer's ``earlier + new`` to the bit, the kernel taking that path."""
+    monkeypatch.setenv('BRANCHYNET_VECTOR_BITS', str(bits))
+    monkeypatch.setattr(directconv, 'forward_layout', lambda width, bits: layout)
+    monkeypatch.setattr(directconv, '_kernels', {})
+    n, c, o, h, w, kh, kw, ph, pw = shape
+    rng = numpy.random.RandomState(4)
+    x = rng.randn(n, c, h, w).astype(numpy.float32)
+    W = rng.randn(o, c, kh, kw).astype(numpy.float32)
+    b = rng.randn(o).astype(numpy.float32)
+    up = rng.randn(n, o, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1).astype(numpy.float32)
+    other = rng.randn(*x.shape).astype(numpy.float32)
+    added = []
+    forward = directconv.forward
+
+    def spy(*args, **kwargs):
+        added.append(kwargs.get('earlier') is not None)
+        return forward(*args, **kwargs)
+    monkeypatch.setattr(directconv, 'forward', spy)
+    ours = _input_used_twice(x, W, b, up, other, (ph, pw), chainer_adds=False)
+    assert added == [False, True]  # the forward pass, then backward-data adding
+    theirs = _input_used_twice(x, W, b, up, other, (ph, pw), chainer_adds=True)
+    for a, t in zip(ours, theirs):
+        numpy.testing.assert_array_equal(a, t)
+
+
+def test_an_earlier_gradient_of_another_shape_is_refused():
+    x = numpy.zeros((1, 8, 4, 4), numpy.float32)
+    with pytest.raises(ValueError, match=r'earlier is float32 \(1, 8, 3, 3\); expected float32'):
+        directconv.forward(x, numpy.zeros((8, 8, 3, 3), numpy.float32), None, 1, 1,
+                           earlier=numpy.zeros((1, 8, 3, 3), numpy.float32))
