@@ -19,6 +19,7 @@ def cores(monkeypatch):
     def set_cores(usable, quota=None):
         monkeypatch.setattr(kernelthreads.os, 'sched_getaffinity', lambda pid: set(range(usable)))
         monkeypatch.setattr(kernelthreads, '_cgroup_quota', lambda: quota)
+        monkeypatch.setattr(kernelthreads, '_quota_read', [])
     return set_cores
 
 
@@ -170,3 +171,12 @@ def test_a_forked_child_runs_calls_without_the_parents_helpers(monkeypatch):
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail('the forked child hung in run_split')
+
+
+def test_the_cgroup_quota_is_read_once_per_process(monkeypatch):
+    reads = []
+    monkeypatch.setattr(kernelthreads, '_cgroup_quota', lambda: reads.append(1) or 3)
+    monkeypatch.setattr(kernelthreads, '_quota_read', [])
+    monkeypatch.setattr(kernelthreads.os, 'sched_getaffinity', lambda pid: set(range(8)))
+    assert [kernelthreads.usable_cores() for _ in range(5)] == [3] * 5
+    assert len(reads) == 1
