@@ -48,27 +48,84 @@ def _flat(a):
 class AdamRule(chainer.optimizers.adam.AdamRule):
     """``chainer.optimizers.adam.AdamRule`` with a one-pass CPU update (see above)."""
 
-    def update_core_cpu(self, param):
-        grad, hp = param.grad, self.hyperparam
-        if grad is None:
-            return
-        m, v = self.state['m'], self.state['v']
-        arrays = [_flat(a) for a in (param.data, grad, m, v)]
-        # a 0-d parameter: numpy computes Chainer's update partly in float64
-        if (not cpukernels.enabled() or hp.amsgrad or hp.adabound or param.ndim == 0
-                or param.dtype != numpy.float32
-                or any(a is None or a.dtype != numpy.float32 for a in arrays)):
-            return super().update_core_cpu(param)
+    def scalars(self):
+        """This step's float32 scalars of the one-pass update, or None where
+        Chainer's own update runs (AMSGrad, AdaBound)."""
+        hp = self.hyperparam
+        if hp.amsgrad or hp.adabound:
+            return None
         self._check_eps(numpy.float32)
         f32 = numpy.float32
         # Chainer's axpby skips the parameter's scaling when it is 1 (x += b * y)
         decay = 1.0 - hp.eta * hp.weight_decay_rate
-        _compiled()(*arrays, f32(self.alpha_t), f32(1.0 - hp.beta1), f32(1.0 - hp.beta2),
-                    f32(hp.eps), f32(decay), f32(-hp.eta))
+        return (f32(self.alpha_t), f32(1.0 - hp.beta1), f32(1.0 - hp.beta2), f32(hp.eps),
+                f32(decay), f32(-hp.eta))
+
+    def update_core_cpu(self, param, scalars=None):
+        """The one-pass update with ``scalars`` (default: ``self.scalars()``),
+        or Chainer's where it does not apply."""
+        grad = param.grad
+        if grad is None:
+            return
+        arrays = [_flat(a) for a in (param.data, grad, self.state['m'], self.state['v'])]
+        # a 0-d parameter: numpy computes Chainer's update partly in float64
+        if (not cpukernels.enabled() or param.ndim == 0 or param.dtype != numpy.float32
+                or any(a is None or a.dtype != numpy.float32 for a in arrays)):
+            return super().update_core_cpu(param)
+        scalars = self.scalars() if scalars is None else scalars
+        if scalars is None:
+            return super().update_core_cpu(param)
+        _compiled()(*arrays, *scalars)
+
+
+def _hooked(hookable):
+    return bool(hookable._pre_update_hooks or hookable._post_update_hooks)
+
+
+def _direct(rule, param):
+    """Whether ``param``'s step can skip Chainer's per-parameter wrapping
+    (device scope, fp32 copy, loss scaling, hooks): a rule of this module on
+    a numpy parameter with none of those."""
+    return (type(rule) is AdamRule and not rule._use_fp32_update
+            and not _hooked(rule._hookable) and param._loss_scale is None
+            and isinstance(param.array, numpy.ndarray))
 
 
 class Adam(chainer.optimizers.Adam):
-    """``chainer.optimizers.Adam`` whose parameters update through ``AdamRule`` above."""
+    """``chainer.optimizers.Adam`` whose parameters update through ``AdamRule`` above.
+
+    ``update()`` without a loss function and without optimizer hooks or loss
+    scaling steps each such parameter's rule directly (its ``t``, its state
+    created on first use, its one-pass update) instead of through
+    ``UpdateRule.update``: Chainer's per-parameter wrapping took 17 of the
+    22 ms of B-ResNet-110's update (456 parameters, Intel Xeon). Any other
+    parameter, and any other call, goes through Chainer's own ``update``."""
 
     def create_update_rule(self):
         return AdamRule(self.hyperparam)
+
+    def update(self, lossfun=None, *args, **kwds):
+        if (lossfun is not None or _hooked(self._hookable) or self._loss_scale is not None
+                or not cpukernels.enabled()):
+            return super().update(lossfun, *args, **kwds)
+        self.reallocate_cleared_grads()
+        self.t += 1
+        shared = {}  # rule.t -> scalars, for rules with the optimizer's hyperparameters
+        for param in self.target.params():
+            rule = param.update_rule
+            if rule is None:
+                continue
+            if not _direct(rule, param):
+                param.update()
+            elif rule.enabled:
+                rule.t += 1
+                if rule.state is None:
+                    rule._init_states(param)
+                if (param.dtype == numpy.float32 and vars(rule.hyperparam).keys() == {'_parent'}
+                        and rule.hyperparam.parent is self.hyperparam):
+                    if rule.t not in shared:
+                        shared[rule.t] = rule.scalars()
+                    rule.update_core_cpu(param, shared[rule.t])
+                else:
+                    rule.update_core_cpu(param)
+        self.reallocate_cleared_grads()

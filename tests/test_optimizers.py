@@ -1,5 +1,6 @@
 """branchynet.optimizers: the one-pass Adam gives Chainer's Adam's results to the last bit."""
 import numpy
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import branchynet  # noqa: F401
@@ -90,3 +91,52 @@ def test_a_0d_parameter_updates_as_chainers():
         return [link.s.array, rule.state['m'], rule.state['v']]
     for a, b in zip(run(adam.Adam), run(chainer.optimizers.Adam)):
         numpy.testing.assert_array_equal(a, b)
+
+
+def _mixed_steps(optimizer_class, hook):
+    """Four parameters a step each way can treat differently: one whose rule
+    is disabled for the second step (as ``train_main`` does to the heads),
+    one with its own learning rate, one float64, one plain; with ``hook``, a
+    weight-decay hook on the optimizer (Chainer's per-parameter path)."""
+    rng = numpy.random.RandomState(5)
+    link = chainer.Link()
+    with link.init_scope():
+        link.a = chainer.Parameter(rng.randn(3, 4).astype(numpy.float32))
+        link.b = chainer.Parameter(rng.randn(5).astype(numpy.float32))
+        link.c = chainer.Parameter(rng.randn(2, 2))
+        link.d = chainer.Parameter(rng.randn(7).astype(numpy.float32))
+    opt = optimizer_class(alpha=0.01)
+    opt.setup(link)
+    if hook:
+        opt.add_hook(chainer.optimizer_hooks.WeightDecay(1e-3))
+    link.b.update_rule.hyperparam.alpha = 0.1
+    for step in range(3):
+        link.cleargrads()
+        for p in link.params():
+            p.grad = rng.randn(*p.shape).astype(p.dtype)
+        link.a.update_rule.enabled = step != 1
+        opt.update()
+    rules = [p.update_rule for p in (link.a, link.b, link.c, link.d)]
+    return ([link.a.array, link.b.array, link.c.array, link.d.array]
+            + [r.state[k] for r in rules for k in ('m', 'v')] + [[r.t for r in rules], opt.t])
+
+
+@pytest.mark.parametrize('hook', [False, True])
+def test_the_direct_update_of_mixed_parameters_equals_chainers(hook):
+    ours, theirs = _mixed_steps(adam.Adam, hook), _mixed_steps(chainer.optimizers.Adam, hook)
+    assert ours[-2:] == theirs[-2:] == [[2, 3, 3, 3], 3]  # each rule's steps, the optimizer's
+    for a, b in zip(ours[:-2], theirs[:-2]):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_update_skips_chainers_per_parameter_wrapping(monkeypatch):
+    """Without hooks or a loss function, no parameter goes through ``UpdateRule.update``."""
+    wrapped = []
+    original = chainer.UpdateRule.update
+    monkeypatch.setattr(chainer.UpdateRule, 'update',
+                        lambda self, param: wrapped.append(1) or original(self, param))
+    _steps(adam.Adam, [(2, 3), (4,)], {}, [[numpy.ones((2, 3), numpy.float32),
+                                            numpy.ones(4, numpy.float32)]] * 2)
+    assert not wrapped
+    _steps(chainer.optimizers.Adam, [(2, 3)], {}, [[numpy.ones((2, 3), numpy.float32)]])
+    assert wrapped  # the spy sees Chainer's own path
