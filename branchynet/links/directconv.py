@@ -380,61 +380,103 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
     return fn
 
 
+def _forward_task(x, W, b, ph, pw, relu, earlier):
+    """``(task, y)``: ``task(start, stop)`` computes samples ``start..stop`` of
+    ``y`` as ``forward`` says."""
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    o, _, kh, kw = W.shape
+    wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0)).reshape(-1)
+    bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
+    y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
+    flat_x, flat_y = numpy.ascontiguousarray(x).reshape(-1), y.reshape(-1)
+    if earlier is None:
+        fn = kernel('forward-relu' if relu else 'forward', c, o, hp, wp, kh, kw, ph, pw)
+        return (lambda start, stop: fn(flat_x, wt, bias, flat_y, start, stop)), y
+    if earlier.shape != y.shape or earlier.dtype != y.dtype:
+        raise ValueError('directconv.forward: earlier is {} {}; expected float32 {}'.format(
+            earlier.dtype, earlier.shape, y.shape))
+    fn = kernel('forward-accumulate', c, o, hp, wp, kh, kw, ph, pw)
+    acc = numpy.ascontiguousarray(earlier).reshape(-1)
+    return (lambda start, stop: fn(flat_x, wt, bias, acc, flat_y, start, stop)), y
+
+
 def forward(x, W, b, ph=0, pw=0, relu=False, earlier=None):
     """``y`` (N, O, OH, OW): ``x`` zero-padded by ``ph``/``pw`` (in the kernel)
     convolved with ``W`` (O, C, kh, kw), stride 1, plus ``b`` (or no bias);
     with ``relu``, ReLU of that, applied as each output is stored; with
     ``earlier`` (float32, y's shape), ``earlier`` plus that, added as each
     output is stored (``earlier`` is left as it was)."""
-    n, c, h, w = x.shape
-    hp, wp = h + 2 * ph, w + 2 * pw
-    o, _, kh, kw = W.shape
-    wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0))
-    bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
-    y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
-    x, w = numpy.ascontiguousarray(x).reshape(-1), wt.reshape(-1)
-    if earlier is not None:
-        if earlier.shape != y.shape or earlier.dtype != y.dtype:
-            raise ValueError('directconv.forward: earlier is {} {}; expected float32 {}'.format(
-                earlier.dtype, earlier.shape, y.shape))
-        run_split(kernel('forward-accumulate', c, o, hp, wp, kh, kw, ph, pw), n, x, w, bias,
-                  numpy.ascontiguousarray(earlier).reshape(-1), y.reshape(-1))
-        return y
-    run_split(kernel('forward-relu' if relu else 'forward', c, o, hp, wp, kh, kw, ph, pw), n,
-              x, w, bias, y.reshape(-1))
+    task, y = _forward_task(x, W, b, ph, pw, relu, earlier)
+    run_split(task, x.shape[0])
     return y
+
+
+def _data_task(gy, W, ph, pw, earlier):
+    o, c, kh, kw = W.shape
+    flipped = numpy.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return _forward_task(gy, flipped, None, kh - 1 - ph, kw - 1 - pw, False, earlier)
 
 
 def backward_data(gy, W, ph, pw, earlier=None):
     """The input gradient (N, C, H, W) of a stride-1 convolution with padding
     ``ph``/``pw`` (each at most the kernel size - 1) from its output gradient;
     with ``earlier`` (the input's gradient from its other uses), their sum."""
-    o, c, kh, kw = W.shape
-    flipped = numpy.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return forward(gy, flipped, None, kh - 1 - ph, kw - 1 - pw, earlier=earlier)
+    task, gx = _data_task(gy, W, ph, pw, earlier)
+    run_split(task, gy.shape[0])
+    return gx
+
+
+def _weight_task(x, gy, kh, kw, ph, pw, with_bias, ranges):
+    """``(task, result)``: ``task(start, stop)`` (one of ``ranges``) sums that
+    range's part of the weight (and bias) gradient; ``result()`` adds the
+    parts in order: the same result however the threads take them."""
+    n, c, h, w = x.shape
+    o = gy.shape[1]
+    fn = kernel('weight-bias' if with_bias else 'weight', c, o, h + 2 * ph, w + 2 * pw, kh, kw,
+                ph, pw)
+    partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
+    bias = numpy.zeros((len(ranges), o), numpy.float32)
+    x, g = numpy.ascontiguousarray(x).reshape(-1), numpy.ascontiguousarray(gy).reshape(-1)
+    row = {r: i for i, r in enumerate(ranges)}
+
+    def task(start, stop):
+        i = row[start, stop]
+        fn(x, g, partial[i], bias[i], start, stop)
+
+    def result():
+        gw = numpy.ascontiguousarray(
+            partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
+        return (gw, bias.sum(axis=0)) if with_bias else gw
+    return task, result
 
 
 def backward_weight(x, gy, kh, kw, ph=0, pw=0, with_bias=False):
     """The weight gradient (O, C, kh, kw) from the input (padded by ``ph``/``pw``
     in the kernel) and the output gradient; with ``with_bias`` the pair
     (weight gradient, bias gradient (O,)), the latter summed in the same kernel."""
-    n, c, h, w = x.shape
-    o = gy.shape[1]
-    fn = kernel('weight-bias' if with_bias else 'weight', c, o, h + 2 * ph, w + 2 * pw, kh, kw,
-                ph, pw)
-    ranges = pieces(n)
-    # one row per range, summed in order: the same result however the threads take them
-    partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
-    bias = numpy.zeros((len(ranges), o), numpy.float32)
-    x, g = numpy.ascontiguousarray(x).reshape(-1), numpy.ascontiguousarray(gy).reshape(-1)
-    row = {r: i for i, r in enumerate(ranges)}
+    ranges = pieces(x.shape[0])
+    task, result = _weight_task(x, gy, kh, kw, ph, pw, with_bias, ranges)
+    run_split(task, x.shape[0], parts=ranges)
+    return result()
 
-    def part(start, stop):
-        i = row[start, stop]
-        fn(x, g, partial[i], bias[i], start, stop)
-    run_split(part, n, parts=ranges)
-    gw = numpy.ascontiguousarray(partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
-    return (gw, bias.sum(axis=0)) if with_bias else gw
+
+def backward(x, gy, W, ph, pw, earlier=None):
+    """``(input gradient, weight gradient, bias gradient)`` as ``backward_data``
+    and ``backward_weight`` give them, from one split of the batch: each range
+    of samples runs both kernels, the second while that range's output
+    gradient is still in cache, and the threads are handed work once instead
+    of twice."""
+    kh, kw = W.shape[2:]
+    ranges = pieces(x.shape[0])
+    data, gx = _data_task(gy, W, ph, pw, earlier)
+    weight, result = _weight_task(x, gy, kh, kw, ph, pw, True, ranges)
+
+    def both(start, stop):
+        data(start, stop)
+        weight(start, stop)
+    run_split(both, x.shape[0], parts=ranges)
+    return (gx,) + result()
 
 
 def usable(x_shape, W_shape, stride, pad_hw, input_grad=True):
@@ -501,9 +543,11 @@ class DirectConvolution2D(chainer.FunctionNode):
         gy = numpy.ascontiguousarray(gy)
         kh, kw = W.shape[2:]
         grads = {}
-        if 0 in indexes:
+        if 0 in indexes and (1 in indexes or 2 in indexes):
+            grads[0], grads[1], grads[2] = backward(x, gy, W, self.ph, self.pw, earlier_x)
+        elif 0 in indexes:
             grads[0] = backward_data(gy, W, self.ph, self.pw, earlier=earlier_x)
-        if 1 in indexes or 2 in indexes:
+        else:
             grads[1], grads[2] = backward_weight(x, gy, kh, kw, self.ph, self.pw,
                                                  with_bias=True)
         return tuple(chainer.Variable(grads[i]) for i in indexes)

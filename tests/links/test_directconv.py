@@ -231,12 +231,12 @@ def test_an_input_gradient_added_in_the_kernel_equals_chainers_sum(monkeypatch, 
     up = rng.randn(n, o, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1).astype(numpy.float32)
     other = rng.randn(*x.shape).astype(numpy.float32)
     added = []
-    forward = directconv.forward
+    task = directconv._forward_task
 
-    def spy(*args, **kwargs):
-        added.append(kwargs.get('earlier') is not None)
-        return forward(*args, **kwargs)
-    monkeypatch.setattr(directconv, 'forward', spy)
+    def spy(x, W, b, ph, pw, relu, earlier):
+        added.append(earlier is not None)
+        return task(x, W, b, ph, pw, relu, earlier)
+    monkeypatch.setattr(directconv, '_forward_task', spy)
     ours = _input_used_twice(x, W, b, up, other, (ph, pw), chainer_adds=False)
     assert added == [False, True]  # the forward pass, then backward-data adding
     theirs = _input_used_twice(x, W, b, up, other, (ph, pw), chainer_adds=True)
@@ -249,3 +249,21 @@ def test_an_earlier_gradient_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r'earlier is float32 \(1, 8, 3, 3\); expected float32'):
         directconv.forward(x, numpy.zeros((8, 8, 3, 3), numpy.float32), None, 1, 1,
                            earlier=numpy.zeros((1, 8, 3, 3), numpy.float32))
+
+
+@pytest.mark.parametrize('threads', ['1', '2', '3'])
+def test_both_gradients_from_one_split_equal_each_alone(monkeypatch, threads):
+    """``backward`` (each range runs the backward-data and backward-weight
+    kernels) gives what ``backward_data`` and ``backward_weight`` give, to the bit."""
+    monkeypatch.setenv('BRANCHYNET_TRAIN_THREADS', threads)
+    rng = numpy.random.RandomState(6)
+    x = rng.randn(7, 8, 9, 9).astype(numpy.float32)
+    W = rng.randn(16, 8, 3, 3).astype(numpy.float32)
+    gy = rng.randn(7, 16, 9, 9).astype(numpy.float32)
+    earlier = rng.randn(*x.shape).astype(numpy.float32)
+    for e in (None, earlier):
+        gx, gw, gb = directconv.backward(x, gy, W, 1, 1, e)
+        numpy.testing.assert_array_equal(gx, directconv.backward_data(gy, W, 1, 1, e))
+        want_w, want_b = directconv.backward_weight(x, gy, 3, 3, 1, 1, with_bias=True)
+        numpy.testing.assert_array_equal(gw, want_w)
+        numpy.testing.assert_array_equal(gb, want_b)
