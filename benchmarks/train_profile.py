@@ -9,7 +9,10 @@ Each function node's forward and backward are clocked by a Chainer function
 hook, exclusive of the nodes it calls itself; nodes applied inside a backward
 pass (Chainer's ReLU backward, for one, is a node of its own) count as that
 backward pass. A convolution's backward is split into its input
-gradient (backward-data) and the rest (backward-weight, with the bias sum).
+gradient (backward-data) and the rest (backward-weight, with the bias sum);
+to clock them apart, the direct kernels' two gradients run one after the
+other over the batch here, where training runs both on each range of samples
+(``links.directconv.backward``).
 "rest of the step" is the step's time outside every node: Adam's update,
 the loss bookkeeping and Python. Steps are Adam's whole update on random data
 at the paper's batch sizes (as ``train_speed.py``), after two warm-up steps;
@@ -134,6 +137,14 @@ def time_convolution_parts(timer):
     directconv.backward_data = clocked(directconv.backward_data, data)
     cpukernels.Convolution2DCPU._input_gradient = clocked(
         cpukernels.Convolution2DCPU._input_gradient, data)
+
+    def apart(x, gy, W, ph, pw, earlier=None):
+        # directconv.backward runs both kernels on each range of samples; here
+        # one after the other over the batch, so that each pass can be clocked
+        gx = directconv.backward_data(gy, W, ph, pw, earlier)
+        return (gx,) + directconv.backward_weight(x, gy, W.shape[2], W.shape[3], ph, pw,
+                                                  with_bias=True)
+    directconv.backward = apart
 
 
 def profile(module_name, batch, steps, now, kernels=True):
