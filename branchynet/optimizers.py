@@ -109,6 +109,7 @@ class Adam(chainer.optimizers.Adam):
                 or not cpukernels.enabled()):
             return super().update(lossfun, *args, **kwds)
         self.reallocate_cleared_grads()
+        self._loss_scaling_isnan = False  # what check_nan_in_grads sets without loss scaling
         self.t += 1
         shared = {}  # rule.t -> scalars, for rules with the optimizer's hyperparameters
         for param in self.target.params():

@@ -140,3 +140,8 @@ def test_update_skips_chainers_per_parameter_wrapping(monkeypatch):
     assert not wrapped
     _steps(chainer.optimizers.Adam, [(2, 3)], {}, [[numpy.ones((2, 3), numpy.float32)]])
     assert wrapped  # the spy sees Chainer's own path
+
+
+def test_is_safe_to_update_after_an_update_as_chainers():
+    _, ours = _steps(adam.Adam, [(2, 3)], {}, [[numpy.ones((2, 3), numpy.float32)]])
+    assert ours.is_safe_to_update()

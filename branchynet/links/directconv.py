@@ -521,7 +521,9 @@ class DirectConvolution2D(chainer.FunctionNode):
         """``backward`` plus the gradients the inputs already have from their
         other uses (``grad_inputs``): the input's is added in the
         backward-data kernel as it stores (Chainer's ``earlier + new``, the
-        same float32 sums), the others as Chainer adds them."""
+        same float32 sums with Chainer's default eager gradient sums; with
+        ``chainer.config.lazy_grad_sum`` Chainer adds in another order), the
+        others as Chainer adds them."""
         earlier = dict(zip(target_input_indexes, grad_inputs))
         into = earlier.get(0)
         array = None if into is None else into.array

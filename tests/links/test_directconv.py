@@ -267,3 +267,25 @@ def test_both_gradients_from_one_split_equal_each_alone(monkeypatch, threads):
         want_w, want_b = directconv.backward_weight(x, gy, 3, 3, 1, 1, with_bias=True)
         numpy.testing.assert_array_equal(gw, want_w)
         numpy.testing.assert_array_equal(gb, want_b)
+
+
+def test_shared_weights_gather_their_gradients_as_chainer_does():
+    """W and b used by two convolutions arrive at the second's backward with
+    the first's gradients: summed as Chainer sums them, to the bit."""
+    rng = numpy.random.RandomState(8)
+    x = rng.randn(2, 8, 6, 6).astype(numpy.float32)
+    W = rng.randn(8, 8, 3, 3).astype(numpy.float32)
+    b = rng.randn(8).astype(numpy.float32)
+    grads = []
+    for chainer_adds in (False, True):
+        xv, Wv, bv = chainer.Variable(x), chainer.Variable(W), chainer.Variable(b)
+
+        def conv(h):
+            node = directconv.DirectConvolution2D((1, 1))
+            if chainer_adds:
+                node.backward_accumulate = chainer.FunctionNode.backward_accumulate.__get__(node)
+            return node.apply((h, Wv, bv))[0]
+        F.sum(F.tanh(conv(F.tanh(conv(xv))))).backward()
+        grads.append((xv.grad, Wv.grad, bv.grad))
+    for a, t in zip(*grads):
+        numpy.testing.assert_array_equal(a, t)
