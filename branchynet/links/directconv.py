@@ -157,7 +157,7 @@ def forward_source(c_in, o_all, hp, wp, kh, kw, layout='channels', ph=0, pw=0, r
     the weights ``[c][ky][kx][o]``, ``y`` ``(N, o_all, oh, ow)``, all flat;
     with ``relu``, ``y`` is ReLU of that, as ``F.relu`` computes it. With
     ``accumulate``, ``kernel(x, w, b, acc, y, start, stop)`` stores
-    ``acc + conv(x, w) + b`` (``acc`` shaped as ``y``; the two may differ)."""
+    ``acc + conv(x, w) + b`` (``acc`` an array of ``y``'s shape, read only)."""
     if relu and accumulate:
         raise ValueError('forward_source: relu and accumulate do not combine')
     oh, ow = hp - kh + 1, wp - kw + 1
