@@ -3,7 +3,7 @@ import contextlib
 
 import numpy
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import branchynet  # noqa: F401
 import chainer
@@ -29,6 +29,8 @@ def _run(use_kernels, x, shortcut, gy, gamma, relu):
 
 
 @settings(max_examples=40, deadline=None)
+# CI's case where every elementwise output lies at the ReLU kink: nothing left to compare there
+@example(shape=(3, 2, 1, 1), relu=True, with_shortcut=False, scale=1e-3, seed=31)
 @given(shape=st.sampled_from([(4, 16, 7, 7), (2, 3, 5, 1), (8, 5), (1, 8, 3, 3), (3, 2, 1, 1)]),
        relu=st.booleans(), with_shortcut=st.booleans(),
        scale=st.sampled_from([1e-3, 1., 50.]), seed=st.integers(0, 99))
@@ -53,7 +55,7 @@ def test_forward_gradients_and_running_statistics_match_chainer(shape, relu, wit
         if a.shape == x.shape:  # elementwise results: those at the kink are not comparable
             a, b = a[~kink], b[~kink]
         numpy.testing.assert_allclose(a, b, rtol=1e-4,
-                                      atol=1e-4 * condition * max(1., abs(b).max()))
+                                      atol=1e-4 * condition * max(1., abs(b).max(initial=0.)))
 
 
 def test_regressions_an_output_at_the_relu_kink_is_not_compared():
