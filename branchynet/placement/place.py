@@ -173,6 +173,8 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                               seed=seed + 1, cache_bytes=cache_bytes, progress=progress,
                               desc='chosen heads')
     net = trunk.build(chosen, chosen_links)
+    if not chosen:  # the final exit alone: no thresholds to choose, predict and bundles run as is
+        net.thresholdExits = []
     result = dict(best)
     if chosen:
         eng = timing.make_engine(net, engine)

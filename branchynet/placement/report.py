@@ -69,13 +69,16 @@ class PlacementReport(dict):
                 ', '.join('{:.3g}'.format(t) for t in r.get('thresholds', [])) or '-',
                 _pct(r.get('acc')), _ms(r.get('ms')), _pct(r.get('measured_acc')),
                 _ms(r.get('measured_ms')), 'yes' if r.get('met') else 'no'))
+        if self['chosen']['points']:
+            chosen_note = ('The chosen row\'s thresholds are those calibrated afterwards on the '
+                           'held-out set on the engine (the network\'s own; calibrated accuracy '
+                           '{}%, {} ms)'.format(_pct(self['chosen'].get('calibrated_acc')),
+                                               _ms(self['chosen'].get('calibrated_ms'))))
+        else:
+            chosen_note = 'The chosen network has no early exit (no thresholds to calibrate)'
         lines += ['', 'Predicted: probe heads on the held-out set, times from the cost model, '
-                  'thresholds from the search. The chosen row\'s thresholds are those '
-                  'calibrated afterwards on the held-out set on the engine (the network\'s '
-                  'own; calibrated accuracy {}%, {} ms), then measured: {}.'.format(
-                      _pct(self['chosen'].get('calibrated_acc')),
-                      _ms(self['chosen'].get('calibrated_ms')),
-                      self['chosen'].get('measured_on', 'not measured'))]
+                  'thresholds from the search. {}, then measured: {}.'.format(
+                      chosen_note, self['chosen'].get('measured_on', 'not measured'))]
         if self.get('additivity'):
             lines += ['', '## Do segment times add up?', '',
                       '| exits at | predicted ms per exit | measured ms per exit | max rel. '
