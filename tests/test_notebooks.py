@@ -24,7 +24,9 @@ def test_notebooks_are_in_sync_with_the_generator_and_have_no_outputs():
 @pytest.mark.slow
 def test_own_network_notebook_runs_every_path_and_its_bundle(tmp_path, monkeypatch, mnist_data):
     """ipynb/own_network.ipynb: trained, calibrated, the same answers on the
-    Chainer, fast, ONNX Runtime and numba paths, and from its bundle."""
+    Chainer, fast, ONNX Runtime and numba paths, and from its bundle; then the
+    network trained without exits given them by hand and by placement, each
+    answering from its own bundle."""
     import nbclient
     import nbformat
     monkeypatch.setenv('BRANCHYNET_PRESET', 'tiny')
@@ -41,6 +43,13 @@ def test_own_network_notebook_runs_every_path_and_its_bundle(tmp_path, monkeypat
     assert 'bundle gives the same labels and exits as net.predict: True' in outputs, outputs
     bundle = tmp_path / '_models' / 'own_network_bundle'
     assert (bundle / 'predict.py').exists() and (bundle / 'manifest.json').exists()
+    # exits added to the network trained without them: by hand, then placed automatically
+    assert 'final exit unchanged: True' in outputs and '# Exit placement' in outputs, outputs
+    for name in ('attached', 'placed'):
+        assert '{} bundle gives the same labels and exits as predict: True'.format(
+            name) in outputs, outputs
+        assert (tmp_path / '_models' / 'own_network_{}_bundle'.format(name) / 'manifest.json'
+                ).exists()
 
 
 @pytest.mark.slow

@@ -203,7 +203,10 @@ A network that is not one of the paper's (three convolution blocks with
 batch normalisation, two early exits) made branchy, trained briefly on a
 small MNIST subset, given the thresholds that keep a target accuracy,
 compared on every inference path (Chainer, fast, ONNX Runtime, numba) and
-deployed as a folder that runs with numpy and ONNX Runtime alone.
+deployed as a folder that runs with numpy and ONNX Runtime alone. Then the
+same network trained without exits gets them afterwards: at points chosen
+by hand (`attach_exits`) and where they pay (`place_exits`), each deployed
+as a bundle too.
 
 Environment variables: `BRANCHYNET_PRESET=tiny` (fewer images and epochs,
 for a quick check) and `BRANCHYNET_OUT` (where `_models/` goes; default
@@ -336,6 +339,72 @@ print(run.stderr or 'predict.py ran')
 with numpy.load(os.path.join(models, 'out.npz')) as out:
     print('bundle gives the same labels and exits as net.predict:',
           bool((out['labels'] == labels).all() and (out['exits'] == exits).all()))"""),
+    ('markdown', """## Exits on a network already trained
+
+`attach_exits` adds exits to a network trained without them: it puts a head
+at each boundary named (boundary `b` is after trunk layer `b`, as
+`net.branch_points` counts) and trains only the heads, on the frozen
+trunk's activations. The trunk and the final classifier are copied
+unchanged, so the final exit answers exactly as the trained network did.
+Here the trained network is this one trained as the main network alone;
+`drop_early_exits=True` leaves out its early heads, never trained. A
+`chainer.Sequential` of layers works too, given `input_shape=` (see
+`docs/placement.md`). The exits go where the hand-placed ones are, after
+the first and second blocks; then thresholds for the same kind of target
+as above, and the batch-1 gain on the fast path."""),
+    ('code', """from branchynet.placement import attach_exits, place_exits
+
+
+def gain(model):
+    fast = FastBranchyNet(model)
+    main_ms = measurement.measure_main(model, x_time, y_time, engine=fast, trunk_only=False)['ms']
+    return main_ms / measurement.measure_branchy(model, x_time, y_time, model.thresholdExits,
+                                                 engine=fast, trunk_only=False)['ms']
+
+
+plain = own_network()  # trained as the main network alone: its early heads stay untrained
+utils.train(plain, x_train, y_train, main=True, batchsize=128, num_epoch=EPOCHS)
+plain_labels = plain.predict_main(x_test)
+plain_val = float((plain.predict_main(x_val) == y_val).mean())
+attached = attach_exits(plain, [4, 8], x_train, y_train, epochs=3, drop_early_exits=True)
+print('exits at', attached.branch_points, '- final exit unchanged:',
+      bool((attached.predict_main(x_test) == plain_labels).all()))
+cal = attached.calibrate(x_val, y_val, target_acc=plain_val - 0.005)
+a_labels, a_exits = attached.predict(x_test)
+print('target {:.2%} met: {}; test accuracy {:.2%} (trained network {:.2%}); share leaving '
+      'at each exit {}; gain {:.2f}x'.format(
+          plain_val - 0.005, cal['met'], (a_labels == y_test).mean(),
+          (plain_labels == y_test).mean(),
+          numpy.bincount(a_exits, minlength=attached.numexits()) / len(a_exits), gain(attached)))"""),
+    ('markdown', """## Exits placed automatically
+
+`place_exits` chooses the exits itself: a probe head at every candidate
+boundary (between 2 % and 90 % of the network's multiply-adds), trained on
+the frozen trunk for a subset of the training images; every segment and
+head timed on the engine named; then the set of at most `k` exits, with
+its thresholds, of the least expected time at the target accuracy (no
+early exit is one of the sets). It returns the network, calibrated, and a
+report: `report.markdown()` below, `report.save(folder)` for the table, a
+JSON record and a figure."""),
+    ('code', """placed, report = place_exits(plain, x_train, y_train, x_val, y_val, k=2, engine='fast',
+                             target_acc=plain_val - 0.005, drop_early_exits=True,
+                             timing_samples=100, x_test=x_test[:1000], y_test=y_test[:1000])
+print('chosen:', report['chosen']['points'] or 'no early exit', '- thresholds',
+      placed.thresholdExits, '- gain {:.2f}x'.format(gain(placed)))
+print(report.markdown())"""),
+    ('markdown', """Both networks are ordinary `BranchyNet`s: saved as bundles as above, and
+the bundles' `predict.py` gives what `predict` gives."""),
+    ('code', """for name, model in (('attached', attached), ('placed', placed)):
+    folder = os.path.join(models, 'own_network_{}_bundle'.format(name))
+    deploy.save_bundle(model, folder)
+    out_path = os.path.join(models, 'out_{}.npz'.format(name))
+    run = subprocess.run([sys.executable, os.path.join(folder, 'predict.py'),
+                          os.path.join(models, 'x.npy'), out_path], capture_output=True, text=True)
+    print(run.stderr or 'predict.py ran')
+    want_labels, want_exits = model.predict(x_test)
+    with numpy.load(out_path) as out:
+        print('{} bundle gives the same labels and exits as predict:'.format(name),
+              bool((out['labels'] == want_labels).all() and (out['exits'] == want_exits).all()))"""),
 ]
 
 
