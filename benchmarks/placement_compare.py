@@ -1,0 +1,271 @@
+"""Automatic exit placement against the hand placement and the fixed-fraction
+rule, each trained with the same recipe, over several seeds.
+
+    python benchmarks/placement_compare.py --network NAME [--preset fast]
+        [--seeds 0,1,2] [--k 2] [--head-epochs E] [--finetune-epochs F]
+        [--hand-heads hand|auto] [--n-train N] [--n-val N] [--n-test N]
+        [--n-timing N] [--cifar10 PATH] [--repeats R] [--threads T]
+
+Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
+
+1. the main network alone (no early exits) is trained as the driver's main
+   phase trains it (the preset's epochs and batch size, Adam);
+2. ``placement.place_exits`` chooses at most ``--k`` exits on that frozen
+   trunk (probe heads, numba batch-1 segment times, held-out thresholds for
+   the main network's held-out accuracy); the time the call takes is the
+   search time;
+3. three exit sets, the automatic choice, the network's own hand placement
+   and the fixed-fraction rule (SDN's 15/30/.../90 % grid, snapped to the
+   candidate boundaries), are each trained the same way: fresh heads on the
+   frozen trunk for ``--head-epochs`` epochs, then ``--finetune-epochs``
+   joint epochs of the whole network (``placement.attach_exits``). The
+   automatic and fixed-fraction sets get heads of the family ``auto``; the
+   hand set gets the network's own heads (``--hand-heads hand``) or
+   ``auto`` ones;
+4. each is calibrated on the held-out images (entropy, numba path, batch
+   size 1) to the main network's held-out accuracy, measured on the test
+   subset (accuracy, exit shares), and timed on numba at batch size 1, end
+   to end, interleaved with the main network over ``R`` rounds after a
+   warm-up; every engine is checked to give ``net.predict``'s labels and
+   exits on the timed images.
+
+The probe-predicted exit shares (the search's, on the held-out images) are
+set against the realised ones (test images, after training) by Spearman's
+rank correlation over every set's early exits. A set the search found
+worthless (no early exit pays) is reported as the main network itself.
+"""
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import load, path_threads, same_as_predict, summary  # noqa: E402
+from exits_after_training import hand_heads  # noqa: E402
+
+import numpy  # noqa: E402
+
+SDN = 'fixed fractions (SDN)'
+
+
+def spearman(a, b):
+    """Spearman's rank correlation of two equal-length sequences (ties share
+    their mean rank); nan where either is constant or shorter than 3."""
+    a, b = numpy.asarray(a, float), numpy.asarray(b, float)
+    if len(a) < 3 or numpy.ptp(a) == 0 or numpy.ptp(b) == 0:
+        return float('nan')
+
+    def ranks(v):
+        order = numpy.argsort(v, kind='stable')
+        r = numpy.empty(len(v))
+        r[order] = numpy.arange(len(v))
+        for value in numpy.unique(v):  # ties: their mean rank
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+    return float(numpy.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def parse_seeds(text):
+    try:
+        seeds = [int(s) for s in text.split(',') if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise SystemExit('placement_compare: --seeds wants comma-separated whole numbers, '
+                         'e.g. 0,1,2; got {!r}'.format(text))
+    return seeds
+
+
+def train_main(module, config, x, y, seed):
+    from branchynet import utils
+    numpy.random.seed(seed)
+    net = module.get_network()
+    utils.train(net, x, y, main=True, batchsize=config['batchsize'],
+                num_epoch=config['epochs_main'], seed=seed)
+    net.testing()
+    return net
+
+
+def run_seed(args, module, config, seed, threads):
+    """One seed's rows: ``{set name: row}`` and the search's facts."""
+    from branchynet.driver import run, stages
+    from branchynet.engines.numba import NumbaBranchyNet
+    from branchynet.evaluation import measurement
+    from branchynet.placement import attach_exits, place_exits
+    from branchynet.placement.trunk import Trunk
+
+    x_train, y_train, x_test, y_test = run.load_dataset(config)
+    x_train, y_train, x_val, y_val, _ = stages.split_validation(
+        x_train, y_train, config['n_val'], seed)
+    if x_val is None:
+        raise SystemExit('placement_compare: the thresholds need held-out images; '
+                         'give --n-val N (> 0)')
+    start = time.perf_counter()
+    main_net = train_main(module, config, x_train, y_train, seed)
+    main_s = time.perf_counter() - start
+    main_val = float((main_net.predict_main(x_val) == y_val).mean())
+    main_test = float((main_net.predict_main(x_test) == y_test).mean())
+    print('seed {}: main network trained in {:.0f} s ({} epochs): held-out {:.2f} %, test '
+          '{:.2f} %'.format(seed, main_s, config['epochs_main'], 100 * main_val,
+                            100 * main_test), flush=True)
+
+    own_heads, hand_points = hand_heads(module)
+    start = time.perf_counter()
+    _, report = place_exits(main_net, x_train, y_train, x_val, y_val, k=args.k,
+                            target_acc=main_val, engine='numba', seed=seed,
+                            compare={'hand': hand_points}, drop_early_exits=True,
+                            log=print)
+    search_s = time.perf_counter() - start
+    trunk = Trunk.of(main_net, drop_early_exits=True)
+    sets = {'automatic': list(report['chosen']['points']), 'hand': hand_points,
+            SDN: list(report['settings']['sdn_points'])}
+    predicted = {'automatic': report['chosen'], 'hand': report['baselines']['hand'],
+                 SDN: report['baselines'][SDN]}
+    print('seed {}: search {:.0f} s; automatic {}, hand {}, fixed fractions {}'.format(
+        seed, search_s, sets['automatic'] or 'no early exit', hand_points, sets[SDN]),
+        flush=True)
+
+    nets, rows = {}, {}
+    for name, points in sets.items():
+        if not points:
+            continue
+        heads = own_heads if (name == 'hand' and args.hand_heads == 'hand') else 'auto'
+        start = time.perf_counter()
+        net = attach_exits(main_net, points, x_train, y_train, heads=heads,
+                           drop_early_exits=True, epochs=args.head_epochs,
+                           finetune_epochs=args.finetune_epochs, seed=seed)
+        net.testing()
+        engine = NumbaBranchyNet(net, threads=threads)
+        cal = net.calibrate(x_val, y_val, target_acc=main_val, engine=engine)
+        ts = [float(t) for t in cal['thresholds']]
+        labels, exits = net.predict(x_test, ts)
+        shares = numpy.bincount(exits, minlength=net.numexits()) / len(y_test)
+        nets[name] = (net, engine, ts)
+        rows[name] = {'points': points, 'mac_shares': [trunk.share(p) for p in points],
+                      'thresholds': ts, 'acc': float((labels == y_test).mean()),
+                      'shares': shares.tolist(), 'train_s': time.perf_counter() - start,
+                      'predicted_shares': [c / len(y_val) for c in
+                                           predicted[name]['exit_counts'][:len(points)]]}
+        print('seed {}: {} trained in {:.0f} s; test {:.2f} %, exits {} %'.format(
+            seed, name, rows[name]['train_s'], 100 * rows[name]['acc'],
+            ' / '.join('{:.1f}'.format(100 * s) for s in shares)), flush=True)
+
+    n_timing = min(config.get('n_timing') or len(x_test), len(x_test))
+    x, y = x_test[:n_timing], y_test[:n_timing]
+    for name, (net, engine, ts) in nets.items():
+        if not same_as_predict(net, engine, x, ts):
+            raise SystemExit('placement_compare: the numba path disagrees with net.predict '
+                             '({} set, seed {})'.format(name, seed))
+    any_net, any_engine, _ = next(iter(nets.values())) if nets else (None, None, None)
+    if any_net is None:  # nothing to time: every set is the main network
+        main_engine = NumbaBranchyNet(main_net, threads=threads)
+        any_net, any_engine = main_net, main_engine
+    times = {name: [] for name in ['main network'] + list(nets)}
+    for r in range(args.repeats + 1):  # round 0: the warm-up
+        got = {'main network': measurement.measure_main(any_net, x, y, engine=any_engine,
+                                                        trunk_only=False)['ms']}
+        for name, (net, engine, ts) in nets.items():
+            got[name] = measurement.measure_branchy(net, x, y, ts, engine=engine,
+                                                    trunk_only=False)['ms']
+        if r:
+            for name, ms in got.items():
+                times[name].append(ms)
+    base = numpy.array(times['main network'])
+    for name in sets:
+        row = rows.setdefault(name, {'points': [], 'mac_shares': [], 'thresholds': [],
+                                     'acc': main_test, 'shares': [1.0], 'train_s': 0.0,
+                                     'predicted_shares': []})
+        t = numpy.array(times.get(name) or times['main network'])
+        row.update(ms=float(numpy.median(t)), gain=float(numpy.median(base) / numpy.median(t)),
+                   gain_low=float(base.min() / t.max()), gain_high=float(base.max() / t.min()))
+    pred = [p for name in sets for p in rows[name]['predicted_shares']]
+    real = [s for name in sets for s in rows[name]['shares'][:len(rows[name]['points'])]]
+    facts = {'seed': seed, 'main_test': main_test, 'main_val': main_val,
+             'main_ms': float(numpy.median(base)), 'search_s': search_s,
+             'rank_correlation': spearman(pred, real), 'n_timed': len(x)}
+    return rows, facts
+
+
+def print_table(network, results):
+    print('\n{}: numba, batch 1, end to end; gain = main network\'s median time over the '
+          'set\'s (range: slowest/fastest rounds)'.format(network))
+    print('| seed | set | exits at (MAC share) | exit shares % | test acc. % (main) | ms | gain '
+          '(range) | probe-predicted shares % |')
+    print('|---|---|---|---|---|---|---|---|')
+    for rows, facts in results:
+        for name, r in rows.items():
+            print('| {} | {} | {} | {} | {:.2f} ({:.2f}) | {:.4f} | {:.2f}x ({:.2f}-{:.2f}) | '
+                  '{} |'.format(
+                      facts['seed'], name, ', '.join('{} ({:.0%})'.format(p, s) for p, s in zip(
+                          r['points'], r['mac_shares'])) or 'none',
+                      ' / '.join('{:.1f}'.format(100 * s) for s in r['shares']),
+                      100 * r['acc'], 100 * facts['main_test'], r['ms'], r['gain'],
+                      r['gain_low'], r['gain_high'],
+                      ' / '.join('{:.1f}'.format(100 * s) for s in r['predicted_shares']) or '-'))
+    for rows, facts in results:
+        print('seed {}: search {:.0f} s; rank correlation of probe-predicted and realised exit '
+              'shares {:.2f}; main network {:.4f} ms'.format(
+                  facts['seed'], facts['search_s'], facts['rank_correlation'], facts['main_ms']))
+    names = list(results[0][0])
+    for name in names:
+        gains = numpy.array([rows[name]['gain'] for rows, _ in results])
+        accs = numpy.array([rows[name]['acc'] for rows, _ in results])
+        print('{}: gain mean {:.2f}x (seeds {:.2f}-{:.2f}), test accuracy mean {:.2f} %'.format(
+            name, gains.mean(), gains.min(), gains.max(), 100 * accs.mean()))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--network', required=True, help='a network of networks/, e.g. lenet_mnist')
+    p.add_argument('--preset', default='fast')
+    p.add_argument('--seeds', default='0,1,2')
+    p.add_argument('--k', type=int, default=2)
+    p.add_argument('--head-epochs', type=int, default=3)
+    p.add_argument('--finetune-epochs', type=int, default=1)
+    p.add_argument('--hand-heads', choices=('hand', 'auto'), default='hand')
+    for name in ('n_train', 'n_val', 'n_test', 'n_timing'):
+        p.add_argument('--' + name.replace('_', '-'), type=int, default=None)
+    p.add_argument('--cifar10', default=None, help='CIFAR-10\'s location (as the driver\'s)')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--threads', type=int, default=None)
+    args = p.parse_args()
+    seeds = parse_seeds(args.seeds)
+    if args.repeats < 1 or args.head_epochs < 1 or args.finetune_epochs < 0 or args.k < 1:
+        p.error('--repeats, --head-epochs and --k must be >= 1, --finetune-epochs >= 0')
+    if args.cifar10:
+        os.environ['BRANCHYNET_CIFAR10'] = os.path.abspath(args.cifar10)
+    import branchynet  # noqa: F401
+    from branchynet.driver import run
+    from branchynet.engines.numba import processor
+
+    overrides = {k: getattr(args, k) for k in ('n_train', 'n_val', 'n_test', 'n_timing')}
+    module, config = run.resolve_config(args.network, args.preset, overrides)
+    copy = run.data_copy(config)
+    model, vector = processor()
+    threads = path_threads(args.threads)
+    print('{} ({}), preset {}, data {}; seeds {}; heads {} epochs on the frozen trunk, then {} '
+          'joint'.format(args.network, config['title'], args.preset,
+                         copy['label'] if copy else config['dataset'], seeds, args.head_epochs,
+                         args.finetune_epochs))
+    print('processor: {}; vector extensions: {}; OPENBLAS_CORETYPE={}; threads {}; '
+          'load average {:.1f}'.format(model, ' '.join(vector) or 'none found',
+                                       os.environ.get('OPENBLAS_CORETYPE', 'unset'), threads,
+                                       load()), flush=True)
+    results = [run_seed(args, module, config, seed, threads) for seed in seeds]
+    print_table(args.network, results)
+    print('load average at the end {:.1f}'.format(load()))
+    values = {}
+    for rows, facts in results:
+        for name, r in rows.items():
+            key = {'automatic': 'auto', 'hand': 'hand', SDN: 'sdn'}[name]
+            values['seed{}_{}_gain'.format(facts['seed'], key)] = round(r['gain'], 3)
+            values['seed{}_{}_acc'.format(facts['seed'], key)] = round(100 * r['acc'], 2)
+        values['seed{}_search_s'.format(facts['seed'])] = round(facts['search_s'], 1)
+    summary(**values)
+
+
+if __name__ == '__main__':
+    main()
