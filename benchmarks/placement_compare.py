@@ -2,7 +2,8 @@
 rule, each trained with the same recipe, over several seeds.
 
     python benchmarks/placement_compare.py --network NAME [--preset fast]
-        [--seeds 0,1,2] [--k 2] [--head-epochs E] [--finetune-epochs F]
+        [--seeds 0,1,2] [--k 2] [--probe-joint-epochs P] [--head-epochs E]
+        [--finetune-epochs F]
         [--hand-heads hand|auto] [--n-train N] [--n-val N] [--n-test N]
         [--n-timing N] [--cifar10 PATH] [--repeats R] [--threads T]
 
@@ -12,8 +13,10 @@ Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
    phase trains it (the preset's epochs and batch size, Adam);
 2. ``placement.place_exits`` chooses at most ``--k`` exits on that frozen
    trunk (probe heads, numba batch-1 segment times, held-out thresholds for
-   the main network's held-out accuracy); the time the call takes is the
-   search time;
+   the main network's held-out accuracy; with ``--probe-joint-epochs`` > 0,
+   the probes' outputs come from a copy of the trunk trained jointly with
+   all of them for that many epochs on the probe subset); the time the call
+   takes is the search time;
 3. three exit sets, the automatic choice, the network's own hand placement
    and the fixed-fraction rule (SDN's 15/30/.../90 % grid, snapped to the
    candidate boundaries), are each trained the same way: fresh heads on the
@@ -116,6 +119,7 @@ def run_seed(args, module, config, seed, threads):
     start = time.perf_counter()
     _, report = place_exits(main_net, x_train, y_train, x_val, y_val, k=args.k,
                             target_acc=main_val, engine='numba', seed=seed,
+                            probe_joint_epochs=args.probe_joint_epochs,
                             compare={'hand': hand_points}, drop_early_exits=True,
                             log=print)
     search_s = time.perf_counter() - start
@@ -223,6 +227,7 @@ def main():
     p.add_argument('--preset', default='fast')
     p.add_argument('--seeds', default='0,1,2')
     p.add_argument('--k', type=int, default=2)
+    p.add_argument('--probe-joint-epochs', type=int, default=0)
     p.add_argument('--head-epochs', type=int, default=3)
     p.add_argument('--finetune-epochs', type=int, default=1)
     p.add_argument('--hand-heads', choices=('hand', 'auto'), default='hand')
@@ -233,8 +238,10 @@ def main():
     p.add_argument('--threads', type=int, default=None)
     args = p.parse_args()
     seeds = parse_seeds(args.seeds)
-    if args.repeats < 1 or args.head_epochs < 1 or args.finetune_epochs < 0 or args.k < 1:
-        p.error('--repeats, --head-epochs and --k must be >= 1, --finetune-epochs >= 0')
+    if (args.repeats < 1 or args.head_epochs < 1 or args.k < 1 or args.finetune_epochs < 0
+            or args.probe_joint_epochs < 0):
+        p.error('--repeats, --head-epochs and --k must be >= 1, --finetune-epochs and '
+                '--probe-joint-epochs >= 0')
     if args.cifar10:
         os.environ['BRANCHYNET_CIFAR10'] = os.path.abspath(args.cifar10)
     import branchynet  # noqa: F401
@@ -246,10 +253,11 @@ def main():
     copy = run.data_copy(config)
     model, vector = processor()
     threads = path_threads(args.threads)
-    print('{} ({}), preset {}, data {}; seeds {}; heads {} epochs on the frozen trunk, then {} '
-          'joint'.format(args.network, config['title'], args.preset,
-                         copy['label'] if copy else config['dataset'], seeds, args.head_epochs,
-                         args.finetune_epochs))
+    print('{} ({}), preset {}, data {}; seeds {}; probes trained jointly {} epochs; heads {} '
+          'epochs on the frozen trunk, then {} joint'.format(
+              args.network, config['title'], args.preset,
+              copy['label'] if copy else config['dataset'], seeds, args.probe_joint_epochs,
+              args.head_epochs, args.finetune_epochs))
     print('processor: {}; vector extensions: {}; OPENBLAS_CORETYPE={}; threads {}; '
           'load average {:.1f}'.format(model, ' '.join(vector) or 'none found',
                                        os.environ.get('OPENBLAS_CORETYPE', 'unset'), threads,

@@ -68,9 +68,27 @@ def test_placement_on_the_numba_engine_agrees_with_predict():
     assert report['settings']['engine'] == 'numba'
 
 
+def test_jointly_trained_probes_leave_the_given_trunk_and_the_chosen_network_alone():
+    """probe_joint_epochs trains a copy: the network given keeps its weights,
+    the chosen network's trunk and final exit are the given network's, and
+    the probe outputs the search saw differ from the frozen probes'."""
+    net, x, y = _trained()
+    before = {name: p.array.copy() for name, p in net.namedparams()}
+    frozen_net, frozen = _place()
+    joint_net, joint = _place(probe_joint_epochs=1, k=0)
+    assert all(numpy.array_equal(p.array, before[name]) for name, p in net.namedparams())
+    assert joint['settings']['probe_joint_epochs'] == 1
+    assert frozen['settings']['probe_joint_epochs'] == 0
+    acc = {c['point']: c['probe_acc'] for c in frozen['candidates']}
+    assert any(c['probe_acc'] != acc[c['point']] for c in joint['candidates'])
+    x_eval = x[250:]
+    assert numpy.array_equal(joint_net.predict_main(x_eval), net.predict_main(x_eval))
+
+
 @pytest.mark.parametrize('kwargs, words', [
     ({'engine': 'tensorrt'}, 'engine must be one of'),
     ({'k': -1}, 'k must be a whole number'),
+    ({'probe_joint_epochs': -1}, 'probe_joint_epochs must be a whole number'),
     ({'batchsize': 0}, 'batchsize must be'),
     ({'min_share': 0.95, 'max_share': 0.99}, 'no layer boundary'),
     ({'target_acc': 0.9, 'budget': 1.0}, 'not both'),
