@@ -4,7 +4,7 @@ rule, each trained with the same recipe, over several seeds.
     python benchmarks/placement_compare.py --network NAME [--preset fast]
         [--seeds 0,1,2] [--k 2] [--probe-joint-epochs P] [--head-epochs E]
         [--finetune-epochs F]
-        [--hand-heads hand|auto] [--n-train N] [--n-val N] [--n-test N]
+        [--hand-heads hand|auto] [--exhaustive] [--n-train N] [--n-val N] [--n-test N]
         [--n-timing N] [--cifar10 PATH] [--repeats R] [--threads T]
 
 Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
@@ -32,12 +32,17 @@ Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
    warm-up; every engine is checked to give ``net.predict``'s labels and
    exits on the timed images.
 
+``--exhaustive`` also trains and times every set of 1 to ``--k`` candidate
+boundaries the same way (auto heads), for the automatic pick's distance
+from the best set measured.
+
 The probe-predicted exit shares (the search's, on the held-out images) are
 set against the realised ones (test images, after training) by Spearman's
 rank correlation over every set's early exits. A set the search found
 worthless (no early exit pays) is reported as the main network itself.
 """
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -128,6 +133,11 @@ def run_seed(args, module, config, seed, threads):
             SDN: list(report['settings']['sdn_points'])}
     predicted = {'automatic': report['chosen'], 'hand': report['baselines']['hand'],
                  SDN: report['baselines'][SDN]}
+    if args.exhaustive:  # every set of 1..k candidates, trained the same way
+        cands = [c['point'] for c in report['candidates']]
+        for size in range(1, args.k + 1):
+            for points in itertools.combinations(cands, size):
+                sets['set {}'.format(list(points))] = list(points)
     print('seed {}: search {:.0f} s; automatic {}, hand {}, fixed fractions {}'.format(
         seed, search_s, sets['automatic'] or 'no early exit', hand_points, sets[SDN]),
         flush=True)
@@ -151,8 +161,8 @@ def run_seed(args, module, config, seed, threads):
         rows[name] = {'points': points, 'mac_shares': [trunk.share(p) for p in points],
                       'thresholds': ts, 'acc': float((labels == y_test).mean()),
                       'shares': shares.tolist(), 'train_s': time.perf_counter() - start,
-                      'predicted_shares': [c / len(y_val) for c in
-                                           predicted[name]['exit_counts'][:len(points)]]}
+                      'predicted_shares': [c / len(y_val) for c in predicted[name][
+                          'exit_counts'][:len(points)]] if name in predicted else []}
         print('seed {}: {} trained in {:.0f} s; test {:.2f} %, exits {} %'.format(
             seed, name, rows[name]['train_s'], 100 * rows[name]['acc'],
             ' / '.join('{:.1f}'.format(100 * s) for s in shares)), flush=True)
@@ -185,8 +195,9 @@ def run_seed(args, module, config, seed, threads):
         t = numpy.array(times.get(name) or times['main network'])
         row.update(ms=float(numpy.median(t)), gain=float(numpy.median(base) / numpy.median(t)),
                    gain_low=float(base.min() / t.max()), gain_high=float(base.max() / t.min()))
-    pred = [p for name in sets for p in rows[name]['predicted_shares']]
-    real = [s for name in sets for s in rows[name]['shares'][:len(rows[name]['points'])]]
+    pred = [p for name in predicted for p in rows[name]['predicted_shares']]
+    real = [s for name in predicted for s in rows[name]['shares'][:len(rows[name]['points'])]
+            if rows[name]['predicted_shares']]
     facts = {'seed': seed, 'main_test': main_test, 'main_val': main_val,
              'main_ms': float(numpy.median(base)), 'search_s': search_s,
              'rank_correlation': spearman(pred, real), 'n_timed': len(x)}
@@ -231,6 +242,8 @@ def main():
     p.add_argument('--head-epochs', type=int, default=3)
     p.add_argument('--finetune-epochs', type=int, default=1)
     p.add_argument('--hand-heads', choices=('hand', 'auto'), default='hand')
+    p.add_argument('--exhaustive', action='store_true',
+                   help='also train and time every set of 1..k candidates the same way')
     for name in ('n_train', 'n_val', 'n_test', 'n_timing'):
         p.add_argument('--' + name.replace('_', '-'), type=int, default=None)
     p.add_argument('--cifar10', default=None, help='CIFAR-10\'s location (as the driver\'s)')
@@ -268,7 +281,9 @@ def main():
     values = {}
     for rows, facts in results:
         for name, r in rows.items():
-            key = {'automatic': 'auto', 'hand': 'hand', SDN: 'sdn'}[name]
+            key = {'automatic': 'auto', 'hand': 'hand', SDN: 'sdn'}.get(name)
+            if key is None:
+                continue
             values['seed{}_{}_gain'.format(facts['seed'], key)] = round(r['gain'], 3)
             values['seed{}_{}_acc'.format(facts['seed'], key)] = round(100 * r['acc'], 2)
         values['seed{}_search_s'.format(facts['seed'])] = round(facts['search_s'], 1)
