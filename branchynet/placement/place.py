@@ -143,6 +143,18 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         *logits, final_logits = joint.get_logits(x_val)
     else:
         logits, final_logits = heads_mod.head_logits(trunk, probed, links, x_val)
+    search_target = target_acc
+    if probe_joint_epochs and budget is None:
+        # the copy's own final exit is the reference: the same accuracy loss
+        # from it as the target allows from the given network's final exit
+        _, given_final = heads_mod.head_logits(trunk, [], [], x_val)
+        given_acc = float((given_final.argmax(axis=1) == y_val).mean())
+        copy_acc = float((final_logits.argmax(axis=1) == y_val).mean())
+        wanted = given_acc if target_acc is None else target_acc
+        search_target = wanted - given_acc + copy_acc
+        say('placement: final exit on the held-out set {:.2%} given, {:.2%} in the jointly '
+            'trained copy: the search asks the copy for {:.2%}'.format(
+                given_acc, copy_acc, search_target))
     outputs = {p: _outputs(z, measure) for p, z in zip(probed, logits)}
     final = _outputs(final_logits, measure)
     head_of = dict(zip(probed, links))
@@ -155,9 +167,10 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
 
     say('placement: pricing every set of at most {} exits ({})'.format(
         k, 'exhaustive' if k <= 2 else 'greedy'))
-    best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k, target_acc,
-                                    budget, measure, candidates, progress)
-    target = evaluated[0]['target_acc']
+    best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k,
+                                    search_target, budget, measure, candidates, progress)
+    target = evaluated[0]['target_acc']  # the search's (the jointly trained copy's)
+    network_target = wanted if (probe_joint_epochs and budget is None) else target
     singles = {tuple(r['points']): r for r in evaluated if len(r['points']) == 1}
     rows = []
     for p, kind, m in zip(probed, kinds, hmacs):
@@ -197,7 +210,8 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     result = dict(best)
     if chosen:
         eng = timing.make_engine(net, engine)
-        cal = net.calibrate(x_val, y_val, target_acc=None if budget else target, budget=budget,
+        cal = net.calibrate(x_val, y_val, target_acc=None if budget else network_target,
+                            budget=budget,
                             measure=measure, engine=eng, cost_samples=min(len(x_val), 200),
                             candidates=candidates, progress=progress)
         result['search_thresholds'] = result['thresholds']
@@ -235,7 +249,8 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     report = PlacementReport(
         candidates=rows, chosen=result, baselines=baselines, additivity=additivity,
         cost_model=model.as_dict(), sets_evaluated=len(evaluated),
-        settings={'engine': engine, 'batchsize': batchsize, 'k': k, 'target_acc': target,
+        settings={'engine': engine, 'batchsize': batchsize, 'k': k, 'target_acc': network_target,
+                  'search_target_acc': target,
                   'budget': budget, 'measure': measure, 'n_probe': n_fit,
                   'probe_epochs': probe_epochs, 'probe_joint_epochs': probe_joint_epochs,
                   'head_epochs': head_epochs,

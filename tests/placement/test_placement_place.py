@@ -78,6 +78,11 @@ def test_jointly_trained_probes_leave_the_given_trunk_and_the_chosen_network_alo
     joint_net, joint = _place(probe_joint_epochs=1, k=0)
     assert all(numpy.array_equal(p.array, before[name]) for name, p in net.namedparams())
     assert joint['settings']['probe_joint_epochs'] == 1
+    # the network's target stays the given final exit's held-out accuracy;
+    # the search asks the copy for the same loss from its own final exit
+    given = float((net.predict_main(x[200:250]) == y[200:250]).mean())
+    assert joint['settings']['target_acc'] == pytest.approx(given)
+    assert frozen['settings']['search_target_acc'] == frozen['settings']['target_acc']
     assert frozen['settings']['probe_joint_epochs'] == 0
     acc = {c['point']: c['probe_acc'] for c in frozen['candidates']}
     assert any(c['probe_acc'] != acc[c['point']] for c in joint['candidates'])
