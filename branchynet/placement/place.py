@@ -35,6 +35,7 @@ import branchynet.placement.timing as timing
 from branchynet.placement.attach import make_heads
 from branchynet.placement.report import PlacementReport
 from branchynet.placement.trunk import Trunk
+from branchynet.progress import on_terminal
 from branchynet.training import loop
 from branchynet.validation import InvalidValue, as_labels, validate_inputs
 
@@ -136,7 +137,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         joint = trunk.build(probed, links)
         loop.train_exits(joint, x_train[idx], y_train[idx], main=False, batchsize=128,
                          num_epoch=probe_joint_epochs, seed=seed,
-                         progress=progress if progress is not None else True)
+                         progress=progress if progress is not None else on_terminal())
         joint.testing()
     say('placement: probe and final outputs on {} held-out samples'.format(len(x_val)))
     if probe_joint_epochs:
@@ -151,7 +152,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         given_acc = float((given_final.argmax(axis=1) == y_val).mean())
         copy_acc = float((final_logits.argmax(axis=1) == y_val).mean())
         wanted = given_acc if target_acc is None else target_acc
-        search_target = wanted - given_acc + copy_acc
+        search_target = min(1.0, max(0.0, wanted - given_acc + copy_acc))
         say('placement: final exit on the held-out set {:.2%} given, {:.2%} in the jointly '
             'trained copy: the search asks the copy for {:.2%}'.format(
                 given_acc, copy_acc, search_target))

@@ -37,6 +37,18 @@ def _ms(v):
     return '' if v is None else '{:.4g}'.format(v)
 
 
+def _goal(s):
+    if s.get('budget') is not None:
+        return 'budget {:.4g} ms'.format(s['budget'])
+    goal = 'target accuracy {:.2%}'.format(s['target_acc'])
+    if s.get('probe_joint_epochs'):
+        goal += (' (the probes were trained jointly with a copy of the trunk for {} epoch(s): '
+                 'every predicted accuracy below, the main network\'s included, is that '
+                 'copy\'s, searched at {:.2%})'.format(s['probe_joint_epochs'],
+                                                     s['search_target_acc']))
+    return goal
+
+
 class PlacementReport(dict):
     """The record of one placement (see the module's docstring)."""
 
@@ -46,8 +58,7 @@ class PlacementReport(dict):
                  'Engine {engine}, batch size {batchsize}; goal: {goal}; at most {k} exit(s); '
                  '{n} candidates; probes trained on {n_probe} samples ({probe_epochs} epochs), '
                  'held-out set {n_val} samples.'.format(
-                     goal='target accuracy {:.2%}'.format(s['target_acc'])
-                     if s.get('budget') is None else 'budget {:.4g} ms'.format(s['budget']),
+                     goal=_goal(s),
                      n=len(self['candidates']), **s), '',
                  '| boundary | after layer | MAC share (%) | head | head MACs | probe acc. (%) '
                  '| exit share (%) | acc. (%) | predicted ms | prefix ms | head ms |',
