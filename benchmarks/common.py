@@ -188,3 +188,15 @@ def best_latencies(net, x, y, paths, settings, rounds):
                     measurement.measure_branchy(net, x, y, ts, engine=engine, trunk_only=False)
                 ms[name, setting] = min(ms.get((name, setting), float('inf')), r['ms'])
     return ms
+
+
+def train_main(module, config, x, y, seed):
+    """A fresh network of ``module`` with its main network alone trained as
+    the driver's main phase trains it: ``config``'s main epochs and batch
+    size, Adam, ``seed``."""
+    from branchynet import utils
+    numpy.random.seed(seed)
+    net = module.get_network()
+    utils.train(net, x, y, main=True, batchsize=config['batchsize'],
+                num_epoch=config['epochs_main'], seed=seed)
+    return net

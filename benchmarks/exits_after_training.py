@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import load, path_threads, same_as_predict, summary  # noqa: E402
+from common import load, path_threads, same_as_predict, summary, train_main  # noqa: E402
 
 import numpy  # noqa: E402
 
@@ -114,12 +114,8 @@ def main():
     if args.snapshot:
         main_net = load_main_weights(args.snapshot, module.get_network())
     else:
-        from branchynet import utils
-        numpy.random.seed(args.seed)
-        main_net = module.get_network()
         start = time.perf_counter()
-        utils.train(main_net, x_train, y_train, main=True, batchsize=config['batchsize'],
-                    num_epoch=config['epochs_main'], seed=args.seed)
+        main_net = train_main(module, config, x_train, y_train, args.seed)
         print('main network trained here: {} epochs, batch {}, {:.0f} s'.format(
             config['epochs_main'], config['batchsize'], time.perf_counter() - start))
     main_net.testing()

@@ -52,7 +52,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import load, path_threads, same_as_predict, summary  # noqa: E402
+from common import load, path_threads, same_as_predict, summary, train_main  # noqa: E402
 from exits_after_training import hand_heads  # noqa: E402
 
 import numpy  # noqa: E402
@@ -63,19 +63,11 @@ SDN = 'fixed fractions (SDN)'
 def spearman(a, b):
     """Spearman's rank correlation of two equal-length sequences (ties share
     their mean rank); nan where either is constant or shorter than 3."""
+    from scipy import stats
     a, b = numpy.asarray(a, float), numpy.asarray(b, float)
     if len(a) < 3 or numpy.ptp(a) == 0 or numpy.ptp(b) == 0:
         return float('nan')
-
-    def ranks(v):
-        order = numpy.argsort(v, kind='stable')
-        r = numpy.empty(len(v))
-        r[order] = numpy.arange(len(v))
-        for value in numpy.unique(v):  # ties: their mean rank
-            tied = v == value
-            r[tied] = r[tied].mean()
-        return r
-    return float(numpy.corrcoef(ranks(a), ranks(b))[0, 1])
+    return float(stats.spearmanr(a, b)[0])
 
 
 def parse_seeds(text):
@@ -87,16 +79,6 @@ def parse_seeds(text):
         raise SystemExit('placement_compare: --seeds wants comma-separated whole numbers, '
                          'e.g. 0,1,2; got {!r}'.format(text))
     return seeds
-
-
-def train_main(module, config, x, y, seed):
-    from branchynet import utils
-    numpy.random.seed(seed)
-    net = module.get_network()
-    utils.train(net, x, y, main=True, batchsize=config['batchsize'],
-                num_epoch=config['epochs_main'], seed=seed)
-    net.testing()
-    return net
 
 
 def run_seed(args, module, config, seed, threads):
@@ -115,6 +97,7 @@ def run_seed(args, module, config, seed, threads):
                          'give --n-val N (> 0)')
     start = time.perf_counter()
     main_net = train_main(module, config, x_train, y_train, seed)
+    main_net.testing()
     main_s = time.perf_counter() - start
     main_val = float((main_net.predict_main(x_val) == y_val).mean())
     main_test = float((main_net.predict_main(x_test) == y_test).mean())
