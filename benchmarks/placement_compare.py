@@ -5,7 +5,8 @@ rule, each trained with the same recipe, over several seeds.
         [--seeds 0,1,2] [--k 2] [--probe-joint-epochs P] [--n-probe N] [--head-epochs E]
         [--finetune-epochs F]
         [--hand-heads hand|auto] [--exhaustive] [--n-train N] [--n-val N] [--n-test N]
-        [--n-timing N] [--cifar10 PATH] [--repeats R] [--threads T]
+        [--n-timing N] [--epochs-main E] [--batchsize B] [--cifar10 PATH] [--repeats R]
+        [--threads T]
 
 Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
 
@@ -236,33 +237,36 @@ def main():
     p.add_argument('--hand-heads', choices=('hand', 'auto'), default='hand')
     p.add_argument('--exhaustive', action='store_true',
                    help='also train and time every set of 1..k candidates the same way')
-    for name in ('n_train', 'n_val', 'n_test', 'n_timing'):
+    for name in ('n_train', 'n_val', 'n_test', 'n_timing', 'epochs_main', 'batchsize'):
         p.add_argument('--' + name.replace('_', '-'), type=int, default=None)
     p.add_argument('--cifar10', default=None, help='CIFAR-10\'s location (as the driver\'s)')
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--threads', type=int, default=None)
     args = p.parse_args()
     seeds = parse_seeds(args.seeds)
-    if (args.repeats < 1 or args.head_epochs < 1 or args.k < 1 or args.finetune_epochs < 0
-            or args.probe_joint_epochs < 0):
-        p.error('--repeats, --head-epochs and --k must be >= 1, --finetune-epochs and '
-                '--probe-joint-epochs >= 0')
+    positive = [args.repeats, args.head_epochs, args.k] + [
+        v for v in (args.epochs_main, args.batchsize) if v is not None]
+    if min(positive) < 1 or args.finetune_epochs < 0 or args.probe_joint_epochs < 0:
+        p.error('--repeats, --head-epochs, --k, --epochs-main and --batchsize must be >= 1, '
+                '--finetune-epochs and --probe-joint-epochs >= 0')
     if args.cifar10:
         os.environ['BRANCHYNET_CIFAR10'] = os.path.abspath(args.cifar10)
     import branchynet  # noqa: F401
     from branchynet.driver import run
     from branchynet.engines.numba import processor
 
-    overrides = {k: getattr(args, k) for k in ('n_train', 'n_val', 'n_test', 'n_timing')}
+    overrides = {k: getattr(args, k) for k in ('n_train', 'n_val', 'n_test', 'n_timing',
+                                               'epochs_main', 'batchsize')}
     module, config = run.resolve_config(args.network, args.preset, overrides)
     copy = run.data_copy(config)
     model, vector = processor()
     threads = path_threads(args.threads)
-    print('{} ({}), preset {}, data {}; seeds {}; probes trained jointly {} epochs; heads {} '
-          'epochs on the frozen trunk, then {} joint'.format(
+    print('{} ({}), preset {}, data {}; seeds {}; main network {} epochs, batch {}; probes '
+          'trained jointly {} epochs; heads {} epochs on the frozen trunk, then {} joint'.format(
               args.network, config['title'], args.preset,
-              copy['label'] if copy else config['dataset'], seeds, args.probe_joint_epochs,
-              args.head_epochs, args.finetune_epochs))
+              copy['label'] if copy else config['dataset'], seeds, config['epochs_main'],
+              config['batchsize'], args.probe_joint_epochs, args.head_epochs,
+              args.finetune_epochs))
     print('processor: {}; vector extensions: {}; OPENBLAS_CORETYPE={}; threads {}; '
           'load average {:.1f}'.format(model, ' '.join(vector) or 'none found',
                                        os.environ.get('OPENBLAS_CORETYPE', 'unset'), threads,
