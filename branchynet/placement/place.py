@@ -131,31 +131,17 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     heads_mod.train_heads(trunk, probed, links, x_train[idx], y_train[idx], epochs=probe_epochs,
                           seed=seed, cache_bytes=float('inf'), progress=progress,
                           desc='probe heads')
+    network_target = search_target = target_acc  # None: the search's default
     if probe_joint_epochs:
-        say('placement: training a copy of the trunk with every probe jointly on the {} '
-            'samples for {} epochs'.format(n_fit, probe_joint_epochs))
-        joint = trunk.build(probed, links)
-        loop.train_exits(joint, x_train[idx], y_train[idx], main=False, batchsize=128,
-                         num_epoch=probe_joint_epochs, seed=seed,
-                         progress=progress if progress is not None else on_terminal())
-        joint.testing()
-    say('placement: probe and final outputs on {} held-out samples'.format(len(x_val)))
-    if probe_joint_epochs:
-        *logits, final_logits = joint.get_logits(x_val)
+        logits, final_logits = _jointly_trained_logits(
+            trunk, probed, links, x_train[idx], y_train[idx], x_val, probe_joint_epochs, seed,
+            progress, say)
+        if budget is None:
+            network_target, search_target = _copy_target(trunk, final_logits, x_val, y_val,
+                                                         target_acc, say)
     else:
+        say('placement: probe and final outputs on {} held-out samples'.format(len(x_val)))
         logits, final_logits = heads_mod.head_logits(trunk, probed, links, x_val)
-    search_target = target_acc
-    if probe_joint_epochs and budget is None:
-        # the copy's own final exit is the reference: the same accuracy loss
-        # from it as the target allows from the given network's final exit
-        _, given_final = heads_mod.head_logits(trunk, [], [], x_val)
-        given_acc = float((given_final.argmax(axis=1) == y_val).mean())
-        copy_acc = float((final_logits.argmax(axis=1) == y_val).mean())
-        wanted = given_acc if target_acc is None else target_acc
-        search_target = min(1.0, max(0.0, wanted - given_acc + copy_acc))
-        say('placement: final exit on the held-out set {:.2%} given, {:.2%} in the jointly '
-            'trained copy: the search asks the copy for {:.2%}'.format(
-                given_acc, copy_acc, search_target))
     outputs = {p: _outputs(z, measure) for p, z in zip(probed, logits)}
     final = _outputs(final_logits, measure)
     head_of = dict(zip(probed, links))
@@ -171,7 +157,8 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k,
                                     search_target, budget, measure, candidates, progress)
     target = evaluated[0]['target_acc']  # the search's (the jointly trained copy's)
-    network_target = wanted if (probe_joint_epochs and budget is None) else target
+    if network_target is None:  # the search's default: the final exit's held-out accuracy
+        network_target = target
     singles = {tuple(r['points']): r for r in evaluated if len(r['points']) == 1}
     rows = []
     for p, kind, m in zip(probed, kinds, hmacs):
@@ -261,3 +248,34 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                   'sdn_points': sdn, 'main_macs': d['main_macs']})
     net.placement_report = report
     return net, report
+
+
+def _jointly_trained_logits(trunk, points, links, x, y, x_val, epochs, seed, progress, say):
+    """``(probe logits, final logits)`` on ``x_val`` from a copy of the trunk
+    trained jointly with the probes at ``points`` on ``x``, ``y`` (the given
+    trunk and the probes' own links are left as they were)."""
+    say('placement: training a copy of the trunk with every probe jointly on the {} '
+        'samples for {} epochs'.format(len(x), epochs))
+    joint = trunk.build(points, links)
+    loop.train_exits(joint, x, y, main=False, batchsize=128, num_epoch=epochs, seed=seed,
+                     progress=progress if progress is not None else on_terminal())
+    joint.testing()
+    say('placement: probe and final outputs on {} held-out samples'.format(len(x_val)))
+    *logits, final_logits = joint.get_logits(x_val)
+    return logits, final_logits
+
+
+def _copy_target(trunk, copy_final_logits, x_val, y_val, target_acc, say):
+    """``(network target, search target)``: the accuracy asked of the returned
+    network (``target_acc``, default the given final exit's held-out
+    accuracy) and of the search on the jointly trained copy, shifted by the
+    copy's own final-exit accuracy so that both allow the same loss from
+    their final exit."""
+    _, given_final = heads_mod.head_logits(trunk, [], [], x_val)
+    given_acc = float((given_final.argmax(axis=1) == y_val).mean())
+    copy_acc = float((copy_final_logits.argmax(axis=1) == y_val).mean())
+    wanted = given_acc if target_acc is None else target_acc
+    shifted = min(1.0, max(0.0, wanted - given_acc + copy_acc))
+    say('placement: final exit on the held-out set {:.2%} given, {:.2%} in the jointly '
+        'trained copy: the search asks the copy for {:.2%}'.format(given_acc, copy_acc, shifted))
+    return wanted, shifted
