@@ -4,7 +4,8 @@ and PyTorch eager and ``torch.compile`` on the same layers, in one run.
 
     python benchmarks/train_speed.py [--networks lenet,alexnet,resnet] [--rounds R]
         [--threads T] [--torch-python PYTHON] [--settings kernels,chainer,torch,compile]
-        (also: kernels-256bit, the kernels held to 256-bit vectors)
+        (also: kernels-256bit, the kernels held to 256-bit vectors; kernels-direct,
+        the kernels without the Winograd convolution)
 
 Each setting runs in a process of its own, started once and warmed up (kernels
 compiled, ``torch.compile`` traced); the parent then asks each process in turn
@@ -39,9 +40,11 @@ from common import blas_threads, load, parser, path_threads, peak_gmacs, summary
 
 NETWORKS = {'lenet': ('lenet_mnist', 512, 60000), 'alexnet': ('alex_cifar10', 512, 50000),
             'resnet': ('resnet_cifar10', 64, 50000)}
-SETTINGS = ('kernels', 'chainer', 'torch', 'compile', 'kernels-256bit')
+SETTINGS = ('kernels', 'chainer', 'torch', 'compile', 'kernels-256bit', 'kernels-direct')
 #: settings run by default ('kernels-256bit': the kernels held to 256-bit
-#: vectors, as on a processor without AVX-512 or as before the 512-bit forms)
+#: vectors, as on a processor without AVX-512 or as before the 512-bit forms;
+#: 'kernels-direct': every stride-1 convolution on the direct kernel, as
+#: before the Winograd kernel)
 DEFAULT_SETTINGS = SETTINGS[:4]
 
 CHAINER_CHILD = r'''
@@ -228,7 +231,9 @@ def start(setting, module_name, batch, threads, spec, torch_python):
                BRANCHYNET_CPU_KERNELS='1' if setting.startswith('kernels') else '0')
     if setting == 'kernels-256bit':
         env['BRANCHYNET_VECTOR_BITS'] = '256'
-    if setting in ('kernels', 'chainer', 'kernels-256bit'):
+    if setting == 'kernels-direct':
+        env['BRANCHYNET_WINOGRAD'] = '0'
+    if setting in ('kernels', 'chainer', 'kernels-256bit', 'kernels-direct'):
         code = CHAINER_CHILD.format(root=ROOT, module=module_name, batch=batch,
                                     kernels=setting != 'chainer')
         python = sys.executable

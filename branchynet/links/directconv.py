@@ -33,14 +33,14 @@ The forward and backward-data kernels compute every output with the same
 order of multiply-adds as a sum over channels and taps; Chainer's im2col and
 GEMM path sums in another order, so results agree to float32 rounding.
 """
-import os
 import threading
 
 import chainer
 import numpy
 
-from branchynet.jit import (cache_root, prefer_vector_bits, private_folder, slp_vectorize,
-                            vector_bits)
+from branchynet.jit import vector_bits
+from branchynet.links import winograd
+from branchynet.links.kernelsource import compile_source, stored_value
 from branchynet.links.kernelthreads import pieces, run_split
 
 #: Most output channels per tile (two AVX-512 vectors of float32).
@@ -85,14 +85,6 @@ def forward_layout(out_width, bits):
     return 'pixels' if bits >= 512 and out_width % (2 * bits // 32) == 0 else 'channels'
 
 
-def _stored(name, relu, accumulate=False, index=None):
-    """The expression stored for the sum ``name``: itself, ReLU of it, or
-    (``accumulate``) ``earlier[index]`` plus it."""
-    if accumulate:
-        return 'earlier[{}] + {}'.format(index, name)
-    return '{0} if not {0} <= 0 else numpy.float32(0)'.format(name) if relu else name
-
-
 def _forward_tile(r, ob, first, geo, layout, relu=False, accumulate=False):
     """Lines of one forward tile: ``r`` pixels from output column ``first``
     (an expression) of row ``oy``, output channels ``o0 .. o0 + ob``; with
@@ -116,7 +108,7 @@ def _forward_tile(r, ob, first, geo, layout, relu=False, accumulate=False):
     if layout == 'pixels':
         # consecutive stores of a channel's pixels: vectors along the row
         places = [(j * oh * ow + i, 'a{}_{}'.format(i, j)) for j in range(ob) for i in range(r)]
-        lines += ['out[{}] = {}'.format(k, _stored(a, relu, accumulate, k)) for k, a in places]
+        lines += ['out[{}] = {}'.format(k, stored_value(a, relu, accumulate, k)) for k, a in places]
         return lines
     # consecutive stores of each pixel's sums: vectors across output channels
     lines += ['sums[{}] = a{}_{}'.format(i * ob + j, i, j) for i in range(r) for j in range(ob)]
@@ -124,7 +116,7 @@ def _forward_tile(r, ob, first, geo, layout, relu=False, accumulate=False):
               '    for i in range({}):'.format(r),
               '        v = sums[i * {} + j]'.format(ob),
               '        out[j * {0} + i] = {1}'.format(
-                  oh * ow, _stored('v', relu, accumulate, 'j * {} + i'.format(oh * ow)))]
+                  oh * ow, stored_value('v', relu, accumulate, 'j * {} + i'.format(oh * ow)))]
     return lines
 
 
@@ -275,87 +267,6 @@ def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256, ph=0, pw=0, with_bias=T
     return '\n'.join(lines + ['                ' + line for line in inner])
 
 
-#: multiply-adds contracted to FMAs; no reassociation (the sums keep their order)
-_FASTMATH = {'contract', 'nnan', 'ninf', 'nsz', 'arcp'}
-
-
-def _module_text(source, bits, fastmath):
-    flags = '{' + ', '.join(map(repr, sorted(fastmath))) + '}' if fastmath else 'False'
-    return ('# compiled with LLVM vectors of {} bits preferred\n'.format(bits) +
-            'import numba\nimport numpy\n\n\n'
-            '@numba.njit(fastmath={}, boundscheck=False, nogil=True, error_model="numpy", '
-            'cache=True)\n{}\n').format(flags, source)
-
-
-def _module_file(text, key):
-    """The generated kernel's module file under ``cache_root()/training``,
-    written atomically unless it already holds exactly ``text``."""
-    import tempfile
-    folder = os.path.join(cache_root(), 'training')
-    private_folder(os.path.dirname(folder))
-    private_folder(folder)
-    path = os.path.join(folder, 'k{}.py'.format(key))
-    data = text.encode()
-    try:
-        with open(path, 'rb') as f:
-            if f.read(len(data) + 1) == data:
-                return path
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def compile_source(source, bits, signature=None, fastmath=_FASTMATH):
-    """The function ``kernel`` of generated ``source`` compiled for
-    ``signature`` (default: every argument a 1-d float32 array but the
-    trailing ``start, stop``) with ``bits``-wide vectors preferred. Its module
-    is run from the text generated here (never from a .pyc) and registered by
-    name, so numba's cache beside the file serves later processes; without a
-    usable cache folder it is compiled in memory."""
-    import hashlib
-    import sys
-    import types
-    import warnings
-    import numba
-    text = _module_text(source, bits, fastmath)
-    key = hashlib.sha256((numba.__version__ + text).encode()).hexdigest()[:20]
-    name = 'branchynet_training_' + key
-    if signature is None:
-        names = source.split('(', 1)[1].split(')', 1)[0].split(', ')
-        arrays = sum(1 for n in names if n not in ('start', 'stop'))
-        signature = tuple([numba.float32[::1]] * arrays + [numba.intp, numba.intp])
-    try:
-        module = sys.modules.get(name)
-        if module is None:
-            path = _module_file(text, key)
-            module = types.ModuleType(name)
-            module.__file__ = path
-            exec(compile(text, path, 'exec'), module.__dict__)
-            sys.modules[name] = module  # numba's cache finds the module by name
-        with slp_vectorize(), prefer_vector_bits(bits):
-            module.kernel.compile(signature)
-        return module.kernel
-    except Exception as e:  # no usable cache: the same code, compiled in memory
-        sys.modules.pop(name, None)
-        warnings.warn('training kernel compiled without a disk cache ({}: {})'.format(
-            type(e).__name__, e))
-        namespace = {'numpy': numpy}
-        exec(compile(source, '<branchynet training kernel>', 'exec'), namespace)
-        fn = numba.njit(fastmath=fastmath or False, boundscheck=False, nogil=True,
-                        error_model='numpy')(namespace['kernel'])
-        with slp_vectorize(), prefer_vector_bits(bits):
-            fn.compile(signature)
-        return fn
-
-
 def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
     """The compiled ``kind`` ('forward', 'forward-relu', 'forward-accumulate',
     'weight' or 'weight-bias')
@@ -382,23 +293,30 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
 
 def _forward_task(x, W, b, ph, pw, relu, earlier):
     """``(task, y)``: ``task(start, stop)`` computes samples ``start..stop`` of
-    ``y`` as ``forward`` says."""
+    ``y`` as ``forward`` says, on the Winograd kernel where
+    ``winograd.preferred`` says so, else on the direct kernel."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     o, _, kh, kw = W.shape
-    wt = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0)).reshape(-1)
     bias = numpy.zeros(o, numpy.float32) if b is None else numpy.ascontiguousarray(b)
     y = numpy.empty((n, o, hp - kh + 1, wp - kw + 1), numpy.float32)
     flat_x, flat_y = numpy.ascontiguousarray(x).reshape(-1), y.reshape(-1)
+    kind = 'forward-relu' if relu else 'forward'
+    if earlier is not None:
+        if earlier.shape != y.shape or earlier.dtype != y.dtype:
+            raise ValueError('directconv.forward: earlier is {} {}; expected float32 {}'.format(
+                earlier.dtype, earlier.shape, y.shape))
+        kind = 'forward-accumulate'
+    if winograd.preferred(c, o, kh, kw, y.shape[2], y.shape[3]):
+        weights = winograd.transform_filters(W)
+        fn = winograd.kernel(kind, c, o, h, w, ph, pw)
+    else:
+        weights = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0)).reshape(-1)
+        fn = kernel(kind, c, o, hp, wp, kh, kw, ph, pw)
     if earlier is None:
-        fn = kernel('forward-relu' if relu else 'forward', c, o, hp, wp, kh, kw, ph, pw)
-        return (lambda start, stop: fn(flat_x, wt, bias, flat_y, start, stop)), y
-    if earlier.shape != y.shape or earlier.dtype != y.dtype:
-        raise ValueError('directconv.forward: earlier is {} {}; expected float32 {}'.format(
-            earlier.dtype, earlier.shape, y.shape))
-    fn = kernel('forward-accumulate', c, o, hp, wp, kh, kw, ph, pw)
+        return (lambda start, stop: fn(flat_x, weights, bias, flat_y, start, stop)), y
     acc = numpy.ascontiguousarray(earlier).reshape(-1)
-    return (lambda start, stop: fn(flat_x, wt, bias, acc, flat_y, start, stop)), y
+    return (lambda start, stop: fn(flat_x, weights, bias, acc, flat_y, start, stop)), y
 
 
 def forward(x, W, b, ph=0, pw=0, relu=False, earlier=None):

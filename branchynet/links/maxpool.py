@@ -12,7 +12,7 @@ import chainer
 import numpy
 
 from branchynet.jit import vector_bits
-from branchynet.links.directconv import compile_source
+from branchynet.links.kernelsource import compile_source
 from branchynet.links.kernelthreads import run_split
 
 _kernels = {}

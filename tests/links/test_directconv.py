@@ -9,8 +9,14 @@ import chainer.functions as F
 
 from tests.helpers import forward_backward
 from branchynet import jit
-from branchynet.links import cpukernels, directconv
+from branchynet.links import cpukernels, directconv, kernelsource
 
+
+@pytest.fixture(autouse=True)
+def direct_kernels_only(monkeypatch):
+    """The direct kernels on every shape here (3x3 layers of 16 channels or
+    more would take the Winograd kernel: tests/links/test_winograd.py)."""
+    monkeypatch.setenv('BRANCHYNET_WINOGRAD', '0')
 
 
 def _compare(n, c, o, h, w, kh, kw, ph, pw, bias, seed=0, input_grad=True):
@@ -145,8 +151,8 @@ def test_512_bit_kernels_use_512_bit_registers(monkeypatch, tmp_path):
     # numba has its assembly (machine code loaded from a cache has none)
     monkeypatch.setenv('BRANCHYNET_NUMBA_CACHE', str(tmp_path))
     source = directconv.forward_source(16, 32, 17, 19, 3, 3)
-    assert 'zmm' in ''.join(directconv.compile_source(source, 512).inspect_asm().values())
-    assert 'zmm' not in ''.join(directconv.compile_source(source, 256).inspect_asm().values())
+    assert 'zmm' in ''.join(kernelsource.compile_source(source, 512).inspect_asm().values())
+    assert 'zmm' not in ''.join(kernelsource.compile_source(source, 256).inspect_asm().values())
 
 
 @pytest.mark.parametrize('ph,pw', [(0, 0), (1, 1), (2, 0), (0, 2), (2, 1)])
