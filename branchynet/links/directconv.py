@@ -26,6 +26,10 @@ a literal and compiled once per shape:
   sample at a time; a layer with a bias sums its gradient per channel from
   the same sample (``_bias_lines``).
 
+Where ``winograd.preferred`` says so (3x3, 16 or more channels, 64 or more
+output pixels), the three passes run on ``winograd``'s kernels instead,
+with the same splits and the same signatures.
+
 Samples are split into ranges that the kernels' threads take one at a time
 (``kernelthreads.run_split``); each range of the backward-weight kernel sums
 into its own ``gW``, and those are added in order.
@@ -347,13 +351,26 @@ def backward_data(gy, W, ph, pw, earlier=None):
 
 def _weight_task(x, gy, kh, kw, ph, pw, with_bias, ranges):
     """``(task, result)``: ``task(start, stop)`` (one of ``ranges``) sums that
-    range's part of the weight (and bias) gradient; ``result()`` adds the
+    range's part of the weight (and bias) gradient, on the Winograd kernel
+    where ``winograd.preferred`` says so (its part is the gradient of the
+    transformed filters), else on the direct kernel; ``result()`` adds the
     parts in order: the same result however the threads take them."""
     n, c, h, w = x.shape
     o = gy.shape[1]
-    fn = kernel('weight-bias' if with_bias else 'weight', c, o, h + 2 * ph, w + 2 * pw, kh, kw,
-                ph, pw)
-    partial = numpy.zeros((len(ranges), c * kh * kw * o), numpy.float32)
+    kind = 'weight-bias' if with_bias else 'weight'
+    if winograd.preferred(c, o, kh, kw, gy.shape[2], gy.shape[3]):
+        fn = winograd.kernel(kind, c, o, h, w, ph, pw)
+        size = 16 * c * o
+
+        def weights(total):
+            return winograd.weights_from_transform(total, o, c)
+    else:
+        fn = kernel(kind, c, o, h + 2 * ph, w + 2 * pw, kh, kw, ph, pw)
+        size = c * kh * kw * o
+
+        def weights(total):
+            return numpy.ascontiguousarray(total.reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
+    partial = numpy.zeros((len(ranges), size), numpy.float32)
     bias = numpy.zeros((len(ranges), o), numpy.float32)
     x, g = numpy.ascontiguousarray(x).reshape(-1), numpy.ascontiguousarray(gy).reshape(-1)
     row = {r: i for i, r in enumerate(ranges)}
@@ -363,8 +380,7 @@ def _weight_task(x, gy, kh, kw, ph, pw, with_bias, ranges):
         fn(x, g, partial[i], bias[i], start, stop)
 
     def result():
-        gw = numpy.ascontiguousarray(
-            partial.sum(axis=0).reshape(c, kh, kw, o).transpose(3, 0, 1, 2))
+        gw = weights(partial.sum(axis=0))
         return (gw, bias.sum(axis=0)) if with_bias else gw
     return task, result
 

@@ -26,9 +26,13 @@ Per sample, the kernel here
 
 The backward-data pass of a stride-1 3x3 convolution is a 3x3 convolution of
 the output gradient with the flipped filters (``directconv``), so it runs on
-the same kernel. Products are summed in another order, and through the
-transforms, than Chainer's: results agree with Chainer's to float32 rounding
-of the larger transformed values (see tests/links/test_winograd.py).
+the same kernel. The backward-weight kernel (``weight_source``) transforms
+the input as above and each tile's output gradient ``dY`` to ``A dY A^T``,
+sums their products over the tiles per position (the gradient of ``U``),
+and ``weights_from_transform`` maps that back through ``G^T . G``.
+Products are summed in another order, and through the transforms, than
+Chainer's: results agree with Chainer's to float32 rounding of the larger
+transformed values (see tests/links/test_winograd.py).
 """
 import os
 import threading
@@ -232,15 +236,150 @@ def forward_source(c_in, o_all, h, w, ph, pw, relu=False, accumulate=False):
     return '\n'.join(lines + ['        ' + line for line in body])
 
 
+def weight_block(c_in, o_all):
+    """(input channels cb, output channels ob) of the weight gradient's
+    register tile: ``ob`` (vectors along the output channels) by ``cb``,
+    at most 256 sums."""
+    ob = next(b for b in (32, 16, 8, 4, 2, 1) if o_all % b == 0)
+    cb = next(b for b in (32, 16, 8, 4, 2, 1) if c_in % b == 0 and b * ob <= 256)
+    return cb, ob
+
+
+def _gradient_lines(o_all, oh, ow, th, tw):
+    """Sample ``n``'s output gradient pixel-major into ``gn`` (rows and columns
+    of whole tiles; the cut-off ones stay zero), then ``A dY A^T`` per tile
+    into ``gt`` (16 x T x O)."""
+    w2 = 2 * tw
+    lines = ['for o in range({}):'.format(o_all),
+             '    for py in range({}):'.format(oh),
+             '        src = n * {} + o * {} + py * {}'.format(o_all * oh * ow, oh * ow, ow),
+             '        for px in range({}):'.format(ow),
+             '            gn[(py * {} + px) * {} + o] = g[src + px]'.format(w2, o_all),
+             'for ty in range({}):'.format(th),
+             '    for tx in range({}):'.format(tw),
+             '        t = ty * {} + tx'.format(tw),
+             '        base = (ty * {} + tx * 2) * {}'.format(2 * w2, o_all),
+             '        for o in range({}):'.format(o_all)]
+    body = ['g00 = gn[base + o]', 'g01 = gn[base + {} + o]'.format(o_all),
+            'g10 = gn[base + {} + o]'.format(w2 * o_all),
+            'g11 = gn[base + {} + o]'.format((w2 + 1) * o_all)]
+    rows = [('g00', 'g01'), ('g00 + g10', 'g01 + g11'), ('g00 - g10', 'g01 - g11'),
+            ('-g10', '-g11')]
+    tiles_all = th * tw
+    for i, (a, b) in enumerate(rows):
+        body += ['a{} = {}'.format(i, a), 'b{} = {}'.format(i, b)]
+        for j, expr in enumerate(('a{0}', 'a{0} + b{0}', 'a{0} - b{0}', '-b{0}')):
+            body.append('gt[{} + t * {} + o] = {}'.format(
+                (i * 4 + j) * tiles_all * o_all, o_all, expr.format(i)))
+    return lines + ['            ' + line for line in body]
+
+
+def _bias_lines(o_all, pixels):
+    """Lines adding sample ``n``'s per-channel sums of ``gn`` to ``gb``."""
+    return ['for p in range({}):'.format(pixels),
+            '    for o in range({}):'.format(o_all),
+            '        gb[o] += gn[p * {} + o]'.format(o_all)]
+
+
+def _weight_product_lines(c_in, o_all, tp, tiles_all):
+    """``gu`` (C x 16 x O) plus, per position, ``V`` by the transformed
+    gradient over the sample's tiles, in register tiles."""
+    cb, ob = weight_block(c_in, o_all)
+    lines = ['for xi in range(16):',
+             '    for c0 in range(0, {}, {}):'.format(c_in, cb),
+             '        for o0 in range(0, {}, {}):'.format(o_all, ob)]
+    body = ['a{}_{} = numpy.float32(0)'.format(i, j) for i in range(cb) for j in range(ob)]
+    body += ['for t in range({}):'.format(tiles_all),
+             '    vt = v[(xi * {} + t) * {} + c0:]'.format(tp, c_in),
+             '    gs = gt[(xi * {} + t) * {} + o0:]'.format(tiles_all, o_all)]
+    body += ['    v{0} = vt[{0}]'.format(i) for i in range(cb)]
+    body += ['    g{0} = gs[{0}]'.format(j) for j in range(ob)]
+    body += ['    a{0}_{1} += v{0} * g{1}'.format(i, j) for i in range(cb) for j in range(ob)]
+    body += ['out = gu[c0 * {} + xi * {} + o0:]'.format(16 * o_all, o_all)]
+    body += ['out[{}] += a{}_{}'.format(i * 16 * o_all + j, i, j)
+             for i in range(cb) for j in range(ob)]
+    return lines + ['            ' + line for line in body]
+
+
+def weight_source(c_in, o_all, h, w, ph, pw, with_bias=True):
+    """Source of ``kernel(x, g, gu, gb, start, stop)``: adds to ``gu``
+    (C x 16 x O, the gradient of the transformed filters ``U``; see
+    ``weights_from_transform``) and, ``with_bias``, to ``gb`` (O) the
+    gradients of the samples ``start..stop``; ``x`` the input as in
+    ``forward_source``, ``g`` the output gradient ``(N, O, oh, ow)``, all
+    flat float32. The gradient of ``M = U * V`` is ``A dY A^T`` per tile, so
+    ``U``'s is that times ``V`` summed over the tiles: 16 products with 16
+    multiply-adds per tile where the direct kernel makes 36."""
+    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = tiles(oh, ow)
+    hpe, wpe = 2 * th + 2, 2 * tw + 2
+    _, _, tp = product_tile(o_all, th * tw)
+    lines = ['def kernel(x, g, gu, gb, start, stop):',
+             '    xs = numpy.zeros({}, numpy.float32)'.format(hpe * wpe * c_in),
+             '    v = numpy.zeros({}, numpy.float32)'.format(16 * tp * c_in),
+             '    gn = numpy.zeros({}, numpy.float32)'.format(4 * th * tw * o_all),
+             '    gt = numpy.empty({}, numpy.float32)'.format(16 * th * tw * o_all),
+             '    for n in range(start, stop):']
+    body = (_copy_lines(c_in, h, w, wpe, ph, pw) + _input_lines(c_in, th, tw, wpe, tp)
+            + _gradient_lines(o_all, oh, ow, th, tw)
+            + (_bias_lines(o_all, 4 * th * tw) if with_bias else [])
+            + _weight_product_lines(c_in, o_all, tp, th * tw))
+    return '\n'.join(lines + ['        ' + line for line in body])
+
+
+def weights_from_transform(gu, o_all, c_in):
+    """The weight gradient ``(O, C, 3, 3)`` from ``gu`` (C * 16 * O,), the
+    gradient of the transformed filters: ``G^T gu G`` per filter."""
+    out = numpy.empty((c_in, 9, o_all), numpy.float32)
+    _back_kernel()(gu.reshape(c_in, 16, o_all), out)
+    return numpy.ascontiguousarray(out.reshape(c_in, 3, 3, o_all).transpose(3, 0, 1, 2))
+
+
+def _back_kernel():
+    """The compiled ``G^T gu G`` of ``weights_from_transform`` (vectors along
+    the output channels)."""
+    fn = _kernels.get('back')
+    if fn is None:
+        import numba
+
+        jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+        @jit
+        def times_gt(m0, m1, m2, m3):  # G^T (m0, m1, m2, m3)
+            h = numpy.float32(0.5)
+            return m0 + h * (m1 + m2), h * (m1 - m2), h * (m1 + m2) + m3
+
+        @jit
+        def back(gu, out):
+            c_all, _, o_all = gu.shape
+            for c in range(c_all):
+                m = gu[c]
+                for o in range(o_all):  # vectors along the output channels
+                    col0 = times_gt(m[0, o], m[4, o], m[8, o], m[12, o])
+                    col1 = times_gt(m[1, o], m[5, o], m[9, o], m[13, o])
+                    col2 = times_gt(m[2, o], m[6, o], m[10, o], m[14, o])
+                    col3 = times_gt(m[3, o], m[7, o], m[11, o], m[15, o])
+                    for k in range(3):
+                        row = times_gt(col0[k], col1[k], col2[k], col3[k])
+                        out[c, k * 3, o] = row[0]
+                        out[c, k * 3 + 1, o] = row[1]
+                        out[c, k * 3 + 2, o] = row[2]
+        fn = _kernels.setdefault('back', back)
+    return fn
+
+
 def kernel(kind, c_in, o_all, h, w, ph, pw):
-    """The compiled ``kind`` ('forward', 'forward-relu' or
-    'forward-accumulate') kernel for these sizes, compiled on first use."""
+    """The compiled ``kind`` ('forward', 'forward-relu', 'forward-accumulate',
+    'weight' or 'weight-bias') kernel for these sizes, compiled on first use."""
     bits = vector_bits()
     key = (kind, bits, c_in, o_all, h, w, ph, pw)
     fn = _kernels.get(key)
     if fn is None:
-        source = forward_source(c_in, o_all, h, w, ph, pw, relu=kind == 'forward-relu',
-                                accumulate=kind == 'forward-accumulate')
+        if kind.startswith('weight'):
+            source = weight_source(c_in, o_all, h, w, ph, pw, with_bias=kind == 'weight-bias')
+        else:
+            source = forward_source(c_in, o_all, h, w, ph, pw, relu=kind == 'forward-relu',
+                                    accumulate=kind == 'forward-accumulate')
         fn = compile_source(source, bits)
         with _lock:
             fn = _kernels.setdefault(key, fn)

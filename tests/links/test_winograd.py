@@ -62,8 +62,8 @@ def test_forward_and_gradients_match_chainer(used, shape):
     ours = forward_backward(cpukernels.convolution_2d, arrays, pad=(ph, pw))
     theirs = forward_backward(F.convolution_2d, arrays, pad=(ph, pw))
     _assert_close(ours, theirs)
-    # the forward pass, then the input gradient (padding 2 - p), both here
-    assert [(k[0], k[1], k[2]) for k in used] == [('forward', c, o), ('forward', o, c)]
+    # the forward pass, then the input gradient (padding 2 - p) and the weight gradient
+    assert [k[:3] for k in used] == [('forward', c, o), ('forward', o, c), ('weight-bias', c, o)]
 
 
 def test_relu_applied_as_stored_matches_chainer(used):
@@ -97,11 +97,29 @@ def test_the_split_between_threads_changes_nothing(monkeypatch, threads):
     numpy.testing.assert_array_equal(directconv.forward(*arrays, 1, 1), one)
 
 
+def test_the_weight_gradient_alone_matches_the_direct_kernel(used, monkeypatch):
+    rng = numpy.random.RandomState(5)
+    x = rng.randn(3, 16, 11, 10).astype(numpy.float32)
+    gy = rng.randn(3, 32, 11, 10).astype(numpy.float32)
+    ours = directconv.backward_weight(x, gy, 3, 3, 1, 1, with_bias=True)
+    assert [k[0] for k in used] == ['weight-bias']
+    monkeypatch.setenv('BRANCHYNET_WINOGRAD', '0')
+    _assert_close(ours, directconv.backward_weight(x, gy, 3, 3, 1, 1, with_bias=True))
+
+
 def test_the_filter_transform_is_g_times_the_filter_times_g_transposed():
     W = numpy.random.RandomState(4).randn(24, 16, 3, 3).astype(numpy.float32)
     want = numpy.einsum('ik,ockl,jl->cijo', winograd.G, W.astype(numpy.float64), winograd.G)
     numpy.testing.assert_allclose(winograd.transform_filters(W), want.reshape(-1), rtol=0,
                                   atol=1e-6 * abs(want).max())
+
+
+def test_the_weight_gradient_is_g_transposed_times_the_transformed_gradient_times_g():
+    gu = numpy.random.RandomState(6).randn(16, 16, 24).astype(numpy.float32)  # (C, 16, O)
+    m = gu.reshape(16, 4, 4, 24).astype(numpy.float64)
+    want = numpy.einsum('ik,cijo,jl->ockl', winograd.G, m, winograd.G)
+    numpy.testing.assert_allclose(winograd.weights_from_transform(gu.reshape(-1), 24, 16), want,
+                                  rtol=0, atol=1e-6 * abs(want).max())
 
 
 @pytest.mark.slow
