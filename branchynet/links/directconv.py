@@ -24,7 +24,7 @@ a literal and compiled once per shape:
   ``kh * kw * ob`` sums of ``gW`` are scalars, accumulated over every pixel of
   a sample from the output gradient copied pixel-major ``(OH, OW, O)`` a
   sample at a time; a layer with a bias sums its gradient per channel from
-  the same sample (``_bias_lines``).
+  the same sample (``kernelsource.bias_sum_lines``).
 
 Where ``winograd.preferred`` says so (3x3, 16 or more channels, 64 or more
 output pixels), the three passes run on ``winograd``'s kernels instead,
@@ -44,7 +44,7 @@ import numpy
 
 from branchynet.jit import vector_bits
 from branchynet.links import winograd
-from branchynet.links.kernelsource import compile_source, stored_value
+from branchynet.links.kernelsource import bias_sum_lines, compile_source, stored_value
 from branchynet.links.kernelthreads import pieces, run_split
 
 #: Most output channels per tile (two AVX-512 vectors of float32).
@@ -195,10 +195,6 @@ def weight_bits(o_all, taps, bits):
     return bits
 
 
-#: Lanes of the bias gradient's sums (independent chains, one vector's worth).
-BIAS_LANES = 16
-
-
 def _transpose_lines(o_all, pixels):
     """Lines copying sample ``n`` of ``g`` (channel-major) into ``gn`` pixel-major,
     16 pixels of a channel at a time (contiguous reads, which LLVM loads as
@@ -214,24 +210,6 @@ def _transpose_lines(o_all, pixels):
         lines += ['for p in range({}, {}):'.format(full, pixels),
                   '    for o in range({}):'.format(o_all),
                   '        gn[p * {} + o] = g[src + o * {} + p]'.format(o_all, pixels)]
-    return lines
-
-
-def _bias_lines(o_all, pixels):
-    """Lines adding sample ``n``'s channel sums of ``g`` to ``gb``: per channel
-    ``BIAS_LANES`` partial sums (pixel ``p`` of the whole blocks into lane
-    ``p % BIAS_LANES``, the pixels after them into lane 0), added in lane order."""
-    lanes = BIAS_LANES
-    full = pixels - pixels % lanes
-    lines = ['for o in range({}):'.format(o_all),
-             '    gs = g[n * {} + o * {}:]'.format(o_all * pixels, pixels)]
-    lines += ['    s{} = numpy.float32(0)'.format(i) for i in range(lanes)]
-    lines += ['    for p in range(0, {}, {}):'.format(full, lanes)]
-    lines += ['        s{0} += gs[p + {0}]'.format(i) for i in range(lanes)]
-    if full < pixels:
-        lines += ['    for p in range({}, {}):'.format(full, pixels),
-                  '        s0 += gs[p]']
-    lines += ['    gb[o] += ' + ' + '.join('s{}'.format(i) for i in range(lanes))]
     return lines
 
 
@@ -256,7 +234,7 @@ def weight_source(c_in, o_all, hp, wp, kh, kw, bits=256, ph=0, pw=0, with_bias=T
     lines += ['        ' + line for line in _sample_lines('xn', c_in, hp, wp, ph, pw)]
     lines += ['        ' + line for line in _transpose_lines(o_all, oh * ow)]
     if with_bias:
-        lines += ['        ' + line for line in _bias_lines(o_all, oh * ow)]
+        lines += ['        ' + line for line in bias_sum_lines(o_all, oh * ow)]
     lines += ['        for c in range({}):'.format(c_in),
               '            for o0 in range(0, {}, {}):'.format(o_all, ob)]
     inner = ['a{}_{} = numpy.float32(0)'.format(t, j) for t in range(len(taps))

@@ -5,7 +5,8 @@ the generated convolution kernels share.
 text (every size a literal) for a preferred vector width; the module file is
 written under ``cache_root()/training`` so numba's cache serves later
 processes. ``stored_value`` is the expression a kernel stores for a sum:
-itself, ReLU of it, or an earlier array's value plus it.
+itself, ReLU of it, or an earlier array's value plus it; ``bias_sum_lines``
+sum a sample's output gradient per channel (a bias's gradient).
 """
 import os
 
@@ -20,6 +21,28 @@ def stored_value(name, relu, accumulate=False, index=None):
     if accumulate:
         return 'earlier[{}] + {}'.format(index, name)
     return '{0} if not {0} <= 0 else numpy.float32(0)'.format(name) if relu else name
+
+
+#: Lanes of the bias gradient's sums (independent chains, one vector's worth).
+BIAS_LANES = 16
+
+
+def bias_sum_lines(o_all, pixels):
+    """Lines adding sample ``n``'s channel sums of ``g`` to ``gb``: per channel
+    ``BIAS_LANES`` partial sums (pixel ``p`` of the whole blocks into lane
+    ``p % BIAS_LANES``, the pixels after them into lane 0), added in lane order."""
+    lanes = BIAS_LANES
+    full = pixels - pixels % lanes
+    lines = ['for o in range({}):'.format(o_all),
+             '    gs = g[n * {} + o * {}:]'.format(o_all * pixels, pixels)]
+    lines += ['    s{} = numpy.float32(0)'.format(i) for i in range(lanes)]
+    lines += ['    for p in range(0, {}, {}):'.format(full, lanes)]
+    lines += ['        s{0} += gs[p + {0}]'.format(i) for i in range(lanes)]
+    if full < pixels:
+        lines += ['    for p in range({}, {}):'.format(full, pixels),
+                  '        s0 += gs[p]']
+    lines += ['    gb[o] += ' + ' + '.join('s{}'.format(i) for i in range(lanes))]
+    return lines
 
 
 #: multiply-adds contracted to FMAs; no reassociation (the sums keep their order)

@@ -40,7 +40,7 @@ import threading
 import numpy
 
 from branchynet.jit import vector_bits
-from branchynet.links.kernelsource import compile_source, stored_value
+from branchynet.links.kernelsource import bias_sum_lines, compile_source, stored_value
 
 _lock = threading.Lock()
 _kernels = {}
@@ -274,13 +274,6 @@ def _gradient_lines(o_all, oh, ow, th, tw):
     return lines + ['            ' + line for line in body]
 
 
-def _bias_lines(o_all, pixels):
-    """Lines adding sample ``n``'s per-channel sums of ``gn`` to ``gb``."""
-    return ['for p in range({}):'.format(pixels),
-            '    for o in range({}):'.format(o_all),
-            '        gb[o] += gn[p * {} + o]'.format(o_all)]
-
-
 def _weight_product_lines(c_in, o_all, tp, tiles_all):
     """``gu`` (C x 16 x O) plus, per position, ``V`` by the transformed
     gradient over the sample's tiles, in register tiles."""
@@ -322,7 +315,7 @@ def weight_source(c_in, o_all, h, w, ph, pw, with_bias=True):
              '    for n in range(start, stop):']
     body = (_copy_lines(c_in, h, w, wpe, ph, pw) + _input_lines(c_in, th, tw, wpe, tp)
             + _gradient_lines(o_all, oh, ow, th, tw)
-            + (_bias_lines(o_all, 4 * th * tw) if with_bias else [])
+            + (bias_sum_lines(o_all, oh * ow) if with_bias else [])
             + _weight_product_lines(c_in, o_all, tp, th * tw))
     return '\n'.join(lines + ['        ' + line for line in body])
 
