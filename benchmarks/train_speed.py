@@ -231,8 +231,7 @@ def start(setting, module_name, batch, threads, spec, torch_python):
                BRANCHYNET_CPU_KERNELS='1' if setting.startswith('kernels') else '0')
     if setting == 'kernels-256bit':
         env['BRANCHYNET_VECTOR_BITS'] = '256'
-    if setting == 'kernels-direct':
-        env['BRANCHYNET_WINOGRAD'] = '0'
+    env['BRANCHYNET_WINOGRAD'] = '0' if setting == 'kernels-direct' else '1'
     if setting in ('kernels', 'chainer', 'kernels-256bit', 'kernels-direct'):
         code = CHAINER_CHILD.format(root=ROOT, module=module_name, batch=batch,
                                     kernels=setting != 'chainer')

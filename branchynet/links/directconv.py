@@ -33,9 +33,10 @@ with the same splits and the same signatures.
 Samples are split into ranges that the kernels' threads take one at a time
 (``kernelthreads.run_split``); each range of the backward-weight kernel sums
 into its own ``gW``, and those are added in order.
-The forward and backward-data kernels compute every output with the same
-order of multiply-adds as a sum over channels and taps; Chainer's im2col and
-GEMM path sums in another order, so results agree to float32 rounding.
+The direct forward and backward-data kernels compute every output with the
+same order of multiply-adds as a sum over channels and taps (the Winograd
+kernels sum through their transforms); Chainer's im2col and GEMM path sums
+in another order, so results agree to float32 rounding.
 """
 import threading
 

@@ -12,14 +12,14 @@ constant matrices ``B^T``, ``G``, ``A^T`` below (entries 0, 1/2 and 1 in
 magnitude, so the transforms add and subtract without scaling the input).
 
 Per sample, the kernel here
-1. copies the sample into a zero-padded buffer of its own (in cache), large
-   enough for whole tiles where an output side is odd;
-2. transforms every 4x4 input block of every channel (``V``, 16 x C x T for
-   T tiles, rows first, vectorised along each row);
-3. multiplies, for each of the 16 positions, the transformed filters
-   ``U`` (16 x C x O, transformed once per call in float64) with ``V``: a
-   register-tiled product of R tiles (vectors along the tiles) by ``ob``
-   output channels, as ``directconv``'s forward tiles;
+1. copies the sample, channels last, into a zero-padded buffer of its own
+   (in cache), large enough for whole tiles where an output side is odd;
+2. transforms every 4x4 input block (``V``, 16 x Tp x C for the T tiles
+   padded to Tp, vectors along the channels);
+3. multiplies, per block of R tiles and ``ob`` output channels and for
+   each of the 16 positions, ``V`` with the transformed filters ``U``
+   (C x 16 x O, ``transform_filters``, once per call): register tiles as
+   ``directconv``'s forward tiles, vectors along the output channels;
 4. transforms each tile's 16 products back to its 2x2 outputs, adding the
    bias and, as asked, applying ReLU or adding an earlier array
    (``kernelsource.stored_value``).
@@ -335,28 +335,35 @@ def _back_kernel():
     if fn is None:
         import numba
 
-        jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-
-        @jit
-        def times_gt(m0, m1, m2, m3):  # G^T (m0, m1, m2, m3)
-            h = numpy.float32(0.5)
-            return m0 + h * (m1 + m2), h * (m1 - m2), h * (m1 + m2) + m3
-
-        @jit
+        @numba.njit(cache=True, nogil=True, boundscheck=False)
         def back(gu, out):
             c_all, _, o_all = gu.shape
+            h = numpy.float32(0.5)
             for c in range(c_all):
                 m = gu[c]
+                d = out[c]
                 for o in range(o_all):  # vectors along the output channels
-                    col0 = times_gt(m[0, o], m[4, o], m[8, o], m[12, o])
-                    col1 = times_gt(m[1, o], m[5, o], m[9, o], m[13, o])
-                    col2 = times_gt(m[2, o], m[6, o], m[10, o], m[14, o])
-                    col3 = times_gt(m[3, o], m[7, o], m[11, o], m[15, o])
-                    for k in range(3):
-                        row = times_gt(col0[k], col1[k], col2[k], col3[k])
-                        out[c, k * 3, o] = row[0]
-                        out[c, k * 3 + 1, o] = row[1]
-                        out[c, k * 3 + 2, o] = row[2]
+                    # G^T M: three rows of four (M's rows at 0, 4, 8, 12)
+                    r00 = m[0, o] + h * (m[4, o] + m[8, o])
+                    r01 = m[1, o] + h * (m[5, o] + m[9, o])
+                    r02 = m[2, o] + h * (m[6, o] + m[10, o])
+                    r03 = m[3, o] + h * (m[7, o] + m[11, o])
+                    r10, r11 = h * (m[4, o] - m[8, o]), h * (m[5, o] - m[9, o])
+                    r12, r13 = h * (m[6, o] - m[10, o]), h * (m[7, o] - m[11, o])
+                    r20 = h * (m[4, o] + m[8, o]) + m[12, o]
+                    r21 = h * (m[5, o] + m[9, o]) + m[13, o]
+                    r22 = h * (m[6, o] + m[10, o]) + m[14, o]
+                    r23 = h * (m[7, o] + m[11, o]) + m[15, o]
+                    # (G^T M) G: each row's four to three
+                    d[0, o] = r00 + h * (r01 + r02)
+                    d[1, o] = h * (r01 - r02)
+                    d[2, o] = h * (r01 + r02) + r03
+                    d[3, o] = r10 + h * (r11 + r12)
+                    d[4, o] = h * (r11 - r12)
+                    d[5, o] = h * (r11 + r12) + r13
+                    d[6, o] = r20 + h * (r21 + r22)
+                    d[7, o] = h * (r21 - r22)
+                    d[8, o] = h * (r21 + r22) + r23
         fn = _kernels.setdefault('back', back)
     return fn
 
