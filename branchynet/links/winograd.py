@@ -88,43 +88,50 @@ def transform_filters(W):
     o, c = W.shape[:2]
     u = numpy.empty(16 * c * o, numpy.float32)
     taps = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0), numpy.float32).reshape(c, 9, o)
-    _filter_kernel()(taps, u)
+    _compiled('filters', _define_filter_transform)(taps, u)
     return u
 
 
-def _filter_kernel():
-    """The compiled transform of ``transform_filters``: per input channel,
-    ``G g G^T`` for every output channel at once (vectors along them; a
-    BLAS product of these thin shapes took milliseconds on a busy machine)."""
-    fn = _kernels.get('filters')
+def _compiled(name, define):
+    """The numba function ``define()`` returns, defined (and so compiled,
+    or loaded from numba's cache) on first use only."""
+    fn = _kernels.get(name)
     if fn is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True, boundscheck=False)
-        def transform(taps, u):
-            c_all, _, o_all = taps.shape
-            h = numpy.float32(0.5)
-            for c in range(c_all):
-                t = taps[c]
-                w = u[c * 16 * o_all:]  # this channel's 16 positions, O values each
-                for o in range(o_all):  # vectors along the output channels
-                    g00, g01, g02 = t[0, o], t[1, o], t[2, o]
-                    g10, g11, g12 = t[3, o], t[4, o], t[5, o]
-                    g20, g21, g22 = t[6, o], t[7, o], t[8, o]
-                    # G g: four rows of three (rows 0 and 3 are g's first and last)
-                    r10, r11, r12 = h * (g00 + g10 + g20), h * (g01 + g11 + g21), \
-                        h * (g02 + g12 + g22)
-                    r20, r21, r22 = h * (g00 - g10 + g20), h * (g01 - g11 + g21), \
-                        h * (g02 - g12 + g22)
-                    # (G g) G^T: position (i, j) at (i * 4 + j) * O + o
-                    for i, (a, b, d) in enumerate(((g00, g01, g02), (r10, r11, r12),
-                                                   (r20, r21, r22), (g20, g21, g22))):
-                        w[(4 * i) * o_all + o] = a
-                        w[(4 * i + 1) * o_all + o] = h * (a + b + d)
-                        w[(4 * i + 2) * o_all + o] = h * (a - b + d)
-                        w[(4 * i + 3) * o_all + o] = d
-        fn = _kernels.setdefault('filters', transform)
+        with _lock:
+            fn = _kernels.get(name) or _kernels.setdefault(name, define())
     return fn
+
+
+def _define_filter_transform():
+    """The transform of ``transform_filters``: per input channel, ``G g G^T``
+    for every output channel at once (vectors along them; a BLAS product of
+    these thin shapes took milliseconds on a busy machine)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def transform(taps, u):
+        c_all, _, o_all = taps.shape
+        h = numpy.float32(0.5)
+        for c in range(c_all):
+            t = taps[c]
+            w = u[c * 16 * o_all:]  # this channel's 16 positions, O values each
+            for o in range(o_all):  # vectors along the output channels
+                g00, g01, g02 = t[0, o], t[1, o], t[2, o]
+                g10, g11, g12 = t[3, o], t[4, o], t[5, o]
+                g20, g21, g22 = t[6, o], t[7, o], t[8, o]
+                # G g: four rows of three (rows 0 and 3 are g's first and last)
+                r10, r11, r12 = h * (g00 + g10 + g20), h * (g01 + g11 + g21), \
+                    h * (g02 + g12 + g22)
+                r20, r21, r22 = h * (g00 - g10 + g20), h * (g01 - g11 + g21), \
+                    h * (g02 - g12 + g22)
+                # (G g) G^T: position (i, j) at (i * 4 + j) * O + o
+                for i, (a, b, d) in enumerate(((g00, g01, g02), (r10, r11, r12),
+                                               (r20, r21, r22), (g20, g21, g22))):
+                    w[(4 * i) * o_all + o] = a
+                    w[(4 * i + 1) * o_all + o] = h * (a + b + d)
+                    w[(4 * i + 2) * o_all + o] = h * (a - b + d)
+                    w[(4 * i + 3) * o_all + o] = d
+    return transform
 
 
 def _copy_lines(c_in, h, w, wpe, ph, pw):
@@ -324,48 +331,45 @@ def weights_from_transform(gu, o_all, c_in):
     """The weight gradient ``(O, C, 3, 3)`` from ``gu`` (C * 16 * O,), the
     gradient of the transformed filters: ``G^T gu G`` per filter."""
     out = numpy.empty((c_in, 9, o_all), numpy.float32)
-    _back_kernel()(gu.reshape(c_in, 16, o_all), out)
+    _compiled('back', _define_back_transform)(gu.reshape(c_in, 16, o_all), out)
     return numpy.ascontiguousarray(out.reshape(c_in, 3, 3, o_all).transpose(3, 0, 1, 2))
 
 
-def _back_kernel():
-    """The compiled ``G^T gu G`` of ``weights_from_transform`` (vectors along
-    the output channels)."""
-    fn = _kernels.get('back')
-    if fn is None:
-        import numba
+def _define_back_transform():
+    """``G^T gu G`` of ``weights_from_transform`` (vectors along the output
+    channels)."""
+    import numba
 
-        @numba.njit(cache=True, nogil=True, boundscheck=False)
-        def back(gu, out):
-            c_all, _, o_all = gu.shape
-            h = numpy.float32(0.5)
-            for c in range(c_all):
-                m = gu[c]
-                d = out[c]
-                for o in range(o_all):  # vectors along the output channels
-                    # G^T M: three rows of four (M's rows at 0, 4, 8, 12)
-                    r00 = m[0, o] + h * (m[4, o] + m[8, o])
-                    r01 = m[1, o] + h * (m[5, o] + m[9, o])
-                    r02 = m[2, o] + h * (m[6, o] + m[10, o])
-                    r03 = m[3, o] + h * (m[7, o] + m[11, o])
-                    r10, r11 = h * (m[4, o] - m[8, o]), h * (m[5, o] - m[9, o])
-                    r12, r13 = h * (m[6, o] - m[10, o]), h * (m[7, o] - m[11, o])
-                    r20 = h * (m[4, o] + m[8, o]) + m[12, o]
-                    r21 = h * (m[5, o] + m[9, o]) + m[13, o]
-                    r22 = h * (m[6, o] + m[10, o]) + m[14, o]
-                    r23 = h * (m[7, o] + m[11, o]) + m[15, o]
-                    # (G^T M) G: each row's four to three
-                    d[0, o] = r00 + h * (r01 + r02)
-                    d[1, o] = h * (r01 - r02)
-                    d[2, o] = h * (r01 + r02) + r03
-                    d[3, o] = r10 + h * (r11 + r12)
-                    d[4, o] = h * (r11 - r12)
-                    d[5, o] = h * (r11 + r12) + r13
-                    d[6, o] = r20 + h * (r21 + r22)
-                    d[7, o] = h * (r21 - r22)
-                    d[8, o] = h * (r21 + r22) + r23
-        fn = _kernels.setdefault('back', back)
-    return fn
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def back(gu, out):
+        c_all, _, o_all = gu.shape
+        h = numpy.float32(0.5)
+        for c in range(c_all):
+            m = gu[c]
+            d = out[c]
+            for o in range(o_all):  # vectors along the output channels
+                # G^T M: three rows of four (M's rows at 0, 4, 8, 12)
+                r00 = m[0, o] + h * (m[4, o] + m[8, o])
+                r01 = m[1, o] + h * (m[5, o] + m[9, o])
+                r02 = m[2, o] + h * (m[6, o] + m[10, o])
+                r03 = m[3, o] + h * (m[7, o] + m[11, o])
+                r10, r11 = h * (m[4, o] - m[8, o]), h * (m[5, o] - m[9, o])
+                r12, r13 = h * (m[6, o] - m[10, o]), h * (m[7, o] - m[11, o])
+                r20 = h * (m[4, o] + m[8, o]) + m[12, o]
+                r21 = h * (m[5, o] + m[9, o]) + m[13, o]
+                r22 = h * (m[6, o] + m[10, o]) + m[14, o]
+                r23 = h * (m[7, o] + m[11, o]) + m[15, o]
+                # (G^T M) G: each row's four to three
+                d[0, o] = r00 + h * (r01 + r02)
+                d[1, o] = h * (r01 - r02)
+                d[2, o] = h * (r01 + r02) + r03
+                d[3, o] = r10 + h * (r11 + r12)
+                d[4, o] = h * (r11 - r12)
+                d[5, o] = h * (r11 + r12) + r13
+                d[6, o] = r20 + h * (r21 + r22)
+                d[7, o] = h * (r21 - r22)
+                d[8, o] = h * (r21 + r22) + r23
+    return back
 
 
 def kernel(kind, c_in, o_all, h, w, ph, pw):
