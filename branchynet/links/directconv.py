@@ -44,7 +44,7 @@ import chainer
 import numpy
 
 from branchynet.jit import vector_bits
-from branchynet.links import winograd
+import branchynet.links.winograd as winograd
 from branchynet.links.kernelsource import bias_sum_lines, compile_source, stored_value
 from branchynet.links.kernelthreads import pieces, run_split
 
