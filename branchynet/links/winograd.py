@@ -7,9 +7,14 @@ Convolutional Neural Networks", CVPR 2016):
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A
 
-with ``g`` a 3x3 filter, ``d`` a 4x4 input block, ``*`` elementwise, and the
-constant matrices ``B^T``, ``G``, ``A^T`` below (entries 0, 1/2 and 1 in
-magnitude, so the transforms add and subtract without scaling the input).
+with ``g`` a 3x3 filter, ``d`` a 4x4 input block, ``*`` elementwise, and
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+(entries 0, 1/2 and 1 in magnitude, so the transforms add and subtract
+without scaling the input).
 
 Per sample, the kernel here
 1. copies the sample, channels last, into a zero-padded buffer of its own
@@ -45,10 +50,8 @@ from branchynet.links.kernelsource import bias_sum_lines, compile_source, stored
 _lock = threading.Lock()
 _kernels = {}
 
-#: B^T, G and A^T of F(2x2, 3x3)
-BT = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], numpy.float64)
+#: G of F(2x2, 3x3) (B^T and A^T are written out in the generated lines)
 G = numpy.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], numpy.float64)
-AT = numpy.array([[1, 1, 1, 0], [0, 1, -1, -1]], numpy.float64)
 
 
 def enabled():
