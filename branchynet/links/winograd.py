@@ -76,6 +76,15 @@ def tiles(out_h, out_w):
     return (out_h + 1) // 2, (out_w + 1) // 2
 
 
+def _geometry(h, w, ph, pw):
+    """``(oh, ow, th, tw, hpe, wpe)`` of an ``h x w`` input padded by
+    ``ph``/``pw``: the output's sides, its tile rows and columns, and the
+    sides of the padded buffer that holds whole tiles."""
+    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = tiles(oh, ow)
+    return oh, ow, th, tw, 2 * th + 2, 2 * tw + 2
+
+
 def product_tile(out_channels, tile_count):
     """(tiles R, output channels ob, padded tile count) of the product's
     register tile: ``ob`` output channels (vectors along the channels) by R
@@ -95,13 +104,15 @@ def transform_filters(W):
     return u
 
 
-def _compiled(name, define):
-    """The numba function ``define()`` returns, defined (and so compiled,
-    or loaded from numba's cache) on first use only."""
-    fn = _kernels.get(name)
+def _compiled(key, define):
+    """The numba function ``define()`` returns, defined (and compiled, or
+    loaded from numba's cache) on first use of ``key`` only; a thread that
+    lost a race to define it gets the first one's."""
+    fn = _kernels.get(key)
     if fn is None:
+        fn = define()
         with _lock:
-            fn = _kernels.get(name) or _kernels.setdefault(name, define())
+            fn = _kernels.setdefault(key, fn)
     return fn
 
 
@@ -225,9 +236,7 @@ def forward_source(c_in, o_all, h, w, ph, pw, relu=False, accumulate=False):
     All arrays flat float32."""
     if relu and accumulate:
         raise ValueError('winograd.forward_source: relu and accumulate do not combine')
-    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
-    th, tw = tiles(oh, ow)
-    hpe, wpe = 2 * th + 2, 2 * tw + 2
+    oh, ow, th, tw, hpe, wpe = _geometry(h, w, ph, pw)
     r, ob, tp = product_tile(o_all, th * tw)
     lines = ['def kernel(x, u, b, {}y, start, stop):'.format('acc, ' if accumulate else ''),
              '    xs = numpy.zeros({}, numpy.float32)'.format(hpe * wpe * c_in),
@@ -313,9 +322,7 @@ def weight_source(c_in, o_all, h, w, ph, pw, with_bias=True):
     flat float32. The gradient of ``M = U * V`` is ``A dY A^T`` per tile, so
     ``U``'s is that times ``V`` summed over the tiles: 16 products with 16
     multiply-adds per tile where the direct kernel makes 36."""
-    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
-    th, tw = tiles(oh, ow)
-    hpe, wpe = 2 * th + 2, 2 * tw + 2
+    oh, ow, th, tw, hpe, wpe = _geometry(h, w, ph, pw)
     _, _, tp = product_tile(o_all, th * tw)
     lines = ['def kernel(x, g, gu, gb, start, stop):',
              '    xs = numpy.zeros({}, numpy.float32)'.format(hpe * wpe * c_in),
@@ -379,15 +386,12 @@ def kernel(kind, c_in, o_all, h, w, ph, pw):
     """The compiled ``kind`` ('forward', 'forward-relu', 'forward-accumulate',
     'weight' or 'weight-bias') kernel for these sizes, compiled on first use."""
     bits = vector_bits()
-    key = (kind, bits, c_in, o_all, h, w, ph, pw)
-    fn = _kernels.get(key)
-    if fn is None:
+
+    def define():
         if kind.startswith('weight'):
             source = weight_source(c_in, o_all, h, w, ph, pw, with_bias=kind == 'weight-bias')
         else:
             source = forward_source(c_in, o_all, h, w, ph, pw, relu=kind == 'forward-relu',
                                     accumulate=kind == 'forward-accumulate')
-        fn = compile_source(source, bits)
-        with _lock:
-            fn = _kernels.setdefault(key, fn)
-    return fn
+        return compile_source(source, bits)
+    return _compiled((kind, bits, c_in, o_all, h, w, ph, pw), define)
