@@ -26,9 +26,9 @@ a literal and compiled once per shape:
   sample at a time; a layer with a bias sums its gradient per channel from
   the same sample (``kernelsource.bias_sum_lines``).
 
-Where ``winograd.preferred`` says so (3x3, 16 or more channels, 64 or more
-output pixels), the three passes run on ``winograd``'s kernels instead,
-with the same splits and the same signatures.
+Where ``winograd.choose`` names a form (3x3 or 5x5, 16 or more channels, 64
+or more output pixels), the three passes run on ``winograd``'s kernels
+instead, with the same splits and the same signatures.
 
 Samples are split into ranges that the kernels' threads take one at a time
 (``kernelthreads.run_split``); each range of the backward-weight kernel sums
@@ -277,7 +277,7 @@ def kernel(kind, c_in, o_all, hp, wp, kh, kw, ph=0, pw=0):
 def _forward_task(x, W, b, ph, pw, relu, earlier):
     """``(task, y)``: ``task(start, stop)`` computes samples ``start..stop`` of
     ``y`` as ``forward`` says, on the Winograd kernel where
-    ``winograd.preferred`` says so, else on the direct kernel."""
+    ``winograd.choose`` names a form, else on the direct kernel."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     o, _, kh, kw = W.shape
@@ -290,9 +290,10 @@ def _forward_task(x, W, b, ph, pw, relu, earlier):
             raise ValueError('directconv.forward: earlier is {} {}; expected float32 {}'.format(
                 earlier.dtype, earlier.shape, y.shape))
         kind = 'forward-accumulate'
-    if winograd.preferred(c, o, kh, kw, y.shape[2], y.shape[3]):
-        weights = winograd.transform_filters(W)
-        fn = winograd.kernel(kind, c, o, h, w, ph, pw)
+    form = winograd.choose(c, o, kh, kw, y.shape[2], y.shape[3])
+    if form:
+        weights = winograd.transform_filters(W, form)
+        fn = winograd.kernel(kind, form, c, o, h, w, ph, pw)
     else:
         weights = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0)).reshape(-1)
         fn = kernel(kind, c, o, hp, wp, kh, kw, ph, pw)
@@ -331,18 +332,19 @@ def backward_data(gy, W, ph, pw, earlier=None):
 def _weight_task(x, gy, kh, kw, ph, pw, with_bias, ranges):
     """``(task, result)``: ``task(start, stop)`` (one of ``ranges``) sums that
     range's part of the weight (and bias) gradient, on the Winograd kernel
-    where ``winograd.preferred`` says so (its part is the gradient of the
+    where ``winograd.choose`` names a form (its part is the gradient of the
     transformed filters), else on the direct kernel; ``result()`` adds the
     parts in order: the same result however the threads take them."""
     n, c, h, w = x.shape
     o = gy.shape[1]
     kind = 'weight-bias' if with_bias else 'weight'
-    if winograd.preferred(c, o, kh, kw, gy.shape[2], gy.shape[3]):
-        fn = winograd.kernel(kind, c, o, h, w, ph, pw)
-        size = 16 * c * o
+    form = winograd.choose(c, o, kh, kw, gy.shape[2], gy.shape[3])
+    if form:
+        fn = winograd.kernel(kind, form, c, o, h, w, ph, pw)
+        size = (form.m + form.r - 1) ** 2 * c * o
 
         def weights(total):
-            return winograd.weights_from_transform(total, o, c)
+            return winograd.weights_from_transform(total, form, o, c)
     else:
         fn = kernel(kind, c, o, h + 2 * ph, w + 2 * pw, kh, kw, ph, pw)
         size = c * kh * kw * o
