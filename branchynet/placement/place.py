@@ -132,10 +132,12 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     hist = heads_mod.train_heads(trunk, probed, links, x_train[idx], y_train[idx],
                                  epochs=probe_epochs, seed=seed, cache_bytes=cache_bytes,
                                  progress=progress, desc='probe heads')
-    say('placement: each probe head saw {} samples in each of its {} epochs ({:,} from the '
-        'cache, {:,} streamed)'.format(
+    say('placement: each probe head saw {} samples in {} ({:,} from the cache, {:,} '
+        'streamed)'.format(
             'all {:,}'.format(n_sub) if set(hist['seen']) == {n_sub} else
-            ' / '.join('{:,}'.format(n) for n in hist['seen']), len(hist['seen']),
+            ' / '.join('{:,}'.format(n) for n in hist['seen']),
+            'its one epoch' if len(hist['seen']) == 1 else
+            'each of its {} epochs'.format(len(hist['seen'])),
             hist['cached_samples'], hist['streamed_samples']))
     network_target = search_target = target_acc  # None: the search's default
     if probe_joint_epochs:
