@@ -118,7 +118,7 @@ def check_kind(kind):
                            'links, got {!r}'.format(', '.join(KINDS), kind))
 
 
-def _feature_bytes(trunk, points):
+def feature_bytes(trunk, points):
     """Bytes of one sample's (float32) activations at ``points``."""
     shapes = trunk.describe()['shapes']
     return 4 * sum(int(numpy.prod(shapes[p])) for p in points)
@@ -126,7 +126,7 @@ def _feature_bytes(trunk, points):
 
 def cached_sample_count(trunk, points, n, cache_bytes=CACHE_BYTES):
     """How many of ``n`` samples' activations at ``points`` fit in ``cache_bytes``."""
-    per = max(1, _feature_bytes(trunk, points))
+    per = max(1, feature_bytes(trunk, points))
     return n if n * per <= cache_bytes else max(0, min(n, int(cache_bytes // per)))
 
 

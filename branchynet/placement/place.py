@@ -268,7 +268,7 @@ def _size(nbytes):
 
 def _feature_note(trunk, points, n, n_cached, cache_bytes):
     """How the probes' activations are held, for the log."""
-    per = heads_mod._feature_bytes(trunk, points)
+    per = heads_mod.feature_bytes(trunk, points)
     if n_cached >= n:
         return 'all cached ({})'.format(_size(n * per))
     over = '{} a sample at {} boundaries, {} for all {:,}, over cache_bytes={}'.format(

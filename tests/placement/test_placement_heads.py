@@ -22,7 +22,7 @@ def _train(x, y, cache_bytes, epochs=2, batchsize=16, seed=3):
 
 
 def _per_sample():
-    return heads_mod._feature_bytes(Trunk.of(one_exit_net()), POINTS)
+    return heads_mod.feature_bytes(Trunk.of(one_exit_net()), POINTS)
 
 
 @pytest.mark.parametrize('fit, features', [(None, 'cached'), (20, 'cached and streamed'),
