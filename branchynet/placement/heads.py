@@ -19,10 +19,12 @@ cheapest.
 ``train_heads`` trains heads on the trunk's activations at their boundaries
 and never changes the trunk: the activations are computed in test mode
 (batch normalisation reads its population statistics and updates nothing)
-without a graph, and only the heads' parameters are in the optimizer. They
-are computed once and kept in memory when they fit in ``cache_bytes``,
-otherwise recomputed batch by batch in every epoch (streaming: exact, but a
-trunk pass per batch per epoch).
+without a graph, and only the heads' parameters are in the optimizer. Every
+sample of ``x`` is used in every epoch. The activations of as many samples
+as fit in ``cache_bytes`` (all of them where they fit) are computed once and
+kept in memory; those of the rest are recomputed batch by batch in every
+epoch (streamed: the same values, at the price of a trunk pass per batch per
+epoch). The cache never holds more than ``cache_bytes``.
 """
 import math
 
@@ -116,15 +118,36 @@ def check_kind(kind):
                            'links, got {!r}'.format(', '.join(KINDS), kind))
 
 
-def _feature_bytes(trunk, points):
+def feature_bytes(trunk, points):
+    """Bytes of one sample's (float32) activations at ``points``."""
     shapes = trunk.describe()['shapes']
     return 4 * sum(int(numpy.prod(shapes[p])) for p in points)
 
 
 def cached_sample_count(trunk, points, n, cache_bytes=CACHE_BYTES):
-    """How many samples' activations at ``points`` fit in ``cache_bytes``."""
-    per = max(1, _feature_bytes(trunk, points))
-    return min(n, int(cache_bytes // per))
+    """How many of ``n`` samples' activations at ``points`` fit in ``cache_bytes``."""
+    per = max(1, feature_bytes(trunk, points))
+    return n if n * per <= cache_bytes else max(0, min(n, int(cache_bytes // per)))
+
+
+def feature_plan(n, n_cached):
+    """How ``train_heads`` gets the activations of ``n`` samples of which
+    ``n_cached`` fit in the cache: ``'cached'``, ``'streamed'`` or
+    ``'cached and streamed'``."""
+    if n_cached >= n:
+        return 'cached'
+    return 'cached and streamed' if n_cached else 'streamed'
+
+
+def _cache(trunk, points, x, batchsize=256):
+    """The activations of ``x`` at ``points``, one array per point, filled
+    batch by batch (the memory held is the arrays and one batch)."""
+    shapes = trunk.describe()['shapes']
+    feats = [numpy.empty((len(x),) + tuple(shapes[p]), numpy.float32) for p in points]
+    for i, part in zip(range(0, len(x), batchsize), trunk.features(x, points, batchsize)):
+        for f, a in zip(feats, part):
+            f[i:i + len(a)] = a
+    return feats
 
 
 def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3, seed=0,
@@ -132,7 +155,15 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
     """Train ``heads`` (one list of links per boundary of ``points``) on the
     frozen trunk's activations of ``x``; the trunk is never changed.
 
-    Returns ``{'loss': [[per head] per epoch], 'acc': [...], 'cached': bool}``
+    Every sample is used in every epoch. The activations of the first
+    ``cached_sample_count(...)`` samples (all where they fit in
+    ``cache_bytes``) are computed once and cached; the others' are computed
+    again for each batch (streamed).
+
+    Returns ``{'loss': [[per head] per epoch], 'acc': [...], 'cached': bool
+    (all samples cached), 'features': 'cached' | 'streamed' | 'cached and
+    streamed', 'cached_samples', 'streamed_samples', 'cache_nbytes' (the
+    cache's size, <= cache_bytes), 'seen': [samples per epoch, every head]}``
     (training loss and accuracy, means over each epoch)."""
     validate_inputs(x, trunk.input_shape)
     y = as_labels(y, len(x))
@@ -144,13 +175,13 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
     model = chainer.ChainList(*chains)
     optimizer = Adam(alpha=alpha)
     optimizer.setup(model)
-    cached = len(x) * _feature_bytes(trunk, points) <= cache_bytes
-    feats = None
-    if cached:
-        parts = list(trunk.features(x, points))
-        feats = [numpy.concatenate([p[i] for p in parts]) for i in range(len(points))]
+    n_cached = cached_sample_count(trunk, points, len(x), cache_bytes)
+    feats = _cache(trunk, points, x[:n_cached])
     rng = numpy.random.RandomState(seed)
-    history = {'loss': [], 'acc': [], 'cached': cached}
+    history = {'loss': [], 'acc': [], 'cached': n_cached == len(x),
+               'features': feature_plan(len(x), n_cached), 'cached_samples': n_cached,
+               'streamed_samples': len(x) - n_cached,
+               'cache_nbytes': int(sum(f.nbytes for f in feats)), 'seen': []}
     steps = epochs * int(math.ceil(len(x) / batchsize))
     with Progress.auto(steps, desc, 'batch', progress) as bar:
         for _ in range(epochs):
@@ -158,8 +189,7 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
             sums, count = numpy.zeros((2, len(heads))), 0
             for i in range(0, len(x), batchsize):
                 idx = numpy.sort(order[i:i + batchsize])
-                hs = [f[idx] for f in feats] if cached else \
-                    trunk.batch_features(x[idx], points)
+                hs = _batch(trunk, points, feats, x, idx, n_cached)
                 t = y[idx]
                 with chainer.using_config('train', True):
                     losses, accs = [], []
@@ -177,7 +207,21 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
                 bar.update(1, loss=round(float(total.array), 3))
             history['loss'].append((sums[0] / max(1, count)).tolist())
             history['acc'].append((sums[1] / max(1, count)).tolist())
+            history['seen'].append(count)
     return history
+
+
+def _batch(trunk, points, feats, x, idx, n_cached):
+    """The activations at ``points`` of the samples ``idx`` (sorted): from
+    the cache for those below ``n_cached``, computed for the others, in the
+    order of ``idx``."""
+    cut = int(numpy.searchsorted(idx, n_cached))
+    if cut == len(idx):
+        return [f[idx] for f in feats]
+    streamed = trunk.batch_features(x[idx[cut:]], points)
+    if cut == 0:
+        return streamed
+    return [numpy.concatenate([f[idx[:cut]], a]) for f, a in zip(feats, streamed)]
 
 
 def head_logits(trunk, points, heads, x, batchsize=256):

@@ -4,11 +4,13 @@
    of the main network's multiply-adds (``search.candidate_points``).
 2. A head per candidate from the family (``heads``), sized by
    ``head_budget`` times the MACs its exit saves, trained as a *probe* on the
-   frozen trunk's activations of at most ``n_probe`` training samples, all
-   candidates at once, their activations cached in memory: the subset is cut
-   further until they fit in ``cache_bytes`` (said in the log). With
-   ``probe_joint_epochs`` > 0, a copy of the trunk with every probe is then
-   trained jointly on the same subset for that many epochs: exits that will
+   frozen trunk's activations of a random subset of at most ``n_probe``
+   training samples, all candidates at once, every sample in every epoch.
+   The activations of as many of those samples as fit in ``cache_bytes`` are
+   cached, the others' recomputed each epoch (streamed); the log says which
+   and how many samples the probes saw. With ``probe_joint_epochs`` > 0, a
+   copy of the trunk with every probe is then trained jointly on the same
+   subset, all of it, for that many epochs: exits that will
    be trained jointly afterwards reach more accuracy than heads on a frozen
    trunk, and a search on frozen probes alone can find that no exit meets
    the target (B-LeNet on MNIST, 3 seeds: none chosen).
@@ -118,19 +120,25 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
             '{} ({:.0%})'.format(b, trunk.share(b)) for b in cands)))
 
     kinds, links, hmacs = make_heads(trunk, probed, heads, head_budget)
-    n_fit = heads_mod.cached_sample_count(trunk, probed, min(n_probe, len(x_train)), cache_bytes)
-    if n_fit < 1:
-        raise InvalidValue('one sample\'s activations at {} boundaries do not fit in '
-                           'cache_bytes={}: raise it'.format(len(probed), cache_bytes))
+    n_sub = min(n_probe, len(x_train))
     rng = numpy.random.RandomState(seed)
-    idx = numpy.sort(rng.permutation(len(x_train))[:n_fit])
-    say('placement: training {} probe heads ({}) on {} cached training samples{} for {} '
-        'epochs'.format(len(probed), ', '.join(sorted(set(kinds))), n_fit,
-                        ' (cut from {} to fit cache_bytes)'.format(min(n_probe, len(x_train)))
-                        if n_fit < min(n_probe, len(x_train)) else '', probe_epochs))
-    heads_mod.train_heads(trunk, probed, links, x_train[idx], y_train[idx], epochs=probe_epochs,
-                          seed=seed, cache_bytes=float('inf'), progress=progress,
-                          desc='probe heads')
+    idx = numpy.sort(rng.permutation(len(x_train))[:n_sub])
+    n_cached = heads_mod.cached_sample_count(trunk, probed, n_sub, cache_bytes)
+    features = heads_mod.feature_plan(n_sub, n_cached)
+    say('placement: training {} probe heads ({}) on {:,} training samples for {} epochs; '
+        'activations: {}'.format(len(probed), ', '.join(sorted(set(kinds))), n_sub,
+                                      probe_epochs, _feature_note(trunk, probed, n_sub, n_cached,
+                                                                  cache_bytes)))
+    hist = heads_mod.train_heads(trunk, probed, links, x_train[idx], y_train[idx],
+                                 epochs=probe_epochs, seed=seed, cache_bytes=cache_bytes,
+                                 progress=progress, desc='probe heads')
+    say('placement: each probe head saw {} samples in {} ({:,} from the cache, {:,} '
+        'streamed)'.format(
+            'all {:,}'.format(n_sub) if set(hist['seen']) == {n_sub} else
+            ' / '.join('{:,}'.format(n) for n in hist['seen']),
+            'its one epoch' if len(hist['seen']) == 1 else
+            'each of its {} epochs'.format(len(hist['seen'])),
+            hist['cached_samples'], hist['streamed_samples']))
     network_target = search_target = target_acc  # None: the search's default
     if probe_joint_epochs:
         logits, final_logits = _jointly_trained_logits(
@@ -239,15 +247,36 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         cost_model=model.as_dict(), sets_evaluated=len(evaluated),
         settings={'engine': engine, 'batchsize': batchsize, 'k': k, 'target_acc': network_target,
                   'search_target_acc': target,
-                  'budget': budget, 'measure': measure, 'n_probe': n_fit,
+                  'budget': budget, 'measure': measure, 'n_probe': n_sub,
+                  'probe_cached_samples': n_cached,
                   'probe_epochs': probe_epochs, 'probe_joint_epochs': probe_joint_epochs,
                   'head_epochs': head_epochs,
                   'n_val': len(x_val), 'min_share': min_share, 'max_share': max_share,
-                  'head_budget': head_budget, 'probe_features': 'cached subset',
+                  'head_budget': head_budget, 'probe_features': features,
                   'timing_samples': len(xs), 'timing_repeats': timing_repeats,
                   'sdn_points': sdn, 'main_macs': d['main_macs']})
     net.placement_report = report
     return net, report
+
+
+def _size(nbytes):
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('KB', 1e3)):
+        if nbytes >= scale:
+            return '{:.1f} {}'.format(nbytes / scale, unit)
+    return '{:.0f} B'.format(nbytes)
+
+
+def _feature_note(trunk, points, n, n_cached, cache_bytes):
+    """How the probes' activations are held, for the log."""
+    per = heads_mod.feature_bytes(trunk, points)
+    if n_cached >= n:
+        return 'all cached ({})'.format(_size(n * per))
+    over = '{} a sample at {} boundaries, {} for all {:,}, over cache_bytes={}'.format(
+        _size(per), len(points), _size(n * per), n, _size(cache_bytes))
+    if not n_cached:
+        return 'all streamed, recomputed every epoch ({})'.format(over)
+    return '{:,} samples\' cached ({}), the other {:,} samples\' streamed, recomputed every ' \
+        'epoch ({})'.format(n_cached, _size(n_cached * per), n - n_cached, over)
 
 
 def _jointly_trained_logits(trunk, points, links, x, y, x_val, epochs, seed, progress, say):

@@ -49,6 +49,14 @@ def _goal(s):
     return goal
 
 
+def _features(s):
+    kind = s.get('probe_features', 'cached')
+    if kind == 'cached and streamed':
+        return '{:,} cached, {:,} streamed'.format(
+            s['probe_cached_samples'], s['n_probe'] - s['probe_cached_samples'])
+    return kind
+
+
 class PlacementReport(dict):
     """The record of one placement (see the module's docstring)."""
 
@@ -56,9 +64,9 @@ class PlacementReport(dict):
         s = self['settings']
         lines = ['# Exit placement', '',
                  'Engine {engine}, batch size {batchsize}; goal: {goal}; at most {k} exit(s); '
-                 '{n} candidates; probes trained on {n_probe} samples ({probe_epochs} epochs), '
-                 'held-out set {n_val} samples.'.format(
-                     goal=_goal(s),
+                 '{n} candidates; probes trained on {n_probe} samples ({probe_epochs} epochs, '
+                 'activations {features}), held-out set {n_val} samples.'.format(
+                     goal=_goal(s), features=_features(s),
                      n=len(self['candidates']), **s), '',
                  '| boundary | after layer | MAC share (%) | head | head MACs | probe acc. (%) '
                  '| exit share (%) | acc. (%) | predicted ms | prefix ms | head ms |',

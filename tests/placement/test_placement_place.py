@@ -105,3 +105,44 @@ def test_bad_input_gets_one_clear_line(kwargs, words):
     with pytest.raises(InputError) as e:
         _place(**kwargs)
     assert words in str(e.value) and '\n' not in str(e.value)
+
+
+def test_probes_see_every_sample_of_n_probe_under_a_small_cache(monkeypatch):
+    """A cache_bytes far below the probes' activations does not shrink the
+    probe subset: the probes (and the jointly trained copy) see all n_probe
+    samples, the cache holds at most cache_bytes, the log says so, and the
+    probes come out as with everything cached."""
+    import branchynet.placement.heads as heads_mod
+    import branchynet.placement.place as place_mod
+    seen = {}
+    train_heads, train_exits = heads_mod.train_heads, place_mod.loop.train_exits
+
+    def spy_heads(*args, **kwargs):
+        seen['heads'] = hist = train_heads(*args, **kwargs)
+        return hist
+
+    def spy_exits(net, x, *args, **kwargs):
+        seen['joint'] = len(x)
+        return train_exits(net, x, *args, **kwargs)
+
+    monkeypatch.setattr(heads_mod, 'train_heads', spy_heads)
+    monkeypatch.setattr(place_mod.loop, 'train_exits', spy_exits)
+    lines = []
+    _, big = _place(k=1, check_configs=0)
+    _, small = _place(k=1, check_configs=0, cache_bytes=20_000, probe_joint_epochs=1,
+                      log=lines.append)
+    hist = seen['heads']
+    assert hist['features'] == 'cached and streamed' and hist['seen'] == [200, 200]
+    assert 0 < hist['cached_samples'] < 200 and hist['cache_nbytes'] <= 20_000
+    assert seen['joint'] == 200
+    assert small['settings']['n_probe'] == 200
+    assert small['settings']['probe_cached_samples'] == hist['cached_samples']
+    assert small['settings']['probe_features'] == 'cached and streamed'
+    assert big['settings']['probe_features'] == 'cached'
+    text = '\n'.join(lines)
+    assert 'on 200 training samples' in text and 'saw all 200 samples in each of its 2 epochs' \
+        in text and 'streamed' in text and 'jointly on the 200 samples' in text
+    _, small_frozen = _place(k=1, check_configs=0, cache_bytes=20_000)
+    assert [c['probe_acc'] for c in small_frozen['candidates']] == \
+        [c['probe_acc'] for c in big['candidates']]
+    assert 'streamed' in small_frozen.markdown()
