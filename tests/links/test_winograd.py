@@ -73,6 +73,7 @@ def test_the_form_chosen_by_filter_size_channels_and_pixels(monkeypatch):
     assert winograd.choose(16, 8, 3, 3, 30, 30) is None      # few output channels
     assert winograd.choose(16, 16, 3, 3, 7, 7) is None       # 49 pixels: slower there
     assert winograd.choose(3, 32, 5, 5, 32, 32) is None      # B-AlexNet's first layer
+    assert winograd.choose(5, 10, 5, 5, 10, 10) is None      # B-LeNet's second layer
     assert winograd.choose(16, 16, 7, 7, 30, 30) is None     # no form for 7x7
     assert winograd.choose(16, 16, 3, 5, 30, 30) is None     # not square
     monkeypatch.setenv('BRANCHYNET_WINOGRAD', '0')
