@@ -13,11 +13,13 @@ elementwise. ``matrices`` builds ``A^T``, ``G`` and ``B^T`` exactly (as
 fractions) from the interpolation points 0, 1, -1, 2, -2 and infinity, as
 the transpose of Toom-Cook polynomial multiplication; the generated lines
 carry their entries as constants, skipping zeros and multiplying by no
-+-1. Three forms are used (``FORMS``): F(2x2, 3x3) (16 products for 36
-multiply-adds), F(4x4, 3x3) (36 for 144) and F(2x2, 5x5) (36 for 100).
++-1. ``choose`` picks F(4x4, 3x3) (36 products for 144 multiply-adds) for
+3x3 layers and F(2x2, 5x5) (36 for 100) for 5x5 ones; any form whose
+points suffice can be generated (the tests also run F(2x2, 3x3), 16 for 36).
 
-Per sample, the forward kernel
-1. copies the sample, channels last, into a zero-padded buffer of its own
+Per sample, or per group of samples where one has fewer than
+``GROUP_TILES`` tiles (``group``), the forward kernel
+1. copies the samples, channels last, into a zero-padded buffer of its own
    (in cache), large enough for whole tiles where an output side is not a
    multiple of ``m``;
 2. transforms every input block (``V``, ``n * n`` x Tp x C for the T tiles
@@ -57,8 +59,6 @@ _kernels = {}
 
 #: A Winograd form: ``m x m`` outputs per tile from ``r x r`` filters.
 Form = collections.namedtuple('Form', 'm r')
-#: The forms ``choose`` picks from.
-FORMS = (Form(2, 3), Form(4, 3), Form(2, 5))
 #: Finite interpolation points, in the order they are used (infinity is the last).
 POINTS = (0, 1, -1, 2, -2)
 
@@ -174,7 +174,7 @@ def _transposed(rows):
     return tuple(zip(*rows))
 
 
-def tiles(out_h, out_w, m=2):
+def tiles(out_h, out_w, m):
     """(tile rows, tile columns) covering an ``out_h x out_w`` output with ``m x m`` tiles."""
     return -(-out_h // m), -(-out_w // m)
 
@@ -271,7 +271,8 @@ def _copy_lines(c_in, h, w, hpe, wpe, ph, pw, g):
     inside its zero border; the places of the samples a short last group
     lacks (``ns < g``) are zeroed, so every loop after this one runs over
     the whole group with its sizes literal (a loop bound read from ``ns``
-    made F(2x2, 5x5)'s forward pass 2.5x as slow)."""
+    made F(2x2, 5x5)'s forward pass 2.5x as slow); only the stores and the
+    bias sums read ``ns``."""
     size = hpe * wpe * c_in
     return ['for s in range(ns, {}):'.format(g),
             '    xs[s * {}:(s + 1) * {}] = 0'.format(size, size),
@@ -429,15 +430,15 @@ def _gradient_lines(form, o_all, oh, ow, th, tw, tp, g):
     return lines + ['        ' + line for line in body]
 
 
-def _weight_product_lines(positions, c_in, o_all, tp, tiles):
+def _weight_product_lines(positions, c_in, o_all, tp, tile_count):
     """``gu`` (C x n*n x O) plus, per position, ``V`` by the transformed
-    gradient over the sample's tiles, in register tiles."""
+    gradient over the group's tiles, in register tiles."""
     cb, ob = weight_block(c_in, o_all)
     lines = ['for xi in range({}):'.format(positions),
              '    for c0 in range(0, {}, {}):'.format(c_in, cb),
              '        for o0 in range(0, {}, {}):'.format(o_all, ob)]
     body = ['a{}_{} = numpy.float32(0)'.format(i, j) for i in range(cb) for j in range(ob)]
-    body += ['for t in range({}):'.format(tiles),
+    body += ['for t in range({}):'.format(tile_count),
              '    vt = v[(xi * {} + t) * {} + c0:]'.format(tp, c_in),
              '    gs = gt[(xi * {} + t) * {} + o0:]'.format(tp, o_all)]
     body += ['    v{0} = vt[{0}]'.format(i) for i in range(cb)]

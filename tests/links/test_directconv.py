@@ -14,8 +14,9 @@ from branchynet.links import cpukernels, directconv, kernelsource
 
 @pytest.fixture(autouse=True)
 def direct_kernels_only(monkeypatch):
-    """The direct kernels on every shape here (3x3 layers of 16 channels or
-    more would take the Winograd kernel: tests/links/test_winograd.py)."""
+    """The direct kernels on every shape here (3x3 and 5x5 layers of 16
+    channels or more would take the Winograd kernels:
+    tests/links/test_winograd.py)."""
     monkeypatch.setenv('BRANCHYNET_WINOGRAD', '0')
 
 

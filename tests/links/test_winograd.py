@@ -103,26 +103,32 @@ def test_forward_and_gradients_match_chainer(used, shape):
                                               ('weight-bias', c, o, form)]
 
 
-def test_relu_applied_as_stored_matches_chainer(used):
-    arrays = _arrays(2, 16, 16, 12, 12, True, seed=1)
+@pytest.mark.parametrize('k', [3, 5])
+def test_relu_applied_as_stored_matches_chainer(used, k):
+    arrays = _arrays(2, 16, 16, 12, 12, True, seed=1, k=k)
+    pad = k // 2
 
     def conv_relu(x, W, b):
-        return directconv.DirectConvolution2D((1, 1), relu=True).apply((x, W, b))[0]
+        return directconv.DirectConvolution2D((pad, pad), relu=True).apply((x, W, b))[0]
     ours = forward_backward(conv_relu, arrays)
-    theirs = forward_backward(lambda x, W, b: F.relu(F.convolution_2d(x, W, b, pad=1)), arrays)
+    theirs = forward_backward(lambda x, W, b: F.relu(F.convolution_2d(x, W, b, pad=pad)),
+                              arrays)
     _assert_close(ours, theirs)
     assert used[0][0] == 'forward-relu'
+    assert used[0][-1] == (F43 if k == 3 else F25)
 
 
-def test_an_earlier_gradient_is_added_as_stored(used):
+@pytest.mark.parametrize('k', [3, 5])
+def test_an_earlier_gradient_is_added_as_stored(used, k):
     rng = numpy.random.RandomState(2)
     gy = rng.randn(3, 16, 10, 10).astype(numpy.float32)
-    W = rng.randn(16, 24, 3, 3).astype(numpy.float32)
+    W = rng.randn(16, 24, k, k).astype(numpy.float32)
     earlier = rng.randn(3, 24, 10, 10).astype(numpy.float32)
-    alone = directconv.backward_data(gy, W, 1, 1)
-    numpy.testing.assert_array_equal(directconv.backward_data(gy, W, 1, 1, earlier=earlier),
+    pad = k // 2
+    alone = directconv.backward_data(gy, W, pad, pad)
+    numpy.testing.assert_array_equal(directconv.backward_data(gy, W, pad, pad, earlier=earlier),
                                      earlier + alone)
-    assert [k[0] for k in used] == ['forward', 'forward-accumulate']
+    assert [u[0] for u in used] == ['forward', 'forward-accumulate']
 
 
 @pytest.mark.parametrize('threads', ['1', '2', '3'])
