@@ -230,40 +230,39 @@ def weights_from_transform(gu, form, o_all, c_in):
     return numpy.ascontiguousarray(out.reshape(c_in, r, r, o_all).transpose(3, 0, 1, 2))
 
 
-def _filter_source(form, c_in, o_all):
-    """Source of ``kernel(taps, u, start, stop)``: for input channels
-    ``start..stop``, ``G g G^T`` of every filter (``taps`` ``(C, r, r, O)``),
-    vectors along the output channels."""
-    m, r = form
-    n = m + r - 1
-    _, g, _ = matrices(m, r)
-    lines = ['def kernel(taps, u, start, stop):',
+def _per_filter_source(names, matrix, side_in, side_out, o_all, prefix):
+    """Source of ``kernel(src, dst, start, stop)`` (``names`` gives those two
+    and the names of one channel's slices of them): for input channels
+    ``start..stop``, ``matrix X matrix^T`` of each output channel's
+    ``side_in x side_in`` block of ``src`` into its ``side_out x side_out``
+    block of ``dst``, both ``(C, side, side, O)``, vectors along the output
+    channels."""
+    src, dst, a, b = names
+    lines = ['def kernel({}, {}, start, stop):'.format(src, dst),
              '    for c in range(start, stop):',
-             '        t = taps[c * {}:]'.format(r * r * o_all),
-             '        w = u[c * {}:]'.format(n * n * o_all),
+             '        {} = {}[c * {}:]'.format(a, src, side_in * side_in * o_all),
+             '        {} = {}[c * {}:]'.format(b, dst, side_out * side_out * o_all),
              '        for o in range({}):'.format(o_all)]
     body = _sandwich_lines(
-        g, g, lambda k, q: 't[{} + o]'.format((k * r + q) * o_all),
-        lambda i, j, e: 'w[{} + o] = {}'.format((i * n + j) * o_all, e), 'f')
+        matrix, matrix, lambda k, q: '{}[{} + o]'.format(a, (k * side_in + q) * o_all),
+        lambda i, j, e: '{}[{} + o] = {}'.format(b, (i * side_out + j) * o_all, e), prefix)
     return '\n'.join(lines + ['            ' + line for line in body])
 
 
-def _back_source(form, c_in, o_all):
-    """Source of ``kernel(gu, out, start, stop)``: for input channels
-    ``start..stop``, ``G^T gu G`` into ``out`` ``(C, r, r, O)``."""
-    m, r = form
-    n = m + r - 1
-    _, g, _ = matrices(m, r)
-    gt = _transposed(g)
-    lines = ['def kernel(gu, out, start, stop):',
-             '    for c in range(start, stop):',
-             '        s = gu[c * {}:]'.format(n * n * o_all),
-             '        d = out[c * {}:]'.format(r * r * o_all),
-             '        for o in range({}):'.format(o_all)]
-    body = _sandwich_lines(
-        gt, gt, lambda k, q: 's[{} + o]'.format((k * n + q) * o_all),
-        lambda i, j, e: 'd[{} + o] = {}'.format((i * r + j) * o_all, e), 'b')
-    return '\n'.join(lines + ['            ' + line for line in body])
+def _filter_source(form, o_all):
+    """Source of ``kernel(taps, u, start, stop)``: ``G g G^T`` of every
+    filter (``taps`` ``(C, r, r, O)``)."""
+    _, g, _ = matrices(*form)
+    return _per_filter_source(('taps', 'u', 't', 'w'), g, form.r, form.m + form.r - 1,
+                              o_all, 'f')
+
+
+def _back_source(form, o_all):
+    """Source of ``kernel(gu, out, start, stop)``: ``G^T gu G`` into ``out``
+    ``(C, r, r, O)``."""
+    _, g, _ = matrices(*form)
+    return _per_filter_source(('gu', 'out', 's', 'd'), _transposed(g), form.m + form.r - 1,
+                              form.r, o_all, 'b')
 
 
 def _copy_lines(c_in, h, w, hpe, wpe, ph, pw, g):
@@ -489,9 +488,9 @@ def kernel(kind, form, c_in, o_all, h=None, w=None, ph=None, pw=None):
 
     def define():
         if kind == 'filters':
-            source = _filter_source(form, c_in, o_all)
+            source = _filter_source(form, o_all)
         elif kind == 'back':
-            source = _back_source(form, c_in, o_all)
+            source = _back_source(form, o_all)
         elif kind.startswith('weight'):
             source = weight_source(form, c_in, o_all, h, w, ph, pw,
                                    with_bias=kind == 'weight-bias')
