@@ -341,7 +341,7 @@ def _weight_task(x, gy, kh, kw, ph, pw, with_bias, ranges):
     form = winograd.choose(c, o, kh, kw, gy.shape[2], gy.shape[3])
     if form:
         fn = winograd.kernel(kind, form, c, o, h, w, ph, pw)
-        size = (form.m + form.r - 1) ** 2 * c * o
+        size = form.n ** 2 * c * o
 
         def weights(total):
             return winograd.weights_from_transform(total, form, o, c)

@@ -57,8 +57,15 @@ from branchynet.links.kernelsource import bias_sum_lines, compile_source, stored
 _lock = threading.Lock()
 _kernels = {}
 
-#: A Winograd form: ``m x m`` outputs per tile from ``r x r`` filters.
-Form = collections.namedtuple('Form', 'm r')
+class Form(collections.namedtuple('Form', 'm r')):
+    """A Winograd form: ``m x m`` outputs per tile from ``r x r`` filters,
+    through ``n x n`` input blocks and positions."""
+    __slots__ = ()
+
+    @property
+    def n(self):
+        """The side of an input block (and of the transformed filters): ``m + r - 1``."""
+        return self.m + self.r - 1
 #: Finite interpolation points, in the order they are used (infinity is the last).
 POINTS = (0, 1, -1, 2, -2)
 
@@ -214,8 +221,7 @@ def transform_filters(W, form):
     """``U`` (C * n * n * O,) float32 of filters ``W`` (O, C, r, r): position
     ``(i, j)`` of ``G g G^T`` at ``(c * n * n + i * n + j) * O + o``."""
     o, c = W.shape[:2]
-    n = form.m + form.r - 1
-    u = numpy.empty(n * n * c * o, numpy.float32)
+    u = numpy.empty(form.n ** 2 * c * o, numpy.float32)
     taps = numpy.ascontiguousarray(W.transpose(1, 2, 3, 0), numpy.float32).reshape(-1)
     kernel('filters', form, c, o)(taps, u, 0, c)
     return u
@@ -253,7 +259,7 @@ def _filter_source(form, o_all):
     """Source of ``kernel(taps, u, start, stop)``: ``G g G^T`` of every
     filter (``taps`` ``(C, r, r, O)``)."""
     _, g, _ = matrices(*form)
-    return _per_filter_source(('taps', 'u', 't', 'w'), g, form.r, form.m + form.r - 1,
+    return _per_filter_source(('taps', 'u', 't', 'w'), g, form.r, form.n,
                               o_all, 'f')
 
 
@@ -261,7 +267,7 @@ def _back_source(form, o_all):
     """Source of ``kernel(gu, out, start, stop)``: ``G^T gu G`` into ``out``
     ``(C, r, r, O)``."""
     _, g, _ = matrices(*form)
-    return _per_filter_source(('gu', 'out', 's', 'd'), _transposed(g), form.m + form.r - 1,
+    return _per_filter_source(('gu', 'out', 's', 'd'), _transposed(g), form.n,
                               form.r, o_all, 'b')
 
 
@@ -288,9 +294,8 @@ def _copy_lines(c_in, h, w, hpe, wpe, ph, pw, g):
 def _input_lines(form, c_in, th, tw, hpe, wpe, tp, g):
     """``V`` (n*n x Tp x C) = ``B^T d B`` of every tile of the group's
     samples (tile ``s * th * tw + ty * tw + tx``), vectors along the channels."""
-    m, r = form
-    n = m + r - 1
-    _, _, bt = matrices(m, r)
+    m, n = form.m, form.n
+    _, _, bt = matrices(*form)
     lines = ['for t in range({}):'.format(g * th * tw),
              '    s = t // {}'.format(th * tw),
              '    ty = (t - s * {}) // {}'.format(th * tw, tw),
@@ -325,8 +330,7 @@ def _output_lines(form, o_all, r, ob, th, tw, oh, ow, relu, accumulate):
     ``A^T M A`` plus the bias into ``yt`` (m*m x ob, vectors along the
     channels), then stored (as ``stored_value`` says) where the tile's
     outputs lie inside ``oh x ow``."""
-    m = form.m
-    n = m + form.r - 1
+    m, n = form.m, form.n
     at, _, _ = matrices(*form)
     lines = ['for i in range({}):'.format(r),
              '    t = t0 + i']
@@ -363,8 +367,7 @@ def forward_source(form, c_in, o_all, h, w, ph, pw, relu=False, accumulate=False
     All arrays flat float32."""
     if relu and accumulate:
         raise ValueError('winograd.forward_source: relu and accumulate do not combine')
-    m, k = form
-    positions = (m + k - 1) ** 2
+    m, positions = form.m, form.n ** 2
     oh, ow, th, tw, hpe, wpe = _geometry(form, h, w, ph, pw)
     g = group(th * tw)
     r, ob, tp = product_tile(o_all, g * th * tw)
@@ -400,8 +403,7 @@ def _gradient_lines(form, o_all, oh, ow, th, tw, tp, g):
     (rows and columns of whole tiles; the cut-off ones stay zero, and so do
     the samples a short group lacks), then ``A dY A^T`` per tile into ``gt``
     (n*n x Tp x O)."""
-    m = form.m
-    n = m + form.r - 1
+    m, n = form.m, form.n
     at, _, _ = matrices(*form)
     a = _transposed(at)
     w2 = m * tw
@@ -458,8 +460,7 @@ def weight_source(form, c_in, o_all, h, w, ph, pw, with_bias=True):
     flat float32. The gradient of ``M = U * V`` is ``A dY A^T`` per tile, so
     ``U``'s is that times ``V`` summed over the tiles: ``n * n`` products per
     tile where the direct kernel makes ``m * m * r * r``."""
-    m, k = form
-    positions = (m + k - 1) ** 2
+    m, positions = form.m, form.n ** 2
     oh, ow, th, tw, hpe, wpe = _geometry(form, h, w, ph, pw)
     g = group(th * tw)
     _, _, tp = product_tile(o_all, g * th * tw)
