@@ -10,12 +10,14 @@ Networks", CVPR 2016):
 
 with ``g`` an ``r x r`` filter, ``d`` an ``n x n`` input block and ``*``
 elementwise. ``matrices`` builds ``A^T``, ``G`` and ``B^T`` exactly (as
-fractions) from the interpolation points 0, 1, -1, 2, -2 and infinity, as
+fractions) from the interpolation points 0, 1, -1, 2, -2, 1/2, -1/2 and
+infinity (the first ``m + r - 2`` finite ones and infinity), as
 the transpose of Toom-Cook polynomial multiplication; the generated lines
 carry their entries as constants, skipping zeros and multiplying by no
 +-1. ``choose`` picks F(4x4, 3x3) (36 products for 144 multiply-adds) for
-3x3 layers and F(2x2, 5x5) (36 for 100) for 5x5 ones; any form whose
-points suffice can be generated (the tests also run F(2x2, 3x3), 16 for 36).
+3x3 layers and F(4x4, 5x5) (64 for 400) for 5x5 ones; any form whose
+points suffice can be generated (the tests also run F(2x2, 3x3), 16 for 36,
+and F(2x2, 5x5), 36 for 100).
 
 Per sample, or per group of samples where one has fewer than
 ``GROUP_TILES`` tiles (``group``), the forward kernel
@@ -67,7 +69,7 @@ class Form(collections.namedtuple('Form', 'm r')):
         """The side of an input block (and of the transformed filters): ``m + r - 1``."""
         return self.m + self.r - 1
 #: Finite interpolation points, in the order they are used (infinity is the last).
-POINTS = (0, 1, -1, 2, -2)
+POINTS = (0, 1, -1, 2, -2, fractions.Fraction(1, 2), fractions.Fraction(-1, 2))
 
 
 def enabled():
@@ -79,7 +81,7 @@ def enabled():
 def choose(c_in, o_all, kh, kw, out_h, out_w):
     """The ``Form`` a stride-1 convolution of these sizes runs on here, or
     None for ``directconv``'s kernel: F(4x4, 3x3) for 3x3 filters and
-    F(2x2, 5x5) for 5x5, with at least 16 input and output channels and at
+    F(4x4, 5x5) for 5x5, with at least 16 input and output channels and at
     least 64 output pixels. Measured (two threads, AMD EPYC with AVX-512;
     forward, input gradient, weight gradient): F(2x2, 3x3) was 1.41x as fast
     as the direct kernel at 16 channels on 30 x 30 (batch 64), 1.32x at 32
@@ -88,10 +90,13 @@ def choose(c_in, o_all, kh, kw, out_h, out_w):
     channels on 30 x 30, 0.58/0.53/0.47 at 32 on 15 x 15, 0.70/0.74/0.94 at
     64 on 8 x 8 and 0.75/0.75/0.89 at 96 on 8 x 8 (batch 512); F(2x2, 5x5)
     took 0.59 of the direct kernel's forward time at 32 to 64 channels on
-    16 x 16 (batch 512)."""
+    16 x 16 (batch 512), and F(4x4, 5x5) took 0.67 of F(2x2, 5x5)'s forward
+    time and 0.66 of its backward time (both gradients) there, 0.74/0.72 at
+    16 to 32 channels on 32 x 32 (batch 64) and 0.62/0.65 at 64 to 64 on
+    8 x 8 (batch 512)."""
     if not (kh == kw and c_in >= 16 and o_all >= 16 and out_h * out_w >= 64 and enabled()):
         return None
-    return {3: Form(4, 3), 5: Form(2, 5)}.get(kh)
+    return {3: Form(4, 3), 5: Form(4, 5)}.get(kh)
 
 
 def _inverse(rows):
