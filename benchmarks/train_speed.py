@@ -6,6 +6,8 @@ and PyTorch eager and ``torch.compile`` on the same layers, in one run.
         [--threads T] [--torch-python PYTHON] [--settings kernels,chainer,torch,compile]
         (also: kernels-256bit, the kernels held to 256-bit vectors; kernels-direct,
         the kernels without the Winograd convolution)
+        [--baseline ROOT] (adds kernels-baseline: the kernels of the checkout at
+        ROOT, such as a git worktree of an earlier commit, in the same rounds)
 
 Each setting runs in a process of its own, started once and warmed up (kernels
 compiled, ``torch.compile`` traced); the parent then asks each process in turn
@@ -40,7 +42,8 @@ from common import blas_threads, load, parser, path_threads, peak_gmacs, summary
 
 NETWORKS = {'lenet': ('lenet_mnist', 512, 60000), 'alexnet': ('alex_cifar10', 512, 50000),
             'resnet': ('resnet_cifar10', 64, 50000)}
-SETTINGS = ('kernels', 'chainer', 'torch', 'compile', 'kernels-256bit', 'kernels-direct')
+SETTINGS = ('kernels', 'chainer', 'torch', 'compile', 'kernels-256bit', 'kernels-direct',
+            'kernels-baseline')
 #: settings run by default ('kernels-256bit': the kernels held to 256-bit
 #: vectors, as on a processor without AVX-512 or as before the 512-bit forms;
 #: 'kernels-direct': every stride-1 convolution on the direct kernel, as
@@ -221,7 +224,7 @@ def network_facts(module_name):
                   'joint': sum(c['segment_macs']) + sum(c['head_macs'])}
 
 
-def start(setting, module_name, batch, threads, spec, torch_python):
+def start(setting, module_name, batch, threads, spec, torch_python, baseline=None):
     # the same threads, allocator setting (what runtime.tune_allocator does) and
     # idle-thread policy for every setting; the kernels explicitly on or off
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
@@ -232,8 +235,9 @@ def start(setting, module_name, batch, threads, spec, torch_python):
     if setting == 'kernels-256bit':
         env['BRANCHYNET_VECTOR_BITS'] = '256'
     env['BRANCHYNET_WINOGRAD'] = '0' if setting == 'kernels-direct' else '1'
-    if setting in ('kernels', 'chainer', 'kernels-256bit', 'kernels-direct'):
-        code = CHAINER_CHILD.format(root=ROOT, module=module_name, batch=batch,
+    if setting in ('kernels', 'chainer', 'kernels-256bit', 'kernels-direct', 'kernels-baseline'):
+        root = baseline if setting == 'kernels-baseline' else ROOT
+        code = CHAINER_CHILD.format(root=root, module=module_name, batch=batch,
                                     kernels=setting != 'chainer')
         python = sys.executable
     else:
@@ -282,9 +286,20 @@ def main():
                    help='an interpreter with torch (default: this one)')
     p.add_argument('--settings', default=','.join(DEFAULT_SETTINGS),
                    help='any of ' + ', '.join(SETTINGS))
+    p.add_argument('--baseline', default=None, metavar='ROOT',
+                   help='a checkout of this project (an earlier commit) whose kernels run '
+                   'as the setting kernels-baseline')
     args = p.parse_args()
     names = [n for n in args.networks.split(',') if n]
     settings = [s for s in args.settings.split(',') if s]
+    if args.baseline:
+        if not os.path.isfile(os.path.join(args.baseline, 'branchynet', 'net.py')):
+            p.error('--baseline {}: not a checkout of this project (no branchynet/net.py '
+                    'there)'.format(args.baseline))
+        args.baseline = os.path.abspath(args.baseline)
+        settings = [s for s in settings if s != 'kernels-baseline'] + ['kernels-baseline']
+    elif 'kernels-baseline' in settings:
+        p.error('the setting kernels-baseline needs --baseline ROOT')
     bad = [n for n in names if n not in NETWORKS] + [s for s in settings if s not in SETTINGS]
     if bad or args.rounds < 1:
         p.error('unknown {} (networks: {}; settings: {}); --rounds >= 1'.format(
@@ -313,7 +328,8 @@ def main():
         try:
             for s in settings:
                 t0 = time.perf_counter()
-                children[s] = start(s, module_name, batch, threads, spec, args.torch_python)
+                children[s] = start(s, module_name, batch, threads, spec, args.torch_python,
+                                    args.baseline)
                 print('  {} ready in {:.0f} s'.format(s, time.perf_counter() - t0), flush=True)
             for r in range(args.rounds):
                 for step in ('main', 'joint'):
