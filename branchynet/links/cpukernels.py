@@ -18,7 +18,8 @@ route a layer in training mode to:
 * ``shortcut``: the residual shortcut that subsamples and zero-pads
   (``residual_shortcut``, as in ``ResBlock``);
 
-and to the layer itself otherwise, and always in test mode. They compute the
+and to the layer itself otherwise, and in test mode (``run_frozen`` excepted,
+for the layers whose test mode computes what training does). They compute the
 same functions as Chainer's (output sizes, ``cover_all``, tie-breaking at the
 first maximum of a window in row-major order); results differ only in
 floating-point summation order. No double backpropagation.
@@ -225,6 +226,19 @@ def run_layer(layer, x):
     if fn is F.average_pooling_2d:
         return _average_pooling_2d(x, _pair(a['ksize']), _pair(stride), _pair(a['pad']))
     return max_pooling_2d(x, a['ksize'], stride, a['pad'], a['cover_all'])
+
+
+def run_frozen(layer, x):
+    """``layer(x)`` as test mode computes it, on the kernels for the layers
+    whose test mode computes what training mode does (convolution, max and
+    average pooling, LRN through ``FL``): a frozen trunk's activations, as
+    ``placement`` trains heads on them. Batch normalisation (population
+    statistics in test mode), dropout and every other layer run as
+    ``layer(x)`` in the caller's mode."""
+    if type(layer) is L.BatchNormalization or not applies(layer, x):
+        return layer(x)
+    with chainer.using_config('train', True):  # no layer taken here reads it
+        return run_layer(layer, x)
 
 
 def fuses_with_relu(layer, following, x):

@@ -34,6 +34,7 @@ import chainer.links as L
 import numpy
 
 from branchynet.links import FL
+from branchynet.links.cpukernels import run_layer
 from branchynet.placement.trunk import count_macs
 from branchynet.progress import Progress
 from branchynet.optimizers import Adam
@@ -193,8 +194,8 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
                 t = y[idx]
                 with chainer.using_config('train', True):
                     losses, accs = [], []
-                    for chain, h in zip(chains, hs):
-                        z = chain(h)
+                    for links, h in zip(heads, hs):
+                        z = _run_head(links, h)
                         losses.append(F.softmax_cross_entropy(z, t))
                         accs.append(F.accuracy(z, t))
                     total = sum(losses)
@@ -209,6 +210,13 @@ def train_heads(trunk, points, heads, x, y, epochs=3, batchsize=128, alpha=1e-3,
             history['acc'].append((sums[1] / max(1, count)).tolist())
             history['seen'].append(count)
     return history
+
+
+def _run_head(links, h):
+    """A head's links in turn on ``h``, on the CPU training kernels where they apply."""
+    for link in links:
+        h = run_layer(link, h)
+    return h
 
 
 def _batch(trunk, points, feats, x, idx, n_cached):

@@ -20,6 +20,7 @@ import chainer
 import numpy
 
 from branchynet.links import FL, Branch
+from branchynet.links.cpukernels import run_frozen
 from branchynet.measures import costs
 from branchynet.net import BranchyNet
 from branchynet.validation import InvalidType, InvalidValue, brief
@@ -168,19 +169,21 @@ class Trunk:
 
     def batch_features(self, xb, points, final=False):
         """Activations of one batch at ``points`` (and the final logits with
-        ``final``), test mode, no graph."""
+        ``final``), test mode, no graph; convolutions, pooling and LRN on the
+        CPU training kernels (``cpukernels.run_frozen``: the same function,
+        summed in another order than Chainer's)."""
         out, h, start = [], xb, 0
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             for p in points:
                 for layer in self.layers[start:p]:
-                    h = layer(h)
+                    h = run_frozen(layer, h)
                 start = p
                 out.append(chainer.as_array(h))
             if final:
                 for layer in self.layers[start:]:
-                    h = layer(h)
+                    h = run_frozen(layer, h)
                 for layer in self.final_head:
-                    h = layer(h)
+                    h = run_frozen(layer, h)
                 out.append(chainer.as_array(h))
         return out
 

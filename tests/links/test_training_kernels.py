@@ -74,3 +74,41 @@ def test_the_kernels_run_in_a_residual_network(monkeypatch):
         monkeypatch.setattr(cls, 'forward', spy)
     _train(lambda: resnet_cifar10.get_network(blocks_per_stage=1), True, steps=1, batch=2)
     assert directconv.DirectConvolution2D in seen and batchnorm.BatchNormalizationCPU in seen
+
+
+@pytest.mark.parametrize('layer', [
+    L.Convolution2D(16, 16, 3, pad=1),                        # directconv (Winograd)
+    L.Convolution2D(3, 8, 5, pad=2),                          # a first layer on the images
+    FL(F.max_pooling_2d, 3, 2),
+    FL(F.local_response_normalization, n=3, k=2, alpha=5e-5, beta=0.75),
+    FL(F.average_pooling_2d, 2),
+], ids=['conv3x3', 'conv-first', 'maxpool', 'lrn', 'avgpool'])
+def test_run_frozen_computes_test_mode_on_the_kernels(monkeypatch, layer):
+    """A frozen trunk's layers (``placement``) give test mode's outputs, on
+    the kernels: float32 rounding apart, Chainer's own functions' values."""
+    import chainer
+    rng = numpy.random.RandomState(0)
+    channels = 3 if getattr(layer, 'W', None) is not None and layer.W.shape[1] == 3 else 16
+    x = rng.randn(4, channels, 12, 12).astype(numpy.float32)
+    kernels, convolution = [], cpukernels.convolution_2d
+    monkeypatch.setattr(cpukernels, 'convolution_2d',
+                        lambda *a, **k: kernels.append(a[0].shape) or convolution(*a, **k))
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        want = layer(x).array
+        got = cpukernels.run_frozen(layer, x).array
+        assert chainer.config.train is False  # the caller's mode is left as it was
+    numpy.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1., abs(want).max()))
+    if isinstance(layer, L.Convolution2D):
+        assert kernels, 'the convolution did not run on the kernels'
+
+
+def test_run_frozen_leaves_batch_normalisation_and_dropout_to_chainer():
+    import chainer
+    rng = numpy.random.RandomState(1)
+    x = rng.randn(4, 16, 6, 6).astype(numpy.float32)
+    bn = L.BatchNormalization(16)
+    bn.avg_mean[:] = rng.randn(16)
+    dropout = FL(F.dropout, 0.5)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        numpy.testing.assert_array_equal(cpukernels.run_frozen(bn, x).array, bn(x).array)
+        numpy.testing.assert_array_equal(cpukernels.run_frozen(dropout, x).array, x)
