@@ -4,6 +4,7 @@
         [--preset fast] [--seed S] [--n-train N] [--n-val N] [--n-test N]
         [--n-timing N] [--cifar10 PATH] [--heads hand|auto|KIND]
         [--head-epochs E] [--head-samples N] [--repeats R] [--threads T]
+        [--place K [--n-probe N] [--probe-epochs P]]
 
 ``--snapshot``: the main network's weights, either the driver's main-phase
 snapshot (``_models/<network>.main.snapshot.npz``: the network after its
@@ -17,7 +18,12 @@ are rebuilt as the driver built them for that ``--preset``, overrides and
 Exits go at the network's own branch points (its hand placement), their
 heads trained alone on the frozen trunk (``placement.attach_exits``):
 ``hand`` the network's own head layers, freshly initialised, or a head kind
-of ``placement.heads`` (``auto``: sized by a multiply-add budget). The last
+of ``placement.heads`` (``auto``: sized by a multiply-add budget). With ``--place K``
+the exits are placed automatically instead (``placement.place_exits`` on
+the frozen trunk, at most K exits, probes on ``--n-probe`` training images
+for ``--probe-epochs`` epochs, the chosen heads then trained ``--head-epochs``
+more on the training images; the time printed is the search's and the head
+training's together). The last
 exit stays the trained main network's. Thresholds are calibrated on the
 held-out training images (entropy, cheapest on the numba path at batch size
 1) to the main network's own held-out accuracy; accuracy and exit shares
@@ -78,9 +84,16 @@ def main():
                    help='train the heads on the first N training images (default all)')
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--place', type=int, default=None, metavar='K',
+                   help='place at most K exits automatically instead of at the hand points')
+    p.add_argument('--n-probe', type=int, default=4096,
+                   help='with --place: training images the probes train on')
+    p.add_argument('--probe-epochs', type=int, default=3, help='with --place: probe epochs')
     args = p.parse_args()
-    if args.repeats < 1 or args.head_epochs < 1:
-        p.error('--repeats and --head-epochs must be >= 1')
+    if args.repeats < 1 or args.head_epochs < 1 or args.n_probe < 1 or args.probe_epochs < 1:
+        p.error('--repeats, --head-epochs, --n-probe and --probe-epochs must be >= 1')
+    if args.place is not None and args.place < 1:
+        p.error('--place K needs K >= 1')
     if args.cifar10:
         os.environ['BRANCHYNET_CIFAR10'] = os.path.abspath(args.cifar10)
     import branchynet  # noqa: F401
@@ -88,7 +101,7 @@ def main():
     from branchynet.engines.numba import NumbaBranchyNet, processor
     from branchynet.evaluation import measurement
     from branchynet.measures import costs
-    from branchynet.placement import attach_exits
+    from branchynet.placement import attach_exits, place_exits
 
     overrides = {k: getattr(args, k) for k in ('n_train', 'n_val', 'n_test', 'n_timing')}
     module, config = run.resolve_config(args.network, args.preset, overrides)
@@ -124,15 +137,30 @@ def main():
     print('main network: held-out accuracy {:.2f} %, test {:.2f} %'.format(
         100 * main_val, 100 * main_test))
 
-    if args.heads == 'hand':
-        heads, points = hand_heads(module)
-    else:
-        heads, points = args.heads, hand_heads(module)[1]
     n_heads = args.head_samples or len(x_train)
     start = time.perf_counter()
-    placed = attach_exits(main_net, points, x_train[:n_heads], y_train[:n_heads], heads=heads,
-                          drop_early_exits=True, epochs=args.head_epochs, seed=args.seed)
+    if args.place:
+        placed, _ = place_exits(main_net, x_train[:n_heads], y_train[:n_heads], x_val, y_val,
+                                k=args.place, target_acc=main_val, engine='numba',
+                                heads='auto' if args.heads == 'hand' else args.heads,
+                                n_probe=args.n_probe, probe_epochs=args.probe_epochs,
+                                head_epochs=args.head_epochs, drop_early_exits=True,
+                                seed=args.seed)
+        points = list(placed.branch_points[:-1])
+    else:
+        if args.heads == 'hand':
+            heads, points = hand_heads(module)
+        else:
+            heads, points = args.heads, hand_heads(module)[1]
+        placed = attach_exits(main_net, points, x_train[:n_heads], y_train[:n_heads],
+                              heads=heads, drop_early_exits=True, epochs=args.head_epochs,
+                              seed=args.seed)
     head_s = time.perf_counter() - start
+    if not points:
+        print('no early exit pays on this trunk (the search\'s choice): nothing to time')
+        summary(main_test_acc=round(100 * main_test, 2), head_seconds=round(head_s, 1),
+                numba_gain=1.0)
+        return
     placed.testing()
     engine = NumbaBranchyNet(placed, threads=threads)
     cal = placed.calibrate(x_val, y_val, target_acc=main_val, engine=engine)
@@ -140,9 +168,12 @@ def main():
     labels, exits = placed.predict(x_test, ts)
     acc = float((labels == y_test).mean())
     shares = numpy.bincount(exits, minlength=placed.numexits()) / len(y_test)
-    print('exits at boundaries {} ({} heads), trained in {:.0f} s on {} images, {} epochs; '
+    print('exits at boundaries {} ({} heads{}), {} in {:.0f} s on {} images, {} epochs; '
           'T = {} (held-out accuracy {:.2f} %)'.format(
-              points, args.heads, head_s, n_heads, args.head_epochs,
+              points, 'auto' if args.place and args.heads == 'hand' else args.heads,
+              ', placed automatically' if args.place else '',
+              'searched and trained' if args.place else 'trained', head_s, n_heads,
+              args.head_epochs,
               ', '.join('{:.4g}'.format(t) for t in ts), 100 * cal['acc']))
     print('test: accuracy {:.2f} % (main network {:.2f} %), exits {} %'.format(
         100 * acc, 100 * main_test, ' / '.join('{:.1f}'.format(100 * s) for s in shares)))
