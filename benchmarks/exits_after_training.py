@@ -22,8 +22,9 @@ of ``placement.heads`` (``auto``: sized by a multiply-add budget). With ``--plac
 the exits are placed automatically instead (``placement.place_exits`` on
 the frozen trunk, at most K exits, probes on ``--n-probe`` training images
 for ``--probe-epochs`` epochs, the chosen heads then trained ``--head-epochs``
-more on the training images; the time printed is the search's and the head
-training's together). The last
+more on the training images; ``--heads hand`` means ``auto`` there; the time
+printed is the whole ``place_exits`` call: probes, segment timing, search,
+head training, calibration and its own held-out measurement). The last
 exit stays the trained main network's. Thresholds are calibrated on the
 held-out training images (entropy, cheapest on the numba path at batch size
 1) to the main network's own held-out accuracy; accuracy and exit shares
@@ -86,12 +87,19 @@ def main():
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--place', type=int, default=None, metavar='K',
                    help='place at most K exits automatically instead of at the hand points')
-    p.add_argument('--n-probe', type=int, default=4096,
-                   help='with --place: training images the probes train on')
-    p.add_argument('--probe-epochs', type=int, default=3, help='with --place: probe epochs')
+    p.add_argument('--n-probe', type=int, default=None,
+                   help='with --place: training images the probes train on (default 4096)')
+    p.add_argument('--probe-epochs', type=int, default=None,
+                   help='with --place: probe epochs (default 3)')
     args = p.parse_args()
+    if args.place is None and (args.n_probe, args.probe_epochs) != (None, None):
+        p.error('--n-probe and --probe-epochs go with --place K')
+    args.n_probe = 4096 if args.n_probe is None else args.n_probe
+    args.probe_epochs = 3 if args.probe_epochs is None else args.probe_epochs
     if args.repeats < 1 or args.head_epochs < 1 or args.n_probe < 1 or args.probe_epochs < 1:
         p.error('--repeats, --head-epochs, --n-probe and --probe-epochs must be >= 1')
+    if args.head_samples is not None and args.head_samples < 1:
+        p.error('--head-samples must be >= 1')
     if args.place is not None and args.place < 1:
         p.error('--place K needs K >= 1')
     if args.cifar10:
@@ -158,8 +166,7 @@ def main():
     head_s = time.perf_counter() - start
     if not points:
         print('no early exit pays on this trunk (the search\'s choice): nothing to time')
-        summary(main_test_acc=round(100 * main_test, 2), head_seconds=round(head_s, 1),
-                numba_gain=1.0)
+        summary(main_test_acc=round(100 * main_test, 2), head_seconds=round(head_s, 1))
         return
     placed.testing()
     engine = NumbaBranchyNet(placed, threads=threads)
@@ -172,7 +179,8 @@ def main():
           'T = {} (held-out accuracy {:.2f} %)'.format(
               points, 'auto' if args.place and args.heads == 'hand' else args.heads,
               ', placed automatically' if args.place else '',
-              'searched and trained' if args.place else 'trained', head_s, n_heads,
+              'placed (search, heads, calibration)' if args.place else 'trained', head_s,
+              n_heads,
               args.head_epochs,
               ', '.join('{:.4g}'.format(t) for t in ts), 100 * cal['acc']))
     print('test: accuracy {:.2f} % (main network {:.2f} %), exits {} %'.format(

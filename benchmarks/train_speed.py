@@ -47,7 +47,8 @@ SETTINGS = ('kernels', 'chainer', 'torch', 'compile', 'kernels-256bit', 'kernels
 #: settings run by default ('kernels-256bit': the kernels held to 256-bit
 #: vectors, as on a processor without AVX-512 or as before the 512-bit forms;
 #: 'kernels-direct': every stride-1 convolution on the direct kernel, as
-#: before the Winograd kernel)
+#: before the Winograd kernel; 'kernels-baseline': another checkout's code,
+#: with --baseline)
 DEFAULT_SETTINGS = SETTINGS[:4]
 
 CHAINER_CHILD = r'''
@@ -291,7 +292,9 @@ def main():
                    'as the setting kernels-baseline')
     args = p.parse_args()
     names = [n for n in args.networks.split(',') if n]
-    settings = [s for s in args.settings.split(',') if s]
+    settings = list(dict.fromkeys(s for s in args.settings.split(',') if s))  # each once
+    if args.steps is not None and args.steps < 1:
+        p.error('--steps must be >= 1')
     if args.baseline:
         if not os.path.isfile(os.path.join(args.baseline, 'branchynet', 'net.py')):
             p.error('--baseline {}: not a checkout of this project (no branchynet/net.py '

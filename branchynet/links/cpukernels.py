@@ -159,16 +159,20 @@ _FUNCTIONS = {
 
 def _function_arguments(layer):
     """``(function, {argument: value})`` of an ``FL`` layer of one of
-    ``_FUNCTIONS`` called with arguments it takes, else None."""
+    ``_FUNCTIONS`` called with arguments it takes, else None (also for an
+    ``SL``, which names its training layer ``fn`` but holds no arguments:
+    its test mode differs)."""
     fn = getattr(layer, 'fn', None)
     if not callable(fn) or fn not in _FUNCTIONS:
         return None
-    names, defaults = _FUNCTIONS[fn]
-    given = dict(zip(names, layer.args))
-    if len(layer.args) > len(names) or set(given) & set(layer.kwargs) or \
-            not set(layer.kwargs) <= set(names):
+    args, kwargs = getattr(layer, 'arguments', None), getattr(layer, 'keywords', None)
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
         return None
-    given.update(layer.kwargs)
+    names, defaults = _FUNCTIONS[fn]
+    given = dict(zip(names, args))
+    if len(args) > len(names) or set(given) & set(kwargs) or not set(kwargs) <= set(names):
+        return None
+    given.update(kwargs)
     if not set(names) <= set(given) | set(defaults):
         return None
     return fn, dict(defaults, **given)
@@ -212,7 +216,9 @@ def applies(layer, x):
 def run_layer(layer, x):
     """``layer(x)``, through the kernels above in training mode where they apply.
 
-    Test mode (inference, timing) always runs Chainer's own functions."""
+    Test mode (inference, timing) runs Chainer's own functions here
+    (``run_frozen`` computes test mode on the kernels for the layers that
+    compute the same in both modes)."""
     if not chainer.config.train or not applies(layer, x):
         return layer(x)
     if type(layer) is L.Convolution2D:
@@ -233,12 +239,14 @@ def run_frozen(layer, x):
     whose test mode computes what training mode does (convolution, max and
     average pooling, LRN through ``FL``): a frozen trunk's activations, as
     ``placement`` trains heads on them. Batch normalisation (population
-    statistics in test mode), dropout and every other layer run as
-    ``layer(x)`` in the caller's mode."""
+    statistics in test mode), dropout, ``SL`` and every other layer run as
+    ``layer(x)`` in the caller's mode. ``x`` is taken as an array (no
+    gradient wanted: a first convolution of any channel count runs on the
+    direct kernel)."""
     if type(layer) is L.BatchNormalization or not applies(layer, x):
         return layer(x)
     with chainer.using_config('train', True):  # no layer taken here reads it
-        return run_layer(layer, x)
+        return run_layer(layer, chainer.as_array(x))
 
 
 def fuses_with_relu(layer, following, x):

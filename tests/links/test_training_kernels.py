@@ -90,25 +90,43 @@ def test_run_frozen_computes_test_mode_on_the_kernels(monkeypatch, layer):
     rng = numpy.random.RandomState(0)
     channels = 3 if getattr(layer, 'W', None) is not None and layer.W.shape[1] == 3 else 16
     x = rng.randn(4, channels, 12, 12).astype(numpy.float32)
-    kernels, convolution = [], cpukernels.convolution_2d
-    monkeypatch.setattr(cpukernels, 'convolution_2d',
-                        lambda *a, **k: kernels.append(a[0].shape) or convolution(*a, **k))
+    kernels = []
+    for name in ('convolution_2d', 'max_pooling_2d', '_local_response_normalization',
+                 '_average_pooling_2d'):
+        monkeypatch.setattr(cpukernels, name, lambda *a, _f=getattr(cpukernels, name), **k:
+                            kernels.append(_f) or _f(*a, **k))
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         want = layer(x).array
         got = cpukernels.run_frozen(layer, x).array
         assert chainer.config.train is False  # the caller's mode is left as it was
     numpy.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1., abs(want).max()))
-    if isinstance(layer, L.Convolution2D):
-        assert kernels, 'the convolution did not run on the kernels'
+    assert len(kernels) == 1, 'the layer did not run on the kernels'
 
 
-def test_run_frozen_leaves_batch_normalisation_and_dropout_to_chainer():
+def test_run_frozen_leaves_batch_normalisation_dropout_and_sl_to_chainer():
     import chainer
+    from branchynet import SL
     rng = numpy.random.RandomState(1)
     x = rng.randn(4, 16, 6, 6).astype(numpy.float32)
     bn = L.BatchNormalization(16)
     bn.avg_mean[:] = rng.randn(16)
     dropout = FL(F.dropout, 0.5)
+    # an SL names its training function fn but holds no arguments: identity in test mode
+    switched = SL(FL(F.local_response_normalization))
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         numpy.testing.assert_array_equal(cpukernels.run_frozen(bn, x).array, bn(x).array)
         numpy.testing.assert_array_equal(cpukernels.run_frozen(dropout, x).array, x)
+        numpy.testing.assert_array_equal(cpukernels.run_frozen(switched, x), x)
+
+
+def test_an_sl_of_a_kernel_function_trains_as_chainer_computes_it():
+    """Regression: an ``SL`` wrapping a pooling or LRN function (it has ``fn``
+    but no ``args``) made ``applies`` fail with AttributeError."""
+    import chainer
+    from branchynet import SL
+    x = numpy.random.RandomState(2).randn(2, 8, 6, 6).astype(numpy.float32)
+    layer = SL(F.local_response_normalization)
+    assert not cpukernels.applies(layer, x)
+    with chainer.using_config('train', True):
+        numpy.testing.assert_array_equal(cpukernels.run_layer(layer, x).array,
+                                         F.local_response_normalization(x).array)
