@@ -2,7 +2,7 @@
 
     python benchmarks/exits_after_training.py --network NAME (--snapshot FILE | --train-main)
         [--preset fast] [--seed S] [--n-train N] [--n-val N] [--n-test N]
-        [--n-timing N] [--cifar10 PATH] [--heads hand|auto|KIND]
+        [--n-timing N] [--epochs-main E] [--batchsize B] [--cifar10 PATH] [--heads hand|auto|KIND]
         [--head-epochs E] [--head-samples N] [--repeats R] [--threads T]
         [--place K [--n-probe N] [--probe-epochs P]]
 
@@ -76,7 +76,7 @@ def main():
                          help='train the main network here (the preset\'s main phase)')
     p.add_argument('--preset', default='fast')
     p.add_argument('--seed', type=int, default=0, help='the driver run\'s --seed (its split)')
-    for name in ('n_train', 'n_val', 'n_test', 'n_timing'):
+    for name in ('n_train', 'n_val', 'n_test', 'n_timing', 'epochs_main', 'batchsize'):
         p.add_argument('--' + name.replace('_', '-'), type=int, default=None)
     p.add_argument('--cifar10', default=None, help='CIFAR-10\'s location (as the driver\'s)')
     p.add_argument('--heads', default='hand')
@@ -111,7 +111,12 @@ def main():
     from branchynet.measures import costs
     from branchynet.placement import attach_exits, place_exits
 
-    overrides = {k: getattr(args, k) for k in ('n_train', 'n_val', 'n_test', 'n_timing')}
+    if any(v is not None and v < 1 for v in (args.epochs_main, args.batchsize)):
+        p.error('--epochs-main and --batchsize must be >= 1')
+    if args.snapshot and (args.epochs_main or args.batchsize):
+        p.error('--epochs-main and --batchsize go with --train-main')
+    overrides = {k: getattr(args, k) for k in ('n_train', 'n_val', 'n_test', 'n_timing',
+                                               'epochs_main', 'batchsize')}
     module, config = run.resolve_config(args.network, args.preset, overrides)
     x_train, y_train, x_test, y_test = run.load_dataset(config)
     x_train, y_train, x_val, y_val, _ = stages.split_validation(
