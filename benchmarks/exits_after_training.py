@@ -151,11 +151,13 @@ def main():
         100 * main_val, 100 * main_test))
 
     n_heads = args.head_samples or len(x_train)
+    # the automatic placement has no hand heads for its boundaries: 'hand' means 'auto' there
+    head_kind = 'auto' if args.place and args.heads == 'hand' else args.heads
     start = time.perf_counter()
     if args.place:
         placed, _ = place_exits(main_net, x_train[:n_heads], y_train[:n_heads], x_val, y_val,
                                 k=args.place, target_acc=main_val, engine='numba',
-                                heads='auto' if args.heads == 'hand' else args.heads,
+                                heads=head_kind,
                                 n_probe=args.n_probe, probe_epochs=args.probe_epochs,
                                 head_epochs=args.head_epochs, drop_early_exits=True,
                                 seed=args.seed)
@@ -182,11 +184,9 @@ def main():
     shares = numpy.bincount(exits, minlength=placed.numexits()) / len(y_test)
     print('exits at boundaries {} ({} heads{}), {} in {:.0f} s on {} images, {} epochs; '
           'T = {} (held-out accuracy {:.2f} %)'.format(
-              points, 'auto' if args.place and args.heads == 'hand' else args.heads,
-              ', placed automatically' if args.place else '',
+              points, head_kind, ', placed automatically' if args.place else '',
               'placed (search, heads, calibration)' if args.place else 'trained', head_s,
-              n_heads,
-              args.head_epochs,
+              n_heads, args.head_epochs,
               ', '.join('{:.4g}'.format(t) for t in ts), 100 * cal['acc']))
     print('test: accuracy {:.2f} % (main network {:.2f} %), exits {} %'.format(
         100 * acc, 100 * main_test, ' / '.join('{:.1f}'.format(100 * s) for s in shares)))
