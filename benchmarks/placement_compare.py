@@ -2,7 +2,7 @@
 rule, each trained with the same recipe, over several seeds.
 
     python benchmarks/placement_compare.py --network NAME [--preset fast]
-        [--seeds 0,1,2] [--k 2] [--probe-joint-epochs P] [--n-probe N] [--head-epochs E]
+        [--seeds 0,1,2] [--k 2[,4...]] [--probe-joint-epochs P] [--n-probe N] [--head-epochs E]
         [--finetune-epochs F]
         [--hand-heads hand|auto] [--exhaustive] [--n-train N] [--n-val N] [--n-test N]
         [--n-timing N] [--epochs-main E] [--batchsize B] [--cifar10 PATH] [--repeats R]
@@ -32,6 +32,12 @@ Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
    to end, interleaved with the main network over ``R`` rounds after a
    warm-up; every engine is checked to give ``net.predict``'s labels and
    exits on the timed images.
+
+``--k 2,4`` runs one search for the largest and reports, beside the
+automatic set of at most 2 exits (``automatic``), the search's best set of
+at most 4 (``automatic, at most 4 exits``), trained the same way. A set
+that is the same as one already trained with the same heads is not trained
+again: its row repeats that one's, and the table names it.
 
 ``--exhaustive`` also trains and times every set of 1 to ``--k`` candidate
 boundaries the same way (auto heads), for the automatic pick's distance
@@ -108,31 +114,42 @@ def run_seed(args, module, config, seed, threads):
 
     own_heads, hand_points = hand_heads(module)
     start = time.perf_counter()
-    _, report = place_exits(main_net, x_train, y_train, x_val, y_val, k=args.k,
+    _, report = place_exits(main_net, x_train, y_train, x_val, y_val, k=max(args.k),
                             target_acc=main_val, engine='numba', seed=seed,
                             probe_joint_epochs=args.probe_joint_epochs, n_probe=args.n_probe,
                             compare={'hand': hand_points}, drop_early_exits=True,
                             log=print)
     search_s = time.perf_counter() - start
     trunk = Trunk.of(main_net, drop_early_exits=True)
-    sets = {'automatic': list(report['chosen']['points']), 'hand': hand_points,
-            SDN: list(report['settings']['sdn_points'])}
-    predicted = {'automatic': report['chosen'], 'hand': report['baselines']['hand'],
-                 SDN: report['baselines'][SDN]}
+    sets, predicted = {}, {}
+    for k in args.k:
+        best = report['best_at_most'][k]
+        sets[automatic_name(k, args.k)] = list(best['points'])
+        predicted[automatic_name(k, args.k)] = best
+    sets.update({'hand': hand_points, SDN: list(report['settings']['sdn_points'])})
+    predicted.update({'hand': report['baselines']['hand'], SDN: report['baselines'][SDN]})
     if args.exhaustive:  # every set of 1..k candidates, trained the same way
         cands = [c['point'] for c in report['candidates']]
-        for size in range(1, args.k + 1):
+        for size in range(1, max(args.k) + 1):
             for points in itertools.combinations(cands, size):
                 sets['set {}'.format(list(points))] = list(points)
-    print('seed {}: search {:.0f} s; automatic {}, hand {}, fixed fractions {}'.format(
-        seed, search_s, sets['automatic'] or 'no early exit', hand_points, sets[SDN]),
-        flush=True)
+    print('seed {}: search {:.0f} s; {}'.format(seed, search_s, ', '.join(
+        '{} {}'.format(name, pts or 'no early exit') for name, pts in sets.items()
+        if name in predicted)), flush=True)
 
-    nets, rows = {}, {}
+    nets, rows, same_as, trained = {}, {}, {}, {}
     for name, points in sets.items():
         if not points:
             continue
         heads = own_heads if (name == 'hand' and args.hand_heads == 'hand') else 'auto'
+        key = (tuple(points), heads if isinstance(heads, str) else 'hand')
+        if name in predicted and key in trained:  # the same set, heads and recipe: once
+            same_as[name] = trained[key]
+            print('seed {}: {} is the same set as {}: not trained again'.format(
+                seed, name, trained[key]), flush=True)
+            continue
+        if name in predicted:
+            trained[key] = name
         start = time.perf_counter()
         net = attach_exits(main_net, points, x_train, y_train, heads=heads,
                            drop_early_exits=True, epochs=args.head_epochs,
@@ -176,6 +193,9 @@ def run_seed(args, module, config, seed, threads):
             for name, ms in got.items():
                 times[name].append(ms)
     base = numpy.array(times['main network'])
+    for name, first in same_as.items():
+        rows[name] = dict(rows[first], same_as=first)
+        times[name] = times[first]
     for name in sets:
         row = rows.setdefault(name, {'points': [], 'mac_shares': [], 'thresholds': [],
                                      'met': True,
@@ -185,7 +205,8 @@ def run_seed(args, module, config, seed, threads):
         row.update(ms=float(numpy.median(t)), gain=float(numpy.median(base) / numpy.median(t)),
                    gain_low=float(base.min() / t.max()), gain_high=float(base.max() / t.min()))
     # the probes are of the auto family: a hand set with its own heads is left out
-    same_heads = [n for n in predicted if not (n == 'hand' and args.hand_heads == 'hand')]
+    same_heads = [n for n in predicted if not (n == 'hand' and args.hand_heads == 'hand') and
+                  n not in same_as]
     pred = [p for name in same_heads for p in rows[name]['predicted_shares']]
     real = [s for name in same_heads for s in rows[name]['shares'][:len(rows[name]['points'])]
             if rows[name]['predicted_shares']]
@@ -193,6 +214,22 @@ def run_seed(args, module, config, seed, threads):
              'main_ms': float(numpy.median(base)), 'search_s': search_s,
              'rank_correlation': spearman(pred, real), 'n_timed': len(x)}
     return rows, facts
+
+
+def parse_ks(text):
+    try:
+        ks = [int(s) for s in text.split(',') if s.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+        raise SystemExit('placement_compare: --k wants distinct comma-separated whole numbers '
+                         '>= 1, e.g. 2 or 2,4; got {!r}'.format(text))
+    return ks
+
+
+def automatic_name(k, ks):
+    """The automatic set's row: ``automatic`` for the first ``--k``."""
+    return 'automatic' if k == ks[0] else 'automatic, at most {} exits'.format(k)
 
 
 def print_table(network, results):
@@ -205,7 +242,9 @@ def print_table(network, results):
         for name, r in rows.items():
             print('| {} | {} | {} | {} | {} | {:.2f} ({:.2f}) | {:.4f} | {:.2f}x ({:.2f}-{:.2f}) | '
                   '{} |'.format(
-                      facts['seed'], name, ', '.join('{} ({:.0%})'.format(p, s) for p, s in zip(
+                      facts['seed'], name + (' (the same set as {})'.format(r['same_as'])
+                                             if r.get('same_as') else ''),
+                      ', '.join('{} ({:.0%})'.format(p, s) for p, s in zip(
                           r['points'], r['mac_shares'])) or 'none', 'yes' if r['met'] else 'no',
                       ' / '.join('{:.1f}'.format(100 * s) for s in r['shares']),
                       100 * r['acc'], 100 * facts['main_test'], r['ms'], r['gain'],
@@ -228,7 +267,8 @@ def main():
     p.add_argument('--network', required=True, help='a network of networks/, e.g. lenet_mnist')
     p.add_argument('--preset', default='fast')
     p.add_argument('--seeds', default='0,1,2')
-    p.add_argument('--k', type=int, default=2)
+    p.add_argument('--k', default='2', help='the most exits the search may place; several '
+                   '(e.g. 2,4) report the best set for each from one search')
     p.add_argument('--probe-joint-epochs', type=int, default=0)
     p.add_argument('--n-probe', type=int, default=4096,
                    help='training images the probes (and their joint copy) train on')
@@ -244,10 +284,11 @@ def main():
     p.add_argument('--threads', type=int, default=None)
     args = p.parse_args()
     seeds = parse_seeds(args.seeds)
-    positive = [args.repeats, args.head_epochs, args.k] + [
+    args.k = parse_ks(args.k)
+    positive = [args.repeats, args.head_epochs] + [
         v for v in (args.epochs_main, args.batchsize) if v is not None]
     if min(positive) < 1 or args.finetune_epochs < 0 or args.probe_joint_epochs < 0:
-        p.error('--repeats, --head-epochs, --k, --epochs-main and --batchsize must be >= 1, '
+        p.error('--repeats, --head-epochs, --epochs-main and --batchsize must be >= 1, '
                 '--finetune-epochs and --probe-joint-epochs >= 0')
     if args.cifar10:
         os.environ['BRANCHYNET_CIFAR10'] = os.path.abspath(args.cifar10)
@@ -277,7 +318,8 @@ def main():
     values = {}
     for rows, facts in results:
         for name, r in rows.items():
-            key = {'automatic': 'auto', 'hand': 'hand', SDN: 'sdn'}.get(name)
+            key = {'automatic': 'auto', 'hand': 'hand', SDN: 'sdn'}.get(name) or {
+                automatic_name(k, args.k): 'auto{}'.format(k) for k in args.k[1:]}.get(name)
             if key is None:
                 continue
             values['seed{}_{}_gain'.format(facts['seed'], key)] = round(r['gain'], 3)

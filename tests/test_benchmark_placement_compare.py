@@ -31,3 +31,12 @@ def test_seeds_are_parsed_or_refused_in_one_line(bench):
     for bad in ('', 'a,b', ','):
         with pytest.raises(SystemExit, match='--seeds wants comma-separated whole numbers'):
             bench.parse_seeds(bad)
+
+
+def test_k_lists_are_parsed_or_refused_in_one_line(bench):
+    assert bench.parse_ks('2') == [2] and bench.parse_ks('2, 4') == [2, 4]
+    for bad in ('', '0', '2,2', 'two'):
+        with pytest.raises(SystemExit, match='--k wants distinct comma-separated whole numbers'):
+            bench.parse_ks(bad)
+    assert bench.automatic_name(2, [2, 4]) == 'automatic'
+    assert bench.automatic_name(4, [2, 4]) == 'automatic, at most 4 exits'

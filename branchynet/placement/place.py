@@ -161,7 +161,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                                       timing_repeats, progress)
 
     say('placement: pricing every set of at most {} exits ({})'.format(
-        k, 'exhaustive' if k <= 2 else 'greedy'))
+        k, search.strategy(len(cands), k)))
     best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k,
                                     search_target, budget, measure, candidates, progress)
     target = evaluated[0]['target_acc']  # the search's (the jointly trained copy's)
@@ -245,7 +245,9 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     report = PlacementReport(
         candidates=rows, chosen=result, baselines=baselines, additivity=additivity,
         cost_model=model.as_dict(), sets_evaluated=len(evaluated),
-        settings={'engine': engine, 'batchsize': batchsize, 'k': k, 'target_acc': network_target,
+        best_at_most={n: search.best_within(evaluated, n, budget) for n in range(k + 1)},
+        settings={'engine': engine, 'batchsize': batchsize, 'k': k,
+                  'search': search.strategy(len(cands), k), 'target_acc': network_target,
                   'search_target_acc': target,
                   'budget': budget, 'measure': measure, 'n_probe': n_sub,
                   'probe_cached_samples': n_cached,

@@ -10,6 +10,8 @@
 * ``chosen``: the exit set chosen, its thresholds, predicted and measured
   time and accuracy; ``baselines``: the same for the main network alone,
   the fixed-fraction (SDN) set and any set given to compare;
+* ``best_at_most``: ``{n: the best set of at most n exits}`` for n up to
+  ``k``, as the search priced it (after a save, n is a string);
 * ``additivity``: predicted against measured forced-exit times of a few
   networks built for real; ``settings``.
 

@@ -9,15 +9,17 @@ them: the same trunk work, a smaller activation for the head).
 ``fixed_fraction_points``: the SDN placement (Kaya et al., ICML 2019): an
 exit at 15, 30, 45, 60, 75 and 90 % of the MACs (the candidate nearest each).
 
-``choose``: every set of at most ``k`` candidates (exhaustively for ``k`` <=
-2; for larger ``k`` greedily, adding the exit that helps most, up to ``k``),
-each priced by the project's calibration
+``choose``: every set of at most ``k`` candidates, exhaustively while
+there are at most ``EXHAUSTIVE_SETS`` such sets (always for ``k`` <= 2);
+beyond, every set of at most 2, then greedily from the best of those,
+adding the exit that helps most, up to ``k``. Each set is priced by the project's calibration
 (``evaluation.calibration.calibrate_thresholds``) as inner solver on the
 probe heads' held-out outputs and the cost model's path times: the set with
 the least expected time reaching ``target_acc`` (or, with ``budget``, the
 most accurate within it). The empty set (no early exit) is one of the sets.
 """
 import itertools
+import math
 
 import numpy
 
@@ -26,6 +28,8 @@ from branchynet.progress import Progress
 from branchynet.validation import InvalidValue, is_real_number
 
 SDN_FRACTIONS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+#: the most exit sets ``choose`` prices one by one for ``k`` > 2 (each costs a calibration)
+EXHAUSTIVE_SETS = 512
 
 
 def candidate_points(trunk, min_share=0.02, max_share=0.9, distinct=True):
@@ -88,6 +92,27 @@ def evaluate_set(points, outputs, final, y, path_ms, target_acc, budget=None,
             'ms': r['cost'], 'exit_counts': r['exit_counts'], 'met': bool(r['met'])}
 
 
+def set_count(n, k):
+    """How many sets of at most ``k`` of ``n`` candidates there are (the empty one too)."""
+    return sum(math.comb(n, r) for r in range(min(k, n) + 1))
+
+
+def strategy(n, k):
+    """``'exhaustive'`` or ``'greedy'``: how ``choose`` searches ``n`` candidates for ``k``."""
+    return 'exhaustive' if k <= 2 or set_count(n, k) <= EXHAUSTIVE_SETS else 'greedy'
+
+
+def best_within(evaluated, size, budget=None):
+    """The best of the priced sets (``choose``'s list) with at most ``size`` exits."""
+    best = None
+    for r in evaluated:
+        if len(r['points']) <= size and (best is None or _better(r, best, budget)):
+            best = r
+    if best is None:
+        raise InvalidValue('no priced exit set has at most {} exits'.format(size))
+    return best
+
+
 def choose(points, outputs, final, y, path_ms_of, k=2, target_acc=None, budget=None,
            measure='entropy', candidates=32, progress=None):
     """The best set of at most ``k`` exits among ``points``.
@@ -108,35 +133,29 @@ def choose(points, outputs, final, y, path_ms_of, k=2, target_acc=None, budget=N
         return evaluate_set(list(pts), outputs, final, y, path_ms_of(list(pts)), target_acc,
                             budget, measure, candidates)
 
+    exhaustive = strategy(len(points), k) == 'exhaustive'
+    sets = [c for r in range(min(k if exhaustive else 2, len(points)) + 1)
+            for c in itertools.combinations(points, r)]
     evaluated = []
-    if k <= 2:
-        sets = [c for r in range(min(k, len(points)) + 1)
-                for c in itertools.combinations(points, r)]
-        with Progress.auto(len(sets), 'search exit sets', 'set', progress) as bar:
-            for s in sets:
-                evaluated.append(price(s))
-                bar.update(1)
-    else:
-        current = price(())
-        evaluated.append(current)
-        with Progress.auto(k * len(points), 'search exit sets (greedy)', 'set', progress) as bar:
-            for _ in range(k):
-                best_step = None
-                for p in points:
-                    if p in current['points']:
-                        continue
-                    r = price(sorted(current['points'] + [p]))
-                    evaluated.append(r)
-                    bar.update(1)
-                    if best_step is None or _better(r, best_step, budget):
-                        best_step = r
-                if best_step is None or not _better(best_step, current, budget):
+    with Progress.auto(len(sets), 'search exit sets', 'set', progress) as bar:
+        for s in sets:
+            evaluated.append(price(s))
+            bar.update(1)
+    if not exhaustive:
+        # with fewer than 2 exits in the best, no pair beat it: adding stops there
+        current = best_within(evaluated, 2, budget)
+        steps = (min(k, len(points)) - 2) * len(points)
+        with Progress.auto(steps, 'search exit sets (greedy)', 'set', progress) as bar:
+            while 2 <= len(current['points']) < min(k, len(points)):
+                step = [price(sorted(current['points'] + [p])) for p in points
+                        if p not in current['points']]
+                evaluated.extend(step)
+                bar.update(len(step))
+                best_step = best_within(step, k, budget)
+                if not _better(best_step, current, budget):
                     break
                 current = best_step
-    best = evaluated[0]
-    for r in evaluated[1:]:
-        if _better(r, best, budget):
-            best = r
+    best = best_within(evaluated, k, budget)
     for r in evaluated:
         r['target_acc'], r['budget'] = target_acc, budget
     return best, evaluated

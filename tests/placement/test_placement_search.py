@@ -7,7 +7,7 @@ import pytest
 from branchynet.placement import fixed_fraction_points, search
 from branchynet.placement.timing import CostModel
 from branchynet.placement.trunk import Trunk
-from branchynet.validation import InputError
+from branchynet.validation import InputError, InvalidValue
 from tests.placement.placement_nets import one_exit_net
 
 N = 100
@@ -74,13 +74,39 @@ def test_budget_search_equals_brute_force(budget):
     assert best['ms'] == pytest.approx(ms) or best['points'] == pts
 
 
-def test_greedy_search_for_more_exits_is_no_worse_than_two():
+def test_more_exits_than_two_are_searched_exhaustively_where_affordable():
     outputs, final, y = _case()
-    two, _ = search.choose(sorted(outputs), outputs, final, y, MODEL.path_ms, k=2,
-                           target_acc=1.0, progress=False)
-    three, _ = search.choose(sorted(outputs), outputs, final, y, MODEL.path_ms, k=3,
-                             target_acc=1.0, progress=False)
+    assert search.strategy(3, 3) == 'exhaustive' and search.set_count(3, 3) == 8
+    three, evaluated = search.choose(sorted(outputs), outputs, final, y, MODEL.path_ms, k=3,
+                                     target_acc=1.0, progress=False)
+    assert len(evaluated) == 8
+    pts, acc, ms = _brute_force(outputs, final, y, 3, target_acc=1.0)
+    assert three['points'] == pts and three['ms'] == pytest.approx(ms) and acc == 1.0
+
+
+def test_greedy_search_starts_from_the_best_pair_and_is_no_worse(monkeypatch):
+    outputs, final, y = _case()
+    two, pairs = search.choose(sorted(outputs), outputs, final, y, MODEL.path_ms, k=2,
+                               target_acc=1.0, progress=False)
+    monkeypatch.setattr(search, 'EXHAUSTIVE_SETS', 0)
+    assert search.strategy(3, 3) == 'greedy' and search.strategy(3, 2) == 'exhaustive'
+    three, evaluated = search.choose(sorted(outputs), outputs, final, y, MODEL.path_ms, k=3,
+                                     target_acc=1.0, progress=False)
+    assert [r['points'] for r in evaluated[:len(pairs)]] == [r['points'] for r in pairs]
+    assert [r['points'] for r in evaluated[len(pairs):]] == [[10, 20, 30]]  # one step from [20, 30]
     assert three['met'] and three['ms'] <= two['ms'] + 1e-9
+    assert search.best_within(evaluated, 2)['points'] == two['points']
+
+
+def test_best_within_picks_among_the_small_enough_sets():
+    outputs, final, y = _case()
+    _, evaluated = search.choose(sorted(outputs), outputs, final, y, MODEL.path_ms, k=2,
+                                 target_acc=1.0, progress=False)
+    assert search.best_within(evaluated, 0)['points'] == []
+    assert search.best_within(evaluated, 1)['points'] == [20]
+    assert search.best_within(evaluated, 2)['points'] == [20, 30]
+    with pytest.raises(InvalidValue, match='no priced exit set has at most 1 exits'):
+        search.best_within([r for r in evaluated if len(r['points']) == 2], 1)
 
 
 def test_no_early_exit_when_none_pays():
