@@ -18,7 +18,7 @@ Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
    the probes' outputs come from a copy of the trunk trained jointly with
    all of them for that many epochs on the probe subset); the time the call
    takes is the search time;
-3. three exit sets, the automatic choice, the network's own hand placement
+3. the exit sets, the automatic choice (one per ``--k``), the network's own hand placement
    and the fixed-fraction rule (SDN's 15/30/.../90 % grid, snapped to the
    candidate boundaries), are each trained the same way: fresh heads on the
    frozen trunk for ``--head-epochs`` epochs, then ``--finetune-epochs``
@@ -35,11 +35,13 @@ Per seed, on the data split the driver makes for ``--preset`` and ``--seed``:
 
 ``--k 2,4`` runs one search for the largest and reports, beside the
 automatic set of at most 2 exits (``automatic``), the search's best set of
-at most 4 (``automatic, at most 4 exits``), trained the same way. A set
-that is the same as one already trained with the same heads is not trained
-again: its row repeats that one's, and the table names it.
+at most 4 (``automatic, at most 4 exits``), trained the same way (the
+smallest ``--k`` is ``automatic``). Among the automatic, hand and
+fixed-fraction sets, one that is the same as one already trained with the
+same heads is not trained again: its row repeats that one's, and the table
+names it.
 
-``--exhaustive`` also trains and times every set of 1 to ``--k`` candidate
+``--exhaustive`` also trains and times every set of 1 to the largest ``--k`` candidate
 boundaries the same way (auto heads), for the automatic pick's distance
 from the best set measured.
 
@@ -204,6 +206,7 @@ def run_seed(args, module, config, seed, threads):
         t = numpy.array(times.get(name) or times['main network'])
         row.update(ms=float(numpy.median(t)), gain=float(numpy.median(base) / numpy.median(t)),
                    gain_low=float(base.min() / t.max()), gain_high=float(base.max() / t.min()))
+    rows = {name: rows[name] for name in sets}  # in the sets' order
     # the probes are of the auto family: a hand set with its own heads is left out
     same_heads = [n for n in predicted if not (n == 'hand' and args.hand_heads == 'hand') and
                   n not in same_as]
@@ -224,11 +227,11 @@ def parse_ks(text):
     if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
         raise SystemExit('placement_compare: --k wants distinct comma-separated whole numbers '
                          '>= 1, e.g. 2 or 2,4; got {!r}'.format(text))
-    return ks
+    return sorted(ks)
 
 
 def automatic_name(k, ks):
-    """The automatic set's row: ``automatic`` for the first ``--k``."""
+    """The automatic set's row: ``automatic`` for the smallest ``--k``."""
     return 'automatic' if k == ks[0] else 'automatic, at most {} exits'.format(k)
 
 
@@ -276,7 +279,8 @@ def main():
     p.add_argument('--finetune-epochs', type=int, default=1)
     p.add_argument('--hand-heads', choices=('hand', 'auto'), default='hand')
     p.add_argument('--exhaustive', action='store_true',
-                   help='also train and time every set of 1..k candidates the same way')
+                   help='also train and time every set of 1 to the largest --k candidates '
+                   'the same way')
     for name in ('n_train', 'n_val', 'n_test', 'n_timing', 'epochs_main', 'batchsize'):
         p.add_argument('--' + name.replace('_', '-'), type=int, default=None)
     p.add_argument('--cifar10', default=None, help='CIFAR-10\'s location (as the driver\'s)')

@@ -160,8 +160,10 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     model = timing.measure_cost_model(trunk, probed, links, xs, engine, batchsize,
                                       timing_repeats, progress)
 
-    say('placement: pricing every set of at most {} exits ({})'.format(
-        k, search.strategy(len(cands), k)))
+    depth = search.exhaustive_depth(len(cands), k)
+    say('placement: pricing every set of at most {} exits{}'.format(
+        depth, '' if search.strategy(len(cands), k) == 'exhaustive' else
+        ', then adding exits greedily up to {}'.format(k)))
     best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k,
                                     search_target, budget, measure, candidates, progress)
     target = evaluated[0]['target_acc']  # the search's (the jointly trained copy's)

@@ -10,9 +10,10 @@ them: the same trunk work, a smaller activation for the head).
 exit at 15, 30, 45, 60, 75 and 90 % of the MACs (the candidate nearest each).
 
 ``choose``: every set of at most ``k`` candidates, exhaustively while
-there are at most ``EXHAUSTIVE_SETS`` such sets (always for ``k`` <= 2);
-beyond, every set of at most 2, then greedily from the best of those,
-adding the exit that helps most, up to ``k``. Each set is priced by the project's calibration
+there are at most ``EXHAUSTIVE_SETS`` such sets (and for ``k`` <= 2 however
+many there are); beyond, every set of at most ``exhaustive_depth`` exits,
+then greedily from the best of those, adding the exit that helps most, up
+to ``k``. Each set is priced by the project's calibration
 (``evaluation.calibration.calibrate_thresholds``) as inner solver on the
 probe heads' held-out outputs and the cost model's path times: the set with
 the least expected time reaching ``target_acc`` (or, with ``budget``, the
@@ -97,9 +98,17 @@ def set_count(n, k):
     return sum(math.comb(n, r) for r in range(min(k, n) + 1))
 
 
+def exhaustive_depth(n, k):
+    """The most exits per set ``choose`` tries every set of (at least 2, at most ``k``)."""
+    r = min(k, 2)
+    while r < min(k, n) and set_count(n, r + 1) <= EXHAUSTIVE_SETS:
+        r += 1
+    return r
+
+
 def strategy(n, k):
     """``'exhaustive'`` or ``'greedy'``: how ``choose`` searches ``n`` candidates for ``k``."""
-    return 'exhaustive' if k <= 2 or set_count(n, k) <= EXHAUSTIVE_SETS else 'greedy'
+    return 'exhaustive' if exhaustive_depth(n, k) >= min(k, n) else 'greedy'
 
 
 def best_within(evaluated, size, budget=None):
@@ -133,20 +142,20 @@ def choose(points, outputs, final, y, path_ms_of, k=2, target_acc=None, budget=N
         return evaluate_set(list(pts), outputs, final, y, path_ms_of(list(pts)), target_acc,
                             budget, measure, candidates)
 
-    exhaustive = strategy(len(points), k) == 'exhaustive'
-    sets = [c for r in range(min(k if exhaustive else 2, len(points)) + 1)
+    depth = exhaustive_depth(len(points), k)
+    sets = [c for r in range(min(depth, len(points)) + 1)
             for c in itertools.combinations(points, r)]
     evaluated = []
     with Progress.auto(len(sets), 'search exit sets', 'set', progress) as bar:
         for s in sets:
             evaluated.append(price(s))
             bar.update(1)
-    if not exhaustive:
-        # with fewer than 2 exits in the best, no pair beat it: adding stops there
-        current = best_within(evaluated, 2, budget)
-        steps = (min(k, len(points)) - 2) * len(points)
+    if depth < min(k, len(points)):
+        # with fewer than depth exits in the best, no larger set beat it: adding stops there
+        current = best_within(evaluated, depth, budget)
+        steps = (min(k, len(points)) - depth) * len(points)
         with Progress.auto(steps, 'search exit sets (greedy)', 'set', progress) as bar:
-            while 2 <= len(current['points']) < min(k, len(points)):
+            while depth <= len(current['points']) < min(k, len(points)):
                 step = [price(sorted(current['points'] + [p])) for p in points
                         if p not in current['points']]
                 evaluated.extend(step)

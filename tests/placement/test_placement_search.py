@@ -133,3 +133,14 @@ def test_candidates_and_fixed_fractions():
         assert nearest in sdn
     with pytest.raises(InputError, match='min_share'):
         search.candidate_points(trunk, min_share=0.95, max_share=0.9)
+
+
+def test_the_exhaustive_part_grows_as_far_as_the_set_limit_allows():
+    # 12 candidates: 299 sets of at most 3 exits, 794 of at most 4 (limit 512)
+    assert search.set_count(12, 3) == 299 and search.set_count(12, 4) == 794
+    assert search.exhaustive_depth(12, 3) == 3 and search.strategy(12, 3) == 'exhaustive'
+    assert search.exhaustive_depth(12, 4) == 3 and search.strategy(12, 4) == 'greedy'
+    # 40 candidates: more than 512 pairs, but k <= 2 is always exhaustive
+    assert search.exhaustive_depth(40, 2) == 2 and search.strategy(40, 2) == 'exhaustive'
+    assert search.exhaustive_depth(40, 5) == 2
+    assert search.exhaustive_depth(3, 9) == 3 and search.strategy(3, 9) == 'exhaustive'
