@@ -79,11 +79,16 @@ def spearman(a, b):
     return float(stats.spearmanr(a, b)[0])
 
 
-def parse_seeds(text):
+def _whole_numbers(text):
+    """The comma-separated whole numbers of ``text``; [] where any is not one."""
     try:
-        seeds = [int(s) for s in text.split(',') if s.strip()]
+        return [int(s) for s in text.split(',') if s.strip()]
     except ValueError:
-        seeds = []
+        return []
+
+
+def parse_seeds(text):
+    seeds = _whole_numbers(text)
     if not seeds:
         raise SystemExit('placement_compare: --seeds wants comma-separated whole numbers, '
                          'e.g. 0,1,2; got {!r}'.format(text))
@@ -220,10 +225,7 @@ def run_seed(args, module, config, seed, threads):
 
 
 def parse_ks(text):
-    try:
-        ks = [int(s) for s in text.split(',') if s.strip()]
-    except ValueError:
-        ks = []
+    ks = _whole_numbers(text)
     if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
         raise SystemExit('placement_compare: --k wants distinct comma-separated whole numbers '
                          '>= 1, e.g. 2 or 2,4; got {!r}'.format(text))

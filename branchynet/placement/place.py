@@ -160,9 +160,9 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     model = timing.measure_cost_model(trunk, probed, links, xs, engine, batchsize,
                                       timing_repeats, progress)
 
-    depth = search.exhaustive_depth(len(cands), k)
+    how = search.strategy(len(cands), k)
     say('placement: pricing every set of at most {} exits{}'.format(
-        depth, '' if search.strategy(len(cands), k) == 'exhaustive' else
+        search.exhaustive_depth(len(cands), k), '' if how == 'exhaustive' else
         ', then adding exits greedily up to {}'.format(k)))
     best, evaluated = search.choose(cands, outputs, final, y_val, model.path_ms, k,
                                     search_target, budget, measure, candidates, progress)
@@ -249,7 +249,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         cost_model=model.as_dict(), sets_evaluated=len(evaluated),
         best_at_most={n: search.best_within(evaluated, n, budget) for n in range(k + 1)},
         settings={'engine': engine, 'batchsize': batchsize, 'k': k,
-                  'search': search.strategy(len(cands), k), 'target_acc': network_target,
+                  'search': how, 'target_acc': network_target,
                   'search_target_acc': target,
                   'budget': budget, 'measure': measure, 'n_probe': n_sub,
                   'probe_cached_samples': n_cached,
