@@ -18,7 +18,8 @@
    trunk pass per batch, nothing cached; the jointly trained copy's where
    there is one).
 4. The cost model (``timing``): each candidate's prefix and head time on the
-   engine named, at the batch size asked.
+   engine named, at the batch size asked (one network per candidate, or,
+   with many candidates, one network holding every probe).
 5. The choice (``search.choose``): at most ``k`` exits and their thresholds,
    the least expected time at ``target_acc`` (default: the final exit's
    held-out accuracy) or the best accuracy within ``budget`` ms.
@@ -69,15 +70,20 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                 min_share=0.02, max_share=0.9, n_probe=4096, probe_epochs=3,
                 probe_joint_epochs=0, head_epochs=0, cache_bytes=heads_mod.CACHE_BYTES,
                 timing_samples=200, timing_repeats=3, x_test=None, y_test=None, compare=None,
-                measure='entropy', candidates=32, check_configs=3, seed=0, input_shape=None,
-                final_layers=1, drop_early_exits=False, progress=None, log=print):
+                measure='entropy', candidates=32, check_configs=3, cost_model='auto', seed=0,
+                input_shape=None, final_layers=1, drop_early_exits=False, progress=None,
+                log=print):
     """Exits placed where they pay on a trained ``network``; see the module.
 
     ``network`` and ``input_shape``, ``final_layers``, ``drop_early_exits``:
     as ``attach_exits``. ``compare``: ``{name: boundaries}`` of exit sets to
     report beside the choice (e.g. the hand placement); the fixed-fraction
     (SDN) set is always there. ``log``: where the step lines go (None:
-    nowhere). Returns ``(net, report)``: a ``BranchyNet`` with the chosen
+    nowhere). ``cost_model``: how segment times are measured, one network
+    per boundary (``'per_point'``), one network with every probe and each
+    head alone (``'shared'``: one compilation where the other needs one per
+    boundary) or ``'auto'`` (shared on numba from ``timing.SHARED_FROM``
+    boundaries on; see ``timing``). Returns ``(net, report)``: a ``BranchyNet`` with the chosen
     exits and calibrated thresholds, and a ``report.PlacementReport``.
     """
     say = log or (lambda *a: None)
@@ -92,6 +98,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         validate_inputs(x_test, trunk.input_shape, name='x_test')
         y_test = as_labels(y_test, len(x_test), name='y_test')
     timing.check_engine_name(engine)
+    timing.check_method(cost_model)
     for name, value, minimum in (('k', k, 0), ('batchsize', batchsize, 1), ('n_probe', n_probe, 1),
                                  ('probe_epochs', probe_epochs, 1),
                                  ('probe_joint_epochs', probe_joint_epochs, 0),
@@ -155,10 +162,13 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     head_of = dict(zip(probed, links))
 
     xs = x_val[:timing_samples]
-    say('placement: timing {} networks on the {} engine at batch size {} ({} samples, {} '
-        'rounds)'.format(len(probed), engine, batchsize, len(xs), timing_repeats))
+    method = timing.chosen_method(cost_model, len(probed), engine)
+    say('placement: timing {} on the {} engine at batch size {} ({} samples, {} rounds)'.format(
+        '{} networks, one per boundary'.format(len(probed)) if method == 'per_point' else
+        'one network with all {} probes and each head alone'.format(len(probed)), engine,
+        batchsize, len(xs), timing_repeats))
     model = timing.measure_cost_model(trunk, probed, links, xs, engine, batchsize,
-                                      timing_repeats, progress)
+                                      timing_repeats, progress, method)
 
     how = search.strategy(len(cands), k)
     say('placement: pricing every set of at most {} exits{}'.format(
@@ -258,6 +268,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                   'n_val': len(x_val), 'min_share': min_share, 'max_share': max_share,
                   'head_budget': head_budget, 'probe_features': features,
                   'timing_samples': len(xs), 'timing_repeats': timing_repeats,
+                  'cost_model': method,
                   'sdn_points': sdn, 'main_macs': d['main_macs']})
     net.placement_report = report
     return net, report

@@ -20,17 +20,47 @@ boundaries costs the difference of their prefixes. A network with exits at
 head[p_i]`` for a sample leaving at exit ``i`` and ``M + sum(head)`` for one
 reaching the end. ``check_additivity`` builds a few such networks for real
 and compares every exit's forced time with this sum.
+
+One network per boundary costs one compilation per boundary: on the numba
+path about a minute each for B-ResNet-110 (its 48 candidates would take most
+of an hour). On numba, from ``SHARED_FROM`` boundaries on (``method='auto'``), the
+model is instead read off one network with every candidate's head
+(``method='shared'``) and each head alone:
+
+* ``F[n]``: every sample forced out at the ``n``-th head of the shared
+  network (it runs the trunk to ``b_n`` and heads ``1..n``);
+* ``M``: the main network (the shared network's ``main_route``);
+* ``head[b]``: the head at ``b`` as a network of its own, run on the
+  trunk's activations at ``b`` (the numba path compiles one per distinct
+  head shape, B-ResNet-110 three), on numba in calls of ``HEAD_BATCH``
+  samples on one thread, so that the time of a call (a few µs) is left
+  out, as it is for a head inside a network.
+
+Then ``prefix[b_n] = F[n] - (head[b_1] + ... + head[b_n])``, made
+non-decreasing as above. A head alone leaves out its exit decision (softmax
+and entropy of the logits), which the prefixes beyond it absorb;
+``check_additivity`` measures what that leaves.
 """
+import copy
 import time
 
 import chainer
 import numpy
 
+from branchynet.links import Branch
 from branchynet.measures import confidence
+from branchynet.net import BranchyNet
 from branchynet.progress import Progress
 from branchynet.validation import InvalidValue
 
 ENGINES = ('numba', 'fast', 'onnx', 'chainer')
+#: How the cost model is measured: one network per boundary, or one shared
+#: network and each head alone (see the module).
+METHODS = ('auto', 'per_point', 'shared')
+#: ``method='auto'`` shares one network from this many boundaries on (numba).
+SHARED_FROM = 9
+#: Samples per call when a head is timed alone on numba.
+HEAD_BATCH = 32
 
 
 def check_engine_name(name):
@@ -117,11 +147,65 @@ class CostModel:
                 'engine': self.engine, 'batchsize': self.batchsize}
 
 
+def check_method(name):
+    if name not in METHODS:
+        raise InvalidValue('cost model method must be one of {}, got {!r}'.format(
+            ', '.join(METHODS), name))
+    return name
+
+
+def chosen_method(method, n_points, engine='numba'):
+    """``'per_point'`` or ``'shared'``: what ``method`` means for ``n_points``
+    boundaries on ``engine`` (only numba compiles each network for long)."""
+    if check_method(method) != 'auto':
+        return method
+    return 'shared' if engine == 'numba' and n_points >= SHARED_FROM else 'per_point'
+
+
+def _non_decreasing(prefix):
+    """The trunk up to a later boundary costs no less: timing noise evened out."""
+    running = 0.
+    for p in sorted(prefix):
+        running = prefix[p] = max(running, prefix[p])
+    return prefix
+
+
+def shared_prefixes(points, forced_ms, head_ms):
+    """``{b_n: F[n] - (head[b_1] + ... + head[b_n])}``, cut at 0 and made
+    non-decreasing: the prefixes of a shared network whose exit ``n`` (at
+    ``points[n]``, sorted) costs ``forced_ms[n]`` forced, given each head's
+    own time ``head_ms[b]``."""
+    prefix, heads = {}, 0.
+    for p, f in zip(points, forced_ms):
+        heads += head_ms[p]
+        prefix[p] = max(0., f - heads)
+    return _non_decreasing(prefix)
+
+
+def time_head(trunk, point, links, x, engine, batchsize=1, repeats=3):
+    """ms per sample of the head ``links`` alone, as a network of its own on
+    the engine, run on the trunk's activations at ``point`` for ``x``. On
+    numba, on one thread in calls of ``HEAD_BATCH`` samples: inside a network
+    a head costs its own work per sample and no call of its own."""
+    feats = numpy.concatenate([f[0] for f in trunk.features(x, [point])])
+    net = BranchyNet([Branch([copy.deepcopy(link) for link in links])],
+                     input_shape=feats.shape[1:])
+    if engine == 'numba':
+        from branchynet.engines.numba import NumbaBranchyNet
+        eng, batchsize = NumbaBranchyNet(net, threads=1), HEAD_BATCH
+    else:
+        eng = make_engine(net, engine)
+    return time_settings(eng, {'head': eng.main_route}, feats, batchsize, repeats)['head']
+
+
 def measure_cost_model(trunk, points, heads, x, engine='numba', batchsize=1, repeats=3,
-                       progress=None):
-    """A ``CostModel`` for ``points`` (``heads[i]``: the links of the head at
-    ``points[i]``), measured on ``x`` (a few hundred samples)."""
+                       progress=None, method='auto'):
+    """A ``CostModel`` for ``points`` (sorted; ``heads[i]``: the links of the
+    head at ``points[i]``), measured on ``x`` (a few hundred samples), one
+    network per boundary or shared (``method``, see the module)."""
     check_engine_name(engine)
+    if chosen_method(method, len(points), engine) == 'shared':
+        return _shared_cost_model(trunk, points, heads, x, engine, batchsize, repeats, progress)
     prefix, head, mains = {}, {}, []
     with Progress.auto(len(points), 'time segments ({})'.format(engine), 'net',
                        progress) as bar:
@@ -133,10 +217,22 @@ def measure_cost_model(trunk, points, heads, x, engine='numba', batchsize=1, rep
             prefix[p] = max(0., e0 - head[p])
             mains.append(m)
             bar.update(1)
-    running = 0.  # the trunk up to a later boundary costs no less: timing noise evened out
-    for p in sorted(prefix):
-        running = prefix[p] = max(running, prefix[p])
-    return CostModel(prefix, head, float(numpy.median(mains)), engine, batchsize)
+    return CostModel(_non_decreasing(prefix), head, float(numpy.median(mains)), engine,
+                     batchsize)
+
+
+def _shared_cost_model(trunk, points, heads, x, engine, batchsize, repeats, progress):
+    head = {}
+    with Progress.auto(len(points) + 1, 'time segments ({}, shared)'.format(engine), 'net',
+                       progress) as bar:
+        net = trunk.build(list(points), list(heads))
+        forced_ms, main_ms = time_exits(make_engine(net, engine), net, x, batchsize, repeats)
+        bar.update(1)
+        for p, links in zip(points, heads):
+            head[p] = time_head(trunk, p, links, x, engine, batchsize, repeats)
+            bar.update(1)
+    return CostModel(shared_prefixes(points, forced_ms, head), head, main_ms, engine,
+                     batchsize)
 
 
 def check_additivity(trunk, model, configs, heads, x, repeats=3, progress=None):
