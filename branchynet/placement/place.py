@@ -98,7 +98,6 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
         validate_inputs(x_test, trunk.input_shape, name='x_test')
         y_test = as_labels(y_test, len(x_test), name='y_test')
     timing.check_engine_name(engine)
-    timing.check_method(cost_model)
     for name, value, minimum in (('k', k, 0), ('batchsize', batchsize, 1), ('n_probe', n_probe, 1),
                                  ('probe_epochs', probe_epochs, 1),
                                  ('probe_joint_epochs', probe_joint_epochs, 0),
@@ -122,6 +121,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                            'multiply-adds: widen min_share/max_share'.format(min_share, max_share))
     sdn = search.fixed_fraction_points(trunk, among=cands)
     probed = sorted(set(cands) | set(sdn) | {p for v in compare.values() for p in v})
+    method = timing.chosen_method(cost_model, len(probed), engine, batchsize)
     say('placement: {} candidate boundaries between {:.0%} and {:.0%} of {:,} MACs: {}'.format(
         len(cands), min_share, max_share, d['main_macs'], ', '.join(
             '{} ({:.0%})'.format(b, trunk.share(b)) for b in cands)))
@@ -162,13 +162,15 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
     head_of = dict(zip(probed, links))
 
     xs = x_val[:timing_samples]
-    method = timing.chosen_method(cost_model, len(probed), engine)
     say('placement: timing {} on the {} engine at batch size {} ({} samples, {} rounds)'.format(
         '{} networks, one per boundary'.format(len(probed)) if method == 'per_point' else
         'one network with all {} probes and each head alone'.format(len(probed)), engine,
         batchsize, len(xs), timing_repeats))
     model = timing.measure_cost_model(trunk, probed, links, xs, engine, batchsize,
                                       timing_repeats, progress, method)
+    if model.method != method:
+        say('placement: the shared network could not be timed on numba (see '
+            'timing.measure_cost_model): timed one network per boundary')
 
     how = search.strategy(len(cands), k)
     say('placement: pricing every set of at most {} exits{}'.format(
@@ -268,7 +270,7 @@ def place_exits(network, x_train, y_train, x_val, y_val, k=2, target_acc=None, b
                   'n_val': len(x_val), 'min_share': min_share, 'max_share': max_share,
                   'head_budget': head_budget, 'probe_features': features,
                   'timing_samples': len(xs), 'timing_repeats': timing_repeats,
-                  'cost_model': method,
+                  'cost_model': model.method,
                   'sdn_points': sdn, 'main_macs': d['main_macs']})
     net.placement_report = report
     return net, report

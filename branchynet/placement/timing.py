@@ -32,14 +32,17 @@ model is instead read off one network with every candidate's head
 * ``M``: the main network (the shared network's ``main_route``);
 * ``head[b]``: the head at ``b`` as a network of its own, run on the
   trunk's activations at ``b`` (the numba path compiles one per distinct
-  head shape, B-ResNet-110 three), on numba in calls of ``HEAD_BATCH``
-  samples on one thread, so that the time of a call (a few µs) is left
-  out, as it is for a head inside a network.
+  head shape), in calls of ``HEAD_BATCH`` samples on one thread, so
+  that the call's own time (a few µs) is spread over them, as a head
+  inside a network has no call of its own.
 
 Then ``prefix[b_n] = F[n] - (head[b_1] + ... + head[b_n])``, made
-non-decreasing as above. A head alone leaves out its exit decision (softmax
-and entropy of the logits), which the prefixes beyond it absorb;
-``check_additivity`` measures what that leaves.
+non-decreasing as above. This is for numba at batch size 1 (heads alone run
+on one thread). A head alone leaves out its exit decision (the measure's
+score of the logits), which the prefixes beyond it absorb (the final exit's
+``M + sum(head)`` does not: it is low by one decision per exit), and pays
+what it does not inside the network (copying its input in, an argmax);
+its weights stay in cache. ``check_additivity`` measures what that leaves.
 """
 import copy
 import time
@@ -125,13 +128,15 @@ def time_exits(engine, net, x, batchsize=1, repeats=3):
 
 class CostModel:
     """Per-boundary prefix and head times (ms per sample) and the main
-    network's, on one engine at one batch size."""
+    network's, on one engine at one batch size, measured by ``method``
+    (``'per_point'``: a head's time includes its exit decision; ``'shared'``:
+    not, the later prefixes hold it)."""
 
-    def __init__(self, prefix_ms, head_ms, main_ms, engine='', batchsize=1):
+    def __init__(self, prefix_ms, head_ms, main_ms, engine='', batchsize=1, method='per_point'):
         self.prefix_ms = {int(k): float(v) for k, v in prefix_ms.items()}
         self.head_ms = {int(k): float(v) for k, v in head_ms.items()}
         self.main_ms = float(main_ms)
-        self.engine, self.batchsize = engine, batchsize
+        self.engine, self.batchsize, self.method = engine, batchsize, method
 
     def path_ms(self, points):
         """Predicted ms of a sample leaving at each exit of a network with
@@ -144,7 +149,7 @@ class CostModel:
 
     def as_dict(self):
         return {'prefix_ms': self.prefix_ms, 'head_ms': self.head_ms, 'main_ms': self.main_ms,
-                'engine': self.engine, 'batchsize': self.batchsize}
+                'engine': self.engine, 'batchsize': self.batchsize, 'method': self.method}
 
 
 def check_method(name):
@@ -154,12 +159,20 @@ def check_method(name):
     return name
 
 
-def chosen_method(method, n_points, engine='numba'):
+def chosen_method(method, n_points, engine='numba', batchsize=1):
     """``'per_point'`` or ``'shared'``: what ``method`` means for ``n_points``
-    boundaries on ``engine`` (only numba compiles each network for long)."""
-    if check_method(method) != 'auto':
+    boundaries on ``engine`` at ``batchsize``. Only numba compiles each
+    network for long, and its heads alone are timed as at batch size 1
+    (one thread), so ``'shared'`` is for numba at batch size 1."""
+    check_method(method)
+    fits = engine == 'numba' and batchsize == 1
+    if method == 'shared' and not fits:
+        raise InvalidValue("cost_model='shared' times each head alone on numba at batch size "
+                           "1; got engine {!r} at batch size {}: use 'per_point' or 'auto'".format(
+                               engine, batchsize))
+    if method != 'auto':
         return method
-    return 'shared' if engine == 'numba' and n_points >= SHARED_FROM else 'per_point'
+    return 'shared' if fits and n_points >= SHARED_FROM else 'per_point'
 
 
 def _non_decreasing(prefix):
@@ -173,8 +186,12 @@ def _non_decreasing(prefix):
 def shared_prefixes(points, forced_ms, head_ms):
     """``{b_n: F[n] - (head[b_1] + ... + head[b_n])}``, cut at 0 and made
     non-decreasing: the prefixes of a shared network whose exit ``n`` (at
-    ``points[n]``, sorted) costs ``forced_ms[n]`` forced, given each head's
-    own time ``head_ms[b]``."""
+    ``points[n]``, increasing) costs ``forced_ms[n]`` forced (the final exit's
+    time may follow), given each head's own time ``head_ms[b]``."""
+    points = list(points)
+    if points != sorted(set(points)) or len(forced_ms) < len(points):
+        raise InvalidValue('points must increase and have a forced time each, got {} points '
+                           'and {} times'.format(len(points), len(forced_ms)))
     prefix, heads = {}, 0.
     for p, f in zip(points, forced_ms):
         heads += head_ms[p]
@@ -182,30 +199,32 @@ def shared_prefixes(points, forced_ms, head_ms):
     return _non_decreasing(prefix)
 
 
-def time_head(trunk, point, links, x, engine, batchsize=1, repeats=3):
-    """ms per sample of the head ``links`` alone, as a network of its own on
-    the engine, run on the trunk's activations at ``point`` for ``x``. On
-    numba, on one thread in calls of ``HEAD_BATCH`` samples: inside a network
-    a head costs its own work per sample and no call of its own."""
+def _time_head(trunk, point, links, x, repeats):
+    """ms per sample of the head ``links`` alone on numba, as a network of its
+    own run on the trunk's activations at ``point`` for ``x``, on one thread
+    in calls of ``HEAD_BATCH`` samples (inside a network a head costs its
+    own work per sample and no call of its own)."""
+    from branchynet.engines.numba import NumbaBranchyNet
     feats = numpy.concatenate([f[0] for f in trunk.features(x, [point])])
     net = BranchyNet([Branch([copy.deepcopy(link) for link in links])],
                      input_shape=feats.shape[1:])
-    if engine == 'numba':
-        from branchynet.engines.numba import NumbaBranchyNet
-        eng, batchsize = NumbaBranchyNet(net, threads=1), HEAD_BATCH
-    else:
-        eng = make_engine(net, engine)
-    return time_settings(eng, {'head': eng.main_route}, feats, batchsize, repeats)['head']
+    eng = NumbaBranchyNet(net, threads=1)
+    return time_settings(eng, {'head': eng.main_route}, feats, HEAD_BATCH, repeats)['head']
 
 
 def measure_cost_model(trunk, points, heads, x, engine='numba', batchsize=1, repeats=3,
                        progress=None, method='auto'):
     """A ``CostModel`` for ``points`` (sorted; ``heads[i]``: the links of the
     head at ``points[i]``), measured on ``x`` (a few hundred samples), one
-    network per boundary or shared (``method``, see the module)."""
+    network per boundary or shared (``method``, see the module; the model's
+    ``method`` says which was used: a shared network falls back to one per
+    boundary where numba cannot run it or a head alone, or where a head
+    starts with layers the trunk computes for it, ``BranchyNet.shared_prefix``)."""
     check_engine_name(engine)
-    if chosen_method(method, len(points), engine) == 'shared':
-        return _shared_cost_model(trunk, points, heads, x, engine, batchsize, repeats, progress)
+    if chosen_method(method, len(points), engine, batchsize) == 'shared':
+        model = _shared_cost_model(trunk, points, heads, x, repeats, progress)
+        if model is not None:
+            return model
     prefix, head, mains = {}, {}, []
     with Progress.auto(len(points), 'time segments ({})'.format(engine), 'net',
                        progress) as bar:
@@ -218,21 +237,30 @@ def measure_cost_model(trunk, points, heads, x, engine='numba', batchsize=1, rep
             mains.append(m)
             bar.update(1)
     return CostModel(_non_decreasing(prefix), head, float(numpy.median(mains)), engine,
-                     batchsize)
+                     batchsize, 'per_point')
 
 
-def _shared_cost_model(trunk, points, heads, x, engine, batchsize, repeats, progress):
+def _shared_cost_model(trunk, points, heads, x, repeats, progress):
+    """The shared network's ``CostModel`` on numba at batch size 1, or None
+    where it cannot be measured that way."""
+    from branchynet.engines.numba import NotCompilable, NumbaBranchyNet
+    net = trunk.build(list(points), list(heads))
+    if any(net.shared_prefix[:-1]):
+        return None
     head = {}
-    with Progress.auto(len(points) + 1, 'time segments ({}, shared)'.format(engine), 'net',
-                       progress) as bar:
-        net = trunk.build(list(points), list(heads))
-        forced_ms, main_ms = time_exits(make_engine(net, engine), net, x, batchsize, repeats)
-        bar.update(1)
-        for p, links in zip(points, heads):
-            head[p] = time_head(trunk, p, links, x, engine, batchsize, repeats)
+    try:
+        with Progress.auto(len(points) + 1, 'time segments (numba, shared)', 'net',
+                           progress) as bar:
+            eng = NumbaBranchyNet(net)
+            forced_ms, main_ms = time_exits(eng, net, x, 1, repeats)
             bar.update(1)
-    return CostModel(shared_prefixes(points, forced_ms, head), head, main_ms, engine,
-                     batchsize)
+            for p, links in zip(points, heads):
+                head[p] = _time_head(trunk, p, links, x, repeats)
+                bar.update(1)
+    except (ImportError, NotCompilable):
+        return None
+    return CostModel(shared_prefixes(points, forced_ms, head), head, main_ms, 'numba', 1,
+                     'shared')
 
 
 def check_additivity(trunk, model, configs, heads, x, repeats=3, progress=None):

@@ -48,7 +48,8 @@ def test_placement_returns_a_branchynet_and_a_report(tmp_path):
 
 
 def test_placement_with_a_shared_timing_network_reports_it_and_checks_its_sums():
-    net, report = _place(cost_model='shared', k=1)
+    pytest.importorskip('numba')
+    net, report = _place(cost_model='shared', engine='numba', k=1)
     assert report['settings']['cost_model'] == 'shared'
     assert report['additivity'] and all(a['measured_ms'] for a in report['additivity'])
     assert net.branch_points[:-1] == report['chosen']['points']
@@ -103,6 +104,7 @@ def test_jointly_trained_probes_leave_the_given_trunk_and_the_chosen_network_alo
     ({'probe_joint_epochs': -1}, 'probe_joint_epochs must be a whole number'),
     ({'batchsize': 0}, 'batchsize must be'),
     ({'cost_model': 'each'}, 'cost model method must be one of'),
+    ({'cost_model': 'shared', 'engine': 'fast'}, "cost_model='shared' times each head"),
     ({'min_share': 0.95, 'max_share': 0.99}, 'no layer boundary'),
     ({'target_acc': 0.9, 'budget': 1.0}, 'not both'),
     ({'compare': {'hand': [99]}}, 'boundaries'),
